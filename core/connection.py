@@ -1,0 +1,260 @@
+"""An asyncio connection speaking the frame codec, plus the handshake and file streaming.
+
+Used by the manager, the worker, the worker's transfer server and the tools, so that every peer
+authenticates and streams files the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import ssl as ssl_module
+import tarfile
+import tempfile
+from typing import Any
+
+from .errors import AuthenticationError, RemoteProtocolError, TransferError
+from .protocol import (
+    CHUNK_SIZE,
+    PROTOCOL_VERSION,
+    Frame,
+    FrameDecoder,
+    auth_proof,
+    check_proof,
+    encode_frame,
+    new_nonce,
+)
+
+READ_SIZE = 256 * 1024
+
+
+class Connection:
+    """Frames over an asyncio stream pair. ``recv`` returns None at a clean EOF."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.decoder = FrameDecoder()
+        self._frames: list[Frame] = []
+        peer = writer.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
+        data = encode_frame(header, payload)
+        self.bytes_sent += len(data)
+        self.writer.write(data)
+
+    async def drain(self) -> None:
+        await self.writer.drain()
+
+    async def recv(self) -> Frame | None:
+        while not self._frames:
+            data = await self.reader.read(READ_SIZE)
+            if not data:
+                if self.decoder.pending:
+                    raise RemoteProtocolError(f"connection closed in the middle of a frame ({self.decoder.pending} bytes)")
+                return None
+            self.bytes_received += len(data)
+            self._frames.extend(self.decoder.feed(data))
+        return self._frames.pop(0)
+
+    async def expect(self, mtype: str, timeout: float | None = None) -> Frame:
+        frame = await asyncio.wait_for(self.recv(), timeout)
+        if frame is None:
+            raise RemoteProtocolError(f"connection closed while waiting for {mtype!r}")
+        if frame.type == "error":
+            raise RemoteProtocolError(f"peer reported: {frame['reason']}")
+        if frame.type != mtype:
+            raise RemoteProtocolError(f"expected {mtype!r}, got {frame.type!r}")
+        return frame
+
+    def close(self) -> None:
+        try:
+            self.writer.close()
+        except Exception:  # noqa: BLE001 - closing a broken transport must not raise
+            pass
+
+
+async def open_connection(host: str, port: int, ssl: ssl_module.SSLContext | None = None, timeout: float = 10) -> Connection:
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(host, port, ssl=ssl, limit=READ_SIZE * 4), timeout
+    )
+    return Connection(reader, writer)
+
+
+# --- handshake --------------------------------------------------------------------------------------
+
+
+async def client_handshake(conn: Connection, role: str, password: bytes | None, timeout: float = 30, **info: Any) -> Frame:
+    """Connecting side: hello -> welcome [-> auth]. Returns the welcome frame.
+
+    Both sides prove knowledge of the password over the other's fresh nonce, so it is never sent.
+    """
+    nonce = new_nonce()
+    conn.send({"type": "hello", "version": PROTOCOL_VERSION, "role": role, "nonce": nonce, **info})
+    await conn.drain()
+    welcome = await conn.expect("welcome", timeout)
+    if welcome["version"] != PROTOCOL_VERSION:
+        raise RemoteProtocolError(f"peer speaks protocol {welcome['version']}, we speak {PROTOCOL_VERSION}")
+    if welcome["auth"]:
+        if password is None:
+            raise AuthenticationError(f"{conn.peer} requires a password; start with --password FILE")
+        if not check_proof(password, "server", nonce, welcome.get("proof")):
+            raise AuthenticationError(f"{conn.peer} does not know our password (or uses another one)")
+        conn.send({"type": "auth", "proof": auth_proof(password, "client", welcome["nonce"])})
+        await conn.drain()
+    elif password is not None:
+        raise AuthenticationError(f"{conn.peer} does not use a password but we were given one")
+    return welcome
+
+
+async def server_handshake(conn: Connection, password: bytes | None, timeout: float) -> Frame:
+    """Accepting side: expects hello, answers welcome, checks auth. Returns the hello frame."""
+    hello = await conn.expect("hello", timeout)
+    if hello["version"] != PROTOCOL_VERSION:
+        conn.send({"type": "error", "reason": f"protocol version {hello['version']} unsupported; this manager speaks {PROTOCOL_VERSION}"})
+        await conn.drain()
+        raise RemoteProtocolError(f"peer speaks protocol version {hello['version']}, we speak {PROTOCOL_VERSION}")
+    nonce = new_nonce()
+    welcome: dict[str, Any] = {"type": "welcome", "version": PROTOCOL_VERSION, "nonce": nonce, "auth": password is not None}
+    if password is not None:
+        welcome["proof"] = auth_proof(password, "server", str(hello["nonce"]))
+    conn.send(welcome)
+    await conn.drain()
+    if password is not None:
+        auth = await conn.expect("auth", timeout)
+        if not check_proof(password, "client", nonce, auth["proof"]):
+            conn.send({"type": "error", "reason": "password mismatch"})
+            await conn.drain()
+            raise AuthenticationError(f"{conn.peer} rejected: password mismatch; start it with --password FILE")
+    return hello
+
+
+# --- file streaming ---------------------------------------------------------------------------------
+
+
+def _tar_directory(path: str) -> str:
+    fd, tmp = tempfile.mkstemp(prefix=".vine-tar-", suffix=".tar", dir=os.path.dirname(os.path.abspath(path)))
+    os.close(fd)
+    try:
+        with tarfile.open(tmp, "w") as tar:
+            tar.add(path, arcname=".")
+    except OSError:
+        # The directory's parent may be read-only: fall back to the system temp dir.
+        os.unlink(tmp)
+        fd, tmp = tempfile.mkstemp(prefix=".vine-tar-", suffix=".tar")
+        os.close(fd)
+        with tarfile.open(tmp, "w") as tar:
+            tar.add(path, arcname=".")
+    return tmp
+
+
+async def send_path(conn: Connection, name: str, path: str, **extra: Any) -> int:
+    """Stream a file or directory as file_begin/chunk/end. Returns bytes of content sent."""
+    is_dir = os.path.isdir(path)
+    src = _tar_directory(path) if is_dir else path
+    try:
+        size = os.path.getsize(src)
+        mode = os.stat(path).st_mode & 0o777
+        conn.send({"type": "file_begin", "name": name, "size": size, "dir": is_dir, "mode": mode, **extra})
+        with open(src, "rb") as fh:
+            while True:
+                chunk = fh.read(CHUNK_SIZE)
+                if not chunk:
+                    break
+                conn.send({"type": "file_chunk", "name": name}, chunk)
+                await conn.drain()
+        conn.send({"type": "file_end", "name": name})
+        await conn.drain()
+        return size
+    finally:
+        if is_dir:
+            os.unlink(src)
+
+
+async def send_bytes(conn: Connection, name: str, data: bytes, mode: int = 0o644, **extra: Any) -> int:
+    conn.send({"type": "file_begin", "name": name, "size": len(data), "dir": False, "mode": mode, **extra})
+    for i in range(0, len(data), CHUNK_SIZE):
+        conn.send({"type": "file_chunk", "name": name}, data[i : i + CHUNK_SIZE])
+        await conn.drain()
+    conn.send({"type": "file_end", "name": name})
+    await conn.drain()
+    return len(data)
+
+
+class FileReceiver:
+    """Writes one incoming file stream to ``target`` atomically (temp file, then rename).
+
+    Directory streams arrive as tar and are unpacked into ``target``.
+    """
+
+    def __init__(self, begin: Frame, target: str) -> None:
+        self.name = str(begin["name"])
+        self.size = int(begin["size"])
+        self.is_dir = bool(begin.get("dir"))
+        self.mode = int(begin.get("mode") or 0o644)
+        self.header = begin.header
+        self.target = target
+        parent = os.path.dirname(os.path.abspath(target)) or "."
+        os.makedirs(parent, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(prefix=".vine-recv-", dir=parent)
+        self.fh = os.fdopen(fd, "wb")
+        self.received = 0
+
+    def chunk(self, frame: Frame) -> None:
+        self.fh.write(frame.payload)
+        self.received += len(frame.payload)
+        if self.received > self.size:
+            self.abort()
+            raise RemoteProtocolError(f"stream for {self.name} sent {self.received} bytes, announced {self.size}")
+
+    def finish(self) -> int:
+        self.fh.close()
+        if self.received != self.size:
+            self.abort()
+            raise TransferError(f"stream for {self.name} ended after {self.received} of {self.size} bytes")
+        _remove(self.target)
+        if self.is_dir:
+            os.makedirs(self.target)
+            try:
+                with tarfile.open(self.tmp) as tar:
+                    tar.extractall(self.target, filter="tar")
+            finally:
+                os.unlink(self.tmp)
+        else:
+            os.chmod(self.tmp, self.mode | 0o600)
+            os.replace(self.tmp, self.target)
+        return self.size
+
+    def abort(self) -> None:
+        try:
+            self.fh.close()
+        finally:
+            _remove(self.tmp)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def path_size(path: str) -> int:
+    """Bytes under ``path`` (a file, or every file in a directory tree)."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        total = 0
+        for root, _dirs, files in os.walk(path):
+            for f in files:
+                try:
+                    total += os.lstat(os.path.join(root, f)).st_size
+                except OSError:
+                    pass
+        return total
+    return os.lstat(path).st_size

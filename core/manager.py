@@ -1,0 +1,934 @@
+"""``Manager``: the user's handle on the cluster, living inside the user's program.
+
+::
+
+    user thread                         I/O thread (asyncio)                       workers
+    ───────────                         ────────────────────                       ───────
+    submit(t) ──inbox──► events ──► SchedulerState.handle() ──► instructions
+                                                                 │  per-worker outbox, in order
+                                                                 ├──► file / task / fetch ───► worker
+    wait() ◄──done queue── ReturnTask ◄── events ◄── frames ◄────┴─── cache_update / complete ◄─┘
+
+Sockets belong to one I/O thread, so workers are served (keepalives, results, transfers) while the
+user's thread is busy; every decision is made by the pure :class:`SchedulerState`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import os
+import shutil
+import socket
+import ssl as ssl_module
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from . import constants as C
+from .catalog import register as catalog_register
+from .catalog import unregister as catalog_unregister
+from .connection import Connection, FileReceiver, send_bytes, send_path, server_handshake
+from .errors import AuthenticationError, ManagerError, ProtocolError, TaskError, TransferError, TuneError
+from .files import File, check_local_path
+from .logs import RunLogs
+from .protocol import Frame
+from .resources import Resources
+from .scheduler import (
+    CacheInvalid,
+    CacheUpdated,
+    Dispatch,
+    Event,
+    FetchPeer,
+    FetchUrl,
+    FileUndeclared,
+    Instruction,
+    Keepalive,
+    Kill,
+    RemoveWorker,
+    ReturnTask,
+    RunMinitask,
+    SchedulerState,
+    SendFile,
+    TaskCancelled,
+    TaskFinished,
+    TaskSubmitted,
+    Tick,
+    Unlink,
+    Warn,
+    WorkerHeard,
+    WorkerJoined,
+    WorkerLost,
+    policy_name,
+)
+from .task import Task
+
+log = logging.getLogger("core.manager")
+
+# Tune parameters accepted (REFERENCE §4). Those the scheduler reads live in its tuning table; the
+# rest are stored so TaskVine programs run unchanged, and documented as having no effect yet.
+KNOWN_TUNES = {
+    "attempt-schedule-depth", "category-steady-n-tasks", "disconnect-slow-worker-factor",
+    "option-blocklist-slow-workers-timeout", "hungry-minimum", "hungry-minimum-factor", "immediate-recovery",
+    "keepalive-interval", "keepalive-timeout", "short-timeout", "long-timeout", "max-retrievals",
+    "worker-retrievals", "min-transfer-timeout", "transfer-outlier-factor", "default-transfer-rate",
+    "monitor-interval", "prefer-dispatch", "proportional-resources", "proportional-whole-tasks",
+    "force-proportional-resources", "force-proportional-whole-tasks", "ramp-down-heuristic",
+    "resource-submit-multiplier", "asynchrony-multiplier", "disk-proportion-available-to-task",
+    "temp-replica-count", "transfer-temps-recovery", "clean-redundant-replicas", "shift-disk-load",
+    "transfer-replica-per-cycle", "transient-error-interval", "wait-for-workers", "max-workers",
+    "file-source-max-transfers", "worker-source-max-transfers", "perf-log-interval", "update-interval",
+    "resource-management-interval", "max-task-stdout-storage", "max-new-workers", "load-from-shared-filesystem",
+    "large-task-check-interval", "enforce-worker-eviction-interval", "watch-library-logfiles",
+    "sandbox-grow-factor", "max-library-retries", "task-groups", "max-task-attempts", "handshake-timeout",
+}
+TUNE_ALIASES = {
+    "asynchrony-multiplier": "resource-submit-multiplier",
+    "force-proportional-resources": "proportional-resources",
+    "force-proportional-whole-tasks": "proportional-whole-tasks",
+}
+
+
+class Stats:
+    """Manager counters under TaskVine's performance-log names (missing ones read as 0)."""
+
+    def __init__(self, values: dict[str, float]) -> None:
+        self._values = values
+
+    def __getattr__(self, name: str) -> float:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        v = self._values.get(name, 0)
+        return int(v) if isinstance(v, float) and v.is_integer() else v
+
+    def __repr__(self) -> str:
+        return f"Stats({self._values})"
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(self._values)
+
+
+@dataclass
+class WorkerLink:
+    """The I/O thread's view of one connected worker."""
+
+    id: str
+    conn: Connection
+    hostname: str
+    addrport: str
+    transfer_addr: str | None
+    outbox: asyncio.Queue[Instruction | None] = field(default_factory=asyncio.Queue)
+    receivers: dict[str, FileReceiver] = field(default_factory=dict)
+    sender: asyncio.Task[None] | None = None
+
+
+def _bind(port: Any) -> socket.socket:
+    if isinstance(port, (list, tuple)):
+        lo, hi = int(port[0]), int(port[1])
+        candidates = list(range(lo, hi + 1))
+    else:
+        candidates = [int(port)]
+    last: OSError | None = None
+    for p in candidates:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("0.0.0.0", p))
+            sock.listen(512)
+            sock.setblocking(False)
+            return sock
+        except OSError as exc:
+            sock.close()
+            last = exc
+    raise ManagerError(f"cannot listen on port {port}: {last}; choose another port, or port=0 for any free one")
+
+
+class Manager:
+    """Submit tasks and wait for their results; workers connect to ``port`` (``vine_worker HOST PORT``).
+
+    ``Manager(port=0)`` listens on any free port (``m.port`` tells which). With ``name=`` the
+    manager registers in the catalog so workers can find it with ``vine_worker -M NAME``.
+    """
+
+    def __init__(
+        self,
+        port: int | list[int] | tuple[int, int] = C.VINE_DEFAULT_PORT,
+        name: str | None = None,
+        shutdown: bool = False,
+        run_info_path: str = "vine-run-info",
+        run_info_template: str | None = None,
+        staging_path: str | None = None,
+        ssl: Any = None,
+        init_fn: Callable[[Manager], None] | None = None,
+        status_display_interval: float | None = None,
+        prometheus_port: int | None = None,
+    ) -> None:
+        self._closed = True
+        self._sock = _bind(port)
+        self._port = self._sock.getsockname()[1]
+        self._name = name
+        self._shutdown = shutdown
+        self._ssl_context = self._make_ssl(ssl)
+        self._logs = RunLogs(run_info_path, run_info_template)
+        self._staging = os.path.join(staging_path, "vine-staging") if staging_path else self._logs.staging_dir
+        os.makedirs(self._staging, exist_ok=True)
+        self._state = SchedulerState()
+        self._tune_values: dict[str, float] = {}
+        self._password: bytes | None = None
+        self._properties: dict[str, str] = {}
+        self._tasks: dict[int, Task] = {}
+        self._next_id = 1
+        self._files: dict[str, File] = {}
+        self._outstanding = 0
+        self._done: collections.OrderedDict[int, Task] = collections.OrderedDict()
+        self._cond = threading.Condition()
+        self._inbox: collections.deque[Event] = collections.deque()
+        self._kick_pending = False
+        self._links: dict[str, WorkerLink] = {}
+        self._fetches: dict[int, concurrent.futures.Future[bytes]] = {}
+        self._fetch_ids = iter(range(1, 1 << 62))
+        self._counters: dict[str, float] = collections.defaultdict(float)
+        self._catalog_entry: str | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run_loop, name=f"vine-manager-{self._port}", daemon=True)
+        started = threading.Event()
+        self._started = started
+        self._thread.start()
+        started.wait()
+        self._closed = False
+        self._logs.debug(f"listening on port {self._port}")
+        if name:
+            self._catalog_entry = catalog_register(name, self._port, ssl=self.using_ssl)
+        if init_fn is not None:
+            init_fn(self)
+
+    # -- properties -------------------------------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def name(self) -> str | None:
+        return self._name
+
+    @property
+    def using_ssl(self) -> bool:
+        return self._ssl_context is not None
+
+    @property
+    def runtime_directory(self) -> str:
+        return self._logs.run_dir
+
+    @property
+    def logging_directory(self) -> str:
+        return self._logs.log_dir
+
+    @property
+    def staging_directory(self) -> str:
+        return self._staging
+
+    @property
+    def cache_directory(self) -> str:
+        return os.path.join(os.path.dirname(self._logs.run_dir), "vine-cache")
+
+    @property
+    def stats(self) -> Stats:
+        return Stats(self._call(self._collect_stats))
+
+    def _make_ssl(self, ssl: Any) -> ssl_module.SSLContext | None:
+        if not ssl:
+            return None
+        if ssl is True:
+            raise ManagerError("ssl=True (self-signed) is not available yet; pass ssl=(key, cert)")
+        key, cert = ssl
+        ctx = ssl_module.SSLContext(ssl_module.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        return ctx
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    def __enter__(self) -> Manager:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    def close(self) -> None:
+        """Disconnect workers (telling them to exit if ``shutdown=True``), stop the I/O thread, close logs."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._catalog_entry:
+            catalog_unregister(self._catalog_entry)
+        try:
+            fut = asyncio.run_coroutine_threadsafe(self._shutdown_io(), self._loop)
+            fut.result(timeout=30)
+        except Exception as exc:  # noqa: BLE001
+            log.debug("shutdown: %s", exc)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._logs.close(self._collect_stats())
+        shutil.rmtree(self._logs.staging_dir, ignore_errors=True)
+        with self._cond:
+            self._cond.notify_all()
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._start_io())
+        self._started.set()
+        self._loop.run_forever()
+        pending = asyncio.all_tasks(self._loop)
+        for t in pending:
+            t.cancel()
+        self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self._loop.close()
+
+    async def _start_io(self) -> None:
+        self._server = await asyncio.start_server(self._on_client, sock=self._sock, ssl=self._ssl_context, limit=1 << 20)
+        self._ticker = asyncio.create_task(self._tick_loop())
+
+    async def _shutdown_io(self) -> None:
+        self._ticker.cancel()
+        self._server.close()
+        for link in list(self._links.values()):
+            if self._shutdown:
+                link.conn.send({"type": "exit"})
+                try:
+                    await asyncio.wait_for(link.conn.drain(), 2)
+                except (OSError, asyncio.TimeoutError):
+                    pass
+            link.conn.close()
+
+    def _call(self, fn: Callable[[], Any], timeout: float = 60) -> Any:
+        """Run ``fn`` in the I/O thread (where the state lives) and return its result."""
+        if self._closed or threading.current_thread() is self._thread:
+            return fn()
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:  # noqa: BLE001 - handed back to the caller's thread
+                fut.set_exception(exc)
+
+        self._loop.call_soon_threadsafe(run)
+        return fut.result(timeout)
+
+    def _post(self, event: Event) -> None:
+        """Queue an event from the user's thread; the I/O thread applies queued events in one batch."""
+        self._inbox.append(event)
+        if not self._kick_pending:
+            self._kick_pending = True
+            self._loop.call_soon_threadsafe(self._drain_inbox)
+
+    def _drain_inbox(self) -> None:
+        self._kick_pending = False
+        events = []
+        while self._inbox:
+            events.append(self._inbox.popleft())
+        if events:
+            self._apply(*events)
+
+    # -- configuration -----------------------------------------------------------------------------------------
+    def tune(self, name: str, value: float) -> int:
+        """Set a tuning parameter (REFERENCE §4). An unknown name raises :class:`TuneError`."""
+        if name not in KNOWN_TUNES:
+            raise TuneError(f"unknown tune parameter {name!r}; see the README's configuration table for the names")
+        key = TUNE_ALIASES.get(name, name)
+        value = float(value)
+        if key == "disk-proportion-available-to-task" and not 0 < value < 1:
+            raise ValueError("disk-proportion-available-to-task must be between 0 and 1")
+        if key == "proportional-resources" and name == "proportional-resources":
+            self._set_tuning("proportional-whole-tasks", 1.0 if value > 0 else 0.0)
+        self._tune_values[key] = value
+        self._set_tuning(key, value)
+        return 0
+
+    def _set_tuning(self, key: str, value: float) -> None:
+        def apply() -> None:
+            self._state.tuning[key] = value
+            self._state._schedule_needed = True
+        self._call(apply)
+
+    def set_scheduler(self, scheduler: str | int) -> None:
+        name = policy_name(scheduler)
+        self._call(lambda: setattr(self._state, "policy", name))
+
+    def set_password(self, password: str | bytes) -> None:
+        self._password = password.encode() if isinstance(password, str) else bytes(password)
+
+    def set_password_file(self, path: str) -> None:
+        with open(path, "rb") as fh:
+            self._password = fh.read().strip()
+
+    def set_property(self, key: str, value: str) -> None:
+        self._properties[key] = value
+
+    def set_name(self, name: str) -> None:
+        self._name = name
+        if self._catalog_entry:
+            catalog_unregister(self._catalog_entry)
+        self._catalog_entry = catalog_register(name, self._port, ssl=self.using_ssl)
+
+    def update_catalog(self) -> None:
+        if self._name:
+            self._catalog_entry = catalog_register(self._name, self._port, ssl=self.using_ssl, **self._properties)
+
+    def set_keepalive_interval(self, seconds: float) -> None:
+        self.tune("keepalive-interval", seconds)
+
+    def set_keepalive_timeout(self, seconds: float) -> None:
+        self.tune("keepalive-timeout", seconds)
+
+    def block_host(self, host: str) -> None:
+        """Send no more tasks to workers on ``host`` (running ones finish)."""
+        self._call(lambda: self._state.blocked_hosts.add(host))
+
+    def block_host_with_timeout(self, host: str, timeout: float) -> None:
+        self.block_host(host)
+        self._loop.call_soon_threadsafe(lambda: self._loop.call_later(timeout, self.unblock_host, host))
+
+    def unblock_host(self, host: str) -> None:
+        def apply() -> None:
+            self._state.blocked_hosts.discard(host)
+            self._state._schedule_needed = True
+            self._apply()
+        self._call(apply)
+
+    def workers_shutdown(self, n: int = 0) -> int:
+        """Tell ``n`` workers (0 = all), idle ones first, to exit. Returns how many were told."""
+        def apply() -> int:
+            links = sorted(self._links.values(), key=lambda lk: len(self._state.workers[lk.id].tasks) if lk.id in self._state.workers else 0)
+            chosen = links if n <= 0 else links[:n]
+            for link in chosen:
+                link.conn.send({"type": "exit"})
+            return len(chosen)
+        return int(self._call(apply))
+
+    # -- files ---------------------------------------------------------------------------------------------------
+    def _remember(self, f: File) -> File:
+        existing = self._files.get(f.cache_name)
+        if existing is not None and existing.kind == f.kind and existing.source() == f.source():
+            return existing
+        self._files[f.cache_name] = f
+        self._logs.graph_file(f.cache_name, f.source(), max(f.size, 0))
+        return f
+
+    def declare_file(self, path: str, cache: Any = False, peer_transfer: bool = True, unlink_when_done: bool = False) -> File:
+        """A local file or directory, usable as a task input or output."""
+        path = check_local_path(path)
+        return self._remember(File(self, "file", os.path.abspath(path), cache=cache, peer_transfer=peer_transfer, unlink_when_done=unlink_when_done))
+
+    def declare_url(self, url: str, cache: Any = False, peer_transfer: bool = True) -> File:
+        """A file workers download themselves (http, https, ftp, file)."""
+        if not isinstance(url, str) or "://" not in url:
+            raise ValueError(f"declare_url needs a URL such as https://host/path, got {url!r}")
+        scheme = url.split("://", 1)[0].lower()
+        if scheme not in ("http", "https", "ftp", "file"):
+            raise ValueError(f"unsupported URL scheme {scheme!r} in {url!r}; use http, https, ftp or file")
+        return self._remember(File(self, "url", url, cache=cache, peer_transfer=peer_transfer))
+
+    def declare_buffer(self, buffer: bytes | str | None = None, cache: Any = False, peer_transfer: bool = True) -> File:
+        """Bytes from the manager's memory as an input; ``None`` declares an empty output buffer."""
+        data = None if buffer is None else (buffer.encode() if isinstance(buffer, str) else bytes(buffer))
+        return self._remember(File(self, "buffer", "buffer", cache=cache, peer_transfer=peer_transfer, data=data))
+
+    def declare_temp(self) -> File:
+        """A file that lives only in worker caches (e.g. an intermediate result)."""
+        return self._remember(File(self, "temp", "temp"))
+
+    def declare_minitask(self, task: Task, source: str, cache: Any = False, peer_transfer: bool = True) -> File:
+        """The file ``source`` made in the sandbox of ``task``, which the worker runs when the file is needed."""
+        if not isinstance(task, Task):
+            raise TypeError("declare_minitask needs a Task")
+        return self._remember(File(self, "minitask", source, cache=cache, peer_transfer=peer_transfer, minitask=task, minitask_output=source))
+
+    def declare_untar(self, tarball: File, cache: Any = False, peer_transfer: bool = True) -> File:
+        """A directory unpacked from ``tarball`` on the worker (tar, tar.gz, tar.bz2, tar.xz)."""
+        t = Task("mkdir output && tar -xf input -C output")
+        t.add_input(tarball, "input")
+        return self.declare_minitask(t, "output", cache=cache, peer_transfer=peer_transfer)
+
+    def declare_poncho(self, tarball: File, cache: Any = False, peer_transfer: bool = True) -> File:
+        """A conda-pack/poncho environment tarball unpacked on the worker (``bin/run_in_env`` inside)."""
+        return self.declare_untar(tarball, cache=cache, peer_transfer=peer_transfer)
+
+    declare_starch = declare_poncho
+
+    def fetch_file(self, f: File, timeout: float = 300) -> bytes:
+        """The contents of ``f``, pulled from a worker holding it if it is a temp or output buffer."""
+        if f.kind == "buffer" and f.buffer_data() is not None:
+            return f.buffer_data()  # type: ignore[return-value]
+        if f.kind == "file":
+            with open(f.source(), "rb") as fh:
+                return fh.read()
+        fut: concurrent.futures.Future[bytes] = concurrent.futures.Future()
+        self._call(lambda: self._start_fetch(f, fut))
+        return fut.result(timeout)
+
+    def undeclare_file(self, f: File) -> None:
+        """Forget ``f``: workers delete their replicas; a local file with ``unlink_when_done`` is removed."""
+        self._post(FileUndeclared(time.time(), f.cache_name, forget=True))
+        self._files.pop(f.cache_name, None)
+        if f.unlink_when_done and f.kind == "file" and os.path.exists(f.source()):
+            if os.path.isdir(f.source()):
+                shutil.rmtree(f.source(), ignore_errors=True)
+            else:
+                os.unlink(f.source())
+
+    remove_file = undeclare_file
+
+    def prune_file(self, f: File) -> None:
+        """Delete every worker replica of ``f`` but keep it declared."""
+        self._post(FileUndeclared(time.time(), f.cache_name, forget=False))
+
+    # -- tasks ------------------------------------------------------------------------------------------------------
+    def submit(self, task: Task) -> int:
+        """Queue ``task``; returns its id (from 1)."""
+        if self._closed:
+            raise ManagerError("the manager is closed")
+        if not isinstance(task, Task):
+            raise TypeError(f"submit takes a Task, got {type(task).__name__}")
+        if task._state != C.VINE_TASK_INITIAL:
+            raise TaskError(f"task {task.id} was already submitted (state {task.state}); create a new Task")
+        task._id = self._next_id
+        self._next_id += 1
+        task._manager = self
+        task._state = C.VINE_TASK_READY
+        task._submit_time = time.time()
+        task.metrics["time_when_submitted"] = task._submit_time * 1e6
+        self._tasks[task.id] = task
+        self._outstanding += 1
+        for m in task.inputs + task.outputs:
+            self._remember(m.file)
+        self._prepare(task)
+        self._logs.task_ready(task.id, task.category, 1, {k: v for k, v in task.requested.items()})
+        self._post(TaskSubmitted(time.time(), task))
+        return task.id
+
+    def _prepare(self, task: Task) -> None:
+        """Hook for subclasses (PythonTask serialises its function here)."""
+
+    def wait(self, timeout: Any = "wait_forever") -> Task | None:
+        """The next finished task, or None after ``timeout`` seconds (0 polls; -1 waits forever)."""
+        return self._wait_for(lambda t: True, timeout)
+
+    def wait_for_tag(self, tag: str, timeout: Any = "wait_forever") -> Task | None:
+        return self._wait_for(lambda t: t.tag == tag, timeout)
+
+    def wait_for_task_id(self, task_id: int, timeout: Any = "wait_forever") -> Task | None:
+        return self._wait_for(lambda t: t.id == task_id, timeout)
+
+    def _wait_for(self, match: Callable[[Task], bool], timeout: Any) -> Task | None:
+        if timeout in ("wait_forever", None, C.VINE_WAIT_FOREVER):
+            deadline = None
+        else:
+            timeout = float(timeout)
+            if timeout < 0:
+                raise ValueError(f"wait timeout must be >= 0 seconds, or -1 / 'wait_forever'; got {timeout}")
+            deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for tid, task in self._done.items():
+                    if match(task):
+                        del self._done[tid]
+                        self._outstanding -= 1
+                        task._state = C.VINE_TASK_DONE
+                        self._tasks.pop(tid, None)
+                        return task
+                if self._closed or self._outstanding - len(self._done) <= 0 and not self._done:
+                    return None
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+
+    def empty(self) -> bool:
+        """True when every submitted task has been returned by ``wait``."""
+        return self._outstanding == 0
+
+    def hungry(self) -> int:
+        """How many more tasks the manager could usefully take right now (REFERENCE §3.5)."""
+        return int(self._call(self._state.hungry))
+
+    def tasks_left_count(self) -> int:
+        return self._outstanding
+
+    def cancel_by_task_id(self, task_id: int) -> bool:
+        if task_id not in self._tasks or self._tasks[task_id]._state >= C.VINE_TASK_RETRIEVED:
+            return False
+        self._post(TaskCancelled(time.time(), task_id))
+        return True
+
+    def cancel_by_task_tag(self, tag: str) -> bool:
+        for tid, t in list(self._tasks.items()):
+            if t.tag == tag and self.cancel_by_task_id(tid):
+                return True
+        return False
+
+    def cancel_all_by_tag(self, tag: str) -> int:
+        return sum(1 for tid, t in list(self._tasks.items()) if t.tag == tag and self.cancel_by_task_id(tid))
+
+    def cancel_by_category(self, category: str) -> int:
+        return sum(1 for tid, t in list(self._tasks.items()) if t.category == category and self.cancel_by_task_id(tid))
+
+    def cancel_all(self) -> int:
+        return sum(1 for tid in list(self._tasks) if self.cancel_by_task_id(tid))
+
+    def task_state(self, task_id: int) -> int:
+        t = self._tasks.get(task_id)
+        return t._state if t is not None else C.VINE_TASK_DONE
+
+    def log_txn_app(self, text: str) -> None:
+        self._logs.transaction(f"APPLICATION {text}")
+
+    def log_debug_app(self, text: str) -> None:
+        self._logs.debug(text, flag="app")
+
+    # -- I/O thread: events and instructions --------------------------------------------------------------------
+    def _apply(self, *events: Event) -> None:
+        for ins in self._state.handle(*events):
+            self._execute(ins)
+
+    def _execute(self, ins: Instruction) -> None:
+        if isinstance(ins, ReturnTask):
+            self._return_task(ins)
+        elif isinstance(ins, RemoveWorker):
+            link = self._links.get(ins.worker)
+            if link is not None:
+                self._logs.debug(f"removing worker {ins.worker} ({link.addrport}): {ins.reason}")
+                link.conn.close()
+        elif isinstance(ins, Warn):
+            log.warning("%s", ins.message)
+            self._logs.debug(f"warning: {ins.message}")
+        else:
+            link = self._links.get(getattr(ins, "worker", ""))
+            if link is not None:
+                link.outbox.put_nowait(ins)
+
+    def _return_task(self, ins: ReturnTask) -> None:
+        task = self._tasks.get(ins.task_id)
+        self._state.forget_task(ins.task_id)
+        if task is None:
+            return
+        task._result = ins.result
+        if ins.result not in (C.VINE_RESULT_SUCCESS, C.VINE_RESULT_OUTPUT_MISSING, C.VINE_RESULT_SIGNAL, C.VINE_RESULT_STDOUT_MISSING, C.VINE_RESULT_MAX_WALL_TIME):
+            task._exit_code = ins.exit_code if ins.exit_code != -1 else task._exit_code
+        task._state = C.VINE_TASK_RETRIEVED
+        task._done_time = time.time()
+        task.metrics["time_when_done"] = task._done_time * 1e6
+        self._finalize(task)
+        result_name = C.result_enum_name(ins.result)
+        self._logs.task_done(task.id, result_name, task._exit_code)
+        self._logs.graph_task(task.id, task.command, [m.file.cache_name for m in task.inputs], [m.file.cache_name for m in task.outputs])
+        with self._cond:
+            self._done[task.id] = task
+            self._cond.notify_all()
+
+    def _finalize(self, task: Task) -> None:
+        """Hook for subclasses to decode outputs (PythonTask) before the task reaches the user."""
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                self._apply(Tick(time.time()))
+                self._logs.performance(self._collect_stats(), time.time(), self._state.tuning.get("perf-log-interval", 5))
+            except Exception:  # noqa: BLE001 - the ticker must never die
+                log.exception("tick failed")
+
+    def _collect_stats(self) -> dict[str, float]:
+        s = dict(self._state.stats)
+        counts = self._state.counts()
+        s.update(self._counters)
+        s["workers_connected"] = len(self._state.workers)
+        busy = sum(1 for w in self._state.workers.values() if w.tasks)
+        s["workers_busy"] = busy
+        s["workers_idle"] = len(self._state.workers) - busy
+        s["tasks_waiting"] = counts["ready"] + counts["waiting"]
+        s["tasks_on_workers"] = s["tasks_running"] = counts["dispatched"]
+        s["tasks_with_results"] = len(self._done)
+        s["tasks_successful"] = s.get("tasks_succeeded", 0)
+        for f in ("cores", "memory", "disk", "gpus"):
+            s[f"total_{f}"] = sum(max(getattr(w.total, f), 0) for w in self._state.workers.values())
+            s[f"committed_{f}"] = sum(max(getattr(w.committed, f), 0) for w in self._state.workers.values())
+        s["inuse_cache"] = sum(w.cache_bytes for w in self._state.workers.values())
+        s["time_when_started"] = self._logs.start_us
+        return s
+
+    # -- I/O thread: connections ---------------------------------------------------------------------------------
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = Connection(reader, writer)
+        timeout = self._state.tuning.get("handshake-timeout", 30)
+        try:
+            hello = await server_handshake(conn, self._password, timeout)
+            role = hello.get("role")
+            if role == "status":
+                await self._serve_status(conn, hello)
+                return
+            if role != "worker":
+                raise ProtocolError(f"unknown role {role!r} in hello")
+            ready = await conn.expect("ready", timeout)
+            await self._serve_worker(conn, ready)
+        except AuthenticationError as exc:
+            self._logs.debug(f"rejected {conn.peer}: {exc}")
+            log.warning("%s", exc)
+        except asyncio.TimeoutError:
+            self._logs.debug(f"disconnecting {conn.peer}: no handshake within {timeout}s")
+        except (ProtocolError, TransferError, OSError, ValueError, KeyError, TypeError) as exc:
+            self._logs.debug(f"disconnecting {conn.peer}: {type(exc).__name__}: {exc}")
+        except asyncio.CancelledError:
+            pass
+        finally:
+            conn.close()
+
+    async def _serve_status(self, conn: Connection, hello: Frame) -> None:
+        frame = await conn.expect("status", 10)
+        what = frame["what"]
+        conn.send({"type": "status_reply", "data": self.status_local(what)})
+        await conn.drain()
+
+    def status_local(self, what: str) -> Any:
+        s = self._collect_stats()
+        if what == "manager":
+            return [{"project": self._name, "port": self._port, "tasks_waiting": s["tasks_waiting"], "tasks_running": s["tasks_running"],
+                     "tasks_done": s.get("tasks_done", 0), "workers": s["workers_connected"], "hungry": self._state.hungry(),
+                     "tasks_submitted": s.get("tasks_submitted", 0), "total_cores": s["total_cores"]}]
+        if what == "workers":
+            return [{"id": w.id, "hostname": w.hostname, "addrport": w.addrport, "tasks_running": len(w.tasks), **{f"total_{k}": v for k, v in w.total.to_dict().items()}} for w in self._state.workers.values()]
+        if what == "tasks":
+            return [{"task_id": r.task.id, "state": r.state, "command": r.task.command, "worker": r.worker} for r in self._state.tasks.values()]
+        raise ValueError(f"unknown status request {what!r}; use manager, workers or tasks")
+
+    def status(self, request: str) -> Any:
+        return self._call(lambda: self.status_local(request))
+
+    async def _serve_worker(self, conn: Connection, ready: Frame) -> None:
+        wid = str(ready.get("worker_id") or f"worker-{id(conn):x}")
+        host = conn.peer.rsplit(":", 1)[0]
+        tport = ready.get("transfer_port")
+        link = WorkerLink(wid, conn, str(ready["hostname"]), conn.peer, f"{host}:{tport}" if tport else None)
+        res = Resources.from_dict(ready["resources"])
+        cache = {str(k): int(v) for k, v in dict(ready["cache"]).items()}
+        self._links[wid] = link
+        self._logs.worker_connected(wid, conn.peer, res.to_dict())
+        self._logs.debug(f"worker {wid} connected from {conn.peer} ({link.hostname}) with {res.to_dict()}")
+        link.sender = asyncio.create_task(self._sender(link))
+        reason = "UNKNOWN"
+        try:
+            self._apply(WorkerJoined(time.time(), wid, link.hostname, conn.peer, res, frozenset(ready.get("features") or ()),
+                                     cache, link.transfer_addr, float(ready.get("end_time") or 0)))
+            while True:
+                frame = await conn.recv()
+                if frame is None:
+                    break
+                w = self._state.workers.get(wid)
+                if w is not None:
+                    w.last_heard = time.time()
+                    w.check_sent = None
+                self._on_worker_frame(link, frame)
+        except (ProtocolError, TransferError, ValueError, KeyError, TypeError) as exc:
+            reason = "FAILURE"
+            self._logs.debug(f"worker {wid} ({conn.peer}) sent a bad message, disconnecting: {type(exc).__name__}: {exc}")
+        except OSError as exc:
+            self._logs.debug(f"worker {wid} connection error: {exc}")
+        finally:
+            link.outbox.put_nowait(None)
+            if link.sender is not None:
+                link.sender.cancel()
+            for r in link.receivers.values():
+                r.abort()
+            self._links.pop(wid, None)
+            self._logs.worker_disconnected(wid, reason)
+            self._logs.debug(f"worker {wid} disconnected ({reason})")
+            for rid, fut in list(self._fetches.items()):
+                if getattr(fut, "_vine_worker", None) == wid and not fut.done():
+                    fut.set_exception(TransferError(f"worker {wid} disconnected during fetch"))
+            self._counters["bytes_sent"] += conn.bytes_sent
+            self._counters["bytes_received"] += conn.bytes_received
+            self._apply(WorkerLost(time.time(), wid, reason))
+
+    def _on_worker_frame(self, link: WorkerLink, frame: Frame) -> None:
+        t = frame.type
+        now = time.time()
+        if t == "complete":
+            self._on_complete(link, frame)
+        elif t == "cache_update":
+            name, size = str(frame["name"]), int(frame["size"])
+            self._logs.cache_update(link.id, name, size)
+            self._apply(CacheUpdated(now, link.id, name, size))
+        elif t == "cache_invalid":
+            rid = frame.get("request")
+            if rid is not None and rid in self._fetches:
+                self._fetches.pop(rid).set_exception(TransferError(f"worker {link.id} could not send {frame['name']}: {frame['reason']}"))
+                return
+            self._logs.debug(f"worker {link.id}: {frame['name']} invalid: {frame['reason']}")
+            self._apply(CacheInvalid(now, link.id, str(frame["name"]), str(frame["reason"])))
+        elif t == "alive":
+            self._apply(WorkerHeard(now, link.id))
+        elif t == "file_begin":
+            self._begin_receive(link, frame)
+        elif t == "file_chunk":
+            r = link.receivers.get(frame["name"])
+            if r is None:
+                raise ProtocolError(f"file_chunk for {frame['name']} without file_begin")
+            r.chunk(frame)
+        elif t == "file_end":
+            self._end_receive(link, frame)
+        elif t == "watch":
+            self._on_watch(frame)
+        else:
+            raise ProtocolError(f"unexpected message {t!r} from a worker")
+
+    def _begin_receive(self, link: WorkerLink, frame: Frame) -> None:
+        name = str(frame["name"])
+        f = self._files.get(name)
+        rid = frame.get("request")
+        if rid is None and f is not None and f.kind == "file":
+            target = f.source()
+        else:
+            target = os.path.join(self._staging, "outputs", f"{name}.{rid or 'out'}")
+        link.receivers[name] = FileReceiver(frame, target)
+
+    def _end_receive(self, link: WorkerLink, frame: Frame) -> None:
+        r = link.receivers.pop(frame["name"], None)
+        if r is None:
+            raise ProtocolError(f"file_end for {frame['name']} without file_begin")
+        size = r.finish()
+        self._logs.transfer(link.id, "OUTPUT", r.name, size, 0, 0)
+        rid = r.header.get("request")
+        f = self._files.get(r.name)
+        if rid is not None or (f is not None and f.kind != "file"):
+            with open(r.target, "rb") as fh:
+                data = fh.read()
+            os.unlink(r.target)
+            if rid is not None and rid in self._fetches:
+                self._fetches.pop(rid).set_result(data)
+            elif f is not None and f.kind == "buffer":
+                f.set_buffer_data(data)
+
+    def _on_watch(self, frame: Frame) -> None:
+        f = self._files.get(str(frame["name"]))
+        if f is None or f.kind != "file":
+            return
+        mode = "r+b" if os.path.exists(f.source()) else "wb"
+        with open(f.source(), mode) as fh:
+            fh.seek(int(frame["offset"]))
+            fh.write(frame.payload)
+            fh.truncate()
+
+    def _on_complete(self, link: WorkerLink, frame: Frame) -> None:
+        tid = int(frame["id"])
+        task = self._tasks.get(tid)
+        result, code = int(frame["result"]), int(frame["exit_code"])
+        if task is not None and task._state < C.VINE_TASK_RETRIEVED and not frame.get("retry") and result != C.VINE_RESULT_FORSAKEN:
+            task._stdout = frame.payload
+            task._exit_code = code
+            task._hostname = link.hostname
+            task._addrport = link.addrport
+            start, end = float(frame.get("start") or 0), float(frame.get("end") or 0)
+            task.metrics["time_workers_execute_last"] = (end - start) * 1e6 if start else 0
+            task.metrics["time_workers_execute_all"] = task.metrics.get("time_workers_execute_all", 0) + task.metrics["time_workers_execute_last"]
+            self._logs.task_retrieved(tid, C.result_enum_name(result), code, {})
+        elif frame.get("reason"):
+            self._logs.debug(f"task {tid} on {link.id}: {C.result_string(result)}: {frame['reason']}")
+        start = float(frame.get("start") or 0)
+        end = float(frame.get("end") or 0)
+        self._apply(TaskFinished(time.time(), link.id, tid, result, code, bool(frame.get("retry")),
+                                 tuple(frame.get("unlinked") or ()), max(0.0, end - start) if start else 0.0))
+
+    def _start_fetch(self, f: File, fut: concurrent.futures.Future[bytes]) -> None:
+        rec = self._state.files.get(f.cache_name)
+        holders = [wid for wid, st in (rec.replicas.items() if rec else []) if st == "ready" and wid in self._links]
+        if not holders:
+            fut.set_exception(TransferError(f"{f!r} has no replica on any connected worker; was the task that makes it run?"))
+            return
+        rid = next(self._fetch_ids)
+        fut._vine_worker = holders[0]  # type: ignore[attr-defined]
+        self._fetches[rid] = fut
+        self._links[holders[0]].conn.send({"type": "get", "name": f.cache_name, "request": rid})
+
+    async def _sender(self, link: WorkerLink) -> None:
+        """Carry out one worker's instructions in order, so files always precede the tasks using them."""
+        try:
+            while True:
+                ins = await link.outbox.get()
+                if ins is None:
+                    return
+                try:
+                    await self._send_instruction(link, ins)
+                except (OSError, TransferError) as exc:
+                    self._logs.debug(f"sending to {link.id} failed: {exc}")
+                    link.conn.close()
+                    return
+        except asyncio.CancelledError:
+            pass
+
+    async def _send_instruction(self, link: WorkerLink, ins: Instruction) -> None:
+        conn = link.conn
+        if isinstance(ins, Dispatch):
+            task = self._tasks.get(ins.task_id)
+            if task is None or task._state >= C.VINE_TASK_RETRIEVED:
+                self._apply(TaskFinished(time.time(), link.id, ins.task_id, C.VINE_RESULT_CANCELLED))
+                return
+            missing = [m.file.source() for m in task.inputs if m.file.kind == "file" and not m.file.exists_locally()]
+            if missing:
+                self._logs.debug(f"task {task.id}: input missing: {missing}")
+                self._apply(TaskFinished(time.time(), link.id, task.id, C.VINE_RESULT_INPUT_MISSING, -1))
+                return
+            spec = task._task_spec()
+            spec["resources"] = ins.allocation.to_dict()
+            spec["outputs"] = [
+                {"name": m.file.cache_name, "remote": m.remote_name, "level": m.file.level, "kind": m.file.kind,
+                 "return": m.file.kind in ("file", "buffer"), "watch": m.watch, "failure_only": m.failure_only,
+                 "success_only": m.success_only}
+                for m in task.outputs
+            ]
+            task._allocated = ins.allocation
+            task._state = C.VINE_TASK_RUNNING
+            self._logs.task_running(task.id, link.id, ins.allocation.to_dict())
+            conn.send({"type": "task", "task": spec})
+        elif isinstance(ins, SendFile):
+            f = self._files.get(ins.name) or self._state.files[ins.name].file
+            start = time.time()
+            if f.kind == "buffer":
+                size = await send_bytes(conn, f.cache_name, f.buffer_data() or b"", mode=f.mode or 0o755, level=f.level)
+            elif f.exists_locally():
+                size = await send_path(conn, f.cache_name, f.source(), level=f.level)
+            else:
+                self._apply(CacheInvalid(time.time(), link.id, f.cache_name, "local file missing"))
+                return
+            self._logs.transfer(link.id, "INPUT", f.cache_name, size, int((time.time() - start) * 1e6), int(start * 1e6))
+        elif isinstance(ins, FetchUrl):
+            f = self._state.files[ins.name].file
+            conn.send({"type": "fetch_url", "name": f.cache_name, "url": f.source(), "level": f.level})
+        elif isinstance(ins, FetchPeer):
+            f = self._state.files[ins.name].file
+            src = self._links.get(ins.source)
+            if src is None or not src.transfer_addr:
+                self._apply(CacheInvalid(time.time(), link.id, f.cache_name, "peer source gone"))
+                return
+            conn.send({"type": "fetch_peer", "name": f.cache_name, "source": src.transfer_addr, "level": f.level})
+        elif isinstance(ins, RunMinitask):
+            f = self._state.files[ins.name].file
+            t = f.minitask
+            assert t is not None
+            spec = {"command": t.command, "env": t.env, "source": f.minitask_output,
+                    "inputs": [{**m.file.spec(), "remote": m.remote_name} for m in t.inputs]}
+            conn.send({"type": "minitask", "name": f.cache_name, "task": spec, "level": f.level})
+        elif isinstance(ins, Kill):
+            conn.send({"type": "kill", "id": ins.task_id})
+        elif isinstance(ins, Unlink):
+            conn.send({"type": "unlink", "name": ins.name})
+        elif isinstance(ins, Keepalive):
+            conn.send({"type": "keepalive"})
+        await conn.drain()

@@ -1,0 +1,184 @@
+"""The wire protocol as a pure codec: bytes in, frames out; frames in, bytes out.
+
+A frame is::
+
+    +----------------+------------------+-------------------+----------------------+
+    | header length  | payload length   | header            | payload              |
+    | uint32, big-e. | uint64, big-e.   | UTF-8 JSON object | raw bytes (optional) |
+    +----------------+------------------+-------------------+----------------------+
+
+The header is a JSON object whose ``"type"`` names the message (see :data:`MESSAGES`).
+Payloads carry file chunks and captured output; a file larger than one chunk travels as a
+``file_begin`` / ``file_chunk``... / ``file_end`` sequence, so nothing is ever held whole in memory.
+
+Nothing here touches a socket. A malformed frame raises :class:`RemoteProtocolError`, which the
+connection owner turns into "close this peer, log why"; it never propagates further.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import LocalProtocolError, RemoteProtocolError
+
+PROTOCOL_VERSION = 1
+PREFIX = struct.Struct(">IQ")
+MAX_HEADER = 1 << 20  # 1 MiB of JSON is far beyond any legitimate message
+MAX_PAYLOAD = 64 << 20  # chunks are 1 MiB; stdout up to this size travels inline
+CHUNK_SIZE = 1 << 20
+
+# Every message type and the header fields it must carry. Unknown types are a protocol error.
+MESSAGES: dict[str, tuple[str, ...]] = {
+    # handshake (worker or tool -> manager, then manager -> worker)
+    "hello": ("version", "role", "nonce"),
+    "welcome": ("version", "nonce", "auth"),
+    "auth": ("proof",),
+    "ready": ("resources", "cache", "hostname"),
+    "error": ("reason",),
+    # manager -> worker
+    "task": ("task",),
+    "kill": ("id",),
+    "fetch_url": ("name", "url", "level"),
+    "fetch_peer": ("name", "source", "level"),
+    "minitask": ("name", "task", "level"),
+    "get": ("name",),
+    "unlink": ("name",),
+    "keepalive": (),
+    "exit": (),
+    # worker -> manager
+    "alive": (),
+    "cache_update": ("name", "size"),
+    "cache_invalid": ("name", "reason"),
+    "complete": ("id", "result", "exit_code"),
+    "watch": ("id", "name", "offset"),
+    # either direction: file streams
+    "file_begin": ("name", "size"),
+    "file_chunk": ("name",),
+    "file_end": ("name",),
+    # status queries (vine_status, factory)
+    "status": ("what",),
+    "status_reply": ("data",),
+}
+
+
+@dataclass
+class Frame:
+    """One decoded frame: a validated JSON header and an optional raw payload."""
+
+    header: dict[str, Any]
+    payload: bytes = b""
+
+    @property
+    def type(self) -> str:
+        return str(self.header["type"])
+
+    def __getitem__(self, key: str) -> Any:
+        return self.header[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.header.get(key, default)
+
+
+def encode_frame(header: dict[str, Any], payload: bytes = b"") -> bytes:
+    """Serialise one frame. Raises :class:`LocalProtocolError` for unsendable input."""
+    mtype = header.get("type")
+    if mtype not in MESSAGES:
+        raise LocalProtocolError(f"unknown message type {mtype!r}")
+    try:
+        head = json.dumps(header, separators=(",", ":")).encode()
+    except (TypeError, ValueError) as exc:
+        raise LocalProtocolError(f"message {mtype!r} is not JSON-serialisable: {exc}") from exc
+    if len(head) > MAX_HEADER:
+        raise LocalProtocolError(f"message {mtype!r} header is {len(head)} bytes, over {MAX_HEADER}")
+    if len(payload) > MAX_PAYLOAD:
+        raise LocalProtocolError(f"payload of {len(payload)} bytes is over {MAX_PAYLOAD}; send it in chunks")
+    return PREFIX.pack(len(head), len(payload)) + head + payload
+
+
+def validate_header(raw: bytes) -> dict[str, Any]:
+    """Parse and check a header; every failure is the remote side's fault."""
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise RemoteProtocolError(f"frame header is not UTF-8 JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise RemoteProtocolError(f"frame header is a {type(header).__name__}, not an object")
+    mtype = header.get("type")
+    if not isinstance(mtype, str) or mtype not in MESSAGES:
+        raise RemoteProtocolError(f"unknown message type {mtype!r}")
+    missing = [k for k in MESSAGES[mtype] if k not in header]
+    if missing:
+        raise RemoteProtocolError(f"message {mtype!r} lacks field(s) {', '.join(missing)}")
+    return header
+
+
+@dataclass
+class FrameDecoder:
+    """Incremental decoder: ``feed`` any slice of the stream, get back every complete frame.
+
+    Once it has raised, the stream is unusable (framing is lost) and the peer must be dropped.
+    """
+
+    _buf: bytearray = field(default_factory=bytearray)
+    _need: tuple[int, int] | None = None
+    _broken: bool = False
+
+    def feed(self, data: bytes) -> list[Frame]:
+        if self._broken:
+            raise RemoteProtocolError("stream already failed to decode")
+        self._buf += data
+        frames: list[Frame] = []
+        try:
+            while True:
+                if self._need is None:
+                    if len(self._buf) < PREFIX.size:
+                        break
+                    hlen, plen = PREFIX.unpack_from(self._buf)
+                    if hlen == 0 or hlen > MAX_HEADER:
+                        raise RemoteProtocolError(f"frame header length {hlen} is out of range (1..{MAX_HEADER})")
+                    if plen > MAX_PAYLOAD:
+                        raise RemoteProtocolError(f"frame payload length {plen} is over {MAX_PAYLOAD}")
+                    self._need = (hlen, plen)
+                    del self._buf[: PREFIX.size]
+                hlen, plen = self._need
+                if len(self._buf) < hlen + plen:
+                    break
+                header = validate_header(bytes(self._buf[:hlen]))
+                payload = bytes(self._buf[hlen : hlen + plen])
+                del self._buf[: hlen + plen]
+                self._need = None
+                frames.append(Frame(header, payload))
+        except RemoteProtocolError:
+            self._broken = True
+            raise
+        return frames
+
+    @property
+    def pending(self) -> int:
+        """Bytes received but not yet part of a complete frame (non-zero at EOF = truncated)."""
+        return len(self._buf) + (PREFIX.size if self._need else 0)
+
+
+# --- authentication -------------------------------------------------------------------------------
+
+
+def new_nonce() -> str:
+    return os.urandom(16).hex()
+
+
+def auth_proof(password: bytes, role: str, nonce: str) -> str:
+    """HMAC-SHA256 proof that the sender knows ``password``, bound to the other side's fresh nonce.
+
+    ``role`` differs per direction so a proof can never be reflected back to its sender.
+    """
+    return hmac.new(password, f"{role}:{nonce}".encode(), hashlib.sha256).hexdigest()
+
+
+def check_proof(password: bytes, role: str, nonce: str, proof: object) -> bool:
+    return isinstance(proof, str) and hmac.compare_digest(auth_proof(password, role, nonce), proof)

@@ -1,0 +1,753 @@
+"""The manager's decisions as a pure state machine: events in, instructions out.
+
+No sockets, no clocks, no sleeping: the manager's I/O thread turns bytes into events and
+instructions into bytes. Time arrives as an argument (``now``, seconds), so keepalives, retries and
+recovery are unit-tested without processes.
+
+Task life::
+
+    waiting --(temp inputs exist)--> ready --(worker chosen)--> dispatched --(complete)--> done
+       ^                               ^  |                         |
+       |                               |  +------(cancel)---------> cancelled
+       +--------(temp input lost)------+--------(worker lost, forsaken: attempt counted)
+
+Ready tasks sit in a heap keyed by (recovery first, then user priority, then submission order), so
+the cost of a scheduling decision does not grow with the length of the queue.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from . import constants as C
+from .resources import AllocationPolicy, Resources, allocate_resources, fits, hungry_count
+
+if TYPE_CHECKING:
+    from .files import File
+    from .task import Task
+
+TaskState = Literal["waiting", "ready", "dispatched", "done"]
+ReplicaState = Literal["creating", "ready"]
+
+POLICIES = {
+    C.VINE_SCHEDULE_FCFS: "rand",
+    C.VINE_SCHEDULE_FILES: "files",
+    C.VINE_SCHEDULE_TIME: "time",
+    C.VINE_SCHEDULE_RAND: "rand",
+    C.VINE_SCHEDULE_WORST: "worst",
+    C.VINE_SCHEDULE_DISK: "disk",
+}
+POLICY_NAMES = {"files", "time", "rand", "worst", "disk", "fcfs"}
+
+
+def policy_name(policy: str | int) -> str:
+    """Normalise a scheduler given as a TaskVine constant or a name; unknown ones raise ValueError."""
+    if isinstance(policy, int) and policy in POLICIES:
+        return POLICIES[policy]
+    if isinstance(policy, str) and policy in POLICY_NAMES:
+        return "rand" if policy == "fcfs" else policy
+    raise ValueError(f"unknown scheduler {policy!r}; use one of files, time, rand, worst, disk, fcfs")
+
+
+# --- events ------------------------------------------------------------------------------------------
+
+_event_ids = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class Event:
+    now: float
+
+
+@dataclass(frozen=True)
+class TaskSubmitted(Event):
+    task: Task
+
+
+@dataclass(frozen=True)
+class TaskCancelled(Event):
+    task_id: int
+
+
+@dataclass(frozen=True)
+class WorkerJoined(Event):
+    worker: str
+    hostname: str
+    addrport: str
+    resources: Resources
+    features: frozenset[str] = frozenset()
+    cache: dict[str, int] = field(default_factory=dict)
+    transfer_addr: str | None = None
+    end_time: float = 0.0
+
+
+@dataclass(frozen=True)
+class WorkerLost(Event):
+    worker: str
+    reason: str = "UNKNOWN"
+
+
+@dataclass(frozen=True)
+class WorkerHeard(Event):
+    worker: str
+
+
+@dataclass(frozen=True)
+class CacheUpdated(Event):
+    worker: str
+    name: str
+    size: int
+
+
+@dataclass(frozen=True)
+class CacheInvalid(Event):
+    worker: str
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class TaskFinished(Event):
+    """A worker reported a task's end (or the manager failed it before it reached the worker)."""
+
+    worker: str
+    task_id: int
+    result: int
+    exit_code: int = -1
+    retry: bool = False  # the failure was the cluster's fault (e.g. a peer transfer broke): run it again
+    unlinked: tuple[str, ...] = ()
+    runtime: float = 0.0
+
+
+@dataclass(frozen=True)
+class FileUndeclared(Event):
+    name: str
+    forget: bool = True
+
+
+@dataclass(frozen=True)
+class Tick(Event):
+    pass
+
+
+# --- instructions ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Instruction:
+    pass
+
+
+@dataclass(frozen=True)
+class SendFile(Instruction):
+    worker: str
+    name: str
+
+
+@dataclass(frozen=True)
+class FetchUrl(Instruction):
+    worker: str
+    name: str
+
+
+@dataclass(frozen=True)
+class FetchPeer(Instruction):
+    worker: str
+    name: str
+    source: str  # worker id holding a ready replica
+
+
+@dataclass(frozen=True)
+class RunMinitask(Instruction):
+    worker: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Dispatch(Instruction):
+    worker: str
+    task_id: int
+    allocation: Resources
+
+
+@dataclass(frozen=True)
+class Kill(Instruction):
+    worker: str
+    task_id: int
+
+
+@dataclass(frozen=True)
+class Unlink(Instruction):
+    worker: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Keepalive(Instruction):
+    worker: str
+
+
+@dataclass(frozen=True)
+class RemoveWorker(Instruction):
+    worker: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ReturnTask(Instruction):
+    """The task is finished: hand it to the user with this result."""
+
+    task_id: int
+    result: int
+    exit_code: int
+
+
+@dataclass(frozen=True)
+class Warn(Instruction):
+    message: str
+
+
+# --- records -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class WorkerRecord:
+    id: str
+    hostname: str
+    addrport: str
+    total: Resources
+    features: frozenset[str]
+    transfer_addr: str | None
+    end_time: float
+    last_heard: float
+    committed: Resources = field(default_factory=lambda: Resources(0, 0, 0, 0))
+    tasks: set[int] = field(default_factory=set)
+    replicas: dict[str, ReplicaState] = field(default_factory=dict)
+    cache_bytes: int = 0
+    check_sent: float | None = None
+    completed: int = 0
+    busy_time: float = 0.0
+    draining: bool = False
+
+    def has(self, name: str) -> bool:
+        return name in self.replicas
+
+
+@dataclass
+class TaskRecord:
+    task: Task
+    seq: int
+    state: TaskState = "ready"
+    worker: str | None = None
+    allocation: Resources = field(default_factory=Resources)
+    attempts: int = 0  # dispatches so far
+    forsaken: int = 0
+    heap_key: tuple[float, float, int] | None = None
+    warned_unfit: bool = False
+    recovery: bool = False
+
+
+@dataclass
+class FileRecord:
+    file: File
+    replicas: dict[str, ReplicaState] = field(default_factory=dict)  # worker id -> state
+    producer: int | None = None  # task id that writes it (lineage for temps)
+    size: int = -1
+
+
+DEFAULT_TUNING: dict[str, float] = {
+    "attempt-schedule-depth": 100,
+    "hungry-minimum": 10,
+    "hungry-minimum-factor": 2,
+    "keepalive-interval": 30,
+    "keepalive-timeout": 60,
+    "resource-submit-multiplier": 1.0,
+    "proportional-resources": 1,
+    "proportional-whole-tasks": 1,
+    "disk-proportion-available-to-task": 0.75,
+    "wait-for-workers": 0,
+    "max-task-attempts": 10,
+    "immediate-recovery": 0,
+    "temp-replica-count": 1,
+    "worker-source-max-transfers": 10,
+    "file-source-max-transfers": 1,
+    "transient-error-interval": 15,
+}
+
+
+class SchedulerState:
+    """Tasks, files, replicas and workers, and every decision about them.
+
+    Feed events with :meth:`handle`; it returns the instructions to carry out. Call
+    :meth:`validate` in tests to check the invariants.
+    """
+
+    def __init__(self, tuning: dict[str, float] | None = None, policy: str = "files", seed: int | None = None) -> None:
+        self.tuning = dict(DEFAULT_TUNING)
+        if tuning:
+            self.tuning.update(tuning)
+        self.policy = policy
+        self.rng = random.Random(seed)
+        self.tasks: dict[int, TaskRecord] = {}
+        self.workers: dict[str, WorkerRecord] = {}
+        self.files: dict[str, FileRecord] = {}
+        self.ready: list[tuple[tuple[float, float, int], int]] = []
+        self.waiting_on: dict[str, set[int]] = defaultdict(set)  # temp name -> consumer task ids
+        self.blocked_hosts: set[str] = set()
+        self._seq = itertools.count()
+        self.stats: dict[str, float] = defaultdict(float)
+        self._schedule_needed = False
+        self._handlers = {
+            TaskSubmitted: self._on_submitted,
+            TaskCancelled: self._on_cancelled,
+            WorkerJoined: self._on_worker_joined,
+            WorkerLost: self._on_worker_lost,
+            WorkerHeard: self._on_worker_heard,
+            CacheUpdated: self._on_cache_updated,
+            CacheInvalid: self._on_cache_invalid,
+            TaskFinished: self._on_task_finished,
+            FileUndeclared: self._on_file_undeclared,
+            Tick: self._on_tick,
+        }
+
+    # -- entry point ---------------------------------------------------------------------------------
+    def handle(self, *events: Event) -> list[Instruction]:
+        """Apply events in order, then schedule what became possible."""
+        out: list[Instruction] = []
+        now = 0.0
+        for ev in events:
+            now = ev.now
+            self._handlers[type(ev)](ev, out)  # type: ignore[operator]
+        if self._schedule_needed:
+            self._schedule_needed = False
+            self._schedule(now, out)
+        return out
+
+    @property
+    def allocation_policy(self) -> AllocationPolicy:
+        return AllocationPolicy(
+            proportional=bool(self.tuning["proportional-resources"]),
+            whole_tasks=bool(self.tuning["proportional-whole-tasks"]),
+            disk_proportion=float(self.tuning["disk-proportion-available-to-task"]),
+        )
+
+    # -- files ------------------------------------------------------------------------------------------
+    def _file(self, f: File) -> FileRecord:
+        rec = self.files.get(f.cache_name)
+        if rec is None:
+            rec = self.files[f.cache_name] = FileRecord(f)
+        return rec
+
+    def _has_ready_replica(self, name: str) -> bool:
+        rec = self.files.get(name)
+        return bool(rec and any(s == "ready" for s in rec.replicas.values()))
+
+    # -- handlers -------------------------------------------------------------------------------------
+    def _on_submitted(self, ev: TaskSubmitted, out: list[Instruction]) -> None:
+        t = ev.task
+        rec = self.tasks[t.id] = TaskRecord(t, next(self._seq))
+        self.stats["tasks_submitted"] += 1
+        for m in t.inputs:
+            self._file(m.file)
+        for f in t.environments:
+            self._file(f)
+        for m in t.outputs:
+            frec = self._file(m.file)
+            frec.producer = t.id
+        self._make_ready(rec)
+
+    def _push_ready(self, rec: TaskRecord) -> None:
+        t = rec.task
+        rec.state = "ready"
+        rec.heap_key = (0 if rec.recovery else 1, -t.priority, rec.seq)
+        heapq.heappush(self.ready, (rec.heap_key, t.id))
+        self._schedule_needed = True
+
+    def _make_ready(self, rec: TaskRecord) -> None:
+        """Ready if every temp input exists somewhere; otherwise wait for the first missing one."""
+        for m in rec.task.inputs:
+            if m.file.kind == "temp" and not self._has_ready_replica(m.file.cache_name):
+                rec.state = "waiting"
+                rec.heap_key = None
+                self.waiting_on[m.file.cache_name].add(rec.task.id)
+                return
+        self._push_ready(rec)
+
+    def _on_cancelled(self, ev: TaskCancelled, out: list[Instruction]) -> None:
+        rec = self.tasks.get(ev.task_id)
+        if rec is None or rec.state == "done":
+            return
+        if rec.state == "dispatched" and rec.worker is not None:
+            out.append(Kill(rec.worker, rec.task.id))
+            self._release(rec)
+        self._finish(rec, C.VINE_RESULT_CANCELLED, -1, out)
+
+    def _on_worker_joined(self, ev: WorkerJoined, out: list[Instruction]) -> None:
+        w = WorkerRecord(
+            ev.worker, ev.hostname, ev.addrport, ev.resources, ev.features, ev.transfer_addr, ev.end_time, ev.now
+        )
+        self.workers[w.id] = w
+        self.stats["workers_joined"] += 1
+        for name, size in ev.cache.items():
+            w.replicas[name] = "ready"
+            w.cache_bytes += max(size, 0)
+            frec = self.files.get(name)
+            if frec is not None:
+                frec.replicas[w.id] = "ready"
+                frec.size = size
+        self._schedule_needed = True
+
+    def _on_worker_heard(self, ev: WorkerHeard, out: list[Instruction]) -> None:
+        w = self.workers.get(ev.worker)
+        if w is not None:
+            w.last_heard = ev.now
+            w.check_sent = None
+
+    def _on_worker_lost(self, ev: WorkerLost, out: list[Instruction]) -> None:
+        w = self.workers.pop(ev.worker, None)
+        if w is None:
+            return
+        self.stats["workers_removed"] += 1
+        if ev.reason != "EXPLICIT":
+            self.stats["workers_lost"] += 1
+        for name in w.replicas:
+            frec = self.files.get(name)
+            if frec is not None:
+                frec.replicas.pop(w.id, None)
+        for tid in sorted(w.tasks):
+            rec = self.tasks[tid]
+            rec.worker = None
+            rec.allocation = Resources()
+            # A lost worker is not the task's fault, but attempts stay bounded (TaskVine loops forever).
+            self._retry_or_fail(rec, C.VINE_RESULT_MAX_RETRIES, out)
+        w.tasks.clear()
+        self._schedule_needed = True
+
+    def _on_cache_updated(self, ev: CacheUpdated, out: list[Instruction]) -> None:
+        w = self.workers.get(ev.worker)
+        if w is None:
+            return
+        if w.replicas.get(ev.name) != "ready":
+            w.cache_bytes += max(ev.size, 0)
+        w.replicas[ev.name] = "ready"
+        frec = self.files.get(ev.name)
+        if frec is None:
+            return
+        frec.replicas[w.id] = "ready"
+        frec.size = ev.size
+        for tid in self.waiting_on.pop(ev.name, ()):  # consumers of a temp that now exists
+            rec = self.tasks.get(tid)
+            if rec is not None and rec.state == "waiting":
+                self._make_ready(rec)
+
+    def _on_cache_invalid(self, ev: CacheInvalid, out: list[Instruction]) -> None:
+        w = self.workers.get(ev.worker)
+        if w is not None and w.replicas.pop(ev.name, None) is not None:
+            self._schedule_needed = True
+        frec = self.files.get(ev.name)
+        if frec is not None:
+            frec.replicas.pop(ev.worker, None)
+
+    def _on_task_finished(self, ev: TaskFinished, out: list[Instruction]) -> None:
+        rec = self.tasks.get(ev.task_id)
+        w = self.workers.get(ev.worker)
+        for name in ev.unlinked:
+            if w is not None and w.replicas.pop(name, None) is not None:
+                frec = self.files.get(name)
+                if frec is not None:
+                    frec.replicas.pop(w.id, None)
+        if rec is None or rec.state != "dispatched" or rec.worker != ev.worker:
+            return  # a late report for a task already cancelled or moved elsewhere
+        self._release(rec)
+        if w is not None:
+            w.completed += 1
+            w.busy_time += ev.runtime
+        if ev.result == C.VINE_RESULT_FORSAKEN:
+            rec.forsaken += 1
+            if rec.task.max_forsaken >= 0 and rec.forsaken > rec.task.max_forsaken:
+                self._finish(rec, C.VINE_RESULT_FORSAKEN, ev.exit_code, out)
+            else:
+                self._retry_or_fail(rec, C.VINE_RESULT_FORSAKEN, out)
+            return
+        if ev.retry:
+            self._retry_or_fail(rec, ev.result, out)
+            return
+        self._finish(rec, ev.result, ev.exit_code, out)
+
+    def _on_file_undeclared(self, ev: FileUndeclared, out: list[Instruction]) -> None:
+        frec = self.files.get(ev.name)
+        if frec is None:
+            return
+        for wid in list(frec.replicas):
+            w = self.workers.get(wid)
+            if w is not None:
+                w.replicas.pop(ev.name, None)
+                out.append(Unlink(wid, ev.name))
+        frec.replicas.clear()
+        if ev.forget:
+            del self.files[ev.name]
+
+    def _on_tick(self, ev: Tick, out: list[Instruction]) -> None:
+        interval = self.tuning["keepalive-interval"]
+        timeout = self.tuning["keepalive-timeout"]
+        if interval > 0:
+            for w in list(self.workers.values()):
+                if w.check_sent is not None:
+                    if timeout > 0 and ev.now - w.check_sent > timeout:
+                        out.append(RemoveWorker(w.id, "keepalive timeout"))
+                        self._on_worker_lost(WorkerLost(ev.now, w.id, "FAILURE"), out)
+                elif ev.now - w.last_heard > interval:
+                    w.check_sent = ev.now
+                    out.append(Keepalive(w.id))
+        # Tasks waiting for a start time, or out of time, need a look even if nothing else changed.
+        if self.ready:
+            self._schedule_needed = True
+
+    # -- task outcomes ------------------------------------------------------------------------------------
+    def _release(self, rec: TaskRecord) -> None:
+        w = self.workers.get(rec.worker) if rec.worker else None
+        if w is not None:
+            w.committed = w.committed - rec.allocation
+            w.tasks.discard(rec.task.id)
+        rec.worker = None
+        rec.allocation = Resources()
+        self._schedule_needed = True
+
+    def _retry_or_fail(self, rec: TaskRecord, result_if_exhausted: int, out: list[Instruction]) -> None:
+        limit = int(self.tuning["max-task-attempts"])
+        if rec.attempts >= limit:
+            self._finish(rec, result_if_exhausted if result_if_exhausted != C.VINE_RESULT_SUCCESS else C.VINE_RESULT_MAX_RETRIES, -1, out)
+        else:
+            self._make_ready(rec)
+
+    def _finish(self, rec: TaskRecord, result: int, exit_code: int, out: list[Instruction]) -> None:
+        rec.state = "done"
+        rec.heap_key = None
+        self.stats["tasks_done"] += 1
+        if result == C.VINE_RESULT_SUCCESS and exit_code == 0:
+            self.stats["tasks_succeeded"] += 1
+        else:
+            self.stats["tasks_failed"] += 1
+        if result == C.VINE_RESULT_CANCELLED:
+            self.stats["tasks_cancelled"] += 1
+        if not rec.recovery:
+            out.append(ReturnTask(rec.task.id, result, exit_code))
+
+    def forget_task(self, task_id: int) -> None:
+        """Drop a finished task's record once the user has it (keeps memory flat on long runs)."""
+        rec = self.tasks.get(task_id)
+        if rec is not None and rec.state == "done":
+            del self.tasks[task_id]
+
+    # -- scheduling ----------------------------------------------------------------------------------------
+    def _allocation(self, rec: TaskRecord, w: WorkerRecord) -> Resources:
+        req = Resources.from_dict(rec.task.requested)
+        return allocate_resources(req, w.total, policy=self.allocation_policy)
+
+    def _eligible(self, rec: TaskRecord, w: WorkerRecord, now: float) -> Resources | None:
+        t = rec.task
+        if w.draining or w.hostname in self.blocked_hosts:
+            return None
+        if t.features and not set(t.features) <= w.features:
+            return None
+        if t.time_min and w.end_time and w.end_time - now < t.time_min:
+            return None
+        alloc = self._allocation(rec, w)
+        if not fits(alloc, w.total, w.committed, multiplier=self.tuning["resource-submit-multiplier"]):
+            return None
+        return alloc
+
+    def _score(self, rec: TaskRecord, w: WorkerRecord, alloc: Resources) -> float:
+        policy = rec.task.scheduler or self.policy
+        free_cores = max(w.total.cores, 0) - max(w.committed.cores, 0)
+        if policy == "files":
+            cached = 0
+            for m in rec.task.inputs:
+                if m.file.cache_name in w.replicas:
+                    frec = self.files.get(m.file.cache_name)
+                    cached += max(frec.size if frec else 0, 0) + 1
+            return cached * 1e6 + free_cores
+        if policy == "disk":
+            return max(w.total.disk, 0) - max(w.committed.disk, 0) - w.cache_bytes / 1e6
+        if policy == "worst":
+            return free_cores
+        if policy == "time":
+            return -(w.busy_time / w.completed) if w.completed else 0.0
+        return self.rng.random()
+
+    def _choose_worker(self, rec: TaskRecord, now: float) -> tuple[WorkerRecord, Resources] | None:
+        best: tuple[float, WorkerRecord, Resources] | None = None
+        for w in self.workers.values():
+            alloc = self._eligible(rec, w, now)
+            if alloc is None:
+                continue
+            score = self._score(rec, w, alloc)
+            if best is None or score > best[0]:
+                best = (score, w, alloc)
+        return None if best is None else (best[1], best[2])
+
+    def _could_ever_fit(self, rec: TaskRecord) -> bool:
+        for w in self.workers.values():
+            alloc = self._allocation(rec, w)
+            if fits(alloc, w.total, Resources(0, 0, 0, 0)) and set(rec.task.features) <= w.features:
+                return True
+        return False
+
+    def _has_room(self) -> bool:
+        for w in self.workers.values():
+            if not w.draining and (w.committed.cores < w.total.cores or w.total.cores <= 0 or w.total.gpus > w.committed.gpus):
+                return True
+        return False
+
+    def _schedule(self, now: float, out: list[Instruction]) -> None:
+        if not self.workers or len(self.workers) < self.tuning["wait-for-workers"]:
+            return
+        depth = int(self.tuning["attempt-schedule-depth"])
+        skipped: list[tuple[tuple[float, float, int], int]] = []
+        misses = 0
+        while self.ready and misses < depth and self._has_room():
+            key, tid = heapq.heappop(self.ready)
+            rec = self.tasks.get(tid)
+            if rec is None or rec.state != "ready" or rec.heap_key != key:
+                continue  # stale heap entry (lazy deletion)
+            t = rec.task
+            now_us = now * 1e6
+            if t.time_end and now_us > t.time_end:
+                self._finish(rec, C.VINE_RESULT_MAX_END_TIME, -1, out)
+                continue
+            if t.time_start and now_us < t.time_start:
+                skipped.append((key, tid))
+                misses += 1
+                continue
+            if not self._inputs_exist(rec):
+                continue  # parked as waiting on a missing temp
+            choice = self._choose_worker(rec, now)
+            if choice is None:
+                if not rec.warned_unfit and not self._could_ever_fit(rec):
+                    rec.warned_unfit = True
+                    out.append(Warn(self._unfit_message(rec)))
+                skipped.append((key, tid))
+                misses += 1
+                continue
+            w, alloc = choice
+            self._place(rec, w, alloc, out)
+        for item in skipped:
+            heapq.heappush(self.ready, item)
+
+    def _unfit_message(self, rec: TaskRecord) -> str:
+        biggest = max(self.workers.values(), key=lambda w: (w.total.cores, w.total.memory))
+        req = {k: v for k, v in rec.task.requested.items() if v >= 0}
+        return (
+            f"task {rec.task.id} requests {req or 'a whole worker'}{' with features ' + str(rec.task.features) if rec.task.features else ''}, "
+            f"but no connected worker can ever hold it (largest: {biggest.total.to_dict()}); it waits for a larger worker. "
+            "Lower the request or start workers with more resources (vine_worker --cores/--memory/--disk)."
+        )
+
+    def _inputs_exist(self, rec: TaskRecord) -> bool:
+        for m in rec.task.inputs:
+            if m.file.kind == "temp" and not self._has_ready_replica(m.file.cache_name):
+                self._make_ready(rec)  # parks it as waiting on that temp
+                return False
+        return True
+
+    def _stage(self, f: File, w: WorkerRecord, out: list[Instruction]) -> None:
+        """Instruct worker ``w`` to obtain ``f`` unless it has (or is getting) it."""
+        name = f.cache_name
+        if name in w.replicas:
+            return
+        frec = self._file(f)
+        if f.kind == "minitask":
+            assert f.minitask is not None
+            for m in f.minitask.inputs:
+                self._stage(m.file, w, out)
+            out.append(RunMinitask(w.id, name))
+        elif f.kind == "url":
+            out.append(FetchUrl(w.id, name))
+        elif f.kind == "temp" or (f.peer_transfer and f.level > C.VINE_CACHE_LEVEL_TASK and self._peer_source(frec, w)):
+            source = self._peer_source(frec, w)
+            if source is None:
+                return  # checked by _inputs_exist; cannot happen for temps
+            out.append(FetchPeer(w.id, name, source.id))
+        else:
+            out.append(SendFile(w.id, name))
+        w.replicas[name] = "creating"
+        frec.replicas[w.id] = "creating"
+
+    def _peer_source(self, frec: FileRecord, dest: WorkerRecord) -> WorkerRecord | None:
+        for wid, state in frec.replicas.items():
+            src = self.workers.get(wid)
+            if state == "ready" and src is not None and src is not dest and src.transfer_addr:
+                return src
+        return None
+
+    def _place(self, rec: TaskRecord, w: WorkerRecord, alloc: Resources, out: list[Instruction]) -> None:
+        for f in rec.task.environments:
+            self._stage(f, w, out)
+        for m in rec.task.inputs:
+            self._stage(m.file, w, out)
+        rec.state = "dispatched"
+        rec.heap_key = None
+        rec.worker = w.id
+        rec.allocation = alloc
+        rec.attempts += 1
+        w.committed = w.committed + alloc
+        w.tasks.add(rec.task.id)
+        self.stats["tasks_dispatched"] += 1
+        out.append(Dispatch(w.id, rec.task.id, alloc))
+
+    # -- queries ---------------------------------------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        c = {"waiting": 0, "ready": 0, "dispatched": 0, "done": 0}
+        for rec in self.tasks.values():
+            c[rec.state] += 1
+        return c
+
+    def hungry(self) -> int:
+        counts = self.counts()
+        total = Resources(0, 0, 0, 0)
+        committed = Resources(0, 0, 0, 0)
+        for w in self.workers.values():
+            total = total + w.total
+            committed = committed + w.committed
+        sample = [Resources.from_dict(rec.task.requested) for rec in itertools.islice(
+            (r for r in self.tasks.values() if r.state in ("ready", "waiting")), 100)]
+        return hungry_count(
+            workers=len(self.workers),
+            waiting=counts["ready"] + counts["waiting"],
+            running=counts["dispatched"],
+            total=total,
+            committed=committed,
+            waiting_requests=sample,
+            minimum=int(self.tuning["hungry-minimum"]),
+            factor=self.tuning["hungry-minimum-factor"],
+        )
+
+    # -- invariants --------------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Check invariants; raises AssertionError naming the broken one."""
+        mult = self.tuning["resource-submit-multiplier"]
+        for w in self.workers.values():
+            committed = Resources(0, 0, 0, 0)
+            for tid in w.tasks:
+                rec = self.tasks[tid]
+                assert rec.state == "dispatched" and rec.worker == w.id, f"task {tid} on {w.id} is {rec.state}"
+                committed = committed + rec.allocation
+            for f in ("cores", "memory", "disk", "gpus"):
+                got, want = getattr(w.committed, f), getattr(committed, f)
+                assert math.isclose(max(got, 0), max(want, 0), abs_tol=1e-6), f"{w.id} committed {f} {got} != {want}"
+                cap = getattr(w.total, f)
+                if cap > 0:
+                    limit = cap if f == "disk" else math.ceil(cap * mult)
+                    assert want <= limit + 1e-6, f"{w.id} over-committed {f}: {want} > {limit}"
+        for name, frec in self.files.items():
+            for wid in frec.replicas:
+                assert wid in self.workers, f"replica of {name} on disconnected worker {wid}"
+        for rec in self.tasks.values():
+            if rec.state == "dispatched":
+                assert rec.worker in self.workers, f"task {rec.task.id} dispatched to missing worker {rec.worker}"

@@ -1,0 +1,1 @@
+"""Command-line tools: vine_benchmark, vine_status."""

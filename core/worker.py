@@ -1,0 +1,789 @@
+"""``vine_worker``: runs tasks for a manager, in sandboxes, from a cache of immutable files.
+
+::
+
+     manager ──task/file/fetch──►  Worker (asyncio, one thread)
+        ▲                          ├─ cache/<cachename>      immutable inputs and outputs
+        │                          ├─ sandbox/t.<id>/        one per running task, inputs linked in
+        └──cache_update/complete── ├─ child processes        `sh -c command`, exit seen via pidfd
+                                   └─ transfer server  ◄──── other workers fetch cached files
+
+A task's inputs are in the cache (or on their way: a URL, a peer transfer, a mini-task) before it
+starts; its outputs move into the cache when it ends, and the ones the manager wants back are
+streamed home before the ``complete`` message, so a completed task is a finished task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from . import constants as C
+from .connection import (
+    Connection,
+    FileReceiver,
+    client_handshake,
+    open_connection,
+    path_size,
+    send_path,
+    server_handshake,
+)
+from .errors import AuthenticationError, ProtocolError, TransferError
+from .protocol import Frame
+
+log = logging.getLogger("vine_worker")
+
+STDOUT_LIMIT = 32 << 20
+WATCH_INTERVAL = 1.0
+
+
+def detect_resources(workdir: str, disk_percent: float = 50) -> dict[str, float]:
+    """Cores, memory (MB), disk (MB of the workspace's free space × disk_percent) and GPUs of this host."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (psutil.cpu_count() or 1)
+    memory = psutil.virtual_memory().total // (1 << 20)
+    os.makedirs(workdir, exist_ok=True)
+    disk = psutil.disk_usage(workdir).free // (1 << 20) * disk_percent / 100
+    gpus = 0
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
+            gpus = sum(1 for line in out.splitlines() if line.startswith("GPU"))
+        except (OSError, subprocess.SubprocessError):
+            gpus = 0
+    return {"cores": float(cores), "memory": float(memory), "disk": float(int(disk)), "gpus": float(gpus)}
+
+
+@dataclass
+class RunningTask:
+    id: int
+    spec: dict[str, Any]
+    sandbox: str
+    alloc: dict[str, float]
+    proc: subprocess.Popen[bytes] | None = None
+    done: asyncio.Future[int] | None = None
+    killed_for: int | None = None
+    start: float = 0.0
+    starter: asyncio.Task[None] | None = None
+    watchers: dict[str, int] = field(default_factory=dict)
+    is_minitask: bool = False
+
+
+class Worker:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.workdir = os.path.abspath(args.workdir or f"/tmp/worker-{os.getuid()}-{os.getpid()}")
+        self.cache_dir = os.path.join(self.workdir, "cache")
+        self.meta_dir = os.path.join(self.workdir, "cache-meta")
+        self.sandbox_dir = os.path.join(self.workdir, "sandbox")
+        for d in (self.cache_dir, self.meta_dir, self.sandbox_dir):
+            os.makedirs(d, exist_ok=True)
+        detected = detect_resources(self.workdir, args.disk_percent)
+        self.total = {
+            "cores": float(args.cores) if args.cores is not None else detected["cores"],
+            "memory": float(args.memory) if args.memory is not None else detected["memory"],
+            "disk": float(args.disk) if args.disk is not None else detected["disk"],
+            "gpus": float(args.gpus) if args.gpus is not None else detected["gpus"],
+        }
+        self.password = open(args.password, "rb").read().strip() if args.password else None
+        self.id = "worker-" + hashlib.md5(f"{socket.gethostname()}:{os.getpid()}:{time.time()}".encode()).hexdigest()
+        self.conn: Connection | None = None
+        self.tasks: dict[int, RunningTask] = {}
+        self.committed = {"cores": 0.0, "memory": 0.0, "disk": 0.0, "gpus": 0.0}
+        self.cache: dict[str, tuple[int, int]] = {}  # name -> (size, level)
+        self.pending: dict[str, asyncio.Future[bool]] = {}  # names on their way into the cache
+        self.receivers: dict[str, FileReceiver] = {}
+        self.last_work = time.monotonic()
+        self.end_time = time.time() + args.wall_time if args.wall_time else 0.0
+        self.transfer_server: asyncio.base_events.Server | None = None
+        self.transfer_port = 0
+        self._stop = asyncio.Event()
+        self._load_cache()
+
+    # -- cache -------------------------------------------------------------------------------------
+    def cache_path(self, name: str) -> str:
+        if "/" in name or name in ("", ".", ".."):
+            raise ProtocolError(f"illegal cache name {name!r}")
+        return os.path.join(self.cache_dir, name)
+
+    def _load_cache(self) -> None:
+        """Keep `forever` files from an earlier run on this workspace; drop the rest."""
+        for name in os.listdir(self.cache_dir):
+            meta = os.path.join(self.meta_dir, name)
+            level = -1
+            try:
+                with open(meta) as fh:
+                    info = json.load(fh)
+                level, size = int(info["level"]), int(info["size"])
+            except (OSError, ValueError, KeyError):
+                size = 0
+            if level >= C.VINE_CACHE_LEVEL_FOREVER:
+                self.cache[name] = (size, level)
+            else:
+                self._unlink(name)
+
+    def _add_cache(self, name: str, level: int) -> int:
+        size = path_size(self.cache_path(name))
+        self.cache[name] = (size, level)
+        if level >= C.VINE_CACHE_LEVEL_FOREVER:
+            with open(os.path.join(self.meta_dir, name), "w") as fh:
+                json.dump({"level": level, "size": size}, fh)
+        return size
+
+    def _unlink(self, name: str) -> None:
+        self.cache.pop(name, None)
+        for path in (os.path.join(self.cache_dir, name), os.path.join(self.meta_dir, name)):
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            elif os.path.lexists(path):
+                os.unlink(path)
+
+    def _drop_levels_below(self, level: int) -> None:
+        for name, (_size, lvl) in list(self.cache.items()):
+            if lvl < level:
+                self._unlink(name)
+
+    def _cache_ready(self, name: str, level: int) -> None:
+        size = self._add_cache(name, level)
+        self.send({"type": "cache_update", "name": name, "size": size})
+        fut = self.pending.pop(name, None)
+        if fut is not None and not fut.done():
+            fut.set_result(True)
+
+    def _cache_failed(self, name: str, reason: str) -> None:
+        log.warning("could not obtain %s: %s", name, reason)
+        self.send({"type": "cache_invalid", "name": name, "reason": reason})
+        fut = self.pending.pop(name, None)
+        if fut is not None and not fut.done():
+            fut.set_result(False)
+
+    def _expect(self, name: str) -> asyncio.Future[bool]:
+        fut = self.pending.get(name)
+        if fut is None:
+            fut = self.pending[name] = asyncio.get_running_loop().create_future()
+        return fut
+
+    # -- connection ------------------------------------------------------------------------------------
+    def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
+        if self.conn is not None:
+            try:
+                self.conn.send(header, payload)
+            except (ConnectionError, RuntimeError):
+                pass
+
+    async def main(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        self.transfer_server = await asyncio.start_server(self._serve_peer, host="0.0.0.0", port=self.args.transfer_port or 0)
+        self.transfer_port = self.transfer_server.sockets[0].getsockname()[1]
+        watchdog = asyncio.create_task(self._watchdog())
+        try:
+            return await self._connect_loop()
+        finally:
+            watchdog.cancel()
+            for rt in list(self.tasks.values()):
+                self._kill(rt)
+            self.transfer_server.close()
+            self._drop_levels_below(C.VINE_CACHE_LEVEL_WORKER + 1)
+            if not self.args.workdir and not self.args.keep_workspace:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+
+    async def _watchdog(self) -> None:
+        parent = os.getppid()
+        while not self._stop.is_set():
+            await asyncio.sleep(0.5)
+            if self.args.parent_death and os.getppid() != parent:
+                log.info("parent died; exiting")
+                self._stop.set()
+            if self.end_time and time.time() > self.end_time:
+                log.info("wall time reached; exiting")
+                self._stop.set()
+
+    def _targets(self) -> list[tuple[str, int]]:
+        spec = self.args.manager
+        if len(spec) == 2:
+            return [(spec[0], int(spec[1]))]
+        out = []
+        for part in spec[0].split(";"):
+            host, _, port = part.rpartition(":")
+            out.append((host, int(port)))
+        return out
+
+    async def _connect_loop(self) -> int:
+        deadline = time.monotonic() + self.args.connect_timeout
+        backoff = 0.1
+        while not self._stop.is_set():
+            for host, port in self._targets():
+                try:
+                    conn = await open_connection(host, port, timeout=5)
+                except (OSError, asyncio.TimeoutError) as exc:
+                    log.debug("cannot reach %s:%s: %s", host, port, exc)
+                    continue
+                try:
+                    await self._serve_manager(conn)
+                except AuthenticationError as exc:
+                    log.error("%s", exc)
+                    print(f"vine_worker: {exc}", file=sys.stderr)
+                    return 1
+                except (ProtocolError, OSError, asyncio.TimeoutError) as exc:
+                    log.warning("connection to %s:%s ended: %s", host, port, exc)
+                finally:
+                    conn.close()
+                    self._manager_gone()
+                if self.args.single_shot or self._stop.is_set():
+                    return 0
+                deadline = time.monotonic() + self.args.connect_timeout
+                backoff = 0.1
+            if time.monotonic() > deadline:
+                log.info("no manager for %ss; exiting", self.args.connect_timeout)
+                return 0
+            try:
+                await asyncio.wait_for(self._stop.wait(), backoff)
+            except asyncio.TimeoutError:
+                pass
+            backoff = min(backoff * 2, 8)
+        return 0
+
+    def _manager_gone(self) -> None:
+        self.conn = None
+        for rt in list(self.tasks.values()):
+            self._kill(rt)
+            self._cleanup_task(rt)
+        self.tasks.clear()
+        self.committed = dict.fromkeys(self.committed, 0.0)
+        for r in self.receivers.values():
+            r.abort()
+        self.receivers.clear()
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_result(False)
+        self.pending.clear()
+        self._drop_levels_below(C.VINE_CACHE_LEVEL_WORKER)
+
+    async def _serve_manager(self, conn: Connection) -> None:
+        await client_handshake(conn, "worker", self.password, timeout=30, worker_id=self.id)
+        self.conn = conn
+        conn.send({
+            "type": "ready",
+            "worker_id": self.id,
+            "hostname": socket.gethostname(),
+            "resources": self.total,
+            "features": list(self.args.feature or []),
+            "cache": {name: size for name, (size, _lvl) in self.cache.items()},
+            "transfer_port": self.transfer_port,
+            "end_time": self.end_time,
+            "workdir": self.workdir,
+            "pid": os.getpid(),
+        })
+        await conn.drain()
+        self.last_work = time.monotonic()
+        recv = asyncio.create_task(conn.recv())
+        stop = asyncio.create_task(self._stop.wait())
+        try:
+            while True:
+                done, _ = await asyncio.wait({recv, stop}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+                if stop in done:
+                    return
+                if recv in done:
+                    frame = recv.result()
+                    if frame is None:
+                        return
+                    if frame.type == "exit":
+                        self._stop.set()
+                        return
+                    self._handle(frame)
+                    await conn.drain()
+                    recv = asyncio.create_task(conn.recv())
+                if self.args.timeout and not self.tasks and time.monotonic() - self.last_work > self.args.timeout:
+                    log.info("idle for %ss; exiting", self.args.timeout)
+                    self._stop.set()
+                    return
+        finally:
+            recv.cancel()
+            stop.cancel()
+
+    # -- messages from the manager ------------------------------------------------------------------
+    def _handle(self, frame: Frame) -> None:
+        t = frame.type
+        if t == "file_begin":
+            name = str(frame["name"])
+            self._expect(name)
+            self.receivers[name] = FileReceiver(frame, self.cache_path(name))
+        elif t == "file_chunk":
+            r = self.receivers.get(frame["name"])
+            if r is None:
+                raise ProtocolError(f"chunk for {frame['name']} without file_begin")
+            r.chunk(frame)
+        elif t == "file_end":
+            r = self.receivers.pop(frame["name"], None)
+            if r is None:
+                raise ProtocolError(f"file_end for {frame['name']} without file_begin")
+            try:
+                r.finish()
+            except TransferError as exc:
+                self._cache_failed(r.name, str(exc))
+                return
+            self._cache_ready(r.name, int(r.header.get("level", 1)))
+        elif t == "task":
+            self._start_task(frame["task"])
+        elif t == "kill":
+            rt = self.tasks.get(int(frame["id"]))
+            if rt is not None:
+                self._kill(rt)
+                self._release(rt)
+                self._cleanup_task(rt)
+        elif t == "fetch_url":
+            self._expect(frame["name"])
+            asyncio.create_task(self._fetch_url(frame["name"], frame["url"], int(frame["level"])))
+        elif t == "fetch_peer":
+            self._expect(frame["name"])
+            asyncio.create_task(self._fetch_peer(frame["name"], frame["source"], int(frame["level"])))
+        elif t == "minitask":
+            self._expect(frame["name"])
+            asyncio.create_task(self._run_minitask(frame["name"], frame["task"], int(frame["level"])))
+        elif t == "get":
+            asyncio.create_task(self._send_back(frame["name"], frame.get("request")))
+        elif t == "unlink":
+            if frame["name"] not in self.pending:
+                self._unlink(frame["name"])
+        elif t == "keepalive":
+            self.send({"type": "alive", "committed": self.committed, "tasks": len(self.tasks)})
+        else:
+            raise ProtocolError(f"unexpected message {t!r} from the manager")
+
+    async def _send_back(self, name: str, request: Any) -> None:
+        path = self.cache_path(name)
+        if name not in self.cache or not os.path.lexists(path):
+            self.send({"type": "cache_invalid", "name": name, "reason": "not in cache", "request": request})
+            return
+        assert self.conn is not None
+        await send_path(self.conn, name, path, request=request)
+
+    # -- obtaining inputs ------------------------------------------------------------------------------
+    async def _fetch_url(self, name: str, url: str, level: int) -> None:
+        target = self.cache_path(name)
+        tmp = target + ".part"
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, _download, url, tmp)
+            os.replace(tmp, target)
+        except Exception as exc:  # noqa: BLE001 - any failure of the fetch is reported, not raised
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            self._cache_failed(name, f"cannot fetch {url}: {exc}")
+            return
+        self._cache_ready(name, level)
+
+    async def _fetch_peer(self, name: str, source: str, level: int) -> None:
+        host, _, port = source.rpartition(":")
+        try:
+            conn = await open_connection(host, int(port), timeout=10)
+            try:
+                await client_handshake(conn, "peer", self.password, timeout=30)
+                conn.send({"type": "get", "name": name})
+                await conn.drain()
+                begin = await conn.recv()
+                if begin is None or begin.type != "file_begin":
+                    raise TransferError(f"peer {source} does not have {name}: {begin.header if begin else 'closed'}")
+                recv = FileReceiver(begin, self.cache_path(name))
+                while True:
+                    fr = await conn.recv()
+                    if fr is None:
+                        recv.abort()
+                        raise TransferError(f"peer {source} closed during {name}")
+                    if fr.type == "file_chunk":
+                        recv.chunk(fr)
+                    elif fr.type == "file_end":
+                        recv.finish()
+                        break
+            finally:
+                conn.close()
+        except Exception as exc:  # noqa: BLE001
+            self._cache_failed(name, f"peer transfer from {source} failed: {exc}")
+            return
+        self._cache_ready(name, level)
+
+    async def _serve_peer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = Connection(reader, writer)
+        try:
+            await server_handshake(conn, self.password, timeout=30)
+            while True:
+                fr = await conn.recv()
+                if fr is None:
+                    return
+                if fr.type != "get":
+                    raise ProtocolError(f"peer sent {fr.type!r}, only 'get' is served")
+                name = str(fr["name"])
+                path = self.cache_path(name)
+                if name not in self.cache or not os.path.lexists(path):
+                    conn.send({"type": "error", "reason": f"{name} not in cache"})
+                    await conn.drain()
+                    continue
+                await send_path(conn, name, path)
+        except (ProtocolError, AuthenticationError, OSError, asyncio.TimeoutError) as exc:
+            log.info("peer %s: %s", conn.peer, exc)
+        finally:
+            conn.close()
+
+    async def _run_minitask(self, name: str, spec: dict[str, Any], level: int) -> None:
+        rt = RunningTask(-abs(hash(name)) % (1 << 30) - 1, spec, self._make_sandbox(f"m.{name}"), {}, is_minitask=True)
+        try:
+            if not await self._gather_inputs(spec):
+                raise TransferError("inputs of the mini-task are missing")
+            self._link_inputs(rt)
+            code = await self._execute(rt)
+            produced = os.path.join(rt.sandbox, spec["source"])
+            if code != 0 or not os.path.lexists(produced):
+                out = _read_head(os.path.join(rt.sandbox, ".vine-stdout"), 2000)
+                raise TransferError(f"mini-task `{spec['command']}` exited {code}: {out}")
+            os.replace(produced, self.cache_path(name))
+        except Exception as exc:  # noqa: BLE001
+            self._cache_failed(name, str(exc))
+            return
+        finally:
+            shutil.rmtree(rt.sandbox, ignore_errors=True)
+        self._cache_ready(name, level)
+
+    async def _gather_inputs(self, spec: dict[str, Any]) -> bool:
+        ok = True
+        for inp in list(spec["inputs"]) + [{"name": n} for n in spec.get("environments", [])]:
+            name = inp["name"]
+            if name in self.cache:
+                continue
+            fut = self.pending.get(name)
+            if fut is None or not await fut:
+                ok = False
+        return ok
+
+    # -- running tasks ----------------------------------------------------------------------------------
+    def _make_sandbox(self, label: str) -> str:
+        path = os.path.join(self.sandbox_dir, label)
+        if os.path.exists(path):
+            shutil.rmtree(path, ignore_errors=True)
+        os.makedirs(os.path.join(path, ".taskvine.tmp"))
+        return path
+
+    def _start_task(self, spec: dict[str, Any]) -> None:
+        tid = int(spec["id"])
+        alloc = {k: float(v) for k, v in spec.get("resources", {}).items()}
+        rt = RunningTask(tid, spec, "", alloc)
+        over = [k for k in self.committed if max(alloc.get(k, 0), 0) + self.committed[k] > self.total[k] + 1e-9 and self.total[k] >= 0]
+        if over:
+            self.send({"type": "complete", "id": tid, "result": C.VINE_RESULT_FORSAKEN, "exit_code": -1, "reason": f"no room for {over}"})
+            return
+        for k in self.committed:
+            self.committed[k] += max(alloc.get(k, 0), 0)
+        rt.sandbox = self._make_sandbox(f"t.{tid}")
+        self.tasks[tid] = rt
+        self.last_work = time.monotonic()
+        rt.starter = asyncio.create_task(self._run_task(rt))
+
+    def _release(self, rt: RunningTask) -> None:
+        if self.tasks.pop(rt.id, None) is not None:
+            for k in self.committed:
+                self.committed[k] = max(0.0, self.committed[k] - max(rt.alloc.get(k, 0), 0))
+
+    def _link_inputs(self, rt: RunningTask) -> None:
+        for inp in rt.spec["inputs"]:
+            src = self.cache_path(inp["name"])
+            dst = os.path.join(rt.sandbox, inp["remote"])
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            if inp.get("symlink") or os.path.isdir(src):
+                os.symlink(src, dst)
+            else:
+                try:
+                    os.link(src, dst)
+                except OSError:
+                    shutil.copy2(src, dst)
+        for name in rt.spec.get("environments", []):
+            os.symlink(self.cache_path(name), os.path.join(rt.sandbox, f"__vine_env_{name}"))
+
+    def _task_env(self, rt: RunningTask) -> dict[str, str]:
+        env = dict(os.environ)
+        tmp = os.path.join(rt.sandbox, ".taskvine.tmp")
+        cores = rt.alloc.get("cores", self.total["cores"])
+        env.update({
+            "VINE_SANDBOX": rt.sandbox,
+            "CORES": str(int(cores)) if float(cores).is_integer() else str(cores),
+            "MEMORY": str(int(rt.alloc.get("memory", self.total["memory"]))),
+            "DISK": str(int(rt.alloc.get("disk", self.total["disk"]))),
+            "GPUS": str(int(rt.alloc.get("gpus", 0))),
+            "OMP_NUM_THREADS": str(max(1, int(cores))),
+            "TMPDIR": tmp, "TMP": tmp, "TEMP": tmp,
+        })
+        for k, v in (rt.spec.get("env") or {}).items():
+            if v is None:
+                env.pop(k, None)
+            else:
+                env[k] = str(v)
+        return env
+
+    def _command(self, rt: RunningTask) -> str:
+        cmd = rt.spec["command"]
+        for name in reversed(rt.spec.get("environments", [])):
+            cmd = f"./__vine_env_{name}/bin/run_in_env {_shell_quote(cmd)}"
+        return cmd
+
+    async def _execute(self, rt: RunningTask) -> int:
+        """Run the command; returns its exit status (negative = killed by that signal)."""
+        loop = asyncio.get_running_loop()
+        stdout = open(os.path.join(rt.sandbox, ".vine-stdout"), "wb")
+        try:
+            rt.proc = subprocess.Popen(
+                ["/bin/sh", "-c", self._command(rt)],
+                cwd=rt.sandbox,
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=subprocess.STDOUT,
+                env=self._task_env(rt),
+                start_new_session=True,
+            )
+        finally:
+            stdout.close()
+        rt.start = time.time()
+        rt.done = loop.create_future()
+        try:
+            pidfd = os.pidfd_open(rt.proc.pid)
+        except (AttributeError, OSError):
+            pidfd = -1
+        if pidfd >= 0:
+            def reap() -> None:
+                if rt.proc.poll() is not None:  # type: ignore[union-attr]
+                    loop.remove_reader(pidfd)
+                    os.close(pidfd)
+                    if not rt.done.done():  # type: ignore[union-attr]
+                        rt.done.set_result(rt.proc.returncode)  # type: ignore[union-attr]
+            loop.add_reader(pidfd, reap)
+        else:
+            loop.run_in_executor(None, lambda: loop.call_soon_threadsafe(rt.done.set_result, rt.proc.wait()))  # type: ignore[union-attr]
+        timers = []
+        if rt.spec.get("time_max"):
+            timers.append(loop.call_later(float(rt.spec["time_max"]), self._kill, rt, C.VINE_RESULT_MAX_WALL_TIME))
+        if rt.spec.get("time_end"):
+            timers.append(loop.call_later(max(0.0, rt.spec["time_end"] / 1e6 - time.time()), self._kill, rt, C.VINE_RESULT_MAX_END_TIME))
+        watch = [o for o in rt.spec.get("outputs", []) if o.get("watch")]
+        watcher = asyncio.create_task(self._watch(rt, watch)) if watch else None
+        try:
+            return await rt.done
+        finally:
+            for tm in timers:
+                tm.cancel()
+            if watcher:
+                watcher.cancel()
+
+    def _kill(self, rt: RunningTask, reason: int | None = None) -> None:
+        if rt.proc is not None and rt.proc.returncode is None:
+            if reason is not None and rt.killed_for is None:
+                rt.killed_for = reason
+            try:
+                os.killpg(rt.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if rt.starter is not None and rt.proc is None:
+            rt.starter.cancel()
+
+    async def _watch(self, rt: RunningTask, outputs: list[dict[str, Any]]) -> None:
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            self._watch_once(rt, outputs)
+
+    def _watch_once(self, rt: RunningTask, outputs: list[dict[str, Any]]) -> None:
+        for o in outputs:
+            path = os.path.join(rt.sandbox, o["remote"])
+            offset = rt.watchers.get(o["name"], 0)
+            try:
+                with open(path, "rb") as fh:
+                    fh.seek(offset)
+                    data = fh.read(1 << 20)
+            except OSError:
+                continue
+            if data:
+                self.send({"type": "watch", "id": rt.id, "name": o["name"], "offset": offset}, data)
+                rt.watchers[o["name"]] = offset + len(data)
+
+    async def _run_task(self, rt: RunningTask) -> None:
+        spec = rt.spec
+        result, code, reason = C.VINE_RESULT_SUCCESS, -1, ""
+        retry = False
+        try:
+            if not await self._gather_inputs(spec):
+                missing = [i["name"] for i in spec["inputs"] if i["name"] not in self.cache]
+                result, reason = C.VINE_RESULT_INPUT_MISSING, f"inputs not obtained: {missing}"
+                # A temp that failed to arrive from a peer is the cluster's fault, not the task's.
+                retry = any(i.get("kind") == "temp" for i in spec["inputs"] if i["name"] in missing)
+            else:
+                self._link_inputs(rt)
+                status = await self._execute(rt)
+                if rt.killed_for is not None:
+                    result, code = rt.killed_for, 9
+                elif status < 0:
+                    result, code = C.VINE_RESULT_SIGNAL, -status
+                else:
+                    code = status
+        except asyncio.CancelledError:
+            return
+        except Exception as exc:  # noqa: BLE001 - the worker must survive any single task
+            log.exception("task %s failed inside the worker", rt.id)
+            result, reason = C.VINE_RESULT_UNKNOWN, f"worker error: {exc}"
+        if rt.id not in self.tasks:
+            return  # killed by the manager
+        end = time.time()
+        stdout = b""
+        if result not in (C.VINE_RESULT_INPUT_MISSING,):
+            stdout_path = os.path.join(rt.sandbox, ".vine-stdout")
+            try:
+                if os.path.getsize(stdout_path) > STDOUT_LIMIT:
+                    result = C.VINE_RESULT_STDOUT_MISSING if result == C.VINE_RESULT_SUCCESS else result
+                    stdout = _read_head(stdout_path, STDOUT_LIMIT).encode()
+                else:
+                    with open(stdout_path, "rb") as fh:
+                        stdout = fh.read()
+            except OSError:
+                pass
+        outputs: dict[str, int] = {}
+        if result != C.VINE_RESULT_INPUT_MISSING:
+            watch = [o for o in spec.get("outputs", []) if o.get("watch")]
+            if watch:
+                self._watch_once(rt, watch)
+            ok = result == C.VINE_RESULT_SUCCESS and code == 0
+            result = await self._collect_outputs(rt, ok, result, outputs)
+        unlinked = self._cleanup_task(rt)
+        self._release(rt)
+        self.last_work = time.monotonic()
+        self.send(
+            {
+                "type": "complete", "id": rt.id, "result": result, "exit_code": code, "reason": reason,
+                "retry": retry, "start": rt.start, "end": end, "outputs": outputs, "unlinked": unlinked,
+            },
+            stdout,
+        )
+        if self.conn is not None:
+            try:
+                await self.conn.drain()
+            except ConnectionError:
+                pass
+
+    async def _collect_outputs(self, rt: RunningTask, ok: bool, result: int, outputs: dict[str, int]) -> int:
+        for o in rt.spec.get("outputs", []):
+            if (o.get("failure_only") and ok) or (o.get("success_only") and not ok):
+                continue
+            src = os.path.join(rt.sandbox, o["remote"])
+            if not os.path.lexists(src):
+                if result == C.VINE_RESULT_SUCCESS:
+                    result = C.VINE_RESULT_OUTPUT_MISSING
+                continue
+            name = o["name"]
+            self._unlink(name)
+            os.replace(src, self.cache_path(name))
+            level = int(o.get("level", 1))
+            if o.get("return"):
+                if self.conn is not None:
+                    await send_path(self.conn, name, self.cache_path(name), task=rt.id)
+                if level <= C.VINE_CACHE_LEVEL_TASK:
+                    outputs[name] = path_size(self.cache_path(name))
+                    self._unlink(name)
+                    continue
+            outputs[name] = self._add_cache(name, max(level, C.VINE_CACHE_LEVEL_WORKFLOW))
+            self.send({"type": "cache_update", "name": name, "size": outputs[name]})
+        return result
+
+    def _cleanup_task(self, rt: RunningTask) -> list[str]:
+        """Remove the sandbox and task-level inputs no other task here still needs."""
+        shutil.rmtree(rt.sandbox, ignore_errors=True) if rt.sandbox else None
+        still = {i["name"] for other in self.tasks.values() if other is not rt for i in other.spec["inputs"]}
+        unlinked = []
+        for inp in rt.spec["inputs"]:
+            name = inp["name"]
+            if int(inp.get("level", 0)) <= C.VINE_CACHE_LEVEL_TASK and name not in still and name in self.cache:
+                self._unlink(name)
+                unlinked.append(name)
+        return unlinked
+
+
+def _download(url: str, target: str) -> None:
+    with urllib.request.urlopen(url, timeout=60) as resp, open(target, "wb") as out:
+        shutil.copyfileobj(resp, out, 1 << 20)
+
+
+def _read_head(path: str, n: int) -> str:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(n).decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _shell_quote(s: str) -> str:
+    import shlex
+
+    return shlex.quote(s)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vine_worker", description="Run tasks for a core (TaskVine-compatible) manager.")
+    p.add_argument("manager", nargs="*", help="HOST PORT, or 'HOST:PORT[;HOST:PORT...]'")
+    p.add_argument("-M", "--manager-name", help="project name to look up in the catalog")
+    p.add_argument("--cores", type=float)
+    p.add_argument("--memory", type=float, help="MB")
+    p.add_argument("--disk", type=float, help="MB")
+    p.add_argument("--gpus", type=float)
+    p.add_argument("--disk-percent", type=float, default=50)
+    p.add_argument("--feature", action="append", help="a feature tasks may require (repeatable)")
+    p.add_argument("-t", "--timeout", type=float, default=900, help="idle and connect timeout (s)")
+    p.add_argument("--idle-timeout", type=float)
+    p.add_argument("--connect-timeout", type=float)
+    p.add_argument("--wall-time", type=float, default=0)
+    p.add_argument("--single-shot", action="store_true")
+    p.add_argument("-s", "--workdir", "--workspace", dest="workdir")
+    p.add_argument("--keep-workspace", action="store_true")
+    p.add_argument("-P", "--password", help="file holding the shared password")
+    p.add_argument("--transfer-port", type=int, default=0)
+    p.add_argument("--parent-death", action="store_true")
+    p.add_argument("--from-factory", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("-d", "--debug", help="debug flags ('all')")
+    p.add_argument("-o", "--debug-file")
+    p.add_argument("-C", "--catalog", help="catalog directory or host:port")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.debug:
+        logging.basicConfig(
+            level=logging.DEBUG, filename=args.debug_file,
+            format="%(asctime)s vine_worker[%(process)d] %(levelname)s: %(message)s",
+        )
+    else:
+        logging.basicConfig(level=logging.WARNING, format="vine_worker: %(message)s")
+    args.connect_timeout = args.connect_timeout if args.connect_timeout is not None else args.timeout
+    args.timeout = args.idle_timeout if args.idle_timeout is not None else args.timeout
+    if args.manager_name and not args.manager:
+        from .catalog import lookup
+
+        found = lookup(args.manager_name, args.catalog)
+        if not found:
+            print(f"vine_worker: no manager named {args.manager_name!r} in the catalog", file=sys.stderr)
+            return 1
+        args.manager = [";".join(f"{h}:{p}" for h, p in found)]
+    if len(args.manager) not in (1, 2):
+        build_parser().error("give HOST PORT, HOST:PORT, or -M NAME")
+    worker = Worker(args)
+    return asyncio.run(worker.main())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
