@@ -1,0 +1,104 @@
+"""Fixtures shared by every test: a manager on a free port and real worker processes, always reaped."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class WorkerProcess:
+    """A real ``vine_worker`` process connected to a manager on localhost."""
+
+    def __init__(self, port: int, workdir: str, cores: float = 1, memory: float = 1000, disk: float = 2000,
+                 extra: list[str] | None = None, log_file: str | None = None) -> None:
+        self.workdir = workdir
+        self.log_file = log_file or os.path.join(os.path.dirname(workdir), os.path.basename(workdir) + ".log")
+        cmd = [sys.executable, "-m", "core.worker", "--cores", str(cores), "--memory", str(memory), "--disk", str(disk),
+               "--workdir", workdir, "--timeout", "60", "--debug", "all", "--debug-file", self.log_file,
+               *(extra or []), "localhost", str(port)]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    def reap(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.kill(self.proc.pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+            self.proc.kill()
+        self.proc.wait(10)
+        if self.proc.stderr:
+            self.proc.stderr.close()
+
+
+@pytest.fixture
+def manager(tmp_path) -> Iterator["object"]:
+    import core
+
+    m = core.Manager(port=0, run_info_path=str(tmp_path / "vine-run-info"))
+    try:
+        yield m
+    finally:
+        m.close()
+
+
+@pytest.fixture
+def start_worker(tmp_path) -> Iterator[Callable[..., WorkerProcess]]:
+    started: list[WorkerProcess] = []
+    counter = iter(range(1000))
+
+    def start(m: "object", **kw: object) -> WorkerProcess:
+        n = next(counter)
+        w = WorkerProcess(m.port, str(tmp_path / f"worker{n}"), **kw)  # type: ignore[attr-defined, arg-type]
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.reap()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 30, what: str = "condition") -> None:
+    """Poll a cheap predicate (manager counters) until it holds; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+def wait_for_workers(m: "object", n: int, timeout: float = 30) -> None:
+    wait_until(lambda: m.stats.workers_connected >= n, timeout, f"{n} worker(s) to connect")  # type: ignore[attr-defined]
+
+
+def drain(m: "object", timeout: float = 60) -> list["object"]:
+    """Wait for every submitted task; returns them in completion order."""
+    out = []
+    deadline = time.monotonic() + timeout
+    while not m.empty():  # type: ignore[attr-defined]
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"tasks still pending after {timeout}s")
+        t = m.wait(min(left, 5))  # type: ignore[attr-defined]
+        if t is not None:
+            out.append(t)
+    return out
