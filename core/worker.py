@@ -112,6 +112,8 @@ class Worker:
         self.transfer_server: asyncio.base_events.Server | None = None
         self.transfer_port = 0
         self._stop = asyncio.Event()
+        self._free_sandboxes: list[str] = []
+        self._base_env = dict(os.environ)
         self._load_cache()
 
     # -- cache -------------------------------------------------------------------------------------
@@ -471,6 +473,9 @@ class Worker:
 
     # -- running tasks ----------------------------------------------------------------------------------
     def _make_sandbox(self, label: str) -> str:
+        # Reusing a clean sandbox saves two mkdir and two rmdir per task: a third of a tiny task's cost.
+        if self._free_sandboxes and label.startswith("t."):
+            return self._free_sandboxes.pop()
         path = os.path.join(self.sandbox_dir, label)
         if os.path.exists(path):
             shutil.rmtree(path, ignore_errors=True)
@@ -513,7 +518,7 @@ class Worker:
             os.symlink(self.cache_path(name), os.path.join(rt.sandbox, f"__vine_env_{name}"))
 
     def _task_env(self, rt: RunningTask) -> dict[str, str]:
-        env = dict(os.environ)
+        env = self._base_env.copy()
         tmp = os.path.join(rt.sandbox, ".taskvine.tmp")
         cores = rt.alloc.get("cores", self.total["cores"])
         env.update({
@@ -703,7 +708,8 @@ class Worker:
 
     def _cleanup_task(self, rt: RunningTask) -> list[str]:
         """Remove the sandbox and task-level inputs no other task here still needs."""
-        shutil.rmtree(rt.sandbox, ignore_errors=True) if rt.sandbox else None
+        if rt.sandbox:
+            self._recycle_sandbox(rt.sandbox)
         still = {i["name"] for other in self.tasks.values() if other is not rt for i in other.spec["inputs"]}
         unlinked = []
         for inp in rt.spec["inputs"]:
@@ -712,6 +718,20 @@ class Worker:
                 self._unlink(name)
                 unlinked.append(name)
         return unlinked
+
+
+    def _recycle_sandbox(self, path: str) -> None:
+        """Keep a sandbox the task left clean for the next task; delete anything else."""
+        try:
+            entries = os.listdir(path)
+            if len(self._free_sandboxes) < 64 and set(entries) <= {".taskvine.tmp", ".vine-stdout"} and not os.listdir(os.path.join(path, ".taskvine.tmp")):
+                if ".vine-stdout" in entries:
+                    os.unlink(os.path.join(path, ".vine-stdout"))
+                self._free_sandboxes.append(path)
+                return
+        except OSError:
+            pass
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _download(url: str, target: str) -> None:

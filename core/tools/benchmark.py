@@ -1,0 +1,161 @@
+"""``vine_benchmark``: named workloads on local workers, printed as JSON with peer ratios.
+
+Workloads:
+  std      N x Task("true") on one worker, next to a plain loop spawning ``sh -c true`` two at a time.
+  queue    per-task scheduling cost with 1,000 .. 100,000 tasks queued (pure scheduler, and end to end).
+  fanout   one 32 MiB input used by tasks on 4 workers: bytes the manager sent vs bytes moved peer to peer.
+  chain    tasks linked by temp files (each consumes the previous one's output).
+  python / funcall   (when available) PythonTasks and FunctionCalls next to a ProcessPoolExecutor.
+
+Benchmarks never run inside the tests: a timed assertion on a shared 2-core machine is noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import core as vine
+from core.resources import Resources
+from core.scheduler import Dispatch, SchedulerState, TaskFinished, TaskSubmitted, WorkerJoined
+
+
+@contextmanager
+def local_cluster(n_workers: int = 1, cores: int = 2, **manager_kw: Any) -> Iterator[vine.Manager]:
+    """A manager plus ``n_workers`` real worker processes, reaped on exit."""
+    tmp = tempfile.mkdtemp(prefix="vine-bench-")
+    m = vine.Manager(port=0, run_info_path=os.path.join(tmp, "vine-run-info"), **manager_kw)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "core.worker", "--cores", str(cores), "--memory", "4000", "--disk", "8000",
+             "--workdir", os.path.join(tmp, f"w{i}"), "--single-shot", "--parent-death", "localhost", str(m.port)],
+            stdout=subprocess.DEVNULL,
+        )
+        for i in range(n_workers)
+    ]
+    try:
+        deadline = time.monotonic() + 30
+        while m.stats.workers_connected < n_workers and time.monotonic() < deadline:
+            time.sleep(0.02)
+        yield m
+    finally:
+        m.close()
+        for p in procs:
+            p.kill()
+            p.wait()
+        subprocess.run(["rm", "-rf", tmp], check=False)
+
+
+def _drain(m: vine.Manager) -> int:
+    n = 0
+    while not m.empty():
+        t = m.wait(10)
+        if t is not None:
+            n += 1
+            if t.result != "success":
+                raise RuntimeError(f"benchmark task {t.id} ended with {t.result}")
+    return n
+
+
+def bench_std(n: int) -> dict[str, Any]:
+    with local_cluster(1, cores=2) as m:
+        start = time.perf_counter()
+        for _ in range(n):
+            t = vine.Task("true")
+            t.set_cores(1)
+            m.submit(t)
+        _drain(m)
+        vine_rate = n / (time.perf_counter() - start)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(2) as ex:
+        list(ex.map(lambda _i: subprocess.run(["sh", "-c", "true"], check=True), range(n)))
+    loop_rate = n / (time.perf_counter() - start)
+    return {"workload": "std", "tasks": n, "tasks_per_s": round(vine_rate, 1),
+            "peer": "loop spawning sh -c true two at a time", "peer_tasks_per_s": round(loop_rate, 1),
+            "ratio": round(vine_rate / loop_rate, 3)}
+
+
+def _scheduler_cost(queued: int, cycles: int = 2000) -> float:
+    """Microseconds per dispatch+completion with ``queued`` tasks waiting, in the pure scheduler."""
+    state = SchedulerState()
+    state.handle(WorkerJoined(0.0, "w1", "h", "h:1", Resources(2, 4000, 8000, 0)))
+    for i in range(1, queued + 1):
+        t = vine.Task("true")
+        t.set_cores(1)
+        t._id = i
+        state.handle(TaskSubmitted(0.0, t))
+    running = [tid for tid, rec in state.tasks.items() if rec.state == "dispatched"]
+    cycles = min(cycles, queued - len(running))
+    start = time.perf_counter()
+    for _ in range(cycles):
+        tid = running.pop(0)
+        for ins in state.handle(TaskFinished(0.0, "w1", tid, 0, 0)):
+            if isinstance(ins, Dispatch):
+                running.append(ins.task_id)
+        state.forget_task(tid)
+    return (time.perf_counter() - start) / cycles * 1e6
+
+
+def bench_queue(sizes: list[int], sample: int = 1000) -> dict[str, Any]:
+    rows = []
+    for size in sizes:
+        us = _scheduler_cost(size)
+        measured = min(sample, size - 100)
+        with local_cluster(0) as m:
+            for _ in range(size):
+                t = vine.Task("true")
+                t.set_cores(1)
+                m.submit(t)
+            proc = subprocess.Popen([sys.executable, "-m", "core.worker", "--cores", "2", "--memory", "4000", "--disk", "8000",
+                                     "--single-shot", "--parent-death", "localhost", str(m.port)], stdout=subprocess.DEVNULL)
+            try:
+                done = 0
+                start = None
+                while done < measured + 50:
+                    t = m.wait(30)
+                    if t is None:
+                        raise RuntimeError("queue benchmark stalled")
+                    done += 1
+                    if done == 50:  # skip worker start-up
+                        start = time.perf_counter()
+                rate = measured / (time.perf_counter() - start)  # type: ignore[operator]
+                m.cancel_all()
+            finally:
+                proc.kill()
+                proc.wait()
+        rows.append({"queued": size, "scheduler_us_per_task": round(us, 1), "end_to_end_tasks_per_s": round(rate, 1)})
+    flat = rows[-1]["scheduler_us_per_task"] / max(rows[0]["scheduler_us_per_task"], 1e-9)
+    return {"workload": "queue", "rows": rows, "cost_ratio_largest_vs_smallest_queue": round(flat, 2)}
+
+
+WORKLOADS = ("std", "queue")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="vine_benchmark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("workloads", nargs="*", default=["std"], help=f"any of {', '.join(WORKLOADS)} (default std)")
+    p.add_argument("-n", "--tasks", type=int, default=2000)
+    p.add_argument("--sizes", default="1000,10000,100000", help="queue lengths for the queue workload")
+    args = p.parse_args(argv)
+    out = []
+    for w in args.workloads:
+        if w == "std":
+            out.append(bench_std(args.tasks))
+        elif w == "queue":
+            out.append(bench_queue([int(x) for x in args.sizes.split(",")]))
+        else:
+            p.error(f"unknown workload {w!r}; choose from {', '.join(WORKLOADS)}")
+        print(json.dumps(out[-1]), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
