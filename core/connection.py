@@ -101,14 +101,26 @@ async def client_handshake(conn: Connection, role: str, password: bytes | None, 
         raise RemoteProtocolError(f"peer speaks protocol {welcome['version']}, we speak {PROTOCOL_VERSION}")
     if welcome["auth"]:
         if password is None:
+            await _tell_peer(conn, "password required, but this side was started without one")
             raise AuthenticationError(f"{conn.peer} requires a password; start with --password FILE")
         if not check_proof(password, "server", nonce, welcome.get("proof")):
+            await _tell_peer(conn, "password mismatch")
             raise AuthenticationError(f"{conn.peer} does not know our password (or uses another one)")
         conn.send({"type": "auth", "proof": auth_proof(password, "client", welcome["nonce"])})
         await conn.drain()
     elif password is not None:
+        await _tell_peer(conn, "this side was given a password, but the other side uses none")
         raise AuthenticationError(f"{conn.peer} does not use a password but we were given one")
     return welcome
+
+
+async def _tell_peer(conn: Connection, reason: str) -> None:
+    """Best effort: say why we hang up, so the other side can log a useful reason."""
+    try:
+        conn.send({"type": "error", "reason": reason})
+        await conn.drain()
+    except (OSError, ConnectionError):
+        pass
 
 
 async def server_handshake(conn: Connection, password: bytes | None, timeout: float) -> Frame:
@@ -125,7 +137,13 @@ async def server_handshake(conn: Connection, password: bytes | None, timeout: fl
     conn.send(welcome)
     await conn.drain()
     if password is not None:
-        auth = await conn.expect("auth", timeout)
+        try:
+            auth = await conn.expect("auth", timeout)
+        except RemoteProtocolError as exc:
+            # A peer that hangs up (or reports an error) instead of proving the password failed to authenticate.
+            raise AuthenticationError(
+                f"{conn.peer} rejected: it did not prove the password ({exc}); start it with --password FILE"
+            ) from exc
         if not check_proof(password, "client", nonce, auth["proof"]):
             conn.send({"type": "error", "reason": "password mismatch"})
             await conn.drain()

@@ -88,11 +88,15 @@ class Frame:
 def encode_frame(header: dict[str, Any], payload: bytes = b"") -> bytes:
     """Serialise one frame. Raises :class:`LocalProtocolError` for unsendable input."""
     mtype = header.get("type")
-    if mtype not in MESSAGES:
+    if not isinstance(mtype, str) or mtype not in MESSAGES:
         raise LocalProtocolError(f"unknown message type {mtype!r}")
+    # The peer would reject the frame anyway; failing here blames the right side.
+    missing = [k for k in MESSAGES[mtype] if k not in header]
+    if missing:
+        raise LocalProtocolError(f"message {mtype!r} lacks field(s) {', '.join(missing)}")
     try:
         head = json.dumps(header, separators=(",", ":")).encode()
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise LocalProtocolError(f"message {mtype!r} is not JSON-serialisable: {exc}") from exc
     if len(head) > MAX_HEADER:
         raise LocalProtocolError(f"message {mtype!r} header is {len(head)} bytes, over {MAX_HEADER}")
@@ -105,7 +109,7 @@ def validate_header(raw: bytes) -> dict[str, Any]:
     """Parse and check a header; every failure is the remote side's fault."""
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." nesting
         raise RemoteProtocolError(f"frame header is not UTF-8 JSON: {exc}") from None
     if not isinstance(header, dict):
         raise RemoteProtocolError(f"frame header is a {type(header).__name__}, not an object")

@@ -1,0 +1,210 @@
+"""Every kind of file as a task input and as an output, end to end with a real worker."""
+
+from __future__ import annotations
+
+import os
+import tarfile
+
+import pytest
+
+import core as vine
+from tests.conftest import drain
+from tests.integration.conftest import records
+
+
+def run(m, task, timeout=30):
+    """Submit one task and wait for it (the only task in flight)."""
+    tid = m.submit(task)
+    t = m.wait_for_task_id(tid, timeout)
+    assert t is not None, f"task {tid} did not finish within {timeout}s"
+    return t
+
+
+@pytest.fixture
+def m(manager, start_worker):
+    start_worker(manager, cores=1, memory=1000, disk=2000)
+    return manager
+
+
+# --- inputs --------------------------------------------------------------------------------------
+
+
+def test_input_local_file(m, tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text("hello file\n")
+    t = vine.Task("cat data.txt")
+    t.add_input(m.declare_file(str(src)), "data.txt")
+    t = run(m, t)
+    assert (t.result, t.exit_code, t.output) == ("success", 0, "hello file\n")
+
+
+def test_input_local_directory(m, tmp_path):
+    d = tmp_path / "indir"
+    (d / "sub").mkdir(parents=True)
+    (d / "a.txt").write_text("A")
+    (d / "sub" / "b.txt").write_text("B")
+    t = vine.Task("cat dir/a.txt dir/sub/b.txt")
+    t.add_input(m.declare_file(str(d)), "dir")
+    t = run(m, t)
+    assert (t.result, t.exit_code, t.output) == ("success", 0, "AB")
+
+
+def test_input_nested_remote_name(m, tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text("nested")
+    t = vine.Task("cat a/b/c.txt")
+    t.add_input(m.declare_file(str(src)), "a/b/c.txt")
+    t = run(m, t)
+    assert (t.result, t.output) == ("success", "nested")
+
+
+def test_input_buffer(m):
+    t = vine.Task("cat buf.txt; test -x buf.txt && echo exec")
+    t.add_input(m.declare_buffer("from memory\n"), "buf.txt")
+    t = run(m, t)
+    assert (t.result, t.exit_code, t.output) == ("success", 0, "from memory\nexec\n")
+
+
+def test_input_file_url(m, tmp_path):
+    src = tmp_path / "page.txt"
+    src.write_text("via file url")
+    t = vine.Task("cat page.txt")
+    t.add_input(m.declare_url(f"file://{src}"), "page.txt")
+    t = run(m, t)
+    assert (t.result, t.output) == ("success", "via file url")
+
+
+def test_input_http_url(m, http_root):
+    root, base = http_root
+    with open(os.path.join(root, "doc.txt"), "w") as fh:
+        fh.write("via http")
+    t = vine.Task("cat doc.txt")
+    t.add_input(m.declare_url(f"{base}/doc.txt", cache="workflow"), "doc.txt")
+    t = run(m, t)
+    assert (t.result, t.output) == ("success", "via http")
+
+
+def test_temp_chained_between_tasks_and_fetched(m):
+    temp = m.declare_temp()
+    producer = vine.Task("echo intermediate > out.txt")
+    producer.add_output(temp, "out.txt")
+    consumer = vine.Task("tr a-z A-Z < in.txt")
+    consumer.add_input(temp, "in.txt")
+    # The consumer is submitted first: it must wait for the temp to exist, not fail.
+    m.submit(consumer)
+    m.submit(producer)
+    done = {t.id: t for t in drain(m, 30)}
+    assert [(t.result, t.exit_code) for t in done.values()] == [("success", 0)] * 2
+    assert done[consumer.id].output == "INTERMEDIATE\n"
+    assert m.fetch_file(temp) == b"intermediate\n"
+    assert temp.contents() == b"intermediate\n"
+
+
+def test_input_untar(m, tmp_path):
+    payload = tmp_path / "payload"
+    (payload / "inner").mkdir(parents=True)
+    (payload / "inner" / "x.txt").write_text("from the tarball")
+    tarball = tmp_path / "payload.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(payload, arcname="payload")
+    unpacked = m.declare_untar(m.declare_file(str(tarball), cache="workflow"), cache="workflow")
+    t = vine.Task("cat pkg/payload/inner/x.txt")
+    t.add_input(unpacked, "pkg")
+    t = run(m, t)
+    assert (t.result, t.exit_code, t.output) == ("success", 0, "from the tarball")
+
+
+def test_input_minitask(m, tmp_path):
+    seed = tmp_path / "seed.txt"
+    seed.write_text("3\n")
+    mini = vine.Task("seq $(cat seed) > made.txt")
+    mini.add_input(m.declare_file(str(seed)), "seed")
+    made = m.declare_minitask(mini, "made.txt")
+    t = vine.Task("wc -l < numbers")
+    t.add_input(made, "numbers")
+    t = run(m, t)
+    assert (t.result, t.exit_code, t.output.strip()) == ("success", 0, "3")
+
+
+# --- outputs -------------------------------------------------------------------------------------
+
+
+def test_output_local_file(m, tmp_path):
+    dest = tmp_path / "result.txt"
+    t = vine.Task("echo produced > r.txt")
+    t.add_output(m.declare_file(str(dest)), "r.txt")
+    t = run(m, t)
+    assert t.result == "success"
+    assert dest.read_text() == "produced\n"
+
+
+def test_output_local_directory(m, tmp_path):
+    dest = tmp_path / "outdir"
+    t = vine.Task("mkdir -p o/deep && echo 1 > o/one && echo 2 > o/deep/two")
+    t.add_output(m.declare_file(str(dest)), "o")
+    t = run(m, t)
+    assert t.result == "success"
+    assert (dest / "one").read_text() == "1\n"
+    assert (dest / "deep" / "two").read_text() == "2\n"
+
+
+def test_output_buffer(m):
+    buf = m.declare_buffer(None)
+    t = vine.Task("printf 'buffered bytes' > b.out")
+    t.add_output(buf, "b.out")
+    t = run(m, t)
+    assert t.result == "success"
+    assert buf.contents() == b"buffered bytes"
+    assert m.fetch_file(buf) == b"buffered bytes"
+
+
+def test_output_temp_stays_on_worker(m):
+    temp = m.declare_temp()
+    t = vine.Task("printf 'kept remotely' > t.out")
+    t.add_output(temp, "t.out")
+    t = run(m, t)
+    assert t.result == "success"
+    # A temp is not brought back with the task: no OUTPUT transfer until someone asks for it.
+    assert not [r for r in records(m, "WORKER") if r[2:5] == ["TRANSFER", "OUTPUT", temp.cache_name]]
+    assert temp.contents() == b"kept remotely"
+
+
+def test_file_round_trip_through_two_tasks(m, tmp_path):
+    """A file written by one task is the input of the next (declared again after it exists)."""
+    mid = tmp_path / "mid.txt"
+    first = vine.Task("echo 41 > n")
+    first.add_output(m.declare_file(str(mid)), "n")
+    assert run(m, first).result == "success"
+    second = vine.Task("echo $(( $(cat n) + 1 ))")
+    second.add_input(m.declare_file(str(mid)), "n")
+    second = run(m, second)
+    assert (second.result, second.output) == ("success", "42\n")
+
+
+# --- caching -------------------------------------------------------------------------------------
+
+
+def test_workflow_cached_input_sent_once(m, tmp_path):
+    src = tmp_path / "big.dat"
+    src.write_bytes(os.urandom(200_000))
+    f = m.declare_file(str(src), cache="workflow")
+    for _ in range(2):
+        t = vine.Task("wc -c < big.dat")
+        t.add_input(f, "big.dat")
+        t = run(m, t)
+        assert (t.result, t.output.strip()) == ("success", "200000")
+    sends = [r for r in records(m, "WORKER") if r[2:5] == ["TRANSFER", "INPUT", f.cache_name]]
+    assert len(sends) == 1, sends
+    assert int(sends[0][5]) == 200_000
+
+
+def test_task_level_input_sent_each_time(m, tmp_path):
+    src = tmp_path / "small.dat"
+    src.write_text("x")
+    f = m.declare_file(str(src))  # cache=False: removed from the worker after each task
+    for _ in range(2):
+        t = vine.Task("cat small.dat")
+        t.add_input(f, "small.dat")
+        assert run(m, t).result == "success"
+    sends = [r for r in records(m, "WORKER") if r[2:5] == ["TRANSFER", "INPUT", f.cache_name]]
+    assert len(sends) == 2, sends

@@ -1,0 +1,269 @@
+"""Task options end to end: tags, ids, priorities, environment, features, placement, resources."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+import core as vine
+from core.errors import TaskError, TuneError
+from tests.conftest import drain, wait_for_workers, wait_until
+from tests.integration.conftest import records
+
+
+def run(m, task, timeout=30):
+    tid = m.submit(task)
+    t = m.wait_for_task_id(tid, timeout)
+    assert t is not None, f"task {tid} did not finish within {timeout}s"
+    return t
+
+
+def rendezvous(directory, me: str, others: list[str], timeout_s: int = 20) -> str:
+    """Shell snippet: record a start time, wait (bounded) until ``others`` started, record an end time.
+
+    Tasks that were not running at the same time fail (exit 9) instead of hanging.
+    """
+    waits = " && ".join(f"[ -e {directory}/{o}.start ]" for o in others) or "true"
+    return (
+        f"date +%s%N > {directory}/{me}.start.tmp && mv {directory}/{me}.start.tmp {directory}/{me}.start; "
+        f"n=0; until {waits}; do n=$((n+1)); [ $n -gt {timeout_s * 50} ] && exit 9; sleep 0.02; done; "
+        f"date +%s%N > {directory}/{me}.end"
+    )
+
+
+# --- waiting -------------------------------------------------------------------------------------
+
+
+def test_wait_for_tag(manager, start_worker):
+    start_worker(manager, cores=1)
+    ids = {tag: [manager.submit(vine.Task(f"echo {tag}", tag=tag)) for _ in range(2)] for tag in ("red", "blue")}
+    got = []
+    for _ in range(2):
+        t = manager.wait_for_tag("blue", 30)
+        assert t is not None and t.tag == "blue" and t.output == "blue\n"
+        got.append(t.id)
+    assert sorted(got) == ids["blue"]
+    assert manager.wait_for_tag("blue", 0) is None  # none left with that tag
+    rest = drain(manager, 30)
+    assert sorted(t.id for t in rest) == ids["red"]
+
+
+def test_wait_for_task_id(manager, start_worker):
+    start_worker(manager, cores=1)
+    ids = [manager.submit(vine.Task(f"echo {i}")) for i in range(3)]
+    assert ids == [1, 2, 3]
+    t = manager.wait_for_task_id(ids[2], 30)
+    assert (t.id, t.output) == (ids[2], "2\n")
+    assert sorted(t.id for t in drain(manager, 30)) == ids[:2]
+
+
+def test_wait_timeouts(manager):
+    assert manager.wait(0) is None  # nothing submitted
+    manager.submit(vine.Task("true"))  # no worker: stays queued
+    assert manager.wait(0) is None
+    assert manager.wait(0.2) is None
+    with pytest.raises(ValueError):
+        manager.wait(-5)
+    assert manager.cancel_all() == 1
+    assert manager.wait(5).result == "cancelled"
+
+
+# --- ordering ------------------------------------------------------------------------------------
+
+
+def test_priorities_on_one_core(manager, start_worker, tmp_path):
+    order = tmp_path / "order"
+    prios = [0, 5, -3, 10, 1]
+    for p in prios:
+        manager.submit(vine.Task(f"echo {p} >> {order}", cores=1, priority=p))
+    start_worker(manager, cores=1)  # after submitting, so every task is queued when it arrives
+    done = drain(manager, 30)
+    assert all(t.result == "success" for t in done)
+    ran = [int(x) for x in order.read_text().split()]
+    assert ran == sorted(prios, reverse=True)
+
+
+def test_equal_priority_is_first_come_first_served(manager, start_worker, tmp_path):
+    order = tmp_path / "order"
+    for i in range(4):
+        manager.submit(vine.Task(f"echo {i} >> {order}", cores=1))
+    start_worker(manager, cores=1)
+    drain(manager, 30)
+    assert order.read_text().split() == ["0", "1", "2", "3"]
+
+
+# --- environment ---------------------------------------------------------------------------------
+
+
+def test_env_vars(manager, start_worker, monkeypatch):
+    monkeypatch.setenv("VINE_TEST_INHERITED", "from-worker")
+    start_worker(manager, cores=1)
+    t = vine.Task('echo "$GREETING|$EMPTY|${VINE_TEST_INHERITED-unset}"')
+    t.set_env_var("GREETING", "hello world")
+    t.set_env_var("EMPTY", "")
+    t.set_env_var("VINE_TEST_INHERITED", None)  # None unsets
+    t = run(manager, t)
+    assert t.output == "hello world||unset\n"
+    t = run(manager, vine.Task('echo "$A$B"', env={"A": "x", "B": "y"}))
+    assert t.output == "xy\n"
+
+
+def test_sandbox_env(manager, start_worker):
+    start_worker(manager, cores=2, memory=2000, disk=4000)
+    t = vine.Task('echo "$CORES $MEMORY $DISK $GPUS"; echo "$VINE_SANDBOX"; pwd -P; echo "$TMPDIR"', cores=1)
+    t = run(manager, t)
+    counts, sandbox, cwd, tmpdir = t.output.split("\n")[:4]
+    cores, memory, disk, gpus = (int(x) for x in counts.split())
+    assert (cores, memory, gpus) == (1, 1000, 0)
+    assert 0 < disk <= 2000
+    alloc = t.resources_allocated
+    assert (alloc.cores, alloc.memory, alloc.disk) == (cores, memory, disk)
+    assert sandbox and cwd.endswith(sandbox.rsplit("/", 1)[-1])
+    assert tmpdir.startswith(sandbox)
+
+
+# --- placement -----------------------------------------------------------------------------------
+
+
+def test_features(manager, start_worker):
+    start_worker(manager, cores=1)
+    wait_for_workers(manager, 1)
+    plain = manager.submit(vine.Task("echo plain"))
+    needy = manager.submit(vine.Task("echo special", features=["gpu-ish"]))
+    t = manager.wait(30)
+    assert t.id == plain
+    assert manager.wait(0.5) is None  # no worker has the feature: it waits
+    w = start_worker(manager, cores=1, extra=["--feature", "gpu-ish", "--feature", "other"])
+    t = manager.wait_for_task_id(needy, 30)
+    assert (t.result, t.output) == ("success", "special\n")
+    assert w.proc.poll() is None
+
+
+def test_three_workers_share_the_work(manager, start_worker, tmp_path):
+    for _ in range(3):
+        start_worker(manager, cores=1)
+    wait_for_workers(manager, 3)
+    names = ["a", "b", "c"]
+    for me in names:
+        manager.submit(vine.Task(rendezvous(tmp_path, me, [o for o in names if o != me]), cores=1))
+    done = drain(manager, 60)
+    assert [(t.result, t.exit_code) for t in done] == [("success", 0)] * 3
+    assert len({t.addrport for t in done}) == 3
+    assert all(t.hostname for t in done)
+    running = {r[3] for r in records(manager, "TASK") if r[2] == "RUNNING"}
+    assert len(running) == 3  # three different worker ids
+
+
+def test_proportional_allocation(manager, start_worker):
+    start_worker(manager, cores=4, memory=4000, disk=4000)
+    t = run(manager, vine.Task('echo "$CORES $MEMORY"', cores=1))
+    alloc = t.resources_allocated
+    assert (alloc.cores, alloc.memory) == (1, 1000)
+    assert 0 < alloc.disk <= 1000
+    assert t.output == "1 1000\n"
+    # No request at all: the whole worker.
+    t = run(manager, vine.Task('echo "$CORES $MEMORY"'))
+    assert (t.resources_allocated.cores, t.resources_allocated.memory) == (4, 4000)
+    # Memory drives the share: 2000 MB of 4000 is half the worker, so 2 cores.
+    t = run(manager, vine.Task('echo "$CORES $MEMORY"', memory=2000))
+    assert (t.resources_allocated.cores, t.resources_allocated.memory) == (2, 2000)
+
+
+def test_two_tasks_overlap_on_a_two_core_worker(manager, start_worker, tmp_path):
+    start_worker(manager, cores=2, memory=2000)
+    manager.submit(vine.Task(rendezvous(tmp_path, "x", ["y"]), cores=1))
+    manager.submit(vine.Task(rendezvous(tmp_path, "y", ["x"]), cores=1))
+    done = drain(manager, 60)
+    assert [(t.result, t.exit_code) for t in done] == [("success", 0)] * 2
+    starts = [int((tmp_path / f"{n}.start").read_text()) for n in "xy"]
+    ends = [int((tmp_path / f"{n}.end").read_text()) for n in "xy"]
+    assert max(starts) < min(ends)  # both were running at once
+    assert len({t.addrport for t in done}) == 1
+
+
+def test_one_core_worker_runs_one_at_a_time(manager, start_worker, tmp_path):
+    start_worker(manager, cores=1)
+    for n in "pq":
+        manager.submit(vine.Task(f"date +%s%N > {tmp_path}/{n}.start; sleep 0.2; date +%s%N > {tmp_path}/{n}.end", cores=1))
+    drain(manager, 30)
+    (s1, e1), (s2, e2) = sorted((int((tmp_path / f"{n}.start").read_text()), int((tmp_path / f"{n}.end").read_text())) for n in "pq")
+    assert e1 <= s2
+
+
+def test_task_larger_than_any_worker(manager, start_worker, caplog):
+    caplog.set_level(logging.WARNING, logger="core.manager")
+    start_worker(manager, cores=1, memory=1000)
+    wait_for_workers(manager, 1)
+    tid = manager.submit(vine.Task("echo big", cores=2))
+    wait_until(lambda: any("can ever hold it" in r.getMessage() or str(tid) in r.getMessage()
+                           for r in caplog.records if r.name == "core.manager" and r.levelno >= logging.WARNING),
+               30, "the oversized-task warning")
+    assert manager.wait(0.3) is None
+    assert not manager.empty()
+    start_worker(manager, cores=2, memory=2000)
+    t = manager.wait_for_task_id(tid, 30)
+    assert (t.result, t.output) == ("success", "big\n")
+    assert t.resources_allocated.cores == 2
+
+
+# --- API contracts ---------------------------------------------------------------------------------
+
+
+def test_task_keyword_constructor(manager, start_worker, tmp_path):
+    start_worker(manager, cores=2, memory=2000)
+    src = tmp_path / "in.txt"
+    src.write_text("kw")
+    out = manager.declare_buffer(None)
+    t = vine.Task(
+        "cat in.txt > out.txt; echo $K",
+        cores=1, memory=500, tag="kw", category="cat-a", priority=3, env={"K": "v"},
+        inputs={manager.declare_file(str(src)): "in.txt"}, outputs={out: {"remote_name": "out.txt"}},
+    )
+    assert (t.tag, t.category, t.priority) == ("kw", "cat-a", 3)
+    assert t.resources_requested.cores == 1 and t.resources_requested.memory == 500
+    t = run(manager, t)
+    assert (t.result, t.output, out.contents()) == ("success", "v\n", b"kw")
+    assert (t.resources_allocated.cores, t.resources_allocated.memory) == (1, 500)
+    with pytest.raises(TypeError):
+        vine.Task("true", no_such_option=1)
+    with pytest.raises(TypeError):
+        vine.Task({"command": "true"})
+
+
+def test_submit_twice_raises(manager, start_worker):
+    t = vine.Task("true")
+    manager.submit(t)
+    with pytest.raises(TaskError):
+        manager.submit(t)
+    start_worker(manager, cores=1)
+    t = manager.wait(30)
+    with pytest.raises(TaskError):
+        manager.submit(t)  # also after it finished
+
+
+def test_bad_names_raise(manager, tmp_path):
+    f = manager.declare_buffer("x")
+    t = vine.Task("true")
+    with pytest.raises(ValueError):
+        t.add_input(f, "/etc/passwd")
+    with pytest.raises(ValueError):
+        t.add_output(manager.declare_buffer(None), "/abs/out")
+    with pytest.raises(ValueError):
+        t.add_input(f, "")
+    with pytest.raises(ValueError):
+        manager.declare_file("")
+    with pytest.raises(ValueError):
+        manager.declare_url("not a url")
+
+
+def test_unknown_tune_raises(manager):
+    with pytest.raises(TuneError):
+        manager.tune("no-such-parameter", 1)
+    assert manager.tune("keepalive-interval", 5) == 0
+
+
+def test_wait_negative_timeout_raises(manager):
+    with pytest.raises(ValueError):
+        manager.wait(-5)
+    assert manager.wait(-1 if manager.empty() else 0) is None  # -1 means forever; returns at once when empty
