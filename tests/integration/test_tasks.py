@@ -224,7 +224,8 @@ def test_task_keyword_constructor(manager, start_worker, tmp_path):
     assert t.resources_requested.cores == 1 and t.resources_requested.memory == 500
     t = run(manager, t)
     assert (t.result, t.output, out.contents()) == ("success", "v\n", b"kw")
-    assert (t.resources_allocated.cores, t.resources_allocated.memory) == (1, 500)
+    # Proportional (REFERENCE §3.3): 1 of 2 cores is the larger share, so half the memory.
+    assert (t.resources_allocated.cores, t.resources_allocated.memory) == (1, 1000)
     with pytest.raises(TypeError):
         vine.Task("true", no_such_option=1)
     with pytest.raises(TypeError):
