@@ -17,6 +17,7 @@ the cost of a scheduling decision does not grow with the length of the queue.
 
 from __future__ import annotations
 
+import copy
 import heapq
 import itertools
 import math
@@ -24,6 +25,7 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
 
 from . import constants as C
 from .resources import AllocationPolicy, Resources, allocate_resources, fits, hungry_count
@@ -234,6 +236,7 @@ class WorkerRecord:
     completed: int = 0
     busy_time: float = 0.0
     draining: bool = False
+    outgoing: int = 0  # peer transfers this worker is serving now
 
     def has(self, name: str) -> bool:
         return name in self.replicas
@@ -278,7 +281,10 @@ DEFAULT_TUNING: dict[str, float] = {
     "worker-source-max-transfers": 10,
     "file-source-max-transfers": 1,
     "transient-error-interval": 15,
+    "peer-transfers": 1,
 }
+
+RECOVERY_ID_BASE = 1 << 40  # hidden recovery copies of tasks get ids above every user task id
 
 
 class SchedulerState:
@@ -303,6 +309,16 @@ class SchedulerState:
         self._seq = itertools.count()
         self.stats: dict[str, float] = defaultdict(float)
         self._schedule_needed = False
+        self._pending_out: list[Instruction] = []
+        # Data plane: who is sending what to whom, so sources are never overloaded.
+        self.transfers: dict[tuple[str, str], str] = {}  # (dest worker, file) -> source: worker id, "manager", "url:<origin>"
+        self.url_active: dict[str, int] = defaultdict(int)
+        self.manager_sending: dict[str, int] = defaultdict(int)
+        # Lineage: the task that makes each temp file, kept after the user has the task back.
+        self.lineage: dict[str, Task] = {}
+        self.recovering: dict[str, int] = {}  # temp name -> id of the recovery task re-making it
+        self.recoveries: dict[str, int] = defaultdict(int)
+        self._recovery_ids = itertools.count(RECOVERY_ID_BASE)
         self._handlers = {
             TaskSubmitted: self._on_submitted,
             TaskCancelled: self._on_cancelled,
@@ -320,6 +336,7 @@ class SchedulerState:
     def handle(self, *events: Event) -> list[Instruction]:
         """Apply events in order, then schedule what became possible."""
         out: list[Instruction] = []
+        self._pending_out = out
         now = 0.0
         for ev in events:
             now = ev.now
@@ -360,6 +377,8 @@ class SchedulerState:
         for m in t.outputs:
             frec = self._file(m.file)
             frec.producer = t.id
+            if m.file.kind == "temp":
+                self.lineage[m.file.cache_name] = t
         self._make_ready(rec)
 
     def _push_ready(self, rec: TaskRecord) -> None:
@@ -370,14 +389,69 @@ class SchedulerState:
         self._schedule_needed = True
 
     def _make_ready(self, rec: TaskRecord) -> None:
-        """Ready if every temp input exists somewhere; otherwise wait for the first missing one."""
+        """Ready if every temp input exists somewhere; otherwise wait for the first missing one.
+
+        A temp whose producer already finished but which has no replica left was lost with a
+        worker: its producer runs again (lineage recovery).
+        """
         for m in rec.task.inputs:
-            if m.file.kind == "temp" and not self._has_ready_replica(m.file.cache_name):
+            name = m.file.cache_name
+            if m.file.kind == "temp" and not self._has_ready_replica(name):
                 rec.state = "waiting"
                 rec.heap_key = None
-                self.waiting_on[m.file.cache_name].add(rec.task.id)
+                self.waiting_on[name].add(rec.task.id)
+                if not self._producer_active(name):
+                    frec = self.files.get(name)
+                    producer = self.lineage.get(name)
+                    if frec is not None and frec.size < 0 and producer is not None and producer.id in self.tasks:
+                        # Its producer ended without ever making it: nothing to recover.
+                        self._fail_waiters(name, f"temp file {name} was never made: its producer (task {producer.id}) did not produce it")
+                    else:
+                        self._recover(name)
                 return
         self._push_ready(rec)
+
+    def _producer_active(self, name: str) -> bool:
+        frec = self.files.get(name)
+        if frec is not None and any(s == "creating" for s in frec.replicas.values()):
+            return True
+        for tid in (frec.producer if frec else None, self.recovering.get(name)):
+            rec = self.tasks.get(tid) if tid is not None else None
+            if rec is not None and rec.state != "done":
+                return True
+        return False
+
+    def _recover(self, name: str) -> None:
+        """Re-run the producer of lost temp ``name`` as a hidden, top-priority recovery task."""
+        producer = self.lineage.get(name)
+        if producer is None:
+            return  # nobody has promised to make it yet; consumers wait for a producer
+        limit = int(self.tuning["max-task-attempts"])
+        if self.recoveries[name] >= limit:
+            self._fail_waiters(name, f"temp file {name} was lost and its producer (task {producer.id}) was re-run {limit} times without success")
+            return
+        self.recoveries[name] += 1
+        clone = copy.copy(producer)
+        clone._id = next(self._recovery_ids)
+        clone._state = C.VINE_TASK_READY
+        clone._reset_outcome()
+        rec = self.tasks[clone.id] = TaskRecord(clone, next(self._seq), recovery=True)
+        for m in clone.outputs:
+            if m.file.kind == "temp":
+                self.recovering[m.file.cache_name] = clone.id
+        self.stats["tasks_recovery"] += 1
+        self._make_ready(rec)
+
+    def _fail_waiters(self, name: str, reason: str, out: list[Instruction] | None = None) -> None:
+        """Consumers of a temp that can no longer be made end with "input missing" instead of waiting forever."""
+        sink = out if out is not None else self._pending_out
+        waiters = self.waiting_on.pop(name, set())
+        if waiters:
+            sink.append(Warn(f"{reason}; failing {len(waiters)} task(s) that need it"))
+        for tid in sorted(waiters):
+            rec = self.tasks.get(tid)
+            if rec is not None and rec.state == "waiting":
+                self._finish(rec, C.VINE_RESULT_INPUT_MISSING, -1, sink)
 
     def _on_cancelled(self, ev: TaskCancelled, out: list[Instruction]) -> None:
         rec = self.tasks.get(ev.task_id)
@@ -416,10 +490,16 @@ class SchedulerState:
         self.stats["workers_removed"] += 1
         if ev.reason != "EXPLICIT":
             self.stats["workers_lost"] += 1
+        lost_only_copy = []
         for name in w.replicas:
             frec = self.files.get(name)
             if frec is not None:
                 frec.replicas.pop(w.id, None)
+                if frec.file.kind == "temp" and not frec.replicas:
+                    lost_only_copy.append(name)
+        for (dest, name), source in list(self.transfers.items()):
+            if dest == w.id or source == w.id:
+                self._end_transfer(dest, name)
         for tid in sorted(w.tasks):
             rec = self.tasks[tid]
             rec.worker = None
@@ -427,6 +507,27 @@ class SchedulerState:
             # A lost worker is not the task's fault, but attempts stay bounded (TaskVine loops forever).
             self._retry_or_fail(rec, C.VINE_RESULT_MAX_RETRIES, out)
         w.tasks.clear()
+        if self.tuning["immediate-recovery"]:
+            for name in lost_only_copy:
+                if not self._producer_active(name):
+                    self._recover(name)
+        self._schedule_needed = True
+
+    def _end_transfer(self, dest: str, name: str, size: int = -1) -> None:
+        source = self.transfers.pop((dest, name), None)
+        if source is None:
+            return
+        if source == "manager":
+            self.manager_sending[name] -= 1
+        elif source.startswith("url:"):
+            self.url_active[source[4:]] -= 1
+        else:
+            src = self.workers.get(source)
+            if src is not None:
+                src.outgoing -= 1
+            if size >= 0:
+                self.stats["peer_transfers"] += 1
+                self.stats["bytes_peer"] += size
         self._schedule_needed = True
 
     def _on_cache_updated(self, ev: CacheUpdated, out: list[Instruction]) -> None:
@@ -439,14 +540,47 @@ class SchedulerState:
         frec = self.files.get(ev.name)
         if frec is None:
             return
+        self._end_transfer(w.id, ev.name, ev.size)
         frec.replicas[w.id] = "ready"
         frec.size = ev.size
+        if frec.file.kind == "temp":
+            self._replicate(frec, out)
         for tid in self.waiting_on.pop(ev.name, ()):  # consumers of a temp that now exists
             rec = self.tasks.get(tid)
             if rec is not None and rec.state == "waiting":
                 self._make_ready(rec)
 
+    def _replicate(self, frec: FileRecord, out: list[Instruction]) -> None:
+        """Keep ``temp-replica-count`` copies of a temp, so losing one worker costs no recomputation."""
+        want = int(self.tuning["temp-replica-count"])
+        have = len(frec.replicas)
+        if want <= have:
+            return
+        holders = [self.workers[wid] for wid, st in frec.replicas.items() if st == "ready" and wid in self.workers]
+        targets = sorted(
+            (w for w in self.workers.values() if w.id not in frec.replicas and w.transfer_addr),
+            key=lambda w: -(max(w.total.disk, 0) - max(w.committed.disk, 0) - w.cache_bytes / 1e6),
+        )
+        for dest in targets[: want - have]:
+            src = min((h for h in holders if h.transfer_addr), key=lambda h: h.outgoing, default=None)
+            if src is None:
+                return
+            self._start_transfer(dest, frec.file.cache_name, src.id)
+            out.append(FetchPeer(dest.id, frec.file.cache_name, src.id))
+            dest.replicas[frec.file.cache_name] = "creating"
+            frec.replicas[dest.id] = "creating"
+
+    def _start_transfer(self, dest: WorkerRecord, name: str, source: str) -> None:
+        self.transfers[(dest.id, name)] = source
+        if source == "manager":
+            self.manager_sending[name] += 1
+        elif source.startswith("url:"):
+            self.url_active[source[4:]] += 1
+        else:
+            self.workers[source].outgoing += 1
+
     def _on_cache_invalid(self, ev: CacheInvalid, out: list[Instruction]) -> None:
+        self._end_transfer(ev.worker, ev.name)
         w = self.workers.get(ev.worker)
         if w is not None and w.replicas.pop(ev.name, None) is not None:
             self._schedule_needed = True
@@ -538,6 +672,13 @@ class SchedulerState:
             self.stats["tasks_cancelled"] += 1
         if not rec.recovery:
             out.append(ReturnTask(rec.task.id, result, exit_code))
+        for m in rec.task.outputs:
+            name = m.file.cache_name
+            if self.recovering.get(name) == rec.task.id:
+                del self.recovering[name]
+            if m.file.kind == "temp" and not self._has_ready_replica(name):
+                what = "recovery copy of task" if rec.recovery else "task"
+                self._fail_waiters(name, f"temp file {name} cannot be made: its producer ({what} {rec.task.id}) ended with '{C.result_string(result)}'", out)
 
     def forget_task(self, task_id: int) -> None:
         """Drop a finished task's record once the user has it (keeps memory flat on long runs)."""
@@ -561,6 +702,12 @@ class SchedulerState:
         alloc = self._allocation(rec, w)
         if not fits(alloc, w.total, w.committed, multiplier=self.tuning["resource-submit-multiplier"]):
             return None
+        for f in rec.task.environments:
+            if self._source(f, w) is None:
+                return None
+        for m in rec.task.inputs:
+            if self._source(m.file, w) is None:
+                return None
         return alloc
 
     def _score(self, rec: TaskRecord, w: WorkerRecord, alloc: Resources) -> float:
@@ -656,35 +803,68 @@ class SchedulerState:
                 return False
         return True
 
-    def _stage(self, f: File, w: WorkerRecord, out: list[Instruction]) -> None:
-        """Instruct worker ``w`` to obtain ``f`` unless it has (or is getting) it."""
+    def _source(self, f: File, w: WorkerRecord) -> str | None:
+        """Where worker ``w`` would get ``f`` now: "have", "manager", "url:<origin>", "minitask", a
+        peer worker id; or None when every source is busy (the task tries another worker or waits).
+
+        A shareable file already on its way into the cluster is not sent again: the next workers
+        fetch it from the first holder, at most ``worker-source-max-transfers`` at a time per
+        source, so a popular file spreads as a tree.
+        """
         name = f.cache_name
         if name in w.replicas:
+            return "have"
+        frec = self.files.get(name)
+        if f.kind == "minitask":
+            assert f.minitask is not None
+            for m in f.minitask.inputs:
+                if self._source(m.file, w) is None:
+                    return None
+            return "minitask"
+        shareable = f.kind == "temp" or (
+            bool(self.tuning["peer-transfers"]) and f.peer_transfer and f.level > C.VINE_CACHE_LEVEL_TASK
+        )
+        if shareable and frec is not None:
+            limit = self.tuning["worker-source-max-transfers"]
+            for wid, state in frec.replicas.items():
+                src = self.workers.get(wid)
+                if state == "ready" and src is not None and src is not w and src.transfer_addr and src.outgoing < limit:
+                    return wid
+        if f.kind == "temp":
+            return None
+        in_flight = shareable and frec is not None and bool(frec.replicas)
+        if f.kind == "url":
+            origin = _origin(f.source())
+            if self.url_active[origin] < self.tuning["file-source-max-transfers"] and not in_flight:
+                return f"url:{origin}"
+            return None
+        if in_flight:
+            return None  # being sent to (or served by) another worker: fetch from it when it is ready
+        return "manager"
+
+    def _stage(self, f: File, w: WorkerRecord, out: list[Instruction]) -> None:
+        """Instruct worker ``w`` to obtain ``f`` from the source :meth:`_source` picked."""
+        source = self._source(f, w)
+        name = f.cache_name
+        if source == "have" or source is None:
             return
         frec = self._file(f)
-        if f.kind == "minitask":
+        if source == "minitask":
             assert f.minitask is not None
             for m in f.minitask.inputs:
                 self._stage(m.file, w, out)
             out.append(RunMinitask(w.id, name))
-        elif f.kind == "url":
+        elif source.startswith("url:"):
+            self._start_transfer(w, name, source)
             out.append(FetchUrl(w.id, name))
-        elif f.kind == "temp" or (f.peer_transfer and f.level > C.VINE_CACHE_LEVEL_TASK and self._peer_source(frec, w)):
-            source = self._peer_source(frec, w)
-            if source is None:
-                return  # checked by _inputs_exist; cannot happen for temps
-            out.append(FetchPeer(w.id, name, source.id))
-        else:
+        elif source == "manager":
+            self._start_transfer(w, name, source)
             out.append(SendFile(w.id, name))
+        else:
+            self._start_transfer(w, name, source)
+            out.append(FetchPeer(w.id, name, source))
         w.replicas[name] = "creating"
         frec.replicas[w.id] = "creating"
-
-    def _peer_source(self, frec: FileRecord, dest: WorkerRecord) -> WorkerRecord | None:
-        for wid, state in frec.replicas.items():
-            src = self.workers.get(wid)
-            if state == "ready" and src is not None and src is not dest and src.transfer_addr:
-                return src
-        return None
 
     def _place(self, rec: TaskRecord, w: WorkerRecord, alloc: Resources, out: list[Instruction]) -> None:
         for f in rec.task.environments:
@@ -751,3 +931,9 @@ class SchedulerState:
         for rec in self.tasks.values():
             if rec.state == "dispatched":
                 assert rec.worker in self.workers, f"task {rec.task.id} dispatched to missing worker {rec.worker}"
+
+
+def _origin(url: str) -> str:
+    """scheme://host:port of a URL: transfers are limited per origin, compared by value."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"

@@ -113,6 +113,7 @@ class Worker:
         self.transfer_port = 0
         self._stop = asyncio.Event()
         self._free_sandboxes: list[str] = []
+        self.peer_failures: set[str] = set()  # inputs whose peer transfer broke: the cluster's fault
         self._base_env = dict(os.environ)
         self._load_cache()
 
@@ -415,6 +416,7 @@ class Worker:
             finally:
                 conn.close()
         except Exception as exc:  # noqa: BLE001
+            self.peer_failures.add(name)
             self._cache_failed(name, f"peer transfer from {source} failed: {exc}")
             return
         self._cache_ready(name, level)
@@ -628,8 +630,9 @@ class Worker:
             if not await self._gather_inputs(spec):
                 missing = [i["name"] for i in spec["inputs"] if i["name"] not in self.cache]
                 result, reason = C.VINE_RESULT_INPUT_MISSING, f"inputs not obtained: {missing}"
-                # A temp that failed to arrive from a peer is the cluster's fault, not the task's.
-                retry = any(i.get("kind") == "temp" for i in spec["inputs"] if i["name"] in missing)
+                # An input that failed to arrive from a peer is the cluster's fault, not the task's.
+                retry = any(i.get("kind") == "temp" or i["name"] in self.peer_failures for i in spec["inputs"] if i["name"] in missing)
+                self.peer_failures.difference_update(missing)
             else:
                 self._link_inputs(rt)
                 status = await self._execute(rt)

@@ -136,7 +136,56 @@ def bench_queue(sizes: list[int], sample: int = 1000) -> dict[str, Any]:
     return {"workload": "queue", "rows": rows, "cost_ratio_largest_vs_smallest_queue": round(flat, 2)}
 
 
-WORKLOADS = ("std", "queue")
+def bench_fanout(size_mb: int = 32, workers: int = 4, tasks: int = 8) -> dict[str, Any]:
+    """One shared input used by tasks on every worker: how many copies did the manager send?"""
+    tmp = tempfile.mkdtemp(prefix="vine-fanout-")
+    path = os.path.join(tmp, "shared.bin")
+    with open(path, "wb") as fh:
+        for _ in range(size_mb):
+            fh.write(os.urandom(1 << 20))
+    try:
+        with local_cluster(workers, cores=1) as m:
+            f = m.declare_file(path, cache="workflow")
+            start = time.perf_counter()
+            for _ in range(tasks):
+                t = vine.Task("wc -c < shared.bin")
+                t.add_input(f, "shared.bin")
+                t.set_cores(1)
+                m.submit(t)
+            _drain(m)
+            elapsed = time.perf_counter() - start
+            s = m.stats
+            size = os.path.getsize(path)
+            return {"workload": "fanout", "input_mb": size_mb, "workers": workers, "tasks": tasks,
+                    "manager_copies_sent": round(s.bytes_sent_files / size, 2),
+                    "peer_copies": round(s.bytes_peer / size, 2), "peer_transfers": s.peer_transfers,
+                    "seconds": round(elapsed, 2)}
+    finally:
+        subprocess.run(["rm", "-rf", tmp], check=False)
+
+
+def bench_chain(length: int = 200, workers: int = 1) -> dict[str, Any]:
+    """Tasks linked by temp files: each appends to the previous one's output, which never leaves the workers."""
+    with local_cluster(workers, cores=1) as m:
+        start = time.perf_counter()
+        prev = None
+        for i in range(length):
+            out = m.declare_temp()
+            t = vine.Task(f"{{ cat prev 2>/dev/null; echo {i}; }} > out")
+            if prev is not None:
+                t.add_input(prev, "prev")
+            t.add_output(out, "out")
+            m.submit(t)
+            prev = out
+        _drain(m)
+        elapsed = time.perf_counter() - start
+        last = m.fetch_file(prev).decode().split()  # type: ignore[arg-type]
+        assert last == [str(i) for i in range(length)], "chain produced a wrong result"
+        return {"workload": "chain", "length": length, "seconds": round(elapsed, 2), "tasks_per_s": round(length / elapsed, 1),
+                "manager_bytes_sent": m.stats.bytes_sent}
+
+
+WORKLOADS = ("std", "queue", "fanout", "chain")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,6 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     for w in args.workloads:
         if w == "std":
             out.append(bench_std(args.tasks))
+        elif w == "fanout":
+            out.append(bench_fanout())
+        elif w == "chain":
+            out.append(bench_chain())
         elif w == "queue":
             out.append(bench_queue([int(x) for x in args.sizes.split(",")]))
         else:
