@@ -31,7 +31,11 @@ def _res_json(res: dict[str, float]) -> str:
 
 
 class RunLogs:
-    """Open log files of one manager run. Every write is line-buffered so a crash loses nothing."""
+    """Open log files of one manager run.
+
+    Writes are buffered and flushed by the manager's ticker (every 0.5 s) and at close: a
+    line-buffered log costs a write system call per record, a third of a tiny task's manager time.
+    """
 
     def __init__(self, run_info_path: str, template: str | None = None) -> None:
         stamp = time.strftime(template or "%Y-%m-%dT%H%M%S")
@@ -81,7 +85,11 @@ class RunLogs:
         self._last_perf_row: tuple[Any, ...] | None = None
 
     def _open(self, name: str) -> TextIO:
-        return open(os.path.join(self.log_dir, name), "a", buffering=1)
+        return open(os.path.join(self.log_dir, name), "a", buffering=1 << 16)
+
+    def flush(self) -> None:
+        for fh in (self._debug, self._tx, self._perf, self._graph):
+            fh.flush()
 
     def debug(self, msg: str, flag: str = "vine") -> None:
         t = time.time()
@@ -110,8 +118,8 @@ class RunLogs:
     def task_running(self, tid: int, wid: str, alloc: dict[str, float]) -> None:
         self.transaction(f"TASK {tid} RUNNING {wid} FIRST_RESOURCES {_res_json(alloc)}")
 
-    def task_retrieved(self, tid: int, result: str, exit_code: int, measured: dict[str, float]) -> None:
-        self.transaction(f"TASK {tid} WAITING_RETRIEVAL")
+    def task_retrieved(self, tid: int, result: str, exit_code: int, measured: dict[str, float], wid: str = "") -> None:
+        self.transaction(f"TASK {tid} WAITING_RETRIEVAL {wid}" if wid else f"TASK {tid} WAITING_RETRIEVAL")
         self.transaction(f"TASK {tid} RETRIEVED {result} {exit_code} {{}} {_res_json(measured)}")
 
     def task_done(self, tid: int, result: str, exit_code: int) -> None:
@@ -122,7 +130,8 @@ class RunLogs:
 
     def graph_task(self, tid: int, command: str, inputs: list[str], outputs: list[str]) -> None:
         first = command.split()[0] if command.split() else ""
-        self._graph.write(f'TASK T{tid} "{first}" INPUTS {" ".join(inputs)} OUTPUTS {" ".join(outputs)}\n')
+        # No empty fields: a task without inputs reads `INPUTS OUTPUTS x`, never a double space.
+        self._graph.write(" ".join([f'TASK T{tid} "{first}" INPUTS', *inputs, "OUTPUTS", *outputs]) + "\n")
 
     def performance(self, stats: dict[str, float], now: float, interval: float, force: bool = False) -> None:
         if not force and now - self._last_perf < interval:

@@ -657,6 +657,7 @@ class Manager:
             try:
                 self._apply(Tick(time.time()))
                 self._logs.performance(self._collect_stats(), time.time(), self._state.tuning.get("perf-log-interval", 5))
+                self._logs.flush()
             except Exception:  # noqa: BLE001 - the ticker must never die
                 log.exception("tick failed")
 
@@ -731,6 +732,10 @@ class Manager:
 
     async def _serve_worker(self, conn: Connection, ready: Frame) -> None:
         wid = str(ready.get("worker_id") or f"worker-{id(conn):x}")
+        if wid in self._links:
+            # Replacing the live link would let this connection's end remove the other's record.
+            raise ProtocolError(f"worker id {wid} is already connected from {self._links[wid].addrport}; "
+                                "refusing a second connection with the same id (it may retry once the first is gone)")
         host = conn.peer.rsplit(":", 1)[0]
         tport = ready.get("transfer_port")
         link = WorkerLink(wid, conn, str(ready["hostname"]), conn.peer, f"{host}:{tport}" if tport else None)
@@ -855,7 +860,7 @@ class Manager:
             start, end = float(frame.get("start") or 0), float(frame.get("end") or 0)
             task.metrics["time_workers_execute_last"] = (end - start) * 1e6 if start else 0
             task.metrics["time_workers_execute_all"] = task.metrics.get("time_workers_execute_all", 0) + task.metrics["time_workers_execute_last"]
-            self._logs.task_retrieved(tid, C.result_enum_name(result), code, {})
+            self._logs.task_retrieved(tid, C.result_enum_name(result), code, {}, link.id)
         elif frame.get("reason"):
             self._logs.debug(f"task {tid} on {link.id}: {C.result_string(result)}: {frame['reason']}")
         start = float(frame.get("start") or 0)

@@ -207,6 +207,7 @@ def test_result_codes_in_transactions(m, tmp_path):
     missing = vine.Task("true")
     missing.add_output(m.declare_file(str(tmp_path / "x")), "x")
     missing = run(m, missing)
+    m.close()  # logs are flushed every 0.5 s and at close
     done = {int(r[1]): r[3:] for r in records(m, "TASK") if r[2] == "DONE"}
     assert done[ok.id] == ["SUCCESS", "0"]
     assert done[missing.id] == ["OUTPUT_MISSING", "0"]
