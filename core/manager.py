@@ -65,6 +65,9 @@ from .scheduler import (
     WorkerLost,
     policy_name,
 )
+from .functional import FunctionalMixin
+from .library import LibraryManagerMixin
+from .library_state import StartLibrary
 from .task import Task
 
 log = logging.getLogger("core.manager")
@@ -147,7 +150,7 @@ def _bind(port: Any) -> socket.socket:
     raise ManagerError(f"cannot listen on port {port}: {last}; choose another port, or port=0 for any free one")
 
 
-class Manager:
+class Manager(FunctionalMixin, LibraryManagerMixin):
     """Submit tasks and wait for their results; workers connect to ``port`` (``vine_worker HOST PORT``).
 
     ``Manager(port=0)`` listens on any free port (``m.port`` tells which). With ``name=`` the
@@ -240,14 +243,36 @@ class Manager:
         return Stats(self._call(self._collect_stats))
 
     def _make_ssl(self, ssl: Any) -> ssl_module.SSLContext | None:
+        """TLS for worker connections: ``(key, cert)`` PEM paths, or True for a self-signed pair made for this run."""
         if not ssl:
             return None
         if ssl is True:
-            raise ManagerError("ssl=True (self-signed) is not available yet; pass ssl=(key, cert)")
-        key, cert = ssl
+            key, cert = self._self_signed_pair()
+        else:
+            try:
+                key, cert = ssl
+            except (TypeError, ValueError):
+                raise ValueError("ssl must be True or a (key_file, cert_file) pair") from None
         ctx = ssl_module.SSLContext(ssl_module.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(cert, key)
+        try:
+            ctx.load_cert_chain(cert, key)
+        except (OSError, ssl_module.SSLError) as exc:
+            raise ManagerError(f"cannot load TLS key {key} / certificate {cert}: {exc}") from exc
         return ctx
+
+    def _self_signed_pair(self) -> tuple[str, str]:
+        import subprocess
+
+        d = tempfile.mkdtemp(prefix="vine-ssl-")
+        key, cert = os.path.join(d, "key.pem"), os.path.join(d, "cert.pem")
+        cmd = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+               "-days", "30", "-subj", f"/CN={socket.gethostname()}"]
+        try:
+            subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise ManagerError(f"ssl=True needs the openssl command to make a self-signed certificate ({exc}); "
+                               "install openssl or pass ssl=(key_file, cert_file)") from exc
+        return key, cert
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def __enter__(self) -> Manager:
@@ -514,6 +539,7 @@ class Manager:
             raise TypeError(f"submit takes a Task, got {type(task).__name__}")
         if task._state != C.VINE_TASK_INITIAL:
             raise TaskError(f"task {task.id} was already submitted (state {task.state}); create a new Task")
+        self._prepare(task)  # may add inputs/outputs (PythonTask, FunctionCall) or refuse the task
         task._id = self._next_id
         self._next_id += 1
         task._manager = self
@@ -524,13 +550,15 @@ class Manager:
         self._outstanding += 1
         for m in task.inputs + task.outputs:
             self._remember(m.file)
-        self._prepare(task)
         self._logs.task_ready(task.id, task.category, 1, {k: v for k, v in task.requested.items()})
         self._post(TaskSubmitted(time.time(), task))
         return task.id
 
     def _prepare(self, task: Task) -> None:
-        """Hook for subclasses (PythonTask serialises its function here)."""
+        """Let the task get ready for this manager (PythonTask serialises its function here)."""
+        hook = getattr(task, "_prepare_submit", None)
+        if hook is not None:
+            hook(self)
 
     def wait(self, timeout: Any = "wait_forever") -> Task | None:
         """The next finished task, or None after ``timeout`` seconds (0 polls; -1 waits forever)."""
@@ -649,7 +677,10 @@ class Manager:
             self._cond.notify_all()
 
     def _finalize(self, task: Task) -> None:
-        """Hook for subclasses to decode outputs (PythonTask) before the task reaches the user."""
+        """Let the task take its outcome in (FunctionCall notes why it failed) before it reaches the user."""
+        hook = getattr(task, "_finalize_done", None)
+        if hook is not None:
+            hook(self)
 
     async def _tick_loop(self) -> None:
         while True:
@@ -852,6 +883,8 @@ class Manager:
         tid = int(frame["id"])
         task = self._tasks.get(tid)
         result, code = int(frame["result"]), int(frame["exit_code"])
+        if tid < 0:
+            self._library_instance_ended(link, frame)  # library instances have negative ids
         if task is not None and task._state < C.VINE_TASK_RETRIEVED and not frame.get("retry") and result != C.VINE_RESULT_FORSAKEN:
             task._stdout = frame.payload
             task._exit_code = code
@@ -910,6 +943,8 @@ class Manager:
                 self._apply(TaskFinished(time.time(), link.id, task.id, C.VINE_RESULT_INPUT_MISSING, -1))
                 return
             spec = task._task_spec()
+            if task.library_required is not None:
+                spec["library_instance"] = self._state.libs.instance_of(task.id)
             spec["resources"] = ins.allocation.to_dict()
             spec["outputs"] = [
                 {"name": m.file.cache_name, "remote": m.remote_name, "level": m.file.level, "kind": m.file.kind,
@@ -957,4 +992,6 @@ class Manager:
             conn.send({"type": "unlink", "name": ins.name})
         elif isinstance(ins, Keepalive):
             conn.send({"type": "keepalive"})
+        elif isinstance(ins, StartLibrary):
+            self._send_library_start(link, ins)
         await conn.drain()

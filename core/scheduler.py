@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from . import constants as C
+from .library_state import LibraryBook
 from .resources import AllocationPolicy, Resources, allocate_resources, fits, hungry_count
 
 if TYPE_CHECKING:
@@ -304,6 +305,10 @@ class SchedulerState:
         self.workers: dict[str, WorkerRecord] = {}
         self.files: dict[str, FileRecord] = {}
         self.ready: list[tuple[tuple[float, float, int], int]] = []
+        # Ready tasks a pass looked at but could not place. Like the cursor TaskVine keeps in its
+        # ready list, the next pass goes on from where this one stopped instead of re-reading the
+        # head of the queue, so unplaceable tasks at the front cannot starve the ones behind them.
+        self._passed: list[tuple[tuple[float, float, int], int]] = []
         self.waiting_on: dict[str, set[int]] = defaultdict(set)  # temp name -> consumer task ids
         self.blocked_hosts: set[str] = set()
         self._seq = itertools.count()
@@ -331,6 +336,8 @@ class SchedulerState:
             FileUndeclared: self._on_file_undeclared,
             Tick: self._on_tick,
         }
+        self.libs = LibraryBook()  # libraries and function calls (core/library_state.py)
+        self._handlers.update(self.libs.handlers(self))
 
     # -- entry point ---------------------------------------------------------------------------------
     def handle(self, *events: Event) -> list[Instruction]:
@@ -359,6 +366,11 @@ class SchedulerState:
         rec = self.files.get(f.cache_name)
         if rec is None:
             rec = self.files[f.cache_name] = FileRecord(f)
+            # Workers may have announced it (forever/worker caches) before it was declared here.
+            for w in self.workers.values():
+                state = w.replicas.get(f.cache_name)
+                if state is not None:
+                    rec.replicas[w.id] = state
         return rec
 
     def _has_ready_replica(self, name: str) -> bool:
@@ -500,8 +512,10 @@ class SchedulerState:
         for (dest, name), source in list(self.transfers.items()):
             if dest == w.id or source == w.id:
                 self._end_transfer(dest, name)
+        self.libs.worker_lost(self, w.id)
         for tid in sorted(w.tasks):
             rec = self.tasks[tid]
+            self.libs.released(rec)
             rec.worker = None
             rec.allocation = Resources()
             # A lost worker is not the task's fault, but attempts stay bounded (TaskVine loops forever).
@@ -534,12 +548,15 @@ class SchedulerState:
         w = self.workers.get(ev.worker)
         if w is None:
             return
+        frec = self.files.get(ev.name)
+        if frec is None:
+            # Undeclared while on its way (a worker keeps a file still arriving): delete it now.
+            self._drop_replica(w, ev.name)
+            out.append(Unlink(w.id, ev.name))
+            return
         if w.replicas.get(ev.name) != "ready":
             w.cache_bytes += max(ev.size, 0)
         w.replicas[ev.name] = "ready"
-        frec = self.files.get(ev.name)
-        if frec is None:
-            return
         self._end_transfer(w.id, ev.name, ev.size)
         frec.replicas[w.id] = "ready"
         frec.size = ev.size
@@ -582,7 +599,7 @@ class SchedulerState:
     def _on_cache_invalid(self, ev: CacheInvalid, out: list[Instruction]) -> None:
         self._end_transfer(ev.worker, ev.name)
         w = self.workers.get(ev.worker)
-        if w is not None and w.replicas.pop(ev.name, None) is not None:
+        if w is not None and self._drop_replica(w, ev.name):
             self._schedule_needed = True
         frec = self.files.get(ev.name)
         if frec is not None:
@@ -592,10 +609,13 @@ class SchedulerState:
         rec = self.tasks.get(ev.task_id)
         w = self.workers.get(ev.worker)
         for name in ev.unlinked:
-            if w is not None and w.replicas.pop(name, None) is not None:
+            if w is not None and self._drop_replica(w, name):
                 frec = self.files.get(name)
                 if frec is not None:
                     frec.replicas.pop(w.id, None)
+        if self.libs.owns(ev.task_id):
+            self.libs.instance_ended(self, ev, out)
+            return
         if rec is None or rec.state != "dispatched" or rec.worker != ev.worker:
             return  # a late report for a task already cancelled or moved elsewhere
         self._release(rec)
@@ -621,11 +641,24 @@ class SchedulerState:
         for wid in list(frec.replicas):
             w = self.workers.get(wid)
             if w is not None:
-                w.replicas.pop(ev.name, None)
+                self._drop_replica(w, ev.name)
                 out.append(Unlink(wid, ev.name))
+            self._end_transfer(wid, ev.name)  # else its source would count a transfer that never ends
         frec.replicas.clear()
         if ev.forget:
             del self.files[ev.name]
+            # A forgotten temp can never be remade: free its producer and end whoever still waits.
+            self.lineage.pop(ev.name, None)
+            self.recoveries.pop(ev.name, None)
+            self._fail_waiters(ev.name, f"file {ev.name} was undeclared", out)
+
+    def _drop_replica(self, w: WorkerRecord, name: str) -> bool:
+        """Forget ``w``'s replica of ``name``, keeping its cache tally right; True if it had one."""
+        state = w.replicas.pop(name, None)
+        if state == "ready":
+            frec = self.files.get(name)
+            w.cache_bytes = max(0, w.cache_bytes - max(frec.size if frec else 0, 0))
+        return state is not None
 
     def _on_tick(self, ev: Tick, out: list[Instruction]) -> None:
         interval = self.tuning["keepalive-interval"]
@@ -640,7 +673,7 @@ class SchedulerState:
                     w.check_sent = ev.now
                     out.append(Keepalive(w.id))
         # Tasks waiting for a start time, or out of time, need a look even if nothing else changed.
-        if self.ready:
+        if self.ready or self._passed:
             self._schedule_needed = True
 
     # -- task outcomes ------------------------------------------------------------------------------------
@@ -649,6 +682,7 @@ class SchedulerState:
         if w is not None:
             w.committed = w.committed - rec.allocation
             w.tasks.discard(rec.task.id)
+        self.libs.released(rec)
         rec.worker = None
         rec.allocation = Resources()
         self._schedule_needed = True
@@ -689,7 +723,7 @@ class SchedulerState:
     # -- scheduling ----------------------------------------------------------------------------------------
     def _allocation(self, rec: TaskRecord, w: WorkerRecord) -> Resources:
         req = Resources.from_dict(rec.task.requested)
-        return allocate_resources(req, w.total, policy=self.allocation_policy)
+        return allocate_resources(req, w.total, policy=self.allocation_policy, function_call=rec.task.library_required is not None)
 
     def _eligible(self, rec: TaskRecord, w: WorkerRecord, now: float) -> Resources | None:
         t = rec.task
@@ -699,6 +733,8 @@ class SchedulerState:
             return None
         if t.time_min and w.end_time and w.end_time - now < t.time_min:
             return None
+        if t.library_required is not None:
+            return self.libs.slot_for(t.library_required, w)  # a call needs a free slot, no resources
         alloc = self._allocation(rec, w)
         if not fits(alloc, w.total, w.committed, multiplier=self.tuning["resource-submit-multiplier"]):
             return None
@@ -747,16 +783,22 @@ class SchedulerState:
         return False
 
     def _has_room(self) -> bool:
+        mult = self.tuning["resource-submit-multiplier"]  # cores and gpus may be overcommitted up to this
         for w in self.workers.values():
-            if not w.draining and (w.committed.cores < w.total.cores or w.total.cores <= 0 or w.total.gpus > w.committed.gpus):
+            if not w.draining and (
+                w.committed.cores < math.ceil(w.total.cores * mult) or w.total.cores <= 0 or w.committed.gpus < math.ceil(w.total.gpus * mult)
+            ):
                 return True
-        return False
+        return self.libs.has_room()
 
     def _schedule(self, now: float, out: list[Instruction]) -> None:
         if not self.workers or len(self.workers) < self.tuning["wait-for-workers"]:
             return
         depth = int(self.tuning["attempt-schedule-depth"])
-        skipped: list[tuple[tuple[float, float, int], int]] = []
+        if not self.ready and self._passed:
+            # The last pass reached the end of the queue: start again from the top.
+            self.ready, self._passed = self._passed, []
+            heapq.heapify(self.ready)
         misses = 0
         while self.ready and misses < depth and self._has_room():
             key, tid = heapq.heappop(self.ready)
@@ -769,23 +811,25 @@ class SchedulerState:
                 self._finish(rec, C.VINE_RESULT_MAX_END_TIME, -1, out)
                 continue
             if t.time_start and now_us < t.time_start:
-                skipped.append((key, tid))
+                self._passed.append((key, tid))
                 misses += 1
                 continue
             if not self._inputs_exist(rec):
                 continue  # parked as waiting on a missing temp
             choice = self._choose_worker(rec, now)
             if choice is None:
+                choice = self.libs.make_room(self, rec, now, out)  # start a library, or evict idle ones
+                if rec.state == "done":
+                    continue
+            if choice is None:
                 if not rec.warned_unfit and not self._could_ever_fit(rec):
                     rec.warned_unfit = True
                     out.append(Warn(self._unfit_message(rec)))
-                skipped.append((key, tid))
+                self._passed.append((key, tid))
                 misses += 1
                 continue
             w, alloc = choice
             self._place(rec, w, alloc, out)
-        for item in skipped:
-            heapq.heappush(self.ready, item)
 
     def _unfit_message(self, rec: TaskRecord) -> str:
         biggest = max(self.workers.values(), key=lambda w: (w.total.cores, w.total.memory))
@@ -832,7 +876,9 @@ class SchedulerState:
                     return wid
         if f.kind == "temp":
             return None
-        in_flight = shareable and frec is not None and bool(frec.replicas)
+        # Wait for a peer copy only if some holder can serve peers; otherwise it would never come.
+        in_flight = shareable and frec is not None and any(
+            (h := self.workers.get(wid)) is not None and h.transfer_addr for wid in frec.replicas)
         if f.kind == "url":
             origin = _origin(f.source())
             if self.url_active[origin] < self.tuning["file-source-max-transfers"] and not in_flight:
@@ -878,6 +924,7 @@ class SchedulerState:
         rec.attempts += 1
         w.committed = w.committed + alloc
         w.tasks.add(rec.task.id)
+        self.libs.placed(rec, w)
         self.stats["tasks_dispatched"] += 1
         out.append(Dispatch(w.id, rec.task.id, alloc))
 
@@ -913,7 +960,7 @@ class SchedulerState:
         """Check invariants; raises AssertionError naming the broken one."""
         mult = self.tuning["resource-submit-multiplier"]
         for w in self.workers.values():
-            committed = Resources(0, 0, 0, 0)
+            committed = self.libs.committed_on(w.id)
             for tid in w.tasks:
                 rec = self.tasks[tid]
                 assert rec.state == "dispatched" and rec.worker == w.id, f"task {tid} on {w.id} is {rec.state}"

@@ -45,6 +45,7 @@ from .connection import (
 )
 from .errors import AuthenticationError, ProtocolError, TransferError
 from .protocol import Frame
+from .worker_python import WorkerPythonMixin
 
 log = logging.getLogger("vine_worker")
 
@@ -85,7 +86,7 @@ class RunningTask:
     is_minitask: bool = False
 
 
-class Worker:
+class Worker(WorkerPythonMixin):
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.workdir = os.path.abspath(args.workdir or f"/tmp/worker-{os.getuid()}-{os.getpid()}")
@@ -235,7 +236,7 @@ class Worker:
         while not self._stop.is_set():
             for host, port in self._targets():
                 try:
-                    conn = await open_connection(host, port, timeout=5)
+                    conn = await open_connection(host, port, ssl=self._client_ssl(), timeout=5)
                 except (OSError, asyncio.TimeoutError) as exc:
                     log.debug("cannot reach %s:%s: %s", host, port, exc)
                     continue
@@ -263,6 +264,18 @@ class Worker:
                 pass
             backoff = min(backoff * 2, 8)
         return 0
+
+    def _client_ssl(self) -> Any:
+        """Workers encrypt but do not verify the manager's certificate (as TaskVine): the password,
+        when set, is what authenticates both sides."""
+        if not self.args.ssl:
+            return None
+        import ssl
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
 
     def _manager_gone(self) -> None:
         self.conn = None
@@ -499,7 +512,7 @@ class Worker:
         rt.sandbox = self._make_sandbox(f"t.{tid}")
         self.tasks[tid] = rt
         self.last_work = time.monotonic()
-        rt.starter = asyncio.create_task(self._run_task(rt))
+        rt.starter = asyncio.create_task(self._task_coroutine(rt))  # libraries have their own runner
 
     def _release(self, rt: RunningTask) -> None:
         if self.tasks.pop(rt.id, None) is not None:
@@ -553,6 +566,9 @@ class Worker:
         posix_spawn (environment converted in C, no Popen machinery) and a pidfd in the event loop
         keep the worker's own cost per task well under the cost of starting the shell.
         """
+        special = self._special_execute(rt)  # Python tasks (fork server) and function calls (library)
+        if special is not None:
+            return await special
         loop = asyncio.get_running_loop()
         fd = os.open(os.path.join(rt.sandbox, ".vine-stdout"), os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         rt.stdout_fd = fd
@@ -787,6 +803,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-workspace", action="store_true")
     p.add_argument("-P", "--password", help="file holding the shared password")
     p.add_argument("--transfer-port", type=int, default=0)
+    p.add_argument("--ssl", action="store_true", help="connect to the manager with TLS")
     p.add_argument("--parent-death", action="store_true")
     p.add_argument("--from-factory", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("-d", "--debug", help="debug flags ('all')")

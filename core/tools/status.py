@@ -60,8 +60,16 @@ def query_status(host: str, port: int, what: str = "manager", password: bytes | 
     return asyncio.run(asyncio.wait_for(query_status_async(host, port, what, password, use_ssl, timeout), timeout + 1))
 
 
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
 def format_table(header: list[str], rows: list[list[Any]]) -> str:
-    cells = [header] + [["" if v is None else str(v) for v in r] for r in rows]
+    cells = [header] + [[_cell(v) for v in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
 

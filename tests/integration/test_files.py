@@ -8,7 +8,7 @@ import tarfile
 import pytest
 
 import core as vine
-from tests.conftest import drain
+from tests.conftest import drain, wait_for_workers, wait_until
 from tests.integration.conftest import records
 
 
@@ -18,12 +18,6 @@ def run(m, task, timeout=30):
     t = m.wait_for_task_id(tid, timeout)
     assert t is not None, f"task {tid} did not finish within {timeout}s"
     return t
-
-
-@pytest.fixture
-def m(manager, start_worker):
-    start_worker(manager, cores=1, memory=1000, disk=2000)
-    return manager
 
 
 # --- inputs --------------------------------------------------------------------------------------
@@ -208,3 +202,177 @@ def test_task_level_input_sent_each_time(m, tmp_path):
         assert run(m, t).result == "success"
     sends = [r for r in records(m, "WORKER") if r[2:5] == ["TRANSFER", "INPUT", f.cache_name]]
     assert len(sends) == 2, sends
+
+
+def test_worker_level_cache_sent_once(m, tmp_path):
+    src = tmp_path / "w.txt"
+    src.write_text("w")
+    f = m.declare_file(str(src), cache="worker")
+    b = m.declare_buffer("bb", cache="forever")
+    assert f.cache_name.startswith("file-md5-") and b.cache_name.startswith("buffer-md5-")
+    for _ in range(2):
+        t = vine.Task("cat w.txt b")
+        t.add_input(f, "w.txt")
+        t.add_input(b, "b")
+        assert run(m, t).output == "wbb"
+    names = {f.cache_name, b.cache_name}
+    assert len([r for r in records(m, "WORKER") if r[2:4] == ["TRANSFER", "INPUT"] and r[4] in names]) == 2
+
+
+def test_worker_cache_survives_manager_restart(tmp_path, start_worker):
+    """A `worker`-level file stays in the worker's cache for the next manager on the same port."""
+    src = tmp_path / "persist.txt"
+    src.write_text("persist")
+    first = vine.Manager(port=0, run_info_path=str(tmp_path / "info1"))
+    port = first.port
+    try:
+        start_worker(first, cores=1)
+        f = first.declare_file(str(src), cache="worker")
+        t = vine.Task("cat p")
+        t.add_input(f, "p")
+        assert run(first, t).output == "persist"
+    finally:
+        first.close()
+    second = vine.Manager(port=port, run_info_path=str(tmp_path / "info2"))
+    try:
+        wait_for_workers(second, 1, 30)  # the same worker process reconnects
+        f2 = second.declare_file(str(src), cache="worker")
+        assert f2.cache_name == f.cache_name
+        t = vine.Task("cat p")
+        t.add_input(f2, "p")
+        assert run(second, t).output == "persist"
+        assert not [r for r in records(second, "WORKER") if r[2:4] == ["TRANSFER", "INPUT"]]
+    finally:
+        second.close()
+
+
+def test_executable_input_keeps_its_mode(m, tmp_path):
+    script = tmp_path / "tool.sh"
+    script.write_text("#!/bin/sh\necho tool ran\n")
+    script.chmod(0o755)
+    t = vine.Task("./tool.sh")
+    t.add_input(m.declare_file(str(script)), "tool.sh")
+    t = run(m, t)
+    assert (t.result, t.exit_code, t.output) == ("success", 0, "tool ran\n")
+
+
+def test_mount_symlink(m, tmp_path):
+    src = tmp_path / "s.txt"
+    src.write_text("linked")
+    t = vine.Task("test -L s.txt && cat s.txt")
+    t.add_input(m.declare_file(str(src)), "s.txt", mount_symlink=True)
+    t = run(m, t)
+    assert (t.exit_code, t.output) == (0, "linked")
+
+
+def test_large_input_and_output_span_many_chunks(m, tmp_path):
+    src = tmp_path / "big.in"
+    src.write_bytes(os.urandom(3_500_000))
+    dest = tmp_path / "big.out"
+    t = vine.Task("md5sum < in > /dev/null && cp in out && head -c 2000000 /dev/urandom >> out")
+    t.add_input(m.declare_file(str(src)), "in")
+    t.add_output(m.declare_file(str(dest)), "out")
+    t = run(m, t)
+    assert t.result == "success", t.output
+    data = dest.read_bytes()
+    assert len(data) == 5_500_000 and data[:3_500_000] == src.read_bytes()
+
+
+def test_large_stdout(m):
+    t = run(m, vine.Task("head -c 3000000 /dev/zero | tr '\\0' a"))
+    assert (t.result, len(t.output)) == ("success", 3_000_000)
+
+
+def test_watched_output_streams_during_the_run(m, tmp_path):
+    out = tmp_path / "progress.log"
+    gate = tmp_path / "gate"
+    t = vine.Task(f"echo line1 > p; while [ ! -e {gate} ]; do sleep 0.02; done; echo line2 >> p")
+    t.add_output(m.declare_file(str(out)), "p", watch=True)
+    tid = m.submit(t)
+    wait_until(lambda: out.exists() and out.read_text() == "line1\n", 30, "the first line to stream back")
+    gate.touch()
+    t = m.wait_for_task_id(tid, 30)
+    assert t.result == "success"
+    assert out.read_text() == "line1\nline2\n"
+
+
+def test_failure_only_and_success_only_outputs(m, tmp_path):
+    for code in (0, 1):
+        on_fail, on_ok = tmp_path / f"fail{code}", tmp_path / f"ok{code}"
+        t = vine.Task(f"echo f > a; echo s > b; exit {code}")
+        t.add_output(m.declare_file(str(on_fail)), "a", failure_only=True)
+        t.add_output(m.declare_file(str(on_ok)), "b", success_only=True)
+        t = run(m, t)
+        assert (t.result, t.exit_code) == ("success", code)
+        assert on_fail.exists() == (code != 0)
+        assert on_ok.exists() == (code == 0)
+
+
+def test_undeclare_with_unlink_when_done(m, tmp_path):
+    out = tmp_path / "scratch.txt"
+    f = m.declare_file(str(out), unlink_when_done=True)
+    t = vine.Task("echo scratch > s")
+    t.add_output(f, "s")
+    assert run(m, t).result == "success"
+    assert out.read_text() == "scratch\n"
+    m.undeclare_file(f)
+    assert not out.exists()
+
+
+def test_temp_with_two_consumers(m):
+    temp = m.declare_temp()
+    producer = vine.Task("echo shared > o")
+    producer.add_output(temp, "o")
+    consumers = []
+    for _ in range(2):
+        c = vine.Task("cat i")
+        c.add_input(temp, "i")
+        consumers.append(c)
+        m.submit(c)
+    m.submit(producer)
+    assert all(t.result == "success" for t in drain(m, 30))
+    assert [c.output for c in consumers] == ["shared\n"] * 2
+
+
+# --- between workers -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_workers(manager, start_worker):
+    """Workers A and B, told apart by features so a test can place each task."""
+    start_worker(manager, cores=1, extra=["--feature", "A"])
+    start_worker(manager, cores=1, extra=["--feature", "B"])
+    wait_for_workers(manager, 2)
+    return manager
+
+
+def test_cached_input_goes_peer_to_peer(two_workers, tmp_path):
+    m = two_workers
+    src = tmp_path / "shared.dat"
+    src.write_bytes(os.urandom(2_500_000))
+    f = m.declare_file(str(src), cache="workflow")
+    sums = set()
+    for feature in "AB":
+        t = vine.Task("md5sum < shared.dat", features=[feature])
+        t.add_input(f, "shared.dat")
+        t = run(m, t)
+        assert t.result == "success"
+        sums.add(t.output)
+    assert len(sums) == 1
+    sends = [r for r in records(m, "WORKER") if r[2:5] == ["TRANSFER", "INPUT", f.cache_name]]
+    assert len(sends) == 1  # the second worker got it from the first, not from the manager
+
+
+def test_temp_moves_between_workers(two_workers):
+    m = two_workers
+    temp = m.declare_temp()
+    producer = vine.Task("head -c 2500000 /dev/urandom > o; md5sum < o", features=["A"])
+    producer.add_output(temp, "o")
+    consumer = vine.Task("md5sum < i", features=["B"])
+    consumer.add_input(temp, "i")
+    m.submit(consumer)
+    m.submit(producer)
+    done = {t.id: t for t in drain(m, 30)}
+    assert done[consumer.id].result == "success"
+    assert done[consumer.id].output == done[producer.id].output
+    assert done[consumer.id].addrport != done[producer.id].addrport

@@ -34,12 +34,6 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-@pytest.fixture
-def m(manager, start_worker):
-    start_worker(manager, cores=1, memory=1000, disk=2000)
-    return manager
-
-
 def test_new_task_is_unknown():
     t = vine.Task("true")
     assert (t.result, t.exit_code, t.state, t.id) == ("unknown", -1, "INITIAL", 0)
@@ -146,11 +140,12 @@ def test_cancel_running_task_kills_it(m, tmp_path):
     tid = m.submit(vine.Task(f"echo $$ > {pidfile}.tmp && mv {pidfile}.tmp {pidfile} && exec sleep 30"))
     wait_until(pidfile.exists, 30, "the task to start")
     pid = int(pidfile.read_text())
+    cancelled_before = m.stats.tasks_cancelled
     assert m.cancel_by_task_id(tid)
     t = m.wait_for_task_id(tid, 30)
     assert t is not None and (t.result, t.exit_code) == ("cancelled", -1)
     wait_until(lambda: not pid_alive(pid), 10, "the cancelled task's process to die")
-    assert m.stats.tasks_cancelled == 1
+    assert m.stats.tasks_cancelled == cancelled_before + 1
     # The worker is free again: the next task runs.
     assert run(m, vine.Task("echo after")).output == "after\n"
 
@@ -207,7 +202,29 @@ def test_result_codes_in_transactions(m, tmp_path):
     missing = vine.Task("true")
     missing.add_output(m.declare_file(str(tmp_path / "x")), "x")
     missing = run(m, missing)
-    m.close()  # logs are flushed every 0.5 s and at close
-    done = {int(r[1]): r[3:] for r in records(m, "TASK") if r[2] == "DONE"}
+    # The manager flushes its logs every 0.5 s: wait for both records to appear.
+    def done() -> dict[int, list[str]]:
+        return {int(r[1]): r[3:] for r in records(m, "TASK") if r[2] == "DONE"}
+
+    wait_until(lambda: {ok.id, missing.id} <= set(done()), 10, "DONE records in the transactions log")
+    done = done()
     assert done[ok.id] == ["SUCCESS", "0"]
     assert done[missing.id] == ["OUTPUT_MISSING", "0"]
+
+
+def test_temp_never_made_fails_its_consumer(m):
+    """The producer ends without writing the temp: the waiting consumer ends, it does not hang."""
+    temp = m.declare_temp()
+    producer = vine.Task("exit 1")
+    producer.add_output(temp, "o")
+    consumer = vine.Task("cat i")
+    consumer.add_input(temp, "i")
+    m.submit(consumer)
+    m.submit(producer)
+    got = {}
+    for _ in range(2):
+        t = m.wait(30)
+        assert t is not None, "a task was left hanging"
+        got[t.id] = (t.result, t.exit_code)
+    assert got[producer.id] == ("output missing", 1)
+    assert got[consumer.id] == ("input missing", -1)

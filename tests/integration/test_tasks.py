@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
+import time
 
 import pytest
 
 import core as vine
-from core.errors import TaskError, TuneError
+from core.errors import ManagerError, TaskError, TuneError
 from tests.conftest import drain, wait_for_workers, wait_until
 from tests.integration.conftest import records
 
@@ -196,11 +198,16 @@ def test_task_larger_than_any_worker(manager, start_worker, caplog):
     start_worker(manager, cores=1, memory=1000)
     wait_for_workers(manager, 1)
     tid = manager.submit(vine.Task("echo big", cores=2))
-    wait_until(lambda: any("can ever hold it" in r.getMessage() or str(tid) in r.getMessage()
-                           for r in caplog.records if r.name == "core.manager" and r.levelno >= logging.WARNING),
-               30, "the oversized-task warning")
+    def warned() -> bool:
+        return any(r.name == "core.manager" and r.levelno == logging.WARNING and f"task {tid} " in r.getMessage()
+                   for r in caplog.records)
+
+    wait_until(warned, 30, "the oversized-task warning")
     assert manager.wait(0.3) is None
     assert not manager.empty()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "core.manager" and f"task {tid} " in r.getMessage()]
+    assert len(warnings) == 1, warnings  # said once, not on every scheduling pass
+    assert "cores" in warnings[0]
     start_worker(manager, cores=2, memory=2000)
     t = manager.wait_for_task_id(tid, 30)
     assert (t.result, t.output) == ("success", "big\n")
@@ -268,3 +275,48 @@ def test_wait_negative_timeout_raises(manager):
     with pytest.raises(ValueError):
         manager.wait(-5)
     assert manager.wait(-1 if manager.empty() else 0) is None  # -1 means forever; returns at once when empty
+
+
+def test_time_start_delays_the_task(manager, start_worker):
+    start_worker(manager, cores=1)
+    wait_for_workers(manager, 1)
+    not_before = time.time() + 1.0
+    t = vine.Task("date +%s%N", time_start=int(not_before * 1e6))
+    t = run(manager, t)
+    assert t.result == "success"
+    assert int(t.output) / 1e9 >= not_before
+
+
+def test_many_small_tasks(manager, start_worker):
+    for _ in range(2):
+        start_worker(manager, cores=1)
+    n = 200
+    for i in range(n):
+        manager.submit(vine.Task(f"echo {i}", cores=1))
+    done = drain(manager, 60)
+    assert sorted(int(t.output) for t in done) == list(range(n))
+    assert all(t.successful() for t in done)
+    assert manager.stats.tasks_done == n
+
+
+def test_shutdown_true_stops_workers(tmp_path, start_worker):
+    m = vine.Manager(port=0, run_info_path=str(tmp_path / "info"), shutdown=True)
+    try:
+        w = start_worker(m, cores=1)
+        wait_for_workers(m, 1)
+    finally:
+        m.close()
+    assert w.proc.wait(15) == 0
+
+
+def test_context_manager_closes(tmp_path):
+    with vine.Manager(port=0, run_info_path=str(tmp_path / "info")) as m:
+        port = m.port
+        staging = m.staging_directory
+        assert os.path.isdir(staging)
+    assert not os.path.exists(staging)
+    with pytest.raises(ManagerError):
+        m.submit(vine.Task("true"))
+    # The port is free again.
+    with vine.Manager(port=port, run_info_path=str(tmp_path / "info")) as again:
+        assert again.port == port

@@ -1,0 +1,426 @@
+"""What runs on a worker on behalf of Python tasks and function calls, outside the manager.
+
+This module imports only the standard library and cloudpickle, on purpose: it is shipped as a plain
+script (``.vine_runner.py``) into sandboxes whose ``python3`` comes from a task's own environment,
+where ``core`` may not be installed. The worker's fork server imports it as ``core._remote``.
+
+::
+
+    PythonTask                                   FunctionCall
+    ──────────                                   ────────────
+    fork server child, or                        library process (one per worker, warm imports)
+    `python3 .vine_runner.py task F A O S`         ├─ direct: the call runs in the library process
+      load F (function), A (args),                 └─ fork:   the call runs in a fork of it
+      run, write O (result envelope)             the envelope goes to the path the worker names
+
+A *result envelope* is ``cloudpickle.dumps((MAGIC, ok, value_or_exception, traceback_text))``. The
+``MAGIC`` tag is what tells an envelope apart from a user's own data (TaskVine unwraps any dict with
+a ``"Result"`` key, REFERENCE §8.13).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import selectors
+import signal
+import socket
+import struct
+import sys
+import traceback
+import types
+from typing import Any
+
+import cloudpickle
+
+MAGIC = "core.vine/result/1"
+CONTEXT_MODULE = "vine_library_context"
+_LEN = struct.Struct(">I")
+
+
+# --- result envelopes ----------------------------------------------------------------------------------
+
+
+def _portable_exception(exc: BaseException) -> BaseException:
+    """``exc`` if it survives a pickle round trip, else a RuntimeError naming it.
+
+    An exception whose ``__init__`` needs extra arguments pickles fine but fails to unpickle on the
+    manager; better to say what it was than to lose it.
+    """
+    try:
+        cloudpickle.loads(cloudpickle.dumps(exc))
+        return exc
+    except Exception as problem:  # noqa: BLE001 - any failure means "not portable"
+        return RuntimeError(f"{type(exc).__qualname__}: {exc} (the original exception could not be pickled: {problem})")
+
+
+def encode_result(ok: bool, value: Any, tb: str | None = None) -> bytes:
+    """The envelope for a return value (``ok``) or a raised exception (not ``ok``)."""
+    if not ok:
+        value = _portable_exception(value)
+    try:
+        return cloudpickle.dumps((MAGIC, ok, value, tb))
+    except Exception as exc:  # noqa: BLE001 - an unpicklable return value becomes the failure
+        err = RuntimeError(f"the function returned a {type(value).__qualname__} that cannot be pickled: {exc}")
+        return cloudpickle.dumps((MAGIC, False, err, traceback.format_exc()))
+
+
+def decode_result(data: bytes) -> tuple[bool, Any, str | None]:
+    """``(ok, value, traceback)`` from an envelope; ValueError if ``data`` is not one."""
+    try:
+        obj = cloudpickle.loads(data)
+    except Exception as exc:
+        raise ValueError(f"not a result envelope: {exc}") from exc
+    if type(obj) is not tuple or len(obj) != 4 or obj[0] != MAGIC:
+        raise ValueError("not a result envelope")
+    return bool(obj[1]), obj[2], obj[3]
+
+
+def _raw_bytes(value: Any) -> bytes:
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f"with output serialization disabled the function must return bytes or str, not {type(value).__qualname__}")
+
+
+# --- arguments that are other tasks' outputs ---------------------------------------------------------
+
+
+class UpstreamFailure(Exception):
+    """Raised in a task whose input future holds an exception instead of a value."""
+
+
+def load_reference(path: str, serialized: bool) -> Any:
+    """The value a producer task left in ``path`` (its output file, linked into this sandbox)."""
+    with open(path, "rb") as fh:
+        data = fh.read()
+    if not serialized:
+        return data
+    ok, value, tb = decode_result(data)
+    if not ok:
+        if isinstance(value, BaseException):
+            value.__vine_traceback__ = tb  # type: ignore[attr-defined]
+            raise value
+        raise UpstreamFailure(str(value))
+    return value
+
+
+def _set_path(container: Any, path: tuple[Any, ...], value: Any) -> Any:
+    if not path:
+        return value
+    head, rest = path[0], path[1:]
+    if isinstance(container, tuple):
+        items = list(container)
+        items[head] = _set_path(items[head], rest, value)
+        return tuple(items) if type(container) is tuple else type(container)(*items)
+    container[head] = _set_path(container[head], rest, value)
+    return container
+
+
+def apply_references(args: Any, kwargs: Any, refs: list[tuple[tuple[Any, ...], str, bool]]) -> tuple[Any, Any]:
+    """Put each referenced output (``refs``: path into args/kwargs, file, serialized?) in its place."""
+    box = [list(args), dict(kwargs)]
+    for path, remote, serialized in refs:
+        box = _set_path(box, path, load_reference(remote, serialized))
+    return tuple(box[0]), box[1]
+
+
+def load_call(args_path: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    with open(args_path, "rb") as fh:
+        payload = cloudpickle.load(fh)
+    return unpack_arguments(payload)
+
+
+def unpack_arguments(payload: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    args, kwargs, refs = payload
+    if refs:
+        return apply_references(args, kwargs, refs)
+    return tuple(args), dict(kwargs)
+
+
+# --- Python tasks ----------------------------------------------------------------------------------------
+
+
+def run_python_task(function_path: str, args_path: str, output_path: str | None, serialize: bool = True) -> int:
+    """Run one PythonTask in the current directory (its sandbox); returns the exit status.
+
+    0: the function returned and its value is in ``output_path``. 1: it raised; the exception and
+    its traceback are in ``output_path`` (and the traceback on stderr).
+    """
+    try:
+        with open(function_path, "rb") as fh:
+            func = cloudpickle.load(fh)
+        args, kwargs = load_call(args_path)
+        value = func(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - the exception is the task's result
+        tb = traceback.format_exc()
+        sys.stderr.write(tb)
+        if output_path and serialize:
+            with open(output_path, "wb") as fh:
+                fh.write(encode_result(False, exc, tb))
+        return 1
+    if not output_path:
+        return 0
+    if serialize:
+        data = encode_result(True, value)
+    else:
+        try:
+            data = _raw_bytes(value)
+        except TypeError:
+            sys.stderr.write(traceback.format_exc())
+            return 1
+    with open(output_path, "wb") as fh:
+        fh.write(data)
+    return 0
+
+
+def exit_status(exc: SystemExit) -> int:
+    """The status ``python`` exits with for this SystemExit."""
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code & 0xFF
+    sys.stderr.write(f"{exc.code}\n")
+    return 1
+
+
+def forked_child_main(request: dict[str, Any]) -> int:
+    """The body of a fork-server child: become the task's process, in its sandbox, and run it."""
+    sandbox = request["sandbox"]
+    os.chdir(sandbox)
+    # No O_TRUNC: the worker created it empty, and truncating an existing file makes ext4 flush it at close.
+    fd = os.open(request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.environ.clear()
+    os.environ.update(request["env"])
+    sys.argv = [".vine_runner.py"]
+    if sys.path and sys.path[0] != sandbox:
+        sys.path.insert(0, sandbox)
+    py = request["python"]
+    try:
+        return run_python_task(py["function"], py["args"], py.get("output"), bool(py.get("serialize", True)))
+    except SystemExit as exc:  # sys.exit() in the function: exit as a fresh interpreter would
+        return exit_status(exc)
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except Exception:  # noqa: BLE001 - a closed stdout must not hide the exit status
+            pass
+
+
+# --- library processes ---------------------------------------------------------------------------------
+
+
+def send_message(sock: socket.socket, msg: dict[str, Any]) -> None:
+    data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+    sock.sendall(_LEN.pack(len(data)) + data)
+
+
+class MessageReader:
+    """Splits a byte stream of length-prefixed pickled dicts into messages."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        self.buf += data
+        out = []
+        while len(self.buf) >= 4:
+            (n,) = _LEN.unpack_from(self.buf)
+            if len(self.buf) < 4 + n:
+                break
+            out.append(pickle.loads(bytes(self.buf[4:4 + n])))
+            del self.buf[:4 + n]
+        return out
+
+
+def load_variable_from_library(name: str) -> Any:
+    """A variable set up by the library's ``library_context_info`` function."""
+    ctx = sys.modules.get(CONTEXT_MODULE)
+    if ctx is None or not hasattr(ctx, name):
+        raise NameError(f"no variable {name!r} in this library's context; it is set by the dict that the "
+                        "library_context_info function returns, and readable only inside a FunctionCall")
+    return getattr(ctx, name)
+
+
+def _hoist(functions: dict[str, Any], hoisted: list[tuple[str, str, Any]]) -> None:
+    """Import hoisted modules once and make them (and hoisted functions/classes) globals of each function."""
+    names: dict[str, Any] = {}
+    for kind, name, obj in hoisted:
+        if kind == "module":
+            import importlib
+
+            names[name.rsplit(".", 1)[-1] if obj is None else obj] = importlib.import_module(name)
+        else:
+            names[name] = obj
+    names.setdefault("load_variable_from_library", load_variable_from_library)
+    for fn in functions.values():
+        g = getattr(fn, "__globals__", None)
+        if isinstance(g, dict):
+            for k, v in names.items():
+                g.setdefault(k, v)
+
+
+def _run_call(functions: dict[str, Any], msg: dict[str, Any]) -> int:
+    """Run one call in the current process; write its envelope to ``msg["result"]``; exit status."""
+    ok, tb = True, None
+    try:
+        func = functions.get(msg["function"])
+        if func is None:
+            raise NameError(f"library has no function {msg['function']!r}; it has {sorted(functions)}")
+        if msg.get("args") is not None:
+            args, kwargs = unpack_arguments(cloudpickle.loads(msg["args"]))
+        else:
+            args, kwargs = load_call(os.path.join(msg["sandbox"], msg["args_file"]))
+        value = func(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - the exception is the call's result
+        ok, value, tb = False, exc, traceback.format_exc()
+    data = encode_result(ok, value, tb)
+    with open(msg["result"], "wb") as fh:
+        fh.write(data)
+    return 0
+
+
+def library_main(config_path: str) -> int:
+    """A library process: load functions once, then serve calls from the worker until it hangs up."""
+    address = os.environ["VINE_LIBRARY_SOCKET"]
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect("\0" + address[1:] if address.startswith("@") else address)
+    try:
+        with open(config_path, "rb") as fh:
+            config = cloudpickle.load(fh)
+        functions: dict[str, Any] = config["functions"]
+        _hoist(functions, config.get("hoisted", []))
+        ctx_module = types.ModuleType(CONTEXT_MODULE)
+        sys.modules[CONTEXT_MODULE] = ctx_module
+        context = config.get("context")
+        if context:
+            fn, cargs, ckwargs = (list(context) + [[], {}])[:3]
+            variables = fn(*(cargs or []), **(ckwargs or {}))
+            if variables is not None:
+                if not isinstance(variables, dict):
+                    raise TypeError(f"the library_context_info function must return a dict of variables, not {type(variables).__qualname__}")
+                for k, v in variables.items():
+                    setattr(ctx_module, k, v)
+    except BaseException:  # noqa: BLE001 - report why the library could not start, then exit
+        tb = traceback.format_exc()
+        sys.stderr.write(tb)
+        sys.stderr.flush()
+        try:
+            send_message(sock, {"op": "failed", "error": tb})
+        except OSError:
+            pass
+        return 1
+    mode = config.get("mode", "fork")
+    send_message(sock, {"op": "ready", "functions": sorted(functions), "pid": os.getpid(), "mode": mode})
+    sys.stdout.flush()
+    return _serve_calls(sock, functions, mode)
+
+
+def _serve_calls(sock: socket.socket, functions: dict[str, Any], mode: str) -> int:
+    home = os.getcwd()
+    rfd, wfd = os.pipe()
+    os.set_blocking(rfd, False)
+    os.set_blocking(wfd, False)
+    signal.set_wakeup_fd(wfd)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    sel = selectors.DefaultSelector()
+    sel.register(sock, selectors.EVENT_READ)
+    sel.register(rfd, selectors.EVENT_READ)
+    reader = MessageReader()
+    children: dict[int, int] = {}  # pid -> call id
+    while True:
+        for key, _ in sel.select():
+            if key.fileobj is sock:
+                data = sock.recv(1 << 20)
+                if not data:
+                    for pid in children:
+                        _kill_quietly(pid)
+                    return 0
+                for msg in reader.feed(data):
+                    op = msg.get("op")
+                    if op == "call":
+                        if (msg.get("mode") or mode) == "direct":
+                            os.chdir(msg["sandbox"])
+                            try:
+                                status = _run_call(functions, msg)
+                            finally:
+                                os.chdir(home)
+                                sys.stdout.flush()
+                            send_message(sock, {"op": "done", "id": msg["id"], "status": status})
+                        else:
+                            pid = _fork_call(sock, functions, msg, rfd, wfd)
+                            children[pid] = msg["id"]
+                    elif op == "kill":
+                        for pid, cid in children.items():
+                            if cid == msg["id"]:
+                                _kill_quietly(pid)
+            else:
+                try:
+                    os.read(rfd, 4096)
+                except BlockingIOError:
+                    pass
+                while children:
+                    try:
+                        pid, status = os.waitpid(-1, os.WNOHANG)
+                    except ChildProcessError:
+                        break
+                    if pid == 0:
+                        break
+                    cid = children.pop(pid, None)
+                    if cid is not None:
+                        send_message(sock, {"op": "done", "id": cid, "status": os.waitstatus_to_exitcode(status)})
+
+
+def _kill_quietly(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _fork_call(sock: socket.socket, functions: dict[str, Any], msg: dict[str, Any], rfd: int, wfd: int) -> int:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        sock.close()
+        os.close(rfd)
+        os.close(wfd)
+        os.chdir(msg["sandbox"])
+        code = _run_call(functions, msg)
+    except BaseException:  # noqa: BLE001 - a child must never return into the library's loop
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+    return 0  # not reached
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) >= 2 and argv[1] == "task":
+        function_path, args_path, output_path, serialize = argv[2:6]
+        return run_python_task(function_path, args_path, output_path if output_path != "-" else None, serialize == "1")
+    if len(argv) >= 2 and argv[1] == "library":
+        return library_main(argv[2])
+    sys.stderr.write("usage: .vine_runner.py task FUNCTION ARGS OUTPUT SERIALIZE | library CONFIG\n")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

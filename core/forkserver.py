@@ -1,0 +1,234 @@
+"""A warm Python process on each worker that forks a fresh child per PythonTask.
+
+::
+
+    worker (asyncio)                      fork server (this module's main)        child per task
+    ────────────────                      ───────────────────────────────         ──────────────
+    ForkServer.spawn(request) ──json──►   fork() ───────────────────────────────► own process group,
+              ◄── {"id", "pid"} ───────   (cloudpickle and core already            sandbox cwd, task env,
+              ◄── {"id", "status"} ────   imported, so no interpreter start)      stdout file; runs it
+                                          SIGCHLD → waitpid → status               and _exit()s
+
+Each task still gets its own process (a crash, a leaked global, a ``sys.exit`` stay with it), but it
+skips the 50–100 ms an interpreter takes to start and import cloudpickle. The server itself never
+runs user code, so every child starts from the same clean state.
+
+The channel is a socketpair inherited by the server (never its stdout, which children reuse).
+If the server dies, pending tasks fail with status -9 and the next task starts a new server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+from typing import Any, Callable
+
+# --- the server process ------------------------------------------------------------------------------
+
+
+def serve(fd: int) -> int:
+    """Fork server loop over the inherited socket ``fd``; returns when the worker hangs up."""
+    from . import _remote
+
+    sock = socket.socket(fileno=fd)
+    rfd, wfd = os.pipe()
+    os.set_blocking(rfd, False)
+    os.set_blocking(wfd, False)
+    signal.set_wakeup_fd(wfd)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when we stop
+    sel = selectors.DefaultSelector()
+    sel.register(sock, selectors.EVENT_READ)
+    sel.register(rfd, selectors.EVENT_READ)
+    children: dict[int, Any] = {}
+    buf = b""
+
+    def reply(msg: dict[str, Any]) -> None:
+        sock.sendall(json.dumps(msg).encode() + b"\n")
+
+    def reap() -> None:
+        while children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            tid = children.pop(pid, None)
+            if tid is not None:
+                reply({"id": tid, "status": os.waitstatus_to_exitcode(status)})
+
+    while True:
+        for key, _ in sel.select():
+            if key.fileobj is sock:
+                data = sock.recv(1 << 20)
+                if not data:
+                    for pid in children:
+                        try:
+                            os.killpg(pid, signal.SIGKILL)
+                        except (ProcessLookupError, PermissionError):
+                            pass
+                    return 0
+                buf += data
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    request = json.loads(line)
+                    pid = _fork_task(request, sock, rfd, wfd, _remote.forked_child_main)
+                    children[pid] = request["id"]
+                    reply({"id": request["id"], "pid": pid})
+            else:
+                try:
+                    os.read(rfd, 4096)
+                except BlockingIOError:
+                    pass
+                reap()
+
+
+def _fork_task(request: dict[str, Any], sock: socket.socket, rfd: int, wfd: int, body: Callable[[dict[str, Any]], int]) -> int:
+    pid = os.fork()
+    if pid:
+        try:
+            os.setpgid(pid, pid)  # also done by the child: whichever runs first wins the race
+        except (PermissionError, ProcessLookupError):
+            pass
+        return pid
+    code = 1
+    try:
+        os.setpgid(0, 0)
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        sock.close()
+        os.close(rfd)
+        os.close(wfd)
+        code = body(request)
+    except BaseException:  # noqa: BLE001 - a child must never return into the server loop
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+    return 0  # not reached
+
+
+# --- the worker's side ---------------------------------------------------------------------------------
+
+
+class ForkServer:
+    """The worker's handle on its fork server (started on first use, restarted if it dies)."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._started: dict[int, asyncio.Future[int]] = {}
+        self._exited: dict[int, asyncio.Future[int]] = {}
+        self._lock: asyncio.Lock | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None and self._writer is not None
+
+    async def _start(self) -> None:
+        parent, child = socket.socketpair()
+        env = dict(os.environ)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "core.forkserver", str(child.fileno())],
+                pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env,
+                start_new_session=True,
+            )
+        finally:
+            child.close()
+        reader, self._writer = await asyncio.open_unix_connection(sock=parent)
+        self._listener = asyncio.create_task(self._listen(reader))
+
+    async def _listen(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    break
+                msg = json.loads(line)
+                tid = msg["id"]
+                if "pid" in msg:
+                    fut = self._started.pop(tid, None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(int(msg["pid"]))
+                else:
+                    fut = self._exited.pop(tid, None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(int(msg["status"]))
+        except (OSError, ValueError, asyncio.CancelledError):
+            pass
+        finally:
+            self._writer = None
+            for futs in (self._started, self._exited):
+                for fut in futs.values():
+                    if not fut.done():
+                        fut.set_result(-signal.SIGKILL)
+                futs.clear()
+            if self._proc is not None and self._proc.poll() is None:
+                self._proc.kill()
+            if self._proc is not None:
+                try:
+                    self._proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    pass
+
+    async def spawn(self, task_id: int, sandbox: str, env: dict[str, str], stdout: str, python: dict[str, Any]) -> tuple[int, asyncio.Future[int]]:
+        """Start one task; returns its pid (also its process group) and a future of its exit status."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if not self.running:
+                await self._start()
+        loop = asyncio.get_running_loop()
+        started: asyncio.Future[int] = loop.create_future()
+        exited: asyncio.Future[int] = loop.create_future()
+        self._started[task_id] = started
+        self._exited[task_id] = exited
+        request = {"id": task_id, "sandbox": sandbox, "env": env, "stdout": stdout, "python": python}
+        assert self._writer is not None
+        self._writer.write(json.dumps(request).encode() + b"\n")
+        try:
+            pid = await asyncio.shield(started)
+        except asyncio.CancelledError:
+            # Killed before we knew its pid: kill it as soon as the server tells us who it is.
+            started.add_done_callback(lambda f: _killpg(f.result()))
+            raise
+        if pid < 0:
+            raise OSError("the fork server died before starting the task")
+        return pid, exited
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self._listener is not None:
+            self._listener.cancel()
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+def _killpg(pid: int) -> None:
+    if pid > 0:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+if __name__ == "__main__":
+    sys.exit(serve(int(sys.argv[1])))

@@ -1,0 +1,310 @@
+"""The worker's side of Python tasks and libraries: a fork server, library processes, function calls.
+
+::
+
+    task spec                 how it runs
+    ─────────                 ───────────
+    "python" (no env)         fork server child (core/forkserver.py): no interpreter start
+    "python" + environment    `python3 .vine_runner.py task ...` through the env's run_in_env
+    "library"                 `python3 .vine_runner.py library ...` as a long task; it connects back on an
+                              abstract unix socket, says "ready", then serves calls
+    "function_call"           sent to its library instance over that socket; the library (or a fork
+                              of it) writes the result envelope where the task's stdout would be, so
+                              it travels home inline with the completion
+
+Everything else (sandbox, inputs, stdout capture, time_max kill, outputs) is the worker's ordinary
+task path; this mixin only replaces how the process starts and how its end is noticed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import logging
+import os
+import pickle
+import secrets
+import shlex
+import sys
+import time
+from typing import TYPE_CHECKING, Any, Coroutine
+
+from . import constants as C
+from ._remote import _LEN, MessageReader
+from .forkserver import ForkServer
+
+if TYPE_CHECKING:
+    from .worker import RunningTask
+
+log = logging.getLogger("vine_worker")
+
+REMOTE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_remote.py")
+LIBRARY_LOG_TAIL = 64 << 10
+
+
+class LibraryProcess:
+    """One running library instance as the worker sees it."""
+
+    def __init__(self, instance_id: int, name: str) -> None:
+        self.id = instance_id
+        self.name = name
+        self.ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.pending: dict[int, asyncio.Future[int | None]] = {}
+        self.writer: asyncio.StreamWriter | None = None
+        self.dead = False
+        self.error = ""
+        self.pid = 0
+
+    async def wait_ready(self) -> bool:
+        return await asyncio.shield(self.ready)
+
+    def send(self, msg: dict[str, Any]) -> bool:
+        if self.dead or self.writer is None:
+            return False
+        data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+        self.writer.write(_LEN.pack(len(data)) + data)
+        return True
+
+    def die(self) -> None:
+        self.dead = True
+        if not self.ready.done():
+            self.ready.set_result(False)
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_result(None)
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+class WorkerPythonMixin:
+    """Mixed into :class:`core.worker.Worker`."""
+
+    tasks: dict[int, RunningTask]
+
+    # -- state ------------------------------------------------------------------------------------------
+    def _fork_server(self) -> ForkServer:
+        fs = self.__dict__.get("_vine_forkserver")
+        if fs is None:
+            fs = self.__dict__["_vine_forkserver"] = ForkServer()
+        return fs
+
+    def _libraries(self) -> dict[int, LibraryProcess]:
+        libs = self.__dict__.get("_vine_libraries")
+        if libs is None:
+            libs = self.__dict__["_vine_libraries"] = {}
+        return libs
+
+    # -- hooks called by Worker -----------------------------------------------------------------------------
+    def _task_coroutine(self, rt: RunningTask) -> Coroutine[Any, Any, None]:
+        """What runs a started task: a library instance, or the ordinary task path."""
+        if rt.spec.get("library") is not None:
+            return self._run_library(rt)
+        return self._run_task(rt)  # type: ignore[attr-defined,no-any-return]
+
+    def _special_execute(self, rt: RunningTask) -> Coroutine[Any, Any, int] | None:
+        """A replacement for ``sh -c command``, or None for the ordinary way."""
+        spec = rt.spec
+        if spec.get("function_call") is not None:
+            return self._execute_call(rt)
+        py = spec.get("python")
+        if py is not None and not spec.get("environments") and not py.get("fallback"):
+            return self._execute_forked(rt)
+        return None
+
+    # -- Python tasks through the fork server -------------------------------------------------------------
+    async def _execute_forked(self, rt: RunningTask) -> int:
+        loop = asyncio.get_running_loop()
+        stdout_path = os.path.join(rt.sandbox, ".vine-stdout")
+        rt.stdout_fd = os.open(stdout_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        rt.done = loop.create_future()
+        env = self._task_env(rt)  # type: ignore[attr-defined]
+        try:
+            pid, exited = await self._fork_server().spawn(rt.id, rt.sandbox, env, stdout_path, rt.spec["python"])
+        except OSError as exc:
+            # No fork server: run the same code in a fresh interpreter of the worker's own Python.
+            log.warning("fork server unavailable (%s); task %s runs in a new interpreter", exc, rt.id)
+            py = rt.spec["python"]
+            py["fallback"] = True
+            os.close(rt.stdout_fd)
+            rt.stdout_fd = -1
+            rt.spec["command"] = shlex.join([sys.executable, REMOTE_PATH, "task", py["function"], py["args"], py.get("output") or "-",
+                                             "1" if py.get("serialize", True) else "0"])
+            return await self._execute(rt)  # type: ignore[attr-defined,no-any-return]
+        rt.pid = pid
+        rt.start = time.time()
+
+        def finished(fut: asyncio.Future[int]) -> None:
+            rt.returncode = fut.result()
+            if rt.done is not None and not rt.done.done():
+                rt.done.set_result(rt.returncode)
+
+        exited.add_done_callback(finished)
+        return await self._supervise(rt)
+
+    async def _supervise(self, rt: RunningTask) -> int:
+        """Wait for ``rt.done`` under the task's time limits and output watches (as ``_execute`` does)."""
+        loop = asyncio.get_running_loop()
+        timers = []
+        if rt.spec.get("time_max"):
+            timers.append(loop.call_later(float(rt.spec["time_max"]), self._kill, rt, C.VINE_RESULT_MAX_WALL_TIME))  # type: ignore[attr-defined]
+        if rt.spec.get("time_end"):
+            timers.append(loop.call_later(max(0.0, rt.spec["time_end"] / 1e6 - time.time()), self._kill, rt, C.VINE_RESULT_MAX_END_TIME))  # type: ignore[attr-defined]
+        watch = [o for o in rt.spec.get("outputs", []) if o.get("watch")]
+        watcher = asyncio.create_task(self._watch(rt, watch)) if watch else None  # type: ignore[attr-defined]
+        try:
+            assert rt.done is not None
+            return await rt.done
+        finally:
+            for tm in timers:
+                tm.cancel()
+            if watcher:
+                watcher.cancel()
+
+    # -- function calls -----------------------------------------------------------------------------------------
+    async def _execute_call(self, rt: RunningTask) -> int:
+        loop = asyncio.get_running_loop()
+        fc = rt.spec["function_call"]
+        # The library creates this file (new, never truncated: ext4 flushes truncated files at close,
+        # which made every call wait on the disk); it becomes the call's "stdout", sent home inline.
+        result_path = os.path.join(rt.sandbox, ".vine-stdout")
+        rt.start = time.time()
+        libs = self._libraries()
+        inst = libs.get(int(rt.spec.get("library_instance") or 0))
+        if inst is None:
+            inst = next((i for i in libs.values() if i.name == fc["library"] and not i.dead), None)
+        if inst is None or not await inst.wait_ready():
+            rt.killed_for = C.VINE_RESULT_LIBRARY_EXIT
+            return 9
+        fut: asyncio.Future[int | None] = loop.create_future()
+        inst.pending[rt.id] = fut
+        inst.send({
+            "op": "call", "id": rt.id, "function": fc["function"],
+            "args": base64.b64decode(fc["args"]) if fc.get("args") is not None else None,
+            "args_file": fc.get("args_file"), "sandbox": rt.sandbox, "result": result_path, "mode": fc.get("mode"),
+        })
+
+        def expire(reason: int) -> None:
+            if rt.killed_for is None:
+                rt.killed_for = reason
+            inst.send({"op": "kill", "id": rt.id})
+            if not fut.done():
+                fut.set_result(-9)
+
+        timers = []
+        if rt.spec.get("time_max"):
+            timers.append(loop.call_later(float(rt.spec["time_max"]), expire, C.VINE_RESULT_MAX_WALL_TIME))
+        if rt.spec.get("time_end"):
+            timers.append(loop.call_later(max(0.0, rt.spec["time_end"] / 1e6 - time.time()), expire, C.VINE_RESULT_MAX_END_TIME))
+        try:
+            status = await fut
+        except asyncio.CancelledError:
+            inst.send({"op": "kill", "id": rt.id})
+            raise
+        finally:
+            for tm in timers:
+                tm.cancel()
+            inst.pending.pop(rt.id, None)
+        try:
+            rt.stdout_fd = os.open(result_path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            pass  # no result: the call died (status says how) or never ran
+        if status is None:
+            rt.killed_for = C.VINE_RESULT_LIBRARY_EXIT
+            return 9
+        return status
+
+    # -- library instances -----------------------------------------------------------------------------------------
+    async def _library_connected(self, inst: LibraryProcess, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if inst.writer is not None or inst.dead:
+            writer.close()
+            return
+        inst.writer = writer
+        messages = MessageReader()
+        try:
+            while True:
+                data = await reader.read(1 << 16)
+                if not data:
+                    break
+                for msg in messages.feed(data):
+                    op = msg.get("op")
+                    if op == "ready":
+                        inst.pid = int(msg.get("pid") or 0)
+                        if not inst.ready.done():
+                            inst.ready.set_result(True)
+                    elif op == "failed":
+                        inst.error = str(msg.get("error") or "")
+                    elif op == "done":
+                        fut = inst.pending.get(int(msg["id"]))
+                        if fut is not None and not fut.done():
+                            fut.set_result(int(msg["status"]))
+        except (OSError, ValueError, pickle.UnpicklingError, asyncio.CancelledError) as exc:
+            log.info("library %s: connection ended: %s", inst.name, exc)
+        finally:
+            inst.die()
+
+    async def _run_library(self, rt: RunningTask) -> None:
+        spec = rt.spec
+        lib = spec["library"]
+        inst = LibraryProcess(rt.id, str(lib["name"]))
+        libs = self._libraries()
+        libs[rt.id] = inst
+        server: asyncio.AbstractServer | None = None
+        status: int | None = None
+        reason = ""
+        try:
+            if not await self._gather_inputs(spec):  # type: ignore[attr-defined]
+                missing = [i["name"] for i in spec["inputs"] if i["name"] not in self.cache]  # type: ignore[attr-defined]
+                reason = f"the library's inputs could not be obtained: {missing}"
+            else:
+                self._link_inputs(rt)  # type: ignore[attr-defined]
+                address = f"vine-lib-{os.getpid()}-{-rt.id}-{secrets.token_hex(4)}"
+                server = await asyncio.start_unix_server(functools.partial(self._library_connected, inst), path="\0" + address)
+                env = dict(spec.get("env") or {})
+                env["VINE_LIBRARY_SOCKET"] = "@" + address
+                env["VINE_LIBRARY_SLOTS"] = str(lib.get("slots", 1))
+                if not spec.get("environments"):
+                    env["VINE_PYTHON"] = sys.executable
+                spec["env"] = env
+                status = await self._execute(rt)  # type: ignore[attr-defined]
+        except asyncio.CancelledError:
+            inst.die()
+            libs.pop(rt.id, None)
+            return
+        except Exception as exc:  # noqa: BLE001 - the worker must survive any library
+            log.exception("library %s failed inside the worker", inst.name)
+            reason = f"worker error: {exc}"
+        finally:
+            if server is not None:
+                server.close()
+        was_ready = inst.ready.done() and inst.ready.result()
+        inst.die()
+        libs.pop(rt.id, None)
+        if rt.id not in self.tasks:
+            return  # killed by the manager (removed, evicted) or the manager went away
+        if not reason:
+            if rt.killed_for is not None:
+                reason = f"killed: {C.result_string(rt.killed_for)}"
+            elif inst.error:
+                reason = f"the library failed to start (exit status {status}):\n{inst.error.strip()}"
+            elif not was_ready:
+                reason = f"the library exited with status {status} before it was ready"
+            else:
+                reason = f"the library exited with status {status}"
+        stdout, _cut = self._read_stdout(rt)  # type: ignore[attr-defined]
+        unlinked = self._cleanup_task(rt)  # type: ignore[attr-defined]
+        self._release(rt)  # type: ignore[attr-defined]
+        self.last_work = time.monotonic()
+        self.send(  # type: ignore[attr-defined]
+            {"type": "complete", "id": rt.id, "result": C.VINE_RESULT_LIBRARY_EXIT, "exit_code": status if status is not None else -1,
+             "reason": reason, "library": inst.name, "retry": False, "start": rt.start, "end": time.time(), "outputs": {},
+             "unlinked": unlinked},
+            stdout[-LIBRARY_LOG_TAIL:],
+        )
+        conn = self.conn  # type: ignore[attr-defined]
+        if conn is not None:
+            try:
+                await conn.drain()
+            except ConnectionError:
+                pass
