@@ -751,12 +751,23 @@ class Manager(FunctionalMixin, LibraryManagerMixin):
         if what == "manager":
             return [{"project": self._name, "port": self._port, "tasks_waiting": s["tasks_waiting"], "tasks_running": s["tasks_running"],
                      "tasks_done": s.get("tasks_done", 0), "workers": s["workers_connected"], "hungry": self._state.hungry(),
-                     "tasks_submitted": s.get("tasks_submitted", 0), "total_cores": s["total_cores"]}]
+                     "tasks_submitted": s.get("tasks_submitted", 0), "total_cores": s["total_cores"],
+                     "tasks_left": 0, **self._waiting_requests()}]
         if what == "workers":
             return [{"id": w.id, "hostname": w.hostname, "addrport": w.addrport, "tasks_running": len(w.tasks), **{f"total_{k}": v for k, v in w.total.to_dict().items()}} for w in self._state.workers.values()]
         if what == "tasks":
             return [{"task_id": r.task.id, "state": r.state, "command": r.task.command, "worker": r.worker} for r in self._state.tasks.values()]
         raise ValueError(f"unknown status request {what!r}; use manager, workers or tasks")
+
+    def _waiting_requests(self) -> dict[str, float]:
+        """Resources requested by waiting tasks (unset counts 1 core), so a factory can size workers."""
+        totals = {f"tasks_total_{r}": 0.0 for r in ("cores", "memory", "disk", "gpus")}
+        for rec in self._state.tasks.values():
+            if rec.state in ("ready", "waiting") and not rec.recovery:
+                for r in ("cores", "memory", "disk", "gpus"):
+                    v = rec.task.requested.get(r, -1)
+                    totals[f"tasks_total_{r}"] += v if v > 0 else (1.0 if r == "cores" else 0.0)
+        return totals
 
     def status(self, request: str) -> Any:
         return self._call(lambda: self.status_local(request))

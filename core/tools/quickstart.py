@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,20 +26,6 @@ def make_book(path: str, lines: int = 20000) -> None:
             fh.write(" ".join(rng.choice(WORDS) for _ in range(12)) + "\n")
 
 
-def start_workers(m: vine.Manager, n: int, workdir: str) -> list[subprocess.Popen[bytes]]:
-    """Local worker processes; on a cluster you would run ``vine_worker HOST PORT`` or a Factory instead."""
-    try:
-        from core.factory import Factory  # noqa: F401 - prefer the factory when it is installed
-    except ImportError:
-        pass
-    return [
-        subprocess.Popen([sys.executable, "-m", "core.worker", "--cores", "1", "--memory", "500", "--disk", "1000",
-                          "--workdir", os.path.join(workdir, f"worker{i}"), "--single-shot", "--parent-death",
-                          "localhost", str(m.port)])
-        for i in range(n)
-    ]
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--workers", type=int, default=2)
@@ -51,7 +36,12 @@ def main(argv: list[str] | None = None) -> int:
 
     m = vine.Manager(port=0, run_info_path=os.path.join(work, "vine-run-info"))
     print(f"manager listening on port {m.port}; logs in {m.logging_directory}")
-    workers = start_workers(m, args.workers, work)
+    # On a laptop a local Factory starts worker processes; on a cluster use Factory("slurm", ...) or vine_worker.
+    factory = vine.Factory("local", manager=m)
+    factory.min_workers = args.workers
+    factory.max_workers = args.workers
+    factory.cores, factory.memory, factory.disk = 1, 500, 1000
+    factory.start()
     start = time.time()
     try:
         f = m.declare_url(f"file://{book}", cache="workflow")
@@ -84,10 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"done in {time.time() - start:.2f}s with {m.stats.workers_connected} workers, {failures} failures")
         return 1 if failures else 0
     finally:
+        factory.stop()
         m.close()
-        for w in workers:
-            w.kill()
-            w.wait()
 
 
 if __name__ == "__main__":
