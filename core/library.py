@@ -355,4 +355,4 @@ class LibraryManagerMixin:
             pass
         tail = log_text.strip()[-1500:]
         failures = self.__dict__.setdefault("_vine_library_failures", {})
-        failures[name] = f"instance {iid} on {link.hostname}: {reason}" + (f"; its log ends with:\n{tail}" if tail else "")
+        failures[name] = f"instance {iid} on {link.hostname}: {reason}" + (f"; its log ends with:\n{tail}" if tail and tail not in reason else "")

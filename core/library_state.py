@@ -73,10 +73,11 @@ class LibraryInstance:
     allocation: Resources
     slots: int
     calls: set[int] = field(default_factory=set)
+    dead: bool = False  # a call saw it die: no new calls; its end is already counted
 
     @property
     def free(self) -> int:
-        return self.slots - len(self.calls)
+        return 0 if self.dead else self.slots - len(self.calls)
 
 
 def library_slots(task: Any, allocation: Resources) -> int:
@@ -141,7 +142,7 @@ class LibraryBook:
 
     def has_room(self) -> bool:
         """Some instance has a free slot, or is idle and could give its room away."""
-        return any(i.free > 0 or not i.calls for i in self.instances.values())
+        return any(i.free > 0 or (not i.calls and not i.dead) for i in self.instances.values())
 
     def slot_for(self, name: str, w: WorkerRecord) -> Resources | None:
         """All-zero allocation if ``w`` runs an instance of ``name`` with a free slot, else None."""
@@ -211,7 +212,7 @@ class LibraryBook:
         from .scheduler import Kill
 
         for w in s.workers.values():
-            idle = [i for i in self.instances.values() if i.worker == w.id and not i.calls and i.name != keep]
+            idle = [i for i in self.instances.values() if i.worker == w.id and not i.calls and not i.dead and i.name != keep]
             if not idle:
                 continue
             freed = w.committed
@@ -255,14 +256,31 @@ class LibraryBook:
             w.committed = w.committed - inst.allocation
         s._schedule_needed = True
 
+    def call_ended(self, s: SchedulerState, rec: TaskRecord, ev: TaskFinished, out: list[Instruction]) -> None:
+        """A call came back; if its library died under it, stop using that instance at once.
+
+        The instance's own report may come later; until then it keeps its room on the worker, but
+        no new call goes into it (that race used to send calls into a dead library).
+        """
+        if ev.result not in (C.VINE_RESULT_LIBRARY_EXIT, C.VINE_RESULT_MISSING_LIBRARY):
+            return
+        iid = self.call_instance.get(rec.task.id)
+        inst = self.instances.get(iid) if iid is not None else None
+        if inst is not None and not inst.dead:
+            inst.dead = True
+            self._count_exit(s, inst, out)
+
     def instance_ended(self, s: SchedulerState, ev: TaskFinished, out: list[Instruction]) -> None:
         """The worker reports an instance gone. Unasked exits count against the template."""
         inst = self.instances.get(ev.task_id)
         if inst is None or inst.worker != ev.worker:
             return  # one we killed on purpose, or a late report
         self._drop(s, inst)
-        if ev.result == C.VINE_RESULT_FORSAKEN:
-            return  # the worker had no room: not the library's fault
+        if ev.result == C.VINE_RESULT_FORSAKEN or inst.dead:
+            return  # the worker had no room (not the library's fault), or already counted
+        self._count_exit(s, inst, out)
+
+    def _count_exit(self, s: SchedulerState, inst: LibraryInstance, out: list[Instruction]) -> None:
         tmpl = self.templates.get(inst.name)
         if tmpl is None:
             return

@@ -238,6 +238,9 @@ class WorkerRecord:
     busy_time: float = 0.0
     draining: bool = False
     outgoing: int = 0  # peer transfers this worker is serving now
+    xfer_failed_at: float = -1e18  # when a copy from this worker last broke (skipped as a source for a while)
+    xfer_good: int = 0
+    xfer_bad: int = 0
 
     def has(self, name: str) -> bool:
         return name in self.replicas
@@ -315,6 +318,7 @@ class SchedulerState:
         self.stats: dict[str, float] = defaultdict(float)
         self._schedule_needed = False
         self._pending_out: list[Instruction] = []
+        self._now = 0.0
         # Data plane: who is sending what to whom, so sources are never overloaded.
         self.transfers: dict[tuple[str, str], str] = {}  # (dest worker, file) -> source: worker id, "manager", "url:<origin>"
         self.url_active: dict[str, int] = defaultdict(int)
@@ -346,7 +350,7 @@ class SchedulerState:
         self._pending_out = out
         now = 0.0
         for ev in events:
-            now = ev.now
+            now = self._now = ev.now
             self._handlers[type(ev)](ev, out)  # type: ignore[operator]
         if self._schedule_needed:
             self._schedule_needed = False
@@ -527,7 +531,7 @@ class SchedulerState:
                     self._recover(name)
         self._schedule_needed = True
 
-    def _end_transfer(self, dest: str, name: str, size: int = -1) -> None:
+    def _end_transfer(self, dest: str, name: str, size: int = -1, failed: bool = False) -> None:
         source = self.transfers.pop((dest, name), None)
         if source is None:
             return
@@ -539,10 +543,23 @@ class SchedulerState:
             src = self.workers.get(source)
             if src is not None:
                 src.outgoing -= 1
-            if size >= 0:
+                if failed:
+                    self._source_failed(src)
+                elif size >= 0:
+                    src.xfer_good += 1
+            if size >= 0 and not failed:
                 self.stats["peer_transfers"] += 1
                 self.stats["bytes_peer"] += size
         self._schedule_needed = True
+
+    def _source_failed(self, src: WorkerRecord) -> None:
+        """A copy from ``src`` broke: skip it as a source for a while; drop it if it keeps failing."""
+        src.xfer_failed_at = self._now
+        src.xfer_bad += 1
+        if src.xfer_bad >= 5 and src.xfer_bad >= src.xfer_good:
+            out = self._pending_out
+            out.append(RemoveWorker(src.id, "XFER_ERRORS"))
+            self._on_worker_lost(WorkerLost(self._now, src.id, "XFER_ERRORS"), out)
 
     def _on_cache_updated(self, ev: CacheUpdated, out: list[Instruction]) -> None:
         w = self.workers.get(ev.worker)
@@ -597,7 +614,7 @@ class SchedulerState:
             self.workers[source].outgoing += 1
 
     def _on_cache_invalid(self, ev: CacheInvalid, out: list[Instruction]) -> None:
-        self._end_transfer(ev.worker, ev.name)
+        self._end_transfer(ev.worker, ev.name, failed=True)
         w = self.workers.get(ev.worker)
         if w is not None and self._drop_replica(w, ev.name):
             self._schedule_needed = True
@@ -618,6 +635,8 @@ class SchedulerState:
             return
         if rec is None or rec.state != "dispatched" or rec.worker != ev.worker:
             return  # a late report for a task already cancelled or moved elsewhere
+        if rec.task.library_required is not None:
+            self.libs.call_ended(self, rec, ev, out)
         self._release(rec)
         if w is not None:
             w.completed += 1
@@ -868,23 +887,30 @@ class SchedulerState:
         shareable = f.kind == "temp" or (
             bool(self.tuning["peer-transfers"]) and f.peer_transfer and f.level > C.VINE_CACHE_LEVEL_TASK
         )
+        # Wait for a peer copy only when a holder will be able to serve it soon (it is receiving
+        # the file, or serving others up to its limit); a holder that just failed is skipped.
+        busy = False
         if shareable and frec is not None:
             limit = self.tuning["worker-source-max-transfers"]
+            quiet = self._now - self.tuning["transient-error-interval"]
             for wid, state in frec.replicas.items():
                 src = self.workers.get(wid)
-                if state == "ready" and src is not None and src is not w and src.transfer_addr and src.outgoing < limit:
-                    return wid
+                if src is None or src is w or not src.transfer_addr:
+                    continue
+                if state == "creating":
+                    busy = True
+                elif src.xfer_failed_at < quiet:
+                    if src.outgoing < limit:
+                        return wid
+                    busy = True
         if f.kind == "temp":
             return None
-        # Wait for a peer copy only if some holder can serve peers; otherwise it would never come.
-        in_flight = shareable and frec is not None and any(
-            (h := self.workers.get(wid)) is not None and h.transfer_addr for wid in frec.replicas)
         if f.kind == "url":
             origin = _origin(f.source())
-            if self.url_active[origin] < self.tuning["file-source-max-transfers"] and not in_flight:
+            if self.url_active[origin] < self.tuning["file-source-max-transfers"] and not busy:
                 return f"url:{origin}"
             return None
-        if in_flight:
+        if busy:
             return None  # being sent to (or served by) another worker: fetch from it when it is ready
         return "manager"
 

@@ -673,6 +673,7 @@ class Worker(WorkerPythonMixin):
             else:
                 self._link_inputs(rt)
                 status = await self._execute(rt)
+                retry = rt.__dict__.get("retry", False)  # e.g. a call whose library died before it started
                 if rt.killed_for is not None:
                     result, code = rt.killed_for, 9
                 elif status < 0:

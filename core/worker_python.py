@@ -55,6 +55,7 @@ class LibraryProcess:
         self.dead = False
         self.error = ""
         self.pid = 0
+        self.finished = asyncio.Event()  # set once the instance's end has been reported
 
     async def wait_ready(self) -> bool:
         return await asyncio.shield(self.ready)
@@ -174,16 +175,21 @@ class WorkerPythonMixin:
         inst = libs.get(int(rt.spec.get("library_instance") or 0))
         if inst is None:
             inst = next((i for i in libs.values() if i.name == fc["library"] and not i.dead), None)
-        if inst is None or not await inst.wait_ready():
-            rt.killed_for = C.VINE_RESULT_LIBRARY_EXIT
-            return 9
         fut: asyncio.Future[int | None] = loop.create_future()
-        inst.pending[rt.id] = fut
-        inst.send({
+        if inst is None or inst.dead or not await inst.wait_ready() or not inst.send({
             "op": "call", "id": rt.id, "function": fc["function"],
             "args": base64.b64decode(fc["args"]) if fc.get("args") is not None else None,
             "args_file": fc.get("args_file"), "sandbox": rt.sandbox, "result": result_path, "mode": fc.get("mode"),
-        })
+        }):
+            # The call never started: the manager puts it back in the queue (a new instance, or
+            # "missing library" once the library has failed too often). Report after the instance's
+            # own end, so the call is not placed in the dead instance again.
+            if inst is not None:
+                await inst.finished.wait()
+            rt.retry = True  # type: ignore[attr-defined]
+            rt.killed_for = C.VINE_RESULT_MISSING_LIBRARY
+            return 9
+        inst.pending[rt.id] = fut
 
         def expire(reason: int) -> None:
             if rt.killed_for is None:
@@ -271,6 +277,7 @@ class WorkerPythonMixin:
         except asyncio.CancelledError:
             inst.die()
             libs.pop(rt.id, None)
+            inst.finished.set()
             return
         except Exception as exc:  # noqa: BLE001 - the worker must survive any library
             log.exception("library %s failed inside the worker", inst.name)
@@ -282,6 +289,7 @@ class WorkerPythonMixin:
         inst.die()
         libs.pop(rt.id, None)
         if rt.id not in self.tasks:
+            inst.finished.set()
             return  # killed by the manager (removed, evicted) or the manager went away
         if not reason:
             if rt.killed_for is not None:
@@ -302,6 +310,7 @@ class WorkerPythonMixin:
              "unlinked": unlinked},
             stdout[-LIBRARY_LOG_TAIL:],
         )
+        inst.finished.set()
         conn = self.conn  # type: ignore[attr-defined]
         if conn is not None:
             try:

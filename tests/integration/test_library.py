@@ -182,8 +182,13 @@ def test_crashing_library_is_retried_then_calls_fail_clearly(manager, start_work
     assert len(records(manager, "LIBRARY")) >= 3
     assert manager.stats.libraries_failed == 3
     assert not manager.check_library_exists("doomed")
-    logs = os.listdir(manager.library_logging_directory)
-    assert logs and any("context exploded" in open(os.path.join(manager.library_logging_directory, f)).read() for f in logs)
+    logs = [os.path.join(manager.library_logging_directory, f) for f in os.listdir(manager.library_logging_directory)]
+    assert logs and any("context exploded" in read_text(p) for p in logs)
+
+
+def read_text(path):
+    with open(path) as fh:
+        return fh.read()
 
 
 def test_call_that_kills_a_direct_library(manager, start_worker):

@@ -369,7 +369,6 @@ def test_peer_source_lost_mid_transfer_replans_from_the_manager():
     c.s.validate()
 
 
-@pytest.mark.xfail(strict=True, reason="REFERENCE §3.6: sources with a recent failure are skipped; not implemented yet")
 def test_a_source_whose_copy_broke_is_not_asked_again_at_once():
     c = Cluster()
     f = workflow_buffer()
@@ -387,6 +386,32 @@ def test_a_source_whose_copy_broke_is_not_asked_again_at_once():
     assert of(FetchPeer, out) == [] and [s.worker for s in of(SendFile, out)] == ["w2"]
     c.s.validate()
 
+
+
+def test_a_source_that_keeps_failing_is_removed_with_xfer_errors():
+    """REFERENCE §3.6: five broken copies from one source, and no good ones, remove that worker."""
+    c = Cluster(**{"max-task-attempts": 50})
+    f = workflow_buffer()
+    c.join("w1", cores=1)
+    t1 = c.submit("cat in", inputs=[(f, "in")])
+    c.cached("w1", f)
+    c.finish("w1", t1.id)
+    c.submit("sleep 100")  # keep w1 busy so consumers go to w2
+    c.join("w2", cores=1)
+    removed = []
+    for attempt in range(5):
+        t = c.submit("cat in", inputs=[(f, "in")])
+        assert [(p.worker, p.source) for p in of(FetchPeer, c.last_out)] == [("w2", "w1")], attempt
+        out = c.handle(CacheInvalid(c.now, "w2", f.cache_name, "peer transfer from w1 failed"))
+        out += c.finish("w2", t.id, C.VINE_RESULT_INPUT_MISSING, -1, retry=True)
+        removed += [r for r in out if isinstance(r, RemoveWorker)]
+        c.now += 20  # past the transient-error interval: w1 may be asked again
+        for d in of(Dispatch, out):  # the retried consumer went to w2 with a manager copy: let it end
+            c.finish(d.worker, d.task_id)
+        c.handle(CacheInvalid(c.now, "w2", f.cache_name, "dropped for the next round"))
+    assert [(r.worker, r.reason) for r in removed] == [("w1", "XFER_ERRORS")]
+    assert "w1" not in c.s.workers
+    c.s.validate()
 
 # --- 3. temp files -----------------------------------------------------------------------------------------
 
