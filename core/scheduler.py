@@ -319,6 +319,7 @@ class SchedulerState:
         self._schedule_needed = False
         self._pending_out: list[Instruction] = []
         self._now = 0.0
+        self.deadlines: list[tuple[float, int]] = []  # (time_end in s, task id): expire even with no workers
         # Data plane: who is sending what to whom, so sources are never overloaded.
         self.transfers: dict[tuple[str, str], str] = {}  # (dest worker, file) -> source: worker id, "manager", "url:<origin>"
         self.url_active: dict[str, int] = defaultdict(int)
@@ -386,6 +387,8 @@ class SchedulerState:
         t = ev.task
         rec = self.tasks[t.id] = TaskRecord(t, next(self._seq))
         self.stats["tasks_submitted"] += 1
+        if t.time_end:
+            heapq.heappush(self.deadlines, (t.time_end / 1e6, t.id))
         for m in t.inputs:
             self._file(m.file)
         for f in t.environments:
@@ -680,6 +683,11 @@ class SchedulerState:
         return state is not None
 
     def _on_tick(self, ev: Tick, out: list[Instruction]) -> None:
+        while self.deadlines and self.deadlines[0][0] < ev.now:
+            _, tid = heapq.heappop(self.deadlines)
+            rec = self.tasks.get(tid)
+            if rec is not None and rec.state in ("ready", "waiting"):
+                self._finish(rec, C.VINE_RESULT_MAX_END_TIME, -1, out)
         interval = self.tuning["keepalive-interval"]
         timeout = self.tuning["keepalive-timeout"]
         if interval > 0:

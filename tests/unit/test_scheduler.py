@@ -1012,3 +1012,18 @@ def test_hungry_counts_from_the_state() -> None:
     sim.join("w1", cores=12, memory=12000, disk=12000)
     assert sim.state.hungry() == 24
     sim.state.validate()
+
+
+def test_time_end_expires_on_tick_even_without_workers():
+    from core.scheduler import ReturnTask, SchedulerState, TaskSubmitted, Tick
+
+    from core.task import Task
+
+    state = SchedulerState()
+    t = Task("true")
+    t._id = 1
+    t.set_time_end(int(10 * 1e6))  # epoch second 10
+    assert state.handle(TaskSubmitted(5.0, t)) == []
+    out = state.handle(Tick(11.0))
+    assert [(r.task_id, r.result) for r in out if isinstance(r, ReturnTask)] == [(1, C.VINE_RESULT_MAX_END_TIME)]
+    state.validate()
