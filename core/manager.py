@@ -127,6 +127,7 @@ class WorkerLink:
     outbox: asyncio.Queue[Instruction | None] = field(default_factory=asyncio.Queue)
     receivers: dict[str, FileReceiver] = field(default_factory=dict)
     sender: asyncio.Task[None] | None = None
+    idle: bool = True  # the sender coroutine is not in the middle of an instruction
 
 
 def _bind(port: Any) -> socket.socket:
@@ -654,7 +655,16 @@ class Manager(FunctionalMixin, LibraryManagerMixin):
             self._logs.debug(f"warning: {ins.message}")
         else:
             link = self._links.get(getattr(ins, "worker", ""))
-            if link is not None:
+            if link is None:
+                return
+            if link.idle and link.outbox.empty() and not isinstance(ins, SendFile):
+                # Nothing queued ahead of it: send now instead of waking the sender (saves a loop turn per task).
+                try:
+                    self._send_message(link, ins)
+                except OSError as exc:
+                    self._logs.debug(f"sending to {link.id} failed: {exc}")
+                    link.conn.close()
+            else:
                 link.outbox.put_nowait(ins)
 
     def _return_task(self, ins: ReturnTask) -> None:
@@ -930,16 +940,27 @@ class Manager(FunctionalMixin, LibraryManagerMixin):
                 ins = await link.outbox.get()
                 if ins is None:
                     return
+                link.idle = False
                 try:
                     await self._send_instruction(link, ins)
                 except (OSError, TransferError) as exc:
                     self._logs.debug(f"sending to {link.id} failed: {exc}")
                     link.conn.close()
                     return
+                finally:
+                    link.idle = True
         except asyncio.CancelledError:
             pass
 
     async def _send_instruction(self, link: WorkerLink, ins: Instruction) -> None:
+        if isinstance(ins, SendFile):
+            await self._send_file(link, ins)
+        else:
+            self._send_message(link, ins)
+        await link.conn.drain()
+
+    def _send_message(self, link: WorkerLink, ins: Instruction) -> None:
+        """Every instruction but SendFile is one frame, written without waiting."""
         conn = link.conn
         if isinstance(ins, Dispatch):
             task = self._tasks.get(ins.task_id)
@@ -967,19 +988,6 @@ class Manager(FunctionalMixin, LibraryManagerMixin):
             task._state = C.VINE_TASK_RUNNING
             self._logs.task_running(task.id, link.id, ins.allocation.to_dict())
             conn.send({"type": "task", "task": spec})
-        elif isinstance(ins, SendFile):
-            f = self._files.get(ins.name) or self._state.files[ins.name].file
-            start = time.time()
-            if f.kind == "buffer":
-                size = await send_bytes(conn, f.cache_name, f.buffer_data() or b"", mode=f.mode or 0o755, level=f.level)
-            elif f.exists_locally():
-                size = await send_path(conn, f.cache_name, f.source(), level=f.level)
-            else:
-                self._apply(CacheInvalid(time.time(), link.id, f.cache_name, "local file missing"))
-                return
-            self._counters["bytes_sent_files"] += size
-            self._counters["files_sent"] += 1
-            self._logs.transfer(link.id, "INPUT", f.cache_name, size, int((time.time() - start) * 1e6), int(start * 1e6))
         elif isinstance(ins, FetchUrl):
             f = self._state.files[ins.name].file
             conn.send({"type": "fetch_url", "name": f.cache_name, "url": f.source(), "level": f.level})
@@ -1005,4 +1013,18 @@ class Manager(FunctionalMixin, LibraryManagerMixin):
             conn.send({"type": "keepalive"})
         elif isinstance(ins, StartLibrary):
             self._send_library_start(link, ins)
-        await conn.drain()
+
+    async def _send_file(self, link: WorkerLink, ins: SendFile) -> None:
+        conn = link.conn
+        f = self._files.get(ins.name) or self._state.files[ins.name].file
+        start = time.time()
+        if f.kind == "buffer":
+            size = await send_bytes(conn, f.cache_name, f.buffer_data() or b"", mode=f.mode or 0o755, level=f.level)
+        elif f.exists_locally():
+            size = await send_path(conn, f.cache_name, f.source(), level=f.level)
+        else:
+            self._apply(CacheInvalid(time.time(), link.id, f.cache_name, "local file missing"))
+            return
+        self._counters["bytes_sent_files"] += size
+        self._counters["files_sent"] += 1
+        self._logs.transfer(link.id, "INPUT", f.cache_name, size, int((time.time() - start) * 1e6), int(start * 1e6))
