@@ -26,7 +26,7 @@ PERFORMANCE_COLUMNS = (
 
 
 def _res_json(res: dict[str, float]) -> str:
-    units = {"cores": "cores", "memory": "MB", "disk": "MB", "gpus": "gpus"}
+    units = {"cores": "cores", "memory": "MB", "disk": "MB", "gpus": "gpus", "wall_time": "s", "cpu_time": "s", "max_concurrent_processes": "procs"}
     return json.dumps({k: [v, units.get(k, "")] for k, v in res.items() if v is not None and v >= 0}, separators=(",", ":"))
 
 
@@ -118,9 +118,11 @@ class RunLogs:
     def task_running(self, tid: int, wid: str, alloc: dict[str, float]) -> None:
         self.transaction(f"TASK {tid} RUNNING {wid} FIRST_RESOURCES {_res_json(alloc)}")
 
-    def task_retrieved(self, tid: int, result: str, exit_code: int, measured: dict[str, float], wid: str = "") -> None:
+    def task_retrieved(self, tid: int, result: str, exit_code: int, measured: dict[str, float], wid: str = "",
+                       limits: dict[str, float] | None = None) -> None:
         self.transaction(f"TASK {tid} WAITING_RETRIEVAL {wid}" if wid else f"TASK {tid} WAITING_RETRIEVAL")
-        self.transaction(f"TASK {tid} RETRIEVED {result} {exit_code} {{}} {_res_json(measured)}")
+        exceeded = _res_json(limits) if limits else "{}"
+        self.transaction(f"TASK {tid} RETRIEVED {result} {exit_code} {exceeded} {_res_json(measured)}")
 
     def task_done(self, tid: int, result: str, exit_code: int) -> None:
         self.transaction(f"TASK {tid} DONE {result} {exit_code}")

@@ -182,6 +182,7 @@ class Manager(FunctionalMixin, LibraryManagerMixin):
         os.makedirs(self._staging, exist_ok=True)
         self._state = SchedulerState()
         self._tune_values: dict[str, float] = {}
+        self._monitoring: dict[str, Any] | None = None
         self._password: bytes | None = None
         self._properties: dict[str, str] = {}
         self._tasks: dict[int, Task] = {}
@@ -388,6 +389,15 @@ class Manager(FunctionalMixin, LibraryManagerMixin):
     def set_scheduler(self, scheduler: str | int) -> None:
         name = policy_name(scheduler)
         self._call(lambda: setattr(self._state, "policy", name))
+
+    def enable_monitoring(self, watchdog: bool = True, time_series: bool = False) -> None:
+        """Measure every task's memory, disk and cores (``t.resources_measured``); with ``watchdog``
+        a task over its allocation is killed, reported as "resource exhaustion", and retried once on
+        a whole worker unless the exceeded value was set on the task itself."""
+        self._monitoring = {"watchdog": bool(watchdog), "interval": float(self._tune_values.get("monitor-interval") or 1.0)}
+
+    def disable_monitoring(self) -> None:
+        self._monitoring = None
 
     def enable_peer_transfers(self) -> None:
         """Let workers fetch cached inputs from each other (the default)."""
@@ -914,13 +924,17 @@ class Manager(FunctionalMixin, LibraryManagerMixin):
             start, end = float(frame.get("start") or 0), float(frame.get("end") or 0)
             task.metrics["time_workers_execute_last"] = (end - start) * 1e6 if start else 0
             task.metrics["time_workers_execute_all"] = task.metrics.get("time_workers_execute_all", 0) + task.metrics["time_workers_execute_last"]
-            self._logs.task_retrieved(tid, C.result_enum_name(result), code, {}, link.id)
+            measured = frame.get("measured") or {}
+            task._measured = Resources.from_dict(measured)
+            task._limits = dict(frame.get("limits") or {})
+            self._logs.task_retrieved(tid, C.result_enum_name(result), code, measured, link.id, task._limits)
         elif frame.get("reason"):
             self._logs.debug(f"task {tid} on {link.id}: {C.result_string(result)}: {frame['reason']}")
         start = float(frame.get("start") or 0)
         end = float(frame.get("end") or 0)
         self._apply(TaskFinished(time.time(), link.id, tid, result, code, bool(frame.get("retry")),
-                                 tuple(frame.get("unlinked") or ()), max(0.0, end - start) if start else 0.0))
+                                 tuple(frame.get("unlinked") or ()), max(0.0, end - start) if start else 0.0,
+                                 tuple(frame.get("limits") or ())))
 
     def _start_fetch(self, f: File, fut: concurrent.futures.Future[bytes]) -> None:
         rec = self._state.files.get(f.cache_name)
@@ -978,6 +992,8 @@ class Manager(FunctionalMixin, LibraryManagerMixin):
             if task.library_required is not None:
                 spec["library_instance"] = self._state.libs.instance_of(task.id)
             spec["resources"] = ins.allocation.to_dict()
+            if self._monitoring:
+                spec["monitor"] = self._monitoring
             spec["outputs"] = [
                 {"name": m.file.cache_name, "remote": m.remote_name, "level": m.file.level, "kind": m.file.kind,
                  "return": m.file.kind in ("file", "buffer"), "watch": m.watch, "failure_only": m.failure_only,

@@ -126,6 +126,7 @@ class TaskFinished(Event):
     retry: bool = False  # the failure was the cluster's fault (e.g. a peer transfer broke): run it again
     unlinked: tuple[str, ...] = ()
     runtime: float = 0.0
+    exceeded: tuple[str, ...] = ()  # resources the watchdog found over the allocation
 
 
 @dataclass(frozen=True)
@@ -258,6 +259,7 @@ class TaskRecord:
     heap_key: tuple[float, float, int] | None = None
     warned_unfit: bool = False
     recovery: bool = False
+    exhaustions: int = 0  # times killed for exceeding its allocation; the retry gets a whole worker
 
 
 @dataclass
@@ -403,7 +405,8 @@ class SchedulerState:
     def _push_ready(self, rec: TaskRecord) -> None:
         t = rec.task
         rec.state = "ready"
-        rec.heap_key = (0 if rec.recovery else 1, -t.priority, rec.seq)
+        # Recovery first, then retries after resource exhaustion, then the user's priority and order.
+        rec.heap_key = (0 if rec.recovery else 1 if rec.exhaustions else 2, -t.priority, rec.seq)
         heapq.heappush(self.ready, (rec.heap_key, t.id))
         self._schedule_needed = True
 
@@ -654,7 +657,20 @@ class SchedulerState:
         if ev.retry:
             self._retry_or_fail(rec, ev.result, out)
             return
+        if ev.result == C.VINE_RESULT_RESOURCE_EXHAUSTION and self._may_grow(rec, ev.exceeded):
+            rec.exhaustions += 1
+            self.stats["tasks_exhausted_attempts"] += 1
+            self._retry_or_fail(rec, ev.result, out)
+            return
         self._finish(rec, ev.result, ev.exit_code, out)
+
+    def _may_grow(self, rec: TaskRecord, exceeded: tuple[str, ...]) -> bool:
+        """Retry larger only if the task went over a share we chose (not a value the user set), once,
+        and within the task's own retry limit."""
+        t = rec.task
+        if rec.exhaustions >= 1 or (t.max_retries > 0 and rec.exhaustions >= t.max_retries):
+            return False
+        return not any(t.requested.get(r, -1) > 0 for r in exceeded)
 
     def _on_file_undeclared(self, ev: FileUndeclared, out: list[Instruction]) -> None:
         frec = self.files.get(ev.name)
@@ -750,6 +766,9 @@ class SchedulerState:
     # -- scheduling ----------------------------------------------------------------------------------------
     def _allocation(self, rec: TaskRecord, w: WorkerRecord) -> Resources:
         req = Resources.from_dict(rec.task.requested)
+        if rec.exhaustions:
+            # It outgrew its proportional share: give it the whole worker, keeping the user's own values.
+            req = Resources(req.cores, w.total.memory, -1, req.gpus)  # memory = total -> the whole-worker rule
         return allocate_resources(req, w.total, policy=self.allocation_policy, function_call=rec.task.library_required is not None)
 
     def _eligible(self, rec: TaskRecord, w: WorkerRecord, now: float) -> Resources | None:

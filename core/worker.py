@@ -44,6 +44,7 @@ from .connection import (
     server_handshake,
 )
 from .errors import AuthenticationError, ProtocolError, TransferError
+from .monitor import Usage, exceeded, sample
 from .protocol import Frame
 from .worker_python import WorkerPythonMixin
 
@@ -83,6 +84,8 @@ class RunningTask:
     start: float = 0.0
     starter: asyncio.Task[None] | None = None
     watchers: dict[str, int] = field(default_factory=dict)
+    usage: Usage | None = None  # peaks measured when the manager enabled monitoring
+    limits: dict[str, float] = field(default_factory=dict)  # what the watchdog found exceeded
     is_minitask: bool = False
 
 
@@ -610,13 +613,35 @@ class Worker(WorkerPythonMixin):
             timers.append(loop.call_later(max(0.0, rt.spec["time_end"] / 1e6 - time.time()), self._kill, rt, C.VINE_RESULT_MAX_END_TIME))
         watch = [o for o in rt.spec.get("outputs", []) if o.get("watch")]
         watcher = asyncio.create_task(self._watch(rt, watch)) if watch else None
+        monitor = asyncio.create_task(self._monitor(rt, rt.spec["monitor"])) if rt.spec.get("monitor") else None
         try:
             return await rt.done
         finally:
+            if monitor:
+                monitor.cancel()
             for tm in timers:
                 tm.cancel()
             if watcher:
                 watcher.cancel()
+
+    async def _monitor(self, rt: RunningTask, options: dict[str, Any]) -> None:
+        """Sample the task's process tree; with the watchdog, kill it when it exceeds its allocation."""
+        rt.usage = Usage(start=rt.start or time.time())
+        interval = float(options.get("interval") or 1.0)
+        delay = min(0.1, interval)  # catch fast-growing tasks early, then settle to the interval
+        n = 0
+        while rt.returncode is None:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, interval)
+            n += 1
+            sample(rt.usage, rt.pid, rt.sandbox, with_disk=(n % 3 == 1))
+            if options.get("watchdog"):
+                over = exceeded(rt.usage, rt.alloc)
+                if over:
+                    rt.limits = over
+                    log.info("task %s exceeded %s (allocated %s): killing it", rt.id, over, rt.alloc)
+                    self._kill(rt, C.VINE_RESULT_RESOURCE_EXHAUSTION)
+                    return
 
     def _read_stdout(self, rt: RunningTask) -> tuple[bytes, bool]:
         """The task's captured output (at most STDOUT_LIMIT bytes) and whether it was cut."""
@@ -705,6 +730,7 @@ class Worker(WorkerPythonMixin):
             {
                 "type": "complete", "id": rt.id, "result": result, "exit_code": code, "reason": reason,
                 "retry": retry, "start": rt.start, "end": end, "outputs": outputs, "unlinked": unlinked,
+                "measured": rt.usage.measured() if rt.usage else {}, "limits": rt.limits,
             },
             stdout,
         )
