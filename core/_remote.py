@@ -306,7 +306,8 @@ def library_main(config_path: str) -> int:
             variables = fn(*(cargs or []), **(ckwargs or {}))
             if variables is not None:
                 if not isinstance(variables, dict):
-                    raise TypeError(f"the library_context_info function must return a dict of variables, not {type(variables).__qualname__}")
+                    raise TypeError("the library_context_info function must return a dict of variables, "
+                                    f"not {type(variables).__qualname__}")
                 for k, v in variables.items():
                     setattr(ctx_module, k, v)
     except BaseException:  # noqa: BLE001 - report why the library could not start, then exit

@@ -184,7 +184,8 @@ class ForkServer:
                 except subprocess.TimeoutExpired:
                     pass
 
-    async def spawn(self, task_id: int, sandbox: str, env: dict[str, str], stdout: str, python: dict[str, Any]) -> tuple[int, asyncio.Future[int]]:
+    async def spawn(self, task_id: int, sandbox: str, env: dict[str, str], stdout: str,
+                    python: dict[str, Any]) -> tuple[int, asyncio.Future[int]]:
         """Start one task; returns its pid (also its process group) and a future of its exit status."""
         if self._lock is None:
             self._lock = asyncio.Lock()

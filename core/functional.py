@@ -78,7 +78,8 @@ class FunctionalMixin:
         tasks = [PythonTask(_apply_each, fn, chunk) for chunk in _chunks(items, size)]
         return [v for chunk in self._run_tasks(tasks) for v in chunk]
 
-    def pair(self, fn: Callable[[tuple[Any, Any]], Any], seq1: Iterable[Any], seq2: Iterable[Any], chunksize: int = 1, env: Any = None) -> list[Any]:
+    def pair(self, fn: Callable[[tuple[Any, Any]], Any], seq1: Iterable[Any], seq2: Iterable[Any],
+             chunksize: int = 1, env: Any = None) -> list[Any]:
         """``[fn((a, b)) for a, b in itertools.product(seq1, seq2)]``: ``fn`` gets one tuple."""
         pairs = list(itertools.product(list(seq1), list(seq2)))
         size = _check_chunksize(chunksize)

@@ -91,8 +91,12 @@ class VineFuture(concurrent.futures.Future):  # type: ignore[type-arg]
 
     def cancel(self) -> bool:
         """Cancel the task (stopping it if it already runs); False once it has finished."""
-        if not super().cancel():
-            return False
+        with self._condition:  # re-entrant: the base methods take it too
+            if self.cancelled():
+                return True
+            if not super().cancel():
+                return False
+            self.set_running_or_notify_cancel()  # wakes concurrent.futures.wait / as_completed waiters
         ex = self._executor
         if ex is not None and self._task.id:
             ex.manager.cancel_by_task_id(self._task.id)
@@ -119,7 +123,8 @@ class VineFuture(concurrent.futures.Future):  # type: ignore[type-arg]
     def _needs_value(self) -> bool:
         """True when a dependent must wait for this future (it has no temp file to read)."""
         task = self._task
-        return not (isinstance(task, PythonTask) and task._temp_output)
+        on_worker = isinstance(task, PythonTask) and task._temp_output and task.output_file is not None
+        return not on_worker  # a function call, or a task itself still held back (not submitted yet)
 
 
 def _futures_in(obj: Any, out: list[VineFuture]) -> None:
@@ -369,7 +374,9 @@ class FuturesExecutor(concurrent.futures.Executor):
             return  # cancelled by the user
         try:
             if task.result == "cancelled":  # cancelled through the manager, not the future
-                concurrent.futures.Future.cancel(fut)
+                with fut._condition:
+                    if not fut.done() and concurrent.futures.Future.cancel(fut):
+                        fut.set_running_or_notify_cancel()
                 return
             if isinstance(task, FunctionCall):
                 value = FunctionCall.output.fget(task)  # type: ignore[attr-defined]
@@ -388,7 +395,8 @@ class FuturesExecutor(concurrent.futures.Executor):
             pass
 
     # -- functional helpers ------------------------------------------------------------------------------------------
-    def map(self, fn: Callable[[Any], Any], iterable: Iterable[Any], library_name: str | None = None, chunk_size: int = 1) -> VineFuture:  # type: ignore[override]
+    def map(self, fn: Callable[[Any], Any], iterable: Iterable[Any],  # type: ignore[override]
+            library_name: str | None = None, chunk_size: int = 1) -> VineFuture:
         """A future of ``[fn(x) for x in iterable]``, one task per ``chunk_size`` items."""
         if library_name is not None:
             raise NotImplementedError("map over a library is not supported; use future_funcall")
@@ -462,7 +470,7 @@ def _as_future(f: Any) -> VineFuture | concurrent.futures.Future:  # type: ignor
     raise TypeError(f"expected a future (or a submitted future task), got {type(f).__name__}")
 
 
-def wait(fs: Iterable[Any], timeout: Any = None, return_when: str = ALL_COMPLETED) -> concurrent.futures._base.DoneAndNotDoneFutures:  # type: ignore[name-defined]
+def wait(fs: Iterable[Any], timeout: Any = None, return_when: str = ALL_COMPLETED) -> Any:
     """``concurrent.futures.wait`` for VineFutures (and submitted future tasks): ``.done``, ``.not_done``."""
     return concurrent.futures.wait([_as_future(f) for f in fs], _timeout(timeout), return_when)
 

@@ -152,6 +152,9 @@ class FunctionCall(Task):
     def _finalize_done(self, manager: Manager) -> None:
         if self._result != C.VINE_RESULT_SUCCESS:
             self._failure_reason = manager._library_failure_reason(self.library_name)
+        for m in self.inputs:
+            if m.remote_name == ARGS_NAME:
+                manager.undeclare_file(m.file)  # big arguments: nothing needs the manager's copy any more
 
     # -- outcome --------------------------------------------------------------------------------------------------
     @property
@@ -355,4 +358,5 @@ class LibraryManagerMixin:
             pass
         tail = log_text.strip()[-1500:]
         failures = self.__dict__.setdefault("_vine_library_failures", {})
-        failures[name] = f"instance {iid} on {link.hostname}: {reason}" + (f"; its log ends with:\n{tail}" if tail and tail not in reason else "")
+        log_tail = f"; its log ends with:\n{tail}" if tail and tail not in reason else ""
+        failures[name] = f"instance {iid} on {link.hostname}: {reason}{log_tail}"

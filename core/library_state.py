@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import constants as C
-from .resources import Resources, fits
+from .resources import Resources
 
 if TYPE_CHECKING:
     from .scheduler import Instruction, SchedulerState, TaskFinished, TaskRecord, WorkerRecord

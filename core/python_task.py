@@ -91,14 +91,19 @@ def runner_file(manager: Manager) -> File:
 # --- arguments that are other tasks' outputs -------------------------------------------------------------
 
 
-def extract_references(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Any], dict[str, Any], list[tuple[tuple[Any, ...], str, bool]], list[tuple[File, str]]]:
+Reference = tuple[tuple[Any, ...], str, bool]  # path into (args, kwargs), remote file name, serialized?
+
+
+def extract_references(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[list[Any], dict[str, Any], list[Reference], list[tuple[File, str]]]:
     """Replace futures in ``args``/``kwargs`` (also inside lists, tuples, dicts) by None.
 
     Returns the new args and kwargs, the references (path, remote name, serialized?) the worker uses
     to put the values back, and the (file, remote name) inputs to add. An object takes part if it has
     ``_vine_reference()``, returning ``(File, serialized)``.
     """
-    refs: list[tuple[tuple[Any, ...], str, bool]] = []
+    refs: list[Reference] = []
     inputs: list[tuple[File, str]] = []
     names: dict[str, str] = {}
 
@@ -191,6 +196,20 @@ class PythonTask(Task):
         if self.environments:
             self.add_input(runner_file(manager), RUNNER_NAME)
         self._command = f"python3 {RUNNER_NAME} task {FUNCTION_NAME} {ARGS_NAME} {RESULT_NAME} {1 if self._serialize_output else 0}"
+
+    def _finalize_done(self, manager: Manager) -> None:
+        """Let the manager forget this task's own buffers (its arguments, its returned result).
+
+        Without a temp output nothing can need them again (a temp's producer may be re-run to
+        recover it, so then they stay); the result's bytes live on in ``output_file``.
+        """
+        if self._temp_output:
+            return
+        for m in self.inputs:
+            if m.remote_name == ARGS_NAME:
+                manager.undeclare_file(m.file)
+        if self._output_file is not None and self._output_file.kind == "buffer":
+            manager.undeclare_file(self._output_file)
 
     def _task_spec(self) -> dict[str, Any]:
         spec = super()._task_spec()

@@ -147,11 +147,12 @@ class WorkerPythonMixin:
     async def _supervise(self, rt: RunningTask) -> int:
         """Wait for ``rt.done`` under the task's time limits and output watches (as ``_execute`` does)."""
         loop = asyncio.get_running_loop()
+        kill = self._kill  # type: ignore[attr-defined]
         timers = []
         if rt.spec.get("time_max"):
-            timers.append(loop.call_later(float(rt.spec["time_max"]), self._kill, rt, C.VINE_RESULT_MAX_WALL_TIME))  # type: ignore[attr-defined]
+            timers.append(loop.call_later(float(rt.spec["time_max"]), kill, rt, C.VINE_RESULT_MAX_WALL_TIME))
         if rt.spec.get("time_end"):
-            timers.append(loop.call_later(max(0.0, rt.spec["time_end"] / 1e6 - time.time()), self._kill, rt, C.VINE_RESULT_MAX_END_TIME))  # type: ignore[attr-defined]
+            timers.append(loop.call_later(max(0.0, rt.spec["time_end"] / 1e6 - time.time()), kill, rt, C.VINE_RESULT_MAX_END_TIME))
         watch = [o for o in rt.spec.get("outputs", []) if o.get("watch")]
         watcher = asyncio.create_task(self._watch(rt, watch)) if watch else None  # type: ignore[attr-defined]
         try:
@@ -270,8 +271,9 @@ class WorkerPythonMixin:
                 env = dict(spec.get("env") or {})
                 env["VINE_LIBRARY_SOCKET"] = "@" + address
                 env["VINE_LIBRARY_SLOTS"] = str(lib.get("slots", 1))
-                if not spec.get("environments"):
-                    env["VINE_PYTHON"] = sys.executable
+                # Without an environment the library uses the worker's own interpreter (which has
+                # cloudpickle); inside one, the environment's python3.
+                env["VINE_PYTHON"] = None if spec.get("environments") else sys.executable
                 spec["env"] = env
                 status = await self._execute(rt)  # type: ignore[attr-defined]
         except asyncio.CancelledError:

@@ -52,8 +52,7 @@ def orphans() -> Iterator[list[int]]:
 def first_attempt_hangs(tmp_path) -> tuple[str, object]:
     """A command whose first run records its pid and hangs; later runs succeed at once."""
     attempts = tmp_path / "attempts"
-    cmd = (f"echo $$ >> {attempts}; if [ $(wc -l < {attempts}) -eq 1 ]; then exec sleep 60; fi; "
-           "echo recovered")
+    cmd = f"echo $$ >> {attempts}; if [ $(wc -l < {attempts}) -eq 1 ]; then exec sleep 60; fi; echo recovered"
     return cmd, attempts
 
 
@@ -135,8 +134,13 @@ def raw_header(obj: bytes) -> bytes:
 
 
 def ready(**over) -> bytes:
-    h = {"type": "ready", "resources": {"cores": 1, "memory": 1000, "disk": 2000, "gpus": 0}, "cache": {},
-         "hostname": "impostor", "worker_id": "worker-impostor"}
+    h = {
+        "type": "ready",
+        "resources": {"cores": 1, "memory": 1000, "disk": 2000, "gpus": 0},
+        "cache": {},
+        "hostname": "impostor",
+        "worker_id": "worker-impostor",
+    }
     h.update(over)
     return frame(h)
 
@@ -190,7 +194,7 @@ def poke(port: int, g: Garbage, timeout: float = 15) -> list[str]:
                 chunk = s.recv(65536)
             except ConnectionResetError:
                 break
-            except socket.timeout:
+            except TimeoutError:
                 raise AssertionError(f"{g.name}: the manager kept the connection open for {timeout}s") from None
             if not chunk:
                 break
@@ -298,15 +302,19 @@ def chunk_without_begin(fw: FakeWorker, task: dict) -> None:
 def truncated_output(fw: FakeWorker, task: dict) -> None:
     # Starts returning the task's output file, then dies in the middle of the stream.
     name = task["outputs"][0]["name"]
-    fw.sock.sendall(frame({"type": "file_begin", "name": name, "size": 1000, "task": task["id"]})
-                    + frame({"type": "file_chunk", "name": name}, b"z" * 10))
+    fw.sock.sendall(
+        frame({"type": "file_begin", "name": name, "size": 1000, "task": task["id"]})
+        + frame({"type": "file_chunk", "name": name}, b"z" * 10)
+    )
     fw.close()
 
 
 def oversized_chunk(fw: FakeWorker, task: dict) -> None:
     name = task["outputs"][0]["name"]
-    fw.sock.sendall(frame({"type": "file_begin", "name": name, "size": 4, "task": task["id"]})
-                    + frame({"type": "file_chunk", "name": name}, b"way more than four bytes"))
+    fw.sock.sendall(
+        frame({"type": "file_begin", "name": name, "size": 4, "task": task["id"]})
+        + frame({"type": "file_chunk", "name": name}, b"way more than four bytes")
+    )
     assert fw.closed_by_manager()
 
 
@@ -411,7 +419,7 @@ def test_impostor_cannot_steal_a_worker_id(manager, start_worker):
         s.settimeout(2)
         try:
             s.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             pass
     assert_still_works(manager)
     drain(manager, 5)

@@ -182,11 +182,15 @@ def test_workflow_cached_input_sent_once(m, tmp_path):
     src = tmp_path / "big.dat"
     src.write_bytes(os.urandom(200_000))
     f = m.declare_file(str(src), cache="workflow")
+    sent = []
     for _ in range(2):
+        before = m.stats.bytes_sent
         t = vine.Task("wc -c < big.dat")
         t.add_input(f, "big.dat")
         t = run(m, t)
         assert (t.result, t.output.strip()) == ("success", "200000")
+        sent.append(m.stats.bytes_sent - before)
+    assert sent[1] < 200_000 <= sent[0]  # the second task found the file in the worker's cache
     sends = [r for r in records(m, "WORKER") if r[2:5] == ["TRANSFER", "INPUT", f.cache_name]]
     assert len(sends) == 1, sends
     assert int(sends[0][5]) == 200_000

@@ -15,16 +15,25 @@ LOGS = ("debug", "transactions", "performance", "taskgraph")
 RJSON = r"\{.*\}"
 RECORD_PATTERNS = {
     "MANAGER": r"MANAGER (\d+) (START 0|END \d+)",
-    "WORKER": (r"WORKER worker-\S+ (CONNECTION \S+:\d+"
-               r"|DISCONNECTION (UNKNOWN|IDLE_OUT|FAST_ABORT|FAILURE|STATUS_WORKER|EXPLICIT|XFER_ERRORS)"
-               rf"|RESOURCES {RJSON}"
-               r"|CACHE_UPDATE \S+ \d+ \d+ \d+"
-               r"|TRANSFER (INPUT|OUTPUT) \S+ \d+ \d+ \d+)"),
-    "TASK": (r"TASK \d+ (READY \S+ (FIRST|MAX)_RESOURCES \d+ " + RJSON
-             + r"|RUNNING worker-\S+ (FIRST|MAX)_RESOURCES " + RJSON
-             + r"|WAITING_RETRIEVAL worker-\S+"
-             + r"|RETRIEVED [A-Z_]+ -?\d+ " + RJSON + " " + RJSON
-             + r"|DONE [A-Z_]+ -?\d+)"),
+    "WORKER": (
+        r"WORKER worker-\S+ (CONNECTION \S+:\d+"
+        r"|DISCONNECTION (UNKNOWN|IDLE_OUT|FAST_ABORT|FAILURE|STATUS_WORKER|EXPLICIT|XFER_ERRORS)"
+        rf"|RESOURCES {RJSON}"
+        r"|CACHE_UPDATE \S+ \d+ \d+ \d+"
+        r"|TRANSFER (INPUT|OUTPUT) \S+ \d+ \d+ \d+)"
+    ),
+    "TASK": (
+        r"TASK \d+ (READY \S+ (FIRST|MAX)_RESOURCES \d+ "
+        + RJSON
+        + r"|RUNNING worker-\S+ (FIRST|MAX)_RESOURCES "
+        + RJSON
+        + r"|WAITING_RETRIEVAL worker-\S+"
+        + r"|RETRIEVED [A-Z_]+ -?\d+ "
+        + RJSON
+        + " "
+        + RJSON
+        + r"|DONE [A-Z_]+ -?\d+)"
+    ),
     "CATEGORY": rf"CATEGORY \S+ (MAX|MIN|FIRST \S+) {RJSON}",
     "LIBRARY": r"LIBRARY \d+ (WAITING|SENT|STARTED|FAILURE) worker-\S+",
     "APPLICATION": r"APPLICATION .*",

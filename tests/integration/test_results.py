@@ -202,6 +202,7 @@ def test_result_codes_in_transactions(m, tmp_path):
     missing = vine.Task("true")
     missing.add_output(m.declare_file(str(tmp_path / "x")), "x")
     missing = run(m, missing)
+
     # The manager flushes its logs every 0.5 s: wait for both records to appear.
     def done() -> dict[int, list[str]]:
         return {int(r[1]): r[3:] for r in records(m, "TASK") if r[2] == "DONE"}

@@ -189,7 +189,7 @@ def test_one_core_worker_runs_one_at_a_time(manager, start_worker, tmp_path):
     for n in "pq":
         manager.submit(vine.Task(f"date +%s%N > {tmp_path}/{n}.start; sleep 0.1; date +%s%N > {tmp_path}/{n}.end", cores=1))
     drain(manager, 30)
-    (s1, e1), (s2, e2) = sorted((int((tmp_path / f"{n}.start").read_text()), int((tmp_path / f"{n}.end").read_text())) for n in "pq")
+    (_s1, e1), (s2, _e2) = sorted((int((tmp_path / f"{n}.start").read_text()), int((tmp_path / f"{n}.end").read_text())) for n in "pq")
     assert e1 <= s2
 
 
@@ -198,9 +198,9 @@ def test_task_larger_than_any_worker(manager, start_worker, caplog):
     start_worker(manager, cores=1, memory=1000)
     wait_for_workers(manager, 1)
     tid = manager.submit(vine.Task("echo big", cores=2))
+
     def warned() -> bool:
-        return any(r.name == "core.manager" and r.levelno == logging.WARNING and f"task {tid} " in r.getMessage()
-                   for r in caplog.records)
+        return any(r.name == "core.manager" and r.levelno == logging.WARNING and f"task {tid} " in r.getMessage() for r in caplog.records)
 
     wait_until(warned, 30, "the oversized-task warning")
     assert manager.wait(0.3) is None
@@ -224,8 +224,14 @@ def test_task_keyword_constructor(manager, start_worker, tmp_path):
     out = manager.declare_buffer(None)
     t = vine.Task(
         "cat in.txt > out.txt; echo $K",
-        cores=1, memory=500, tag="kw", category="cat-a", priority=3, env={"K": "v"},
-        inputs={manager.declare_file(str(src)): "in.txt"}, outputs={out: {"remote_name": "out.txt"}},
+        cores=1,
+        memory=500,
+        tag="kw",
+        category="cat-a",
+        priority=3,
+        env={"K": "v"},
+        inputs={manager.declare_file(str(src)): "in.txt"},
+        outputs={out: {"remote_name": "out.txt"}},
     )
     assert (t.tag, t.category, t.priority) == ("kw", "cat-a", 3)
     assert t.resources_requested.cores == 1 and t.resources_requested.memory == 500

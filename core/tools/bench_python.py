@@ -1,0 +1,177 @@
+"""PythonTask and FunctionCall throughput, each next to its ProcessPoolExecutor peer on the same cores.
+
+``python_rate(n, workers)``: ``n`` PythonTasks of a trivial function (1 core each) on ``workers``
+local workers sharing this machine's cores, against ``ProcessPoolExecutor(max_workers=cores,
+max_tasks_per_child=1)``, which also gives every call a fresh process (TaskVine starts a new
+interpreter per PythonTask).
+
+``funcall_rate(n, workers)``: ``n`` FunctionCalls to a library with one single-slot ``direct``
+instance per core (``exec_mode="fork"`` is available too), against a warm
+``ProcessPoolExecutor(max_workers=cores)``: the same number of processes, already started.
+
+Both return a dict with the two rates and their ratio. Run ``python -m core.tools.bench_python``.
+Figures from a shared machine are noisy: compare ratios measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import core as vine
+
+
+def noop(x: int) -> int:
+    """The benchmark's function: trivial, so the figure is the runtime's own cost per call."""
+    return x + 1
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@contextmanager
+def _cluster(workers: int, cores_each: int) -> Iterator[vine.Manager]:
+    tmp = tempfile.mkdtemp(prefix="vine-bench-py-")
+    m = vine.Manager(port=0, run_info_path=os.path.join(tmp, "vine-run-info"))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "core.worker", "--cores", str(cores_each), "--memory", "4000", "--disk", "8000",
+             "--workdir", os.path.join(tmp, f"w{i}"), "--parent-death", "localhost", str(m.port)],
+            stdout=subprocess.DEVNULL,
+        )
+        for i in range(workers)
+    ]
+    try:
+        deadline = time.monotonic() + 30
+        while m.stats.workers_connected < workers:
+            if time.monotonic() > deadline:
+                raise RuntimeError("benchmark workers did not connect within 30 s")
+            time.sleep(0.02)
+        yield m
+    finally:
+        m.close()
+        for p in procs:
+            p.kill()
+            p.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _drain(m: vine.Manager, expect: int) -> None:
+    got = 0
+    while got < expect:
+        t = m.wait(60)
+        if t is None:
+            raise RuntimeError(f"benchmark stalled after {got} of {expect} tasks")
+        if t.result != "success" or isinstance(t.output, BaseException):
+            raise RuntimeError(f"benchmark task {t.id} failed: {t.result}: {t.output!r}")
+        got += 1
+
+
+# The peer runs in its own interpreter whose main module is this string, calling a builtin: its
+# processes import nothing of ours, which is the pool's best case (a spawned child re-imports the
+# parent's main module, and ours imports core).
+_PEER = """
+import concurrent.futures, multiprocessing, sys, time
+n, cores, fresh, context = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4]
+kw = {"max_tasks_per_child": 1} if fresh else {}
+if context != "default":
+    kw["mp_context"] = multiprocessing.get_context(context)
+if __name__ == "__main__":
+    with concurrent.futures.ProcessPoolExecutor(cores, **kw) as pool:
+        if not fresh:
+            list(pool.map(abs, range(cores * 4)))
+        start = time.perf_counter()
+        futs = [pool.submit(abs, -i) for i in range(n)]
+        for f in futs:
+            f.result()
+        print(n / (time.perf_counter() - start))
+"""
+
+
+def _pool_rate(n: int, cores: int, fresh: bool, context: str = "default") -> float:
+    """Calls per second of a ProcessPoolExecutor (fresh: a new process per call) in a clean interpreter."""
+    out = subprocess.run([sys.executable, "-c", _PEER, str(n), str(cores), "1" if fresh else "0", context],
+                         capture_output=True, text=True, timeout=600, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def python_rate(n: int = 300, workers: int = 1) -> dict[str, Any]:
+    """PythonTasks per second vs ProcessPoolExecutor(max_tasks_per_child=1) on the same cores."""
+    cores = _cores()
+    with _cluster(workers, max(1, cores // workers)) as m:
+        warm = [vine.PythonTask(noop, i) for i in range(workers * 2)]  # starts each worker's fork server
+        for t in warm:
+            t.set_cores(1)
+            m.submit(t)
+        _drain(m, len(warm))
+        start = time.perf_counter()
+        for i in range(n):
+            t = vine.PythonTask(noop, i)
+            t.set_cores(1)
+            m.submit(t)
+        _drain(m, n)
+        rate = n / (time.perf_counter() - start)
+    peer = _pool_rate(max(50, n // 4), cores, fresh=True)
+    # Also the pool's best case for fresh processes: forked from its own fork server, as ours are.
+    forkserver_peer = _pool_rate(max(50, n // 2), cores, fresh=True, context="forkserver")
+    return {"workload": "python", "tasks": n, "workers": workers, "cores": cores, "tasks_per_s": round(rate, 1),
+            "peer": f"ProcessPoolExecutor({cores}, max_tasks_per_child=1)", "peer_tasks_per_s": round(peer, 1),
+            "ratio": round(rate / peer, 3), "forkserver_peer_tasks_per_s": round(forkserver_peer, 1),
+            "forkserver_ratio": round(rate / forkserver_peer, 3)}
+
+
+def funcall_rate(n: int = 3000, workers: int = 1, exec_mode: str = "direct") -> dict[str, Any]:
+    """FunctionCalls per second vs a warm ProcessPoolExecutor with as many processes as library slots."""
+    cores = _cores()
+    per_worker = max(1, cores // workers)
+    with _cluster(workers, per_worker) as m:
+        lib = m.create_library_from_functions("bench", noop, exec_mode=exec_mode)
+        lib.set_cores(1)
+        lib.set_function_slots(1)
+        m.install_library(lib)
+        warm = workers * per_worker * 2  # starts one instance per core
+        for i in range(warm):
+            m.submit(vine.FunctionCall("bench", "noop", i))
+        _drain(m, warm)
+        start = time.perf_counter()
+        for i in range(n):
+            m.submit(vine.FunctionCall("bench", "noop", i))
+        _drain(m, n)
+        rate = n / (time.perf_counter() - start)
+        instances = m._call(lambda: len(m._state.libs.instances))
+    peer = _pool_rate(max(n, 2000), cores, fresh=False)
+    return {"workload": "funcall", "exec_mode": exec_mode, "calls": n, "workers": workers, "library_instances": instances,
+            "calls_per_s": round(rate, 1), "peer": f"warm ProcessPoolExecutor({cores})", "peer_calls_per_s": round(peer, 1),
+            "ratio": round(rate / peer, 3)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bench_python", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("workloads", nargs="*", default=["python", "funcall"], help="python, funcall, funcall-fork")
+    p.add_argument("-n", type=int, default=0, help="tasks or calls (default 300 python, 3000 funcall)")
+    p.add_argument("--workers", type=int, default=1)
+    args = p.parse_args(argv)
+    for w in args.workloads:
+        if w == "python":
+            out = python_rate(args.n or 300, args.workers)
+        elif w == "funcall":
+            out = funcall_rate(args.n or 3000, args.workers)
+        elif w == "funcall-fork":
+            out = funcall_rate(args.n or 1000, args.workers, exec_mode="fork")
+        else:
+            p.error(f"unknown workload {w!r}")
+        print(json.dumps(out), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
