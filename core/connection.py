@@ -41,13 +41,26 @@ class Connection:
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.bytes_sent = 0
         self.bytes_received = 0
+        self._outgoing: list[bytes] | None = None
 
     def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
+        """Queue a frame. Frames queued in one event-loop turn leave in one write: on loopback a
+        send costs ~100 us of system time, more than a small task's own bookkeeping."""
         data = encode_frame(header, payload)
         self.bytes_sent += len(data)
-        self.writer.write(data)
+        if self._outgoing is None:
+            self._outgoing = [data]
+            asyncio.get_running_loop().call_soon(self.flush)
+        else:
+            self._outgoing.append(data)
+
+    def flush(self) -> None:
+        out, self._outgoing = self._outgoing, None
+        if out and not self.writer.is_closing():
+            self.writer.write(b"".join(out) if len(out) > 1 else out[0])
 
     async def drain(self) -> None:
+        self.flush()
         await self.writer.drain()
 
     async def recv(self) -> Frame | None:
@@ -73,6 +86,7 @@ class Connection:
 
     def close(self) -> None:
         try:
+            self.flush()
             self.writer.close()
         except Exception:  # noqa: BLE001 - closing a broken transport must not raise
             pass
