@@ -218,9 +218,13 @@ def forked_child_main(request: dict[str, Any]) -> int:
 # --- library processes ---------------------------------------------------------------------------------
 
 
-def send_message(sock: socket.socket, msg: dict[str, Any]) -> None:
+def _frame(msg: dict[str, Any]) -> bytes:
     data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
-    sock.sendall(_LEN.pack(len(data)) + data)
+    return _LEN.pack(len(data)) + data
+
+
+def send_message(sock: socket.socket, msg: dict[str, Any]) -> None:
+    sock.sendall(_frame(msg))
 
 
 class MessageReader:
@@ -268,8 +272,12 @@ def _hoist(functions: dict[str, Any], hoisted: list[tuple[str, str, Any]]) -> No
                 g.setdefault(k, v)
 
 
-def _run_call(functions: dict[str, Any], msg: dict[str, Any]) -> int:
-    """Run one call in the current process; write its envelope to ``msg["result"]``; exit status."""
+INLINE_RESULT = 1 << 20  # results up to this size travel in the "done" message, not through a file
+
+
+def _run_call(functions: dict[str, Any], msg: dict[str, Any], inline: bool = False) -> int | bytes:
+    """Run one call in the current process. Its envelope goes to ``msg["result"]`` (a file), or
+    with ``inline`` is returned as bytes when small: no file to create, write and read per call."""
     ok, tb = True, None
     try:
         func = functions.get(msg["function"])
@@ -283,6 +291,8 @@ def _run_call(functions: dict[str, Any], msg: dict[str, Any]) -> int:
     except Exception as exc:  # noqa: BLE001 - the exception is the call's result
         ok, value, tb = False, exc, traceback.format_exc()
     data = encode_result(ok, value, tb)
+    if inline and len(data) <= INLINE_RESULT:
+        return data
     with open(msg["result"], "wb") as fh:
         fh.write(data)
     return 0
@@ -345,17 +355,21 @@ def _serve_calls(sock: socket.socket, functions: dict[str, Any], mode: str) -> i
                     for pid in children:
                         _kill_quietly(pid)
                     return 0
+                replies: list[dict[str, Any]] = []  # sent together once this batch of calls is done
                 for msg in reader.feed(data):
                     op = msg.get("op")
                     if op == "call":
                         if (msg.get("mode") or mode) == "direct":
                             os.chdir(msg["sandbox"])
                             try:
-                                status = _run_call(functions, msg)
+                                outcome = _run_call(functions, msg, inline=True)
                             finally:
                                 os.chdir(home)
                                 sys.stdout.flush()
-                            send_message(sock, {"op": "done", "id": msg["id"], "status": status})
+                            if isinstance(outcome, bytes):
+                                replies.append({"op": "done", "id": msg["id"], "status": 0, "result": outcome})
+                            else:
+                                replies.append({"op": "done", "id": msg["id"], "status": outcome})
                         else:
                             pid = _fork_call(sock, functions, msg, rfd, wfd)
                             children[pid] = msg["id"]
@@ -363,6 +377,8 @@ def _serve_calls(sock: socket.socket, functions: dict[str, Any], mode: str) -> i
                         for pid, cid in children.items():
                             if cid == msg["id"]:
                                 _kill_quietly(pid)
+                if replies:
+                    sock.sendall(b"".join(_frame(r) for r in replies))
             else:
                 try:
                     os.read(rfd, 4096)

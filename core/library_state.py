@@ -59,6 +59,9 @@ class StartLibrary:
     slots: int
 
 
+DEFAULT_QUEUE_DEPTH = 4
+
+
 @dataclass
 class LibraryTemplate:
     task: Task
@@ -78,6 +81,11 @@ class LibraryInstance:
     @property
     def free(self) -> int:
         return 0 if self.dead else self.slots - len(self.calls)
+
+    def queue_room(self, depth: int) -> int:
+        """Calls it may still take beyond its free slots: they wait inside the instance, so the
+        next call starts the moment one ends instead of a manager round trip later."""
+        return 0 if self.dead else self.slots * max(1, depth) - len(self.calls)
 
 
 def library_slots(task: Any, allocation: Resources) -> int:
@@ -99,6 +107,7 @@ class LibraryBook:
         self.call_instance: dict[int, int] = {}  # call task id -> instance id
         self.removed_reason: dict[str, str] = {}  # why a template went away
         self._ids = itertools.count(-1, -1)
+        self.depth = DEFAULT_QUEUE_DEPTH  # tune "library-queue-depth": calls per slot an instance may hold
 
     # -- events -------------------------------------------------------------------------------------
     def handlers(self, s: SchedulerState) -> dict[type, Any]:
@@ -140,9 +149,9 @@ class LibraryBook:
                 total = total + inst.allocation
         return total
 
-    def has_room(self) -> bool:
-        """Some instance has a free slot, or is idle and could give its room away."""
-        return any(i.free > 0 or (not i.calls and not i.dead) for i in self.instances.values())
+    def has_room(self, depth: int = 1) -> bool:
+        """Some instance has a free slot or queue room, or is idle and could give its room away."""
+        return any(i.queue_room(depth) > 0 or (not i.calls and not i.dead) for i in self.instances.values())
 
     def slot_for(self, name: str, w: WorkerRecord) -> Resources | None:
         """All-zero allocation if ``w`` runs an instance of ``name`` with a free slot, else None."""
@@ -156,8 +165,8 @@ class LibraryBook:
         name = rec.task.library_required
         if name is None:
             return
-        best = max((i for i in self.instances.values() if i.worker == w.id and i.name == name and i.free > 0),
-                   key=lambda i: i.free, default=None)
+        best = max((i for i in self.instances.values() if i.worker == w.id and i.name == name and i.queue_room(self.depth) > 0),
+                   key=lambda i: (i.free, -len(i.calls)), default=None)
         assert best is not None, f"call {rec.task.id} placed on {w.id} without a free slot of {name}"
         best.calls.add(rec.task.id)
         self.call_instance[rec.task.id] = best.id
@@ -191,10 +200,23 @@ class LibraryBook:
         if choice is None and self._evict_for(s, lambda w: s._eligible(lib_rec, w, now), name, out):
             choice = self._best_worker_for(s, lib_rec, now)
         if choice is None:
-            return None
+            return self._queue_for(s, rec)
         w, alloc = choice
         self.start(s, tmpl, w, alloc, out)
         return w, Resources.zero()
+
+    def _queue_for(self, s: SchedulerState, rec: TaskRecord) -> tuple[WorkerRecord, Resources] | None:
+        """No free slot and no room for another instance: queue the call in the least busy instance."""
+        name = rec.task.library_required
+        feats = set(rec.task.features)
+        best = None
+        for inst in self.instances.values():
+            w = s.workers.get(inst.worker)
+            if inst.name != name or w is None or inst.queue_room(self.depth) <= 0 or not feats <= w.features:
+                continue
+            if best is None or len(inst.calls) < len(best[0].calls):
+                best = (inst, w)
+        return None if best is None else (best[1], Resources.zero())
 
     def _best_worker_for(self, s: SchedulerState, lib_rec: TaskRecord, now: float) -> tuple[WorkerRecord, Resources] | None:
         best = None

@@ -88,6 +88,7 @@ KNOWN_TUNES = {
     "resource-management-interval", "max-task-stdout-storage", "max-new-workers", "load-from-shared-filesystem",
     "large-task-check-interval", "enforce-worker-eviction-interval", "watch-library-logfiles",
     "sandbox-grow-factor", "max-library-retries", "task-groups", "max-task-attempts", "handshake-timeout",
+    "library-queue-depth", "peer-transfers",
 }
 TUNE_ALIASES = {
     "asynchrony-multiplier": "resource-submit-multiplier",
@@ -659,7 +660,9 @@ class Manager(FunctionalMixin, LibraryManagerMixin):
             link = self._links.get(ins.worker)
             if link is not None:
                 self._logs.debug(f"removing worker {ins.worker} ({link.addrport}): {ins.reason}")
-                link.conn.close()
+                # Abort, not close: close() waits to flush unsent bytes, which a hung worker never
+                # reads, so its link (and DISCONNECTION record) would linger until it woke up.
+                link.conn.writer.transport.abort()
         elif isinstance(ins, Warn):
             log.warning("%s", ins.message)
             self._logs.debug(f"warning: {ins.message}")

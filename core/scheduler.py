@@ -835,7 +835,8 @@ class SchedulerState:
                 w.committed.cores < math.ceil(w.total.cores * mult) or w.total.cores <= 0 or w.committed.gpus < math.ceil(w.total.gpus * mult)
             ):
                 return True
-        return self.libs.has_room()
+        self.libs.depth = int(self.tuning.get("library-queue-depth", 4))
+        return self.libs.has_room(self.libs.depth)
 
     def _schedule(self, now: float, out: list[Instruction]) -> None:
         if not self.workers or len(self.workers) < self.tuning["wait-for-workers"]:

@@ -645,6 +645,9 @@ class Worker(WorkerPythonMixin):
 
     def _read_stdout(self, rt: RunningTask) -> tuple[bytes, bool]:
         """The task's captured output (at most STDOUT_LIMIT bytes) and whether it was cut."""
+        inline = rt.__dict__.pop("inline_stdout", None)
+        if inline is not None:
+            return inline, False
         fd, rt.stdout_fd = rt.stdout_fd, -1
         if fd < 0:
             return b"", False

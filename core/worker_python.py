@@ -51,6 +51,7 @@ class LibraryProcess:
         self.name = name
         self.ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self.pending: dict[int, asyncio.Future[int | None]] = {}
+        self.results: dict[int, bytes] = {}  # inline results of direct-mode calls, by call id
         self.writer: asyncio.StreamWriter | None = None
         self.dead = False
         self.error = ""
@@ -213,10 +214,14 @@ class WorkerPythonMixin:
             for tm in timers:
                 tm.cancel()
             inst.pending.pop(rt.id, None)
-        try:
-            rt.stdout_fd = os.open(result_path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            pass  # no result: the call died (status says how) or never ran
+        inline = inst.results.pop(rt.id, None)
+        if inline is not None:
+            rt.inline_stdout = inline  # type: ignore[attr-defined]
+        else:
+            try:
+                rt.stdout_fd = os.open(result_path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                pass  # no result: the call died (status says how) or never ran
         if status is None:
             rt.killed_for = C.VINE_RESULT_LIBRARY_EXIT
             return 9
@@ -245,6 +250,8 @@ class WorkerPythonMixin:
                     elif op == "done":
                         fut = inst.pending.get(int(msg["id"]))
                         if fut is not None and not fut.done():
+                            if msg.get("result") is not None:
+                                inst.results[int(msg["id"])] = msg["result"]
                             fut.set_result(int(msg["status"]))
         except (OSError, ValueError, pickle.UnpicklingError, asyncio.CancelledError) as exc:
             log.info("library %s: connection ended: %s", inst.name, exc)

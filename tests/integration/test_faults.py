@@ -20,6 +20,7 @@ import pytest
 import core as vine
 from core.protocol import PREFIX, PROTOCOL_VERSION, FrameDecoder, auth_proof, encode_frame, new_nonce
 from tests.conftest import drain, wait_for_workers, wait_until
+from tests.integration.conftest import records
 
 
 def run(m, task, timeout=30):
@@ -93,6 +94,33 @@ def test_task_survives_worker_fault(fault, manager, start_worker, tmp_path, orph
     assert manager.stats.workers_lost >= 1
     assert second.proc.poll() is None
     assert_still_works(manager)
+
+
+def test_hung_worker_is_cut_off_mid_transfer(manager, start_worker, tmp_path):
+    """A stopped worker with unsent input bytes queued for it is still disconnected on time.
+
+    Closing (rather than aborting) that connection would wait forever to flush to a peer that no
+    longer reads, leaving the link behind with no DISCONNECTION record.
+    """
+    manager.tune("keepalive-interval", 1)
+    manager.tune("keepalive-timeout", 2)
+    hung = start_worker(manager, cores=1)
+    wait_for_workers(manager, 1)
+    hung.kill(signal.SIGSTOP)
+    src = tmp_path / "big.dat"
+    src.write_bytes(b"\0" * 30_000_000)  # far more than the socket buffers hold
+    t = vine.Task("wc -c < big.dat")
+    t.add_input(manager.declare_file(str(src)), "big.dat")
+    tid = manager.submit(t)
+    wait_until(lambda: manager.stats.workers_connected == 0, 30, "the hung worker to be removed")
+    start_worker(manager, cores=1)
+    t = manager.wait_for_task_id(tid, 60)
+    assert (t.result, t.output.strip()) == ("success", "30000000")
+    wait_until(
+        lambda: [r for r in records(manager, "WORKER") if r[2] == "DISCONNECTION"] != [],
+        10,
+        "the hung worker's DISCONNECTION record",
+    )
 
 
 def test_task_killing_its_workers_ends_with_max_retries(manager, start_worker):

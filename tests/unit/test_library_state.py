@@ -8,7 +8,13 @@ from core.library_state import LibraryInstalled, LibraryRemoved, StartLibrary, l
 from core.resources import Resources
 from core.scheduler import Dispatch, Kill, ReturnTask
 from core.task import Task
-from tests.unit.test_scheduler import Sim, box, of, placed
+from tests.unit.test_scheduler import Sim as _Sim
+from tests.unit.test_scheduler import box, of, placed
+
+
+def Sim(tuning: dict[str, float] | None = None, **kw: object) -> _Sim:  # noqa: N802 - stands in for the class
+    """The scheduler simulator with calls placed slot by slot unless a test asks for queueing."""
+    return _Sim({"library-queue-depth": 1, **(tuning or {})}, **kw)  # type: ignore[arg-type]
 
 
 def library(name: str = "lib", cores: float = -1, slots: int = 0, mode: str = "fork") -> LibraryTask:
@@ -36,7 +42,7 @@ def test_slots_rule():
 
 
 def test_calls_start_instances_while_there_is_room_and_take_no_resources():
-    sim = Sim()
+    sim = Sim({"library-queue-depth": 1})  # no queueing inside instances: a call needs a free slot
     sim.join("w1", cores=4)
     install(sim, library(cores=2))
     calls = [call() for _ in range(5)]
@@ -50,6 +56,23 @@ def test_calls_start_instances_while_there_is_room_and_take_no_resources():
     assert {sim.state.libs.instance_of(d.task_id) for d in dispatched} == {s.instance_id for s in starts}
     assert sim.state.workers["w1"].committed.cores == 4
     assert sim.state.tasks[calls[4].id].state == "ready"
+
+
+def test_calls_beyond_free_slots_queue_in_the_least_busy_instance():
+    """With library-queue-depth d an instance holds up to slots*d calls; new instances start first."""
+    sim = Sim({"library-queue-depth": 2})
+    sim.join("w1", cores=4)
+    install(sim, library(cores=2))
+    calls = [call() for _ in range(10)]
+    out = sim.submit(*calls)
+    starts = of(out, StartLibrary)
+    assert len(starts) == 2  # both instances started before any call queues
+    dispatched = of(out, Dispatch)
+    assert len(dispatched) == 8  # 2 instances x 2 slots x depth 2
+    per_instance = [sum(1 for d in dispatched if sim.state.libs.instance_of(d.task_id) == s.instance_id) for s in starts]
+    assert per_instance == [4, 4]
+    assert [sim.state.tasks[c.id].state for c in calls[8:]] == ["ready", "ready"]
+    sim.state.validate()
 
 
 def test_call_end_frees_a_slot():
