@@ -191,6 +191,8 @@ class LibraryBook:
         if tmpl is None:
             s._finish(rec, C.VINE_RESULT_MISSING_LIBRARY, -1, out)
             return None
+        if not self._could_start_or_evict(s):
+            return self._queue_for(s, rec)  # every core is taken and nothing is idle: skip the search
         from .scheduler import TaskRecord as _Record
 
         lib_rec = _Record(tmpl.task, -1)
@@ -204,6 +206,13 @@ class LibraryBook:
         w, alloc = choice
         self.start(s, tmpl, w, alloc, out)
         return w, Resources.zero()
+
+    def _could_start_or_evict(self, s: SchedulerState) -> bool:
+        """Cheap necessary condition for starting an instance: some worker has a free core, or some
+        instance is idle and could be evicted."""
+        if any(w.committed.cores < w.total.cores or w.total.cores <= 0 for w in s.workers.values()):
+            return True
+        return any(not i.calls and not i.dead for i in self.instances.values())
 
     def _queue_for(self, s: SchedulerState, rec: TaskRecord) -> tuple[WorkerRecord, Resources] | None:
         """No free slot and no room for another instance: queue the call in the least busy instance."""

@@ -6,8 +6,10 @@ Layout: ``<run_info_path>/<timestamp>/vine-logs/{debug,transactions,performance,
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import threading
 import time
 from typing import Any, TextIO
 
@@ -25,9 +27,17 @@ PERFORMANCE_COLUMNS = (
 ).split()
 
 
+UNITS = {"cores": "cores", "memory": "MB", "disk": "MB", "gpus": "gpus", "wall_time": "s", "cpu_time": "s", "max_concurrent_processes": "procs"}
+
+
 def _res_json(res: dict[str, float]) -> str:
-    units = {"cores": "cores", "memory": "MB", "disk": "MB", "gpus": "gpus", "wall_time": "s", "cpu_time": "s", "max_concurrent_processes": "procs"}
-    return json.dumps({k: [v, units.get(k, "")] for k, v in res.items() if v is not None and v >= 0}, separators=(",", ":"))
+    return _res_json_items(tuple((k, v) for k, v in res.items() if v is not None and v >= 0))
+
+
+@functools.lru_cache(maxsize=1024)
+def _res_json_items(items: tuple[tuple[str, float], ...]) -> str:
+    # Most tasks of a run ask for the same few shapes: format each shape once.
+    return json.dumps({k: [v, UNITS.get(k, "")] for k, v in items}, separators=(",", ":"))
 
 
 class RunLogs:
@@ -59,6 +69,7 @@ class RunLogs:
         except OSError:
             pass
         self.pid = os.getpid()
+        self._lock = threading.Lock()
         self.start_us = _now_us()
         self._debug = self._open("debug")
         self._tx = self._open("transactions")
@@ -87,17 +98,25 @@ class RunLogs:
     def _open(self, name: str) -> TextIO:
         return open(os.path.join(self.log_dir, name), "a", buffering=1 << 16)
 
+    def _write(self, fh: TextIO, text: str) -> None:
+        # The I/O thread and the user's threads (declarations, log_*_app) both write: one lock.
+        with self._lock:
+            if not fh.closed:
+                fh.write(text)
+
     def flush(self) -> None:
-        for fh in (self._debug, self._tx, self._perf, self._graph):
-            fh.flush()
+        with self._lock:
+            for fh in (self._debug, self._tx, self._perf, self._graph):
+                if not fh.closed:
+                    fh.flush()
 
     def debug(self, msg: str, flag: str = "vine") -> None:
         t = time.time()
         stamp = time.strftime("%Y/%m/%d %H:%M:%S", time.localtime(t)) + f".{int(t * 100) % 100:02d}"
-        self._debug.write(f"{stamp} vine_manager[{self.pid}]{flag}: {msg}\n")
+        self._write(self._debug, f"{stamp} vine_manager[{self.pid}]{flag}: {msg}\n")
 
     def transaction(self, record: str) -> None:
-        self._tx.write(f"{_now_us()} {self.pid} {record}\n")
+        self._write(self._tx, f"{_now_us()} {self.pid} {record}\n")
 
     def worker_connected(self, wid: str, addr: str, resources: dict[str, float]) -> None:
         self.transaction(f"WORKER {wid} CONNECTION {addr}")
@@ -128,12 +147,12 @@ class RunLogs:
         self.transaction(f"TASK {tid} DONE {result} {exit_code}")
 
     def graph_file(self, name: str, source: str, size: int) -> None:
-        self._graph.write(f'FILE {name} "{source}" {size}\n')
+        self._write(self._graph, f'FILE {name} "{source}" {size}\n')
 
     def graph_task(self, tid: int, command: str, inputs: list[str], outputs: list[str]) -> None:
         first = command.split()[0] if command.split() else ""
         # No empty fields: a task without inputs reads `INPUTS OUTPUTS x`, never a double space.
-        self._graph.write(" ".join([f'TASK T{tid} "{first}" INPUTS', *inputs, "OUTPUTS", *outputs]) + "\n")
+        self._write(self._graph, " ".join([f'TASK T{tid} "{first}" INPUTS', *inputs, "OUTPUTS", *outputs]) + "\n")
 
     def performance(self, stats: dict[str, float], now: float, interval: float, force: bool = False) -> None:
         if not force and now - self._last_perf < interval:
@@ -143,14 +162,15 @@ class RunLogs:
             return
         self._last_perf = now
         self._last_perf_row = row
-        self._perf.write(f"{_now_us()} " + " ".join(_fmt(v) for v in row) + "\n")
+        self._write(self._perf, f"{_now_us()} " + " ".join(_fmt(v) for v in row) + "\n")
 
     def close(self, stats: dict[str, float]) -> None:
         self.performance(stats, time.time(), 0, force=True)
         self.transaction(f"MANAGER {self.pid} END {_now_us() - self.start_us}")
-        self._graph.write("# end\n")
-        for fh in (self._debug, self._tx, self._perf, self._graph):
-            fh.close()
+        self._write(self._graph, "# end\n")
+        with self._lock:
+            for fh in (self._debug, self._tx, self._perf, self._graph):
+                fh.close()
 
 
 def _fmt(v: Any) -> str:

@@ -194,6 +194,7 @@ class Manager(FunctionalMixin, LibraryManagerMixin):
         self._cond = threading.Condition()
         self._inbox: collections.deque[Event] = collections.deque()
         self._kick_pending = False
+        self._notify_pending = False
         self._links: dict[str, WorkerLink] = {}
         self._fetches: dict[int, concurrent.futures.Future[bytes]] = {}
         self._fetch_ids = iter(range(1, 1 << 62))
@@ -697,6 +698,14 @@ class Manager(FunctionalMixin, LibraryManagerMixin):
         self._logs.graph_task(task.id, task.command, [m.file.cache_name for m in task.inputs], [m.file.cache_name for m in task.outputs])
         with self._cond:
             self._done[task.id] = task
+        # One wake-up of the user's thread per loop turn, however many tasks finished in it.
+        if not self._notify_pending:
+            self._notify_pending = True
+            self._loop.call_soon(self._notify_waiters)
+
+    def _notify_waiters(self) -> None:
+        self._notify_pending = False
+        with self._cond:
             self._cond.notify_all()
 
     def _finalize(self, task: Task) -> None:

@@ -512,6 +512,9 @@ class Worker(WorkerPythonMixin):
             return
         for k in self.committed:
             self.committed[k] += max(alloc.get(k, 0), 0)
+        if self._fast_call(rt):
+            self.last_work = time.monotonic()
+            return
         rt.sandbox = self._make_sandbox(f"t.{tid}")
         self.tasks[tid] = rt
         self.last_work = time.monotonic()

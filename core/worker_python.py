@@ -52,6 +52,8 @@ class LibraryProcess:
         self.ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self.pending: dict[int, asyncio.Future[int | None]] = {}
         self.results: dict[int, bytes] = {}  # inline results of direct-mode calls, by call id
+        self.sandbox = ""  # the instance's own sandbox (its working directory)
+        self.mode = "fork"
         self.writer: asyncio.StreamWriter | None = None
         self.dead = False
         self.error = ""
@@ -166,6 +168,54 @@ class WorkerPythonMixin:
                 watcher.cancel()
 
     # -- function calls -----------------------------------------------------------------------------------------
+    def _fast_call(self, rt: RunningTask) -> bool:
+        """Hand a plain direct-mode call straight to its ready instance: no sandbox, no coroutine.
+
+        Plain = arguments inline, no input or output files, no time limits, no monitoring; anything
+        else (or an instance not ready yet) takes the general path. Returns whether it was taken.
+        """
+        spec = rt.spec
+        fc = spec.get("function_call")
+        if (fc is None or fc.get("args") is None or spec.get("inputs") or spec.get("outputs") or spec.get("environments")
+                or spec.get("time_max") or spec.get("time_end") or spec.get("monitor")):
+            return False
+        inst = self._libraries().get(int(spec.get("library_instance") or 0))
+        if inst is None or inst.dead or not inst.sandbox or not inst.ready.done() or not inst.ready.result():
+            return False
+        if (fc.get("mode") or inst.mode) != "direct":
+            return False
+        result_path = os.path.join(inst.sandbox, f".vine-result-{rt.id}")  # used only for results over 1 MiB
+        if not inst.send({"op": "call", "id": rt.id, "function": fc["function"], "args": base64.b64decode(fc["args"]),
+                          "args_file": None, "sandbox": inst.sandbox, "result": result_path, "mode": "direct"}):
+            return False
+        fut: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        inst.pending[rt.id] = fut
+        rt.start = time.time()
+        self.tasks[rt.id] = rt
+        fut.add_done_callback(lambda f: self._fast_call_done(rt, inst, result_path, f))
+        return True
+
+    def _fast_call_done(self, rt: RunningTask, inst: LibraryProcess, result_path: str, fut: asyncio.Future[int | None]) -> None:
+        inst.pending.pop(rt.id, None)
+        data = inst.results.pop(rt.id, None)
+        status = fut.result()
+        if data is None and status is not None:
+            try:
+                with open(result_path, "rb") as fh:
+                    data = fh.read()
+                os.unlink(result_path)
+            except OSError:
+                data = b""
+        if self.tasks.pop(rt.id, None) is None:
+            return  # cancelled by the manager while it ran
+        result, code = (C.VINE_RESULT_LIBRARY_EXIT, 9) if status is None else (C.VINE_RESULT_SUCCESS, status)
+        self.last_work = time.monotonic()  # type: ignore[attr-defined]
+        self.send(  # type: ignore[attr-defined]
+            {"type": "complete", "id": rt.id, "result": result, "exit_code": code, "reason": "" if status is not None else "the library died during the call",
+             "retry": False, "start": rt.start, "end": time.time(), "outputs": {}, "unlinked": []},
+            data or b"",
+        )
+
     async def _execute_call(self, rt: RunningTask) -> int:
         loop = asyncio.get_running_loop()
         fc = rt.spec["function_call"]
@@ -243,6 +293,7 @@ class WorkerPythonMixin:
                     op = msg.get("op")
                     if op == "ready":
                         inst.pid = int(msg.get("pid") or 0)
+                        inst.mode = str(msg.get("mode") or "fork")
                         if not inst.ready.done():
                             inst.ready.set_result(True)
                     elif op == "failed":
@@ -262,6 +313,7 @@ class WorkerPythonMixin:
         spec = rt.spec
         lib = spec["library"]
         inst = LibraryProcess(rt.id, str(lib["name"]))
+        inst.sandbox = rt.sandbox
         libs = self._libraries()
         libs[rt.id] = inst
         server: asyncio.AbstractServer | None = None
