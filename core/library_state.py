@@ -59,13 +59,16 @@ class StartLibrary:
     slots: int
 
 
-DEFAULT_QUEUE_DEPTH = 4
+DEFAULT_QUEUE_DEPTH = 8
+SHORT_CALL = 0.05  # s: calls shorter than this on average may queue inside an instance
 
 
 @dataclass
 class LibraryTemplate:
     task: Task
     exits: int = 0
+    mean_call: float = -1.0  # moving average of call durations (s); -1 until one returns
+    calls_seen: int = 0
 
 
 @dataclass
@@ -149,9 +152,18 @@ class LibraryBook:
                 total = total + inst.allocation
         return total
 
+    def depth_for(self, name: str) -> int:
+        """Calls per slot an instance of ``name`` may hold. Queueing inside instances only pays for
+        short calls (it saves a manager round trip per call); long calls would wait behind each
+        other while another worker's slot sits free, so they get exactly one call per slot."""
+        tmpl = self.templates.get(name)
+        if tmpl is None or tmpl.calls_seen < 4 or tmpl.mean_call > SHORT_CALL:
+            return 1
+        return max(1, self.depth)
+
     def has_room(self, depth: int = 1) -> bool:
         """Some instance has a free slot or queue room, or is idle and could give its room away."""
-        return any(i.queue_room(depth) > 0 or (not i.calls and not i.dead) for i in self.instances.values())
+        return any(i.queue_room(self.depth_for(i.name)) > 0 or (not i.calls and not i.dead) for i in self.instances.values())
 
     def slot_for(self, name: str, w: WorkerRecord) -> Resources | None:
         """All-zero allocation if ``w`` runs an instance of ``name`` with a free slot, else None."""
@@ -165,7 +177,8 @@ class LibraryBook:
         name = rec.task.library_required
         if name is None:
             return
-        best = max((i for i in self.instances.values() if i.worker == w.id and i.name == name and i.queue_room(self.depth) > 0),
+        depth = self.depth_for(name)
+        best = max((i for i in self.instances.values() if i.worker == w.id and i.name == name and i.queue_room(depth) > 0),
                    key=lambda i: (i.free, -len(i.calls)), default=None)
         assert best is not None, f"call {rec.task.id} placed on {w.id} without a free slot of {name}"
         best.calls.add(rec.task.id)
@@ -221,7 +234,7 @@ class LibraryBook:
         best = None
         for inst in self.instances.values():
             w = s.workers.get(inst.worker)
-            if inst.name != name or w is None or inst.queue_room(self.depth) <= 0 or not feats <= w.features:
+            if inst.name != name or w is None or inst.queue_room(self.depth_for(name)) <= 0 or not feats <= w.features:
                 continue
             if best is None or len(inst.calls) < len(best[0].calls):
                 best = (inst, w)
@@ -293,6 +306,10 @@ class LibraryBook:
         The instance's own report may come later; until then it keeps its room on the worker, but
         no new call goes into it (that race used to send calls into a dead library).
         """
+        tmpl = self.templates.get(rec.task.library_required or "")
+        if tmpl is not None and ev.result == C.VINE_RESULT_SUCCESS:
+            tmpl.calls_seen += 1
+            tmpl.mean_call = ev.runtime if tmpl.mean_call < 0 else 0.9 * tmpl.mean_call + 0.1 * ev.runtime
         if ev.result not in (C.VINE_RESULT_LIBRARY_EXIT, C.VINE_RESULT_MISSING_LIBRARY):
             return
         iid = self.call_instance.get(rec.task.id)

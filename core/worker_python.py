@@ -53,6 +53,7 @@ class LibraryProcess:
         self.pending: dict[int, asyncio.Future[int | None]] = {}
         self.results: dict[int, bytes] = {}  # inline results of direct-mode calls, by call id
         self.sandbox = ""  # the instance's own sandbox (its working directory)
+        self._outgoing: list[bytes] = []
         self.mode = "fork"
         self.writer: asyncio.StreamWriter | None = None
         self.dead = False
@@ -64,11 +65,19 @@ class LibraryProcess:
         return await asyncio.shield(self.ready)
 
     def send(self, msg: dict[str, Any]) -> bool:
+        """Queue a message; those of one event-loop turn reach the library in one write."""
         if self.dead or self.writer is None:
             return False
         data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
-        self.writer.write(_LEN.pack(len(data)) + data)
+        if not self._outgoing:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outgoing.append(_LEN.pack(len(data)) + data)
         return True
+
+    def _flush(self) -> None:
+        out, self._outgoing = self._outgoing, []
+        if out and self.writer is not None and not self.dead:
+            self.writer.write(b"".join(out))
 
     def die(self) -> None:
         self.dead = True

@@ -63,6 +63,8 @@ def test_calls_beyond_free_slots_queue_in_the_least_busy_instance():
     sim = Sim({"library-queue-depth": 2})
     sim.join("w1", cores=4)
     install(sim, library(cores=2))
+    tmpl = sim.state.libs.templates["lib"]
+    tmpl.calls_seen, tmpl.mean_call = 4, 0.001  # its calls were measured short
     calls = [call() for _ in range(10)]
     out = sim.submit(*calls)
     starts = of(out, StartLibrary)
@@ -72,6 +74,20 @@ def test_calls_beyond_free_slots_queue_in_the_least_busy_instance():
     per_instance = [sum(1 for d in dispatched if sim.state.libs.instance_of(d.task_id) == s.instance_id) for s in starts]
     assert per_instance == [4, 4]
     assert [sim.state.tasks[c.id].state for c in calls[8:]] == ["ready", "ready"]
+    sim.state.validate()
+
+
+def test_long_or_unmeasured_calls_do_not_queue_inside_instances():
+    sim = Sim({"library-queue-depth": 8})
+    sim.join("w1", cores=2)
+    install(sim, library(cores=2, slots=2))
+    assert sim.state.libs.depth_for("lib") == 1  # nothing measured yet
+    tmpl = sim.state.libs.templates["lib"]
+    tmpl.calls_seen, tmpl.mean_call = 10, 2.0  # seconds per call: queueing would only add waiting
+    out = sim.submit(*[call() for _ in range(5)])
+    assert len(of(out, Dispatch)) == 2
+    tmpl.mean_call = 0.001
+    assert sim.state.libs.depth_for("lib") == 8
     sim.state.validate()
 
 
