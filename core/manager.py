@@ -599,8 +599,11 @@ class Manager(FunctionalMixin, LibraryManagerMixin):
                         self._outstanding -= 1
                         task._state = C.VINE_TASK_DONE
                         self._tasks.pop(tid, None)
+                        self._cond.notify_all()  # other waiters may now have nothing left to wait for
                         return task
-                if self._closed or self._outstanding - len(self._done) <= 0 and not self._done:
+                # Nothing in flight and no finished task matches: none ever will (wait_for_tag of a tag
+                # no pending task carries must not block forever behind other tasks' results).
+                if self._closed or self._outstanding - len(self._done) <= 0:
                     return None
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:

@@ -5,7 +5,9 @@ Workloads:
   queue    per-task scheduling cost with 1,000 .. 100,000 tasks queued (pure scheduler, and end to end).
   fanout   one 32 MiB input used by tasks on 4 workers: bytes the manager sent vs bytes moved peer to peer.
   chain    tasks linked by temp files (each consumes the previous one's output).
-  python / funcall   (when available) PythonTasks and FunctionCalls next to a ProcessPoolExecutor.
+  python   PythonTasks (fork server) next to ProcessPoolExecutor(max_tasks_per_child=1).
+  funcall  FunctionCalls to a warm direct-mode library next to a warm ProcessPoolExecutor
+           (funcall-fork: fork mode).
 
 Benchmarks never run inside the tests: a timed assertion on a shared 2-core machine is noise.
 """
@@ -185,7 +187,7 @@ def bench_chain(length: int = 200, workers: int = 1) -> dict[str, Any]:
                 "manager_bytes_sent": m.stats.bytes_sent}
 
 
-WORKLOADS = ("std", "queue", "fanout", "chain")
+WORKLOADS = ("std", "queue", "fanout", "chain", "python", "funcall", "funcall-fork")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,6 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     for w in args.workloads:
         if w == "std":
             out.append(bench_std(args.tasks))
+        elif w in ("python", "funcall", "funcall-fork"):
+            from core.tools import bench_python
+
+            if w == "python":
+                out.append(bench_python.python_rate(300))
+            else:
+                out.append(bench_python.funcall_rate(4000 if w == "funcall" else 1000, exec_mode="fork" if w == "funcall-fork" else "direct"))
         elif w == "fanout":
             out.append(bench_fanout())
         elif w == "chain":

@@ -10,7 +10,6 @@ import logging
 import os
 import signal
 import socket
-import struct
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -452,11 +451,6 @@ def test_impostor_cannot_steal_a_worker_id(manager, start_worker):
     assert_still_works(manager)
     drain(manager, 5)
     assert [w["id"] for w in manager.status("workers")] == [real_id]
-
-
-def test_struct_prefix_matches_protocol():
-    # Guard for the hand-built garbage above: the prefix is (uint32 header length, uint64 payload length).
-    assert PREFIX.size == struct.calcsize(">IQ")
 
 
 # --- losing the only copy of a temp ---------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 
 import pytest
@@ -325,3 +326,23 @@ def test_context_manager_closes(tmp_path):
     # The port is free again.
     with vine.Manager(port=port, run_info_path=str(tmp_path / "info")) as again:
         assert again.port == port
+
+
+def test_wait_for_an_absent_tag_does_not_hang(m):
+    """With nothing in flight that could match, wait_for_tag returns None even when waiting forever."""
+    tid = m.submit(vine.Task("true", tag="present"))
+    wait_until(lambda: m.stats.tasks_with_results >= 1, 30, "the task to finish")
+    assert m.wait_for_tag("absent") is None  # forever, but the only result has another tag
+    assert m.wait_for_task_id(tid + 1000) is None
+    assert m.wait_for_tag("present", 5).id == tid
+
+
+def test_waiter_in_another_thread_wakes_when_nothing_is_left(m):
+    """A thread waiting for a tag is released when another thread collects the last task."""
+    tid = m.submit(vine.Task("true", tag="mine"))
+    result: list[object] = []
+    waiter = threading.Thread(target=lambda: result.append(m.wait_for_tag("someone-else")), daemon=True)
+    waiter.start()
+    assert m.wait_for_task_id(tid, 30).id == tid
+    waiter.join(10)
+    assert not waiter.is_alive() and result == [None]
