@@ -1,23 +1,51 @@
-"""core: a Python workflow runtime following TaskVine's API (``import core as vine``)."""
+"""core: a Python workflow runtime following TaskVine's API (``import core as vine``).
+
+Names are imported on first use, so a worker process (``python -m core.worker``) does not pay for
+loading the manager, the factory and the futures machinery it never uses.
+"""
 
 from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from . import constants as cvine
 from .constants import *  # noqa: F403 - TaskVine exposes its constants at package level
 from .constants import get_c_constant
 from .errors import VineError
-from .factory import Factory
-from .files import File
-from .futures import FuturePythonTask, FutureFunctionCall, FuturesExecutor, VineFuture
-from .library import FunctionCall, FunctionCallNoResult, LibraryTask, load_variable_from_library
-from .manager import Manager
-from .python_task import PythonTask, PythonTaskNoResult
-from .resources import Resources
-from .task import Task
 
-__all__ = ["Manager", "Factory", "Task", "File", "Resources", "VineError", "cvine", "get_c_constant", "set_port_range",
-           "PythonTask", "PythonTaskNoResult", "FunctionCall", "FunctionCallNoResult", "LibraryTask", "FuturesExecutor",
-           "FuturePythonTask", "FutureFunctionCall", "VineFuture", "load_variable_from_library"]
+_LAZY = {
+    "Manager": "manager",
+    "Factory": "factory",
+    "Task": "task",
+    "File": "files",
+    "Resources": "resources",
+    "PythonTask": "python_task",
+    "PythonTaskNoResult": "python_task",
+    "FunctionCall": "library",
+    "FunctionCallNoResult": "library",
+    "LibraryTask": "library",
+    "load_variable_from_library": "library",
+    "FuturesExecutor": "futures",
+    "FuturePythonTask": "futures",
+    "FutureFunctionCall": "futures",
+    "VineFuture": "futures",
+}
+
+__all__ = ["VineError", "cvine", "get_c_constant", "set_port_range", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def set_port_range(ports: int | tuple[int, int]) -> None:

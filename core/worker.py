@@ -27,7 +27,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -600,6 +599,12 @@ class Worker(WorkerPythonMixin):
                 loop.remove_reader(pidfd)
                 os.close(pidfd)
             rt.returncode = os.waitstatus_to_exitcode(status)
+            try:
+                # Whatever the task left running in the background goes with it: a finished task
+                # must not keep using the cores, memory or files it was allocated.
+                os.killpg(rt.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
             if not rt.done.done():  # type: ignore[union-attr]
                 rt.done.set_result(rt.returncode)  # type: ignore[union-attr]
 
@@ -799,6 +804,8 @@ class Worker(WorkerPythonMixin):
 
 
 def _download(url: str, target: str) -> None:
+    import urllib.request  # only workers that fetch URLs pay for loading it
+
     with urllib.request.urlopen(url, timeout=60) as resp, open(target, "wb") as out:
         shutil.copyfileobj(resp, out, 1 << 20)
 
