@@ -346,3 +346,22 @@ def test_waiter_in_another_thread_wakes_when_nothing_is_left(m):
     assert m.wait_for_task_id(tid, 30).id == tid
     waiter.join(10)
     assert not waiter.is_alive() and result == [None]
+
+
+def test_background_processes_end_with_their_task(m):
+    """A task's leftovers (`sleep &`) are killed when the task ends: they would use its allocation."""
+    t = vine.Task("sleep 60 & echo $!")
+    m.submit(t)
+    done = m.wait(30)
+    assert done is not None and done.result == "success"
+    pid = int(done.output.strip())
+
+    def gone() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        with open(f"/proc/{pid}/stat") as fh:  # reaped by init later: a zombie counts as ended
+            return fh.read().split(") ")[1].startswith("Z")
+
+    wait_until(gone, 10, f"background process {pid} to end")
