@@ -1007,6 +1007,8 @@ class Manager(FunctionalMixin, LibraryManagerMixin):
             if task.library_required is not None:
                 spec["library_instance"] = self._state.libs.instance_of(task.id)
             spec["resources"] = ins.allocation.to_dict()
+            if ins.queued:
+                spec["queued"] = True
             if self._monitoring:
                 spec["monitor"] = self._monitoring
             spec["outputs"] = [

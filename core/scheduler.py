@@ -178,6 +178,7 @@ class Dispatch(Instruction):
     worker: str
     task_id: int
     allocation: Resources
+    queued: bool = False  # prefetched: the worker starts it when its allocation fits (FIFO)
 
 
 @dataclass(frozen=True)
@@ -239,6 +240,7 @@ class WorkerRecord:
     busy_time: float = 0.0
     draining: bool = False
     outgoing: int = 0  # peer transfers this worker is serving now
+    queue: list[int] = field(default_factory=list)  # prefetched task ids, started in this order
     xfer_failed_at: float = -1e18  # when a copy from this worker last broke (skipped as a source for a while)
     xfer_good: int = 0
     xfer_bad: int = 0
@@ -260,6 +262,7 @@ class TaskRecord:
     warned_unfit: bool = False
     recovery: bool = False
     exhaustions: int = 0  # times killed for exceeding its allocation; the retry gets a whole worker
+    queued: bool = False  # prefetched to its worker, waiting there for room (not yet committed)
 
 
 @dataclass
@@ -288,7 +291,11 @@ DEFAULT_TUNING: dict[str, float] = {
     "file-source-max-transfers": 1,
     "transient-error-interval": 15,
     "peer-transfers": 1,
+    "worker-prefetch": 1,  # short tasks queued per worker core beyond what runs (0 = off)
 }
+
+SHORT_TASK = 1.0  # s: categories whose tasks take less than this on average may be prefetched
+PREFETCH_SAMPLES = 5
 
 RECOVERY_ID_BASE = 1 << 40  # hidden recovery copies of tasks get ids above every user task id
 
@@ -321,7 +328,8 @@ class SchedulerState:
         self._schedule_needed = False
         self._pending_out: list[Instruction] = []
         self._now = 0.0
-        self.deadlines: list[tuple[float, int]] = []  # (time_end in s, task id): expire even with no workers
+        self.deadlines: list[tuple[float, int]] = []
+        self.category_time: dict[str, tuple[int, float]] = {}  # category -> (tasks seen, mean runtime s)  # (time_end in s, task id): expire even with no workers
         # Data plane: who is sending what to whom, so sources are never overloaded.
         self.transfers: dict[tuple[str, str], str] = {}  # (dest worker, file) -> source: worker id, "manager", "url:<origin>"
         self.url_active: dict[str, int] = defaultdict(int)
@@ -528,9 +536,11 @@ class SchedulerState:
             self.libs.released(rec)
             rec.worker = None
             rec.allocation = Resources()
+            rec.queued = False
             # A lost worker is not the task's fault, but attempts stay bounded (TaskVine loops forever).
             self._retry_or_fail(rec, C.VINE_RESULT_MAX_RETRIES, out)
         w.tasks.clear()
+        w.queue.clear()
         if self.tuning["immediate-recovery"]:
             for name in lost_only_copy:
                 if not self._producer_active(name):
@@ -647,6 +657,9 @@ class SchedulerState:
         if w is not None:
             w.completed += 1
             w.busy_time += ev.runtime
+        if ev.result == C.VINE_RESULT_SUCCESS:
+            n, mean = self.category_time.get(rec.task.category, (0, 0.0))
+            self.category_time[rec.task.category] = (n + 1, ev.runtime if n == 0 else 0.9 * mean + 0.1 * ev.runtime)
         if ev.result == C.VINE_RESULT_FORSAKEN:
             rec.forsaken += 1
             if rec.task.max_forsaken >= 0 and rec.forsaken > rec.task.max_forsaken:
@@ -723,12 +736,69 @@ class SchedulerState:
     def _release(self, rec: TaskRecord) -> None:
         w = self.workers.get(rec.worker) if rec.worker else None
         if w is not None:
-            w.committed = w.committed - rec.allocation
+            if rec.queued:
+                w.queue.remove(rec.task.id)
+            else:
+                w.committed = w.committed - rec.allocation
             w.tasks.discard(rec.task.id)
+            self._promote(w)
         self.libs.released(rec)
         rec.worker = None
         rec.allocation = Resources()
+        rec.queued = False
         self._schedule_needed = True
+
+    def _promote(self, w: WorkerRecord) -> None:
+        """Mirror the worker: it starts its prefetched tasks in order while the head fits."""
+        while w.queue:
+            head = self.tasks[w.queue[0]]
+            if not fits(head.allocation, w.total, w.committed):
+                return
+            w.queue.pop(0)
+            head.queued = False
+            w.committed = w.committed + head.allocation
+
+    def _prefetch_limit(self, w: WorkerRecord) -> int:
+        per_core = self.tuning["worker-prefetch"]
+        return 0 if per_core <= 0 else max(1, math.ceil(max(w.total.cores, 1) * per_core))
+
+    def _prefetch_worker(self, rec: TaskRecord, now: float) -> tuple[WorkerRecord, Resources] | None:
+        """A worker to queue ``rec`` on when none can start it now: only for categories measured
+        short (queued long tasks could wait behind each other while another worker idles), only
+        with every input already cached there, at most ``worker-prefetch`` per core."""
+        t = rec.task
+        if self.tuning["worker-prefetch"] <= 0 or t.library_required is not None or t.environments or t.time_start:
+            return None
+        n, mean = self.category_time.get(t.category, (0, 0.0))
+        if n < PREFETCH_SAMPLES or mean > SHORT_TASK:
+            return None
+        best: tuple[int, WorkerRecord, Resources] | None = None
+        for w in self.workers.values():
+            if len(w.queue) >= self._prefetch_limit(w):
+                continue
+            if w.draining or w.hostname in self.blocked_hosts or (t.features and not set(t.features) <= w.features):
+                continue
+            if any(w.replicas.get(m.file.cache_name) != "ready" for m in t.inputs):
+                continue
+            alloc = self._allocation(rec, w)
+            if not fits(alloc, w.total, Resources(0, 0, 0, 0)):
+                continue
+            if best is None or len(w.queue) < best[0]:
+                best = (len(w.queue), w, alloc)
+        return None if best is None else (best[1], best[2])
+
+    def _place_queued(self, rec: TaskRecord, w: WorkerRecord, alloc: Resources, out: list[Instruction]) -> None:
+        rec.state = "dispatched"
+        rec.heap_key = None
+        rec.worker = w.id
+        rec.allocation = alloc
+        rec.attempts += 1
+        rec.queued = True
+        w.tasks.add(rec.task.id)
+        w.queue.append(rec.task.id)
+        self.stats["tasks_dispatched"] += 1
+        self.stats["tasks_prefetched"] += 1
+        out.append(Dispatch(w.id, rec.task.id, alloc, queued=True))
 
     def _retry_or_fail(self, rec: TaskRecord, result_if_exhausted: int, out: list[Instruction]) -> None:
         limit = int(self.tuning["max-task-attempts"])
@@ -836,7 +906,12 @@ class SchedulerState:
             ):
                 return True
         self.libs.depth = int(self.tuning.get("library-queue-depth", 4))
-        return self.libs.has_room(self.libs.depth)
+        if self.libs.has_room(self.libs.depth):
+            return True
+        # Room to prefetch, if some category's tasks are short enough to be worth it.
+        if any(n >= PREFETCH_SAMPLES and m <= SHORT_TASK for n, m in self.category_time.values()):
+            return any(len(w.queue) < self._prefetch_limit(w) for w in self.workers.values())
+        return False
 
     def _schedule(self, now: float, out: list[Instruction]) -> None:
         if not self.workers or len(self.workers) < self.tuning["wait-for-workers"]:
@@ -867,6 +942,11 @@ class SchedulerState:
             if choice is None:
                 choice = self.libs.make_room(self, rec, now, out)  # start a library, or evict idle ones
                 if rec.state == "done":
+                    continue
+            if choice is None:
+                queue_on = self._prefetch_worker(rec, now)
+                if queue_on is not None:
+                    self._place_queued(rec, queue_on[0], queue_on[1], out)
                     continue
             if choice is None:
                 if not rec.warned_unfit and not self._could_ever_fit(rec):
@@ -1018,7 +1098,9 @@ class SchedulerState:
             for tid in w.tasks:
                 rec = self.tasks[tid]
                 assert rec.state == "dispatched" and rec.worker == w.id, f"task {tid} on {w.id} is {rec.state}"
-                committed = committed + rec.allocation
+                assert rec.queued == (tid in w.queue), f"task {tid} queued={rec.queued} but queue is {w.queue}"
+                if not rec.queued:
+                    committed = committed + rec.allocation
             for f in ("cores", "memory", "disk", "gpus"):
                 got, want = getattr(w.committed, f), getattr(committed, f)
                 assert math.isclose(max(got, 0), max(want, 0), abs_tol=1e-6), f"{w.id} committed {f} {got} != {want}"

@@ -118,6 +118,7 @@ class Worker(WorkerPythonMixin):
         self.transfer_port = 0
         self._stop = asyncio.Event()
         self._free_sandboxes: list[str] = []
+        self.prefetched: list[RunningTask] = []  # tasks sent ahead, waiting for room (FIFO)
         self.peer_failures: set[str] = set()  # inputs whose peer transfer broke: the cluster's fault
         self._base_env = dict(os.environ)
         self._load_cache()
@@ -281,6 +282,7 @@ class Worker(WorkerPythonMixin):
 
     def _manager_gone(self) -> None:
         self.conn = None
+        self.prefetched.clear()
         for rt in list(self.tasks.values()):
             self._kill(rt)
             self._cleanup_task(rt)
@@ -362,7 +364,9 @@ class Worker(WorkerPythonMixin):
         elif t == "task":
             self._start_task(frame["task"])
         elif t == "kill":
-            rt = self.tasks.get(int(frame["id"]))
+            tid = int(frame["id"])
+            self.prefetched = [p for p in self.prefetched if p.id != tid]
+            rt = self.tasks.get(tid)
             if rt is not None:
                 self._kill(rt)
                 self._release(rt)
@@ -501,11 +505,20 @@ class Worker(WorkerPythonMixin):
         os.makedirs(os.path.join(path, ".taskvine.tmp"))
         return path
 
+    def _fits(self, alloc: dict[str, float]) -> list[str]:
+        """Resources ``alloc`` would push over this worker's total (empty if it fits now)."""
+        return [k for k in self.committed if max(alloc.get(k, 0), 0) + self.committed[k] > self.total[k] + 1e-9 and self.total[k] >= 0]
+
     def _start_task(self, spec: dict[str, Any]) -> None:
         tid = int(spec["id"])
         alloc = {k: float(v) for k, v in spec.get("resources", {}).items()}
         rt = RunningTask(tid, spec, "", alloc)
-        over = [k for k in self.committed if max(alloc.get(k, 0), 0) + self.committed[k] > self.total[k] + 1e-9 and self.total[k] >= 0]
+        if spec.get("queued") and (self.prefetched or self._fits(alloc)):
+            # Prefetched: starts, in order, the moment its allocation fits (the manager mirrors this).
+            self.prefetched.append(rt)
+            self.last_work = time.monotonic()
+            return
+        over = self._fits(alloc)
         if over:
             self.send({"type": "complete", "id": tid, "result": C.VINE_RESULT_FORSAKEN, "exit_code": -1, "reason": f"no room for {over}"})
             return
@@ -523,6 +536,10 @@ class Worker(WorkerPythonMixin):
         if self.tasks.pop(rt.id, None) is not None:
             for k in self.committed:
                 self.committed[k] = max(0.0, self.committed[k] - max(rt.alloc.get(k, 0), 0))
+            while self.prefetched and not self._fits(self.prefetched[0].alloc):
+                head = self.prefetched.pop(0)
+                head.spec["queued"] = False
+                self._start_task(head.spec)
 
     def _link_inputs(self, rt: RunningTask) -> None:
         for inp in rt.spec["inputs"]:

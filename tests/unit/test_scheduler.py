@@ -56,7 +56,8 @@ class Sim:
     """A SchedulerState with a fake clock, task ids, and one-line helpers for common events."""
 
     def __init__(self, tuning: dict[str, float] | None = None, policy: str = "files", seed: int = 7, now: float = 1000.0) -> None:
-        self.state = SchedulerState(tuning, policy=policy, seed=seed)
+        # Prefetch (queueing short tasks on workers) is tested on its own; elsewhere a dispatch means "runs now".
+        self.state = SchedulerState({"worker-prefetch": 0, **(tuning or {})}, policy=policy, seed=seed)
         self.now = now
         self._ids = itertools.count(1)
         self._ports = itertools.count(9200)
@@ -1027,3 +1028,69 @@ def test_time_end_expires_on_tick_even_without_workers():
     out = state.handle(Tick(11.0))
     assert [(r.task_id, r.result) for r in out if isinstance(r, ReturnTask)] == [(1, C.VINE_RESULT_MAX_END_TIME)]
     state.validate()
+
+
+
+# --- prefetch of short tasks ---------------------------------------------------------------------------------
+
+
+def _short_category(sim: Sim, worker: str, n: int = 5) -> None:
+    """Run n tasks to completion so the default category is measured short."""
+    for _ in range(n):
+        t = Task("true", cores=1)
+        out = sim.submit(t)
+        (d,) = of(out, Dispatch)
+        sim.finish(d.worker, d.task_id)
+
+
+def test_short_tasks_are_prefetched_and_promoted_in_order() -> None:
+    sim = Sim({"worker-prefetch": 1})
+    sim.join("w1", 2, 2000, 4000)
+    _short_category(sim, "w1")
+    tasks = [Task("true", cores=1) for _ in range(6)]
+    out = sim.submit(*tasks)
+    ds = of(out, Dispatch)
+    assert [d.queued for d in ds] == [False, False, True, True]  # 2 run, 2 queued (1 per core)
+    assert sim.state.tasks[tasks[4].id].state == "ready"
+    w = sim.state.workers["w1"]
+    assert w.queue == [tasks[2].id, tasks[3].id] and w.committed.cores == 2
+    out = sim.finish("w1", tasks[0].id)  # the head of the queue takes the freed core, a new task is queued
+    assert w.queue == [tasks[3].id, tasks[4].id] and w.committed.cores == 2
+    assert [(d.task_id, d.queued) for d in of(out, Dispatch)] == [(tasks[4].id, True)]
+    sim.state.validate()
+
+
+def test_unmeasured_or_long_tasks_are_not_prefetched() -> None:
+    sim = Sim({"worker-prefetch": 1})
+    sim.join("w1", 1, 2000, 4000)
+    out = sim.submit(*[Task("true", cores=1) for _ in range(3)])
+    assert [d.queued for d in of(out, Dispatch)] == [False]  # nothing measured yet
+    sim.state.category_time["default"] = (50, 30.0)  # 30 s per task: queueing could idle other workers
+    assert of(sim.tick(1), Dispatch) == []
+    assert all(not w.queue for w in sim.state.workers.values())
+    sim.state.validate()
+
+
+def test_lost_worker_requeues_its_prefetched_tasks() -> None:
+    sim = Sim({"worker-prefetch": 1})
+    sim.join("w1", 1, 2000, 4000)
+    _short_category(sim, "w1")
+    a, b = Task("true", cores=1), Task("true", cores=1)
+    sim.submit(a, b)
+    assert sim.state.workers["w1"].queue == [b.id]
+    sim.handle(WorkerLost(sim.now, "w1", "FAILURE"))
+    assert sim.state.tasks[a.id].state == "ready" and sim.state.tasks[b.id].state == "ready"
+    assert not sim.state.tasks[b.id].queued
+    sim.state.validate()
+
+
+def test_cancelled_prefetched_task_leaves_the_queue() -> None:
+    sim = Sim({"worker-prefetch": 1})
+    sim.join("w1", 1, 2000, 4000)
+    _short_category(sim, "w1")
+    a, b = Task("true", cores=1), Task("true", cores=1)
+    sim.submit(a, b)
+    out = sim.handle(TaskCancelled(sim.now, b.id))
+    assert [(k.worker, k.task_id) for k in of(out, Kill)] == [("w1", b.id)]
+    assert sim.state.workers["w1"].queue == [] and sim.state.workers["w1"].committed.cores == 1
+    sim.state.validate()
