@@ -78,6 +78,7 @@ class RunningTask:
     pid: int = 0
     returncode: int | None = None
     stdout_fd: int = -1
+    stdout_size: int = -1  # bytes the task wrote to stdout (-1: not read)
     done: asyncio.Future[int] | None = None
     killed_for: int | None = None
     start: float = 0.0
@@ -118,6 +119,7 @@ class Worker(WorkerPythonMixin):
         self.transfer_port = 0
         self._stop = asyncio.Event()
         self._free_sandboxes: list[str] = []
+        self._stamps: dict[str, tuple[tuple[int, int], ...]] = {}  # sandbox -> directory times when known clean
         self.prefetched: list[RunningTask] = []  # tasks sent ahead, waiting for room (FIFO)
         self.peer_failures: set[str] = set()  # inputs whose peer transfer broke: the cluster's fault
         self._base_env = dict(os.environ)
@@ -677,7 +679,7 @@ class Worker(WorkerPythonMixin):
         if fd < 0:
             return b"", False
         try:
-            size = os.fstat(fd).st_size
+            size = rt.stdout_size = os.fstat(fd).st_size
             return (os.pread(fd, min(size, STDOUT_LIMIT), 0) if size else b""), size > STDOUT_LIMIT
         finally:
             os.close(fd)
@@ -795,7 +797,7 @@ class Worker(WorkerPythonMixin):
     def _cleanup_task(self, rt: RunningTask) -> list[str]:
         """Remove the sandbox and task-level inputs no other task here still needs."""
         if rt.sandbox:
-            self._recycle_sandbox(rt.sandbox)
+            self._recycle_sandbox(rt.sandbox, rt.stdout_size == 0)
         still = {i["name"] for other in self.tasks.values() if other is not rt for i in other.spec["inputs"]}
         unlinked = []
         for inp in rt.spec["inputs"]:
@@ -806,18 +808,35 @@ class Worker(WorkerPythonMixin):
         return unlinked
 
 
-    def _recycle_sandbox(self, path: str) -> None:
-        """Keep a sandbox the task left clean for the next task; delete anything else."""
+    def _recycle_sandbox(self, path: str, stdout_empty: bool = False) -> None:
+        """Keep a sandbox the task left clean for the next task; delete anything else.
+
+        A sandbox whose directory times are unchanged since it was last known clean holds nothing
+        new (creating, removing or renaming an entry changes them): two stats instead of listing
+        both directories. An empty stdout file stays to be truncated; a non-empty one is removed
+        (truncating written files makes ext4 flush them at close).
+        """
+        tmp = os.path.join(path, ".taskvine.tmp")
         try:
-            entries = os.listdir(path)
-            if len(self._free_sandboxes) < 64 and set(entries) <= {".taskvine.tmp", ".vine-stdout"} and not os.listdir(os.path.join(path, ".taskvine.tmp")):
-                if ".vine-stdout" in entries:
-                    os.unlink(os.path.join(path, ".vine-stdout"))
-                self._free_sandboxes.append(path)
-                return
+            if len(self._free_sandboxes) < 64:
+                if stdout_empty and self._stamps.get(path) == _dir_stamp(path, tmp):
+                    self._free_sandboxes.append(path)
+                    return
+                entries = os.listdir(path)
+                if set(entries) <= {".taskvine.tmp", ".vine-stdout"} and not os.listdir(tmp):
+                    if ".vine-stdout" in entries and not stdout_empty:
+                        os.unlink(os.path.join(path, ".vine-stdout"))
+                    self._stamps[path] = _dir_stamp(path, tmp)
+                    self._free_sandboxes.append(path)
+                    return
         except OSError:
             pass
+        self._stamps.pop(path, None)
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _dir_stamp(*paths: str) -> tuple[tuple[int, int], ...]:
+    return tuple((st.st_mtime_ns, st.st_mode) for st in map(os.stat, paths))
 
 
 def _download(url: str, target: str) -> None:
