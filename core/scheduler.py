@@ -657,7 +657,7 @@ class SchedulerState:
         if w is not None:
             w.completed += 1
             w.busy_time += ev.runtime
-        if ev.result == C.VINE_RESULT_SUCCESS:
+        if ev.result == C.VINE_RESULT_SUCCESS and rec.task.library_required is None:
             n, mean = self.category_time.get(rec.task.category, (0, 0.0))
             self.category_time[rec.task.category] = (n + 1, ev.runtime if n == 0 else 0.9 * mean + 0.1 * ev.runtime)
         if ev.result == C.VINE_RESULT_FORSAKEN:
@@ -906,12 +906,13 @@ class SchedulerState:
             ):
                 return True
         self.libs.depth = int(self.tuning.get("library-queue-depth", 4))
-        if self.libs.has_room(self.libs.depth):
-            return True
-        # Room to prefetch, if some category's tasks are short enough to be worth it.
-        if any(n >= PREFETCH_SAMPLES and m <= SHORT_TASK for n, m in self.category_time.values()):
-            return any(len(w.queue) < self._prefetch_limit(w) for w in self.workers.values())
-        return False
+        return self.libs.has_room(self.libs.depth)
+
+    def _prefetch_room(self) -> bool:
+        """Some worker can queue more, and some category's tasks are short enough to be worth it."""
+        if not any(n >= PREFETCH_SAMPLES and m <= SHORT_TASK for n, m in self.category_time.values()):
+            return False
+        return any(len(w.queue) < self._prefetch_limit(w) for w in self.workers.values())
 
     def _schedule(self, now: float, out: list[Instruction]) -> None:
         if not self.workers or len(self.workers) < self.tuning["wait-for-workers"]:
@@ -922,11 +923,23 @@ class SchedulerState:
             self.ready, self._passed = self._passed, []
             heapq.heapify(self.ready)
         misses = 0
-        while self.ready and misses < depth and self._has_room():
+        while self.ready and misses < depth:
+            # With no free room anywhere, only prefetching is left: it stops at the first task it
+            # cannot queue, so a pass costs little when the queue is full of such tasks.
+            prefetch_only = not self._has_room()
+            if prefetch_only and not self._prefetch_room():
+                break
             key, tid = heapq.heappop(self.ready)
             rec = self.tasks.get(tid)
             if rec is None or rec.state != "ready" or rec.heap_key != key:
                 continue  # stale heap entry (lazy deletion)
+            if prefetch_only:
+                target = None if rec.task.time_end and now * 1e6 > rec.task.time_end else self._prefetch_worker(rec, now)
+                if target is None or not self._inputs_exist_quiet(rec):
+                    self._passed.append((key, tid))
+                    break
+                self._place_queued(rec, target[0], target[1], out)
+                continue
             t = rec.task
             now_us = now * 1e6
             if t.time_end and now_us > t.time_end:
@@ -966,6 +979,9 @@ class SchedulerState:
             f"but no connected worker can ever hold it (largest: {biggest.total.to_dict()}); it waits for a larger worker. "
             "Lower the request or start workers with more resources (vine_worker --cores/--memory/--disk)."
         )
+
+    def _inputs_exist_quiet(self, rec: TaskRecord) -> bool:
+        return all(m.file.kind != "temp" or self._has_ready_replica(m.file.cache_name) for m in rec.task.inputs)
 
     def _inputs_exist(self, rec: TaskRecord) -> bool:
         for m in rec.task.inputs:

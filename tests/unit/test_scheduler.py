@@ -1094,3 +1094,23 @@ def test_cancelled_prefetched_task_leaves_the_queue() -> None:
     assert [(k.worker, k.task_id) for k in of(out, Kill)] == [("w1", b.id)]
     assert sim.state.workers["w1"].queue == [] and sim.state.workers["w1"].committed.cores == 1
     sim.state.validate()
+
+
+def test_prefetch_only_pass_stops_at_the_first_task_it_cannot_queue() -> None:
+    """With every core busy and only prefetch room left, a pass must not churn through a queue of
+    tasks that cannot be prefetched (function calls): it looks at one and stops."""
+    from core.library import FunctionCall
+
+    sim = Sim({"worker-prefetch": 1})
+    sim.join("w1", 1, 2000, 4000)
+    _short_category(sim, "w1")
+    sim.submit(Task("sleep 100", cores=1))  # the only core is busy
+    calls = [FunctionCall("nolib", "f") for _ in range(500)]
+    sim.submit(*calls)
+    pops_before = len(sim.state.ready) + len(sim.state._passed)
+    passed_before = len(sim.state._passed)
+    sim.tick(0.5)
+    assert len(sim.state.ready) + len(sim.state._passed) == pops_before  # nothing lost
+    # this pass stopped at the head: at most one task moved to the passed list
+    assert len(sim.state._passed) - passed_before <= 1
+    sim.state.validate()
