@@ -74,6 +74,10 @@ class Connection:
             self._frames.extend(self.decoder.feed(data))
         return self._frames.pop(0)
 
+    def recv_nowait(self) -> Frame | None:
+        """The next frame already received and decoded, or None without waiting."""
+        return self._frames.pop(0) if self._frames else None
+
     async def expect(self, mtype: str, timeout: float | None = None) -> Frame:
         frame = await asyncio.wait_for(self.recv(), timeout)
         if frame is None:

@@ -324,13 +324,17 @@ class Worker(WorkerPythonMixin):
                 if stop in done:
                     return
                 if recv in done:
-                    frame = recv.result()
-                    if frame is None:
+                    frame: Frame | None = recv.result()
+                    # Handle every frame that arrived in the same read before flushing, so the
+                    # replies (and messages to libraries) of one batch leave in one write.
+                    while frame is not None:
+                        if frame.type == "exit":
+                            self._stop.set()
+                            return
+                        self._handle(frame)
+                        frame = conn.recv_nowait()
+                    if recv.result() is None:
                         return
-                    if frame.type == "exit":
-                        self._stop.set()
-                        return
-                    self._handle(frame)
                     await conn.drain()
                     recv = asyncio.create_task(conn.recv())
                 if self.args.timeout and not self.tasks and time.monotonic() - self.last_work > self.args.timeout:
