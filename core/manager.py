@@ -39,6 +39,7 @@ from .logs import RunLogs
 from .protocol import Frame
 from .resources import Resources
 from .scheduler import (
+    DEFAULT_TUNING,
     CacheInvalid,
     CacheUpdated,
     Dispatch,
@@ -90,6 +91,8 @@ KNOWN_TUNES = {
     "sandbox-grow-factor", "max-library-retries", "task-groups", "max-task-attempts", "handshake-timeout",
     "library-queue-depth", "peer-transfers",
 }
+KNOWN_TUNES |= set(DEFAULT_TUNING)  # every parameter the scheduler reads can be tuned
+
 TUNE_ALIASES = {
     "asynchrony-multiplier": "resource-submit-multiplier",
     "force-proportional-resources": "proportional-resources",
