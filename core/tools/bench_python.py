@@ -18,13 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import core as vine
 
@@ -38,31 +35,10 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-@contextmanager
-def _cluster(workers: int, cores_each: int) -> Iterator[vine.Manager]:
-    tmp = tempfile.mkdtemp(prefix="vine-bench-py-")
-    m = vine.Manager(port=0, run_info_path=os.path.join(tmp, "vine-run-info"))
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "core.worker", "--cores", str(cores_each), "--memory", "4000", "--disk", "8000",
-             "--workdir", os.path.join(tmp, f"w{i}"), "--parent-death", "localhost", str(m.port)],
-            stdout=subprocess.DEVNULL,
-        )
-        for i in range(workers)
-    ]
-    try:
-        deadline = time.monotonic() + 30
-        while m.stats.workers_connected < workers:
-            if time.monotonic() > deadline:
-                raise RuntimeError("benchmark workers did not connect within 30 s")
-            time.sleep(0.02)
-        yield m
-    finally:
-        m.close()
-        for p in procs:
-            p.kill()
-            p.wait()
-        shutil.rmtree(tmp, ignore_errors=True)
+def _cluster(workers: int, cores_each: int) -> Any:
+    from core.tools.benchmark import local_cluster
+
+    return local_cluster(workers, cores=cores_each)
 
 
 def _drain(m: vine.Manager, expect: int) -> None:

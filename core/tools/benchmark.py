@@ -45,7 +45,9 @@ def local_cluster(n_workers: int = 1, cores: int = 2, **manager_kw: Any) -> Iter
     ]
     try:
         deadline = time.monotonic() + 30
-        while m.stats.workers_connected < n_workers and time.monotonic() < deadline:
+        while m.stats.workers_connected < n_workers:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"benchmark workers did not connect within 30 s ({m.stats.workers_connected} of {n_workers})")
             time.sleep(0.02)
         yield m
     finally:
