@@ -11,7 +11,6 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -57,18 +56,6 @@ def cache_bytes(workdir) -> int:
 def sent_inputs(m, f) -> list[list[str]]:
     """TRANSFER INPUT records (the manager sending a file to a worker) for ``f``."""
     return [r for r in records(m, "WORKER") if r[2:5] == ["TRANSFER", "INPUT", f.cache_name]]
-
-
-@pytest.fixture
-def orphans() -> Iterator[list[int]]:
-    """Pids of task processes a dead or stopped worker may leave behind; killed at teardown."""
-    pids: list[int] = []
-    yield pids
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 # --- 1/2. cache levels on the worker's disk ---------------------------------------------------------------
@@ -261,7 +248,7 @@ def test_temp_chain_across_two_workers_and_fetch(manager, start_worker):
     temps = [m.declare_temp() for _ in range(4)]
     prev = None
     for i, x in enumerate(temps):
-        cmd = (f"cat in > out; " if prev else "") + f"echo step{i} >> out"
+        cmd = ("cat in > out; " if prev else "") + f"echo step{i} >> out"
         t = vine.Task(cmd, features=["left" if i % 2 == 0 else "right"])
         if prev:
             t.add_input(prev, "in")

@@ -11,7 +11,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -35,18 +35,6 @@ def assert_still_works(m, start_worker=None) -> None:
         start_worker(m, cores=1)
     t = run(m, vine.Task("echo still working"))
     assert (t.result, t.exit_code, t.output) == ("success", 0, "still working\n")
-
-
-@pytest.fixture
-def orphans() -> Iterator[list[int]]:
-    """Pids of task processes a dead worker may leave behind; killed at teardown."""
-    pids: list[int] = []
-    yield pids
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def first_attempt_hangs(tmp_path) -> tuple[str, object]:
