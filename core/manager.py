@@ -563,7 +563,8 @@ class Manager(FunctionalMixin, LibraryManagerMixin):
         task._submit_time = time.time()
         task.metrics["time_when_submitted"] = task._submit_time * 1e6
         self._tasks[task.id] = task
-        self._outstanding += 1
+        with self._cond:  # wait() in another thread decrements it (Parsl submits and waits from two threads)
+            self._outstanding += 1
         for m in task.inputs + task.outputs:
             self._remember(m.file)
         self._logs.task_ready(task.id, task.category, 1, {k: v for k, v in task.requested.items()})

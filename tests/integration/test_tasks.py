@@ -373,3 +373,23 @@ def test_every_scheduler_tuning_name_is_accepted_by_tune(tmp_path):
     with vine.Manager(port=0, run_info_path=str(tmp_path / "ri")) as mgr:
         for name, value in DEFAULT_TUNING.items():
             assert mgr.tune(name, value) == 0, name
+
+
+def test_submit_and_wait_from_different_threads(m):
+    """Parsl's pattern: one thread submits, another waits; nothing is lost and empty() ends true."""
+    n = 300
+    got: list[int] = []
+
+    def collect() -> None:
+        deadline = time.monotonic() + 60
+        while len(got) < n and time.monotonic() < deadline:
+            t = m.wait(1)  # None while nothing is outstanding yet: keep collecting, as Parsl's thread does
+            if t is not None:
+                got.append(t.id)
+
+    collector = threading.Thread(target=collect)
+    collector.start()
+    ids = [m.submit(vine.Task("true")) for _ in range(n)]
+    collector.join(60)
+    assert sorted(got) == sorted(ids)
+    assert m.empty()
