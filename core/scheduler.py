@@ -17,26 +17,51 @@ the cost of a scheduling decision does not grow with the length of the queue.
 
 from __future__ import annotations
 
-import copy
 import heapq
 import itertools
 import math
 import random
 from collections import defaultdict
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING
 
 from . import constants as C
+
+# Events, instructions and records live in their own modules; they are re-exported here because
+# "the scheduler's vocabulary" is what other modules and the tests import.
+from .events import (  # noqa: F401 - re-exported
+    CacheInvalid,
+    CacheUpdated,
+    Dispatch,
+    Event,
+    FetchPeer,
+    FetchUrl,
+    FileUndeclared,
+    Instruction,
+    Keepalive,
+    Kill,
+    RemoveWorker,
+    ReturnTask,
+    RunMinitask,
+    SendFile,
+    TaskCancelled,
+    TaskFinished,
+    TaskSubmitted,
+    Tick,
+    Unlink,
+    Warn,
+    WorkerHeard,
+    WorkerJoined,
+    WorkerLost,
+)
 from .library_state import LibraryBook
+from .records import FileRecord, ReplicaState, TaskRecord, TaskState, WorkerRecord  # noqa: F401 - re-exported
+from .recovery import RecoveryPlanner
 from .resources import AllocationPolicy, Resources, allocate_resources, fits, hungry_count
+from .transfers import TransferPlanner, _origin  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
     from .files import File
     from .task import Task
-
-TaskState = Literal["waiting", "ready", "dispatched", "done"]
-ReplicaState = Literal["creating", "ready"]
 
 POLICIES = {
     C.VINE_SCHEDULE_FCFS: "rand",
@@ -56,221 +81,6 @@ def policy_name(policy: str | int) -> str:
     if isinstance(policy, str) and policy in POLICY_NAMES:
         return "rand" if policy == "fcfs" else policy
     raise ValueError(f"unknown scheduler {policy!r}; use one of files, time, rand, worst, disk, fcfs")
-
-
-# --- events ------------------------------------------------------------------------------------------
-
-_event_ids = itertools.count(1)
-
-
-@dataclass(frozen=True)
-class Event:
-    now: float
-
-
-@dataclass(frozen=True)
-class TaskSubmitted(Event):
-    task: Task
-
-
-@dataclass(frozen=True)
-class TaskCancelled(Event):
-    task_id: int
-
-
-@dataclass(frozen=True)
-class WorkerJoined(Event):
-    worker: str
-    hostname: str
-    addrport: str
-    resources: Resources
-    features: frozenset[str] = frozenset()
-    cache: dict[str, int] = field(default_factory=dict)
-    transfer_addr: str | None = None
-    end_time: float = 0.0
-
-
-@dataclass(frozen=True)
-class WorkerLost(Event):
-    worker: str
-    reason: str = "UNKNOWN"
-
-
-@dataclass(frozen=True)
-class WorkerHeard(Event):
-    worker: str
-
-
-@dataclass(frozen=True)
-class CacheUpdated(Event):
-    worker: str
-    name: str
-    size: int
-
-
-@dataclass(frozen=True)
-class CacheInvalid(Event):
-    worker: str
-    name: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class TaskFinished(Event):
-    """A worker reported a task's end (or the manager failed it before it reached the worker)."""
-
-    worker: str
-    task_id: int
-    result: int
-    exit_code: int = -1
-    retry: bool = False  # the failure was the cluster's fault (e.g. a peer transfer broke): run it again
-    unlinked: tuple[str, ...] = ()
-    runtime: float = 0.0
-    exceeded: tuple[str, ...] = ()  # resources the watchdog found over the allocation
-
-
-@dataclass(frozen=True)
-class FileUndeclared(Event):
-    name: str
-    forget: bool = True
-
-
-@dataclass(frozen=True)
-class Tick(Event):
-    pass
-
-
-# --- instructions ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Instruction:
-    pass
-
-
-@dataclass(frozen=True)
-class SendFile(Instruction):
-    worker: str
-    name: str
-
-
-@dataclass(frozen=True)
-class FetchUrl(Instruction):
-    worker: str
-    name: str
-
-
-@dataclass(frozen=True)
-class FetchPeer(Instruction):
-    worker: str
-    name: str
-    source: str  # worker id holding a ready replica
-
-
-@dataclass(frozen=True)
-class RunMinitask(Instruction):
-    worker: str
-    name: str
-
-
-@dataclass(frozen=True)
-class Dispatch(Instruction):
-    worker: str
-    task_id: int
-    allocation: Resources
-    queued: bool = False  # prefetched: the worker starts it when its allocation fits (FIFO)
-
-
-@dataclass(frozen=True)
-class Kill(Instruction):
-    worker: str
-    task_id: int
-
-
-@dataclass(frozen=True)
-class Unlink(Instruction):
-    worker: str
-    name: str
-
-
-@dataclass(frozen=True)
-class Keepalive(Instruction):
-    worker: str
-
-
-@dataclass(frozen=True)
-class RemoveWorker(Instruction):
-    worker: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class ReturnTask(Instruction):
-    """The task is finished: hand it to the user with this result."""
-
-    task_id: int
-    result: int
-    exit_code: int
-
-
-@dataclass(frozen=True)
-class Warn(Instruction):
-    message: str
-
-
-# --- records -----------------------------------------------------------------------------------------
-
-
-@dataclass
-class WorkerRecord:
-    id: str
-    hostname: str
-    addrport: str
-    total: Resources
-    features: frozenset[str]
-    transfer_addr: str | None
-    end_time: float
-    last_heard: float
-    committed: Resources = field(default_factory=lambda: Resources(0, 0, 0, 0))
-    tasks: set[int] = field(default_factory=set)
-    replicas: dict[str, ReplicaState] = field(default_factory=dict)
-    cache_bytes: int = 0
-    check_sent: float | None = None
-    completed: int = 0
-    busy_time: float = 0.0
-    draining: bool = False
-    outgoing: int = 0  # peer transfers this worker is serving now
-    queue: list[int] = field(default_factory=list)  # prefetched task ids, started in this order
-    xfer_failed_at: float = -1e18  # when a copy from this worker last broke (skipped as a source for a while)
-    xfer_good: int = 0
-    xfer_bad: int = 0
-
-    def has(self, name: str) -> bool:
-        return name in self.replicas
-
-
-@dataclass
-class TaskRecord:
-    task: Task
-    seq: int
-    state: TaskState = "ready"
-    worker: str | None = None
-    allocation: Resources = field(default_factory=Resources)
-    attempts: int = 0  # dispatches so far
-    forsaken: int = 0
-    heap_key: tuple[float, float, int] | None = None
-    warned_unfit: bool = False
-    recovery: bool = False
-    exhaustions: int = 0  # times killed for exceeding its allocation; the retry gets a whole worker
-    queued: bool = False  # prefetched to its worker, waiting there for room (not yet committed)
-
-
-@dataclass
-class FileRecord:
-    file: File
-    replicas: dict[str, ReplicaState] = field(default_factory=dict)  # worker id -> state
-    producer: int | None = None  # task id that writes it (lineage for temps)
-    size: int = -1
 
 
 DEFAULT_TUNING: dict[str, float] = {
@@ -300,7 +110,7 @@ PREFETCH_SAMPLES = 5
 RECOVERY_ID_BASE = 1 << 40  # hidden recovery copies of tasks get ids above every user task id
 
 
-class SchedulerState:
+class SchedulerState(TransferPlanner, RecoveryPlanner):
     """Tasks, files, replicas and workers, and every decision about them.
 
     Feed events with :meth:`handle`; it returns the instructions to carry out. Call
@@ -441,48 +251,6 @@ class SchedulerState:
                 return
         self._push_ready(rec)
 
-    def _producer_active(self, name: str) -> bool:
-        frec = self.files.get(name)
-        if frec is not None and any(s == "creating" for s in frec.replicas.values()):
-            return True
-        for tid in (frec.producer if frec else None, self.recovering.get(name)):
-            rec = self.tasks.get(tid) if tid is not None else None
-            if rec is not None and rec.state != "done":
-                return True
-        return False
-
-    def _recover(self, name: str) -> None:
-        """Re-run the producer of lost temp ``name`` as a hidden, top-priority recovery task."""
-        producer = self.lineage.get(name)
-        if producer is None:
-            return  # nobody has promised to make it yet; consumers wait for a producer
-        limit = int(self.tuning["max-task-attempts"])
-        if self.recoveries[name] >= limit:
-            self._fail_waiters(name, f"temp file {name} was lost and its producer (task {producer.id}) was re-run {limit} times without success")
-            return
-        self.recoveries[name] += 1
-        clone = copy.copy(producer)
-        clone._id = next(self._recovery_ids)
-        clone._state = C.VINE_TASK_READY
-        clone._reset_outcome()
-        rec = self.tasks[clone.id] = TaskRecord(clone, next(self._seq), recovery=True)
-        for m in clone.outputs:
-            if m.file.kind == "temp":
-                self.recovering[m.file.cache_name] = clone.id
-        self.stats["tasks_recovery"] += 1
-        self._make_ready(rec)
-
-    def _fail_waiters(self, name: str, reason: str, out: list[Instruction] | None = None) -> None:
-        """Consumers of a temp that can no longer be made end with "input missing" instead of waiting forever."""
-        sink = out if out is not None else self._pending_out
-        waiters = self.waiting_on.pop(name, set())
-        if waiters:
-            sink.append(Warn(f"{reason}; failing {len(waiters)} task(s) that need it"))
-        for tid in sorted(waiters):
-            rec = self.tasks.get(tid)
-            if rec is not None and rec.state == "waiting":
-                self._finish(rec, C.VINE_RESULT_INPUT_MISSING, -1, sink)
-
     def _on_cancelled(self, ev: TaskCancelled, out: list[Instruction]) -> None:
         rec = self.tasks.get(ev.task_id)
         if rec is None or rec.state == "done":
@@ -547,36 +315,6 @@ class SchedulerState:
                     self._recover(name)
         self._schedule_needed = True
 
-    def _end_transfer(self, dest: str, name: str, size: int = -1, failed: bool = False) -> None:
-        source = self.transfers.pop((dest, name), None)
-        if source is None:
-            return
-        if source == "manager":
-            self.manager_sending[name] -= 1
-        elif source.startswith("url:"):
-            self.url_active[source[4:]] -= 1
-        else:
-            src = self.workers.get(source)
-            if src is not None:
-                src.outgoing -= 1
-                if failed:
-                    self._source_failed(src)
-                elif size >= 0:
-                    src.xfer_good += 1
-            if size >= 0 and not failed:
-                self.stats["peer_transfers"] += 1
-                self.stats["bytes_peer"] += size
-        self._schedule_needed = True
-
-    def _source_failed(self, src: WorkerRecord) -> None:
-        """A copy from ``src`` broke: skip it as a source for a while; drop it if it keeps failing."""
-        src.xfer_failed_at = self._now
-        src.xfer_bad += 1
-        if src.xfer_bad >= 5 and src.xfer_bad >= src.xfer_good:
-            out = self._pending_out
-            out.append(RemoveWorker(src.id, "XFER_ERRORS"))
-            self._on_worker_lost(WorkerLost(self._now, src.id, "XFER_ERRORS"), out)
-
     def _on_cache_updated(self, ev: CacheUpdated, out: list[Instruction]) -> None:
         w = self.workers.get(ev.worker)
         if w is None:
@@ -599,35 +337,6 @@ class SchedulerState:
             rec = self.tasks.get(tid)
             if rec is not None and rec.state == "waiting":
                 self._make_ready(rec)
-
-    def _replicate(self, frec: FileRecord, out: list[Instruction]) -> None:
-        """Keep ``temp-replica-count`` copies of a temp, so losing one worker costs no recomputation."""
-        want = int(self.tuning["temp-replica-count"])
-        have = len(frec.replicas)
-        if want <= have:
-            return
-        holders = [self.workers[wid] for wid, st in frec.replicas.items() if st == "ready" and wid in self.workers]
-        targets = sorted(
-            (w for w in self.workers.values() if w.id not in frec.replicas and w.transfer_addr),
-            key=lambda w: -(max(w.total.disk, 0) - max(w.committed.disk, 0) - w.cache_bytes / 1e6),
-        )
-        for dest in targets[: want - have]:
-            src = min((h for h in holders if h.transfer_addr), key=lambda h: h.outgoing, default=None)
-            if src is None:
-                return
-            self._start_transfer(dest, frec.file.cache_name, src.id)
-            out.append(FetchPeer(dest.id, frec.file.cache_name, src.id))
-            dest.replicas[frec.file.cache_name] = "creating"
-            frec.replicas[dest.id] = "creating"
-
-    def _start_transfer(self, dest: WorkerRecord, name: str, source: str) -> None:
-        self.transfers[(dest.id, name)] = source
-        if source == "manager":
-            self.manager_sending[name] += 1
-        elif source.startswith("url:"):
-            self.url_active[source[4:]] += 1
-        else:
-            self.workers[source].outgoing += 1
 
     def _on_cache_invalid(self, ev: CacheInvalid, out: list[Instruction]) -> None:
         self._end_transfer(ev.worker, ev.name, failed=True)
@@ -990,78 +699,6 @@ class SchedulerState:
                 return False
         return True
 
-    def _source(self, f: File, w: WorkerRecord) -> str | None:
-        """Where worker ``w`` would get ``f`` now: "have", "manager", "url:<origin>", "minitask", a
-        peer worker id; or None when every source is busy (the task tries another worker or waits).
-
-        A shareable file already on its way into the cluster is not sent again: the next workers
-        fetch it from the first holder, at most ``worker-source-max-transfers`` at a time per
-        source, so a popular file spreads as a tree.
-        """
-        name = f.cache_name
-        if name in w.replicas:
-            return "have"
-        frec = self.files.get(name)
-        if f.kind == "minitask":
-            assert f.minitask is not None
-            for m in f.minitask.inputs:
-                if self._source(m.file, w) is None:
-                    return None
-            return "minitask"
-        shareable = f.kind == "temp" or (
-            bool(self.tuning["peer-transfers"]) and f.peer_transfer and f.level > C.VINE_CACHE_LEVEL_TASK
-        )
-        # Wait for a peer copy only when a holder will be able to serve it soon (it is receiving
-        # the file, or serving others up to its limit); a holder that just failed is skipped.
-        busy = False
-        if shareable and frec is not None:
-            limit = self.tuning["worker-source-max-transfers"]
-            quiet = self._now - self.tuning["transient-error-interval"]
-            for wid, state in frec.replicas.items():
-                src = self.workers.get(wid)
-                if src is None or src is w or not src.transfer_addr:
-                    continue
-                if state == "creating":
-                    busy = True
-                elif src.xfer_failed_at < quiet:
-                    if src.outgoing < limit:
-                        return wid
-                    busy = True
-        if f.kind == "temp":
-            return None
-        if f.kind == "url":
-            origin = _origin(f.source())
-            if self.url_active[origin] < self.tuning["file-source-max-transfers"] and not busy:
-                return f"url:{origin}"
-            return None
-        if busy:
-            return None  # being sent to (or served by) another worker: fetch from it when it is ready
-        return "manager"
-
-    def _stage(self, f: File, w: WorkerRecord, out: list[Instruction]) -> None:
-        """Instruct worker ``w`` to obtain ``f`` from the source :meth:`_source` picked."""
-        source = self._source(f, w)
-        name = f.cache_name
-        if source == "have" or source is None:
-            return
-        frec = self._file(f)
-        if source == "minitask":
-            assert f.minitask is not None
-            for m in f.minitask.inputs:
-                self._stage(m.file, w, out)
-            out.append(RunMinitask(w.id, name))
-        elif source.startswith("url:"):
-            self._start_transfer(w, name, source)
-            out.append(FetchUrl(w.id, name))
-        elif source == "manager":
-            self._start_transfer(w, name, source)
-            out.append(SendFile(w.id, name))
-        else:
-            self._start_transfer(w, name, source)
-            out.append(FetchPeer(w.id, name, source))
-        w.replicas[name] = "creating"
-        frec.replicas[w.id] = "creating"
-
     def _place(self, rec: TaskRecord, w: WorkerRecord, alloc: Resources, out: list[Instruction]) -> None:
         for f in rec.task.environments:
             self._stage(f, w, out)
@@ -1130,9 +767,3 @@ class SchedulerState:
         for rec in self.tasks.values():
             if rec.state == "dispatched":
                 assert rec.worker in self.workers, f"task {rec.task.id} dispatched to missing worker {rec.worker}"
-
-
-def _origin(url: str) -> str:
-    """scheme://host:port of a URL: transfers are limited per origin, compared by value."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"

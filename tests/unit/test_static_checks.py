@@ -1,0 +1,30 @@
+"""The house style's static checks, run with the tests: ruff's error rules everywhere, mypy on the
+pure modules (the codec, the scheduler state and its parts, the allocation rules)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PURE = ["core/protocol.py", "core/resources.py", "core/constants.py", "core/events.py", "core/records.py",
+        "core/transfers.py", "core/recovery.py", "core/scheduler.py"]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=240)
+
+
+@pytest.mark.timeout(240)
+def test_ruff_finds_no_errors():
+    out = _run("ruff", "check", "--select", "F,E9", "--output-format", "concise", "core", "daskvine", "parslvine", "tests")
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.timeout(240)
+def test_mypy_on_the_pure_modules():
+    out = _run("mypy", *PURE)
+    assert out.returncode == 0, out.stdout + out.stderr
