@@ -1,0 +1,378 @@
+"""The manager's side of each connection: serving workers and status clients in the I/O thread.
+
+Frames from a worker become scheduler events (``complete`` -> TaskFinished, ``cache_update`` ->
+CacheUpdated, ...); returned outputs and fetched files are written as they stream in. Instructions
+for a worker are sent in order: files always precede the tasks that use them. Mixed into
+:class:`core.manager.Manager`; everything here runs in its I/O thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from . import constants as C
+from .connection import Connection, FileReceiver, send_bytes, send_path, server_handshake
+from .errors import AuthenticationError, ProtocolError, TransferError
+from .files import File
+from .library_state import StartLibrary
+from .protocol import Frame
+from .resources import Resources
+from .scheduler import (
+    CacheInvalid,
+    CacheUpdated,
+    Dispatch,
+    FetchPeer,
+    FetchUrl,
+    Instruction,
+    Keepalive,
+    Kill,
+    RunMinitask,
+    SendFile,
+    TaskFinished,
+    Unlink,
+    WorkerHeard,
+    WorkerJoined,
+    WorkerLost,
+)
+
+if TYPE_CHECKING:
+    pass
+
+log = logging.getLogger("core.manager")
+
+@dataclass
+class WorkerLink:
+    """The I/O thread's view of one connected worker."""
+
+    id: str
+    conn: Connection
+    hostname: str
+    addrport: str
+    transfer_addr: str | None
+    outbox: asyncio.Queue[Instruction | None] = field(default_factory=asyncio.Queue)
+    receivers: dict[str, FileReceiver] = field(default_factory=dict)
+    sender: asyncio.Task[None] | None = None
+    idle: bool = True  # the sender coroutine is not in the middle of an instruction
+
+
+class WorkerLinks:
+    """Connections to workers and status clients (mixed into Manager, run in its I/O thread)."""
+
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = Connection(reader, writer)
+        timeout = self._state.tuning.get("handshake-timeout", 30)
+        try:
+            hello = await server_handshake(conn, self._password, timeout)
+            role = hello.get("role")
+            if role == "status":
+                await self._serve_status(conn, hello)
+                return
+            if role != "worker":
+                raise ProtocolError(f"unknown role {role!r} in hello")
+            ready = await conn.expect("ready", timeout)
+            await self._serve_worker(conn, ready)
+        except AuthenticationError as exc:
+            self._logs.debug(f"rejected {conn.peer}: {exc}")
+            log.warning("%s", exc)
+        except asyncio.TimeoutError:
+            self._logs.debug(f"disconnecting {conn.peer}: no handshake within {timeout}s")
+        except (ProtocolError, TransferError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            # A malformed hello/ready (e.g. resources that are not an object) drops that peer only.
+            self._logs.debug(f"disconnecting {conn.peer}: {type(exc).__name__}: {exc}")
+        except asyncio.CancelledError:
+            pass
+        finally:
+            conn.close()
+
+    async def _serve_status(self, conn: Connection, hello: Frame) -> None:
+        frame = await conn.expect("status", 10)
+        what = frame["what"]
+        conn.send({"type": "status_reply", "data": self.status_local(what)})
+        await conn.drain()
+
+    def status_local(self, what: str) -> Any:
+        s = self._collect_stats()
+        if what == "manager":
+            return [{"project": self._name, "port": self._port, "tasks_waiting": s["tasks_waiting"], "tasks_running": s["tasks_running"],
+                     "tasks_done": s.get("tasks_done", 0), "workers": s["workers_connected"], "hungry": self._state.hungry(),
+                     "tasks_submitted": s.get("tasks_submitted", 0), "total_cores": s["total_cores"],
+                     "tasks_left": 0, **self._waiting_requests()}]
+        if what == "workers":
+            return [{"id": w.id, "hostname": w.hostname, "addrport": w.addrport, "tasks_running": len(w.tasks), **{f"total_{k}": v for k, v in w.total.to_dict().items()}} for w in self._state.workers.values()]
+        if what == "tasks":
+            return [{"task_id": r.task.id, "state": r.state, "command": r.task.command, "worker": r.worker} for r in self._state.tasks.values()]
+        raise ValueError(f"unknown status request {what!r}; use manager, workers or tasks")
+
+    def _waiting_requests(self) -> dict[str, float]:
+        """Resources requested by waiting tasks (unset counts 1 core), so a factory can size workers."""
+        totals = {f"tasks_total_{r}": 0.0 for r in ("cores", "memory", "disk", "gpus")}
+        for rec in self._state.tasks.values():
+            if rec.state in ("ready", "waiting") and not rec.recovery:
+                for r in ("cores", "memory", "disk", "gpus"):
+                    v = rec.task.requested.get(r, -1)
+                    totals[f"tasks_total_{r}"] += v if v > 0 else (1.0 if r == "cores" else 0.0)
+        return totals
+
+    def status(self, request: str) -> Any:
+        return self._call(lambda: self.status_local(request))
+
+    async def _serve_worker(self, conn: Connection, ready: Frame) -> None:
+        wid = str(ready.get("worker_id") or f"worker-{id(conn):x}")
+        if wid in self._links:
+            # Replacing the live link would let this connection's end remove the other's record.
+            raise ProtocolError(f"worker id {wid} is already connected from {self._links[wid].addrport}; "
+                                "refusing a second connection with the same id (it may retry once the first is gone)")
+        host = conn.peer.rsplit(":", 1)[0]
+        tport = ready.get("transfer_port")
+        link = WorkerLink(wid, conn, str(ready["hostname"]), conn.peer, f"{host}:{tport}" if tport else None)
+        res = Resources.from_dict(ready["resources"])
+        cache = {str(k): int(v) for k, v in dict(ready["cache"]).items()}
+        self._links[wid] = link
+        self._logs.worker_connected(wid, conn.peer, res.to_dict())
+        self._logs.debug(f"worker {wid} connected from {conn.peer} ({link.hostname}) with {res.to_dict()}")
+        link.sender = asyncio.create_task(self._sender(link))
+        reason = "UNKNOWN"
+        try:
+            self._apply(WorkerJoined(time.time(), wid, link.hostname, conn.peer, res, frozenset(ready.get("features") or ()),
+                                     cache, link.transfer_addr, float(ready.get("end_time") or 0)))
+            while True:
+                frame = await conn.recv()
+                if frame is None:
+                    break
+                w = self._state.workers.get(wid)
+                if w is not None:
+                    w.last_heard = time.time()
+                    w.check_sent = None
+                self._on_worker_frame(link, frame)
+        except (ProtocolError, TransferError, ValueError, KeyError, TypeError) as exc:
+            reason = "FAILURE"
+            self._logs.debug(f"worker {wid} ({conn.peer}) sent a bad message, disconnecting: {type(exc).__name__}: {exc}")
+        except OSError as exc:
+            self._logs.debug(f"worker {wid} connection error: {exc}")
+        finally:
+            link.outbox.put_nowait(None)
+            if link.sender is not None:
+                link.sender.cancel()
+            for r in link.receivers.values():
+                r.abort()
+            self._links.pop(wid, None)
+            self._logs.worker_disconnected(wid, reason)
+            self._logs.debug(f"worker {wid} disconnected ({reason})")
+            for rid, fut in list(self._fetches.items()):
+                if getattr(fut, "_vine_worker", None) == wid and not fut.done():
+                    fut.set_exception(TransferError(f"worker {wid} disconnected during fetch"))
+            self._counters["bytes_sent"] += conn.bytes_sent
+            self._counters["bytes_received"] += conn.bytes_received
+            self._apply(WorkerLost(time.time(), wid, reason))
+
+    def _on_worker_frame(self, link: WorkerLink, frame: Frame) -> None:
+        t = frame.type
+        now = time.time()
+        if t == "complete":
+            self._on_complete(link, frame)
+        elif t == "cache_update":
+            name, size = str(frame["name"]), int(frame["size"])
+            self._logs.cache_update(link.id, name, size)
+            self._apply(CacheUpdated(now, link.id, name, size))
+        elif t == "cache_invalid":
+            rid = frame.get("request")
+            if rid is not None and rid in self._fetches:
+                self._fetches.pop(rid).set_exception(TransferError(f"worker {link.id} could not send {frame['name']}: {frame['reason']}"))
+                return
+            self._logs.debug(f"worker {link.id}: {frame['name']} invalid: {frame['reason']}")
+            self._apply(CacheInvalid(now, link.id, str(frame["name"]), str(frame["reason"])))
+        elif t == "alive":
+            self._apply(WorkerHeard(now, link.id))
+        elif t == "file_begin":
+            self._begin_receive(link, frame)
+        elif t == "file_chunk":
+            r = link.receivers.get(frame["name"])
+            if r is None:
+                raise ProtocolError(f"file_chunk for {frame['name']} without file_begin")
+            r.chunk(frame)
+        elif t == "file_end":
+            self._end_receive(link, frame)
+        elif t == "watch":
+            self._on_watch(frame)
+        else:
+            raise ProtocolError(f"unexpected message {t!r} from a worker")
+
+    def _begin_receive(self, link: WorkerLink, frame: Frame) -> None:
+        name = str(frame["name"])
+        f = self._files.get(name)
+        rid = frame.get("request")
+        if rid is None and f is not None and f.kind == "file":
+            target = f.source()
+        else:
+            target = os.path.join(self._staging, "outputs", f"{name}.{rid or 'out'}")
+        link.receivers[name] = FileReceiver(frame, target)
+
+    def _end_receive(self, link: WorkerLink, frame: Frame) -> None:
+        r = link.receivers.pop(frame["name"], None)
+        if r is None:
+            raise ProtocolError(f"file_end for {frame['name']} without file_begin")
+        size = r.finish()
+        self._logs.transfer(link.id, "OUTPUT", r.name, size, 0, 0)
+        rid = r.header.get("request")
+        f = self._files.get(r.name)
+        if rid is not None or (f is not None and f.kind != "file"):
+            with open(r.target, "rb") as fh:
+                data = fh.read()
+            os.unlink(r.target)
+            if rid is not None and rid in self._fetches:
+                self._fetches.pop(rid).set_result(data)
+            elif f is not None and f.kind == "buffer":
+                f.set_buffer_data(data)
+
+    def _on_watch(self, frame: Frame) -> None:
+        f = self._files.get(str(frame["name"]))
+        if f is None or f.kind != "file":
+            return
+        mode = "r+b" if os.path.exists(f.source()) else "wb"
+        with open(f.source(), mode) as fh:
+            fh.seek(int(frame["offset"]))
+            fh.write(frame.payload)
+            fh.truncate()
+
+    def _on_complete(self, link: WorkerLink, frame: Frame) -> None:
+        tid = int(frame["id"])
+        task = self._tasks.get(tid)
+        result, code = int(frame["result"]), int(frame["exit_code"])
+        if tid < 0:
+            self._library_instance_ended(link, frame)  # library instances have negative ids
+        if task is not None and task._state < C.VINE_TASK_RETRIEVED and not frame.get("retry") and result != C.VINE_RESULT_FORSAKEN:
+            task._stdout = frame.payload
+            task._exit_code = code
+            task._hostname = link.hostname
+            task._addrport = link.addrport
+            start, end = float(frame.get("start") or 0), float(frame.get("end") or 0)
+            task.metrics["time_workers_execute_last"] = (end - start) * 1e6 if start else 0
+            task.metrics["time_workers_execute_all"] = task.metrics.get("time_workers_execute_all", 0) + task.metrics["time_workers_execute_last"]
+            measured = frame.get("measured") or {}
+            task._measured = Resources.from_dict(measured)
+            task._limits = dict(frame.get("limits") or {})
+            self._logs.task_retrieved(tid, C.result_enum_name(result), code, measured, link.id, task._limits)
+        elif frame.get("reason"):
+            self._logs.debug(f"task {tid} on {link.id}: {C.result_string(result)}: {frame['reason']}")
+        start = float(frame.get("start") or 0)
+        end = float(frame.get("end") or 0)
+        self._apply(TaskFinished(time.time(), link.id, tid, result, code, bool(frame.get("retry")),
+                                 tuple(frame.get("unlinked") or ()), max(0.0, end - start) if start else 0.0,
+                                 tuple(frame.get("limits") or ())))
+
+    def _start_fetch(self, f: File, fut: concurrent.futures.Future[bytes]) -> None:
+        rec = self._state.files.get(f.cache_name)
+        holders = [wid for wid, st in (rec.replicas.items() if rec else []) if st == "ready" and wid in self._links]
+        if not holders:
+            fut.set_exception(TransferError(f"{f!r} has no replica on any connected worker; was the task that makes it run?"))
+            return
+        rid = next(self._fetch_ids)
+        fut._vine_worker = holders[0]  # type: ignore[attr-defined]
+        self._fetches[rid] = fut
+        self._links[holders[0]].conn.send({"type": "get", "name": f.cache_name, "request": rid})
+
+    async def _sender(self, link: WorkerLink) -> None:
+        """Carry out one worker's instructions in order, so files always precede the tasks using them."""
+        try:
+            while True:
+                ins = await link.outbox.get()
+                if ins is None:
+                    return
+                link.idle = False
+                try:
+                    await self._send_instruction(link, ins)
+                except (OSError, TransferError) as exc:
+                    self._logs.debug(f"sending to {link.id} failed: {exc}")
+                    link.conn.close()
+                    return
+                finally:
+                    link.idle = True
+        except asyncio.CancelledError:
+            pass
+
+    async def _send_instruction(self, link: WorkerLink, ins: Instruction) -> None:
+        if isinstance(ins, SendFile):
+            await self._send_file(link, ins)
+        else:
+            self._send_message(link, ins)
+        await link.conn.drain()
+
+    def _send_message(self, link: WorkerLink, ins: Instruction) -> None:
+        """Every instruction but SendFile is one frame, written without waiting."""
+        conn = link.conn
+        if isinstance(ins, Dispatch):
+            task = self._tasks.get(ins.task_id)
+            if task is None and ins.task_id in self._state.tasks:  # a hidden recovery copy
+                task = self._state.tasks[ins.task_id].task
+            if task is None or task._state >= C.VINE_TASK_RETRIEVED:
+                self._apply(TaskFinished(time.time(), link.id, ins.task_id, C.VINE_RESULT_CANCELLED))
+                return
+            missing = [m.file.source() for m in task.inputs if m.file.kind == "file" and not m.file.exists_locally()]
+            if missing:
+                self._logs.debug(f"task {task.id}: input missing: {missing}")
+                self._apply(TaskFinished(time.time(), link.id, task.id, C.VINE_RESULT_INPUT_MISSING, -1))
+                return
+            spec = task._task_spec()
+            if task.library_required is not None:
+                spec["library_instance"] = self._state.libs.instance_of(task.id)
+            spec["resources"] = ins.allocation.to_dict()
+            if ins.queued:
+                spec["queued"] = True
+            if self._monitoring:
+                spec["monitor"] = self._monitoring
+            spec["outputs"] = [
+                {"name": m.file.cache_name, "remote": m.remote_name, "level": m.file.level, "kind": m.file.kind,
+                 "return": m.file.kind in ("file", "buffer"), "watch": m.watch, "failure_only": m.failure_only,
+                 "success_only": m.success_only}
+                for m in task.outputs
+            ]
+            task._allocated = ins.allocation
+            task._state = C.VINE_TASK_RUNNING
+            self._logs.task_running(task.id, link.id, ins.allocation.to_dict())
+            conn.send({"type": "task", "task": spec})
+        elif isinstance(ins, FetchUrl):
+            f = self._state.files[ins.name].file
+            conn.send({"type": "fetch_url", "name": f.cache_name, "url": f.source(), "level": f.level})
+        elif isinstance(ins, FetchPeer):
+            f = self._state.files[ins.name].file
+            src = self._links.get(ins.source)
+            if src is None or not src.transfer_addr:
+                self._apply(CacheInvalid(time.time(), link.id, f.cache_name, "peer source gone"))
+                return
+            conn.send({"type": "fetch_peer", "name": f.cache_name, "source": src.transfer_addr, "level": f.level})
+        elif isinstance(ins, RunMinitask):
+            f = self._state.files[ins.name].file
+            t = f.minitask
+            assert t is not None
+            spec = {"command": t.command, "env": t.env, "source": f.minitask_output,
+                    "inputs": [{**m.file.spec(), "remote": m.remote_name} for m in t.inputs]}
+            conn.send({"type": "minitask", "name": f.cache_name, "task": spec, "level": f.level})
+        elif isinstance(ins, Kill):
+            conn.send({"type": "kill", "id": ins.task_id})
+        elif isinstance(ins, Unlink):
+            conn.send({"type": "unlink", "name": ins.name})
+        elif isinstance(ins, Keepalive):
+            conn.send({"type": "keepalive"})
+        elif isinstance(ins, StartLibrary):
+            self._send_library_start(link, ins)
+
+    async def _send_file(self, link: WorkerLink, ins: SendFile) -> None:
+        conn = link.conn
+        f = self._files.get(ins.name) or self._state.files[ins.name].file
+        start = time.time()
+        if f.kind == "buffer":
+            size = await send_bytes(conn, f.cache_name, f.buffer_data() or b"", mode=f.mode or 0o755, level=f.level)
+        elif f.exists_locally():
+            size = await send_path(conn, f.cache_name, f.source(), level=f.level)
+        else:
+            self._apply(CacheInvalid(time.time(), link.id, f.cache_name, "local file missing"))
+            return
+        self._counters["bytes_sent_files"] += size
+        self._counters["files_sent"] += 1
+        self._logs.transfer(link.id, "INPUT", f.cache_name, size, int((time.time() - start) * 1e6), int(start * 1e6))
