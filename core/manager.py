@@ -33,6 +33,8 @@ from .catalog import register as catalog_register
 from .catalog import unregister as catalog_unregister
 from .errors import ManagerError, TaskError, TuneError
 from .files import File, check_local_path
+from .functional import FunctionalMixin
+from .library import LibraryManagerMixin
 from .links import WorkerLink, WorkerLinks
 from .logs import RunLogs
 from .scheduler import (
@@ -50,8 +52,6 @@ from .scheduler import (
     Warn,
     policy_name,
 )
-from .functional import FunctionalMixin
-from .library import LibraryManagerMixin
 from .task import Task
 
 log = logging.getLogger("core.manager")

@@ -40,12 +40,12 @@ from .connection import (
     open_connection,
     path_size,
     send_path,
-    server_handshake,
 )
 from .errors import AuthenticationError, ProtocolError, TransferError
 from .monitor import Usage, exceeded, sample
 from .protocol import Frame
 from .worker_python import WorkerPythonMixin
+from .worker_transfers import WorkerTransfers
 
 log = logging.getLogger("vine_worker")
 
@@ -89,7 +89,7 @@ class RunningTask:
     is_minitask: bool = False
 
 
-class Worker(WorkerPythonMixin):
+class Worker(WorkerTransfers, WorkerPythonMixin):
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.workdir = os.path.abspath(args.workdir or f"/tmp/worker-{os.getuid()}-{os.getpid()}")
@@ -395,110 +395,6 @@ class Worker(WorkerPythonMixin):
             self.send({"type": "alive", "committed": self.committed, "tasks": len(self.tasks)})
         else:
             raise ProtocolError(f"unexpected message {t!r} from the manager")
-
-    async def _send_back(self, name: str, request: Any) -> None:
-        path = self.cache_path(name)
-        if name not in self.cache or not os.path.lexists(path):
-            self.send({"type": "cache_invalid", "name": name, "reason": "not in cache", "request": request})
-            return
-        assert self.conn is not None
-        await send_path(self.conn, name, path, request=request)
-
-    # -- obtaining inputs ------------------------------------------------------------------------------
-    async def _fetch_url(self, name: str, url: str, level: int) -> None:
-        target = self.cache_path(name)
-        tmp = target + ".part"
-        try:
-            await asyncio.get_running_loop().run_in_executor(None, _download, url, tmp)
-            os.replace(tmp, target)
-        except Exception as exc:  # noqa: BLE001 - any failure of the fetch is reported, not raised
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            self._cache_failed(name, f"cannot fetch {url}: {exc}")
-            return
-        self._cache_ready(name, level)
-
-    async def _fetch_peer(self, name: str, source: str, level: int) -> None:
-        host, _, port = source.rpartition(":")
-        try:
-            conn = await open_connection(host, int(port), timeout=10)
-            try:
-                await client_handshake(conn, "peer", self.password, timeout=30)
-                conn.send({"type": "get", "name": name})
-                await conn.drain()
-                begin = await conn.recv()
-                if begin is None or begin.type != "file_begin":
-                    raise TransferError(f"peer {source} does not have {name}: {begin.header if begin else 'closed'}")
-                recv = FileReceiver(begin, self.cache_path(name))
-                while True:
-                    fr = await conn.recv()
-                    if fr is None:
-                        recv.abort()
-                        raise TransferError(f"peer {source} closed during {name}")
-                    if fr.type == "file_chunk":
-                        recv.chunk(fr)
-                    elif fr.type == "file_end":
-                        recv.finish()
-                        break
-            finally:
-                conn.close()
-        except Exception as exc:  # noqa: BLE001
-            self.peer_failures.add(name)
-            self._cache_failed(name, f"peer transfer from {source} failed: {exc}")
-            return
-        self._cache_ready(name, level)
-
-    async def _serve_peer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = Connection(reader, writer)
-        try:
-            await server_handshake(conn, self.password, timeout=30)
-            while True:
-                fr = await conn.recv()
-                if fr is None:
-                    return
-                if fr.type != "get":
-                    raise ProtocolError(f"peer sent {fr.type!r}, only 'get' is served")
-                name = str(fr["name"])
-                path = self.cache_path(name)
-                if name not in self.cache or not os.path.lexists(path):
-                    conn.send({"type": "error", "reason": f"{name} not in cache"})
-                    await conn.drain()
-                    continue
-                await send_path(conn, name, path)
-        except (ProtocolError, AuthenticationError, OSError, asyncio.TimeoutError) as exc:
-            log.info("peer %s: %s", conn.peer, exc)
-        finally:
-            conn.close()
-
-    async def _run_minitask(self, name: str, spec: dict[str, Any], level: int) -> None:
-        rt = RunningTask(-abs(hash(name)) % (1 << 30) - 1, spec, self._make_sandbox(f"m.{name}"), {}, is_minitask=True)
-        try:
-            if not await self._gather_inputs(spec):
-                raise TransferError("inputs of the mini-task are missing")
-            self._link_inputs(rt)
-            code = await self._execute(rt)
-            produced = os.path.join(rt.sandbox, spec["source"])
-            if code != 0 or not os.path.lexists(produced):
-                out = _read_head(os.path.join(rt.sandbox, ".vine-stdout"), 2000)
-                raise TransferError(f"mini-task `{spec['command']}` exited {code}: {out}")
-            os.replace(produced, self.cache_path(name))
-        except Exception as exc:  # noqa: BLE001
-            self._cache_failed(name, str(exc))
-            return
-        finally:
-            shutil.rmtree(rt.sandbox, ignore_errors=True)
-        self._cache_ready(name, level)
-
-    async def _gather_inputs(self, spec: dict[str, Any]) -> bool:
-        ok = True
-        for inp in list(spec["inputs"]) + [{"name": n} for n in spec.get("environments", [])]:
-            name = inp["name"]
-            if name in self.cache:
-                continue
-            fut = self.pending.get(name)
-            if fut is None or not await fut:
-                ok = False
-        return ok
 
     # -- running tasks ----------------------------------------------------------------------------------
     def _make_sandbox(self, label: str) -> str:
@@ -841,21 +737,6 @@ class Worker(WorkerPythonMixin):
 
 def _dir_stamp(*paths: str) -> tuple[tuple[int, int], ...]:
     return tuple((st.st_mtime_ns, st.st_mode) for st in map(os.stat, paths))
-
-
-def _download(url: str, target: str) -> None:
-    import urllib.request  # only workers that fetch URLs pay for loading it
-
-    with urllib.request.urlopen(url, timeout=60) as resp, open(target, "wb") as out:
-        shutil.copyfileobj(resp, out, 1 << 20)
-
-
-def _read_head(path: str, n: int) -> str:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(n).decode("utf-8", errors="replace")
-    except OSError:
-        return ""
 
 
 def _shell_quote(s: str) -> str:
