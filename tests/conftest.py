@@ -102,3 +102,11 @@ def drain(m: "object", timeout: float = 60) -> list["object"]:
         if t is not None:
             out.append(t)
     return out
+
+
+def run(m: "object", task: "object", timeout: float = 60) -> "object":
+    """Submit one task and wait for exactly that task; fail if it does not finish in ``timeout`` s."""
+    tid = m.submit(task)  # type: ignore[attr-defined]
+    t = m.wait_for_task_id(tid, timeout)  # type: ignore[attr-defined]
+    assert t is not None, f"task {tid} did not finish within {timeout}s"
+    return t

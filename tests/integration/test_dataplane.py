@@ -18,17 +18,10 @@ import core as vine
 from core.connection import client_handshake, open_connection
 from core.errors import AuthenticationError
 from core.protocol import PROTOCOL_VERSION, FrameDecoder, encode_frame, new_nonce
-from tests.conftest import drain, wait_for_workers, wait_until
+from tests.conftest import drain, run, wait_for_workers, wait_until
 from tests.integration.conftest import records
 
 MB = 1 << 20
-
-
-def run(m, task, timeout=30):
-    tid = m.submit(task)
-    t = m.wait_for_task_id(tid, timeout)
-    assert t is not None, f"task {tid} did not finish within {timeout}s"
-    return t
 
 
 def cache_dir(workdir) -> str:

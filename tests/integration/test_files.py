@@ -8,17 +8,8 @@ import tarfile
 import pytest
 
 import core as vine
-from tests.conftest import drain, wait_for_workers, wait_until
+from tests.conftest import drain, run, wait_for_workers, wait_until
 from tests.integration.conftest import records
-
-
-def run(m, task, timeout=30):
-    """Submit one task and wait for it (the only task in flight)."""
-    tid = m.submit(task)
-    t = m.wait_for_task_id(tid, timeout)
-    assert t is not None, f"task {tid} did not finish within {timeout}s"
-    return t
-
 
 # --- inputs --------------------------------------------------------------------------------------
 

@@ -11,17 +11,10 @@ import pytest
 import core as vine
 from core.errors import TaskError
 from core.python_task import RemoteTraceback
-from tests.conftest import drain, wait_until
+from tests.conftest import drain, run, wait_until
 from tests.integration.conftest import records
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-
-def run(m, task, timeout=60):
-    tid = m.submit(task)
-    t = m.wait_for_task_id(tid, timeout)
-    assert t is not None, f"task {tid} did not finish within {timeout}s"
-    return t
 
 
 # --- library functions ----------------------------------------------------------------------------------

@@ -13,17 +13,10 @@ import pytest
 import core as vine
 from core.errors import TaskError
 from core.python_task import RemoteTraceback
-from tests.conftest import drain
+from tests.conftest import drain, run
 
 # Ship this module's functions by value: a fork-server child then need not import the test module.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-
-def run(m, task, timeout=60):
-    tid = m.submit(task)
-    t = m.wait_for_task_id(tid, timeout)
-    assert t is not None, f"task {tid} did not finish within {timeout}s"
-    return t
 
 
 # --- functions run on workers ---------------------------------------------------------------------

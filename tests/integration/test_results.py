@@ -10,15 +10,8 @@ import pytest
 
 import core as vine
 from core.files import MissingInputWarning
-from tests.conftest import wait_until
+from tests.conftest import run, wait_until
 from tests.integration.conftest import records
-
-
-def run(m, task, timeout=30):
-    tid = m.submit(task)
-    t = m.wait_for_task_id(tid, timeout)
-    assert t is not None, f"task {tid} did not finish within {timeout}s"
-    return t
 
 
 def pid_alive(pid: int) -> bool:

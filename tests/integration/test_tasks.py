@@ -11,15 +11,8 @@ import pytest
 
 import core as vine
 from core.errors import ManagerError, TaskError, TuneError
-from tests.conftest import drain, wait_for_workers, wait_until
+from tests.conftest import drain, run, wait_for_workers, wait_until
 from tests.integration.conftest import records
-
-
-def run(m, task, timeout=30):
-    tid = m.submit(task)
-    t = m.wait_for_task_id(tid, timeout)
-    assert t is not None, f"task {tid} did not finish within {timeout}s"
-    return t
 
 
 def rendezvous(directory, me: str, others: list[str], timeout_s: int = 20) -> str:

@@ -103,6 +103,17 @@ def of(kind, out: list) -> list:
     return [i for i in out if isinstance(i, kind)]
 
 
+def peer_copy_to_w2(c: Cluster, f: File) -> tuple[vine.Task, vine.Task]:
+    """w1 runs a task and caches ``f``; a second task on the new worker w2 fetches ``f`` from w1."""
+    c.join("w1", cores=1)
+    t1 = c.submit("cat in", inputs=[(f, "in")])
+    c.cached("w1", f)
+    c.join("w2", cores=1)
+    t2 = c.submit("cat in", inputs=[(f, "in")])
+    assert [(p.worker, p.source) for p in of(FetchPeer, c.last_out)] == [("w2", "w1")]
+    return t1, t2
+
+
 def temp() -> File:
     return File(None, "temp", "temp")
 
@@ -351,12 +362,7 @@ def test_worker_without_transfer_port_is_not_a_source():
 def test_peer_source_lost_mid_transfer_replans_from_the_manager():
     c = Cluster()
     f = workflow_buffer()
-    c.join("w1", cores=1)
-    t1 = c.submit("cat in", inputs=[(f, "in")])
-    c.cached("w1", f)
-    c.join("w2", cores=1)
-    t2 = c.submit("cat in", inputs=[(f, "in")])
-    assert [(p.worker, p.source) for p in of(FetchPeer, c.last_out)] == [("w2", "w1")]
+    t1, t2 = peer_copy_to_w2(c, f)
     out = c.lose("w1")
     assert not c.s.transfers, "a transfer from a lost worker must be forgotten"
     assert [d.task_id for d in of(Dispatch, out)] == []  # t1 waits for a worker with room
@@ -730,12 +736,7 @@ def test_stats_count_peer_transfers_and_bytes():
 def test_undeclare_while_a_peer_copy_is_on_its_way_leaks_nothing():
     c = Cluster()
     f = workflow_buffer()
-    c.join("w1", cores=1)
-    t1 = c.submit("cat in", inputs=[(f, "in")])
-    c.cached("w1", f)
-    c.join("w2", cores=1)
-    t2 = c.submit("cat in", inputs=[(f, "in")])
-    assert [(p.worker, p.source) for p in of(FetchPeer, c.last_out)] == [("w2", "w1")]
+    t1, t2 = peer_copy_to_w2(c, f)
     c.finish("w1", t1.id)
     c.finish("w2", t2.id)
     out = c.handle(FileUndeclared(c.now, f.cache_name, forget=True))

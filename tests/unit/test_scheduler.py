@@ -1017,7 +1017,6 @@ def test_hungry_counts_from_the_state() -> None:
 
 def test_time_end_expires_on_tick_even_without_workers():
     from core.scheduler import ReturnTask, SchedulerState, TaskSubmitted, Tick
-
     from core.task import Task
 
     state = SchedulerState()
