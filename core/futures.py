@@ -138,7 +138,21 @@ def _futures_in(obj: Any, out: list[VineFuture]) -> None:
             _futures_in(x, out)
 
 
-class FuturePythonTask(PythonTask):
+class _WithFuture:
+    """What future tasks share: the future, and ``output`` that waits on it."""
+
+    _future: VineFuture
+
+    @property
+    def future(self) -> VineFuture:
+        return self._future
+
+    def output(self, timeout: Any = "wait_forever") -> Any:
+        """The value (or the exception raised); ``"result_pending"`` if not done within ``timeout``."""
+        return _future_output(self._future, timeout)
+
+
+class FuturePythonTask(_WithFuture, PythonTask):  # type: ignore[misc]
     """A PythonTask whose result stays on the worker (a temp file) until its future's ``result()``."""
 
     def __init__(self, func: Any, *args: Any, **kwargs: Any) -> None:
@@ -146,28 +160,13 @@ class FuturePythonTask(PythonTask):
         self.enable_temp_output()
         self._future = VineFuture(self)
 
-    @property
-    def future(self) -> VineFuture:
-        return self._future
 
-    def output(self, timeout: Any = "wait_forever") -> Any:  # type: ignore[override]
-        """The value (or the exception raised); ``"result_pending"`` if not done within ``timeout``."""
-        return _future_output(self._future, timeout)
-
-
-class FutureFunctionCall(FunctionCall):
+class FutureFunctionCall(_WithFuture, FunctionCall):  # type: ignore[misc]
     """A FunctionCall with a future."""
 
     def __init__(self, library_name: str, fn_name: str, *args: Any, **kwargs: Any) -> None:
         super().__init__(library_name, fn_name, *args, **kwargs)
         self._future = VineFuture(self)
-
-    @property
-    def future(self) -> VineFuture:
-        return self._future
-
-    def output(self, timeout: Any = "wait_forever") -> Any:  # type: ignore[override]
-        return _future_output(self._future, timeout)
 
 
 def _future_output(fut: VineFuture, timeout: Any) -> Any:
