@@ -190,6 +190,9 @@ def bench_chain(length: int = 200, workers: int = 1) -> dict[str, Any]:
 
 
 WORKLOADS = ("std", "queue", "fanout", "chain", "python", "funcall", "funcall-fork")
+# Adapter workloads live next to their peers: core/tools/bench_dask.py and bench_parsl.py each define
+# WORKLOADS (names starting "dask" / "parsl") and run(name, args) -> list of JSON-able dicts.
+ADAPTER_MODULES = {"dask": "core.tools.bench_dask", "parsl": "core.tools.bench_parsl"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,9 +200,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("workloads", nargs="*", default=["std"], help=f"any of {', '.join(WORKLOADS)} (default std)")
     p.add_argument("-n", "--tasks", type=int, default=2000)
     p.add_argument("--sizes", default="1000,10000,100000", help="queue lengths for the queue workload")
+    p.add_argument("--vs", default="", help="adapter workloads: comma-separated peers to run too (default: all the workload knows)")
     args = p.parse_args(argv)
     out = []
     for w in args.workloads:
+        adapter = next((mod for prefix, mod in ADAPTER_MODULES.items() if w.startswith(prefix)), None)
+        if adapter is not None:
+            import importlib
+
+            for row in importlib.import_module(adapter).run(w, args):
+                out.append(row)
+                print(json.dumps(row), flush=True)
+            continue
         if w == "std":
             out.append(bench_std(args.tasks))
         elif w in ("python", "funcall", "funcall-fork"):
