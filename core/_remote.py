@@ -56,13 +56,19 @@ def _portable_exception(exc: BaseException) -> BaseException:
 
 def encode_result(ok: bool, value: Any, tb: str | None = None) -> bytes:
     """The envelope for a return value (``ok``) or a raised exception (not ``ok``)."""
+    return encode_outcome(ok, value, tb)[1]
+
+
+def encode_outcome(ok: bool, value: Any, tb: str | None = None) -> tuple[bool, bytes]:
+    """``(ok, envelope)``: as ``encode_result``, also saying whether the envelope holds a value
+    (a return value that cannot be pickled becomes a failure)."""
     if not ok:
         value = _portable_exception(value)
     try:
-        return cloudpickle.dumps((MAGIC, ok, value, tb))
+        return ok, cloudpickle.dumps((MAGIC, ok, value, tb))
     except Exception as exc:  # noqa: BLE001 - an unpicklable return value becomes the failure
         err = RuntimeError(f"the function returned a {type(value).__qualname__} that cannot be pickled: {exc}")
-        return cloudpickle.dumps((MAGIC, False, err, traceback.format_exc()))
+        return False, cloudpickle.dumps((MAGIC, False, err, traceback.format_exc()))
 
 
 def decode_result(data: bytes) -> tuple[bool, Any, str | None]:
@@ -275,9 +281,14 @@ def _hoist(functions: dict[str, Any], hoisted: list[tuple[str, str, Any]]) -> No
 INLINE_RESULT = 1 << 20  # results up to this size travel in the "done" message, not through a file
 
 
-def _run_call(functions: dict[str, Any], msg: dict[str, Any], inline: bool = False) -> int | bytes:
-    """Run one call in the current process. Its envelope goes to ``msg["result"]`` (a file), or
-    with ``inline`` is returned as bytes when small: no file to create, write and read per call."""
+def _run_call(functions: dict[str, Any], msg: dict[str, Any], inline: bool = False) -> tuple[int, bytes | None]:
+    """Run one call in the current process; returns ``(status, inline envelope or None)``.
+
+    A successful call with a temp output (``msg["output"]``) writes its envelope there (status 0).
+    Otherwise the envelope goes to ``msg["result"]`` (a file), or with ``inline`` comes back as bytes
+    when small: no file to create, write and read per call. A call with a temp output that raised
+    has status 1, so the worker keeps no temp and the manager sees the failure without a fetch.
+    """
     ok, tb = True, None
     try:
         func = functions.get(msg["function"])
@@ -290,12 +301,21 @@ def _run_call(functions: dict[str, Any], msg: dict[str, Any], inline: bool = Fal
         value = func(*args, **kwargs)
     except Exception as exc:  # noqa: BLE001 - the exception is the call's result
         ok, value, tb = False, exc, traceback.format_exc()
-    data = encode_result(ok, value, tb)
+    ok, data = encode_outcome(ok, value, tb)
+    output = msg.get("output")
+    if output:
+        if ok:
+            with open(output, "wb") as fh:
+                fh.write(data)
+            return 0, None
+        status = 1
+    else:
+        status = 0
     if inline and len(data) <= INLINE_RESULT:
-        return data
+        return status, data
     with open(msg["result"], "wb") as fh:
         fh.write(data)
-    return 0
+    return status, None
 
 
 def library_main(config_path: str) -> int:
@@ -366,10 +386,8 @@ def _serve_calls(sock: socket.socket, functions: dict[str, Any], mode: str) -> i
                             finally:
                                 os.chdir(home)
                                 sys.stdout.flush()
-                            if isinstance(outcome, bytes):
-                                replies.append({"op": "done", "id": msg["id"], "status": 0, "result": outcome})
-                            else:
-                                replies.append({"op": "done", "id": msg["id"], "status": outcome})
+                            status, inline_result = outcome
+                            replies.append({"op": "done", "id": msg["id"], "status": status, "result": inline_result})
                         else:
                             pid = _fork_call(sock, functions, msg, rfd, wfd)
                             children[pid] = msg["id"]
@@ -417,7 +435,7 @@ def _fork_call(sock: socket.socket, functions: dict[str, Any], msg: dict[str, An
         os.close(rfd)
         os.close(wfd)
         os.chdir(msg["sandbox"])
-        code = _run_call(functions, msg)
+        code = _run_call(functions, msg)[0]
     except BaseException:  # noqa: BLE001 - a child must never return into the library's loop
         traceback.print_exc()
     finally:

@@ -16,8 +16,9 @@ fire when the task finishes (not at the first ``result()`` as in TaskVine). ``re
 function's exception, whose ``__cause__`` carries the remote traceback. ``cancel()`` also stops a
 task already running on a worker (``running()`` tells whether it is on one).
 
-A future of a function call has no file on a worker; a task taking it as an argument is held back
-until the call finishes, then gets its value as a small input file.
+A future of a function call whose task has ``enable_temp_output()`` chains the same way (its value
+stays on the worker); without it the call's result comes back inline, so a task taking it as an
+argument is held back until the call finishes, then gets its value as a small input file.
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ class VineFuture(concurrent.futures.Future):  # type: ignore[type-arg]
         with self._fetch_lock:
             if self._result is not _LAZY:
                 return self._result
-            value = PythonTask.output.fget(self._task)  # type: ignore[attr-defined]
+            cls = FunctionCall if isinstance(self._task, FunctionCall) else PythonTask
+            value = cls.output.fget(self._task)  # type: ignore[attr-defined]
             if isinstance(value, BaseException):
                 raise value
             self._result = value
@@ -107,6 +109,8 @@ class VineFuture(concurrent.futures.Future):  # type: ignore[type-arg]
         task = self._task
         if isinstance(task, PythonTask) and task.output_file is not None and task.output_file.kind == "temp":
             return task.output_file, task._serialize_output
+        if isinstance(task, FunctionCall) and task.output_file is not None:
+            return task.output_file, True
         if not self.done():
             raise TaskError(f"the future of task {task.id} has no file on a worker yet; the executor holds dependents until it is done")
         assert self._executor is not None
@@ -123,8 +127,8 @@ class VineFuture(concurrent.futures.Future):  # type: ignore[type-arg]
     def _needs_value(self) -> bool:
         """True when a dependent must wait for this future (it has no temp file to read)."""
         task = self._task
-        on_worker = isinstance(task, PythonTask) and task._temp_output and task.output_file is not None
-        return not on_worker  # a function call, or a task itself still held back (not submitted yet)
+        on_worker = isinstance(task, (PythonTask, FunctionCall)) and task._temp_output and task.output_file is not None
+        return not on_worker  # an inline function call, or a task itself still held back (not submitted yet)
 
 
 def _futures_in(obj: Any, out: list[VineFuture]) -> None:
@@ -377,7 +381,9 @@ class FuturesExecutor(concurrent.futures.Executor):
                     if not fut.done() and concurrent.futures.Future.cancel(fut):
                         fut.set_running_or_notify_cancel()
                 return
-            if isinstance(task, FunctionCall):
+            if isinstance(task, FunctionCall) and task.output_file is not None and task.result == "success" and task.exit_code == 0:
+                fut.set_result(_LAZY)  # the value stays on the worker until result() is called
+            elif isinstance(task, FunctionCall):
                 value = FunctionCall.output.fget(task)  # type: ignore[attr-defined]
                 if isinstance(value, BaseException):
                     fut.set_exception(value)

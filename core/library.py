@@ -10,6 +10,15 @@
           └──► worker ──(unix socket)──► library: f(1, 2) in-process (direct) or in a fork (fork)
     call.output ◄── result envelope, returned inline with the completion (no file transfer)
 
+With ``call.enable_temp_output()`` the envelope of a successful call is left on the worker as a temp
+file instead: pass the call itself as an argument of another FunctionCall or PythonTask and the value
+goes worker to worker (peer transfer or, on the same worker, a link), never through the manager;
+``call.output`` fetches it only when read. A call whose function *raises* makes no temp: it ends with
+exit code 1 and its exception envelope inline, so ``call.output`` is the exception without a fetch,
+and tasks that take the call as an argument end with ``input missing`` instead of running on an
+exception. The temp is recovered like any other: if the worker holding its only copy is lost, the call
+runs again (lineage recovery).
+
 The library imports its modules and runs ``library_context_info`` once per instance, so a call pays
 for neither. A library that keeps exiting is restarted at most ``max-library-retries`` times
 (default 15; values below 1 mean 1); then it is removed and its waiting calls end with
@@ -32,10 +41,10 @@ from typing import TYPE_CHECKING, Any
 from . import constants as C
 from ._remote import decode_result
 from ._remote import load_variable_from_library as _load_variable
-from .errors import TaskError, VineError
+from .errors import TaskError, TransferError, VineError
 from .files import File
 from .library_state import LibraryInstalled, LibraryRemoved, StartLibrary
-from .python_task import ARGS_NAME, RUNNER_NAME, attach_traceback, content_buffer, extract_references, runner_file, serialize
+from .python_task import ARGS_NAME, RESULT_NAME, RUNNER_NAME, attach_traceback, content_buffer, extract_references, runner_file, serialize
 from .task import Task
 
 if TYPE_CHECKING:
@@ -110,6 +119,8 @@ class FunctionCall(Task):
         self._failure_reason: str | None = None
         self._decoded: Any = None
         self._has_decoded = False
+        self._temp_output = False
+        self._output_file: File | None = None
 
     def set_fn_args(self, args: list[Any] | tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> None:
         self._mutable()
@@ -120,6 +131,31 @@ class FunctionCall(Task):
         if method not in EXEC_MODES:
             raise ValueError(f"exec method must be 'fork' or 'direct', got {method!r}")
         self._exec_method = method
+
+    def enable_temp_output(self) -> None:
+        """Leave a successful call's result on the worker as a temp file (usable as another task's argument).
+
+        ``output`` still works (the temp is fetched when first read). A call that raises makes no
+        temp: its exception comes back inline (exit code 1) and its consumers end with ``input missing``.
+        """
+        self._mutable()
+        self._temp_output = True
+
+    def disable_temp_output(self) -> None:
+        self._mutable()
+        self._temp_output = False
+
+    @property
+    def output_file(self) -> File | None:
+        """The temp File holding the result with ``enable_temp_output`` (set at submit); else None (inline)."""
+        return self._output_file
+
+    def _vine_reference(self) -> tuple[File, bool]:
+        """Lets a FunctionCall with a temp output be passed as another task's argument."""
+        if self._output_file is None:
+            raise TaskError(f"only a submitted FunctionCall with enable_temp_output() can be passed as an argument "
+                            f"(call to {self.library_name}.{self._fn_name})")
+        return self._output_file, True
 
     @property
     def library_name(self) -> str:
@@ -142,16 +178,23 @@ class FunctionCall(Task):
             self._inline_args = base64.b64encode(data).decode()
         else:
             self.add_input(manager.declare_buffer(data), ARGS_NAME)
+        if self._temp_output:
+            self._output_file = manager.declare_temp()
+            # success_only: a call that raised leaves no temp, so no consumer runs on its exception.
+            self.add_output(self._output_file, RESULT_NAME, success_only=True)
 
     def _task_spec(self) -> dict[str, Any]:
         spec = super()._task_spec()
         spec["function_call"] = {"library": self.library_name, "function": self._fn_name, "args": self._inline_args,
-                                 "args_file": None if self._inline_args is not None else ARGS_NAME, "mode": self._exec_method}
+                                 "args_file": None if self._inline_args is not None else ARGS_NAME, "mode": self._exec_method,
+                                 "output": RESULT_NAME if self._output_file is not None else None}
         return spec
 
     def _finalize_done(self, manager: Manager) -> None:
         if self._result != C.VINE_RESULT_SUCCESS:
             self._failure_reason = manager._library_failure_reason(self.library_name)
+        if self._output_file is not None:
+            return  # its producer may be re-run to recover the temp: keep its argument file
         for m in self.inputs:
             if m.remote_name == ARGS_NAME:
                 manager.undeclare_file(m.file)  # big arguments: nothing needs the manager's copy any more
@@ -175,7 +218,13 @@ class FunctionCall(Task):
     def _decode(self) -> Any:
         if self._state < C.VINE_TASK_RETRIEVED:
             return FunctionCallNoResult(f"call {self.id} has not finished")
-        if self._result != C.VINE_RESULT_SUCCESS or not self._stdout:
+        data = self._stdout
+        if self._result == C.VINE_RESULT_SUCCESS and not data and self._exit_code == 0 and self._output_file is not None:
+            try:
+                data = self._output_file.contents()
+            except (TransferError, ValueError, OSError, TimeoutError) as exc:
+                return FunctionCallNoResult(f"call {self.id}: its temp output could not be fetched: {exc}")
+        if self._result != C.VINE_RESULT_SUCCESS or not data:
             why = f"call {self.id} to {self.library_name}.{self._fn_name} ended with '{self.result}'"
             if self._result == C.VINE_RESULT_SUCCESS:
                 why += f" but no result (exit status {self.exit_code})"
@@ -183,7 +232,7 @@ class FunctionCall(Task):
                 why += f": {self._failure_reason}"
             return FunctionCallNoResult(why)
         try:
-            ok, value, tb = decode_result(self._stdout)
+            ok, value, tb = decode_result(data)
         except ValueError as exc:
             return FunctionCallNoResult(f"call {self.id}: unreadable result ({exc})")
         return value if ok else attach_traceback(value, tb)

@@ -534,7 +534,8 @@ class SchedulerState(TransferPlanner, RecoveryPlanner):
                 del self.recovering[name]
             if m.file.kind == "temp" and not self._has_ready_replica(name):
                 what = "recovery copy of task" if rec.recovery else "task"
-                self._fail_waiters(name, f"temp file {name} cannot be made: its producer ({what} {rec.task.id}) ended with '{C.result_string(result)}'", out)
+                self._fail_waiters(name, f"temp file {name} cannot be made: its producer ({what} {rec.task.id}) ended with '{C.result_string(result)}'"
+                                  + (f" (exit code {exit_code})" if result == C.VINE_RESULT_SUCCESS else ""), out)
 
     def forget_task(self, task_id: int) -> None:
         """Drop a finished task's record once the user has it (keeps memory flat on long runs)."""

@@ -241,6 +241,7 @@ class WorkerPythonMixin:
             "op": "call", "id": rt.id, "function": fc["function"],
             "args": base64.b64decode(fc["args"]) if fc.get("args") is not None else None,
             "args_file": fc.get("args_file"), "sandbox": rt.sandbox, "result": result_path, "mode": fc.get("mode"),
+            "output": os.path.join(rt.sandbox, fc["output"]) if fc.get("output") else None,
         }):
             # The call never started: the manager puts it back in the queue (a new instance, or
             # "missing library" once the library has failed too often). Report after the instance's
