@@ -15,11 +15,17 @@ runs user code, so every child starts from the same clean state.
 
 The channel is a socketpair inherited by the server (never its stdout, which children reuse).
 If the server dies, pending tasks fail with status -9 and the next task starts a new server.
+
+A task may name *warm imports* (``PythonTask.set_warm_imports``): modules the server imports once,
+before its first fork that asks for them, and keeps, so every later child finds them loaded (a
+framework such as Parsl costs about a second to import). A module that fails to import here is
+left for the child to import, which then reports the real error as the task's own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import os
 import selectors
@@ -47,6 +53,7 @@ def serve(fd: int) -> int:
     sel.register(sock, selectors.EVENT_READ)
     sel.register(rfd, selectors.EVENT_READ)
     children: dict[int, Any] = {}
+    warmed: set[str] = set()
     buf = b""
 
     def reply(msg: dict[str, Any]) -> None:
@@ -79,6 +86,7 @@ def serve(fd: int) -> int:
                 while b"\n" in buf:
                     line, buf = buf.split(b"\n", 1)
                     request = json.loads(line)
+                    _warm_imports(request.get("python") or {}, warmed)
                     pid = _fork_task(request, sock, rfd, wfd, _remote.forked_child_main)
                     children[pid] = request["id"]
                     reply({"id": request["id"], "pid": pid})
@@ -88,6 +96,18 @@ def serve(fd: int) -> int:
                 except BlockingIOError:
                     pass
                 reap()
+
+
+def _warm_imports(python: dict[str, Any], warmed: set[str]) -> None:
+    """Import (once) the modules a task asked to find already loaded in its fork."""
+    for name in python.get("warm_imports") or ():
+        if name in warmed:
+            continue
+        warmed.add(name)
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - the child imports it again and reports the real error
+            pass
 
 
 def _fork_task(request: dict[str, Any], sock: socket.socket, rfd: int, wfd: int, body: Callable[[dict[str, Any]], int]) -> int:

@@ -151,6 +151,7 @@ class PythonTask(Task):
         self._temp_output = False
         self._output_cache: Any = False
         self._output_file: File | None = None
+        self._warm_imports: list[str] = []
         self._decoded: Any = _UNSET
 
     # -- TaskVine's PythonTask options -----------------------------------------------------------------
@@ -172,6 +173,18 @@ class PythonTask(Task):
         """The function returns bytes (or str); ``output`` is those bytes, unpickled by nobody."""
         self._mutable()
         self._serialize_output = False
+
+    def set_warm_imports(self, modules: list[str]) -> None:
+        """Modules the worker's fork server imports once and keeps, so this task's fork finds them loaded.
+
+        For frameworks whose import costs more than the task (Parsl: about a second). Give module
+        names; they must not start threads at import (the server forks after importing them).
+        Ignored when the task runs in its own environment (``add_environment``).
+        """
+        self._mutable()
+        if isinstance(modules, str) or not all(isinstance(m, str) and m for m in modules):
+            raise TypeError(f"set_warm_imports takes a list of module names, got {modules!r}")
+        self._warm_imports = list(modules)
 
     @property
     def output_file(self) -> File | None:
@@ -214,6 +227,8 @@ class PythonTask(Task):
     def _task_spec(self) -> dict[str, Any]:
         spec = super()._task_spec()
         spec["python"] = {"function": FUNCTION_NAME, "args": ARGS_NAME, "output": RESULT_NAME, "serialize": self._serialize_output}
+        if self._warm_imports:
+            spec["python"]["warm_imports"] = self._warm_imports
         return spec
 
     def _vine_reference(self) -> tuple[File, bool]:

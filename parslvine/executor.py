@@ -1,0 +1,307 @@
+"""``TaskVineExecutor``: a Parsl executor that runs app calls on ``core`` workers.
+
+::
+
+    DFK thread(s)                     this process                              workers
+    ─────────────                     ────────────                              ───────
+    submit(func, spec, *a, **kw) ──►  parsl.serialize(func), (args, kwargs)
+                                      File staging plan, resources from spec
+                                      regular:    PythonTask(run_parsl_call)  ─► fork server child
+                                      serverless: FunctionCall(library, ...)  ─► warm library (direct)
+                                      core.Manager.submit (thread-safe)
+    future ◄── set_result/exception ── collector thread: Manager.wait()  ◄──── Parsl-serialized result
+
+One ``core.Manager`` lives in the user's process (its own I/O thread serves the workers), so there
+is no separate submit process and no queue between processes: ``submit`` hands the task to the
+manager directly and the collector thread completes futures as results arrive. A value comes back
+Parsl-serialized; an exception comes back in Parsl's ``RemoteExceptionWrapper`` and is set on the
+future with its original type and traceback. A call that ends without a result (its worker task
+failed for a reason outside the app) fails with :class:`~parslvine.errors.TaskVineTaskFailure`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+from concurrent.futures import Future
+from typing import Any, Callable, Literal, Optional, Union
+
+import core as vine
+from parsl.app.errors import RemoteExceptionWrapper
+from parsl.data_provider.staging import Staging
+from parsl.executors.status_handling import BlockProviderExecutor
+from parsl.monitoring.radios.base import RadioConfig
+from parsl.monitoring.radios.filesystem import FilesystemRadio
+from parsl.providers import LocalProvider
+from parsl.providers.base import ExecutionProvider
+from parsl.serialize import deserialize, serialize
+from parsl.utils import RepresentationMixin
+
+from .configs import TaskVineFactoryConfig, TaskVineManagerConfig, check_manager_config
+from .errors import ParslVineConfigError, ParslVineError, TaskVineManagerFailure, TaskVineTaskFailure
+from .launch import start_factory, worker_command
+from .resources import TaskSettings, settings_from_spec
+from .runner import WARM_IMPORTS, run_parsl_call
+from .staging import plan_staging
+from .tasks import LIBRARY_NAME, build_library, make_task, task_output, unpack_result
+
+logger = logging.getLogger(__name__)
+
+LAUNCH_METHODS = ("factory", "provider", "manual")
+EXEC_MODES = ("regular", "serverless")
+SERIALIZE_BUFFER_THRESHOLD = 1024 * 1024
+COLLECT_INTERVAL = 0.5  # s: how long one wait() blocks, so shutdown is noticed promptly
+
+
+class TaskVineExecutor(BlockProviderExecutor, RepresentationMixin):
+    """Run Parsl apps on core's workers (the constructor of Parsl's own ``TaskVineExecutor``).
+
+    ``worker_launch_method``: ``"factory"`` (a core Factory from ``factory_config``), ``"provider"``
+    (Parsl's ``provider``, default ``LocalProvider(init_blocks=1)``) or ``"manual"``.
+    ``function_exec_mode``: ``"regular"`` (one task per call, forked from the worker's warm fork
+    server) or ``"serverless"`` (calls run in one warm library per worker core); an app may choose
+    per call with ``parsl_resource_specification={"exec_mode": ...}``.
+    ``storage_access``: Parsl staging providers, as for any executor (None = Parsl's defaults).
+    ``remote_monitoring_radio``: how the apps' monitoring messages reach Parsl (default: files).
+    """
+
+    def __init__(self,
+                 label: str = "TaskVineExecutor",
+                 worker_launch_method: Union[Literal["provider"], Literal["factory"], Literal["manual"]] = "factory",
+                 function_exec_mode: Union[Literal["regular"], Literal["serverless"]] = "regular",
+                 manager_config: Optional[TaskVineManagerConfig] = None,
+                 factory_config: Optional[TaskVineFactoryConfig] = None,
+                 provider: Optional[ExecutionProvider] = None,
+                 storage_access: Optional[list[Staging]] = None,
+                 remote_monitoring_radio: Optional[RadioConfig] = None) -> None:
+        if worker_launch_method not in LAUNCH_METHODS:
+            raise ParslVineConfigError(f"worker_launch_method must be one of {LAUNCH_METHODS}, not {worker_launch_method!r}")
+        if function_exec_mode not in EXEC_MODES:
+            raise ParslVineConfigError(f"function_exec_mode must be one of {EXEC_MODES}, not {function_exec_mode!r}")
+        if worker_launch_method in ("factory", "manual"):
+            if provider is not None:
+                raise ParslVineConfigError(f"a provider is only used with worker_launch_method='provider', not {worker_launch_method!r}")
+        elif provider is None:
+            provider = LocalProvider(init_blocks=1)
+        manager_config = manager_config if manager_config is not None else TaskVineManagerConfig()
+        factory_config = factory_config if factory_config is not None else TaskVineFactoryConfig()
+        check_manager_config(manager_config)
+        if not isinstance(factory_config, TaskVineFactoryConfig):
+            raise ParslVineConfigError(f"factory_config must be a parslvine.TaskVineFactoryConfig, not {type(factory_config).__name__}")
+        BlockProviderExecutor.__init__(self, provider=provider, block_error_handler=True)
+        self.label = label
+        self.worker_launch_method = worker_launch_method
+        self.function_exec_mode = function_exec_mode
+        self.manager_config = manager_config
+        self.factory_config = factory_config
+        self.storage_access = storage_access
+        self.remote_monitoring_radio = remote_monitoring_radio if remote_monitoring_radio is not None else FilesystemRadio()
+
+        self.manager: Any = None  # the core.Manager, from start() on
+        self.factory: Any = None
+        self._worker_command = ""
+        self._lock = threading.Lock()  # guards _tasks (with the base class), counters and the library
+        self._work = threading.Condition(self._lock)
+        self._next_id = 0
+        self._outstanding = 0
+        self._stopping = False
+        self._started = False
+        self._library_installed = False
+        self._collector: threading.Thread | None = None
+        self._config: TaskVineManagerConfig = manager_config
+        self._warned_keys: set[str] = set()
+
+    # -- Parsl's executor interface ---------------------------------------------------------------------
+    def start(self) -> None:
+        """Create the manager, start the workers (factory/provider), start the collector thread."""
+        if self._started:
+            raise ParslVineError(f"executor {self.label!r} is already started")
+        super().start()
+        # Our own copy: the user's config object is left as given (Parsl's executor mutates it).
+        config = dataclasses.replace(self.manager_config)
+        if config.vine_log_dir is None:
+            config.vine_log_dir = os.path.join(os.path.dirname(os.path.abspath(self.run_dir)), self.label)
+        self._config = config
+        # Workers this executor starts are ours to stop: the manager tells them to exit at close.
+        m = vine.Manager(port=config.port, name=config.project_name, run_info_path=config.vine_log_dir,
+                         shutdown=self.worker_launch_method != "manual")
+        self.manager = m
+        try:
+            self._configure_manager(m, config)
+            if self.worker_launch_method == "factory":
+                fc = dataclasses.replace(self.factory_config, scratch_dir=config.vine_log_dir,
+                                         _project_port=m.port, _project_address=config.address,
+                                         _project_name=config.project_name, _project_password_file=config.project_password_file)
+                self.factory = start_factory(m, config, fc)
+            elif self.worker_launch_method == "provider":
+                local = isinstance(self.provider, LocalProvider)
+                self._worker_command = worker_command(m.port, config, self.factory_config, local)
+                logger.info("%s: provider blocks run: %s", self.label, self._worker_command)
+        except BaseException:
+            m.close()
+            self.manager = None
+            raise
+        self._collector = threading.Thread(target=self._collect, name=f"parslvine-collector-{self.label}", daemon=True)
+        self._started = True
+        self._collector.start()
+        logger.info("%s: manager listening on port %s (%s mode, %s workers)", self.label, m.port, self.function_exec_mode,
+                    self.worker_launch_method)
+
+    def _configure_manager(self, m: Any, config: TaskVineManagerConfig) -> None:
+        if config.project_password_file:
+            m.set_password_file(config.project_password_file)
+        if config.autolabel:
+            # Measure, but never kill: Parsl apps ask for small memory (the suite asks 1 MB) and
+            # must still run; the measurements size each category's next allocations.
+            m.enable_monitoring(watchdog=False)
+            if config.autolabel_window is not None:
+                m.tune("category-steady-n-tasks", config.autolabel_window)
+        if config.wait_for_workers:
+            m.tune("wait-for-workers", config.wait_for_workers)
+        if config.enable_peer_transfers:
+            m.enable_peer_transfers()
+        else:
+            m.disable_peer_transfers()
+        if config.project_name:
+            m.set_property("framework", "parsl")
+        for key, value in (config.tune_parameters or {}).items():
+            m.tune(key, value)
+
+    def _get_launch_command(self, block_id: str) -> str:
+        return f"PARSL_WORKER_BLOCK_ID={block_id} {self._worker_command}"
+
+    @property
+    def workers_per_node(self) -> Union[int, float]:
+        return 1
+
+    def outstanding(self) -> int:
+        """App calls submitted and not yet completed (waiting or running)."""
+        return self._outstanding
+
+    def submit(self, func: Callable[..., Any], resource_specification: dict[str, Any], *args: Any, **kwargs: Any) -> Future:
+        """Send one app call to the workers; the future completes with its value or exception."""
+        if self.bad_state_is_set:
+            raise self.executor_exception
+        if not self._started or self._stopping:
+            raise ParslVineError(f"executor {self.label!r} is {'shut down' if self._stopping else 'not started'}; "
+                                 "it accepts apps between start() and shutdown()")
+        settings = settings_from_spec(resource_specification, self.function_exec_mode, self._warn_unknown)
+        config = self._config
+        plan = plan_staging(args, kwargs, config.shared_fs)
+        function = serialize(func, buffer_threshold=SERIALIZE_BUFFER_THRESHOLD)
+        arguments = serialize({"args": args, "kwargs": kwargs}, buffer_threshold=SERIALIZE_BUFFER_THRESHOLD)
+        if settings.category is None:
+            settings.category = getattr(func, "__name__", None) if config.autocategory else None
+            settings.category = settings.category or "parsl-default"
+        if settings.exec_mode == "serverless":
+            self._ensure_library()
+        task = make_task(self.manager, config, settings, run_parsl_call, function, arguments, plan, WARM_IMPORTS)
+        future: Future = Future()
+        with self._lock:
+            executor_id = self._next_id
+            self._next_id += 1
+            future.parsl_executor_task_id = executor_id  # type: ignore[attr-defined]
+            task._parslvine_id = executor_id
+            self._tasks[executor_id] = future
+            self._outstanding += 1
+            try:
+                self.manager.submit(task)
+            except BaseException:
+                self._tasks.pop(executor_id, None)
+                self._outstanding -= 1
+                raise
+            self._work.notify()
+        return future
+
+    def shutdown(self) -> None:
+        """Stop the collector, fail what is still pending, stop the factory, close the manager."""
+        with self._lock:
+            if self._stopping:
+                return
+            self._stopping = True
+            self._work.notify_all()
+        if self._collector is not None:
+            self._collector.join(30)
+        with self._lock:
+            pending = list(self._tasks.values())
+            self._tasks.clear()
+            self._outstanding = 0
+        for fut in pending:
+            if not fut.done():
+                fut.set_exception(TaskVineManagerFailure(f"executor {self.label!r} shut down before the app finished"))
+        if self.factory is not None:
+            self.factory.stop()
+            self.factory = None
+        if self.manager is not None:
+            self.manager.close()
+        super().shutdown()
+        logger.info("%s: shut down", self.label)
+
+    # -- internals ------------------------------------------------------------------------------------------
+    def _warn_unknown(self, key: str) -> None:
+        if key not in self._warned_keys:
+            self._warned_keys.add(key)
+            logger.warning("%s: resource specification key %r is not used by TaskVineExecutor and is ignored "
+                           "(known: cores, memory, disk, gpus, priority, running_time_min, category, exec_mode)", self.label, key)
+
+    def _ensure_library(self) -> None:
+        with self._lock:
+            if self._library_installed:
+                return
+            library = build_library(self.manager, self._config, run_parsl_call, WARM_IMPORTS)
+            self.manager.install_library(library)
+            self._library_installed = True
+            logger.info("%s: installed serverless library %r", self.label, LIBRARY_NAME)
+
+    def _collect(self) -> None:
+        m = self.manager
+        while True:
+            with self._lock:
+                while not self._stopping and self._outstanding == 0:
+                    self._work.wait()
+                if self._stopping:
+                    return
+            try:
+                task = m.wait(COLLECT_INTERVAL)
+            except Exception as exc:  # noqa: BLE001 - a broken manager fails everything, loudly
+                logger.exception("%s: the manager failed", self.label)
+                self.set_bad_state_and_fail_all(TaskVineManagerFailure(f"the manager of executor {self.label!r} failed: {exc}"))
+                return
+            if task is not None:
+                self._complete(task)
+
+    def _complete(self, task: Any) -> None:
+        executor_id = getattr(task, "_parslvine_id", None)
+        with self._lock:
+            future = self._tasks.pop(executor_id, None)
+            if future is not None:
+                self._outstanding -= 1
+        if future is None or future.done():
+            return
+        data = task_output(task)
+        if not isinstance(data, (bytes, bytearray)):
+            reason = f"task {task.id} ended with '{task.result}' (exit code {task.exit_code})"
+            if str(data):
+                reason += f": {data}"
+            future.set_exception(TaskVineTaskFailure(reason, task.exit_code))
+            return
+        try:
+            value = deserialize(unpack_result(task, bytes(data)))
+        except Exception as exc:  # noqa: BLE001 - an undecodable result is this call's failure
+            failure = TaskVineTaskFailure(f"the result of task {task.id} cannot be deserialized: {type(exc).__name__}: {exc}")
+            failure.__cause__ = exc
+            future.set_exception(failure)
+            return
+        if isinstance(value, RemoteExceptionWrapper):
+            try:
+                exc_value = value.get_exception()
+            except Exception as exc:  # noqa: BLE001 - e.g. a traceback that cannot be rebuilt
+                exc_value = exc
+            future.set_exception(exc_value)
+        else:
+            future.set_result(value)
+
+
+__all__ = ["TaskVineExecutor", "TaskSettings"]

@@ -1,0 +1,133 @@
+"""The worker side of parslvine: run one Parsl app call and return its result, Parsl-serialized.
+
+::
+
+    manager (TaskVineExecutor.submit)             worker
+    ─────────────────────────────────             ──────
+    parsl.serialize(func), parsl.serialize(       regular:    a fork of the worker's fork server
+      {"args", "kwargs"}), name map          ──►              (parsl imported there once)
+                                                  serverless: the warm library process (direct)
+                                                  run_parsl_call(...): remap File paths to the
+                                                  sandbox names, call func, serialize the value
+    future.set_result / set_exception  ◄──────── or a RemoteExceptionWrapper of what it raised
+
+The value comes back as bytes already Parsl-serialized (with the names of any placeholder outputs,
+see :func:`run_parsl_call`), so the manager's only work is ``parsl.serialize.deserialize``; an exception keeps its type because Parsl's own
+``RemoteExceptionWrapper`` carries it (with its traceback and cause).
+
+``python -m parslvine.runner FUNCTION ARGS MAP RESULT`` runs the same thing in a fresh interpreter
+(used in regular mode when ``init_command`` must run first).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+from typing import Any
+
+# Imported when this module is: on workers the fork server (warm imports) or the library has
+# already paid for them, so a call never imports Parsl itself.
+from parsl.app.errors import RemoteExceptionWrapper
+from parsl.data_provider.files import File
+from parsl.serialize import deserialize, serialize
+from parsl.utils import get_std_fname_mode
+
+# What a worker imports once so that calls skip it (PythonTask.set_warm_imports, library imports).
+WARM_IMPORTS = ["parsl.app.errors", "parsl.data_provider.files", "parsl.serialize", "parsl.utils", "parsl.app.bash",
+                "parsl.app.python", "parslvine.runner"]
+
+
+def _remap(file: Any, names: dict[str, str]) -> None:
+    """Point a Parsl File at its name in this sandbox (only files the manager staged or mapped)."""
+    if not isinstance(file, File):
+        return
+    if file.scheme == "file" or file.local_path:
+        try:
+            where = file.filepath
+        except ValueError:
+            return
+        if where in names:
+            file.local_path = names[where]
+
+
+def remap_files(args: Any, kwargs: dict[str, Any], names: dict[str, str]) -> None:
+    """Apply the manager's {local path: sandbox name} map to File arguments, inputs, outputs and std streams."""
+    if not names:
+        return
+    for a in args:
+        _remap(a, names)
+    for key, value in kwargs.items():
+        if key in ("inputs", "outputs"):
+            for f in value or ():
+                _remap(f, names)
+        elif key in ("stdout", "stderr"):
+            if value:
+                fname, mode = get_std_fname_mode(key, value)
+                if fname in names:
+                    kwargs[key] = (names[fname], mode)
+        else:
+            _remap(value, names)
+
+
+def run_parsl_call(function: bytes, arguments: bytes, names: dict[str, str], outputs: list[str]) -> bytes:
+    """Run one app call in the current directory; returns ``pickle((result, placeholders))``.
+
+    ``result`` is the Parsl-serialized value, or a ``RemoteExceptionWrapper`` of what the call
+    raised. Never raises: any failure, including one to deserialize the function, is wrapped so
+    the user's process re-raises it with its own type. ``outputs`` are the sandbox names of the
+    staged output files; one the app did not write is created empty here, so the worker's
+    output check passes and the app's own outcome (often the exception that kept it from
+    writing) reaches the user; the manager removes those placeholders (``placeholders``) again,
+    so a missing output stays missing, as on a shared filesystem.
+    """
+    result = _call(function, arguments, names)
+    placeholders = []
+    for name in outputs:
+        if not os.path.lexists(name):
+            parent = os.path.dirname(name)
+            if parent:
+                os.makedirs(parent, exist_ok=True)
+            with open(name, "wb"):
+                pass
+            placeholders.append(name)
+    return pickle.dumps((result, placeholders), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _call(function: bytes, arguments: bytes, names: dict[str, str]) -> bytes:
+    try:
+        func = deserialize(function)
+        call = deserialize(arguments)
+        args, kwargs = list(call["args"]), dict(call["kwargs"])
+        remap_files(args, kwargs, names)
+        result: Any = func(*args, **kwargs)
+    except BaseException:  # noqa: BLE001 - even SystemExit is the app's outcome, reported to the user
+        result = RemoteExceptionWrapper(*sys.exc_info())
+    try:
+        return serialize(result)
+    except Exception:  # noqa: BLE001 - an unserializable value is the call's failure
+        return serialize(RemoteExceptionWrapper(*sys.exc_info()))
+
+
+def main(argv: list[str]) -> int:
+    """``python -m parslvine.runner FUNCTION ARGS MAP RESULT``: the call from files, the result to a file."""
+    if len(argv) != 5:
+        sys.stderr.write("usage: python -m parslvine.runner FUNCTION ARGS MAP RESULT\n")
+        return 2
+    function_path, args_path, map_path, result_path = argv[1:]
+    with open(function_path, "rb") as fh:
+        function = fh.read()
+    with open(args_path, "rb") as fh:
+        arguments = fh.read()
+    with open(map_path, "rb") as fh:
+        names, outputs = pickle.load(fh)
+    data = run_parsl_call(function, arguments, names, outputs)
+    tmp = result_path + ".tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, result_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

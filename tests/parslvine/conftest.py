@@ -1,0 +1,45 @@
+"""Fixtures for parslvine's tests: a Parsl DFK on a TaskVineExecutor with real factory workers."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+MODES = ["regular", "serverless"]
+
+
+def make_executor(mode: str, launch: str = "factory", **kw: Any) -> Any:
+    from parslvine import TaskVineExecutor, TaskVineFactoryConfig, TaskVineManagerConfig
+
+    kw.setdefault("manager_config", TaskVineManagerConfig(port=0))
+    if launch == "factory":
+        kw.setdefault("factory_config", TaskVineFactoryConfig(min_workers=1, max_workers=1, cores=2, memory=2000, disk=4000))
+    return TaskVineExecutor(label=f"vine_{mode}", function_exec_mode=mode, worker_launch_method=launch, **kw)
+
+
+@pytest.fixture(scope="module", params=MODES)
+def dfk(request, tmp_path_factory) -> Iterator[Any]:
+    """A loaded DFK (one per mode and test module) whose only executor is parslvine's."""
+    import parsl
+    from parsl.config import Config
+
+    run_dir = tmp_path_factory.mktemp(f"parsl-{request.param}")
+    config = Config(executors=[make_executor(request.param)], run_dir=str(run_dir / "runinfo"))
+    d = parsl.load(config)
+    # Parsl's DFK adds a file handler at DEBUG to the root "parsl" logger; keep pytest's capture quiet.
+    logging.getLogger("parsl").setLevel(logging.INFO)
+    try:
+        yield d
+    finally:
+        d.cleanup()
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch) -> str:
+    """Run the test in its own directory (relative Parsl Files are relative to the cwd)."""
+    monkeypatch.chdir(tmp_path)
+    return os.fspath(tmp_path)

@@ -1,0 +1,109 @@
+"""parslvine's pure parts: configs, resource specifications, the staging plan, the runner (no processes)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+from parsl.app.errors import RemoteExceptionWrapper
+from parsl.data_provider.files import File
+from parsl.serialize import deserialize, serialize
+
+from parslvine import TaskVineExecutor, TaskVineFactoryConfig, TaskVineManagerConfig
+from parslvine.configs import check_manager_config
+from parslvine.errors import ParslVineConfigError
+from parslvine.resources import settings_from_spec
+from parslvine.runner import remap_files, run_parsl_call
+from parslvine.staging import plan_staging
+
+
+def test_config_defaults_match_parsls():
+    mc, fc = TaskVineManagerConfig(), TaskVineFactoryConfig()
+    assert (mc.port, mc.address, mc.project_name, mc.max_retries, mc.shared_fs, mc.autocategory) == (9123, None, None, 1, False, True)
+    assert (mc.autolabel, mc.autolabel_algorithm, mc.enable_peer_transfers, mc.init_command) == (False, "max-xput", True, "")
+    assert (fc.min_workers, fc.max_workers, fc.workers_per_cycle, fc.worker_timeout, fc.factory_timeout) == (1, 1, 1, 300, 300)
+    assert (fc.worker_executable, fc.batch_type, fc.cores) == ("vine_worker", "local", None)
+
+
+@pytest.mark.parametrize("bad, words", [
+    (dict(app_pack=True), "app_pack"),
+    (dict(extra_pkgs=["numpy"]), "extra_pkgs"),
+    (dict(autolabel=True, autolabel_algorithm="guess"), "autolabel_algorithm"),
+    (dict(library_config={"slots": 2}), "num_slots"),
+    (dict(max_retries=-2), "max_retries"),
+])
+def test_config_rejects_what_it_cannot_honour(bad, words):
+    with pytest.raises(ParslVineConfigError, match=words):
+        check_manager_config(TaskVineManagerConfig(**bad))
+
+
+def test_executor_constructor_checks_its_arguments():
+    with pytest.raises(ParslVineConfigError, match="worker_launch_method"):
+        TaskVineExecutor(worker_launch_method="ssh")
+    with pytest.raises(ParslVineConfigError, match="function_exec_mode"):
+        TaskVineExecutor(function_exec_mode="fast")
+    ex = TaskVineExecutor(label="x", worker_launch_method="provider")
+    assert type(ex.provider).__name__ == "LocalProvider" and ex.provider.init_blocks == 1
+    # Parsl's RepresentationMixin needs every constructor argument as an attribute.
+    for name in ("label", "worker_launch_method", "function_exec_mode", "manager_config", "factory_config",
+                 "provider", "storage_access", "remote_monitoring_radio"):
+        assert hasattr(ex, name)
+    assert "TaskVineExecutor(" in repr(ex)
+
+
+def test_resource_specification_mapping():
+    unknown: list[str] = []
+    s = settings_from_spec({"cores": 2, "memory": 1000, "disk": 500, "gpus": 0, "running_time_min": 10, "priority": 3,
+                            "category": "x", "cpus": 4}, "regular", unknown.append)
+    assert (s.cores, s.memory, s.disk, s.gpus, s.running_time_min, s.priority, s.category) == (2, 1000, 500, 0, 10, 3, "x")
+    assert s.exec_mode == "regular" and unknown == ["cpus"]
+    assert settings_from_spec({"exec_mode": "serverless"}, "regular", unknown.append).exec_mode == "serverless"
+    assert settings_from_spec({}, "serverless", unknown.append).exec_mode == "serverless"
+    with pytest.raises(ParslVineConfigError, match="'memory'"):
+        settings_from_spec({"memory": "lots"}, "regular", unknown.append)
+    with pytest.raises(ParslVineConfigError, match="exec_mode"):
+        settings_from_spec({"exec_mode": "fast"}, "regular", unknown.append)
+
+
+def test_staging_plan_follows_parsls_rule(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.txt").write_text("x")
+    absolute = File(str(tmp_path / "abs.txt"))
+    plan = plan_staging((File("in.txt"), 3), {"inputs": [File("data/a.csv"), absolute], "outputs": [File("out/r.txt")],
+                                              "stdout": "o.log", "stderr": str(tmp_path / "e.log"), "extra": File("../up.txt")},
+                        shared_fs=False)
+    assert ("in.txt", "in.txt") in plan.inputs and ("data/a.csv", "data/a.csv") in plan.inputs
+    assert all(local != absolute.filepath for local, _ in plan.inputs)  # absolute paths stay where they are
+    up = dict(plan.inputs)["../up.txt"]
+    assert not up.startswith("..") and up.endswith("up.txt")  # a path out of the sandbox gets a name inside it
+    assert plan.outputs == [("out/r.txt", "out/r.txt"), ("o.log", "o.log")]
+    shared = plan_staging((File("in.txt"),), {"stdout": "o.log"}, shared_fs=True)
+    assert shared.inputs == [] and shared.outputs == []
+    assert shared.names == {"in.txt": str(tmp_path / "in.txt"), "o.log": str(tmp_path / "o.log")}
+
+
+def test_runner_remaps_files_and_streams():
+    f, g = File("a/in.txt"), File("/abs/x")
+    kwargs = {"inputs": [f], "stdout": ("o.log", "w"), "other": g}
+    remap_files([], kwargs, {"a/in.txt": "sandbox/in.txt", "o.log": ".parslvine-files/0/o.log"})
+    assert f.filepath == "sandbox/in.txt" and g.filepath == "/abs/x"
+    assert kwargs["stdout"] == (".parslvine-files/0/o.log", "w")
+
+
+def _boom(x):
+    raise KeyError(f"no {x}")
+
+
+def test_runner_returns_values_and_wrapped_exceptions(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result, placeholders = pickle.loads(run_parsl_call(serialize(divmod), serialize({"args": (7, 2), "kwargs": {}}), {}, []))
+    assert deserialize(result) == (3, 1) and placeholders == []
+    result, placeholders = pickle.loads(run_parsl_call(serialize(_boom), serialize({"args": ("key",), "kwargs": {}}), {},
+                                                       ["never/written.txt"]))
+    wrapper = deserialize(result)
+    assert isinstance(wrapper, RemoteExceptionWrapper) and isinstance(wrapper.get_exception(), KeyError)
+    assert placeholders == ["never/written.txt"] and os.path.exists("never/written.txt")
+    # A function that cannot even be deserialized is the call's exception, not a crash.
+    result, _ = pickle.loads(run_parsl_call(b"garbage", serialize({"args": (), "kwargs": {}}), {}, []))
+    assert isinstance(deserialize(result), RemoteExceptionWrapper)
