@@ -30,16 +30,19 @@ _LAZY = {
     "FuturePythonTask": "futures",
     "FutureFunctionCall": "futures",
     "VineFuture": "futures",
+    "DaskVine": "..daskvine",  # the dask adapter lives in its own package
 }
 
-__all__ = ["VineError", "cvine", "get_c_constant", "set_port_range", *_LAZY]
+# DaskVine stays out of ``import *``: it needs dask, which a core-only install lacks.
+__all__ = ["VineError", "cvine", "get_c_constant", "set_port_range", *(n for n in _LAZY if n != "DaskVine")]
 
 
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'core' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    target = module[2:] if module.startswith("..") else f".{module}"
+    value = getattr(importlib.import_module(target, None if module.startswith("..") else __name__), name)
     globals()[name] = value
     return value
 
