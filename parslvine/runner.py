@@ -81,13 +81,14 @@ def run_parsl_call(function: bytes, arguments: bytes, names: dict[str, str], out
     writing) reaches the user; the manager removes those placeholders (``placeholders``) again,
     so a missing output stays missing, as on a shared filesystem.
     """
+    for name in outputs:  # the app writes its outputs where it expects them, directories included
+        parent = os.path.dirname(name)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
     result = _call(function, arguments, names)
     placeholders = []
     for name in outputs:
         if not os.path.lexists(name):
-            parent = os.path.dirname(name)
-            if parent:
-                os.makedirs(parent, exist_ok=True)
             with open(name, "wb"):
                 pass
             placeholders.append(name)

@@ -105,6 +105,11 @@ def make_task(m: Any, config: TaskVineManagerConfig, settings: TaskSettings, run
     if config.max_retries is not None:
         task.set_retries(int(config.max_retries))
     for local, remote in plan.inputs:
+        if not os.path.lexists(local):
+            # Not staged: the app finds it missing and raises its own error (FileNotFoundError),
+            # as it would on a shared filesystem, rather than the task ending with 'input missing'.
+            logger.warning("input file %r does not exist; the app will not find it", local)
+            continue
         task.add_input(m.declare_file(local, cache="workflow"), remote)
     for local, remote in plan.outputs:
         parent = os.path.dirname(local)
