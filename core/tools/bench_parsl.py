@@ -1,0 +1,135 @@
+"""Parsl workloads for ``vine_benchmark``: Parsl's own ``parsl-perf`` through parslvine and its peers.
+
+Workloads (``vine_benchmark parsl [--vs PEERS] [--repeat N]``):
+
+  parsl        ``parsl-perf --time 20`` (Parsl's benchmark: a no-op app, as many calls as fit the
+               time, iterated until a run takes at least 75 % of it) through each peer in turn
+  parsl-quick  the same with ``--time 5``
+
+Peers, each a config file written here, all on this machine's cores (2 on the CI machine):
+
+  parslvine-serverless  ``parslvine.TaskVineExecutor(function_exec_mode="serverless")``, one
+                        factory worker with 2 cores (one warm library instance per core)
+  parslvine-regular     the same executor in regular mode (a task per call, forked on the worker)
+  htex                  Parsl's ``HighThroughputExecutor``, one LocalProvider block, 2 workers
+  threads               Parsl's ``ThreadPoolExecutor(max_threads=2)``: no workers at all, the
+                        ceiling the DFK itself sets
+
+Each row is one peer: its tasks/s in parsl-perf's last iteration, how many tasks that iteration
+ran, and its ratio to ``htex`` measured in the same run (``vs_htex`` > 1 means faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+WORKLOADS = ("parsl", "parsl-quick")
+PEERS = ("parslvine-serverless", "parslvine-regular", "htex", "threads")
+TIMES = {"parsl": 20, "parsl-quick": 5}
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+_CONFIGS = {
+    "parslvine-serverless": """
+from parsl.config import Config
+from parslvine import TaskVineExecutor, TaskVineFactoryConfig, TaskVineManagerConfig
+config = Config(run_dir={run_dir!r}, executors=[TaskVineExecutor(
+    label="parslvine", function_exec_mode="serverless", manager_config=TaskVineManagerConfig(port=0),
+    factory_config=TaskVineFactoryConfig(min_workers=1, max_workers=1, cores={cores}, memory=4000, disk=8000))])
+""",
+    "parslvine-regular": """
+from parsl.config import Config
+from parslvine import TaskVineExecutor, TaskVineFactoryConfig, TaskVineManagerConfig
+config = Config(run_dir={run_dir!r}, executors=[TaskVineExecutor(
+    label="parslvine", function_exec_mode="regular", manager_config=TaskVineManagerConfig(port=0),
+    factory_config=TaskVineFactoryConfig(min_workers=1, max_workers=1, cores={cores}, memory=4000, disk=8000))])
+""",
+    "htex": """
+from parsl.config import Config
+from parsl.executors import HighThroughputExecutor
+from parsl.providers import LocalProvider
+config = Config(run_dir={run_dir!r}, executors=[HighThroughputExecutor(
+    label="htex", address="127.0.0.1", max_workers_per_node={cores},
+    provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1))])
+""",
+    "threads": """
+from parsl.config import Config
+from parsl.executors import ThreadPoolExecutor
+config = Config(run_dir={run_dir!r}, executors=[ThreadPoolExecutor(max_threads={cores})])
+""",
+}
+
+_RATE = re.compile(r"^Tasks per second: ([0-9.]+)", re.M)
+_COUNT = re.compile(r"^Will run (\d+) tasks", re.M)
+
+
+def _cores() -> int:
+    return min(os.cpu_count() or 2, 2)
+
+
+def perf(peer: str, seconds: float, workdir: str) -> dict[str, Any]:
+    """Run ``parsl-perf`` once through ``peer``; its last iteration's rate and size."""
+    cfg = os.path.join(workdir, f"{peer}.py")
+    with open(cfg, "w") as fh:
+        fh.write(_CONFIGS[peer].format(run_dir=os.path.join(workdir, f"runinfo-{peer}"), cores=_cores()))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    cmd = [sys.executable, "-m", "parsl.benchmark.perf", "--config", cfg, "--time", str(seconds)]
+    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=seconds * 12 + 120)
+    rates, counts = _RATE.findall(proc.stdout), _COUNT.findall(proc.stdout)
+    if proc.returncode != 0 or not rates:
+        tail = (proc.stdout + proc.stderr)[-3000:]
+        raise RuntimeError(f"parsl-perf through {peer} failed (exit {proc.returncode}):\n{tail}")
+    return {"tasks_per_s": float(rates[-1]), "tasks": int(counts[-1]), "iterations": len(rates)}
+
+
+def run(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """``vine_benchmark``'s entry point: one row per peer, with ratios to htex from the same run."""
+    if name not in WORKLOADS:
+        raise ValueError(f"unknown parsl workload {name!r}; choose from {', '.join(WORKLOADS)}")
+    wanted = [p for p in (getattr(args, "vs", "") or "").split(",") if p] or list(PEERS)
+    unknown = sorted(set(wanted) - set(PEERS))
+    if unknown:
+        raise ValueError(f"unknown parsl peers {unknown}; choose from {', '.join(PEERS)}")
+    if "htex" not in wanted:
+        wanted.append("htex")  # every ratio is to htex in the same run
+    repeat = max(1, int(getattr(args, "repeat", 1) or 1))
+    seconds = TIMES[name]
+    rows: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="vine-bench-parsl-") as workdir:
+        for peer in wanted:
+            best: dict[str, Any] | None = None
+            for _ in range(repeat):
+                r = perf(peer, seconds, workdir)
+                if best is None or r["tasks_per_s"] > best["tasks_per_s"]:
+                    best = r
+            assert best is not None
+            rows[peer] = {"workload": name, "peer": peer, "cores": _cores(), "perf_time_s": seconds, **best}
+    htex = rows["htex"]["tasks_per_s"]
+    for row in rows.values():
+        row["vs_htex"] = round(row["tasks_per_s"] / htex, 3) if htex else None
+    return [rows[p] for p in wanted]
+
+
+def main(argv: list[str] | None = None) -> int:
+    import json
+
+    p = argparse.ArgumentParser(prog="python -m core.tools.bench_parsl", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("workload", nargs="?", default="parsl", choices=WORKLOADS)
+    p.add_argument("--vs", default="", help=f"comma-separated peers (default all: {', '.join(PEERS)})")
+    p.add_argument("--repeat", type=int, default=1, help="best of this many parsl-perf runs per peer")
+    args = p.parse_args(argv)
+    for row in run(args.workload, args):
+        print(json.dumps(row), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
