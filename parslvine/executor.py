@@ -36,14 +36,14 @@ from parsl.monitoring.radios.base import RadioConfig
 from parsl.monitoring.radios.filesystem import FilesystemRadio
 from parsl.providers import LocalProvider
 from parsl.providers.base import ExecutionProvider
-from parsl.serialize import deserialize, serialize
+from parsl.serialize import serialize
 from parsl.utils import RepresentationMixin
 
 from .configs import TaskVineFactoryConfig, TaskVineManagerConfig, check_manager_config
 from .errors import ParslVineConfigError, ParslVineError, TaskVineManagerFailure, TaskVineTaskFailure
 from .launch import start_factory, worker_command
 from .resources import TaskSettings, settings_from_spec
-from .runner import WARM_IMPORTS, run_parsl_call
+from .runner import WARM_IMPORTS, decode_data, encode_data, run_parsl_call
 from .staging import plan_staging
 from .tasks import LIBRARY_NAME, build_library, make_task, task_output, unpack_result
 
@@ -191,11 +191,11 @@ class TaskVineExecutor(BlockProviderExecutor, RepresentationMixin):
         config = self._config
         plan = plan_staging(args, kwargs, config.shared_fs)
         function = serialize(func, buffer_threshold=SERIALIZE_BUFFER_THRESHOLD)
-        arguments = serialize({"args": args, "kwargs": kwargs}, buffer_threshold=SERIALIZE_BUFFER_THRESHOLD)
+        arguments = encode_data({"args": args, "kwargs": kwargs})
         if settings.category is None:
             settings.category = getattr(func, "__name__", None) if config.autocategory else None
             settings.category = settings.category or "parsl-default"
-        if settings.exec_mode == "serverless":
+        if settings.exec_mode == "serverless" and not self._library_installed:
             self._ensure_library()
         task = make_task(self.manager, config, settings, run_parsl_call, function, arguments, plan, WARM_IMPORTS)
         future: Future = Future()
@@ -206,13 +206,15 @@ class TaskVineExecutor(BlockProviderExecutor, RepresentationMixin):
             task._parslvine_id = executor_id
             self._tasks[executor_id] = future
             self._outstanding += 1
-            try:
-                self.manager.submit(task)
-            except BaseException:
+            if self._outstanding == 1:
+                self._work.notify()  # the collector sleeps only while nothing is outstanding
+        try:
+            self.manager.submit(task)  # outside our lock: the collector completes futures meanwhile
+        except BaseException:
+            with self._lock:
                 self._tasks.pop(executor_id, None)
                 self._outstanding -= 1
-                raise
-            self._work.notify()
+            raise
         return future
 
     def shutdown(self) -> None:
@@ -288,7 +290,7 @@ class TaskVineExecutor(BlockProviderExecutor, RepresentationMixin):
             future.set_exception(TaskVineTaskFailure(reason, task.exit_code))
             return
         try:
-            value = deserialize(unpack_result(task, bytes(data)))
+            value = decode_data(unpack_result(task, bytes(data)))
         except Exception as exc:  # noqa: BLE001 - an undecodable result is this call's failure
             failure = TaskVineTaskFailure(f"the result of task {task.id} cannot be deserialized: {type(exc).__name__}: {exc}")
             failure.__cause__ = exc

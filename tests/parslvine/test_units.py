@@ -14,7 +14,7 @@ from parslvine import TaskVineExecutor, TaskVineFactoryConfig, TaskVineManagerCo
 from parslvine.configs import check_manager_config
 from parslvine.errors import ParslVineConfigError
 from parslvine.resources import settings_from_spec
-from parslvine.runner import remap_files, run_parsl_call
+from parslvine.runner import decode_data, encode_data, remap_files, run_parsl_call
 from parslvine.staging import plan_staging
 
 
@@ -98,12 +98,31 @@ def _boom(x):
 def test_runner_returns_values_and_wrapped_exceptions(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result, placeholders = pickle.loads(run_parsl_call(serialize(divmod), serialize({"args": (7, 2), "kwargs": {}}), {}, []))
-    assert deserialize(result) == (3, 1) and placeholders == []
+    assert decode_data(result) == (3, 1) and placeholders == []
     result, placeholders = pickle.loads(run_parsl_call(serialize(_boom), serialize({"args": ("key",), "kwargs": {}}), {},
                                                        ["never/written.txt"]))
-    wrapper = deserialize(result)
+    wrapper = decode_data(result)
     assert isinstance(wrapper, RemoteExceptionWrapper) and isinstance(wrapper.get_exception(), KeyError)
     assert placeholders == ["never/written.txt"] and os.path.exists("never/written.txt")
     # A function that cannot even be deserialized is the call's exception, not a crash.
     result, _ = pickle.loads(run_parsl_call(b"garbage", serialize({"args": (), "kwargs": {}}), {}, []))
-    assert isinstance(deserialize(result), RemoteExceptionWrapper)
+    assert isinstance(decode_data(result), RemoteExceptionWrapper)
+
+
+class Local:
+    """A class of a module the workers can import: plain pickle carries it by reference."""
+
+    def __init__(self, v):
+        self.v = v
+
+
+def test_fast_data_encoding_falls_back_to_parsls_serializer():
+    from parslvine.runner import PICKLE_TAG
+
+    fast = encode_data({"args": (1, Local(2)), "kwargs": {}})
+    assert fast.startswith(PICKLE_TAG) and decode_data(fast)["args"][1].v == 2
+    slow = encode_data(lambda x: x)  # plain pickle cannot: dill (Parsl's serializer) does
+    assert not slow.startswith(PICKLE_TAG) and decode_data(slow)(5) == 5
+    main_ref = type("M", (), {"__module__": "__main__"})
+    assert not encode_data(main_ref).startswith(PICKLE_TAG)  # __main__ travels by value, as Parsl sends it
+    assert decode_data(serialize([1, 2])) == [1, 2]  # anything parsl.serialize made decodes too
