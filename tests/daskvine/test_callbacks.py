@@ -53,7 +53,11 @@ def test_counting_callback_sees_exactly_the_graphs_tasks(dv, mode):
         want = coll.compute(scheduler="threads")
     assert (got == want).all()
     assert ours.started == 1 and ours.finished == [False]
-    assert sorted(map(str, ours.pre)) == sorted(map(str, theirs.pre))
+    # dask 2026 names the final key afresh on every compute ("finalize-<token>"): compare the rest.
+    def named(keys):
+        return sorted(str(k) for k in keys if not str(k).startswith("finalize-"))
+
+    assert named(ours.pre) == named(theirs.pre) and len(ours.pre) == len(theirs.pre)
     assert len(ours.pre) == len(set(ours.pre)) == ours.state_total == theirs.state_total
     assert set(ours.post) == set(ours.pre)
     # The requested key's value comes back; intermediates stay on the workers.
