@@ -62,7 +62,8 @@ class DaskVine(Manager):
         if opts.checkpoint_fn is not None:
             keep = [k for k in graph if opts.checkpoint_fn(graph, k)]
         plan = plan_graph(graph, keys, keep)
-        if not opts.lazy_transfers:
+        if not opts.lazy_transfers or opts.wrapper is not None:
+            # A wrapper's info comes back beside each value, so every value does (README: wrapper).
             plan.needs_value.update(plan.order)
         tag = f"dask-{next(self._dask_runs)}-{os.getpid()}"
         self._configure_for(opts)
