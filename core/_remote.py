@@ -124,24 +124,29 @@ def _set_path(container: Any, path: tuple[Any, ...], value: Any) -> Any:
     return container
 
 
-def apply_references(args: Any, kwargs: Any, refs: list[tuple[tuple[Any, ...], str, bool]]) -> tuple[Any, Any]:
-    """Put each referenced output (``refs``: path into args/kwargs, file, serialized?) in its place."""
+def apply_references(args: Any, kwargs: Any, refs: list[tuple[tuple[Any, ...], str, bool]],
+                     paths: dict[str, str] | None = None) -> tuple[Any, Any]:
+    """Put each referenced output (``refs``: path into args/kwargs, file, serialized?) in its place.
+
+    A file is read from ``paths[remote]`` when given (the worker's cache, for calls that run without
+    a sandbox), else from ``remote`` in the current directory.
+    """
     box = [list(args), dict(kwargs)]
     for path, remote, serialized in refs:
-        box = _set_path(box, path, load_reference(remote, serialized))
+        box = _set_path(box, path, load_reference(paths.get(remote, remote) if paths else remote, serialized))
     return tuple(box[0]), box[1]
 
 
-def load_call(args_path: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def load_call(args_path: str, paths: dict[str, str] | None = None) -> tuple[tuple[Any, ...], dict[str, Any]]:
     with open(args_path, "rb") as fh:
         payload = cloudpickle.load(fh)
-    return unpack_arguments(payload)
+    return unpack_arguments(payload, paths)
 
 
-def unpack_arguments(payload: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def unpack_arguments(payload: Any, paths: dict[str, str] | None = None) -> tuple[tuple[Any, ...], dict[str, Any]]:
     args, kwargs, refs = payload
     if refs:
-        return apply_references(args, kwargs, refs)
+        return apply_references(args, kwargs, refs, paths)
     return tuple(args), dict(kwargs)
 
 
@@ -294,10 +299,11 @@ def _run_call(functions: dict[str, Any], msg: dict[str, Any], inline: bool = Fal
         func = functions.get(msg["function"])
         if func is None:
             raise NameError(f"library has no function {msg['function']!r}; it has {sorted(functions)}")
+        paths = msg.get("paths")
         if msg.get("args") is not None:
-            args, kwargs = unpack_arguments(cloudpickle.loads(msg["args"]))
+            args, kwargs = unpack_arguments(cloudpickle.loads(msg["args"]), paths)
         else:
-            args, kwargs = load_call(os.path.join(msg["sandbox"], msg["args_file"]))
+            args, kwargs = load_call(os.path.join(msg["sandbox"], msg["args_file"]), paths)
         value = func(*args, **kwargs)
     except Exception as exc:  # noqa: BLE001 - the exception is the call's result
         ok, value, tb = False, exc, traceback.format_exc()

@@ -262,7 +262,14 @@ class WorkerLinks:
             self._logs.debug(f"task {tid} on {link.id}: {C.result_string(result)}: {frame['reason']}")
         start = float(frame.get("start") or 0)
         end = float(frame.get("end") or 0)
-        self._apply(TaskFinished(time.time(), link.id, tid, result, code, bool(frame.get("retry")),
+        now = time.time()
+        # Outputs the worker cached, then the end of the task, in one scheduling step: a consumer of
+        # a temp output finds both the file and the producer's slot free on this worker.
+        arrived = []
+        for name, size in (frame.get("cached") or {}).items():
+            self._logs.cache_update(link.id, str(name), int(size))
+            arrived.append(CacheUpdated(now, link.id, str(name), int(size)))
+        self._apply(*arrived, TaskFinished(now, link.id, tid, result, code, bool(frame.get("retry")),
                                  tuple(frame.get("unlinked") or ()), max(0.0, end - start) if start else 0.0,
                                  tuple(frame.get("limits") or ())))
 

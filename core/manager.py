@@ -110,7 +110,10 @@ def _bind(port: Any) -> socket.socket:
         candidates = [int(port)]
     last: OSError | None = None
     for p in candidates:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # proto=IPPROTO_TCP, not the default 0: asyncio turns Nagle's algorithm off (TCP_NODELAY)
+        # only on sockets that say they are TCP, and accepted sockets inherit this one's proto.
+        # With Nagle on, every other small frame to a worker waited ~40 ms for a delayed ACK.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("0.0.0.0", p))

@@ -702,9 +702,9 @@ class SchedulerState(TransferPlanner, RecoveryPlanner):
 
     def _place(self, rec: TaskRecord, w: WorkerRecord, alloc: Resources, out: list[Instruction]) -> None:
         for f in rec.task.environments:
-            self._stage(f, w, out)
+            self._stage(f, w, out, placing=True)
         for m in rec.task.inputs:
-            self._stage(m.file, w, out)
+            self._stage(m.file, w, out, placing=True)
         rec.state = "dispatched"
         rec.heap_key = None
         rec.worker = w.id

@@ -86,10 +86,17 @@ class TransferPlanner:
             return None  # being sent to (or served by) another worker: fetch from it when it is ready
         return "manager"
 
-    def _stage(self, f: File, w: WorkerRecord, out: list[Instruction]) -> None:
-        """Instruct worker ``w`` to obtain ``f`` from the source :meth:`_source` picked."""
+    def _stage(self, f: File, w: WorkerRecord, out: list[Instruction], placing: bool = False) -> None:
+        """Instruct worker ``w`` to obtain ``f`` from the source :meth:`_source` picked.
+
+        ``placing``: a task that needs ``f`` has just been placed on ``w``, so ``f`` must be on its
+        way there even when every source is at its transfer limit (a task with many inputs from one
+        peer uses up the limit with its own first inputs): the least busy holder is used anyway.
+        """
         source = self._source(f, w)
         name = f.cache_name
+        if source is None and placing:
+            source = self._least_busy_holder(f, w)
         if source == "have" or source is None:
             return
         frec = self._file(f)
@@ -109,6 +116,20 @@ class TransferPlanner:
             out.append(FetchPeer(w.id, name, source))
         w.replicas[name] = "creating"
         frec.replicas[w.id] = "creating"
+
+    def _least_busy_holder(self, f: File, w: WorkerRecord) -> str | None:
+        frec = self.files.get(f.cache_name)
+        if frec is None:
+            return None
+        holders = [self.workers[wid] for wid, st in frec.replicas.items()
+                   if st == "ready" and wid in self.workers and wid != w.id and self.workers[wid].transfer_addr]
+        if holders:
+            return min(holders, key=lambda h: (h.xfer_failed_at, h.outgoing)).id
+        if f.kind == "url":
+            return f"url:{_origin(f.source())}"
+        if f.kind in ("file", "buffer"):
+            return "manager"
+        return None  # a temp with no ready copy elsewhere, or a mini-task: wait as before
 
     def _start_transfer(self, dest: WorkerRecord, name: str, source: str) -> None:
         self.transfers[(dest.id, name)] = source

@@ -123,6 +123,7 @@ class Worker(WorkerTransfers, WorkerPythonMixin):
         self.prefetched: list[RunningTask] = []  # tasks sent ahead, waiting for room (FIFO)
         self.peer_failures: set[str] = set()  # inputs whose peer transfer broke: the cluster's fault
         self._base_env = dict(os.environ)
+        self._background: set[asyncio.Task[Any]] = set()
         self._load_cache()
 
     # -- cache -------------------------------------------------------------------------------------
@@ -345,6 +346,13 @@ class Worker(WorkerTransfers, WorkerPythonMixin):
             recv.cancel()
             stop.cancel()
 
+    def _spawn(self, coro: Any) -> None:
+        """Run ``coro`` in the background, holding it: the event loop keeps only weak references to
+        tasks, so an unheld one waiting on a socket can be collected before it finishes."""
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     # -- messages from the manager ------------------------------------------------------------------
     def _handle(self, frame: Frame) -> None:
         t = frame.type
@@ -379,15 +387,15 @@ class Worker(WorkerTransfers, WorkerPythonMixin):
                 self._cleanup_task(rt)
         elif t == "fetch_url":
             self._expect(frame["name"])
-            asyncio.create_task(self._fetch_url(frame["name"], frame["url"], int(frame["level"])))
+            self._spawn(self._fetch_url(frame["name"], frame["url"], int(frame["level"])))
         elif t == "fetch_peer":
             self._expect(frame["name"])
-            asyncio.create_task(self._fetch_peer(frame["name"], frame["source"], int(frame["level"])))
+            self._fetch_peer(frame["name"], frame["source"], int(frame["level"]))
         elif t == "minitask":
             self._expect(frame["name"])
-            asyncio.create_task(self._run_minitask(frame["name"], frame["task"], int(frame["level"])))
+            self._spawn(self._run_minitask(frame["name"], frame["task"], int(frame["level"])))
         elif t == "get":
-            asyncio.create_task(self._send_back(frame["name"], frame.get("request")))
+            self._spawn(self._send_back(frame["name"], frame.get("request")))
         elif t == "unlink":
             if frame["name"] not in self.pending:
                 self._unlink(frame["name"])
@@ -426,12 +434,14 @@ class Worker(WorkerTransfers, WorkerPythonMixin):
             return
         for k in self.committed:
             self.committed[k] += max(alloc.get(k, 0), 0)
-        if self._fast_call(rt):
-            self.last_work = time.monotonic()
-            return
-        rt.sandbox = self._make_sandbox(f"t.{tid}")
-        self.tasks[tid] = rt
         self.last_work = time.monotonic()
+        if not self._fast_call(rt):
+            self._start_general(rt)
+
+    def _start_general(self, rt: RunningTask) -> None:
+        """Run ``rt`` the ordinary way: in a sandbox of its own, by a coroutine."""
+        rt.sandbox = self._make_sandbox(f"t.{rt.id}")
+        self.tasks[rt.id] = rt
         rt.starter = asyncio.create_task(self._task_coroutine(rt))  # libraries have their own runner
 
     def _release(self, rt: RunningTask) -> None:
@@ -647,19 +657,20 @@ class Worker(WorkerTransfers, WorkerPythonMixin):
         if cut and result == C.VINE_RESULT_SUCCESS:
             result = C.VINE_RESULT_STDOUT_MISSING
         outputs: dict[str, int] = {}
+        cached: dict[str, int] = {}
         if result != C.VINE_RESULT_INPUT_MISSING:
             watch = [o for o in spec.get("outputs", []) if o.get("watch")]
             if watch:
                 self._watch_once(rt, watch)
             ok = result == C.VINE_RESULT_SUCCESS and code == 0
-            result = await self._collect_outputs(rt, ok, result, outputs)
+            result = await self._collect_outputs(rt, ok, result, outputs, cached)
         unlinked = self._cleanup_task(rt)
         self._release(rt)
         self.last_work = time.monotonic()
         self.send(
             {
                 "type": "complete", "id": rt.id, "result": result, "exit_code": code, "reason": reason,
-                "retry": retry, "start": rt.start, "end": end, "outputs": outputs, "unlinked": unlinked,
+                "retry": retry, "start": rt.start, "end": end, "outputs": outputs, "cached": cached, "unlinked": unlinked,
                 "measured": rt.usage.measured() if rt.usage else {}, "limits": rt.limits,
             },
             stdout,
@@ -670,7 +681,7 @@ class Worker(WorkerTransfers, WorkerPythonMixin):
             except ConnectionError:
                 pass
 
-    async def _collect_outputs(self, rt: RunningTask, ok: bool, result: int, outputs: dict[str, int]) -> int:
+    async def _collect_outputs(self, rt: RunningTask, ok: bool, result: int, outputs: dict[str, int], cached: dict[str, int]) -> int:
         for o in rt.spec.get("outputs", []):
             if (o.get("failure_only") and ok) or (o.get("success_only") and not ok):
                 continue
@@ -690,8 +701,9 @@ class Worker(WorkerTransfers, WorkerPythonMixin):
                     outputs[name] = path_size(self.cache_path(name))
                     self._unlink(name)
                     continue
-            outputs[name] = self._add_cache(name, max(level, C.VINE_CACHE_LEVEL_WORKFLOW))
-            self.send({"type": "cache_update", "name": name, "size": outputs[name]})
+            # Announced in the task's "complete" message ("cached"), not in a cache_update of its own:
+            # the manager then sees the file and the freed slot at once, and places a consumer here.
+            outputs[name] = cached[name] = self._add_cache(name, max(level, C.VINE_CACHE_LEVEL_WORKFLOW))
         return result
 
     def _cleanup_task(self, rt: RunningTask) -> list[str]:

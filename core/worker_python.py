@@ -177,34 +177,75 @@ class WorkerPythonMixin:
                 watcher.cancel()
 
     # -- function calls -----------------------------------------------------------------------------------------
-    def _fast_call(self, rt: RunningTask) -> bool:
+    async def _fast_call_when_ready(self, rt: RunningTask, arriving: list[asyncio.Future[bool]]) -> None:
+        arrived = all([await fut for fut in arriving])
+        if self.tasks.get(rt.id) is not rt:
+            return  # killed while it waited
+        rt.starter = None
+        if not arrived or not self._fast_call(rt, wait_inputs=False):
+            self._start_general(rt)  # type: ignore[attr-defined]  # the ordinary path reports what is missing
+
+    def _fast_call(self, rt: RunningTask, wait_inputs: bool = True) -> bool:
         """Hand a plain direct-mode call straight to its ready instance: no sandbox, no coroutine.
 
-        Plain = arguments inline, no input or output files, no time limits, no monitoring; anything
-        else (or an instance not ready yet) takes the general path. Returns whether it was taken.
+        Plain = no environment, no time limits, no monitoring, and files only of the kinds the call
+        machinery makes itself, all already in the cache: arguments that are other tasks' results
+        (``.vine_ref_*``), a big-arguments file, and its own temp output. The library reads those
+        straight from the cache and writes the output straight into it, so nothing is linked,
+        created or removed per call. Anything else (a user's input file the function opens by name,
+        an input still on its way, an instance not ready yet) takes the general path with a
+        sandbox. Returns whether the fast path was taken.
         """
         spec = rt.spec
         fc = spec.get("function_call")
-        if (fc is None or fc.get("args") is None or spec.get("inputs") or spec.get("outputs") or spec.get("environments")
-                or spec.get("time_max") or spec.get("time_end") or spec.get("monitor")):
+        if fc is None or spec.get("environments") or spec.get("time_max") or spec.get("time_end") or spec.get("monitor"):
             return False
+        cache = self.cache  # type: ignore[attr-defined]
+        paths: dict[str, str] = {}
+        arriving: list[asyncio.Future[bool]] = []
+        for inp in spec.get("inputs") or ():
+            remote = inp["remote"]
+            if not (remote.startswith(".vine_ref_") or remote == fc.get("args_file")):
+                return False
+            if inp["name"] not in cache:
+                fut_in = self.pending.get(inp["name"])  # type: ignore[attr-defined]
+                if fut_in is None or not wait_inputs:
+                    return False
+                arriving.append(fut_in)
+            paths[remote] = self.cache_path(inp["name"])  # type: ignore[attr-defined]
+        outputs = spec.get("outputs") or ()
+        output: dict[str, Any] | None = None
+        if outputs:
+            if len(outputs) != 1 or outputs[0]["remote"] != fc.get("output") or outputs[0].get("kind") != "temp":
+                return False
+            output = outputs[0]
         inst = self._libraries().get(int(spec.get("library_instance") or 0))
         if inst is None or inst.dead or not inst.sandbox or not inst.ready.done() or not inst.ready.result():
             return False
         if (fc.get("mode") or inst.mode) != "direct":
             return False
+        if arriving:
+            # Inputs still on their way (peer transfers): wait for them here, then take this path.
+            self.tasks[rt.id] = rt
+            rt.starter = asyncio.create_task(self._fast_call_when_ready(rt, arriving))
+            return True
         result_path = os.path.join(inst.sandbox, f".vine-result-{rt.id}")  # used only for results over 1 MiB
-        if not inst.send({"op": "call", "id": rt.id, "function": fc["function"], "args": base64.b64decode(fc["args"]),
-                          "args_file": None, "sandbox": inst.sandbox, "result": result_path, "mode": "direct"}):
+        args_file = fc.get("args_file")
+        output_path = self.cache_path(output["name"]) if output is not None else None  # type: ignore[attr-defined]
+        if not inst.send({"op": "call", "id": rt.id, "function": fc["function"],
+                          "args": base64.b64decode(fc["args"]) if fc.get("args") is not None else None,
+                          "args_file": paths[args_file] if args_file else None, "paths": paths, "sandbox": inst.sandbox,
+                          "result": result_path, "output": output_path, "mode": "direct"}):
             return False
         fut: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         inst.pending[rt.id] = fut
         rt.start = time.time()
         self.tasks[rt.id] = rt
-        fut.add_done_callback(lambda f: self._fast_call_done(rt, inst, result_path, f))
+        fut.add_done_callback(lambda f: self._fast_call_done(rt, inst, result_path, output, f))
         return True
 
-    def _fast_call_done(self, rt: RunningTask, inst: LibraryProcess, result_path: str, fut: asyncio.Future[int | None]) -> None:
+    def _fast_call_done(self, rt: RunningTask, inst: LibraryProcess, result_path: str, output: dict[str, Any] | None,
+                        fut: asyncio.Future[int | None]) -> None:
         inst.pending.pop(rt.id, None)
         data = inst.results.pop(rt.id, None)
         status = fut.result()
@@ -215,13 +256,26 @@ class WorkerPythonMixin:
                 os.unlink(result_path)
             except OSError:
                 data = b""
-        if self.tasks.pop(rt.id, None) is None:
-            return  # cancelled by the manager while it ran
+        cached: dict[str, int] = {}
+        if self.tasks.get(rt.id) is not rt:
+            if output is not None and output["name"] not in self.cache:  # type: ignore[attr-defined]
+                self._unlink(output["name"])  # type: ignore[attr-defined]  # cancelled while it ran: drop what it wrote
+            return
         result, code = (C.VINE_RESULT_LIBRARY_EXIT, 9) if status is None else (C.VINE_RESULT_SUCCESS, status)
+        if output is not None:
+            name = output["name"]
+            if status == 0 and os.path.lexists(self.cache_path(name)):  # type: ignore[attr-defined]
+                cached[name] = self._add_cache(name, max(int(output.get("level", 1)), C.VINE_CACHE_LEVEL_WORKFLOW))  # type: ignore[attr-defined]
+            elif status == 0:
+                result = C.VINE_RESULT_OUTPUT_MISSING
+            else:
+                self._unlink(name)  # type: ignore[attr-defined]  # a failed call leaves no temp behind
+        unlinked = self._cleanup_task(rt)  # type: ignore[attr-defined]  # no sandbox: only task-level inputs
+        self._release(rt)  # type: ignore[attr-defined]
         self.last_work = time.monotonic()  # type: ignore[attr-defined]
         self.send(  # type: ignore[attr-defined]
             {"type": "complete", "id": rt.id, "result": result, "exit_code": code, "reason": "" if status is not None else "the library died during the call",
-             "retry": False, "start": rt.start, "end": time.time(), "outputs": {}, "unlinked": []},
+             "retry": False, "start": rt.start, "end": time.time(), "outputs": dict(cached), "cached": cached, "unlinked": unlinked},
             data or b"",
         )
 

@@ -20,6 +20,12 @@ from .errors import AuthenticationError, ProtocolError, TransferError
 
 log = logging.getLogger("vine_worker")
 
+PEER_BATCH = 64  # gets in flight on one peer connection
+
+
+class _PeerMissing(TransferError):
+    """The peer answered, but does not hold the file (the connection stays usable)."""
+
 
 class WorkerTransfers:
     """Fetching inputs (URL, peer, mini-task), waiting for them, and the peer transfer server."""
@@ -46,35 +52,78 @@ class WorkerTransfers:
             return
         self._cache_ready(name, level)
 
-    async def _fetch_peer(self, name: str, source: str, level: int) -> None:
+    def _fetch_peer(self, name: str, source: str, level: int) -> None:
+        """Queue ``name`` for fetching from peer ``source``; one connection per peer carries the queue.
+
+        A fan-in task may need thousands of small files from one peer: a connection (and password
+        handshake) per file cost more than the files. The queue's gets are pipelined, PEER_BATCH at
+        a time, over one connection that the peer serves in order.
+        """
+        queues: dict[str, list[tuple[str, int]]] = self.__dict__.setdefault("_peer_queues", {})
+        queue = queues.get(source)
+        if queue is None:
+            queue = queues[source] = []
+            self._spawn(self._peer_fetcher(source, queue))  # held: see Worker._spawn
+        queue.append((name, level))
+
+    async def _peer_fetcher(self, source: str, queue: list[tuple[str, int]]) -> None:
+        queues: dict[str, list[tuple[str, int]]] = self.__dict__["_peer_queues"]
         host, _, port = source.rpartition(":")
+        conn: Connection | None = None
+        batch: list[tuple[str, int]] = []
         try:
             conn = await open_connection(host, int(port), timeout=10)
-            try:
-                await client_handshake(conn, "peer", self.password, timeout=30)
-                conn.send({"type": "get", "name": name})
+            await client_handshake(conn, "peer", self.password, timeout=30)
+            while queue:
+                batch, queue[:PEER_BATCH] = queue[:PEER_BATCH], []
+                for name, _level in batch:
+                    conn.send({"type": "get", "name": name})
                 await conn.drain()
-                begin = await conn.recv()
-                if begin is None or begin.type != "file_begin":
-                    raise TransferError(f"peer {source} does not have {name}: {begin.header if begin else 'closed'}")
-                recv = FileReceiver(begin, self.cache_path(name))
-                while True:
-                    fr = await conn.recv()
-                    if fr is None:
-                        recv.abort()
-                        raise TransferError(f"peer {source} closed during {name}")
-                    if fr.type == "file_chunk":
-                        recv.chunk(fr)
-                    elif fr.type == "file_end":
-                        recv.finish()
-                        break
-            finally:
+                while batch:
+                    name, level = batch[0]
+                    try:
+                        await self._receive_from_peer(conn, source, name)
+                    except _PeerMissing as exc:
+                        batch.pop(0)
+                        self.peer_failures.add(name)
+                        self._cache_failed(name, str(exc))
+                        continue
+                    batch.pop(0)
+                    self._cache_ready(name, level)
+        except Exception as exc:  # noqa: BLE001 - every file still queued fails, and is reported
+            failed = batch + queue
+            queue.clear()
+            for name, _level in failed:
+                self.peer_failures.add(name)
+                self._cache_failed(name, f"peer transfer from {source} failed: {exc}")
+        finally:
+            if queues.get(source) is queue:
+                del queues[source]
+            if conn is not None:
                 conn.close()
-        except Exception as exc:  # noqa: BLE001
-            self.peer_failures.add(name)
-            self._cache_failed(name, f"peer transfer from {source} failed: {exc}")
-            return
-        self._cache_ready(name, level)
+
+    async def _receive_from_peer(self, conn: Connection, source: str, name: str) -> None:
+        begin = await conn.recv()
+        if begin is None:
+            raise TransferError(f"peer {source} closed before sending {name}")
+        if begin.type == "error":
+            raise _PeerMissing(f"peer transfer from {source} failed: peer {source} does not have {name}: {begin.get('reason')}")
+        if begin.type != "file_begin" or begin.get("name") != name:
+            raise TransferError(f"peer {source} sent {begin.type} for {begin.get('name')!r} while {name} was expected")
+        recv = FileReceiver(begin, self.cache_path(name))
+        while True:
+            fr = await conn.recv()
+            if fr is None:
+                recv.abort()
+                raise TransferError(f"peer {source} closed during {name}")
+            if fr.type == "file_chunk":
+                recv.chunk(fr)
+            elif fr.type == "file_end":
+                recv.finish()
+                return
+            else:
+                recv.abort()
+                raise TransferError(f"peer {source} sent {fr.type} in the middle of {name}")
 
     async def _serve_peer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = Connection(reader, writer)

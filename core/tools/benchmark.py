@@ -31,10 +31,11 @@ from core.scheduler import Dispatch, SchedulerState, TaskFinished, TaskSubmitted
 
 
 @contextmanager
-def local_cluster(n_workers: int = 1, cores: int = 2, **manager_kw: Any) -> Iterator[vine.Manager]:
-    """A manager plus ``n_workers`` real worker processes, reaped on exit."""
+def local_cluster(n_workers: int = 1, cores: int = 2, manager_class: type[vine.Manager] = vine.Manager,
+                  **manager_kw: Any) -> Iterator[vine.Manager]:
+    """A manager (of ``manager_class``, e.g. DaskVine) plus ``n_workers`` real worker processes, reaped on exit."""
     tmp = tempfile.mkdtemp(prefix="vine-bench-")
-    m = vine.Manager(port=0, run_info_path=os.path.join(tmp, "vine-run-info"), **manager_kw)
+    m = manager_class(port=0, run_info_path=os.path.join(tmp, "vine-run-info"), **manager_kw)
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "core.worker", "--cores", str(cores), "--memory", "4000", "--disk", "8000",
@@ -200,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("workloads", nargs="*", default=["std"], help=f"any of {', '.join(WORKLOADS)} (default std)")
     p.add_argument("-n", "--tasks", type=int, default=2000)
     p.add_argument("--sizes", default="1000,10000,100000", help="queue lengths for the queue workload")
+    p.add_argument("--repeat", type=int, default=1, help="adapter workloads: best time of this many runs per peer")
     p.add_argument("--vs", default="", help="adapter workloads: comma-separated peers to run too (default: all the workload knows)")
     args = p.parse_args(argv)
     out = []
