@@ -9,7 +9,7 @@ the executor starts instead of being ignored (see :func:`check_manager_config`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from core.constants import VINE_DEFAULT_PORT
 
@@ -30,31 +30,31 @@ class TaskVineManagerConfig:
 
     # Connection and communication settings
     port: int = VINE_DEFAULT_PORT
-    address: Optional[str] = None  # what workers started elsewhere (provider/factory) connect to
-    project_name: Optional[str] = None
-    project_password_file: Optional[str] = None
+    address: str | None = None  # what workers started elsewhere (provider/factory) connect to
+    project_name: str | None = None
+    project_password_file: str | None = None
 
     # Global task settings
-    env_vars: Optional[dict] = None
+    env_vars: dict | None = None
     init_command: str = ""  # regular mode: the task runs as a shell command after it; serverless: before the library
-    env_pack: Optional[str] = None  # a poncho tarball (*.tar.gz) or a directory with bin/run_in_env
+    env_pack: str | None = None  # a poncho tarball (*.tar.gz) or a directory with bin/run_in_env
     app_pack: bool = False  # needs poncho_package_create, not available here: True raises at start
-    extra_pkgs: Optional[list] = None  # only with app_pack
+    extra_pkgs: list | None = None  # only with app_pack
     max_retries: int = 1
-    library_config: Optional[dict] = None  # serverless: num_slots, cores, memory, disk of each library instance
+    library_config: dict | None = None  # serverless: num_slots, cores, memory, disk of each library instance
 
     # Performance-specific settings
     shared_fs: bool = False
     autolabel: bool = False
     autolabel_algorithm: str = "max-xput"
-    autolabel_window: Optional[int] = None
+    autolabel_window: int | None = None
     autocategory: bool = True
     enable_peer_transfers: bool = True
-    wait_for_workers: Optional[int] = None
-    tune_parameters: Optional[dict] = None
+    wait_for_workers: int | None = None
+    tune_parameters: dict | None = None
 
     # Logging settings
-    vine_log_dir: Optional[str] = None  # default: <dirname(parsl run_dir)>/<label>
+    vine_log_dir: str | None = None  # default: <dirname(parsl run_dir)>/<label>
 
 
 @dataclass
@@ -66,27 +66,27 @@ class TaskVineFactoryConfig:
     """
 
     factory_timeout: int = 300
-    scratch_dir: Optional[str] = None
+    scratch_dir: str | None = None
     min_workers: int = 1
     max_workers: int = 1
     workers_per_cycle: int = 1
-    worker_options: Optional[str] = None  # extra vine_worker options, e.g. "--feature big"
+    worker_options: str | None = None  # extra vine_worker options, e.g. "--feature big"
     worker_executable: str = "vine_worker"  # "vine_worker" means core's worker in this Python
     worker_timeout: int = 300
-    cores: Optional[int] = None
-    gpus: Optional[int] = None
-    memory: Optional[int] = None
-    disk: Optional[int] = None
-    python_env: Optional[str] = None
+    cores: int | None = None
+    gpus: int | None = None
+    memory: int | None = None
+    disk: int | None = None
+    python_env: str | None = None
     batch_type: str = "local"
-    condor_requirements: Optional[str] = None
-    batch_options: Optional[str] = None
+    condor_requirements: str | None = None
+    batch_options: str | None = None
 
     # Filled in by the executor from the manager config (Parsl's private fields, same names).
     _project_port: int = 0
-    _project_address: Optional[str] = None
-    _project_name: Optional[str] = None
-    _project_password_file: Optional[str] = None
+    _project_address: str | None = None
+    _project_name: str | None = None
+    _project_password_file: str | None = None
 
 
 def check_manager_config(config: Any) -> None:

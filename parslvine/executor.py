@@ -25,10 +25,10 @@ import dataclasses
 import logging
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, Callable, Literal, Optional, Union
+from typing import Any, Literal
 
-import core as vine
 from parsl.app.errors import RemoteExceptionWrapper
 from parsl.data_provider.staging import Staging
 from parsl.executors.status_handling import BlockProviderExecutor
@@ -38,6 +38,8 @@ from parsl.providers import LocalProvider
 from parsl.providers.base import ExecutionProvider
 from parsl.serialize import serialize
 from parsl.utils import RepresentationMixin
+
+import core as vine
 
 from .configs import TaskVineFactoryConfig, TaskVineManagerConfig, check_manager_config
 from .errors import ParslVineConfigError, ParslVineError, TaskVineManagerFailure, TaskVineTaskFailure
@@ -69,13 +71,13 @@ class TaskVineExecutor(BlockProviderExecutor, RepresentationMixin):
 
     def __init__(self,
                  label: str = "TaskVineExecutor",
-                 worker_launch_method: Union[Literal["provider"], Literal["factory"], Literal["manual"]] = "factory",
-                 function_exec_mode: Union[Literal["regular"], Literal["serverless"]] = "regular",
-                 manager_config: Optional[TaskVineManagerConfig] = None,
-                 factory_config: Optional[TaskVineFactoryConfig] = None,
-                 provider: Optional[ExecutionProvider] = None,
-                 storage_access: Optional[list[Staging]] = None,
-                 remote_monitoring_radio: Optional[RadioConfig] = None) -> None:
+                 worker_launch_method: Literal["provider", "factory", "manual"] = "factory",
+                 function_exec_mode: Literal["regular", "serverless"] = "regular",
+                 manager_config: TaskVineManagerConfig | None = None,
+                 factory_config: TaskVineFactoryConfig | None = None,
+                 provider: ExecutionProvider | None = None,
+                 storage_access: list[Staging] | None = None,
+                 remote_monitoring_radio: RadioConfig | None = None) -> None:
         if worker_launch_method not in LAUNCH_METHODS:
             raise ParslVineConfigError(f"worker_launch_method must be one of {LAUNCH_METHODS}, not {worker_launch_method!r}")
         if function_exec_mode not in EXEC_MODES:
@@ -173,7 +175,7 @@ class TaskVineExecutor(BlockProviderExecutor, RepresentationMixin):
         return f"PARSL_WORKER_BLOCK_ID={block_id} {self._worker_command}"
 
     @property
-    def workers_per_node(self) -> Union[int, float]:
+    def workers_per_node(self) -> int | float:
         return 1
 
     def outstanding(self) -> int:
@@ -267,7 +269,7 @@ class TaskVineExecutor(BlockProviderExecutor, RepresentationMixin):
                     return
             try:
                 task = m.wait(COLLECT_INTERVAL)
-            except Exception as exc:  # noqa: BLE001 - a broken manager fails everything, loudly
+            except Exception as exc:
                 logger.exception("%s: the manager failed", self.label)
                 self.set_bad_state_and_fail_all(TaskVineManagerFailure(f"the manager of executor {self.label!r} failed: {exc}"))
                 return
@@ -306,4 +308,4 @@ class TaskVineExecutor(BlockProviderExecutor, RepresentationMixin):
             future.set_result(value)
 
 
-__all__ = ["TaskVineExecutor", "TaskSettings"]
+__all__ = ["TaskSettings", "TaskVineExecutor"]

@@ -12,8 +12,9 @@ that asks for 1 MB of memory gets at least its proportional share of a worker an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any
 
 from .errors import ParslVineConfigError
 
@@ -26,13 +27,13 @@ class TaskSettings:
     """What one app call asks of its task."""
 
     exec_mode: str
-    cores: Optional[float] = None
-    memory: Optional[float] = None
-    disk: Optional[float] = None
-    gpus: Optional[float] = None
-    priority: Optional[float] = None
-    running_time_min: Optional[float] = None
-    category: Optional[str] = None
+    cores: float | None = None
+    memory: float | None = None
+    disk: float | None = None
+    gpus: float | None = None
+    priority: float | None = None
+    running_time_min: float | None = None
+    category: str | None = None
 
 
 def settings_from_spec(spec: Any, default_mode: str, warn_unknown: Callable[[str], None]) -> TaskSettings:

@@ -17,7 +17,8 @@ import os
 import pickle
 import shlex
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import core as vine
 

@@ -64,8 +64,8 @@ config = Config(run_dir={run_dir!r}, executors=[ThreadPoolExecutor(max_threads={
 """,
 }
 
-_RATE = re.compile(r"^Tasks per second: ([0-9.]+)", re.M)
-_COUNT = re.compile(r"^Will run (\d+) tasks", re.M)
+_RATE = re.compile(r"^Tasks per second: ([0-9.]+)", re.MULTILINE)
+_COUNT = re.compile(r"^Will run (\d+) tasks", re.MULTILINE)
 
 
 def _cores() -> int:
@@ -81,7 +81,7 @@ def perf(peer: str, seconds: float, workdir: str) -> dict[str, Any]:
     env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     cmd = [sys.executable, "-m", "parsl.benchmark.perf", "--config", cfg, "--time", str(seconds)]
-    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=seconds * 12 + 120)
+    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=seconds * 12 + 120, check=False)
     rates, counts = _RATE.findall(proc.stdout), _COUNT.findall(proc.stdout)
     if proc.returncode != 0 or not rates:
         tail = (proc.stdout + proc.stderr)[-3000:]

@@ -195,3 +195,19 @@ def test_parsl_monitoring_records_the_calls(tmp_path):
                 break
             time.sleep(0.2)
     assert (tasks, done) == (3, 3)
+
+
+def test_project_name_and_password_reach_the_workers(tmp_path, executors, monkeypatch):
+    """A named manager is found through the project's own catalog (a directory here), with a password."""
+    from parslvine import TaskVineFactoryConfig, TaskVineManagerConfig
+
+    monkeypatch.setenv("VINE_CATALOG_DIR", str(tmp_path / "catalog"))
+    secret = tmp_path / "password"
+    secret.write_text("s3cret-for-this-test\n")
+    ex = _started(tmp_path, make_executor(
+        "serverless",
+        manager_config=TaskVineManagerConfig(port=0, project_name=f"parslvine-test-{os.getpid()}", project_password_file=str(secret)),
+        factory_config=TaskVineFactoryConfig(min_workers=1, max_workers=1, cores=1, memory=1000, disk=2000)))
+    executors.append(ex)
+    assert ex.manager.name == f"parslvine-test-{os.getpid()}"
+    assert ex.submit(_square, {}, 9).result(timeout=60) == 81

@@ -8,7 +8,7 @@ import pickle
 import pytest
 from parsl.app.errors import RemoteExceptionWrapper
 from parsl.data_provider.files import File
-from parsl.serialize import deserialize, serialize
+from parsl.serialize import serialize
 
 from parslvine import TaskVineExecutor, TaskVineFactoryConfig, TaskVineManagerConfig
 from parslvine.configs import check_manager_config
@@ -27,11 +27,11 @@ def test_config_defaults_match_parsls():
 
 
 @pytest.mark.parametrize("bad, words", [
-    (dict(app_pack=True), "app_pack"),
-    (dict(extra_pkgs=["numpy"]), "extra_pkgs"),
-    (dict(autolabel=True, autolabel_algorithm="guess"), "autolabel_algorithm"),
-    (dict(library_config={"slots": 2}), "num_slots"),
-    (dict(max_retries=-2), "max_retries"),
+    ({"app_pack": True}, "app_pack"),
+    ({"extra_pkgs": ["numpy"]}, "extra_pkgs"),
+    ({"autolabel": True, "autolabel_algorithm": "guess"}, "autolabel_algorithm"),
+    ({"library_config": {"slots": 2}}, "num_slots"),
+    ({"max_retries": -2}, "max_retries"),
 ])
 def test_config_rejects_what_it_cannot_honour(bad, words):
     with pytest.raises(ParslVineConfigError, match=words):
