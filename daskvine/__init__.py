@@ -11,4 +11,4 @@ from .callbacks import ON_WORKER
 from .errors import DaskVineError, GraphTaskFailed, UnpicklableResult
 from .manager import DaskVine
 
-__all__ = ["DaskVine", "DaskVineError", "GraphTaskFailed", "UnpicklableResult", "ON_WORKER"]
+__all__ = ["ON_WORKER", "DaskVine", "DaskVineError", "GraphTaskFailed", "UnpicklableResult"]

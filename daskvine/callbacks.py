@@ -32,7 +32,7 @@ class _OnWorker:
 
     _instance: _OnWorker | None = None
 
-    def __new__(cls) -> _OnWorker:
+    def __new__(cls) -> _OnWorker:  # noqa: PYI034 - a singleton
         if cls._instance is None:
             cls._instance = super().__new__(cls)
         return cls._instance

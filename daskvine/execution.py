@@ -282,7 +282,7 @@ class GraphRun:
                 continue
             try:
                 ok, value, _ = decode_result(self.m.fetch_file(src.output_file, timeout=60))
-            except Exception:  # noqa: BLE001 - best effort on an error path
+            except Exception:  # noqa: BLE001, S112 - best effort on an error path
                 continue
             if not ok:
                 return d, value

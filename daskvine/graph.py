@@ -84,7 +84,7 @@ def nest_results(keys: Any, values: Mapping[Key, Any]) -> Any:
 
 def is_pure_container(node: GraphNode) -> bool:
     """True for a list/tuple/dict of references and literals with no function call inside."""
-    if isinstance(node, Alias) or isinstance(node, DataNode) or not isinstance(node, Task):
+    if isinstance(node, (Alias, DataNode)) or not isinstance(node, Task):
         return False
     stack: list[Any] = [node]
     while stack:

@@ -91,9 +91,9 @@ def parse_options(kwargs: Mapping[str, Any]) -> GetOptions:
     kw = dict(kwargs)
     o.lazy_transfers = bool(kw.get("lazy_transfers", True)) and bool(kw.get("worker_transfers", True))
     o.environment = kw.get("environment")
-    if o.environment is not None and not hasattr(o.environment, "cache_name"):
-        if not isinstance(o.environment, (str, os.PathLike)) or not os.path.exists(o.environment):
-            raise ValueError(f"environment must be a File or the path of an environment tarball or directory; got {o.environment!r}")
+    if o.environment is not None and not hasattr(o.environment, "cache_name") and (
+            not isinstance(o.environment, (str, os.PathLike)) or not os.path.exists(o.environment)):
+        raise ValueError(f"environment must be a File or the path of an environment tarball or directory; got {o.environment!r}")
     extra = kw.get("extra_files") or {}
     if not isinstance(extra, Mapping) or not all(hasattr(f, "cache_name") and isinstance(n, str) for f, n in extra.items()):
         raise TypeError("extra_files must be a dict {File: 'remote name'} of files declared on this manager")

@@ -6,10 +6,9 @@ As in the manual, ``Point`` is defined at module level (awkward's ``mixin_class`
 
 from __future__ import annotations
 
+import dask
 import numpy as np
 import pytest
-
-import dask
 
 ak = pytest.importorskip("awkward")
 dak = pytest.importorskip("dask_awkward")
@@ -44,9 +43,8 @@ def test_taskvine_manual_dask_awkward_example(tmp_path):
         f.max_workers = 1
         f.min_workers = 1
         f.scratch_dir = str(tmp_path / "factory")
-        with f:
-            with dask.config.set(scheduler=m.get):
-                result = distance.compute(resources={"cores": 1}, resources_mode="max", lazy_transfers=True)
+        with f, dask.config.set(scheduler=m.get):
+            result = distance.compute(resources={"cores": 1}, resources_mode="max", lazy_transfers=True)
         assert result.tolist() == eager.tolist()
         assert m.using_ssl
     finally:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import io
 
-import pytest
-
-import dask
 import dask.array as da
+import pytest
 from dask.callbacks import Callback
 
 from daskvine import ON_WORKER

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-import pytest
-
 import dask
 import dask.array as da
 import dask.bag as db
+import numpy as np
+import pytest
 
 
 def threaded(*colls):

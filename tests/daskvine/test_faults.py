@@ -5,9 +5,9 @@ from __future__ import annotations
 import signal
 import time
 
+import dask
 import pytest
 
-import dask
 from tests.conftest import WorkerProcess, wait_for_workers
 
 
@@ -23,7 +23,7 @@ def merge(a, b):
 
 def tree_graph(n_leaves=8):
     dsk = {("leaf", i): (leaf, i) for i in range(n_leaves)}
-    level, names, depth = n_leaves, [("leaf", i) for i in range(n_leaves)], 0
+    names, depth = [("leaf", i) for i in range(n_leaves)], 0
     while len(names) > 1:
         depth += 1
         nxt = []

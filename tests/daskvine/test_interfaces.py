@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-
 import dask
 import dask.array as da
+import numpy as np
+import pytest
 from dask.utils_test import inc
 
 
@@ -20,7 +19,7 @@ def test_scheduler_config_nested_compute_and_plain_dict(dv):
     assert dask.compute(a, (b, c), scheduler=dv.get) == got
     assert dv.get({"x": 1, "y": (inc, "x")}, "y") == 2
     assert dv.get({"x": 1, "y": (inc, "x")}, [["y"], "x"]) == ((2,), 1)
-    assert dv(dict(x=1, y=(inc, "x")), "y") == 2  # DaskVine is callable as its own get
+    assert dv({"x": 1, "y": (inc, "x")}, "y") == 2  # DaskVine is callable as its own get
 
 
 def test_expression_objects_go_straight_to_get(dv):
