@@ -1,7 +1,7 @@
 """dask's own scheduler contract (``dask.utils_test.GetFunctionTestMixin``) against ``DaskVine.get``.
 
 Every test of the mixin runs in both task modes, each test unchanged except the 10,000-link chain
-(``test_get_stack_limit``), whose reasons are written next to it. (``test_traverse_false``, which
+(``test_get_stack_limit``) in tasks mode, whose reason is written next to it. (``test_traverse_false``, which
 remote executors are said to fail, is not part of this mixin in either dask world.)
 """
 
@@ -31,20 +31,24 @@ class TestMixinFunctionCalls(_Bound):
 
     @pytest.mark.timeout(120)
     def test_get_stack_limit(self) -> None:
-        # The mixin's own 10,000-link chain, all 10,000 nodes run as function calls on the workers,
-        # with values passed through the manager (lazy_transfers=False): ~1.6 ms a link here. With
-        # temps (the default) a link costs ~20 ms in core today, 200 s for the chain: over this
-        # suite's time budget. Recursion is what the test is about; the graph side of it (planning a
-        # 10,000-deep chain and a 100,000-node graph) is also tested in test_graph.py.
-        inner = self.get
-        self.get = lambda dsk, keys, **kw: inner(dsk, keys, lazy_transfers=False, **kw)
+        # Unchanged: 10,000 chained function calls, each value a temp handed to the next (~1.7 ms a link).
         super().test_get_stack_limit()
 
 
 class TestMixinTasks(_Bound):
     task_mode = "tasks"
 
-    @pytest.mark.skip(reason="10,000 sequential PythonTasks take ~9 minutes on this 2-core machine (~55 ms per "
-                             "link: a fork per task); the same chain runs in function-calls mode above")
+    @pytest.mark.skip(reason="10,000 sequential PythonTasks take ~100 s on this 2-core machine (~10 ms a link: a fork "
+                             "per task), over this suite's 3-minute budget; the same chain runs in function-calls mode "
+                             "above, and test_tasks_mode_chain_without_recursion runs 1,000 links in tasks mode")
     def test_get_stack_limit(self) -> None:
         super().test_get_stack_limit()
+
+
+@pytest.mark.timeout(120)
+def test_tasks_mode_chain_without_recursion(dv) -> None:
+    from dask.utils_test import inc
+
+    d = {f"x{i + 1}": (inc, f"x{i}") for i in range(1000)}
+    d["x0"] = 0
+    assert dv.get(d, "x1000", task_mode="tasks") == 1000
