@@ -97,10 +97,14 @@ class UpstreamFailure(Exception):
     """Raised in a task whose input future holds an exception instead of a value."""
 
 
-def load_reference(path: str, serialized: bool) -> Any:
-    """The value a producer task left in ``path`` (its output file, linked into this sandbox)."""
-    with open(path, "rb") as fh:
-        data = fh.read()
+def load_reference(path: str | bytes, serialized: bool) -> Any:
+    """The value a producer task left in ``path`` (its output file, linked into this sandbox), or
+    in ``path`` itself when the worker passed the file's bytes."""
+    if isinstance(path, bytes):
+        data = path
+    else:
+        with open(path, "rb") as fh:
+            data = fh.read()
     if not serialized:
         return data
     ok, value, tb = decode_result(data)
@@ -125,11 +129,11 @@ def _set_path(container: Any, path: tuple[Any, ...], value: Any) -> Any:
 
 
 def apply_references(args: Any, kwargs: Any, refs: list[tuple[tuple[Any, ...], str, bool]],
-                     paths: dict[str, str] | None = None) -> tuple[Any, Any]:
+                     paths: dict[str, Any] | None = None) -> tuple[Any, Any]:
     """Put each referenced output (``refs``: path into args/kwargs, file, serialized?) in its place.
 
-    A file is read from ``paths[remote]`` when given (the worker's cache, for calls that run without
-    a sandbox), else from ``remote`` in the current directory.
+    A file is read from ``paths[remote]`` when given (a path in the worker's cache, or the file's
+    bytes, for calls that run without a sandbox), else from ``remote`` in the current directory.
     """
     box = [list(args), dict(kwargs)]
     for path, remote, serialized in refs:
@@ -137,13 +141,13 @@ def apply_references(args: Any, kwargs: Any, refs: list[tuple[tuple[Any, ...], s
     return tuple(box[0]), box[1]
 
 
-def load_call(args_path: str, paths: dict[str, str] | None = None) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def load_call(args_path: str, paths: dict[str, Any] | None = None) -> tuple[tuple[Any, ...], dict[str, Any]]:
     with open(args_path, "rb") as fh:
         payload = cloudpickle.load(fh)
     return unpack_arguments(payload, paths)
 
 
-def unpack_arguments(payload: Any, paths: dict[str, str] | None = None) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def unpack_arguments(payload: Any, paths: dict[str, Any] | None = None) -> tuple[tuple[Any, ...], dict[str, Any]]:
     args, kwargs, refs = payload
     if refs:
         return apply_references(args, kwargs, refs, paths)
@@ -311,6 +315,8 @@ def _run_call(functions: dict[str, Any], msg: dict[str, Any], inline: bool = Fal
     output = msg.get("output")
     if output:
         if ok:
+            if msg.get("output_inline") and len(data) <= INLINE_RESULT:
+                return 0, data  # the worker keeps it (in memory): no file to create here
             with open(output, "wb") as fh:
                 fh.write(data)
             return 0, None

@@ -124,6 +124,9 @@ class Worker(WorkerTransfers, WorkerPythonMixin):
         self.peer_failures: set[str] = set()  # inputs whose peer transfer broke: the cluster's fault
         self._base_env = dict(os.environ)
         self._background: set[asyncio.Task[Any]] = set()
+        # Small cached files kept in memory instead of on disk (see WorkerTransfers._keep_in_memory).
+        self.memory: dict[str, bytes] = {}
+        self.memory_bytes = 0
         self._load_cache()
 
     # -- cache -------------------------------------------------------------------------------------
@@ -149,7 +152,8 @@ class Worker(WorkerTransfers, WorkerPythonMixin):
                 self._unlink(name)
 
     def _add_cache(self, name: str, level: int) -> int:
-        size = path_size(self.cache_path(name))
+        data = self.memory.get(name)
+        size = len(data) if data is not None else path_size(self.cache_path(name))
         self.cache[name] = (size, level)
         if level >= C.VINE_CACHE_LEVEL_FOREVER:
             with open(os.path.join(self.meta_dir, name), "w") as fh:
@@ -158,6 +162,10 @@ class Worker(WorkerTransfers, WorkerPythonMixin):
 
     def _unlink(self, name: str) -> None:
         self.cache.pop(name, None)
+        data = self.memory.pop(name, None)
+        if data is not None:
+            self.memory_bytes -= len(data)
+            return
         for path in (os.path.join(self.cache_dir, name), os.path.join(self.meta_dir, name)):
             if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path, ignore_errors=True)
@@ -455,6 +463,8 @@ class Worker(WorkerTransfers, WorkerPythonMixin):
 
     def _link_inputs(self, rt: RunningTask) -> None:
         for inp in rt.spec["inputs"]:
+            if inp["name"] in self.memory:
+                self._spill(inp["name"])  # a sandbox needs a real file to link
             src = self.cache_path(inp["name"])
             dst = os.path.join(rt.sandbox, inp["remote"])
             os.makedirs(os.path.dirname(dst), exist_ok=True)

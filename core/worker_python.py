@@ -201,7 +201,7 @@ class WorkerPythonMixin:
         if fc is None or spec.get("environments") or spec.get("time_max") or spec.get("time_end") or spec.get("monitor"):
             return False
         cache = self.cache  # type: ignore[attr-defined]
-        paths: dict[str, str] = {}
+        paths: dict[str, str | bytes] = {}
         arriving: list[asyncio.Future[bool]] = []
         for inp in spec.get("inputs") or ():
             remote = inp["remote"]
@@ -212,7 +212,8 @@ class WorkerPythonMixin:
                 if fut_in is None or not wait_inputs:
                     return False
                 arriving.append(fut_in)
-            paths[remote] = self.cache_path(inp["name"])  # type: ignore[attr-defined]
+            # A file kept in memory travels to the library as bytes: nothing to open there either.
+            paths[remote] = self.memory.get(inp["name"]) or self.cache_path(inp["name"])  # type: ignore[attr-defined]
         outputs = spec.get("outputs") or ()
         output: dict[str, Any] | None = None
         if outputs:
@@ -234,8 +235,9 @@ class WorkerPythonMixin:
         output_path = self.cache_path(output["name"]) if output is not None else None  # type: ignore[attr-defined]
         if not inst.send({"op": "call", "id": rt.id, "function": fc["function"],
                           "args": base64.b64decode(fc["args"]) if fc.get("args") is not None else None,
-                          "args_file": paths[args_file] if args_file else None, "paths": paths, "sandbox": inst.sandbox,
-                          "result": result_path, "output": output_path, "mode": "direct"}):
+                          "args_file": self._spilled_path(args_file, paths) if args_file else None, "paths": paths,
+                          "sandbox": inst.sandbox, "result": result_path, "output": output_path, "output_inline": True,
+                          "mode": "direct"}):
             return False
         fut: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         inst.pending[rt.id] = fut
@@ -243,6 +245,17 @@ class WorkerPythonMixin:
         self.tasks[rt.id] = rt
         fut.add_done_callback(lambda f: self._fast_call_done(rt, inst, result_path, output, f))
         return True
+
+    def _spilled_path(self, remote: str, paths: dict[str, str | bytes]) -> str:
+        """The on-disk path of input ``remote`` (its bytes are written out if they were in memory)."""
+        src = paths[remote]
+        if isinstance(src, bytes):
+            for name, data in list(self.memory.items()):  # type: ignore[attr-defined]
+                if data is src:
+                    self._spill(name)  # type: ignore[attr-defined]
+                    paths[remote] = src = self.cache_path(name)  # type: ignore[attr-defined]
+                    break
+        return str(src)
 
     def _fast_call_done(self, rt: RunningTask, inst: LibraryProcess, result_path: str, output: dict[str, Any] | None,
                         fut: asyncio.Future[int | None]) -> None:
@@ -264,7 +277,10 @@ class WorkerPythonMixin:
         result, code = (C.VINE_RESULT_LIBRARY_EXIT, 9) if status is None else (C.VINE_RESULT_SUCCESS, status)
         if output is not None:
             name = output["name"]
-            if status == 0 and os.path.lexists(self.cache_path(name)):  # type: ignore[attr-defined]
+            if status == 0 and data:
+                self._keep_in_memory(name, data)  # type: ignore[attr-defined]  # the envelope came back inline
+                data = b""  # it is the temp's content, not the call's output
+            if status == 0 and (name in self.memory or os.path.lexists(self.cache_path(name))):  # type: ignore[attr-defined]
                 cached[name] = self._add_cache(name, max(int(output.get("level", 1)), C.VINE_CACHE_LEVEL_WORKFLOW))  # type: ignore[attr-defined]
             elif status == 0:
                 result = C.VINE_RESULT_OUTPUT_MISSING

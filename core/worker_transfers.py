@@ -15,12 +15,14 @@ import os
 import shutil
 from typing import Any
 
-from .connection import Connection, FileReceiver, client_handshake, open_connection, send_path, server_handshake
+from .connection import Connection, FileReceiver, client_handshake, open_connection, send_bytes, send_path, server_handshake
 from .errors import AuthenticationError, ProtocolError, TransferError
 
 log = logging.getLogger("vine_worker")
 
 PEER_BATCH = 64  # gets in flight on one peer connection
+MEMORY_FILE_MAX = 1 << 20  # cached files up to this size may live in memory ...
+MEMORY_LIMIT = 256 << 20  # ... up to this much in all
 
 
 class _PeerMissing(TransferError):
@@ -32,11 +34,42 @@ class WorkerTransfers:
 
     async def _send_back(self, name: str, request: Any) -> None:
         path = self.cache_path(name)
-        if name not in self.cache or not os.path.lexists(path):
+        data = self.memory.get(name)
+        if name not in self.cache or (data is None and not os.path.lexists(path)):
             self.send({"type": "cache_invalid", "name": name, "reason": "not in cache", "request": request})
             return
         assert self.conn is not None
-        await send_path(self.conn, name, path, request=request)
+        if data is not None:
+            await send_bytes(self.conn, name, data, request=request)
+        else:
+            await send_path(self.conn, name, path, request=request)
+
+    # -- small files in memory ------------------------------------------------------------------------
+    def _keep_in_memory(self, name: str, data: bytes) -> None:
+        """Cache ``data`` as file ``name`` in memory, or on disk once MEMORY_LIMIT is used up.
+
+        A temp of a few bytes (most graph nodes' results) would otherwise cost a file creation,
+        which on a busy ext4 disk takes up to a millisecond: more than the rest of a call. A task
+        that needs it in a sandbox gets it written out then (``_spill``); peers and the manager are
+        served from memory.
+        """
+        self._unlink(name)
+        if len(data) <= MEMORY_FILE_MAX and self.memory_bytes + len(data) <= MEMORY_LIMIT:
+            self.memory[name] = data
+            self.memory_bytes += len(data)
+            return
+        with open(self.cache_path(name), "wb") as fh:
+            fh.write(data)
+
+    def _spill(self, name: str) -> None:
+        """Write an in-memory cached file to the cache directory (it stays cached, now on disk)."""
+        data = self.memory.get(name)
+        if data is None:
+            return
+        with open(self.cache_path(name), "wb") as fh:
+            fh.write(data)
+        del self.memory[name]
+        self.memory_bytes -= len(data)
 
     # -- obtaining inputs ------------------------------------------------------------------------------
     async def _fetch_url(self, name: str, url: str, level: int) -> None:
@@ -110,6 +143,23 @@ class WorkerTransfers:
             raise _PeerMissing(f"peer transfer from {source} failed: peer {source} does not have {name}: {begin.get('reason')}")
         if begin.type != "file_begin" or begin.get("name") != name:
             raise TransferError(f"peer {source} sent {begin.type} for {begin.get('name')!r} while {name} was expected")
+        size = int(begin["size"])
+        if not begin.get("dir") and size <= MEMORY_FILE_MAX and self.memory_bytes + size <= MEMORY_LIMIT:
+            parts: list[bytes] = []
+            while True:
+                fr = await conn.recv()
+                if fr is None:
+                    raise TransferError(f"peer {source} closed during {name}")
+                if fr.type == "file_chunk":
+                    parts.append(fr.payload)
+                elif fr.type == "file_end":
+                    data = b"".join(parts)
+                    if len(data) != size:
+                        raise TransferError(f"peer {source} sent {len(data)} of {size} bytes of {name}")
+                    self._keep_in_memory(name, data)
+                    return
+                else:
+                    raise TransferError(f"peer {source} sent {fr.type} in the middle of {name}")
         recv = FileReceiver(begin, self.cache_path(name))
         while True:
             fr = await conn.recv()
@@ -137,11 +187,15 @@ class WorkerTransfers:
                     raise ProtocolError(f"peer sent {fr.type!r}, only 'get' is served")
                 name = str(fr["name"])
                 path = self.cache_path(name)
-                if name not in self.cache or not os.path.lexists(path):
+                data = self.memory.get(name)
+                if name not in self.cache or (data is None and not os.path.lexists(path)):
                     conn.send({"type": "error", "reason": f"{name} not in cache"})
                     await conn.drain()
                     continue
-                await send_path(conn, name, path)
+                if data is not None:
+                    await send_bytes(conn, name, data)
+                else:
+                    await send_path(conn, name, path)
         except (ProtocolError, AuthenticationError, OSError, asyncio.TimeoutError) as exc:
             log.info("peer %s: %s", conn.peer, exc)
         finally:
