@@ -170,7 +170,8 @@ def test_provider_launch_with_local_provider(tmp_path):
 
 
 @pytest.mark.timeout(150)
-def test_parsl_monitoring_records_the_calls(tmp_path):
+@pytest.mark.parametrize("mode", MODES)
+def test_parsl_monitoring_records_the_calls(tmp_path, mode):
     import sqlite3
 
     import parsl
@@ -178,7 +179,7 @@ def test_parsl_monitoring_records_the_calls(tmp_path):
     from parsl.monitoring import MonitoringHub
 
     db = tmp_path / "monitoring.db"
-    config = Config(executors=[make_executor("serverless")], run_dir=str(tmp_path / "runinfo"), initialize_logging=False,
+    config = Config(executors=[make_executor(mode)], run_dir=str(tmp_path / "runinfo"), initialize_logging=False,
                     monitoring=MonitoringHub(logging_endpoint=f"sqlite:///{db}", resource_monitoring_interval=1))
     dfk = parsl.load(config)
     try:
