@@ -97,3 +97,23 @@ def test_keyboard_interrupt_cancels_the_graph_and_the_manager_stays_usable(dv, m
     assert time.monotonic() - t0 < 20
     assert dv.empty()  # every task of the graph was cancelled and collected
     assert dv.get({"a": 1, "b": (inc, "a")}, "b", task_mode=mode) == 2
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_while_get_waits(dv):
+    """A real SIGINT (Ctrl-C) arriving while ``get`` blocks in wait: same clean cancellation."""
+    import threading as th
+
+    dsk = {("s", i): (slow_inc, i) for i in range(4)}
+    dsk["total"] = (sum, [("s", i) for i in range(4)])
+    timer = th.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            dv.get(dsk, "total")
+    finally:
+        timer.cancel()
+    assert time.monotonic() - t0 < 20
+    assert dv.empty()
+    assert dv.get({"a": 1, "b": (inc, "a")}, "b") == 2
