@@ -212,3 +212,20 @@ def test_project_name_and_password_reach_the_workers(tmp_path, executors, monkey
     executors.append(ex)
     assert ex.manager.name == f"parslvine-test-{os.getpid()}"
     assert ex.submit(_square, {}, 9).result(timeout=60) == 81
+
+
+def _environment(*names):
+    import os
+
+    return [os.environ.get(n) for n in names]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_init_command_and_env_vars(tmp_path, executors, mode):
+    """init_command runs before the call (regular: in front of a fresh runner; serverless: before the library)."""
+    from parslvine import TaskVineManagerConfig
+
+    ex = _started(tmp_path, make_executor(mode, manager_config=TaskVineManagerConfig(
+        port=0, init_command="FROM_INIT=yes", env_vars={"FROM_CONFIG": "42"})))
+    executors.append(ex)
+    assert ex.submit(_environment, {}, "FROM_INIT", "FROM_CONFIG").result(timeout=60) == ["yes", "42"]
