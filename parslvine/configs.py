@@ -45,7 +45,7 @@ class TaskVineManagerConfig:
 
     # Performance-specific settings
     shared_fs: bool = False
-    autolabel: bool = False
+    autolabel: bool = False  # needs core's automatic category sizing, not there yet: True raises
     autolabel_algorithm: str = "max-xput"
     autolabel_window: int | None = None
     autocategory: bool = True
@@ -99,9 +99,13 @@ def check_manager_config(config: Any) -> None:
                                    "and give it as env_pack instead")
     if config.extra_pkgs and not config.app_pack:
         raise ParslVineConfigError("manager_config.extra_pkgs only applies with app_pack=True")
-    if config.autolabel and config.autolabel_algorithm not in AUTOLABEL_ALGORITHMS:
+    if config.autolabel_algorithm not in AUTOLABEL_ALGORITHMS:
         raise ParslVineConfigError(f"manager_config.autolabel_algorithm must be one of {AUTOLABEL_ALGORITHMS}, "
                                    f"not {config.autolabel_algorithm!r}")
+    if config.autolabel:
+        raise ParslVineConfigError("manager_config.autolabel=True needs automatic category sizing "
+                                   "(Manager.set_category_mode), which core does not provide yet; give each app its "
+                                   "resources in parsl_resource_specification instead")
     if config.library_config is not None:
         if not isinstance(config.library_config, dict):
             raise ParslVineConfigError(f"manager_config.library_config must be a dict, not {config.library_config!r}")

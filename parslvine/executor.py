@@ -154,12 +154,6 @@ class TaskVineExecutor(BlockProviderExecutor, RepresentationMixin):
     def _configure_manager(self, m: Any, config: TaskVineManagerConfig) -> None:
         if config.project_password_file:
             m.set_password_file(config.project_password_file)
-        if config.autolabel:
-            # Measure, but never kill: Parsl apps ask for small memory (the suite asks 1 MB) and
-            # must still run; the measurements size each category's next allocations.
-            m.enable_monitoring(watchdog=False)
-            if config.autolabel_window is not None:
-                m.tune("category-steady-n-tasks", config.autolabel_window)
         if config.wait_for_workers:
             m.tune("wait-for-workers", config.wait_for_workers)
         if config.enable_peer_transfers:

@@ -29,7 +29,8 @@ def test_config_defaults_match_parsls():
 @pytest.mark.parametrize("bad, words", [
     ({"app_pack": True}, "app_pack"),
     ({"extra_pkgs": ["numpy"]}, "extra_pkgs"),
-    ({"autolabel": True, "autolabel_algorithm": "guess"}, "autolabel_algorithm"),
+    ({"autolabel_algorithm": "guess"}, "autolabel_algorithm"),
+    ({"autolabel": True}, "set_category_mode"),
     ({"library_config": {"slots": 2}}, "num_slots"),
     ({"max_retries": -2}, "max_retries"),
 ])
