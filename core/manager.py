@@ -72,7 +72,7 @@ KNOWN_TUNES = {
     "resource-management-interval", "max-task-stdout-storage", "max-new-workers", "load-from-shared-filesystem",
     "large-task-check-interval", "enforce-worker-eviction-interval", "watch-library-logfiles",
     "sandbox-grow-factor", "max-library-retries", "task-groups", "max-task-attempts", "handshake-timeout",
-    "library-queue-depth", "peer-transfers",
+    "library-queue-depth", "peer-transfers", "call-pipelining",
 }
 KNOWN_TUNES |= set(DEFAULT_TUNING)  # every parameter the scheduler reads can be tuned
 

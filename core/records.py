@@ -59,6 +59,7 @@ class TaskRecord:
     recovery: bool = False
     exhaustions: int = 0  # times killed for exceeding its allocation; the retry gets a whole worker
     queued: bool = False  # prefetched to its worker, waiting there for room (not yet committed)
+    pinned: str | None = None  # a call sent ahead to the worker making its missing temp inputs
 
 
 @dataclass

@@ -85,6 +85,7 @@ def policy_name(policy: str | int) -> str:
 
 DEFAULT_TUNING: dict[str, float] = {
     "attempt-schedule-depth": 100,
+    "call-pipelining": 1,  # a call may go to the worker still making its temp inputs (0: wait for them)
     "hungry-minimum": 10,
     "hungry-minimum-factor": 2,
     "keepalive-interval": 30,
@@ -234,6 +235,11 @@ class SchedulerState(TransferPlanner, RecoveryPlanner):
         A temp whose producer already finished but which has no replica left was lost with a
         worker: its producer runs again (lineage recovery).
         """
+        if rec.task.library_required is not None and self.tuning["call-pipelining"] > 0:
+            rec.pinned = self._pin_target(rec)
+            if rec.pinned is not None:
+                self._push_ready(rec)  # its inputs are being made on that worker: it may go there now
+                return
         for m in rec.task.inputs:
             name = m.file.cache_name
             if m.file.kind == "temp" and not self._has_ready_replica(name):
@@ -250,6 +256,45 @@ class SchedulerState(TransferPlanner, RecoveryPlanner):
                         self._recover(name)
                 return
         self._push_ready(rec)
+
+    # -- call pipelining ------------------------------------------------------------------------------------
+    def _maker_of(self, name: str) -> str | None:
+        """The worker where a dispatched function call is making temp ``name`` (else None)."""
+        frec = self.files.get(name)
+        for tid in (self.recovering.get(name), frec.producer if frec else None):
+            prod = self.tasks.get(tid) if tid is not None else None
+            if prod is not None and prod.state == "dispatched" and prod.task.library_required is not None and prod.worker is not None:
+                return prod.worker
+        return None
+
+    def _pin_target(self, rec: TaskRecord) -> str | None:
+        """Where call ``rec`` can be sent before its temp inputs exist: the one worker whose library
+        is making every missing one. The worker starts it the moment they are made, without waiting
+        for the manager to hear of them (a chain link then costs no manager round trip)."""
+        target = None
+        for m in rec.task.inputs:
+            if m.file.kind == "temp" and not self._has_ready_replica(m.file.cache_name):
+                maker = self._maker_of(m.file.cache_name)
+                if maker is None or (target is not None and maker != target):
+                    return None
+                target = maker
+        return target
+
+    def _pinned_choice(self, rec: TaskRecord, now: float) -> tuple[WorkerRecord, Resources] | None:
+        """A free slot, or queue room, in the pinned worker's instance of the call's library."""
+        w = self.workers.get(rec.pinned or "")
+        if w is None:
+            return None
+        alloc = self._eligible(rec, w, now)
+        if alloc is not None:
+            return w, alloc
+        name = rec.task.library_required
+        if w.draining or w.hostname in self.blocked_hosts or name is None:
+            return None
+        depth = self.libs.depth_for(name)
+        if any(i.worker == w.id and i.name == name and i.queue_room(depth) > 0 for i in self.libs.instances.values()):
+            return w, Resources.zero()
+        return None
 
     def _on_cancelled(self, ev: TaskCancelled, out: list[Instruction]) -> None:
         rec = self.tasks.get(ev.task_id)
@@ -661,6 +706,15 @@ class SchedulerState(TransferPlanner, RecoveryPlanner):
                 continue
             if not self._inputs_exist(rec):
                 continue  # parked as waiting on a missing temp
+            if rec.pinned is not None:
+                choice = self._pinned_choice(rec, now)
+                if choice is None:
+                    self._passed.append((key, tid))  # no room there yet; its inputs will come to exist
+                    misses += 1
+                    continue
+                w, alloc = choice
+                self._place(rec, w, alloc, out)
+                continue
             choice = self._choose_worker(rec, now)
             if choice is None:
                 choice = self.libs.make_room(self, rec, now, out)  # start a library, or evict idle ones
@@ -694,10 +748,18 @@ class SchedulerState(TransferPlanner, RecoveryPlanner):
         return all(m.file.kind != "temp" or self._has_ready_replica(m.file.cache_name) for m in rec.task.inputs)
 
     def _inputs_exist(self, rec: TaskRecord) -> bool:
+        """True when ``rec`` may be placed: its temp inputs exist, or are being made where it is pinned."""
+        missing = False
         for m in rec.task.inputs:
             if m.file.kind == "temp" and not self._has_ready_replica(m.file.cache_name):
-                self._make_ready(rec)  # parks it as waiting on that temp
+                if rec.pinned is not None and self._maker_of(m.file.cache_name) == rec.pinned:
+                    missing = True
+                    continue
+                rec.pinned = None
+                self._make_ready(rec)  # parks it as waiting on that temp (or pins it where it is made now)
                 return False
+        if not missing:
+            rec.pinned = None  # everything exists now: any worker will do
         return True
 
     def _place(self, rec: TaskRecord, w: WorkerRecord, alloc: Resources, out: list[Instruction]) -> None:
@@ -715,6 +777,25 @@ class SchedulerState(TransferPlanner, RecoveryPlanner):
         self.libs.placed(rec, w)
         self.stats["tasks_dispatched"] += 1
         out.append(Dispatch(w.id, rec.task.id, alloc))
+        if rec.task.library_required is not None and self.tuning["call-pipelining"] > 0:
+            self._pin_consumers(rec)
+
+    def _pin_consumers(self, rec: TaskRecord) -> None:
+        """Calls waiting for temps that the call just placed will make may now follow it to its worker."""
+        for m in rec.task.outputs:
+            name = m.file.cache_name
+            waiters = self.waiting_on.get(name)
+            if m.file.kind != "temp" or not waiters:
+                continue
+            for tid in sorted(waiters):
+                crec = self.tasks.get(tid)
+                if crec is None or crec.state != "waiting" or crec.task.library_required is None:
+                    continue
+                target = self._pin_target(crec)
+                if target is not None:
+                    waiters.discard(tid)
+                    crec.pinned = target
+                    self._push_ready(crec)
 
     # -- queries ---------------------------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:

@@ -442,6 +442,11 @@ class Worker(WorkerTransfers, WorkerPythonMixin):
             return
         for k in self.committed:
             self.committed[k] += max(alloc.get(k, 0), 0)
+        if spec.get("function_call") is not None:
+            # A call the manager sends ahead may need this call's temp output: it waits for it here.
+            for o in spec.get("outputs") or ():
+                if o.get("kind") == "temp":
+                    self._expect(o["name"])
         self.last_work = time.monotonic()
         if not self._fast_call(rt):
             self._start_general(rt)
@@ -453,6 +458,13 @@ class Worker(WorkerTransfers, WorkerPythonMixin):
         rt.starter = asyncio.create_task(self._task_coroutine(rt))  # libraries have their own runner
 
     def _release(self, rt: RunningTask) -> None:
+        if rt.spec.get("function_call") is not None:
+            for o in rt.spec.get("outputs") or ():  # tell local consumers whether it was made
+                fut = self.pending.get(o["name"]) if o.get("kind") == "temp" else None
+                if fut is not None and o["name"] not in self.receivers:
+                    del self.pending[o["name"]]
+                    if not fut.done():
+                        fut.set_result(o["name"] in self.cache)
         if self.tasks.pop(rt.id, None) is not None:
             for k in self.committed:
                 self.committed[k] = max(0.0, self.committed[k] - max(rt.alloc.get(k, 0), 0))

@@ -48,8 +48,19 @@ def length(text):
     return len(text)
 
 
+def step(x, delay=0.0, mark=None, mark_at=-1):
+    """``x + 1`` after ``delay`` s; writes ``mark`` when ``x`` reaches ``mark_at`` (to time a fault)."""
+    import time
+
+    time.sleep(delay)
+    if mark and x == mark_at:
+        with open(mark, "w") as fh:
+            fh.write("reached")
+    return x + 1
+
+
 def install(m, name, mode="direct"):
-    lib = m.create_library_from_functions(name, add, total, explode, unpicklable, counted, length, exec_mode=mode)
+    lib = m.create_library_from_functions(name, add, total, explode, unpicklable, counted, length, step, exec_mode=mode)
     lib.set_cores(1)
     m.install_library(lib)
 
@@ -207,3 +218,55 @@ def test_future_function_calls_chain_through_temps(manager, start_worker):
         fbad = ex.submit(bad)
         with pytest.raises(ValueError, match="future boom"):
             fbad.result(timeout=60)
+
+
+# --- pipelining: calls sent ahead to the worker making their inputs ------------------------------------------
+
+
+def warm_up(m, name, n=6):
+    """Short calls measured: the library may now take calls ahead of their inputs."""
+    for i in range(n):
+        m.submit(vine.FunctionCall(name, "add", i, 1))
+    drain(m, 60)
+
+
+def test_pipelined_chain_stops_at_a_failure(manager, start_worker):
+    start_worker(manager, cores=1)
+    install(manager, "pipe-fail")
+    warm_up(manager, "pipe-fail")
+    a = temp_call("pipe-fail", "add", 1, 1)
+    b = temp_call("pipe-fail", "explode", a)  # raises: makes no temp
+    c = temp_call("pipe-fail", "add", b, 1)
+    d = vine.FunctionCall("pipe-fail", "add", c, 1)
+    for t in (a, b, c, d):
+        manager.submit(t)
+    drain(manager, 60)
+    assert a.output == 2
+    assert (b.exit_code, type(b.output)) == (1, ValueError)
+    assert (c.result, d.result) == ("input missing", "input missing")
+
+
+@pytest.mark.timeout(120)
+def test_worker_killed_mid_pipelined_chain_loses_nothing(manager, start_worker, tmp_path):
+    holder = start_worker(manager, cores=1)
+    install(manager, "pipe-kill")
+    warm_up(manager, "pipe-kill")
+    mark = tmp_path / "mark"
+    n = 40
+    prev = None
+    calls = []
+    for i in range(n):
+        c = vine.FunctionCall("pipe-kill", "step", prev if prev is not None else 0, 0.02, str(mark), 15)
+        if i < n - 1:
+            c.enable_temp_output()
+        manager.submit(c)
+        calls.append(c)
+        prev = c
+    wait_until(mark.exists, 60, "the chain to reach link 15")
+    start_worker(manager, cores=1)
+    holder.kill(signal.SIGKILL)
+    last = manager.wait_for_task_id(calls[-1].id, 90)
+    assert last is not None, "the chain did not finish after its worker was killed"
+    assert (last.result, last.exit_code, last.output) == ("success", 0, n)
+    drain(manager, 60)
+    assert all(c.result == "success" for c in calls)
