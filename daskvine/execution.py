@@ -36,7 +36,7 @@ from .graph import GraphPlan
 from .options import GetOptions
 from .progress import GraphProgress
 from .runner import WrappedResult
-from .tasks import NodeTaskFactory, category_of, dependency_arg
+from .tasks import DependencyArgs, NodeTaskFactory, category_of
 
 if TYPE_CHECKING:
     from .manager import DaskVine
@@ -107,6 +107,11 @@ class GraphRun:
             self.unfinished[k] = sum(1 for x in d if x not in data)
         self.state = initial_state(plan.dependencies, plan.dependents, data)
         self.state["ready"] = _ReadyKeys(self.state["ready"])
+        remote_consumers: dict[Any, int] = collections.Counter()
+        for k in plan.remote_keys:
+            for d in plan.dependencies[k]:
+                remote_consumers[plan.source_of(d)] += 1
+        self.dependency_arg = DependencyArgs(manager, self.values, self.refs, remote_consumers, plan.source_of)
         self.remaining = len(plan.order) - len(data)
 
     # -- the loop ---------------------------------------------------------------------------------------
@@ -202,7 +207,7 @@ class GraphRun:
 
     def _submit(self, key: Any, priority: float) -> None:
         deps = tuple(self.plan.dependencies[key])
-        args = [dependency_arg(self.values, self.refs, d) for d in deps]
+        args = [self.dependency_arg(d) for d in deps]
         keep = self.lazy and key not in self.plan.needs_value
         t = self.factory.build(key, self.plan.graph[key], deps, args, keep, priority)
         self.m.submit(t)
@@ -380,7 +385,8 @@ class GraphRun:
                 self.in_flight.pop(t.id, None)
 
     def _cleanup(self) -> None:
-        """Forget this graph's temps and kept argument buffers: workers delete them."""
+        """Forget this graph's temps, shared values and kept argument buffers: workers delete them."""
+        self.dependency_arg.release()
         for t in self.made:
             out = getattr(t, "output_file", None)
             if out is not None and out.kind == "temp":

@@ -130,8 +130,63 @@ class NodeTaskFactory:
                 peak[name] = float(value)
 
 
-def dependency_arg(values: dict[Any, Any], refs: dict[Any, Any], key: Any) -> Any:
-    """What a consumer gets for input ``key``: its value (inline) or its producing task (a temp input)."""
-    if key in values:
-        return Inline(values[key])
-    return refs[key]
+SHARE_THRESHOLD = 64 << 10  # bytes: a larger value several tasks need goes to each worker once, as a file
+
+
+class ManagerValue:
+    """A value held by the manager, sent to workers once as a cached buffer and loaded there.
+
+    Passed in a task's arguments like a producing task: core's reference scan makes the buffer an
+    input and the worker puts the value in its place. Used when several remote consumers need the
+    same large value (a ``from_array`` source, a checkpointed result), so it is not pickled into
+    every consumer's arguments.
+    """
+
+    __slots__ = ("file",)
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+
+    def _vine_reference(self) -> tuple[Any, bool]:
+        return self.file, True
+
+
+class DependencyArgs:
+    """What a consumer gets for each input: its producing task (a temp), a shared buffer, or the value inline."""
+
+    def __init__(self, manager: DaskVine, values: dict[Any, Any], refs: dict[Any, Any], remote_consumers: dict[Any, int],
+                 source_of: Any) -> None:
+        self.m = manager
+        self.source_of = source_of
+        self.values = values
+        self.refs = refs
+        self.remote_consumers = remote_consumers
+        self.shared: dict[Any, Any] = {}  # key -> ManagerValue or Inline, decided once per key
+        self.buffers: list[Any] = []
+
+    def __call__(self, key: Any) -> Any:
+        if key not in self.values:
+            return self.refs[key]
+        src = self.source_of(key)  # aliases share their target's buffer
+        arg = self.shared.get(src)
+        if arg is not None:
+            return arg
+        value = self.values[src]
+        if self.remote_consumers.get(src, 0) < 2:
+            return Inline(value)
+        from core._remote import encode_result
+
+        data = encode_result(True, value)  # pickled once, whatever the number of consumers
+        if len(data) > SHARE_THRESHOLD:
+            f = self.m.declare_buffer(data, cache="workflow")
+            self.buffers.append(f)
+            arg = ManagerValue(f)
+        else:
+            arg = Inline(value)
+        self.shared[src] = arg
+        return arg
+
+    def release(self) -> None:
+        for f in self.buffers:
+            self.m.undeclare_file(f)
+        self.buffers.clear()

@@ -74,11 +74,11 @@ def test_retries_below_one_is_an_error(dv):
 
 
 def slow_inc(x):
-    time.sleep(3)
+    time.sleep(5)
     return x + 1
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(120)
 def test_keyboard_interrupt_cancels_the_graph_and_the_manager_stays_usable(dv, mode):
     from dask.callbacks import Callback
 
@@ -94,12 +94,13 @@ def test_keyboard_interrupt_cancels_the_graph_and_the_manager_stays_usable(dv, m
     t0 = time.monotonic()
     with Callback(pretask=pretask), pytest.raises(KeyboardInterrupt):
         dv.get(dsk, "total", task_mode=mode)
-    assert time.monotonic() - t0 < 20
+    # Running the six 5 s tasks on two workers would take 15 s; cancelled, at most the running ones finish.
+    assert time.monotonic() - t0 < 12
     assert dv.empty()  # every task of the graph was cancelled and collected
     assert dv.get({"a": 1, "b": (inc, "a")}, "b", task_mode=mode) == 2
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(120)
 def test_ctrl_c_while_get_waits(dv):
     """A real SIGINT (Ctrl-C) arriving while ``get`` blocks in wait: same clean cancellation."""
     import threading as th
@@ -114,6 +115,6 @@ def test_ctrl_c_while_get_waits(dv):
             dv.get(dsk, "total")
     finally:
         timer.cancel()
-    assert time.monotonic() - t0 < 20
+    assert time.monotonic() - t0 < 12  # four 5 s tasks on two workers would take 10 s, plus the sum
     assert dv.empty()
     assert dv.get({"a": 1, "b": (inc, "a")}, "b") == 2

@@ -272,3 +272,17 @@ def test_wrapper_and_wrapper_proc(dv, mode):
 
 def test_unknown_keywords_are_ignored(dv):
     assert dv.get({"x": (inc, 1)}, "x", not_a_daskvine_keyword=42) == 2
+
+
+def first_byte(data, i):
+    return data[i]
+
+
+def test_a_large_value_many_tasks_need_travels_once_per_worker(dv, mode):
+    big = bytes(range(256)) * 8192  # 2 MiB, a literal of the graph (as da.from_array's source is)
+    dsk = {"big": big, **{("b", i): (first_byte, "big", i) for i in range(8)}}
+    dsk["all"] = (list, [("b", i) for i in range(8)])
+    before = dv.stats.bytes_sent
+    assert dv.get(dsk, "all", task_mode=mode) == list(range(8))
+    sent = dv.stats.bytes_sent - before
+    assert sent < 3 * len(big), f"{sent} bytes sent for 8 tasks sharing a 2 MiB value (two workers)"
