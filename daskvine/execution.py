@@ -153,10 +153,10 @@ class GraphRun:
 
     def _became_ready(self, key: Any) -> None:
         kind = self.plan.kinds[key]
+        self.state["ready"].add(key)
         if kind in ("alias", "local"):
             self.local_queue.append(key)
             return
-        self.state["ready"].add(key)
         heapq.heappush(self.heap, (-self._priority(key), next(self.seq), key))
 
     def _priority(self, key: Any) -> float:
@@ -184,6 +184,7 @@ class GraphRun:
         """Aliases and pure containers: resolved in the manager, in dependency order, no recursion."""
         while self.local_queue:
             key = self.local_queue.popleft()
+            self.state["ready"].discard(key)
             self.state["running"].add(key)
             self.cbs.pretask(key, self.dsk, self.state)
             if self.plan.kinds[key] == "alias":

@@ -87,7 +87,7 @@ class NodeTaskFactory:
         if keep_on_worker:
             t.enable_temp_output()
         t.set_tag(self.tag)
-        t.set_priority(priority)
+        t.set_priority(max(-PRIORITY_LIMIT, min(PRIORITY_LIMIT, priority)))  # retries come as +inf
         for f, remote in o.extra_files.items():
             t.add_input(f, remote)
         if o.task_mode == "tasks":
@@ -130,6 +130,7 @@ class NodeTaskFactory:
                 peak[name] = float(value)
 
 
+PRIORITY_LIMIT = 1e15
 SHARE_THRESHOLD = 64 << 10  # bytes: a larger value several tasks need goes to each worker once, as a file
 
 
