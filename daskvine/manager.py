@@ -14,6 +14,7 @@ Don't add a ``persist`` method: ``dask.persist(..., scheduler=m.get)`` would cal
 
 from __future__ import annotations
 
+import collections
 import itertools
 import os
 from typing import Any
@@ -28,6 +29,7 @@ from .runner import daskvine_run_node
 from .tasks import NodeTaskFactory
 
 DEFAULT_LIB_RESOURCES = {"cores": 1.0}
+MAX_LIBRARIES = 4  # distinct library configurations kept installed; the least recently used goes first
 PER_GET_TUNING = ("category-steady-n-tasks", "prefer-dispatch", "immediate-recovery")
 
 
@@ -40,7 +42,7 @@ class DaskVine(Manager):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._dask_libraries: dict[tuple[Any, ...], str] = {}
+        self._dask_libraries: collections.OrderedDict[tuple[Any, ...], str] = collections.OrderedDict()
         self._dask_library_ids = itertools.count(1)
         self._dask_runs = itertools.count(1)
         self._dask_envs: dict[str, Any] = {}
@@ -102,15 +104,21 @@ class DaskVine(Manager):
         config = (
             tuple(sorted(resources.items())),
             tuple(m if isinstance(m, str) else getattr(m, "__name__", repr(m)) for m in opts.lib_modules),
-            tuple(id(f) for f in opts.lib_extra_functions),
+            tuple(_identity(f) for f in opts.lib_extra_functions),
             opts.lib_command,
             env.cache_name if env is not None else None,
-            tuple(sorted((k, v if isinstance(v, str) else id(v)) for k, v in opts.env_vars.items())),
+            tuple(sorted(((k, v if isinstance(v, str) else _identity(v)) for k, v in opts.env_vars.items()), key=repr)),
             opts.resources_mode,
         )
         name = self._dask_libraries.get(config)
         if name is not None and self.check_library_exists(name):
+            self._dask_libraries.move_to_end(config)
             return name
+        # A configuration with inline lambdas (env_vars, lib_extra_functions) is new on every
+        # compute: keep a few libraries, not one per call, so idle instances do not pile up.
+        while len(self._dask_libraries) >= MAX_LIBRARIES:
+            _, old = self._dask_libraries.popitem(last=False)
+            self.remove_library(old)
         name = f"Dask-Library-{next(self._dask_library_ids)}"
         lib = self.create_library_from_functions(
             name, daskvine_run_node, *opts.lib_extra_functions,
@@ -122,3 +130,13 @@ class DaskVine(Manager):
         self.install_library(lib)
         self._dask_libraries[config] = name
         return name
+
+
+def _identity(obj: Any) -> Any:
+    """A configuration entry for a function: the object itself, so the entry keeps it alive (an
+    ``id`` alone can be reused by a later lambda once the first is gone)."""
+    try:
+        hash(obj)
+        return obj
+    except TypeError:
+        return object()  # cannot be compared: a configuration of its own (the library count is bounded)

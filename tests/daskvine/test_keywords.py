@@ -286,3 +286,20 @@ def test_a_large_value_many_tasks_need_travels_once_per_worker(dv, mode):
     assert dv.get(dsk, "all", task_mode=mode) == list(range(8))
     sent = dv.stats.bytes_sent - before
     assert sent < 3 * len(big), f"{sent} bytes sent for 8 tasks sharing a 2 MiB value (two workers)"
+
+
+def test_library_configurations_are_reused_and_bounded(dv):
+    from daskvine.manager import MAX_LIBRARIES
+
+    seen: dict = {}
+    dv.get({"x": (inc, 1)}, "x", vine_submit=lambda k, t: allocated(k, t, seen))
+    first = seen["x"].library_name
+    dv.get({"x": (inc, 2)}, "x", vine_submit=lambda k, t: allocated(k, t, seen))
+    assert seen["x"].library_name == first  # same configuration: the installed library again
+    names = set()
+    for i in range(MAX_LIBRARIES + 2):  # a new lambda each time, as inline code makes on every compute
+        dv.get({"x": (inc, 1)}, "x", env_vars={"V": lambda m, t, i=i: str(i)}, vine_submit=lambda k, t: allocated(k, t, seen))
+        names.add(seen["x"].library_name)
+    assert len(names) == MAX_LIBRARIES + 2
+    installed = [n for n in dv._library_templates() if n.startswith("Dask-Library-")]
+    assert len(installed) <= MAX_LIBRARIES
