@@ -60,8 +60,8 @@ def fail_with(code, stderr=None):
 
 def test_python_app_values(dfk):
     assert add(1, 2).result() == 3
-    futures = [add(i, i) for i in range(40)]
-    assert [f.result() for f in futures] == [2 * i for i in range(40)]
+    futures = [add(i, i) for i in range(20)]
+    assert [f.result() for f in futures] == [2 * i for i in range(20)]
     # A dependency: the DFK passes the first result to the second call.
     assert add(add(1, 1), 10).result() == 12
 
