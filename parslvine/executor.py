@@ -47,7 +47,7 @@ from .launch import start_factory, worker_command
 from .resources import TaskSettings, settings_from_spec
 from .runner import WARM_IMPORTS, decode_data, encode_data, run_parsl_call
 from .staging import plan_staging
-from .tasks import LIBRARY_NAME, build_library, make_task, task_output, unpack_result
+from .tasks import LIBRARY_NAME, build_library, forget_buffers, make_task, task_output, unpack_result
 
 logger = logging.getLogger(__name__)
 
@@ -279,6 +279,7 @@ class TaskVineExecutor(BlockProviderExecutor, RepresentationMixin):
         if future is None or future.done():
             return
         data = task_output(task)
+        forget_buffers(self.manager, task)
         if not isinstance(data, (bytes, bytearray)):
             reason = f"task {task.id} ended with '{task.result}' (exit code {task.exit_code})"
             if str(data):

@@ -77,12 +77,13 @@ def make_task(m: Any, config: TaskVineManagerConfig, settings: TaskSettings, run
     elif config.init_command:
         python = "python3" if config.env_pack else shlex.quote(sys.executable)
         task = vine.Task(f"{config.init_command} {python} -m parslvine.runner {FUNCTION_NAME} {ARGS_NAME} {MAP_NAME} {RESULT_NAME}")
-        task.add_input(m.declare_buffer(function), FUNCTION_NAME)
-        task.add_input(m.declare_buffer(arguments), ARGS_NAME)
-        task.add_input(m.declare_buffer(pickle.dumps((plan.names, outputs))), MAP_NAME)
+        own = [m.declare_buffer(function), m.declare_buffer(arguments), m.declare_buffer(pickle.dumps((plan.names, outputs)))]
+        for f, name in zip(own, (FUNCTION_NAME, ARGS_NAME, MAP_NAME)):
+            task.add_input(f, name)
         result = m.declare_buffer(None)
         task.add_output(result, RESULT_NAME)
         task._parslvine_result = result
+        task._parslvine_buffers = [*own, result]  # this call's alone: forgotten once it is done
         task.set_env_var("PYTHONPATH", PACKAGE_ROOT + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else ""))
     else:
         task = vine.PythonTask(runner, function, arguments, plan.names, outputs)
@@ -147,6 +148,12 @@ def task_output(task: Any) -> Any:
         return result_file.contents()
     except (OSError, ValueError, vine.VineError) as exc:
         return f"its result file could not be read: {exc}"
+
+
+def forget_buffers(m: Any, task: Any) -> None:
+    """Let the manager drop the buffers only this (finished) call used."""
+    for f in getattr(task, "_parslvine_buffers", ()):
+        m.undeclare_file(f)
 
 
 def _note_serverless_resources(settings: TaskSettings) -> None:
