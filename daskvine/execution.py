@@ -56,6 +56,9 @@ class _ReadyKeys(list):  # type: ignore[type-arg]
         super().__init__(keys)
         self._at = {k: i for i, k in enumerate(keys)}
 
+    def __contains__(self, key: object) -> bool:
+        return key in self._at
+
     def add(self, key: Any) -> None:
         if key not in self._at:
             self._at[key] = len(self)
@@ -105,6 +108,14 @@ class GraphRun:
         self.values.update(data)
         for k, d in plan.dependencies.items():
             self.unfinished[k] = sum(1 for x in d if x not in data)
+        # Submit-ahead (function calls with temps): a consumer is submitted once its inputs are
+        # *submitted*, not finished; core holds it until the temps exist and can start it on the
+        # producer's worker with no round trip through here (call pipelining).
+        self.eager = self.lazy and opts.task_mode == "function-calls"
+        self.blocking = dict(self.unfinished)  # inputs neither finished nor submitted-ahead
+        self.eager_counted: set[Any] = set()  # keys whose submission already counted for their dependents
+        self.submitted: set[Any] = set()
+        self.parked: set[Any] = set()  # submitted ahead, ended "input missing": wait for every input now
         self.state = initial_state(plan.dependencies, plan.dependents, data)
         self.state["ready"] = _ReadyKeys(self.state["ready"])
         remote_consumers: dict[Any, int] = collections.Counter()
@@ -124,7 +135,8 @@ class GraphRun:
             self.progress = GraphProgress(self.remaining, self.opts.progress_label, self.opts.progress_disable)
             if self.lazy:
                 self._plan_pruning()
-            for k in list(self.state["ready"]):
+            initial, self.state["ready"] = list(self.state["ready"]), _ReadyKeys([])
+            for k in initial:
                 self._became_ready(k)
             while self.remaining:
                 self._resolve_local()
@@ -152,7 +164,10 @@ class GraphRun:
                 self.cbs.finish(self.dsk, self.state, not succeeded)
 
     def _became_ready(self, key: Any) -> None:
+        if key in self.state["ready"] or key in self.submitted:
+            return  # already queued: its last input may count twice (finished after submitted-ahead)
         kind = self.plan.kinds[key]
+        self.state["waiting"].pop(key, None)
         self.state["ready"].add(key)
         if kind in ("alias", "local"):
             self.local_queue.append(key)
@@ -214,11 +229,23 @@ class GraphRun:
         self.m.submit(t)
         self.made.append(t)
         self.in_flight[t.id] = key
-        self.state["ready"].discard(key)
-        self.state["running"].add(key)
+        self.submitted.add(key)
+        st = self.state
+        st["ready"].discard(key)
+        st["waiting"].pop(key, None)
+        st["running"].add(key)
         if self.opts.vine_submit is not None:
             self.opts.vine_submit(key, t)
-        self.cbs.pretask(key, self.dsk, self.state)
+        self.cbs.pretask(key, self.dsk, st)
+        if keep and self.eager:
+            self.refs[key] = t  # consumers may take it as an argument before it finishes
+            if key not in self.eager_counted:
+                self.eager_counted.add(key)
+                for c in self.plan.dependents[key]:
+                    self.blocking[c] -= 1
+                    if self.blocking[c] == 0 and self.plan.kinds[c] == "remote" and c not in self.submitted \
+                            and c not in self.parked:
+                        self._became_ready(c)
 
     # -- outcomes ---------------------------------------------------------------------------------------
     def _finished(self, t: Any) -> None:
@@ -226,6 +253,8 @@ class GraphRun:
         if key is None:
             return
         if t.result_code != C.VINE_RESULT_SUCCESS:
+            if t.result_code == C.VINE_RESULT_INPUT_MISSING and self._park(key):
+                return
             self._retry(key, t)
             return
         own_error = self._own_exception(t)
@@ -294,6 +323,20 @@ class GraphRun:
                 return d, value
         return None
 
+    def _park(self, key: Any) -> bool:
+        """A key submitted ahead whose producer ended without its temp (it failed, or is being
+        retried): wait for all its inputs to finish, then submit it again. No attempt is counted.
+        False if every input has finished (then the missing input is a real failure)."""
+        finished = self.state["finished"]
+        pending = {d for d in self.plan.dependencies[key] if d not in finished and d not in self.values}
+        if not pending:
+            return False
+        self.submitted.discard(key)
+        self.parked.add(key)
+        self.state["running"].discard(key)
+        self.state["waiting"][key] = pending
+        return True
+
     def _retry(self, key: Any, t: Any) -> None:
         self.attempts[key] += 1
         if self.attempts[key] >= self.opts.retries:
@@ -328,13 +371,23 @@ class GraphRun:
         self.cbs.posttask(key, value, self.dsk, st, worker)
         if self.progress is not None:
             self.progress.advance()
+        counted = key in self.eager_counted
         for c in self.plan.dependents[key]:
             self.unfinished[c] -= 1
+            if not counted:
+                self.blocking[c] -= 1
             w = st["waiting"].get(c)
             if w is not None:
                 w.discard(key)
-            if self.unfinished[c] == 0:
-                st["waiting"].pop(c, None)
+                if not w:
+                    del st["waiting"][c]
+            if c in self.submitted:
+                continue
+            if c in self.parked or self.plan.kinds[c] != "remote":
+                if self.unfinished[c] == 0:
+                    self.parked.discard(c)
+                    self._became_ready(c)
+            elif self.blocking[c] == 0:
                 self._became_ready(c)
         for s in self.prune_watchers.pop(key, ()):
             self.prune_count[s] -= 1
