@@ -100,6 +100,9 @@ def grow(x):
     return x + 1
 
 
+@pytest.mark.xfail(strict=True, reason="core bug, reported to its owner: PythonTasks run by the worker's fork server "
+                   "are never monitored (core/worker_python.py _supervise starts no monitor), so resources_measured "
+                   "stays -1; remove this marker when that is fixed (the test then passes)")
 def test_resources_mode_max_measures_and_sizes_from_the_peak(dv):
     seen: dict = {}
     dsk = {"a": (grow, 0), "b": (grow, "a"), "c": (grow, "b")}

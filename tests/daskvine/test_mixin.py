@@ -40,7 +40,7 @@ class TestMixinTasks(_Bound):
 
     @pytest.mark.skip(reason="10,000 sequential PythonTasks take ~100 s on this 2-core machine (~10 ms a link: a fork "
                              "per task), over this suite's 3-minute budget; the same chain runs in function-calls mode "
-                             "above, and test_tasks_mode_chain_without_recursion runs 300 links in tasks mode")
+                             "above, and test_tasks_mode_chain_without_recursion runs 150 links in tasks mode")
     def test_get_stack_limit(self) -> None:
         super().test_get_stack_limit()
 
@@ -49,6 +49,6 @@ class TestMixinTasks(_Bound):
 def test_tasks_mode_chain_without_recursion(dv) -> None:
     from dask.utils_test import inc
 
-    d = {f"x{i + 1}": (inc, f"x{i}") for i in range(300)}
+    d = {f"x{i + 1}": (inc, f"x{i}") for i in range(150)}
     d["x0"] = 0
-    assert dv.get(d, "x300", task_mode="tasks") == 300
+    assert dv.get(d, "x150", task_mode="tasks") == 150
