@@ -10,6 +10,11 @@
        ▲                                       │ dependents whose inputs all exist become ready
        └──────────── retry (worker-side failures, up to ``retries``) ◄─ failed without a result
 
+In function-calls mode with temps a key is submitted as soon as its inputs are *submitted*: core
+holds the call until the temps exist and runs it on the producer's worker (call pipelining). A call
+whose producer ended without its temp ends "input missing"; it is parked until its inputs finish and
+then submitted again, without counting an attempt.
+
 A key's *own* exception (the function raised) is raised at once, with its remote traceback, as
 dask's local schedulers do: re-running deterministic code five times only delays the error.
 Failures of the cluster (a crash by signal, a lost result, a missing input, a library that would not
