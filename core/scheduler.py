@@ -55,6 +55,7 @@ from .events import (  # noqa: F401 - re-exported
 )
 from .library_state import LibraryBook
 from .records import FileRecord, ReplicaState, TaskRecord, TaskState, WorkerRecord  # noqa: F401 - re-exported
+from .pipelining import CallPipelining
 from .recovery import RecoveryPlanner
 from .resources import AllocationPolicy, Resources, allocate_resources, fits, hungry_count
 from .transfers import TransferPlanner, _origin  # noqa: F401 - re-exported
@@ -111,7 +112,7 @@ PREFETCH_SAMPLES = 5
 RECOVERY_ID_BASE = 1 << 40  # hidden recovery copies of tasks get ids above every user task id
 
 
-class SchedulerState(TransferPlanner, RecoveryPlanner):
+class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
     """Tasks, files, replicas and workers, and every decision about them.
 
     Feed events with :meth:`handle`; it returns the instructions to carry out. Call
@@ -256,45 +257,6 @@ class SchedulerState(TransferPlanner, RecoveryPlanner):
                         self._recover(name)
                 return
         self._push_ready(rec)
-
-    # -- call pipelining ------------------------------------------------------------------------------------
-    def _maker_of(self, name: str) -> str | None:
-        """The worker where a dispatched function call is making temp ``name`` (else None)."""
-        frec = self.files.get(name)
-        for tid in (self.recovering.get(name), frec.producer if frec else None):
-            prod = self.tasks.get(tid) if tid is not None else None
-            if prod is not None and prod.state == "dispatched" and prod.task.library_required is not None and prod.worker is not None:
-                return prod.worker
-        return None
-
-    def _pin_target(self, rec: TaskRecord) -> str | None:
-        """Where call ``rec`` can be sent before its temp inputs exist: the one worker whose library
-        is making every missing one. The worker starts it the moment they are made, without waiting
-        for the manager to hear of them (a chain link then costs no manager round trip)."""
-        target = None
-        for m in rec.task.inputs:
-            if m.file.kind == "temp" and not self._has_ready_replica(m.file.cache_name):
-                maker = self._maker_of(m.file.cache_name)
-                if maker is None or (target is not None and maker != target):
-                    return None
-                target = maker
-        return target
-
-    def _pinned_choice(self, rec: TaskRecord, now: float) -> tuple[WorkerRecord, Resources] | None:
-        """A free slot, or queue room, in the pinned worker's instance of the call's library."""
-        w = self.workers.get(rec.pinned or "")
-        if w is None:
-            return None
-        alloc = self._eligible(rec, w, now)
-        if alloc is not None:
-            return w, alloc
-        name = rec.task.library_required
-        if w.draining or w.hostname in self.blocked_hosts or name is None:
-            return None
-        depth = self.libs.depth_for(name)
-        if any(i.worker == w.id and i.name == name and i.queue_room(depth) > 0 for i in self.libs.instances.values()):
-            return w, Resources.zero()
-        return None
 
     def _on_cancelled(self, ev: TaskCancelled, out: list[Instruction]) -> None:
         rec = self.tasks.get(ev.task_id)
@@ -779,23 +741,6 @@ class SchedulerState(TransferPlanner, RecoveryPlanner):
         out.append(Dispatch(w.id, rec.task.id, alloc))
         if rec.task.library_required is not None and self.tuning["call-pipelining"] > 0:
             self._pin_consumers(rec)
-
-    def _pin_consumers(self, rec: TaskRecord) -> None:
-        """Calls waiting for temps that the call just placed will make may now follow it to its worker."""
-        for m in rec.task.outputs:
-            name = m.file.cache_name
-            waiters = self.waiting_on.get(name)
-            if m.file.kind != "temp" or not waiters:
-                continue
-            for tid in sorted(waiters):
-                crec = self.tasks.get(tid)
-                if crec is None or crec.state != "waiting" or crec.task.library_required is None:
-                    continue
-                target = self._pin_target(crec)
-                if target is not None:
-                    waiters.discard(tid)
-                    crec.pinned = target
-                    self._push_ready(crec)
 
     # -- queries ---------------------------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:

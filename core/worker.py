@@ -45,6 +45,7 @@ from .errors import AuthenticationError, ProtocolError, TransferError
 from .monitor import Usage, exceeded, sample
 from .protocol import Frame
 from .worker_python import WorkerPythonMixin
+from .worker_sandbox import WorkerSandboxes
 from .worker_transfers import WorkerTransfers
 
 log = logging.getLogger("vine_worker")
@@ -89,7 +90,7 @@ class RunningTask:
     is_minitask: bool = False
 
 
-class Worker(WorkerTransfers, WorkerPythonMixin):
+class Worker(WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.workdir = os.path.abspath(args.workdir or f"/tmp/worker-{os.getuid()}-{os.getpid()}")
@@ -413,16 +414,6 @@ class Worker(WorkerTransfers, WorkerPythonMixin):
             raise ProtocolError(f"unexpected message {t!r} from the manager")
 
     # -- running tasks ----------------------------------------------------------------------------------
-    def _make_sandbox(self, label: str) -> str:
-        # Reusing a clean sandbox saves two mkdir and two rmdir per task: a third of a tiny task's cost.
-        if self._free_sandboxes and label.startswith("t."):
-            return self._free_sandboxes.pop()
-        path = os.path.join(self.sandbox_dir, label)
-        if os.path.exists(path):
-            shutil.rmtree(path, ignore_errors=True)
-        os.makedirs(os.path.join(path, ".taskvine.tmp"))
-        return path
-
     def _fits(self, alloc: dict[str, float]) -> list[str]:
         """Resources ``alloc`` would push over this worker's total (empty if it fits now)."""
         return [k for k in self.committed if max(alloc.get(k, 0), 0) + self.committed[k] > self.total[k] + 1e-9 and self.total[k] >= 0]
@@ -472,23 +463,6 @@ class Worker(WorkerTransfers, WorkerPythonMixin):
                 head = self.prefetched.pop(0)
                 head.spec["queued"] = False
                 self._start_task(head.spec)
-
-    def _link_inputs(self, rt: RunningTask) -> None:
-        for inp in rt.spec["inputs"]:
-            if inp["name"] in self.memory:
-                self._spill(inp["name"])  # a sandbox needs a real file to link
-            src = self.cache_path(inp["name"])
-            dst = os.path.join(rt.sandbox, inp["remote"])
-            os.makedirs(os.path.dirname(dst), exist_ok=True)
-            if inp.get("symlink") or os.path.isdir(src):
-                os.symlink(src, dst)
-            else:
-                try:
-                    os.link(src, dst)
-                except OSError:
-                    shutil.copy2(src, dst)
-        for name in rt.spec.get("environments", []):
-            os.symlink(self.cache_path(name), os.path.join(rt.sandbox, f"__vine_env_{name}"))
 
     def _task_env(self, rt: RunningTask) -> dict[str, str]:
         env = self._base_env.copy()
@@ -727,51 +701,6 @@ class Worker(WorkerTransfers, WorkerPythonMixin):
             # the manager then sees the file and the freed slot at once, and places a consumer here.
             outputs[name] = cached[name] = self._add_cache(name, max(level, C.VINE_CACHE_LEVEL_WORKFLOW))
         return result
-
-    def _cleanup_task(self, rt: RunningTask) -> list[str]:
-        """Remove the sandbox and task-level inputs no other task here still needs."""
-        if rt.sandbox:
-            self._recycle_sandbox(rt.sandbox, rt.stdout_size == 0)
-        still = {i["name"] for other in self.tasks.values() if other is not rt for i in other.spec["inputs"]}
-        unlinked = []
-        for inp in rt.spec["inputs"]:
-            name = inp["name"]
-            if int(inp.get("level", 0)) <= C.VINE_CACHE_LEVEL_TASK and name not in still and name in self.cache:
-                self._unlink(name)
-                unlinked.append(name)
-        return unlinked
-
-
-    def _recycle_sandbox(self, path: str, stdout_empty: bool = False) -> None:
-        """Keep a sandbox the task left clean for the next task; delete anything else.
-
-        A sandbox whose directory times are unchanged since it was last known clean holds nothing
-        new (creating, removing or renaming an entry changes them): two stats instead of listing
-        both directories. An empty stdout file stays to be truncated; a non-empty one is removed
-        (truncating written files makes ext4 flush them at close).
-        """
-        tmp = os.path.join(path, ".taskvine.tmp")
-        try:
-            if len(self._free_sandboxes) < 64:
-                if stdout_empty and self._stamps.get(path) == _dir_stamp(path, tmp):
-                    self._free_sandboxes.append(path)
-                    return
-                entries = os.listdir(path)
-                if set(entries) <= {".taskvine.tmp", ".vine-stdout"} and not os.listdir(tmp):
-                    if ".vine-stdout" in entries and not stdout_empty:
-                        os.unlink(os.path.join(path, ".vine-stdout"))
-                    self._stamps[path] = _dir_stamp(path, tmp)
-                    self._free_sandboxes.append(path)
-                    return
-        except OSError:
-            pass
-        self._stamps.pop(path, None)
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _dir_stamp(*paths: str) -> tuple[tuple[int, int], ...]:
-    return tuple((st.st_mtime_ns, st.st_mode) for st in map(os.stat, paths))
-
 
 def _shell_quote(s: str) -> str:
     import shlex
