@@ -20,6 +20,7 @@ a ``"Result"`` key, REFERENCE §8.13).
 
 from __future__ import annotations
 
+import base64
 import os
 import pickle
 import selectors
@@ -157,23 +158,41 @@ def unpack_arguments(payload: Any, paths: dict[str, Any] | None = None) -> tuple
 # --- Python tasks ----------------------------------------------------------------------------------------
 
 
-def run_python_task(function_path: str, args_path: str, output_path: str | None, serialize: bool = True) -> int:
+def run_python_task(function_path: str, args_path: str, output_path: str | None, serialize: bool = True, *,
+                    func: Any = None, args_data: bytes | None = None, result_fd: int = -1,
+                    result_limit: int = 0) -> int:
     """Run one PythonTask in the current directory (its sandbox); returns the exit status.
 
     0: the function returned and its value is in ``output_path``. 1: it raised; the exception and
     its traceback are in ``output_path`` (and the traceback on stderr).
+
+    A fork-server child may have its function already loaded (``func``), its pickled arguments in
+    memory (``args_data``) and a pipe for the result (``result_fd``): a result of at most
+    ``result_limit`` bytes is written there, after a ``R`` marker, instead of to ``output_path``.
     """
+
+    def deliver(data: bytes) -> None:
+        if result_fd >= 0 and len(data) <= result_limit:
+            with os.fdopen(result_fd, "wb", closefd=True) as pipe:
+                pipe.write(b"R" + data)
+        else:
+            with open(output_path, "wb") as fh:  # type: ignore[arg-type]
+                fh.write(data)
+
     try:
-        with open(function_path, "rb") as fh:
-            func = cloudpickle.load(fh)
-        args, kwargs = load_call(args_path)
+        if func is None:
+            with open(function_path, "rb") as fh:
+                func = cloudpickle.load(fh)
+        if args_data is not None:
+            args, kwargs = unpack_arguments(cloudpickle.loads(args_data))
+        else:
+            args, kwargs = load_call(args_path)
         value = func(*args, **kwargs)
     except Exception as exc:  # noqa: BLE001 - the exception is the task's result
         tb = traceback.format_exc()
         sys.stderr.write(tb)
         if output_path and serialize:
-            with open(output_path, "wb") as fh:
-                fh.write(encode_result(False, exc, tb))
+            deliver(encode_result(False, exc, tb))
         return 1
     if not output_path:
         return 0
@@ -185,8 +204,7 @@ def run_python_task(function_path: str, args_path: str, output_path: str | None,
         except TypeError:
             sys.stderr.write(traceback.format_exc())
             return 1
-    with open(output_path, "wb") as fh:
-        fh.write(data)
+    deliver(data)
     return 0
 
 
@@ -212,14 +230,24 @@ def forked_child_main(request: dict[str, Any]) -> int:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    os.environ.clear()
-    os.environ.update(request["env"])
+    # Only what differs from the server's environment changes (os.environ.clear() costs a
+    # quadratic walk of the mapping: most of a small task's own Python time in the child, profiled).
+    env = request["env"]
+    for key in [k for k in os.environ if k not in env]:
+        del os.environ[key]
+    for key, value in env.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
     sys.argv = [".vine_runner.py"]
     if sys.path and sys.path[0] != sandbox:
         sys.path.insert(0, sandbox)
     py = request["python"]
+    inline_args = py.get("args_inline")
     try:
-        return run_python_task(py["function"], py["args"], py.get("output"), bool(py.get("serialize", True)))
+        return run_python_task(py["function"], py["args"], py.get("output"), bool(py.get("serialize", True)),
+                               func=request.get("function_object"),
+                               args_data=base64.b64decode(inline_args) if inline_args is not None else None,
+                               result_fd=int(request.get("result_fd", -1)), result_limit=int(request.get("result_limit", 0)))
     except SystemExit as exc:  # sys.exit() in the function: exit as a fresh interpreter would
         return exit_status(exc)
     finally:

@@ -272,6 +272,38 @@ class FileReceiver:
             _remove(self.tmp)
 
 
+class MemoryReceiver:
+    """Collects one small incoming file stream in memory (``data`` once finished), for a receiver that
+    wants the bytes, not a file: saves creating, renaming, reading and removing a staging file."""
+
+    def __init__(self, begin: Frame) -> None:
+        self.name = str(begin["name"])
+        self.size = int(begin["size"])
+        self.header = begin.header
+        self.target = ""
+        self._parts: list[bytes] = []
+        self.received = 0
+        self.data = b""
+
+    def chunk(self, frame: Frame) -> None:
+        self._parts.append(frame.payload)
+        self.received += len(frame.payload)
+        if self.received > self.size:
+            self.abort()
+            raise RemoteProtocolError(f"stream for {self.name} sent {self.received} bytes, announced {self.size}")
+
+    def finish(self) -> int:
+        if self.received != self.size:
+            self.abort()
+            raise TransferError(f"stream for {self.name} ended after {self.received} of {self.size} bytes")
+        self.data = b"".join(self._parts)
+        self._parts = []
+        return self.size
+
+    def abort(self) -> None:
+        self._parts = []
+
+
 def _remove(path: str) -> None:
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path, ignore_errors=True)

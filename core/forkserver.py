@@ -6,12 +6,23 @@
     ────────────────                      ───────────────────────────────         ──────────────
     ForkServer.spawn(request) ──json──►   fork() ───────────────────────────────► own process group,
               ◄── {"id", "pid"} ───────   (cloudpickle and core already            sandbox cwd, task env,
-              ◄── {"id", "status"} ────   imported, so no interpreter start)      stdout file; runs it
+              ◄── {"id", "status",        imported, so no interpreter start)      stdout file; runs it,
+                   "result"} ──────────   result pipe ◄──────────────────────────── sends its result
                                           SIGCHLD → waitpid → status               and _exit()s
 
 Each task still gets its own process (a crash, a leaked global, a ``sys.exit`` stay with it), but it
-skips the 50–100 ms an interpreter takes to start and import cloudpickle. The server itself never
-runs user code, so every child starts from the same clean state.
+skips the 50–100 ms an interpreter takes to start and import cloudpickle. The server never *calls*
+user code, so every child starts from the same clean state.
+
+What makes a small task cost about a fork (all optional in a request, each falling back to files):
+
+- the task's function is unpickled once per worker, by the server, keyed by its content-named cache
+  file (``function_key``/``function_path``): a child finds it loaded, with the modules it refers to
+  imported (a by-reference function's module used to be imported again by every child);
+- small arguments come inside the request (``args_inline``, base64) instead of as a sandbox file;
+- with ``result_inline`` the child sends its result envelope back through a pipe the server reads,
+  and the server hands it to the worker with the exit status (``"result"``, base64), so no result
+  file is written (a result over ``INLINE_RESULT_LIMIT`` still goes to the file).
 
 The channel is a socketpair inherited by the server (never its stdout, which children reuse).
 If the server dies, pending tasks fail with status -9 and the next task starts a new server.
@@ -25,6 +36,8 @@ left for the child to import, which then reports the real error as the task's ow
 from __future__ import annotations
 
 import asyncio
+import base64
+import gc
 import importlib
 import json
 import os
@@ -34,6 +47,10 @@ import socket
 import subprocess
 import sys
 from typing import Any, Callable
+
+INLINE_RESULT_LIMIT = 1 << 20  # larger results go to the task's result file
+FUNCTION_CACHE_MAX = 128  # functions kept unpickled in the server (least recently used dropped first)
+_CHANNEL_LIMIT = 4 * INLINE_RESULT_LIMIT  # longest line on the channel (a base64 result and its header)
 
 # --- the server process ------------------------------------------------------------------------------
 
@@ -54,10 +71,28 @@ def serve(fd: int) -> int:
     sel.register(rfd, selectors.EVENT_READ)
     children: dict[int, Any] = {}
     warmed: set[str] = set()
+    functions: dict[str, Any] = {}  # function_key -> the unpickled function (insertion order = recency)
+    results: dict[int, tuple[int, bytearray]] = {}  # child pid -> (read end of its result pipe, bytes so far)
     buf = b""
+    outgoing: list[bytes] = []  # replies of one select round, sent in one write (one wake-up of the worker)
 
     def reply(msg: dict[str, Any]) -> None:
-        sock.sendall(json.dumps(msg).encode() + b"\n")
+        outgoing.append(json.dumps(msg).encode() + b"\n")
+
+    def read_result(pid: int, final: bool) -> None:
+        fd, got = results[pid]
+        while True:
+            try:
+                chunk = os.read(fd, 1 << 20)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            got += chunk
+        if final:
+            sel.unregister(fd)
+            os.close(fd)
+            del results[pid]
 
     def reap() -> None:
         while children:
@@ -68,12 +103,22 @@ def serve(fd: int) -> int:
             if pid == 0:
                 return
             tid = children.pop(pid, None)
+            msg: dict[str, Any] = {"id": tid, "status": os.waitstatus_to_exitcode(status)}
+            if pid in results:
+                # The child wrote everything before it exited: what is not read yet is in the pipe.
+                got = results[pid][1]
+                read_result(pid, final=True)
+                if got[:1] == b"R":
+                    msg["result"] = base64.b64encode(bytes(got[1:])).decode()
             if tid is not None:
-                reply({"id": tid, "status": os.waitstatus_to_exitcode(status)})
+                reply(msg)
 
     while True:
         for key, _ in sel.select():
-            if key.fileobj is sock:
+            if key.data is not None:
+                if key.data in results:  # (a reap earlier in this batch may have closed it)
+                    read_result(key.data, final=False)
+            elif key.fileobj is sock:
                 data = sock.recv(1 << 20)
                 if not data:
                     for pid in children:
@@ -87,8 +132,21 @@ def serve(fd: int) -> int:
                     line, buf = buf.split(b"\n", 1)
                     request = json.loads(line)
                     _warm_imports(request.get("python") or {}, warmed)
-                    pid = _fork_task(request, sock, rfd, wfd, _remote.forked_child_main)
+                    request["function_object"] = _load_function(request, functions)
+                    result_fd = -1
+                    if request.get("result_inline"):
+                        result_fd, request["result_fd"] = os.pipe()
+                        request["result_limit"] = INLINE_RESULT_LIMIT
+                        os.set_blocking(result_fd, False)
+                    try:
+                        pid = _fork_task(request, sock, rfd, wfd, _remote.forked_child_main, result_fd)
+                    finally:
+                        if result_fd >= 0:
+                            os.close(request["result_fd"])  # the child's end; ours reads
                     children[pid] = request["id"]
+                    if result_fd >= 0:
+                        results[pid] = (result_fd, bytearray())
+                        sel.register(result_fd, selectors.EVENT_READ, pid)
                     reply({"id": request["id"], "pid": pid})
             else:
                 try:
@@ -96,6 +154,9 @@ def serve(fd: int) -> int:
                 except BlockingIOError:
                     pass
                 reap()
+        if outgoing:
+            sock.sendall(b"".join(outgoing))
+            outgoing.clear()
 
 
 def _warm_imports(python: dict[str, Any], warmed: set[str]) -> None:
@@ -110,7 +171,36 @@ def _warm_imports(python: dict[str, Any], warmed: set[str]) -> None:
             pass
 
 
-def _fork_task(request: dict[str, Any], sock: socket.socket, rfd: int, wfd: int, body: Callable[[dict[str, Any]], int]) -> int:
+def _load_function(request: dict[str, Any], functions: dict[str, Any]) -> Any:
+    """The task's function, unpickled here once per content key (None: the child loads it itself).
+
+    Unpickling imports the modules the function refers to but runs none of the task's code. If it
+    fails, the child loads it again and reports the real error as the task's own.
+    """
+    key = request.get("function_key")
+    path = request.get("function_path")
+    if not key or not path:
+        return None
+    func = functions.pop(key, None)
+    if func is None:
+        import cloudpickle
+
+        try:
+            with open(path, "rb") as fh:
+                func = cloudpickle.load(fh)
+        except Exception:  # noqa: BLE001 - the child loads it again and reports the real error
+            return None
+        while len(functions) >= FUNCTION_CACHE_MAX:
+            functions.pop(next(iter(functions)))
+    functions[key] = func  # now the most recently used
+    return func
+
+
+def _fork_task(request: dict[str, Any], sock: socket.socket, rfd: int, wfd: int, body: Callable[[dict[str, Any]], int],
+               result_fd: int = -1) -> int:
+    # Everything the server holds so far moves to the collector's permanent generation: a child's
+    # collections then skip it instead of touching (and so copying) every page of the warm heap.
+    gc.freeze()
     pid = os.fork()
     if pid:
         try:
@@ -127,6 +217,8 @@ def _fork_task(request: dict[str, Any], sock: socket.socket, rfd: int, wfd: int,
         sock.close()
         os.close(rfd)
         os.close(wfd)
+        if result_fd >= 0:
+            os.close(result_fd)  # the server's end of this child's result pipe
         code = body(request)
     except BaseException:  # noqa: BLE001 - a child must never return into the server loop
         import traceback
@@ -149,6 +241,7 @@ class ForkServer:
         self._listener: asyncio.Task[None] | None = None
         self._started: dict[int, asyncio.Future[int]] = {}
         self._exited: dict[int, asyncio.Future[int]] = {}
+        self._results: dict[int, bytes] = {}  # inline result envelopes of exited tasks, until taken
         self._lock: asyncio.Lock | None = None
 
     @property
@@ -168,7 +261,7 @@ class ForkServer:
             )
         finally:
             child.close()
-        reader, self._writer = await asyncio.open_unix_connection(sock=parent)
+        reader, self._writer = await asyncio.open_unix_connection(sock=parent, limit=_CHANNEL_LIMIT)
         self._listener = asyncio.create_task(self._listen(reader))
 
     async def _listen(self, reader: asyncio.StreamReader) -> None:
@@ -186,6 +279,8 @@ class ForkServer:
                 else:
                     fut = self._exited.pop(tid, None)
                     if fut is not None and not fut.done():
+                        if "result" in msg:
+                            self._results[tid] = base64.b64decode(msg["result"])
                         fut.set_result(int(msg["status"]))
         except (OSError, ValueError, asyncio.CancelledError):
             pass
@@ -204,9 +299,17 @@ class ForkServer:
                 except subprocess.TimeoutExpired:
                     pass
 
+    def take_result(self, task_id: int) -> bytes | None:
+        """The result envelope an exited task sent inline (None: it wrote its result file, or none)."""
+        return self._results.pop(task_id, None)
+
     async def spawn(self, task_id: int, sandbox: str, env: dict[str, str], stdout: str,
-                    python: dict[str, Any]) -> tuple[int, asyncio.Future[int]]:
-        """Start one task; returns its pid (also its process group) and a future of its exit status."""
+                    python: dict[str, Any], **fast: Any) -> tuple[int, asyncio.Future[int]]:
+        """Start one task; returns its pid (also its process group) and a future of its exit status.
+
+        ``fast`` holds the optional request fields of the module docstring (``function_key``,
+        ``function_path``, ``result_inline``); arguments inline are ``python["args_inline"]``.
+        """
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
@@ -217,7 +320,7 @@ class ForkServer:
         exited: asyncio.Future[int] = loop.create_future()
         self._started[task_id] = started
         self._exited[task_id] = exited
-        request = {"id": task_id, "sandbox": sandbox, "env": env, "stdout": stdout, "python": python}
+        request = {"id": task_id, "sandbox": sandbox, "env": env, "stdout": stdout, "python": python, **fast}
         assert self._writer is not None
         self._writer.write(json.dumps(request).encode() + b"\n")
         try:

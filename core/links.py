@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import constants as C
-from .connection import Connection, FileReceiver, send_bytes, send_path, server_handshake
+from .connection import Connection, FileReceiver, MemoryReceiver, send_bytes, send_path, server_handshake
 from .errors import AuthenticationError, ProtocolError, TransferError
 from .files import File
 from .library_state import StartLibrary
@@ -44,6 +44,8 @@ from .scheduler import (
 if TYPE_CHECKING:
     pass
 
+MEMORY_RECEIVE_MAX = 1 << 20  # a returned buffer or fetched file up to this size is received in memory, not staged
+
 log = logging.getLogger("core.manager")
 
 @dataclass
@@ -56,7 +58,7 @@ class WorkerLink:
     addrport: str
     transfer_addr: str | None
     outbox: asyncio.Queue[Instruction | None] = field(default_factory=asyncio.Queue)
-    receivers: dict[str, FileReceiver] = field(default_factory=dict)
+    receivers: dict[str, FileReceiver | MemoryReceiver] = field(default_factory=dict)
     sender: asyncio.Task[None] | None = None
     idle: bool = True  # the sender coroutine is not in the middle of an instruction
 
@@ -208,10 +210,11 @@ class WorkerLinks:
         f = self._files.get(name)
         rid = frame.get("request")
         if rid is None and f is not None and f.kind == "file":
-            target = f.source()
+            link.receivers[name] = FileReceiver(frame, f.source())
+        elif not frame.get("dir") and int(frame["size"]) <= MEMORY_RECEIVE_MAX:
+            link.receivers[name] = MemoryReceiver(frame)  # a returned buffer or a fetch: wanted as bytes
         else:
-            target = os.path.join(self._staging, "outputs", f"{name}.{rid or 'out'}")
-        link.receivers[name] = FileReceiver(frame, target)
+            link.receivers[name] = FileReceiver(frame, os.path.join(self._staging, "outputs", f"{name}.{rid or 'out'}"))
 
     def _end_receive(self, link: WorkerLink, frame: Frame) -> None:
         r = link.receivers.pop(frame["name"], None)
@@ -222,9 +225,12 @@ class WorkerLinks:
         rid = r.header.get("request")
         f = self._files.get(r.name)
         if rid is not None or (f is not None and f.kind != "file"):
-            with open(r.target, "rb") as fh:
-                data = fh.read()
-            os.unlink(r.target)
+            if isinstance(r, MemoryReceiver):
+                data = r.data
+            else:
+                with open(r.target, "rb") as fh:
+                    data = fh.read()
+                os.unlink(r.target)
             if rid is not None and rid in self._fetches:
                 self._fetches.pop(rid).set_result(data)
             elif f is not None and f.kind == "buffer":

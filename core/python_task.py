@@ -5,11 +5,15 @@
     PythonTask(fn, *args, **kwargs)           worker
     ───────────────────────────────           ──────
     submit: cloudpickle fn ─► .vine_function   (content-named, so sent once per worker)
-            cloudpickle args ─► .vine_args      fork server child runs fn(*args, **kwargs)
-    .output ◄── .vine_result ◄──────────────── writes the result envelope (value or exception)
+            cloudpickle args ─► in the task     fork server child runs fn(*args, **kwargs)
+              message (.vine_args if > 48 KiB)
+    .output ◄── .vine_result ◄──────────────── the result envelope (value or exception)
 
-Without an environment the worker's fork server runs the task in a fresh fork of a warm interpreter;
-with ``add_environment`` it runs ``python3 .vine_runner.py`` inside that environment instead.
+Without an environment the worker's fork server runs the task in a fresh fork of a warm interpreter:
+the server unpickles the function once per worker (so its module is imported once, not by every
+task), and the child sends the result envelope back through the server instead of writing a file
+(core/forkserver.py). With ``add_environment`` the task runs ``python3 .vine_runner.py`` inside that
+environment instead, with every piece as a file in its sandbox.
 
 ``output`` is the return value; if the function raised, it is the exception object itself, with the
 remote traceback text as ``exc.__vine_traceback__`` and as ``exc.__cause__`` (a
@@ -23,6 +27,7 @@ argument becomes an input of this task and is loaded on the worker, so chains st
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 from typing import TYPE_CHECKING, Any
@@ -43,6 +48,7 @@ FUNCTION_NAME = ".vine_function"
 ARGS_NAME = ".vine_args"
 RESULT_NAME = ".vine_result"
 RUNNER_NAME = ".vine_runner.py"
+INLINE_ARGS_LIMIT = 48 << 10  # larger pickled arguments travel as an input file (as FunctionCall's do)
 
 _UNSET: Any = object()
 
@@ -152,6 +158,7 @@ class PythonTask(Task):
         self._output_cache: Any = False
         self._output_file: File | None = None
         self._warm_imports: list[str] = []
+        self._inline_args: str | None = None  # base64 of small pickled arguments, sent in the task message
         self._decoded: Any = _UNSET
 
     # -- TaskVine's PythonTask options -----------------------------------------------------------------
@@ -199,7 +206,13 @@ class PythonTask(Task):
         for f, remote in ref_inputs:
             self.add_input(f, remote)
         self.add_input(content_buffer(manager, fn_data), FUNCTION_NAME)
-        self.add_input(manager.declare_buffer(args_data), ARGS_NAME)
+        # Small arguments travel inside the task message: no buffer to declare, send, cache and link.
+        # In an environment the runner script reads them from a file, as before.
+        self._inline_args = None
+        if len(args_data) <= INLINE_ARGS_LIMIT and not self.environments:
+            self._inline_args = base64.b64encode(args_data).decode()
+        else:
+            self.add_input(manager.declare_buffer(args_data), ARGS_NAME)
         if self._temp_output:
             out = manager.declare_temp()
         else:
@@ -229,6 +242,15 @@ class PythonTask(Task):
         spec["python"] = {"function": FUNCTION_NAME, "args": ARGS_NAME, "output": RESULT_NAME, "serialize": self._serialize_output}
         if self._warm_imports:
             spec["python"]["warm_imports"] = self._warm_imports
+        if not self.environments:
+            # The fork server fast path (core/forkserver.py): the function is read from the worker's
+            # cache (and kept unpickled there), the result comes back through the server's channel.
+            spec["python"]["result_inline"] = True
+            if self._inline_args is not None:
+                spec["python"]["args_inline"] = self._inline_args
+            for inp in spec["inputs"]:
+                if inp["remote"] == FUNCTION_NAME:
+                    inp["in_place"] = True
         return spec
 
     def _vine_reference(self) -> tuple[File, bool]:

@@ -678,8 +678,12 @@ class Worker(WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
                 pass
 
     async def _collect_outputs(self, rt: RunningTask, ok: bool, result: int, outputs: dict[str, int], cached: dict[str, int]) -> int:
+        inline: dict[str, bytes] = rt.__dict__.get("inline_outputs") or {}  # a forked PythonTask's result
         for o in rt.spec.get("outputs", []):
             if (o.get("failure_only") and ok) or (o.get("success_only") and not ok):
+                continue
+            if o["remote"] in inline:
+                await self._collect_inline_output(rt, o, inline.pop(o["remote"]), outputs, cached)
                 continue
             src = os.path.join(rt.sandbox, o["remote"])
             if not os.path.lexists(src):

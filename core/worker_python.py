@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Coroutine
 
 from . import constants as C
 from ._remote import _LEN, MessageReader
+from .connection import send_bytes
 from .forkserver import ForkServer
 
 if TYPE_CHECKING:
@@ -133,12 +134,15 @@ class WorkerPythonMixin:
         rt.stdout_fd = os.open(stdout_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         rt.done = loop.create_future()
         env = self._task_env(rt)  # type: ignore[attr-defined]
+        py = rt.spec["python"]
+        request, fast = self._fork_request(rt, py)
+        server = self._fork_server()
         try:
-            pid, exited = await self._fork_server().spawn(rt.id, rt.sandbox, env, stdout_path, rt.spec["python"])
+            pid, exited = await server.spawn(rt.id, rt.sandbox, env, stdout_path, request, **fast)
         except OSError as exc:
             # No fork server: run the same code in a fresh interpreter of the worker's own Python.
             log.warning("fork server unavailable (%s); task %s runs in a new interpreter", exc, rt.id)
-            py = rt.spec["python"]
+            self._place_fast_inputs(rt, py)
             py["fallback"] = True
             os.close(rt.stdout_fd)
             rt.stdout_fd = -1
@@ -149,12 +153,69 @@ class WorkerPythonMixin:
         rt.start = time.time()
 
         def finished(fut: asyncio.Future[int]) -> None:
+            result = server.take_result(rt.id)
+            if result is not None and py.get("output"):
+                rt.inline_outputs = {py["output"]: result}  # type: ignore[attr-defined]
             rt.returncode = fut.result()
             if rt.done is not None and not rt.done.done():
                 rt.done.set_result(rt.returncode)
 
         exited.add_done_callback(finished)
         return await self._supervise(rt)
+
+    def _fork_request(self, rt: RunningTask, py: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The fork-server request for PythonTask ``rt``: what the child finds ready instead of as files.
+
+        The function input (marked ``in_place`` by PythonTask, so not linked into the sandbox) is
+        named by its cache file, which the server unpickles once per worker; the result comes back
+        inline whenever the task's result is an ordinary output (not watched, not written where
+        the task's own files go).
+        """
+        request = dict(py)
+        fast: dict[str, Any] = {}
+        for inp in rt.spec.get("inputs") or ():
+            if inp.get("in_place") and inp["remote"] == py.get("function"):
+                name = inp["name"]
+                if name in self.memory:  # type: ignore[attr-defined]
+                    self._spill(name)  # type: ignore[attr-defined]  # the server reads it once, from disk
+                request["function"] = fast["function_path"] = self.cache_path(name)  # type: ignore[attr-defined]
+                fast["function_key"] = name
+        out = py.get("output")
+        if out and py.get("result_inline"):
+            fast["result_inline"] = True
+        return request, fast
+
+    def _place_fast_inputs(self, rt: RunningTask, py: dict[str, Any]) -> None:
+        """Put what the fork server would have been handed in memory into the sandbox, as files."""
+        for inp in rt.spec.get("inputs") or ():
+            if inp.get("in_place"):
+                if inp["name"] in self.memory:  # type: ignore[attr-defined]
+                    self._spill(inp["name"])  # type: ignore[attr-defined]
+                os.symlink(self.cache_path(inp["name"]), os.path.join(rt.sandbox, inp["remote"]))  # type: ignore[attr-defined]
+        if py.get("args_inline") is not None:
+            with open(os.path.join(rt.sandbox, py["args"]), "wb") as fh:
+                fh.write(base64.b64decode(py.pop("args_inline")))
+
+    async def _collect_inline_output(self, rt: RunningTask, o: dict[str, Any], data: bytes, outputs: dict[str, int],
+                                     cached: dict[str, int]) -> None:
+        """An output a forked PythonTask sent back in memory: sent home, or cached, from memory.
+
+        Called by ``Worker._collect_outputs`` for the outputs named in ``rt.inline_outputs``.
+        """
+        name = o["name"]
+        self._unlink(name)  # type: ignore[attr-defined]
+        level = int(o.get("level", 1))
+        if o.get("return"):
+            conn = self.conn  # type: ignore[attr-defined]
+            if conn is not None:
+                await send_bytes(conn, name, data, task=rt.id)
+            if level <= C.VINE_CACHE_LEVEL_TASK:
+                outputs[name] = len(data)
+                return
+        self._keep_in_memory(name, data)  # type: ignore[attr-defined]
+        if level >= C.VINE_CACHE_LEVEL_FOREVER:
+            self._spill(name)  # type: ignore[attr-defined]  # outlives this worker process: it must be on disk
+        outputs[name] = cached[name] = self._add_cache(name, max(level, C.VINE_CACHE_LEVEL_WORKFLOW))  # type: ignore[attr-defined]
 
     async def _supervise(self, rt: RunningTask) -> int:
         """Wait for ``rt.done`` under the task's time limits and output watches (as ``_execute`` does)."""

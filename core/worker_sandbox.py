@@ -44,6 +44,8 @@ class WorkerSandboxes:
 
     def _link_inputs(self, rt: RunningTask) -> None:
         for inp in rt.spec["inputs"]:
+            if inp.get("in_place") and rt.spec.get("python") is not None and not rt.spec.get("environments"):
+                continue  # a PythonTask's function: the fork server reads it from the cache (worker_python)
             if inp["name"] in self.memory:
                 self._spill(inp["name"])  # a sandbox needs a real file to link
             src = self.cache_path(inp["name"])

@@ -104,7 +104,7 @@ def remap_files(args: Any, kwargs: dict[str, Any], names: dict[str, str]) -> Non
             _remap(value, names)
 
 
-def run_parsl_call(function: bytes, arguments: bytes, names: dict[str, str], outputs: list[str]) -> bytes:
+def run_parsl_call(function: bytes, arguments: bytes, names: dict[str, str], outputs: list[str], app: Any = None) -> bytes:
     """Run one app call in the current directory; returns ``pickle((result, placeholders))``.
 
     ``result`` is the Parsl-serialized value, or a ``RemoteExceptionWrapper`` of what the call
@@ -113,13 +113,14 @@ def run_parsl_call(function: bytes, arguments: bytes, names: dict[str, str], out
     staged output files; one the app did not write is created empty here, so the worker's
     output check passes and the app's own outcome (often the exception that kept it from
     writing) reaches the user; the manager removes those placeholders (``placeholders``) again,
-    so a missing output stays missing, as on a shared filesystem.
+    so a missing output stays missing, as on a shared filesystem. ``app`` is the function already
+    deserialized from ``function`` (by :class:`BoundParslCall`).
     """
     for name in outputs:  # the app writes its outputs where it expects them, directories included
         parent = os.path.dirname(name)
         if parent:
             os.makedirs(parent, exist_ok=True)
-    result = _call(function, arguments, names)
+    result = _call(function, arguments, names, app)
     placeholders = []
     for name in outputs:
         if not os.path.lexists(name):
@@ -129,9 +130,38 @@ def run_parsl_call(function: bytes, arguments: bytes, names: dict[str, str], out
     return pickle.dumps((result, placeholders), protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _call(function: bytes, arguments: bytes, names: dict[str, str]) -> bytes:
+class BoundParslCall:
+    """:func:`run_parsl_call` with its app's serialized function bound in (regular mode's PythonTask).
+
+    It pickles as the app's bytes and deserializes them when it is *unpickled*: the worker's fork
+    server unpickles a task's function once per worker (keyed by its content) and keeps it, so every
+    forked call finds the app loaded, its module imported, instead of deserializing it again (which,
+    for an app defined in an importable module, imports that module anew in every call).
+    """
+
+    def __init__(self, function: bytes) -> None:
+        self.function = function
+        self.app: Any = None  # the deserialized app, once unpickled (None: deserialize in the call)
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        return _bind_app, (self.function,)
+
+    def __call__(self, arguments: bytes, names: dict[str, str], outputs: list[str]) -> bytes:
+        return run_parsl_call(self.function, arguments, names, outputs, app=self.app)
+
+
+def _bind_app(function: bytes) -> BoundParslCall:
+    bound = BoundParslCall(function)
     try:
-        func = deserialize(function)
+        bound.app = deserialize(function)
+    except BaseException:  # noqa: BLE001 - the call deserializes it again and reports the failure as its own
+        bound.app = None
+    return bound
+
+
+def _call(function: bytes, arguments: bytes, names: dict[str, str], app: Any = None) -> bytes:
+    try:
+        func = app if app is not None else deserialize(function)
         call = decode_data(arguments)
         args, kwargs = list(call["args"]), dict(call["kwargs"])
         remap_files(args, kwargs, names)

@@ -24,6 +24,7 @@ import core as vine
 
 from .configs import TaskVineManagerConfig
 from .resources import TaskSettings
+from .runner import BoundParslCall
 from .staging import StagingPlan
 
 logger = logging.getLogger(__name__)
@@ -86,7 +87,8 @@ def make_task(m: Any, config: TaskVineManagerConfig, settings: TaskSettings, run
         task._parslvine_buffers = [*own, result]  # this call's alone: forgotten once it is done
         task.set_env_var("PYTHONPATH", PACKAGE_ROOT + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else ""))
     else:
-        task = vine.PythonTask(runner, function, arguments, plan.names, outputs)
+        # The app's function is bound into the task's function, so the worker deserializes it once.
+        task = vine.PythonTask(BoundParslCall(function), arguments, plan.names, outputs)
         task.disable_output_serialization()  # the runner returns bytes already Parsl-serialized
         task.set_warm_imports(warm_imports)
     if settings.exec_mode == "regular":

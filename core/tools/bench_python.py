@@ -73,6 +73,49 @@ if __name__ == "__main__":
 """
 
 
+# The floor for a process per task: a warm interpreter (cloudpickle and core's runner loaded, as
+# our fork server has) forking one child per call, ``cores`` at a time; each child runs the call
+# and sends its pickled result back through a pipe. Nothing else: no sandbox, no messages.
+_FORK_FLOOR = """
+import os, sys, time, selectors, pickle
+import cloudpickle, core._remote
+n, cores = int(sys.argv[1]), int(sys.argv[2])
+sel = selectors.DefaultSelector()
+running, done, started = {}, 0, 0
+start = time.perf_counter()
+while done < n:
+    while started < n and len(running) < cores:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            os.write(w, pickle.dumps(abs(-started)))
+            os._exit(0)
+        os.close(w)
+        running[r] = pid
+        sel.register(r, selectors.EVENT_READ)
+        started += 1
+    for key, _ in sel.select():
+        r = key.fd
+        while os.read(r, 65536):
+            pass
+        sel.unregister(r)
+        os.close(r)
+        os.waitpid(running.pop(r), 0)
+        done += 1
+print(n / (time.perf_counter() - start))
+"""
+
+
+def _fork_floor_rate(n: int, cores: int) -> float:
+    """Calls per second of the bare fork-per-call floor (``_FORK_FLOOR``) in a clean interpreter."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=root + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else ""))
+    out = subprocess.run([sys.executable, "-c", _FORK_FLOOR, str(n), str(cores)], capture_output=True, text=True,
+                         timeout=600, check=True, env=env)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def _pool_rate(n: int, cores: int, fresh: bool, context: str = "default") -> float:
     """Calls per second of a ProcessPoolExecutor (fresh: a new process per call) in a clean interpreter."""
     out = subprocess.run([sys.executable, "-c", _PEER, str(n), str(cores), "1" if fresh else "0", context],
@@ -99,10 +142,12 @@ def python_rate(n: int = 300, workers: int = 1) -> dict[str, Any]:
     peer = _pool_rate(max(50, n // 4), cores, fresh=True)
     # Also the pool's best case for fresh processes: forked from its own fork server, as ours are.
     forkserver_peer = _pool_rate(max(50, n // 2), cores, fresh=True, context="forkserver")
+    floor = _fork_floor_rate(max(200, n), cores)
     return {"workload": "python", "tasks": n, "workers": workers, "cores": cores, "tasks_per_s": round(rate, 1),
             "peer": f"ProcessPoolExecutor({cores}, max_tasks_per_child=1)", "peer_tasks_per_s": round(peer, 1),
             "ratio": round(rate / peer, 3), "forkserver_peer_tasks_per_s": round(forkserver_peer, 1),
-            "forkserver_ratio": round(rate / forkserver_peer, 3)}
+            "forkserver_ratio": round(rate / forkserver_peer, 3),
+            "fork_floor_tasks_per_s": round(floor, 1), "fork_floor_ratio": round(rate / floor, 3)}
 
 
 def funcall_rate(n: int = 3000, workers: int = 1, exec_mode: str = "direct") -> dict[str, Any]:
