@@ -15,6 +15,7 @@ import os
 import shutil
 from typing import Any
 
+from . import constants as C
 from .connection import Connection, FileReceiver, client_handshake, open_connection, send_bytes, send_path, server_handshake
 from .errors import AuthenticationError, ProtocolError, TransferError
 
@@ -115,7 +116,7 @@ class WorkerTransfers:
                 while batch:
                     name, level = batch[0]
                     try:
-                        await self._receive_from_peer(conn, source, name)
+                        await self._receive_from_peer(conn, source, name, level)
                     except _PeerMissing as exc:
                         batch.pop(0)
                         self.peer_failures.add(name)
@@ -135,7 +136,7 @@ class WorkerTransfers:
             if conn is not None:
                 conn.close()
 
-    async def _receive_from_peer(self, conn: Connection, source: str, name: str) -> None:
+    async def _receive_from_peer(self, conn: Connection, source: str, name: str, level: int) -> None:
         begin = await conn.recv()
         if begin is None:
             raise TransferError(f"peer {source} closed before sending {name}")
@@ -144,7 +145,10 @@ class WorkerTransfers:
         if begin.type != "file_begin" or begin.get("name") != name:
             raise TransferError(f"peer {source} sent {begin.type} for {begin.get('name')!r} while {name} was expected")
         size = int(begin["size"])
-        if not begin.get("dir") and size <= MEMORY_FILE_MAX and self.memory_bytes + size <= MEMORY_LIMIT:
+        # Only files that end with the workflow may live in memory: worker- and forever-level files
+        # must be on disk to outlive the connection (and, forever, the worker itself).
+        if (level <= C.VINE_CACHE_LEVEL_WORKFLOW and not begin.get("dir") and size <= MEMORY_FILE_MAX
+                and self.memory_bytes + size <= MEMORY_LIMIT):
             parts: list[bytes] = []
             while True:
                 fr = await conn.recv()
