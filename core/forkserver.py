@@ -50,6 +50,7 @@ from typing import Any, Callable
 
 INLINE_RESULT_LIMIT = 1 << 20  # larger results go to the task's result file
 FUNCTION_CACHE_MAX = 128  # functions kept unpickled in the server (least recently used dropped first)
+FUNCTION_CACHE_FILE_MAX = 1 << 20  # a bigger pickled function (a large closure) is loaded by each child
 _CHANNEL_LIMIT = 4 * INLINE_RESULT_LIMIT  # longest line on the channel (a base64 result and its header)
 
 # --- the server process ------------------------------------------------------------------------------
@@ -175,7 +176,8 @@ def _load_function(request: dict[str, Any], functions: dict[str, Any]) -> Any:
     """The task's function, unpickled here once per content key (None: the child loads it itself).
 
     Unpickling imports the modules the function refers to but runs none of the task's code. If it
-    fails, the child loads it again and reports the real error as the task's own.
+    fails, the child loads it again and reports the real error as the task's own. A function whose
+    pickle is over FUNCTION_CACHE_FILE_MAX is not kept (nor is it loaded here).
     """
     key = request.get("function_key")
     path = request.get("function_path")
@@ -186,6 +188,8 @@ def _load_function(request: dict[str, Any], functions: dict[str, Any]) -> Any:
         import cloudpickle
 
         try:
+            if os.path.getsize(path) > FUNCTION_CACHE_FILE_MAX:
+                return None  # kept here it would make every later fork copy (and every child free) it
             with open(path, "rb") as fh:
                 func = cloudpickle.load(fh)
         except Exception:  # noqa: BLE001 - the child loads it again and reports the real error

@@ -148,3 +148,19 @@ def test_a_killed_fork_server_is_replaced_and_its_cache_rebuilt(manager, start_w
     drain(manager, 60)
     assert all(t.result == "success" and isinstance(t.output, int) for t in again), [(t.result, t.output) for t in again]
     assert len({t.output for t in again} | {first.output}) == 4
+
+
+def test_a_function_with_a_big_closure_is_loaded_by_each_child(manager, start_worker):
+    from core.forkserver import FUNCTION_CACHE_FILE_MAX
+
+    start_worker(manager, cores=1)
+    blob = os.urandom(FUNCTION_CACHE_FILE_MAX + 4096)
+
+    def size_and_tail(k):
+        return len(blob), blob[-k:]
+
+    tasks = [vine.PythonTask(size_and_tail, k) for k in (1, 5)]
+    for t in tasks:
+        manager.submit(t)
+    drain(manager, 60)
+    assert [t.output for t in tasks] == [(len(blob), blob[-1:]), (len(blob), blob[-5:])]
