@@ -239,7 +239,7 @@ class WorkerPythonMixin:
 
     # -- function calls -----------------------------------------------------------------------------------------
     async def _fast_call_when_ready(self, rt: RunningTask, arriving: list[asyncio.Future[bool]]) -> None:
-        arrived = all([await fut for fut in arriving])
+        arrived = all([await asyncio.shield(fut) for fut in arriving])  # shared futures: see _gather_inputs
         if self.tasks.get(rt.id) is not rt:
             return  # killed while it waited
         rt.starter = None

@@ -233,7 +233,10 @@ class WorkerTransfers:
             if name in self.cache:
                 continue
             fut = self.pending.get(name)
-            if fut is None or not await fut:
+            # Shielded: the future is shared by every task waiting for this file, and a task killed
+            # while it waits must not cancel the file's arrival for the others (they would then end
+            # as if killed too, and never be reported).
+            if fut is None or not await asyncio.shield(fut):
                 ok = False
         return ok
 
