@@ -228,10 +228,14 @@ class WorkerPythonMixin:
             timers.append(loop.call_later(max(0.0, rt.spec["time_end"] / 1e6 - time.time()), kill, rt, C.VINE_RESULT_MAX_END_TIME))
         watch = [o for o in rt.spec.get("outputs", []) if o.get("watch")]
         watcher = asyncio.create_task(self._watch(rt, watch)) if watch else None  # type: ignore[attr-defined]
+        # Measured and watched like any task: the child is a process of its own (the fork server's child).
+        monitor = asyncio.create_task(self._monitor(rt, rt.spec["monitor"])) if rt.spec.get("monitor") else None  # type: ignore[attr-defined]
         try:
             assert rt.done is not None
             return await rt.done
         finally:
+            if monitor:
+                monitor.cancel()
             for tm in timers:
                 tm.cancel()
             if watcher:

@@ -100,24 +100,22 @@ def grow(x):
     return x + 1
 
 
-@pytest.mark.xfail(strict=True, reason="core bug, reported to its owner: PythonTasks run by the worker's fork server "
-                   "are never monitored (core/worker_python.py _supervise starts no monitor), so resources_measured "
-                   "stays -1; remove this marker when that is fixed (the test then passes)")
 def test_resources_mode_max_measures_and_sizes_from_the_peak(dv):
     seen: dict = {}
-    dsk = {"a": (grow, 0), "b": (grow, "a"), "c": (grow, "b")}
-    assert dv.get(dsk, "c", resources={"cores": 1, "memory": 1500}, resources_mode="max",
+    a, b, c = ("grow", 0), ("grow", 1), ("grow", 2)  # one category: the keys' name prefix, "grow"
+    dsk = {a: (grow, 0), b: (grow, a), c: (grow, b)}
+    assert dv.get(dsk, c, resources={"cores": 1, "memory": 1500}, resources_mode="max",
                   vine_done=lambda k, t: allocated(k, t, seen)) == 3
     assert all(type(t).__name__ == "PythonTask" for t in seen.values())  # "max" needs tasks: chosen for it
-    peak = max(seen[k].resources_measured.memory for k in ("a", "b"))  # c is made after b finished
+    peak = max(seen[k].resources_measured.memory for k in (a, b))  # c is made after b finished
     assert peak > 30  # the 30 MB buffer, measured
-    assert seen["a"].resources_requested.memory == 1500  # nothing measured yet: the maximum given
-    assert seen["c"].resources_requested.memory == math.ceil(peak) < 1500
+    assert seen[a].resources_requested.memory == 1500  # nothing measured yet: the maximum given
+    assert seen[c].resources_requested.memory == math.ceil(peak) < 1500
     seen.clear()
-    dv.get(dsk, "c", task_mode="tasks", resources={"cores": 1, "memory": 1500}, vine_done=lambda k, t: allocated(k, t, seen))
-    assert seen["c"].resources_requested.memory == 1500 and seen["a"].resources_measured.memory <= 0
+    dv.get(dsk, c, task_mode="tasks", resources={"cores": 1, "memory": 1500}, vine_done=lambda k, t: allocated(k, t, seen))
+    assert seen[c].resources_requested.memory == 1500 and seen[a].resources_measured.memory <= 0
     with pytest.raises(ValueError, match="task_mode='tasks'"):
-        dv.get(dsk, "c", task_mode="function-calls", resources_mode="max")
+        dv.get(dsk, c, task_mode="function-calls", resources_mode="max")
 
 
 def read_marker(path):

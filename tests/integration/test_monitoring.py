@@ -50,3 +50,35 @@ def test_proportional_share_exceeded_is_retried_on_a_whole_worker(manager, start
     assert done.result == "success", (done.result, done.limits_exceeded)
     assert done.resources_allocated.memory == 1000
     assert manager.stats.tasks_exhausted_attempts == 1
+
+
+def _hold_memory(mb: int, seconds: float) -> int:
+    import time
+
+    block = b"x" * (mb << 20)
+    time.sleep(seconds)
+    return len(block) >> 20
+
+
+def test_forked_python_tasks_are_measured(manager, start_worker):
+    """PythonTasks run in a fork of the worker's fork server; they are measured like any task."""
+    manager.enable_monitoring(watchdog=False)
+    start_worker(manager, cores=1, memory=2000)
+    t = vine.PythonTask(_hold_memory, 150, 2.5)
+    t.set_cores(1)
+    manager.submit(t)
+    (done,) = drain(manager, 60)
+    assert done.output == 150
+    assert done.resources_measured.memory >= 150
+
+
+@pytest.mark.timeout(90)
+def test_watchdog_kills_a_forked_python_task_over_its_memory(manager, start_worker):
+    manager.enable_monitoring()
+    start_worker(manager, cores=1, memory=2000)
+    t = vine.PythonTask(_hold_memory, 300, 4)
+    t.set_memory(100)
+    manager.submit(t)
+    (done,) = drain(manager, 60)
+    assert done.result == "resource exhaustion"
+    assert done.limits_exceeded.memory > 100
