@@ -9,6 +9,7 @@ rich markup, as in TaskVine (``progress_label="[green]tasks"``).
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 
@@ -35,8 +36,13 @@ class GraphProgress:
         console = Console(file=sys.stdout)
         if disable is None and not _interactive(console):
             return
+        # In Jupyter the bar is an ipywidgets Output that rich redraws; redrawn from rich's own refresh
+        # thread, the frames do not reach the widget (the kernel routes a background thread's output
+        # by its own parent message), so there ``get``'s thread redraws it, at most 5 times a second.
+        self._jupyter = bool(getattr(console, "is_jupyter", False))
+        self._last_draw = 0.0
         self._progress = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                  console=console, transient=False, refresh_per_second=5)
+                                  console=console, transient=False, refresh_per_second=5, auto_refresh=not self._jupyter)
         self._task = self._progress.add_task(label, total=total)
         self._progress.start()
 
@@ -47,8 +53,13 @@ class GraphProgress:
     def advance(self, n: int = 1) -> None:
         if self._progress is not None:
             self._progress.advance(self._task, n)
+            if self._jupyter and time.monotonic() - self._last_draw > 0.2:
+                self._last_draw = time.monotonic()
+                self._progress.refresh()
 
     def close(self) -> None:
         if self._progress is not None:
+            if self._jupyter:
+                self._progress.refresh()  # rich draws no final frame in Jupyter when it stops
             self._progress.stop()
             self._progress = None
