@@ -11,7 +11,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PURE = ["core/protocol.py", "core/resources.py", "core/constants.py", "core/events.py", "core/records.py",
-        "core/transfers.py", "core/recovery.py", "core/scheduler.py"]
+        "core/transfers.py", "core/recovery.py", "core/pipelining.py", "core/scheduler.py"]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
