@@ -75,6 +75,18 @@ def start_worker(tmp_path) -> Iterator[Callable[..., WorkerProcess]]:
         w.reap()
 
 
+
+@pytest.fixture
+def orphans() -> Iterator[list[int]]:
+    """Pids of task processes a dead or stopped worker may leave behind; killed at teardown."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
 def wait_until(predicate: Callable[[], bool], timeout: float = 30, what: str = "condition") -> None:
     """Poll a cheap predicate (manager counters) until it holds; fail with ``what`` after ``timeout``."""
     deadline = time.monotonic() + timeout

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import http.server
 import os
-import signal
 import threading
 from collections.abc import Iterator
 
@@ -101,14 +100,3 @@ def records(m: object, *words: str) -> list[list[str]]:
             out.append(fields)
     return out
 
-
-@pytest.fixture
-def orphans() -> Iterator[list[int]]:
-    """Pids of task processes a dead or stopped worker may leave behind; killed at teardown."""
-    pids: list[int] = []
-    yield pids
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass

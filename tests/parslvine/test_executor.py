@@ -55,18 +55,6 @@ def executors() -> Iterator[list[Any]]:
         ex.shutdown()
 
 
-@pytest.fixture
-def stray_pids() -> Iterator[list[int]]:
-    """Pids of app processes a killed worker may leave running; killed at teardown."""
-    pids: list[int] = []
-    yield pids
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 def _descendants() -> set[int]:
     return {p.pid for p in psutil.Process().children(recursive=True)}
 
@@ -125,7 +113,7 @@ def test_shutdown_fails_calls_still_pending(tmp_path, executors):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_worker_killed_mid_call_the_app_still_completes(tmp_path, executors, stray_pids, mode):
+def test_worker_killed_mid_call_the_app_still_completes(tmp_path, executors, orphans, mode):
     ex = _started(tmp_path, make_executor(mode, launch="manual"))
     executors.append(ex)
     port = ex.manager.port
@@ -135,12 +123,12 @@ def test_worker_killed_mid_call_the_app_still_completes(tmp_path, executors, str
         marker = str(tmp_path / "started.txt")
         fut = ex.submit(_touch_then_sleep, {}, marker, 3)
         wait_until(lambda: len(_pids(marker)) == 1, 60, "the app to start")
-        stray_pids.extend(_pids(marker))
+        orphans.extend(_pids(marker))
         first.kill(signal.SIGKILL)
         first.proc.wait(10)
         second = WorkerProcess(port, str(tmp_path / "w2"), cores=1, memory=1000, disk=2000)
         assert fut.result(timeout=90) == "finished"
-        stray_pids.extend(_pids(marker))
+        orphans.extend(_pids(marker))
         assert len(_pids(marker)) == 2  # it ran again on the new worker
     finally:
         first.reap()
