@@ -87,6 +87,14 @@ def orphans() -> Iterator[list[int]]:
         except ProcessLookupError:
             pass
 
+
+def fail_if_tasks_left(m: "object", what: str) -> None:
+    """For fixtures that share one manager across a module: cancel, collect and fail on leftovers."""
+    if not m.empty():  # type: ignore[attr-defined]
+        m.cancel_all()  # type: ignore[attr-defined]
+        drain(m, 30)
+        pytest.fail(f"the test left tasks in {what}")
+
 def wait_until(predicate: Callable[[], bool], timeout: float = 30, what: str = "condition") -> None:
     """Poll a cheap predicate (manager counters) until it holds; fail with ``what`` after ``timeout``."""
     deadline = time.monotonic() + timeout

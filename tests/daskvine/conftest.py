@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import WorkerProcess, drain, wait_for_workers
+from tests.conftest import WorkerProcess, fail_if_tasks_left, wait_for_workers
 
 MODES = ["function-calls", "tasks"]
 
@@ -36,10 +36,7 @@ def shared_dv(tmp_path_factory) -> Iterator[object]:
 def dv(shared_dv) -> Iterator[object]:
     """The module's DaskVine (2 workers x 1 core); fails a test that leaves tasks behind."""
     yield shared_dv
-    if not shared_dv.empty():  # type: ignore[attr-defined]
-        shared_dv.cancel_all()  # type: ignore[attr-defined]
-        drain(shared_dv, 30)
-        pytest.fail("the test left tasks in the DaskVine manager")
+    fail_if_tasks_left(shared_dv, "the DaskVine manager")
 
 
 @pytest.fixture(params=MODES)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import WorkerProcess, drain
+from tests.conftest import WorkerProcess, fail_if_tasks_left
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -66,10 +66,7 @@ def shared_manager(tmp_path_factory) -> Iterator[object]:
 def m(shared_manager) -> Iterator[object]:
     """The module's shared manager and worker; fails the test that leaves tasks behind."""
     yield shared_manager
-    if not shared_manager.empty():  # type: ignore[attr-defined]
-        shared_manager.cancel_all()  # type: ignore[attr-defined]
-        drain(shared_manager, 30)
-        pytest.fail("the test left tasks in the shared manager")
+    fail_if_tasks_left(shared_manager, "the shared manager")
 
 
 def log_path(m: object, name: str) -> str:
