@@ -399,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-S", "--scratch-dir", help="scratch directory (default /tmp/vine-factory-<uid>)")
     p.add_argument("-C", "--config-file", help="JSON configuration, re-read whenever it changes")
     p.add_argument("-P", "--password", help="file holding the manager's password")
-    p.add_argument("--catalog", help="catalog directory")
+    p.add_argument("--catalog", help="catalog directory or HOST:PORT of a vine_catalog_server (default $VINE_CATALOG)")
     p.add_argument("--ssl", action="store_true", help="the manager uses TLS")
     p.add_argument("--parent-death", action="store_true", help="exit (removing workers) when the parent process dies")
     p.add_argument("--single-shot", action="store_true", help="workers exit after their first manager")

@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("-Q", "--managers", action="store_true", help="one row per manager (the default)")
     p.add_argument("-M", "--project-name", help="only catalog entries whose project fully matches this regex")
     p.add_argument("-l", "--verbose", action="store_true", help="print the raw JSON")
-    p.add_argument("-C", "--catalog", help="catalog directory")
+    p.add_argument("-C", "--catalog", help="catalog directory or HOST:PORT of a vine_catalog_server (default $VINE_CATALOG)")
     p.add_argument("-P", "--password", help="file holding the manager's password")
     p.add_argument("--ssl", action="store_true", help="the manager uses TLS")
     p.add_argument("-t", "--timeout", type=float, default=300, help="give up after this many seconds")
