@@ -19,6 +19,7 @@ import asyncio
 import collections
 import concurrent.futures
 import logging
+import math
 import os
 import shutil
 import socket
@@ -29,8 +30,8 @@ import time
 from typing import Any, Callable
 
 from . import constants as C
-from .catalog import register as catalog_register
-from .catalog import unregister as catalog_unregister
+from .catalog import DEFAULT_INTERVAL as CATALOG_UPDATE_INTERVAL
+from .catalog import Registration as CatalogRegistration
 from .errors import ManagerError, TaskError, TuneError
 from .files import File, check_local_path
 from .functional import FunctionalMixin
@@ -173,7 +174,7 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin):
         self._fetches: dict[int, concurrent.futures.Future[bytes]] = {}
         self._fetch_ids = iter(range(1, 1 << 62))
         self._counters: dict[str, float] = collections.defaultdict(float)
-        self._catalog_entry: str | None = None
+        self._catalog: CatalogRegistration | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run_loop, name=f"vine-manager-{self._port}", daemon=True)
         started = threading.Event()
@@ -183,7 +184,7 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin):
         self._closed = False
         self._logs.debug(f"listening on port {self._port}")
         if name:
-            self._catalog_entry = catalog_register(name, self._port, ssl=self.using_ssl)
+            self._advertise(name)
         if init_fn is not None:
             init_fn(self)
 
@@ -270,8 +271,9 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin):
         if self._closed:
             return
         self._closed = True
-        if self._catalog_entry:
-            catalog_unregister(self._catalog_entry)
+        if self._catalog is not None:
+            self._catalog.stop()
+            self._catalog = None
         try:
             fut = asyncio.run_coroutine_threadsafe(self._shutdown_io(), self._loop)
             fut.result(timeout=30)
@@ -350,6 +352,11 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin):
         value = float(value)
         if key == "disk-proportion-available-to-task" and not 0 < value < 1:
             raise ValueError("disk-proportion-available-to-task must be between 0 and 1")
+        if key == "update-interval":
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"update-interval must be a positive finite number of seconds, not {value}")
+            if self._catalog is not None:
+                self._catalog.set_interval(value)
         if key == "proportional-resources" and name == "proportional-resources":
             self._set_tuning("proportional-whole-tasks", 1.0 if value > 0 else 0.0)
         self._tune_values[key] = value
@@ -400,14 +407,31 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin):
         self._properties[key] = value
 
     def set_name(self, name: str) -> None:
+        """Advertise this manager in the catalog under ``name`` (replacing any earlier name)."""
         self._name = name
-        if self._catalog_entry:
-            catalog_unregister(self._catalog_entry)
-        self._catalog_entry = catalog_register(name, self._port, ssl=self.using_ssl)
+        self._advertise(name)
 
     def update_catalog(self) -> None:
-        if self._name:
-            self._catalog_entry = catalog_register(self._name, self._port, ssl=self.using_ssl, **self._properties)
+        """Rewrite the catalog entry now (it is also refreshed every ``update-interval`` s, 60 by default)."""
+        if self._catalog is not None:
+            self._catalog.refresh()
+
+    def _advertise(self, name: str) -> None:
+        if self._catalog is not None:
+            self._catalog.stop()
+        interval = self._tune_values.get("update-interval", CATALOG_UPDATE_INTERVAL)
+        self._catalog = CatalogRegistration(name, self._port, ssl=self.using_ssl, fields=self._catalog_fields,
+                                            interval=interval)
+
+    def _catalog_fields(self) -> dict[str, Any]:
+        """What a catalog entry tells beyond host:port: the counts vine_status shows, and the properties."""
+        fields: dict[str, Any] = dict(self._properties)
+        if not self._closed:
+            s = self._call(self._collect_stats, timeout=5)
+            for k in ("tasks_waiting", "tasks_running", "tasks_done", "workers_connected", "total_cores"):
+                fields[k] = s.get(k, 0)
+            fields["workers"] = s.get("workers_connected", 0)
+        return fields
 
     def set_keepalive_interval(self, seconds: float) -> None:
         self.tune("keepalive-interval", seconds)
