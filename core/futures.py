@@ -39,6 +39,7 @@ from .python_task import PythonTask, PythonTaskNoResult, content_buffer
 ALL_COMPLETED = concurrent.futures.ALL_COMPLETED
 FIRST_COMPLETED = concurrent.futures.FIRST_COMPLETED
 FIRST_EXCEPTION = concurrent.futures.FIRST_EXCEPTION
+TimeoutError = concurrent.futures.TimeoutError  # what result(timeout) raises; TaskVine's module exports it
 
 _LAZY: Any = type("_LazyResult", (), {"__repr__": lambda self: "<result on a worker>"})()
 RESULT_PENDING = "result_pending"
@@ -129,6 +130,13 @@ class VineFuture(concurrent.futures.Future):  # type: ignore[type-arg]
         task = self._task
         on_worker = isinstance(task, (PythonTask, FunctionCall)) and task._temp_output and task.output_file is not None
         return not on_worker  # an inline function call, or a task itself still held back (not submitted yet)
+
+
+def retrieve_output(arg: Any) -> Any:
+    """Returns its argument. Every library made by :meth:`FuturesExecutor.create_library_from_functions`
+    holds it (as TaskVine's do), so ``ex.future_funcall(lib, "retrieve_output", fut)`` is a call whose
+    value is ``fut``'s."""
+    return arg
 
 
 def _futures_in(obj: Any, out: list[VineFuture]) -> None:
@@ -286,6 +294,31 @@ class FuturesExecutor(concurrent.futures.Executor):
             return getattr(self._factory, name.replace("-", "_"))
         return self._opts.get(name)
 
+    # -- libraries -----------------------------------------------------------------------------------------
+    def create_library_from_functions(self, name: str, *function_list: Callable[..., Any], poncho_env: Any = None,
+                                      init_command: str | None = None, add_env: bool = True,
+                                      hoisting_modules: list[Any] | None = None, import_modules: list[Any] | None = None,
+                                      exec_mode: str = "fork", library_context_info: list[Any] | None = None,
+                                      library_resources: dict[str, float] | None = None) -> Any:
+        """A LibraryTask of ``function_list`` on this executor's manager, for ``future_funcall``.
+
+        The keywords are :meth:`Manager.create_library_from_functions`'s. The library also holds
+        :func:`retrieve_output` (as TaskVine's does), unless one of ``function_list`` has that name.
+        Install it with :meth:`install_library`.
+        """
+        return self.manager.create_library_from_functions(
+            name, retrieve_output, *function_list, poncho_env=poncho_env, init_command=init_command, add_env=add_env,
+            hoisting_modules=hoisting_modules, import_modules=import_modules, exec_mode=exec_mode,
+            library_context_info=library_context_info, library_resources=library_resources)
+
+    def install_library(self, libtask: Any) -> None:
+        """Install a library on this executor's manager (``Manager.install_library``)."""
+        self.manager.install_library(libtask)
+
+    def remove_library(self, name: str) -> None:
+        """Remove an installed library (``Manager.remove_library``)."""
+        self.manager.remove_library(name)
+
     # -- building tasks ------------------------------------------------------------------------------------
     def future_task(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> FuturePythonTask:
         """A task for ``fn(*args, **kwargs)``, not yet submitted (set resources, then ``submit`` it)."""
@@ -317,7 +350,9 @@ class FuturesExecutor(concurrent.futures.Executor):
             fut._executor = self
             deps: list[VineFuture] = []
             _futures_in((task._raw_args, task._raw_kwargs), deps)
-            waiting = [d for d in deps if d._needs_value() and not d.done()]
+            # Once per future however often it appears (f(a, a)): each appearance would add its own
+            # done-callback, and the second would submit the task again.
+            waiting = list({id(d): d for d in deps if d._needs_value() and not d.done()}.values())
             if not waiting:
                 self._send(task)
                 return fut
@@ -487,5 +522,6 @@ def as_completed(fs: Iterable[Any], timeout: Any = None) -> Iterator[Any]:
 
 __all__ = [
     "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "FunctionCallNoResult", "FutureFunctionCall", "FuturePythonTask",
-    "FuturesExecutor", "PythonTaskNoResult", "VineFuture", "as_completed", "wait",
+    "FuturesExecutor", "PythonTaskNoResult", "RESULT_PENDING", "TimeoutError", "VineFuture", "as_completed",
+    "retrieve_output", "wait",
 ]

@@ -152,7 +152,11 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin):
         self._port = self._sock.getsockname()[1]
         self._name = name
         self._shutdown = shutdown
-        self._ssl_context = self._make_ssl(ssl)
+        try:
+            self._ssl_context = self._make_ssl(ssl)
+        except BaseException:
+            self._sock.close()  # a bad ssl argument must not leave the port bound
+            raise
         self._logs = RunLogs(run_info_path, run_info_template)
         self._staging = os.path.join(staging_path, "vine-staging") if staging_path else self._logs.staging_dir
         os.makedirs(self._staging, exist_ok=True)
@@ -222,7 +226,11 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin):
         return Stats(self._call(self._collect_stats))
 
     def _make_ssl(self, ssl: Any) -> ssl_module.SSLContext | None:
-        """TLS for worker connections: ``(key, cert)`` PEM paths, or True for a self-signed pair made for this run."""
+        """TLS for worker connections: ``(key, cert)`` PEM paths, or True for a self-signed pair made for this run.
+
+        ``None``, False and ``(None, None)`` mean plain TCP (TaskVine programs pass their optional
+        ``--ssl_key``/``--ssl_cert`` arguments straight through).
+        """
         if not ssl:
             return None
         if ssl is True:
@@ -232,6 +240,10 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin):
                 key, cert = ssl
             except (TypeError, ValueError):
                 raise ValueError("ssl must be True or a (key_file, cert_file) pair") from None
+            if key is None and cert is None:
+                return None
+            if key is None or cert is None:
+                raise ValueError(f"ssl=(key_file, cert_file) needs both files or neither; got key={key!r}, cert={cert!r}")
         ctx = ssl_module.SSLContext(ssl_module.PROTOCOL_TLS_SERVER)
         try:
             ctx.load_cert_chain(cert, key)
@@ -514,8 +526,19 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin):
 
     declare_starch = declare_poncho
 
-    def fetch_file(self, f: File, timeout: float = 300) -> bytes:
-        """The contents of ``f``, pulled from a worker holding it if it is a temp or output buffer."""
+    def fetch_file(self, f: File, timeout: float = 300, binary: bool = False) -> str | bytes:
+        """The contents of ``f`` as text, as TaskVine returns them; pulled from a worker if needed.
+
+        The bytes are decoded as UTF-8 with ``surrogateescape``, so nothing is lost even for binary
+        content (``s.encode("utf-8", "surrogateescape")`` gives the bytes back); TaskVine's text
+        stops at the first NUL byte, ours does not. For the bytes themselves pass ``binary=True``,
+        or call ``f.contents()``. Raises TransferError (TaskVine returns None) when no connected
+        worker holds the file, and TimeoutError after ``timeout`` seconds.
+        """
+        data = self._fetch_bytes(f, timeout)
+        return data if binary else data.decode("utf-8", "surrogateescape")
+
+    def _fetch_bytes(self, f: File, timeout: float = 300) -> bytes:
         if f.kind == "buffer" and f.buffer_data() is not None:
             return f.buffer_data()  # type: ignore[return-value]
         if f.kind == "file":
@@ -567,10 +590,18 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin):
         return task.id
 
     def _prepare(self, task: Task) -> None:
-        """Let the task get ready for this manager (PythonTask serialises its function here)."""
-        hook = getattr(task, "_prepare_submit", None)
-        if hook is not None:
-            hook(self)
+        """Let the task get ready for this manager: first its ``submit_finalize()`` (TaskVine's hook,
+        which subclasses override to add inputs), then its own preparation (PythonTask serialises
+        its function here). ``task.manager`` is this manager during both, as in TaskVine."""
+        task._manager = self
+        try:
+            task.submit_finalize()
+            hook = getattr(task, "_prepare_submit", None)
+            if hook is not None:
+                hook(self)
+        except BaseException:
+            task._manager = None  # refused: it stays an unsubmitted task
+            raise
 
     def wait(self, timeout: Any = "wait_forever") -> Task | None:
         """The next finished task, or None after ``timeout`` seconds (0 polls; -1 waits forever)."""
@@ -746,3 +777,12 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin):
         s["bytes_sent"] = self._counters["bytes_sent"] + sum(lk.conn.bytes_sent for lk in self._links.values())
         s["bytes_received"] = self._counters["bytes_received"] + sum(lk.conn.bytes_received for lk in self._links.values())
         return s
+
+
+def __getattr__(name: str) -> Any:
+    """``core.manager.Factory``: TaskVine's manager module holds the Factory too (ours is core/factory.py)."""
+    if name == "Factory":
+        from .factory import Factory
+
+        return Factory
+    raise AttributeError(f"module 'core.manager' has no attribute {name!r}")

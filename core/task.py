@@ -320,6 +320,30 @@ class Task:
     def __repr__(self) -> str:
         return f"<Task {self._id} {self.state} {self._command[:40]!r}>"
 
+    # -- hooks (TaskVine's) -------------------------------------------------------------------------------
+    @property
+    def manager(self) -> Manager | None:
+        """The Manager this task was submitted to (set at ``submit``, before ``submit_finalize``)."""
+        return self._manager
+
+    @manager.setter
+    def manager(self, manager: Manager) -> None:
+        if self._state != C.VINE_TASK_INITIAL and manager is not self._manager:
+            raise TaskError(f"task {self._id} was already submitted to another manager")
+        self._manager = manager
+
+    def submit_finalize(self) -> None:
+        """Called by ``Manager.submit`` just before the task is queued, with ``self.manager`` set.
+
+        Override it to finish the definition with the manager at hand, such as declaring and
+        adding inputs (``add_input`` still works here). Raising refuses the submission: the task
+        stays unsubmitted. Subclasses should call ``super().submit_finalize()``.
+        """
+
+    def __del__(self) -> None:
+        """Nothing to release: a Task holds no handle outside Python. It exists so that subclasses
+        written for TaskVine, whose ``__del__`` ends with ``super().__del__()``, work unchanged."""
+
     # -- what the worker receives ---------------------------------------------------------------------
     def _wire_command(self) -> str:
         return self._command
@@ -337,3 +361,25 @@ class Task:
 
     def _now_us(self) -> int:
         return int(time.time() * 1e6)
+
+
+# TaskVine's ``ndcctools.taskvine.task`` holds every task class; ours live in their own modules
+# (which import this one), so they are handed out from here on first use.
+_TASK_CLASSES = {
+    "PythonTask": "python_task",
+    "PythonTaskNoResult": "python_task",
+    "FunctionCall": "library",
+    "FunctionCallNoResult": "library",
+    "LibraryTask": "library",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _TASK_CLASSES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'core.task' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __package__), name)
+    globals()[name] = value
+    return value

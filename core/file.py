@@ -1,0 +1,10 @@
+"""``core.file``: where TaskVine programs import ``File`` from (``ndcctools.taskvine.file``).
+
+The class lives in :mod:`core.files`; this module only re-exports it under TaskVine's module name.
+"""
+
+from __future__ import annotations
+
+from .files import File
+
+__all__ = ["File"]
