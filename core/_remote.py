@@ -13,9 +13,17 @@ where ``core`` may not be installed. The worker's fork server imports it as ``co
       load F (function), A (args),                 └─ fork:   the call runs in a fork of it
       run, write O (result envelope)             the envelope goes to the path the worker names
 
-A *result envelope* is ``cloudpickle.dumps((MAGIC, ok, value_or_exception, traceback_text))``. The
-``MAGIC`` tag is what tells an envelope apart from a user's own data (TaskVine unwraps any dict with
-a ``"Result"`` key, REFERENCE §8.13).
+A PythonTask's output file holds exactly ``cloudpickle.dumps(return_value)``, as TaskVine's does, so
+a consumer written for TaskVine ``cloudpickle.load()``s it. When the function raised (or returned a
+value that cannot be pickled) the task exits with status 1, the traceback goes to its output, and
+the file holds a *failure record* instead: ``(MAGIC, False, exception, traceback_text)``. The exit
+status is what tells the two apart for the manager; a consumer on a worker (a temp passed as an
+argument) recognises the record by its ``MAGIC`` tag and raises the producer's exception.
+
+A *result envelope* ``cloudpickle.dumps((MAGIC, ok, value_or_exception, traceback_text))`` is what
+function calls write (and the failure record is one with ``ok`` false). The ``MAGIC`` tag is what
+tells an envelope apart from a user's own data (TaskVine unwraps any dict with a ``"Result"`` key,
+REFERENCE §8.13); a return value that is itself a tuple starting with ``MAGIC`` is not supported.
 """
 
 from __future__ import annotations
@@ -72,15 +80,33 @@ def encode_outcome(ok: bool, value: Any, tb: str | None = None) -> tuple[bool, b
         return False, cloudpickle.dumps((MAGIC, False, err, traceback.format_exc()))
 
 
+def encode_value(value: Any) -> tuple[bool, bytes]:
+    """What a PythonTask's output file holds: ``(True, cloudpickle.dumps(value))``, or, for a value
+    that cannot be pickled, ``(False, failure record)`` naming why."""
+    try:
+        return True, cloudpickle.dumps(value)
+    except Exception as exc:  # noqa: BLE001 - an unpicklable return value becomes the failure
+        err = RuntimeError(f"the function returned a {type(value).__qualname__} that cannot be pickled: {exc}")
+        return False, cloudpickle.dumps((MAGIC, False, err, traceback.format_exc()))
+
+
+def envelope_parts(obj: Any) -> tuple[bool, Any, str | None] | None:
+    """``(ok, value, traceback)`` if the unpickled ``obj`` is an envelope (or failure record), else None."""
+    if type(obj) is tuple and len(obj) == 4 and type(obj[0]) is str and obj[0] == MAGIC:
+        return bool(obj[1]), obj[2], obj[3]
+    return None
+
+
 def decode_result(data: bytes) -> tuple[bool, Any, str | None]:
     """``(ok, value, traceback)`` from an envelope; ValueError if ``data`` is not one."""
     try:
         obj = cloudpickle.loads(data)
     except Exception as exc:
         raise ValueError(f"not a result envelope: {exc}") from exc
-    if type(obj) is not tuple or len(obj) != 4 or obj[0] != MAGIC:
+    parts = envelope_parts(obj)
+    if parts is None:
         raise ValueError("not a result envelope")
-    return bool(obj[1]), obj[2], obj[3]
+    return parts
 
 
 def _raw_bytes(value: Any) -> bytes:
@@ -108,7 +134,14 @@ def load_reference(path: str | bytes, serialized: bool) -> Any:
             data = fh.read()
     if not serialized:
         return data
-    ok, value, tb = decode_result(data)
+    try:
+        obj = cloudpickle.loads(data)
+    except Exception as exc:
+        raise ValueError(f"the input file {path if isinstance(path, str) else '(in memory)'} holds no readable pickle: {exc}") from exc
+    parts = envelope_parts(obj)
+    if parts is None:
+        return obj  # a PythonTask's output: the pickled value itself
+    ok, value, tb = parts
     if not ok:
         if isinstance(value, BaseException):
             value.__vine_traceback__ = tb  # type: ignore[attr-defined]
@@ -163,8 +196,9 @@ def run_python_task(function_path: str, args_path: str, output_path: str | None,
                     result_limit: int = 0) -> int:
     """Run one PythonTask in the current directory (its sandbox); returns the exit status.
 
-    0: the function returned and its value is in ``output_path``. 1: it raised; the exception and
-    its traceback are in ``output_path`` (and the traceback on stderr).
+    0: the function returned and ``output_path`` holds exactly its pickled value. 1: it raised (or
+    returned something that cannot be pickled); ``output_path`` holds the failure record (the
+    exception and its traceback, module docstring) and the traceback is on stderr.
 
     A fork-server child may have its function already loaded (``func``), its pickled arguments in
     memory (``args_data``) and a pipe for the result (``result_fd``): a result of at most
@@ -197,7 +231,11 @@ def run_python_task(function_path: str, args_path: str, output_path: str | None,
     if not output_path:
         return 0
     if serialize:
-        data = encode_result(True, value)
+        ok, data = encode_value(value)
+        if not ok:
+            deliver(data)
+            sys.stderr.write(cloudpickle.loads(data)[3])
+            return 1
     else:
         try:
             data = _raw_bytes(value)

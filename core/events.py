@@ -84,6 +84,7 @@ class TaskFinished(Event):
     unlinked: tuple[str, ...] = ()
     runtime: float = 0.0
     exceeded: tuple[str, ...] = ()  # resources the watchdog found over the allocation
+    missing_input: bool = False  # forsaken because an input (a URL) could not be obtained there
 
 
 @dataclass(frozen=True)

@@ -174,7 +174,7 @@ class File:
         elif self.kind in ("temp", "buffer"):
             if self._manager is None:
                 raise ValueError(f"{self!r} has no contents yet")
-            data = self._manager.fetch_file(self)
+            data = self._manager._fetch_bytes(self)
         else:
             raise ValueError(f"a {self.kind} file cannot be read with contents(); fetch it through a task")
         if unserializer is not None:

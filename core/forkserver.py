@@ -20,7 +20,7 @@ What makes a small task cost about a fork (all optional in a request, each falli
   file (``function_key``/``function_path``): a child finds it loaded, with the modules it refers to
   imported (a by-reference function's module used to be imported again by every child);
 - small arguments come inside the request (``args_inline``, base64) instead of as a sandbox file;
-- with ``result_inline`` the child sends its result envelope back through a pipe the server reads,
+- with ``result_inline`` the child sends its result (the output file's bytes) back through a pipe the server reads,
   and the server hands it to the worker with the exit status (``"result"``, base64), so no result
   file is written (a result over ``INLINE_RESULT_LIMIT`` still goes to the file).
 
@@ -245,7 +245,7 @@ class ForkServer:
         self._listener: asyncio.Task[None] | None = None
         self._started: dict[int, asyncio.Future[int]] = {}
         self._exited: dict[int, asyncio.Future[int]] = {}
-        self._results: dict[int, bytes] = {}  # inline result envelopes of exited tasks, until taken
+        self._results: dict[int, bytes] = {}  # inline results (output file bytes) of exited tasks, until taken
         self._lock: asyncio.Lock | None = None
 
     @property
@@ -304,7 +304,7 @@ class ForkServer:
                     pass
 
     def take_result(self, task_id: int) -> bytes | None:
-        """The result envelope an exited task sent inline (None: it wrote its result file, or none)."""
+        """The result bytes an exited task sent inline (None: it wrote its result file, or none)."""
         return self._results.pop(task_id, None)
 
     async def spawn(self, task_id: int, sandbox: str, env: dict[str, str], stdout: str,

@@ -277,7 +277,7 @@ class WorkerLinks:
             arrived.append(CacheUpdated(now, link.id, str(name), int(size)))
         self._apply(*arrived, TaskFinished(now, link.id, tid, result, code, bool(frame.get("retry")),
                                  tuple(frame.get("unlinked") or ()), max(0.0, end - start) if start else 0.0,
-                                 tuple(frame.get("limits") or ())))
+                                 tuple(frame.get("limits") or ()), bool(frame.get("missing_input"))))
 
     def _start_fetch(self, f: File, fut: concurrent.futures.Future[bytes]) -> None:
         rec = self._state.files.get(f.cache_name)

@@ -134,6 +134,8 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin):
     manager registers in the catalog so workers can find it with ``vine_worker -M NAME``.
     """
 
+    _tasks_cache: Any = None  # a core.tasks_cache.TasksCache once enable_tasks_cache is called
+
     def __init__(
         self,
         port: int | list[int] | tuple[int, int] = C.VINE_DEFAULT_PORT,
@@ -548,6 +550,16 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin):
         self._call(lambda: self._start_fetch(f, fut))
         return fut.result(timeout)
 
+    def enable_tasks_cache(self, cache_dir: str = "vine-cache-outputs", log_file: str = "vine-cache.txlog") -> Any:
+        """Answer a task that succeeded before (same command, input contents, function...) at submit:
+        ``wait`` returns it with ``hostname == "CACHED"``, outputs restored. Persists across runs in
+        ``cache_dir`` and ``log_file``; returns the :class:`core.tasks_cache.TasksCache` (``clear()``),
+        whose docstring says what the key holds and what invalidates an entry."""
+        from .tasks_cache import TasksCache
+
+        self._tasks_cache = TasksCache(cache_dir, log_file)
+        return self._tasks_cache
+
     def undeclare_file(self, f: File) -> None:
         """Forget ``f``: workers delete their replicas; a local file with ``unlink_when_done`` is removed."""
         self._post(FileUndeclared(time.time(), f.cache_name, forget=True))
@@ -574,12 +586,15 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin):
         if task._state != C.VINE_TASK_INITIAL:
             raise TaskError(f"task {task.id} was already submitted (state {task.state}); create a new Task")
         self._prepare(task)  # may add inputs/outputs (PythonTask, FunctionCall) or refuse the task
+        cached = self._tasks_cache.lookup(task) if self._tasks_cache is not None else None
         task._id = self._next_id
         self._next_id += 1
         task._manager = self
         task._state = C.VINE_TASK_READY
         task._submit_time = time.time()
         task.metrics["time_when_submitted"] = task._submit_time * 1e6
+        if cached is not None and self._tasks_cache.answer(self, task, cached):
+            return task.id
         self._tasks[task.id] = task
         with self._cond:  # wait() in another thread decrements it (Parsl submits and waits from two threads)
             self._outstanding += 1
@@ -725,6 +740,8 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin):
         task._state = C.VINE_TASK_RETRIEVED
         task._done_time = time.time()
         task.metrics["time_when_done"] = task._done_time * 1e6
+        if self._tasks_cache is not None:
+            self._tasks_cache.record(task)  # before _finalize: a PythonTask then lets its buffers go
         self._finalize(task)
         result_name = C.result_enum_name(ins.result)
         self._logs.task_done(task.id, result_name, task._exit_code)

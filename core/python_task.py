@@ -7,13 +7,20 @@
     submit: cloudpickle fn ─► .vine_function   (content-named, so sent once per worker)
             cloudpickle args ─► in the task     fork server child runs fn(*args, **kwargs)
               message (.vine_args if > 48 KiB)
-    .output ◄── .vine_result ◄──────────────── the result envelope (value or exception)
+    .output ◄── .vine_result ◄──────────────── cloudpickle.dumps(value) (exit 0), or the
+                                               failure record: exception + traceback (exit 1)
 
 Without an environment the worker's fork server runs the task in a fresh fork of a warm interpreter:
 the server unpickles the function once per worker (so its module is imported once, not by every
-task), and the child sends the result envelope back through the server instead of writing a file
+task), and the child sends the result back through the server instead of writing a file
 (core/forkserver.py). With ``add_environment`` the task runs ``python3 .vine_runner.py`` inside that
 environment instead, with every piece as a file in its sandbox.
+
+The output file (``output_file``, a buffer or with ``enable_temp_output`` a temp) holds exactly the
+pickled return value, as TaskVine's does: a consumer task may ``cloudpickle.load()`` it. If the
+function raised, the task exits with status 1 and the file holds a failure record instead (the
+exception and its traceback, core/_remote.py), so a consumer of the temp re-raises the producer's
+own exception and ``output`` can give it back.
 
 ``output`` is the return value; if the function raised, it is the exception object itself, with the
 remote traceback text as ``exc.__vine_traceback__`` and as ``exc.__cause__`` (a
@@ -253,6 +260,35 @@ class PythonTask(Task):
                     inp["in_place"] = True
         return spec
 
+    # -- the tasks cache (core/tasks_cache.py) ----------------------------------------------------------
+    _cache_result_name = RESULT_NAME  # kept in the cache as <key>.output, the pickled value itself
+
+    def _cache_identity(self, module_digest: Any) -> dict[str, Any]:
+        """What the cache key needs beyond the task's files (the function and arguments are inputs).
+
+        Functions pickled by reference carry only their name, so their module's source counts too.
+        """
+        modules: dict[str, Any] = {}
+
+        def note(obj: Any, depth: int) -> None:
+            if callable(obj) and not isinstance(obj, type):
+                mod = getattr(obj, "__module__", None)
+                if isinstance(mod, str) and mod != "__main__" and mod not in modules:
+                    modules[mod] = module_digest(mod)
+            if depth < 3 and type(obj) in (list, tuple):
+                for x in obj:
+                    note(x, depth + 1)
+            elif depth < 3 and type(obj) is dict:
+                for x in obj.values():
+                    note(x, depth + 1)
+
+        note(self._func, 0)
+        note(self._raw_args, 0)
+        note(self._raw_kwargs, 0)
+        inline = self._inline_args
+        return {"args_inline": hashlib.sha256(inline.encode()).hexdigest() if inline is not None else None,
+                "serialize": self._serialize_output, "modules": sorted(modules.items())}
+
     def _vine_reference(self) -> tuple[File, bool]:
         """Lets a PythonTask with a temp output be passed as another task's argument."""
         if self._output_file is None or self._output_file.kind != "temp":
@@ -293,8 +329,14 @@ class PythonTask(Task):
             return self._no_result("its result file did not arrive")
         if not self._serialize_output:
             return data if self.exit_code == 0 else self._no_result(f"the function failed (exit code {self.exit_code})")
+        if self.exit_code == 0:
+            # The file holds exactly the pickled return value (what TaskVine writes).
+            try:
+                return cloudpickle.loads(data)
+            except Exception as exc:  # noqa: BLE001 - e.g. a class the manager cannot import
+                return self._no_result(f"its result could not be unpickled here: {type(exc).__name__}: {exc}")
         try:
-            ok, value, tb = decode_result(data)
+            ok, value, tb = decode_result(data)  # exit 1: the failure record (core/_remote.py)
         except ValueError as exc:
             return self._no_result(f"its result file is unreadable ({exc})")
         return value if ok else attach_traceback(value, tb)

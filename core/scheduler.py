@@ -381,7 +381,9 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
             if rec.task.max_forsaken >= 0 and rec.forsaken > rec.task.max_forsaken:
                 self._finish(rec, C.VINE_RESULT_FORSAKEN, ev.exit_code, out)
             else:
-                self._retry_or_fail(rec, C.VINE_RESULT_FORSAKEN, out)
+                # Unlimited forsaking still ends (TaskVine retries forever): after max-task-attempts,
+                # a task whose input could not be obtained ends as what it is, "input missing".
+                self._retry_or_fail(rec, C.VINE_RESULT_INPUT_MISSING if ev.missing_input else C.VINE_RESULT_FORSAKEN, out)
             return
         if ev.retry:
             self._retry_or_fail(rec, ev.result, out)

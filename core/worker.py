@@ -631,6 +631,13 @@ class Worker(WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
                 # An input that failed to arrive from a peer is the cluster's fault, not the task's.
                 retry = any(i.get("kind") == "temp" or i["name"] in self.peer_failures for i in spec["inputs"] if i["name"] in missing)
                 self.peer_failures.difference_update(missing)
+                url_failures: dict[str, str] = self.__dict__.get("url_failures") or {}
+                unfetched = [url_failures.pop(i["name"], i["name"]) for i in spec["inputs"] if i["name"] in missing and i.get("kind") == "url"]
+                if unfetched:
+                    # As TaskVine's worker does: a URL this worker could not fetch forsakes the task
+                    # here, so the manager tries it again without counting a try (set_max_forsaken).
+                    result, reason, retry = C.VINE_RESULT_FORSAKEN, "; ".join(unfetched), False
+                    spec["missing_input"] = True
             else:
                 self._link_inputs(rt)
                 status = await self._execute(rt)
@@ -666,7 +673,7 @@ class Worker(WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
         self.send(
             {
                 "type": "complete", "id": rt.id, "result": result, "exit_code": code, "reason": reason,
-                "retry": retry, "start": rt.start, "end": end, "outputs": outputs, "cached": cached, "unlinked": unlinked,
+                "retry": retry, "missing_input": bool(spec.get("missing_input")), "start": rt.start, "end": end, "outputs": outputs, "cached": cached, "unlinked": unlinked,
                 "measured": rt.usage.measured() if rt.usage else {}, "limits": rt.limits,
             },
             stdout,

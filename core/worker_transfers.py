@@ -82,7 +82,10 @@ class WorkerTransfers:
         except Exception as exc:  # noqa: BLE001 - any failure of the fetch is reported, not raised
             if os.path.exists(tmp):
                 os.unlink(tmp)
-            self._cache_failed(name, f"cannot fetch {url}: {exc}")
+            reason = f"cannot fetch {url}: {exc}"
+            # Kept for the task that needed it: it forsakes itself with this reason (Worker._run_task).
+            self.__dict__.setdefault("url_failures", {})[name] = reason
+            self._cache_failed(name, reason)
             return
         self._cache_ready(name, level)
 

@@ -321,7 +321,7 @@ class GraphRun:
             if src is None:
                 continue
             try:
-                ok, value, _ = decode_result(self.m.fetch_file(src.output_file, timeout=60))
+                ok, value, _ = decode_result(self.m.fetch_file(src.output_file, timeout=60, binary=True))
             except Exception:  # noqa: BLE001, S112 - best effort on an error path
                 continue
             if not ok:

@@ -184,7 +184,7 @@ def bench_chain(length: int = 200, workers: int = 1) -> dict[str, Any]:
             prev = out
         _drain(m)
         elapsed = time.perf_counter() - start
-        last = m.fetch_file(prev).decode().split()  # type: ignore[arg-type]
+        last = m.fetch_file(prev).split()
         assert last == [str(i) for i in range(length)], "chain produced a wrong result"
         return {"workload": "chain", "length": length, "seconds": round(elapsed, 2), "tasks_per_s": round(length / elapsed, 1),
                 "manager_bytes_sent": m.stats.bytes_sent}

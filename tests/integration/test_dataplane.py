@@ -251,7 +251,7 @@ def test_temp_chain_across_two_workers_and_fetch(manager, start_worker):
     done = drain(m, 30)
     assert [t.result for t in done] == ["success"] * 4
     assert len({t.addrport for t in done}) == 2
-    assert m.fetch_file(temps[-1]) == b"step0\nstep1\nstep2\nstep3\n"
+    assert m.fetch_file(temps[-1]) == "step0\nstep1\nstep2\nstep3\n"
     s = m.stats
     assert s.peer_transfers >= 3 and s.bytes_sent_files == 0
 
@@ -267,7 +267,7 @@ def test_temp_replica_count_keeps_two_copies(manager, start_worker):
     t.add_output(x, "out")
     assert run(m, t).result == "success"
     wait_until(lambda: m.get_file_replica_count(x) == 2, 15, "a second replica of the temp")
-    assert len(m.fetch_file(x)) == 100_000
+    assert len(m.fetch_file(x, binary=True)) == 100_000
 
 
 # --- 6. lineage recovery and worker loss ------------------------------------------------------------------------
@@ -432,7 +432,7 @@ def test_pruned_temp_chain_keeps_the_cache_bounded(drop, manager, start_worker):
     assert biggest <= 4 * MB, f"the cache grew to {biggest} bytes over a {steps}-step chain of 1 MB files"
     wait_until(lambda: cache_bytes(w.workdir) == MB, 10, "only the last temp to remain")
     wait_until(lambda: m.stats.inuse_cache == MB, 10, "the manager's cache tally to match the worker's disk")
-    assert len(m.fetch_file(prev)) == MB
+    assert len(m.fetch_file(prev, binary=True)) == MB
 
 
 def test_unlink_when_done_removes_local_files_on_undeclare(manager, start_worker, tmp_path):

@@ -81,7 +81,7 @@ def test_temp_chained_between_tasks_and_fetched(m):
     done = {t.id: t for t in drain(m, 30)}
     assert [(t.result, t.exit_code) for t in done.values()] == [("success", 0)] * 2
     assert done[consumer.id].output == "INTERMEDIATE\n"
-    assert m.fetch_file(temp) == b"intermediate\n"
+    assert m.fetch_file(temp) == "intermediate\n"
     assert temp.contents() == b"intermediate\n"
 
 
@@ -140,7 +140,7 @@ def test_output_buffer(m):
     t = run(m, t)
     assert t.result == "success"
     assert buf.contents() == b"buffered bytes"
-    assert m.fetch_file(buf) == b"buffered bytes"
+    assert m.fetch_file(buf) == "buffered bytes"
 
 
 def test_output_temp_stays_on_worker(m):
