@@ -11,7 +11,10 @@ internally (``daskvine.graph``) and exposes no graph object.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from daskvine import DaskVine
 
 __all__ = ["DaskVine"]
 

@@ -117,11 +117,17 @@ class AllocationPolicy:
     ``proportional-whole-tasks`` (on by default here, as the TaskVine manual documents);
     ``disk_proportion`` is tune ``disk-proportion-available-to-task``, the share of the computed disk
     a task may use, leaving a safety margin on the worker.
+
+    ``exact_task_values`` is tune ``exact-task-resources`` (off by default): TaskVine's C code rather
+    than its manual. A value the task asked for is then allocated exactly as asked, the proportional
+    share only filling the values it left unset (1 core + 6 GB on a 4-core, 12 GB worker gets 1 core,
+    not 2), and a task that asked for memory or disk is not rounded to a whole number per worker.
     """
 
     proportional: bool = True
     whole_tasks: bool = True
     disk_proportion: float = 0.75
+    exact_task_values: bool = False
 
 
 # The manager's defaults. Shared, so treat it as read-only: tune a copy (dataclasses.replace) instead.
@@ -175,7 +181,9 @@ def allocate_resources(
     else:
         denominators = (w_cores, w_memory, disk_room, w_gpus)
         p = max(_proportion(req, denominators), _proportion(floor_box, denominators))
-        if 0 < p <= 1 and policy.whole_tasks:
+        # TaskVine's C code skips whole-task rounding for a task that set its own memory or disk.
+        whole_tasks = policy.whole_tasks and not (policy.exact_task_values and (_asked(req.memory) or _asked(req.disk)))
+        if 0 < p <= 1 and whole_tasks:
             p = 1 / math.floor(1 / p + _EPS)
         # A request at or above a total the worker lacks (gpus on a gpu-less worker) never shows in p.
         oversized = any(_asked(v) and v >= d for v, d in zip(_vals(req), denominators))
@@ -193,7 +201,11 @@ def allocate_resources(
         gpus = _nonneg(req.gpus)
 
     values = (cores, memory, disk, gpus)
-    return Resources(*(max(v, lo) for v, lo in zip(values, _vals(floor_box))))
+    box = tuple(max(v, lo) for v, lo in zip(values, _vals(floor_box)))
+    if policy.exact_task_values:
+        # As TaskVine's C code does last: what the task asked for replaces the computed value.
+        box = tuple(r if _asked(r) else v for v, r in zip(box, _vals(req)))
+    return Resources(*box)
 
 
 def fits(

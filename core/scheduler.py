@@ -94,6 +94,7 @@ DEFAULT_TUNING: dict[str, float] = {
     "resource-submit-multiplier": 1.0,
     "proportional-resources": 1,
     "proportional-whole-tasks": 1,
+    "exact-task-resources": 0,  # 1: a task's own values are allocated as set (TaskVine's C code, not its manual)
     "disk-proportion-available-to-task": 0.75,
     "wait-for-workers": 0,
     "max-task-attempts": 10,
@@ -186,6 +187,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
             proportional=bool(self.tuning["proportional-resources"]),
             whole_tasks=bool(self.tuning["proportional-whole-tasks"]),
             disk_proportion=float(self.tuning["disk-proportion-available-to-task"]),
+            exact_task_values=bool(self.tuning["exact-task-resources"]),
         )
 
     # -- files ------------------------------------------------------------------------------------------
