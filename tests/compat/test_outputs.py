@@ -117,7 +117,7 @@ def test_fetch_file_returns_text_and_bytes_on_request(manager, start_worker):
 
 
 class _CountingHandler(http.server.SimpleHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+    def do_GET(self) -> None:
         self.server.gets.append(self.path)  # type: ignore[attr-defined]
         super().do_GET()
 
@@ -277,9 +277,9 @@ def test_tasks_cache_persists_into_a_new_process(tmp_path):
     prog.write_text(PROGRAM)
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     args = [sys.executable, str(prog), str(tmp_path / "cache"), str(tmp_path / "cache.txlog"), str(tmp_path)]
-    first = subprocess.run([*args, "1"], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+    first = subprocess.run([*args, "1"], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path, check=False)
     assert first.returncode == 0, first.stderr
     assert first.stdout.strip() == "[(4, False), (9, False), (16, False)]"
-    second = subprocess.run([*args, "0"], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+    second = subprocess.run([*args, "0"], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path, check=False)
     assert second.returncode == 0, second.stderr
     assert second.stdout.strip() == "[(4, True), (9, True), (16, True)]"
