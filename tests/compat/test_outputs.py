@@ -283,3 +283,28 @@ def test_tasks_cache_persists_into_a_new_process(tmp_path):
     second = subprocess.run([*args, "0"], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path, check=False)
     assert second.returncode == 0, second.stderr
     assert second.stdout.strip() == "[(4, True), (9, True), (16, True)]"
+
+
+def test_tasks_cache_log_survives_a_torn_line_and_forgets_deleted_or_cleared_entries(manager, start_worker, tmp_path):
+    from core.tasks_cache import TasksCache
+
+    outs, log = tmp_path / "outs", tmp_path / "cache.txlog"
+    cache = manager.enable_tasks_cache(cache_dir=str(outs), log_file=str(log))
+    start_worker(manager, cores=1)
+    for i in (5, 6):
+        run(manager, vine.PythonTask(square, i))
+    assert cache.stored == 2
+    with open(log, "a") as fh:
+        fh.write('{"version": 1, "event": "COMPLETED", "key": "cut sh')  # a crash in the middle of a write
+    replayed = TasksCache(str(outs), str(log))
+    assert len(replayed) == 2
+    hit = run(manager, vine.PythonTask(square, 5))
+    assert hit.hostname == "CACHED"
+    os.unlink(outs / f"{hit._vine_cache_key}.output")
+    cache = manager.enable_tasks_cache(cache_dir=str(outs), log_file=str(log))  # a fresh replay of the same files
+    rerun = run(manager, vine.PythonTask(square, 5))
+    assert rerun.hostname != "CACHED" and rerun.output == 25  # its file was deleted: a miss, run again
+    assert run(manager, vine.PythonTask(square, 6)).hostname == "CACHED"
+    cache.clear()
+    assert len(TasksCache(str(outs), str(log))) == 0 and not list(outs.iterdir())
+    assert run(manager, vine.PythonTask(square, 6)).hostname != "CACHED"
