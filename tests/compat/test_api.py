@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import cloudpickle
 import pytest
@@ -178,12 +179,18 @@ def test_submit_finalize_adds_an_input_that_unlinks_when_the_task_is_collected(m
     assert not path.exists()  # the manager kept no reference to the returned task
 
 
+class SlowlyFinalizedTask(TaskDeclaringItsInput):
+    def __del__(self):
+        time.sleep(0.3)  # a finalizer that takes a while: remove_file of its temp must still wait for it
+        super().__del__()
+
+
 def test_submit_finalize_of_a_cancelled_task(manager, tmp_path):
-    """The second half of TaskVine's unlink_when_done test: submit, cancel, wait, drop."""
+    """The second half of TaskVine's unlink_when_done test: submit, cancel, wait, drop, remove the temp."""
     path = tmp_path / "hello.txt"
     path.write_text("hello")
     out = manager.declare_temp()
-    t = TaskDeclaringItsInput(str(path))
+    t = SlowlyFinalizedTask(str(path))
     t.add_output(out, "output")
     tid = manager.submit(t)
     assert [m.remote_name for m in t.inputs][0] == "input"
@@ -192,9 +199,9 @@ def test_submit_finalize_of_a_cancelled_task(manager, tmp_path):
     assert t is not None and t.result == "cancelled"
     assert path.exists()
     t = None
-    gc.collect()
+    assert path.exists()  # the scheduler keeps the producer of ``out`` for lineage recovery
     manager.remove_file(out)
-    assert not path.exists()
+    assert not path.exists()  # when remove_file returns the producer is let go, and its __del__ has run
 
 
 class CommandWithBuffer(vine.Task):
