@@ -37,7 +37,8 @@ result depends on the library instance), and anything that did not succeed. A lo
 read at submit and identified by its content then (files are re-hashed only when their size,
 mtime or inode changed); if it changed while the task ran, the result is not recorded. A function
 that refers to a class defined in ``__main__`` pickles with a random class id, so its key differs
-in every process: such tasks hit only within one run.
+in every process: such tasks hit only within one run. So does a function defined in a Jupyter cell
+(its code names the kernel's temporary file, which has the kernel's pid in it).
 """
 
 from __future__ import annotations
