@@ -66,7 +66,15 @@ class BatchQueue:
         raise NotImplementedError
 
     def remove_all(self) -> None:
+        self.remove(list(self.jobs))
+
+    def remove(self, ids: list[str]) -> None:
+        """End these jobs of ours (a scale-down), and forget them."""
         raise NotImplementedError
+
+    def batch_ids(self) -> dict[str, str]:
+        """Our live jobs by the id their workers report (``batch_job_id``) -> the key in ``jobs``."""
+        return {jid: jid for jid in self.jobs}
 
 
 @dataclass
@@ -74,6 +82,7 @@ class LocalJob:
     proc: subprocess.Popen[bytes]
     workdir: str
     stderr_path: str
+    name: str = ""
 
 
 class LocalQueue(BatchQueue):
@@ -92,12 +101,12 @@ class LocalQueue(BatchQueue):
         if self.debug:
             argv = [*argv, "--debug", "all", "--debug-file", workdir + ".log"]
         stderr_path = workdir + ".stderr"
-        env = {**os.environ, **spec.env}
+        env = {**os.environ, **spec.env, "VINE_BATCH_JOB_ID": name}
         with open(stderr_path, "wb") as err:
             # A session of its own: a terminal's Ctrl-C reaches the factory, which removes workers in order.
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                                     env=env, start_new_session=True, close_fds=True)
-        self.jobs[str(proc.pid)] = LocalJob(proc, workdir, stderr_path)
+        self.jobs[str(proc.pid)] = LocalJob(proc, workdir, stderr_path, name)
         log.info("started local worker pid %s in %s", proc.pid, workdir)
         return str(proc.pid)
 
@@ -113,8 +122,11 @@ class LocalQueue(BatchQueue):
                 log.info("worker pid %s exited", jid)
             self._clean(job)
 
-    def remove_all(self) -> None:
-        jobs = list(self.jobs.values())
+    def batch_ids(self) -> dict[str, str]:
+        return {job.name: jid for jid, job in self.jobs.items()}
+
+    def remove(self, ids: list[str]) -> None:
+        jobs = [self.jobs.pop(i) for i in ids if i in self.jobs]
         for job in jobs:
             _signal(job.proc, signal.SIGTERM)
         deadline = time.monotonic() + REMOVE_GRACE
@@ -126,7 +138,6 @@ class LocalQueue(BatchQueue):
                 _signal(job.proc, signal.SIGKILL)
                 job.proc.wait()
             self._clean(job)
-        self.jobs.clear()
 
     @staticmethod
     def _clean(job: LocalJob) -> None:
@@ -167,8 +178,10 @@ class DryRunQueue(BatchQueue):
     def reap(self) -> None:
         pass
 
-    def remove_all(self) -> None:
-        self.jobs.clear()
+    def remove(self, ids: list[str]) -> None:
+        for i in ids:
+            if self.jobs.pop(i, None) is not None:
+                print(f"vine_factory: would remove {i}", flush=True)
 
 
 class ExternalQueue(BatchQueue):
@@ -213,15 +226,17 @@ class ExternalQueue(BatchQueue):
             log.info("%s job %s finished", self.kind, jid)
             self._forget(self.jobs.pop(jid))
 
-    def remove_all(self) -> None:
-        if self.jobs:
-            try:
-                self._command(self.remove_argv(sorted(self.jobs)), "remove")
-            except FactoryError as exc:
-                log.error("%s", exc)
-        for script in self.jobs.values():
-            self._forget(script)
-        self.jobs.clear()
+    def remove(self, ids: list[str]) -> None:
+        ids = sorted(i for i in ids if i in self.jobs)
+        if not ids:
+            return
+        try:
+            self._command(self.remove_argv(ids), "remove")
+        except FactoryError as exc:
+            log.error("%s", exc)
+        for jid in ids:
+            log.info("removed %s job %s", self.kind, jid)
+            self._forget(self.jobs.pop(jid))
 
     @staticmethod
     def _forget(script: str) -> None:
@@ -284,7 +299,7 @@ class CondorQueue(ExternalQueue):
     def submit_argv(self, name: str, script: str, settings: Settings) -> list[str]:
         lines = ["universe = vanilla", f"executable = {script}", "output = /dev/null", "error = /dev/null",
                  f"log = {os.path.join(self.scratch, 'condor.log')}", "should_transfer_files = if_needed",
-                 "when_to_transfer_output = on_exit", "getenv = true"]
+                 "when_to_transfer_output = on_exit", "getenv = true", 'environment = "VINE_BATCH_JOB_ID=$(Cluster)"']
         if self.wrapper_inputs:
             lines.append("transfer_input_files = " + ",".join(self.wrapper_inputs))
         if not settings.autosize:

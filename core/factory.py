@@ -193,6 +193,7 @@ class FactoryRunner:
         self._config_stamp = _stamp(args.config_file)
         self._config_changed: float | None = None
         self.last_reached = time.monotonic()
+        self._removable_before: set[str] = set()
 
     # configuration
     def reload_config(self) -> None:
@@ -286,6 +287,10 @@ class FactoryRunner:
         connected = sum(int(r.get("workers", 0)) for r in replies)
         new = workers_to_submit(need, len(self.queue), connected, self.settings.workers_per_cycle)
         log.debug("need %d, submitted %d, connected %d: submitting %d", need, len(self.queue), connected, new)
+        if len(self.queue) > need:
+            self.scale_down(len(self.queue) - need)
+        else:
+            self._removable_before = set()
         for _ in range(new):
             if self.stop.is_set():
                 break
@@ -294,6 +299,47 @@ class FactoryRunner:
             except (FactoryError, OSError) as exc:
                 log.error("cannot submit a worker: %s", exc)
                 break
+
+    def scale_down(self, excess: int) -> None:
+        """Remove up to ``excess`` of our jobs whose workers have nothing to do.
+
+        A job is removable when its worker is connected with no task, or (when every connected
+        worker says which batch job it runs in) when it has no connected worker yet (still queued,
+        or starting). It is removed only if it was removable at the previous cycle too, so a worker
+        that just connected gets its first tasks before it can be judged idle. Busy workers are never
+        removed; they leave on their own ``--timeout`` once idle.
+        """
+        from .tools.status import query_status
+
+        ours = self.queue.batch_ids()
+        idle: list[str] = []
+        seen: set[str] = set()
+        unlabelled = 0
+        for host, port in self.targets():
+            try:
+                rows = query_status(host, port, "workers", self.password, bool(self.args.ssl), timeout=5)
+            except Exception as exc:  # noqa: BLE001 - cannot see the workers: remove nothing this cycle
+                log.info("manager %s:%s: cannot list workers (%s); not scaling down", host, port, exc)
+                self._removable_before = set()
+                return
+            for w in rows if isinstance(rows, list) else []:
+                if not isinstance(w, dict):
+                    continue
+                bid = w.get("batch_job_id")
+                key = ours.get(bid) if isinstance(bid, str) else None
+                if key is None:
+                    unlabelled += not bid
+                    continue
+                seen.add(key)
+                if not w.get("tasks_running"):
+                    idle.append(key)
+        unconnected = [k for k in ours.values() if k not in seen] if unlabelled == 0 else []
+        removable = unconnected + sorted(idle)
+        chosen = [k for k in removable if k in self._removable_before][:excess]
+        self._removable_before = set(removable) - set(chosen)
+        if chosen:
+            log.info("scaling down: removing %d idle or unstarted job(s): %s", len(chosen), " ".join(chosen))
+            self.queue.remove(chosen)
 
     def pause(self, seconds: float, react_to_config: bool = True) -> None:
         """Sleep until the next cycle: ``seconds``, or a little after config.json changes, or until told to stop."""

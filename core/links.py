@@ -61,6 +61,7 @@ class WorkerLink:
     receivers: dict[str, FileReceiver | MemoryReceiver] = field(default_factory=dict)
     sender: asyncio.Task[None] | None = None
     idle: bool = True  # the sender coroutine is not in the middle of an instruction
+    batch_job_id: str | None = None  # the batch job the worker says it runs in (for a factory's scale-down)
 
 
 class WorkerLinks:
@@ -106,7 +107,9 @@ class WorkerLinks:
                      "tasks_submitted": s.get("tasks_submitted", 0), "total_cores": s["total_cores"],
                      "tasks_left": 0, **self._waiting_requests()}]
         if what == "workers":
-            return [{"id": w.id, "hostname": w.hostname, "addrport": w.addrport, "tasks_running": len(w.tasks), **{f"total_{k}": v for k, v in w.total.to_dict().items()}} for w in self._state.workers.values()]
+            return [{"id": w.id, "hostname": w.hostname, "addrport": w.addrport, "tasks_running": len(w.tasks),
+                     "batch_job_id": lk.batch_job_id if (lk := self._links.get(w.id)) else None,
+                     **{f"total_{k}": v for k, v in w.total.to_dict().items()}} for w in self._state.workers.values()]
         if what == "tasks":
             return [{"task_id": r.task.id, "state": r.state, "command": r.task.command, "worker": r.worker} for r in self._state.tasks.values()]
         raise ValueError(f"unknown status request {what!r}; use manager, workers or tasks")
@@ -133,6 +136,8 @@ class WorkerLinks:
         host = conn.peer.rsplit(":", 1)[0]
         tport = ready.get("transfer_port")
         link = WorkerLink(wid, conn, str(ready["hostname"]), conn.peer, f"{host}:{tport}" if tport else None)
+        job = ready.get("batch_job_id")
+        link.batch_job_id = job if isinstance(job, str) and 0 < len(job) <= 128 else None
         res = Resources.from_dict(ready["resources"])
         cache = {str(k): int(v) for k, v in dict(ready["cache"]).items()}
         self._links[wid] = link

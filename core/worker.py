@@ -323,6 +323,7 @@ class Worker(WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
             "end_time": self.end_time,
             "workdir": self.workdir,
             "pid": os.getpid(),
+            "batch_job_id": batch_job_id(),
         })
         await conn.drain()
         self.last_work = time.monotonic()
@@ -717,6 +718,19 @@ def _shell_quote(s: str) -> str:
     import shlex
 
     return shlex.quote(s)
+
+
+def batch_job_id() -> str | None:
+    """The batch job this worker runs in, so a factory can remove exactly its idle workers' jobs.
+
+    ``$VINE_BATCH_JOB_ID`` (set by the factory's local and HTCondor queues), else the id the batch
+    system itself exports: ``$SLURM_JOB_ID`` (Slurm), ``$JOB_ID`` (SGE/UGE).
+    """
+    for var in ("VINE_BATCH_JOB_ID", "SLURM_JOB_ID", "JOB_ID"):
+        v = os.environ.get(var, "").strip()
+        if v and len(v) <= 128:
+            return v
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -219,6 +219,33 @@ def test_cli_runs_tasks_and_exits_cleanly_on_sigterm(manager, tmp_path, no_orpha
             proc.communicate(timeout=10)
 
 
+def test_cli_scales_down_idle_workers_but_keeps_busy_ones(manager, tmp_path, no_orphans):
+    """When the work runs out the factory removes idle workers itself (their --timeout is far off);
+    while one long task runs, its worker is kept and the task finishes."""
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    log_file = tmp_path / "factory.log"
+    cmd = [*factory_cli(), "-T", "local", "localhost", str(manager.port), "-w", "0", "-W", "2", "--factory-period", "0.5",
+           "-S", str(tmp_path / "scratch"), "--cores", "1", "--memory", "300", "--disk", "500", "-t", "120",
+           "-d", "all", "-o", str(log_file)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert all(t.result == "success" for t in run_tasks(manager, 4))
+        marker = tmp_path / "long-task-started"
+        long = vine.Task(f"touch {marker} && sleep 4 && echo kept")
+        long.set_cores(1)
+        manager.submit(long)
+        wait_until(marker.exists, 30, "the long task to start")
+        wait_until(lambda: manager.stats.workers_connected == 1, 30, "the idle worker to be removed")
+        t = manager.wait(30)
+        assert t is long and t.result == "success" and t.std_output.strip() == "kept"
+        wait_until(lambda: manager.stats.workers_connected == 0, 30, "the last worker to be removed once idle")
+        assert proc.poll() is None, "the factory must keep running: it scaled down, it did not stop"
+        assert "scaling down" in log_file.read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+
+
 def test_cli_factory_timeout(tmp_path, no_orphans):
     # Nothing listens on this port: the factory gives up after --factory-timeout.
     import socket
