@@ -24,7 +24,7 @@ import pytest
 
 import core as vine
 from core.python_task import RemoteTraceback
-from tests.conftest import ROOT, drain, run
+from tests.conftest import ROOT, drain, run, wait_until
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -308,3 +308,33 @@ def test_tasks_cache_log_survives_a_torn_line_and_forgets_deleted_or_cleared_ent
     cache.clear()
     assert len(TasksCache(str(outs), str(log))) == 0 and not list(outs.iterdir())
     assert run(manager, vine.PythonTask(square, 6)).hostname != "CACHED"
+
+
+def slow_first_time(marker_dir, value):
+    """The first attempt announces itself and hangs (its worker is then killed); later ones return."""
+    import time
+
+    if not os.listdir(marker_dir):
+        open(os.path.join(marker_dir, "started"), "w").close()
+        time.sleep(60)
+    return value * 3
+
+
+@pytest.mark.timeout(60)
+def test_tasks_cache_records_only_the_attempt_that_finished(manager, start_worker, tmp_path):
+    outs, log = tmp_path / "outs", tmp_path / "cache.txlog"
+    cache = manager.enable_tasks_cache(cache_dir=str(outs), log_file=str(log))
+    marker = tmp_path / "marker"
+    marker.mkdir()
+    first = start_worker(manager, cores=1)
+    t = vine.PythonTask(slow_first_time, str(marker), 14)
+    manager.submit(t)
+    wait_until(lambda: os.listdir(marker), 30, "the first attempt to start")
+    first.kill()  # SIGKILL mid-run: nothing of this attempt may be recorded
+    start_worker(manager, cores=1)
+    assert manager.wait_for_task_id(t.id, 40) is t
+    assert t.output == 42 and t.hostname != "CACHED"
+    assert cache.stored == 1 and len(cache) == 1
+    assert sum('"COMPLETED"' in line for line in log.read_text().splitlines()) == 1
+    again = run(manager, vine.PythonTask(slow_first_time, str(marker), 14))
+    assert again.hostname == "CACHED" and again.output == 42
