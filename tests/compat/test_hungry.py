@@ -37,6 +37,8 @@ def test_the_hungry_programs_tasks_on_a_twelve_core_worker():
     assert allocate_resources(eleven, TWELVE, policy=C_CODE).cores == 11
     tiny = Resources(1, 1, 1)
     assert (allocate_resources(tiny, TWELVE).memory, allocate_resources(tiny, TWELVE, policy=C_CODE).memory) == (100, 1)
+    memory_bound = Resources(1, 200)
+    assert (allocate_resources(memory_bound, TWELVE).cores, allocate_resources(memory_bound, TWELVE, policy=C_CODE).cores) == (2, 1)
     # exact values alone keep whole-task rounding for a task that set only cores, as the C code does
     exact_only = AllocationPolicy(exact_task_values=True)
     assert allocate_resources(Resources(5), TWELVE, policy=exact_only).memory == 600  # 5/12 -> 1/2 of the worker
