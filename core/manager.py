@@ -108,7 +108,9 @@ def _bind(port: Any) -> socket.socket:
         lo, hi = int(port[0]), int(port[1])
         candidates = list(range(lo, hi + 1))
     else:
-        candidates = [int(port)]
+        from .utils import port_candidates
+
+        candidates = port_candidates(int(port))  # port 0: TCP_LOW_PORT..TCP_HIGH_PORT if set (set_port_range)
     last: OSError | None = None
     for p in candidates:
         # proto=IPPROTO_TCP, not the default 0: asyncio turns Nagle's algorithm off (TCP_NODELAY)

@@ -206,11 +206,23 @@ class Worker(WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
             except (ConnectionError, RuntimeError):
                 pass
 
+    async def _start_transfer_server(self) -> asyncio.Server:
+        """The peer port: ``--transfer-port``, else the first free one of TCP_LOW_PORT..TCP_HIGH_PORT, else any."""
+        from .utils import port_candidates
+
+        last: OSError | None = None
+        for port in port_candidates(self.args.transfer_port or 0):
+            try:
+                return await asyncio.start_server(self._serve_peer, host="0.0.0.0", port=port)
+            except OSError as exc:
+                last = exc
+        raise OSError(f"no free transfer port in TCP_LOW_PORT..TCP_HIGH_PORT: {last}")
+
     async def main(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
-        self.transfer_server = await asyncio.start_server(self._serve_peer, host="0.0.0.0", port=self.args.transfer_port or 0)
+        self.transfer_server = await self._start_transfer_server()
         self.transfer_port = self.transfer_server.sockets[0].getsockname()[1]
         watchdog = asyncio.create_task(self._watchdog())
         try:

@@ -21,7 +21,7 @@ import cloudpickle
 import pytest
 
 import core as vine
-from tests.conftest import ROOT, run
+from tests.conftest import ROOT, run, wait_until
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -84,6 +84,34 @@ def test_utils_helpers(monkeypatch):
             set_port_range(bad)  # type: ignore[arg-type]
     with pytest.raises(NameError, match="library_context_info"):
         vine.load_variable_from_library("anything")  # only inside a FunctionCall
+
+
+def test_port_range_is_where_port_zero_listens(monkeypatch, tmp_path, start_worker):
+    """set_port_range: Manager(port=0) and a worker's transfer server take ports inside the range."""
+    from core.utils import set_port_range
+
+    with socket.socket() as probe:  # find a free block of 20 ports
+        probe.bind(("127.0.0.1", 0))
+        base = probe.getsockname()[1]
+    base = min(base, 65000)
+    monkeypatch.setenv("TCP_LOW_PORT", "1")  # restored by monkeypatch after set_port_range overwrote it
+    monkeypatch.setenv("TCP_HIGH_PORT", "1")
+    set_port_range((base, base + 20))
+    m = vine.Manager(port=0, run_info_path=str(tmp_path / "run-info"))
+    try:
+        assert base <= m.port <= base + 20
+        start_worker(m, cores=1, memory=200, disk=300)
+        wait_until(lambda: m.stats.workers_connected == 1, 30, "the worker")
+        [w] = m.status("workers")
+        t = vine.Task("true")
+        assert run(m, t, 30).result == "success"
+        transfer = m._links[w["id"]].transfer_addr  # noqa: SLF001 - what the manager tells peers
+        assert base <= int(transfer.rsplit(":", 1)[1]) <= base + 20
+    finally:
+        m.close()
+    monkeypatch.setenv("TCP_LOW_PORT", "x")
+    with pytest.raises(ValueError, match="TCP_LOW_PORT"):
+        vine.Manager(port=0, run_info_path=str(tmp_path / "run-info-2"))
 
 
 def test_compat_daskvine_is_a_manager_that_unlinks_when_done(tmp_path):
