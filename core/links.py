@@ -142,6 +142,7 @@ class WorkerLinks:
         cache = {str(k): int(v) for k, v in dict(ready["cache"]).items()}
         self._links[wid] = link
         self._logs.worker_connected(wid, conn.peer, res.to_dict())
+        self._logs.debug_worker_joined(link.hostname, conn.peer, wid, res.to_dict(), int(tport) if tport else None, cache, self._files)
         self._logs.debug(f"worker {wid} connected from {conn.peer} ({link.hostname}) with {res.to_dict()}")
         link.sender = asyncio.create_task(self._sender(link))
         reason = "UNKNOWN"
@@ -170,6 +171,7 @@ class WorkerLinks:
                 r.abort()
             self._links.pop(wid, None)
             self._logs.worker_disconnected(wid, reason)
+            self._logs.debug_worker_left(link.hostname, link.addrport, wid)
             self._logs.debug(f"worker {wid} disconnected ({reason})")
             for rid, fut in list(self._fetches.items()):
                 if getattr(fut, "_vine_worker", None) == wid and not fut.done():
@@ -186,12 +188,14 @@ class WorkerLinks:
         elif t == "cache_update":
             name, size = str(frame["name"]), int(frame["size"])
             self._logs.cache_update(link.id, name, size)
+            self._logs.debug_cache_update(link.hostname, link.addrport, link.id, name, size, self._files.get(name))
             self._apply(CacheUpdated(now, link.id, name, size))
         elif t == "cache_invalid":
             rid = frame.get("request")
             if rid is not None and rid in self._fetches:
                 self._fetches.pop(rid).set_exception(TransferError(f"worker {link.id} could not send {frame['name']}: {frame['reason']}"))
                 return
+            self._logs.debug_cache_invalid(link.hostname, link.addrport, link.id, str(frame["name"]), str(frame["reason"]))
             self._logs.debug(f"worker {link.id}: {frame['name']} invalid: {frame['reason']}")
             self._apply(CacheInvalid(now, link.id, str(frame["name"]), str(frame["reason"])))
         elif t == "alive":
@@ -257,7 +261,8 @@ class WorkerLinks:
         result, code = int(frame["result"]), int(frame["exit_code"])
         if tid < 0:
             self._library_instance_ended(link, frame)  # library instances have negative ids
-        if task is not None and task._state < C.VINE_TASK_RETRIEVED and not frame.get("retry") and result != C.VINE_RESULT_FORSAKEN:
+        accepted = task is not None and task._state < C.VINE_TASK_RETRIEVED and not frame.get("retry") and result != C.VINE_RESULT_FORSAKEN
+        if accepted:
             task._stdout = frame.payload
             task._exit_code = code
             task._hostname = link.hostname
@@ -273,6 +278,9 @@ class WorkerLinks:
             self._logs.debug(f"task {tid} on {link.id}: {C.result_string(result)}: {frame['reason']}")
         start = float(frame.get("start") or 0)
         end = float(frame.get("end") or 0)
+        self._logs.debug_task_complete(link.hostname, link.addrport, link.id, tid, result, code, len(frame.payload), start, end,
+                                       int(max((frame.get("measured") or {}).get("disk") or 0, 0)), frame.get("outputs") or {},
+                                       frame.get("cached") or {}, frame.get("unlinked") or (), self._files, accepted)
         now = time.time()
         # Outputs the worker cached, then the end of the task, in one scheduling step: a consumer of
         # a temp output finds both the file and the producer's slot free on this worker.
@@ -352,10 +360,13 @@ class WorkerLinks:
             ]
             task._allocated = ins.allocation
             task._state = C.VINE_TASK_RUNNING
-            self._logs.task_running(task.id, link.id, ins.allocation.to_dict())
+            self._logs.task_running(task.id, link.id, spec["resources"])
+            recreates = [m.file.cache_name for m in task.outputs if self._state.recovering.get(m.file.cache_name) == task.id]
+            self._logs.debug_task_sent(link.hostname, link.addrport, task, spec["resources"], task.library_required, recreates)
             conn.send({"type": "task", "task": spec})
         elif isinstance(ins, FetchUrl):
             f = self._state.files[ins.name].file
+            self._logs.debug_puturl(link.hostname, link.addrport, link.id, f.source(), f.cache_name, f.level, f.size, f.mode or 0o755)
             conn.send({"type": "fetch_url", "name": f.cache_name, "url": f.source(), "level": f.level})
         elif isinstance(ins, FetchPeer):
             f = self._state.files[ins.name].file
@@ -363,6 +374,8 @@ class WorkerLinks:
             if src is None or not src.transfer_addr:
                 self._apply(CacheInvalid(time.time(), link.id, f.cache_name, "peer source gone"))
                 return
+            self._logs.debug_puturl(link.hostname, link.addrport, link.id, f"workerip://{src.transfer_addr}/{f.cache_name}", f.cache_name,
+                                    f.level, self._state.files[ins.name].size, f.mode or 0o755)
             conn.send({"type": "fetch_peer", "name": f.cache_name, "source": src.transfer_addr, "level": f.level})
         elif isinstance(ins, RunMinitask):
             f = self._state.files[ins.name].file
@@ -370,10 +383,13 @@ class WorkerLinks:
             assert t is not None
             spec = {"command": t.command, "env": t.env, "source": f.minitask_output,
                     "inputs": [{**m.file.spec(), "remote": m.remote_name} for m in t.inputs]}
+            self._logs.debug_mini_task(link.hostname, link.addrport, str(f.minitask_output), f.cache_name, f.level, f.size, f.mode or 0o755)
             conn.send({"type": "minitask", "name": f.cache_name, "task": spec, "level": f.level})
         elif isinstance(ins, Kill):
+            self._logs.debug_kill(link.hostname, link.addrport, ins.task_id)
             conn.send({"type": "kill", "id": ins.task_id})
         elif isinstance(ins, Unlink):
+            self._logs.debug_unlink(link.hostname, link.addrport, ins.name)
             conn.send({"type": "unlink", "name": ins.name})
         elif isinstance(ins, Keepalive):
             conn.send({"type": "keepalive"})
@@ -384,6 +400,8 @@ class WorkerLinks:
         conn = link.conn
         f = self._files.get(ins.name) or self._state.files[ins.name].file
         start = time.time()
+        if f.kind == "buffer" or f.exists_locally():
+            self._logs.debug_put(link.hostname, link.addrport, f.cache_name, f.level, len(f))
         if f.kind == "buffer":
             size = await send_bytes(conn, f.cache_name, f.buffer_data() or b"", mode=f.mode or 0o755, level=f.level)
         elif f.exists_locally():

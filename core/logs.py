@@ -1,17 +1,36 @@
 """Run-info directories and the four TaskVine logs: debug, transactions, performance, taskgraph.
 
-Layout: ``<run_info_path>/<timestamp>/vine-logs/{debug,transactions,performance,taskgraph}`` with a
-``most-recent`` link to the latest run. Sizes in the transactions log are bytes, and its header says so.
+Layout: ``<run_info_path>/<timestamp>/vine-logs/{debug,transactions,performance,taskgraph}`` plus
+``workflow.json`` (written at close), with a ``most-recent`` link to the latest run. Sizes in the
+transactions log are bytes, and its header says so.
+
+The debug log carries, besides the project's own messages, the lines TaskVine's manager writes about
+each worker, task and file (``worker A connected``, ``tx to H (A): task N`` .. ``end``, ``rx from H (A):
+complete ..``, ``Task N state change: READY (1) to RUNNING (2)``, ``put``/``puturl``/``cache-update``/
+``unlink``), so TaskVine's report tool (``vine_parse``, ``vine_report``) reads a run of ours. A ``tx to``
+line is a message this manager sent, an ``rx from`` line what a worker's message said, each in
+TaskVine's words. Free-text messages are kept from looking like those lines to the tool (see
+:func:`tool_safe`).
 """
 
 from __future__ import annotations
 
 import functools
+import getpass
+import itertools
 import json
 import os
+import re
 import threading
 import time
-from typing import Any, TextIO
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, TextIO
+
+from . import constants as C
+
+if TYPE_CHECKING:
+    from .files import File
+    from .task import Task
 
 PERFORMANCE_COLUMNS = (
     "timestamp workers_connected workers_init workers_idle workers_busy workers_able workers_joined workers_removed "
@@ -38,6 +57,42 @@ def _res_json(res: dict[str, float]) -> str:
 def _res_json_items(items: tuple[tuple[str, float], ...]) -> str:
     # Most tasks of a run ask for the same few shapes: format each shape once.
     return json.dumps({k: [v, UNITS.get(k, "")] for k, v in items}, separators=(",", ":"))
+
+
+# Whole words and phrases TaskVine's report tool acts on wherever they appear in a debug line; in free
+# text (exception messages, warnings, the application's own lines) the space before such a word, or
+# inside such a phrase, becomes a no-break space: the line reads the same, the tool passes it by.
+_TOOL_WORDS = re.compile(
+    r" (?=(?:connected|removed|put|puturl|puturl_now|unlink|complete|stdout|kill|info|exhausted|resources"
+    r"|cache-update|cache-invalid|transfer-port)(?: |$))"
+    r"|(?<=state) (?=change:)|(?<=manager) (?=end)|(?<=recovery) (?=task)|(?<=Failed) (?=to send)"
+    r"|(?<=listening) (?=on port)|(?<=tx) (?=to )|(?<=rx) (?=from )|(?<=added) (?=dependency)"
+)
+NO_BREAK_SPACE = "\u00a0"
+
+
+def tool_safe(text: str) -> str:
+    """``text`` with the spaces that would make TaskVine's report tool misread it made no-break.
+
+    The tool splits a debug line on spaces and acts on words such as ``connected``, ``put`` or
+    ``complete`` anywhere in it; a warning like "no connected worker can hold it" would otherwise
+    become a worker of its own in the tool's report, and a stray ``put`` stops it.
+    """
+    return _TOOL_WORDS.sub(NO_BREAK_SPACE, text)
+
+
+@functools.lru_cache(maxsize=1024)
+def _task_shape_lines(tx: str, library: str | None, category: str, cores: float, gpus: float, memory: float,
+                      disk: float) -> tuple[str, ...]:
+    # The lines a task message shares with every task of its shape sent to the same worker: made once.
+    head = [f"{tx}needs_library {library}"] if library else []
+    return (*head, f"{tx}category {_url_encoded(category)}", f"{tx}cores {_fmt(cores)}", f"{tx}gpus {_fmt(gpus)}",
+            f"{tx}memory {_fmt(memory)}", f"{tx}disk {_fmt(disk)}")
+
+
+def _url_encoded(name: str) -> str:
+    # TaskVine URL-encodes names in its messages; only what would split a debug line matters here.
+    return name.replace("%", "%25").replace(" ", "%20") if (" " in name or "%" in name) else name
 
 
 class RunLogs:
@@ -94,6 +149,13 @@ class RunLogs:
         self.transaction(f"MANAGER {self.pid} START 0")
         self._last_perf = 0.0
         self._last_perf_row: tuple[Any, ...] | None = None
+        self._stamp: tuple[int, str] = (-1, "")  # (time in 1/100 s, its debug-line prefix)
+        # What TaskVine's report tool must be told consistently: each task's last logged state, the
+        # worker a task was sent to ("host (addr)"), and the id of each peer or URL transfer in flight.
+        self._task_states: dict[int, int] = {}
+        self._task_worker: dict[int, str] = {}
+        self._transfer_ids: dict[tuple[str, str], str] = {}
+        self._next_transfer = itertools.count(1)
 
     def _open(self, name: str) -> TextIO:
         return open(os.path.join(self.log_dir, name), "a", buffering=1 << 16)
@@ -110,10 +172,159 @@ class RunLogs:
                 if not fh.closed:
                     fh.flush()
 
-    def debug(self, msg: str, flag: str = "vine") -> None:
+    def _prefix(self) -> str:
+        """``2026/12/01 13:02:54.01 vine_manager[PID]``: formatted once per hundredth of a second."""
         t = time.time()
-        stamp = time.strftime("%Y/%m/%d %H:%M:%S", time.localtime(t)) + f".{int(t * 100) % 100:02d}"
-        self._write(self._debug, f"{stamp} vine_manager[{self.pid}]{flag}: {msg}\n")
+        tick = int(t * 100)
+        cached = self._stamp
+        if cached[0] == tick:
+            return cached[1]
+        prefix = time.strftime("%Y/%m/%d %H:%M:%S", time.localtime(t)) + f".{tick % 100:02d} vine_manager[{self.pid}]"
+        self._stamp = (tick, prefix)  # one assignment: a reader in another thread sees old or new, whole
+        return prefix
+
+    def debug(self, msg: str, flag: str = "vine") -> None:
+        """A free-text line of the debug log (see :func:`tool_safe`)."""
+        self._write(self._debug, f"{self._prefix()}{flag}: {tool_safe(msg)}\n")
+
+    def _debug_lines(self, lines: Iterable[str], flag: str = "vine") -> None:
+        # One write for a block: the report tool reads a task's "tx to .. task N" .. "end" lines, and
+        # a worker's "resources" .. "end" lines, as one unit, so no other thread's line may fall inside.
+        head = f"{self._prefix()}{flag}: "
+        self._write(self._debug, head + ("\n" + head).join(lines) + "\n")
+
+    # -- TaskVine's debug-log lines (what its report tool reads) -------------------------------------------
+    def manager_listening(self, port: int) -> None:
+        self._debug_lines([f"listening on port {port}"], flag="tcp")
+
+    def _state_line(self, tid: int, new: int) -> str:
+        old = self._task_states.get(tid, C.VINE_TASK_INITIAL)
+        self._task_states[tid] = new
+        names = C.TASK_STATE_NAMES
+        return f"Task {tid} state change: {names[old]} ({old}) to {names[new]} ({new})"
+
+    def debug_worker_joined(self, host: str, addr: str, wid: str, resources: Mapping[str, float],
+                            transfer_port: int | None, cache: Mapping[str, int], files: Mapping[str, File]) -> None:
+        """A worker connected: its address, id, resources, transfer port and what its cache holds."""
+        rx = f"rx from {host} ({addr}): "
+        lines = [f"worker {addr} connected", f"{rx}info worker-id {wid}", f"{rx}resources"]
+        lines += [f"{rx}{r} {float(resources.get(r, 0)):.6f}" for r in ("cores", "memory", "disk", "gpus")]
+        lines.append(f"{rx}end")
+        if transfer_port:
+            lines.append(f"{rx}transfer-port {transfer_port}")
+        # Files kept from an earlier run: a worker (or forever) level, since they outlived their manager.
+        lines += [self._cache_update_line(rx, wid, name, size, files.get(name), C.VINE_CACHE_LEVEL_WORKER)
+                  for name, size in cache.items()]
+        self._debug_lines(lines)
+
+    def debug_worker_left(self, host: str, addr: str, wid: str) -> None:
+        for key in [k for k in self._transfer_ids if k[0] == wid]:
+            del self._transfer_ids[key]
+        self._debug_lines([f"worker {host} ({addr}) removed"])
+
+    def debug_task_sent(self, host: str, addr: str, task: Task, allocation: Mapping[str, float],
+                        library: str | None = None, recreates: Iterable[str] = ()) -> None:
+        """The task message, as TaskVine's manager logs it line by line, then READY -> RUNNING.
+
+        A task sent again (its worker was lost, or it was forsaken) first goes back to READY; a
+        recovery task (``recreates`` names the lost temps it makes again) is announced first.
+        """
+        tid = task.id
+        tx = f"tx to {host} ({addr}): "
+        lines = []
+        prev = self._task_states.get(tid)
+        if prev is None:
+            lines.append(self._state_line(tid, C.VINE_TASK_READY))
+            lines += [f"Submitted recovery task {tid} ({tool_safe(task.command)}) to re-create lost temporary file {name}."
+                      for name in recreates]
+        elif prev in (C.VINE_TASK_RUNNING, C.VINE_TASK_WAITING_RETRIEVAL):
+            lines.append(self._state_line(tid, C.VINE_TASK_READY))
+        lines += [f"{tx}task {tid}", f"{tx}cmd {len(task.command.encode())}"]
+        lines += _task_shape_lines(tx, library, task.category, allocation.get("cores", 0), allocation.get("gpus", 0),
+                                   allocation.get("memory", 0), allocation.get("disk", 0))
+        lines += [f"{tx}infile {m.file.cache_name} {_url_encoded(m.remote_name)} {m.flags}" for m in task.inputs]
+        lines += [f"{tx}outfile {m.file.cache_name} {_url_encoded(m.remote_name)} {m.flags}" for m in task.outputs]
+        lines.append(f"{tx}end")
+        lines.append(self._state_line(tid, C.VINE_TASK_RUNNING))
+        self._task_worker[tid] = f"{host} ({addr})"
+        self._debug_lines(lines)
+
+    def debug_task_complete(self, host: str, addr: str, wid: str, tid: int, result: int, exit_code: int, stdout_len: int,
+                            start: float, end: float, sandbox_mb: int, outputs: Mapping[str, int], kept: Mapping[str, int],
+                            unlinked: Iterable[str], files: Mapping[str, File], accepted: bool) -> None:
+        """A worker's ``complete`` message: the outputs it made, the task's end, the files it dropped.
+
+        ``accepted``: the manager takes this as the task's result (RUNNING -> WAITING_RETRIEVAL);
+        otherwise the task will be sent again.
+        """
+        if tid not in self._task_states:
+            return  # a library instance, or a task the log never announced: nothing the tool could place
+        rx = f"rx from {host} ({addr}): "
+        lines = [self._cache_update_line(rx, wid, name, size, files.get(name), C.VINE_CACHE_LEVEL_TASK)
+                 for name, size in outputs.items()]
+        lines.append(f"{rx}complete {result} {exit_code} {stdout_len} {stdout_len} {int(start * 1e6)} {int(end * 1e6)} {sandbox_mb} {tid}")
+        # Returned outputs the worker did not keep, and task-level inputs it removed (TaskVine's manager
+        # would send "unlink" for each; our worker removes them itself and says so in "complete").
+        lines += [f"{rx}unlink {name}" for name in outputs if name not in kept]
+        lines += [f"{rx}unlink {name}" for name in unlinked]
+        if accepted and self._task_states[tid] == C.VINE_TASK_RUNNING:
+            lines.append(self._state_line(tid, C.VINE_TASK_WAITING_RETRIEVAL))
+        self._debug_lines(lines)
+
+    def debug_task_retrieved(self, tid: int, done: bool = False) -> None:
+        """The manager has the task's result (RETRIEVED); ``done``: no one will wait for it (a recovery task)."""
+        prev = self._task_states.get(tid)
+        if prev is None or prev >= C.VINE_TASK_RETRIEVED:
+            return
+        lines = []
+        where = self._task_worker.pop(tid, None)
+        if prev == C.VINE_TASK_WAITING_RETRIEVAL and where is not None:
+            # TaskVine's manager sends "kill N" to remove the sandbox; our worker already did.
+            lines.append(f"task {tid} reaped from {where}, its sandbox already cleaned: kill {tid}")
+        lines.append(self._state_line(tid, C.VINE_TASK_RETRIEVED))
+        if done:
+            lines.append(self._state_line(tid, C.VINE_TASK_DONE))
+            del self._task_states[tid]
+        self._debug_lines(lines)
+
+    def debug_task_done(self, tid: int) -> None:
+        """``wait`` returned the task to the application."""
+        if self._task_states.get(tid) == C.VINE_TASK_RETRIEVED:
+            line = self._state_line(tid, C.VINE_TASK_DONE)
+            del self._task_states[tid]
+            self._debug_lines([line])
+
+    def debug_put(self, host: str, addr: str, name: str, level: int, size: int) -> None:
+        self._debug_lines([f"tx to {host} ({addr}): put {name} {level} {size}"])
+
+    def debug_puturl(self, host: str, addr: str, wid: str, source: str, name: str, level: int, size: int, mode: int) -> None:
+        """The worker fetches ``name`` from ``source`` (a URL, or ``workerip://host:port/name`` for a peer)."""
+        tid = f"{self.pid}-{next(self._next_transfer)}"
+        self._transfer_ids[(wid, name)] = tid
+        self._debug_lines([f"tx to {host} ({addr}): puturl {_url_encoded(source)} {name} {level} {max(size, 0)} 0{mode:o} {tid}"])
+
+    def debug_mini_task(self, host: str, addr: str, source: str, name: str, level: int, size: int, mode: int) -> None:
+        self._debug_lines([f"tx to {host} ({addr}): mini_task {_url_encoded(source)} {name} {level} {max(size, 0)} 0{mode:o}"])
+
+    def _cache_update_line(self, rx: str, wid: str, name: str, size: int, f: File | None, level: int) -> str:
+        transfer = self._transfer_ids.pop((wid, name), "X")  # X: made or sent here, not fetched
+        kind = f.type() if f is not None else C.VINE_FILE
+        level = f.level if f is not None else level
+        return f"{rx}cache-update {name} {kind} {level} {size} 0 0 0 {transfer}"
+
+    def debug_cache_update(self, host: str, addr: str, wid: str, name: str, size: int, f: File | None) -> None:
+        self._debug_lines([self._cache_update_line(f"rx from {host} ({addr}): ", wid, name, size, f, C.VINE_CACHE_LEVEL_TASK)])
+
+    def debug_cache_invalid(self, host: str, addr: str, wid: str, name: str, reason: str) -> None:
+        transfer = self._transfer_ids.pop((wid, name), None)
+        tail = f" {transfer}" if transfer else ""
+        self._debug_lines([f"rx from {host} ({addr}): cache-invalid {name} {len(reason)}{tail}"])
+
+    def debug_unlink(self, host: str, addr: str, name: str) -> None:
+        self._debug_lines([f"tx to {host} ({addr}): unlink {name}"])
+
+    def debug_kill(self, host: str, addr: str, tid: int) -> None:
+        self._debug_lines([f"tx to {host} ({addr}): kill {tid}"])
 
     def transaction(self, record: str) -> None:
         self._write(self._tx, f"{_now_us()} {self.pid} {record}\n")
@@ -133,6 +344,7 @@ class RunLogs:
 
     def task_ready(self, tid: int, category: str, attempt: int, requested: dict[str, float]) -> None:
         self.transaction(f"TASK {tid} READY {category} FIRST_RESOURCES {attempt} {_res_json(requested)}")
+        self._debug_lines([self._state_line(tid, C.VINE_TASK_READY)])
 
     def task_running(self, tid: int, wid: str, alloc: dict[str, float]) -> None:
         self.transaction(f"TASK {tid} RUNNING {wid} FIRST_RESOURCES {_res_json(alloc)}")
@@ -164,13 +376,33 @@ class RunLogs:
         self._last_perf_row = row
         self._write(self._perf, f"{_now_us()} " + " ".join(_fmt(v) for v in row) + "\n")
 
-    def close(self, stats: dict[str, float]) -> None:
+    def close(self, stats: dict[str, float], name: str | None = None) -> None:
         self.performance(stats, time.time(), 0, force=True)
         self.transaction(f"MANAGER {self.pid} END {_now_us() - self.start_us}")
         self._write(self._graph, "# end\n")
+        self._debug_lines(["manager end"])
+        self._write_workflow_info(name)
         with self._lock:
             for fh in (self._debug, self._tx, self._perf, self._graph):
                 fh.close()
+
+    def _write_workflow_info(self, name: str | None) -> None:
+        """``vine-logs/workflow.json``: who ran the manager, as an RO-Crate (TaskVine writes one at close;
+        ``vine_parse -R`` looks for run directories that have it)."""
+        info: dict[str, Any] = {"@id": "managerInfo", "@name": "Manager description"}
+        try:
+            info["userId"] = getpass.getuser()
+        except (KeyError, OSError):  # no login name for this uid (a container): leave it out
+            pass
+        if name:
+            info["managerName"] = name
+        software = {"@id": "core", "@type": "SoftwareApplication", "name": "core (a TaskVine-compatible manager)"}
+        crate = {"@context": "https://w3id.org/ro/crate/1.1/context", "@graph": [software, info]}
+        try:
+            with open(os.path.join(self.log_dir, "workflow.json"), "w") as fh:
+                json.dump(crate, fh, indent=2)
+        except OSError:  # a removed run directory or a full disk must not stop the manager's close
+            pass
 
 
 def _fmt(v: Any) -> str:

@@ -191,7 +191,7 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin):
         self._thread.start()
         started.wait()
         self._closed = False
-        self._logs.debug(f"listening on port {self._port}")
+        self._logs.manager_listening(self._port)
         if name:
             self._advertise(name)
         if init_fn is not None:
@@ -298,7 +298,7 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin):
             log.debug("shutdown: %s", exc)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
-        self._logs.close(self._collect_stats())
+        self._logs.close(self._collect_stats(), self._name)
         shutil.rmtree(self._logs.staging_dir, ignore_errors=True)
         with self._cond:
             self._cond.notify_all()
@@ -655,6 +655,7 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin):
                         del self._done[tid]
                         self._outstanding -= 1
                         task._state = C.VINE_TASK_DONE
+                        self._logs.debug_task_done(tid)
                         self._tasks.pop(tid, None)
                         self._cond.notify_all()  # other waiters may now have nothing left to wait for
                         return task
@@ -744,6 +745,7 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin):
     def _return_task(self, ins: ReturnTask) -> None:
         task = self._tasks.get(ins.task_id)
         self._state.forget_task(ins.task_id)
+        self._logs.debug_task_retrieved(ins.task_id, done=task is None)  # None: a recovery task, never waited for
         if task is None:
             return
         task._result = ins.result
