@@ -11,6 +11,7 @@ Skipped, with the reason, when the tool is not installed (the ``report`` extra).
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import socket
@@ -23,10 +24,11 @@ from typing import Any
 import pytest
 
 import core as vine
+from core.logs import NO_BREAK_SPACE, tool_safe
 from tests.conftest import WorkerProcess, drain, wait_for_workers, wait_until
 
-pytest.importorskip("taskvine_report", reason="taskvine-report-tool is not installed (pip install -e '.[report]')")
-cloudpickle = pytest.importorskip("cloudpickle")
+needs_tool = pytest.mark.skipif(importlib.util.find_spec("taskvine_report") is None,
+                                reason="taskvine-report-tool is not installed (pip install -e '.[report]')")
 
 BIN = os.path.dirname(sys.executable)
 # The tool asks pip whether a newer release exists before it starts; with no index it does not go online.
@@ -51,6 +53,8 @@ def vine_parse(run_dir: str) -> dict[str, Any]:
     )
     # vine_parse exits 0 even when a directory fails: its report says which.
     assert proc.returncode == 0 and "Successfully processed" in proc.stdout and "Error" not in proc.stdout, proc.stdout + proc.stderr
+    import cloudpickle  # the tool's own pickles hold its classes: readable where the tool is installed
+
     found: dict[str, Any] = {}
     for name in ("tasks", "workers", "files"):
         with open(os.path.join(run_dir, "pkl-files", f"{name}.pkl"), "rb") as fh:
@@ -73,6 +77,17 @@ def worker_ids(run_dir: str) -> dict[str, str]:
 
 def addr(entry: tuple[str, int, int]) -> str:
     return f"{entry[0]}:{entry[1]}"
+
+
+def test_free_text_keeps_its_words_but_not_the_tool_s_tokens():
+    text = "no connected worker can ever hold task 3; put the complete result (state change: none), manager end"
+    safe = tool_safe(text)
+    assert safe.replace(NO_BREAK_SPACE, " ") == text
+    tokens = safe.split(" ")
+    assert not {"connected", "put", "complete"} & set(tokens)
+    assert "state change:" not in safe and "manager end" not in safe
+    assert tool_safe("worker 127.0.0.1:9 removed") != "worker 127.0.0.1:9 removed"
+    assert tool_safe("plain words stay as they are") == "plain words stay as they are"
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +122,8 @@ def parsed_run(tmp_path_factory) -> dict[str, Any]:
                 buffers.append(out)
             failing = vine.Task("exit 3")
             m.submit(failing)
+            # Free text in TaskVine's words must not become a worker, a transfer or a parse error.
+            m.log_debug_app("worker 127.0.0.9:1 connected; put the complete stdout 1 2 of task 7: kill 7, unlink x")
             done = drain(m, 60)
             assert sorted(t.exit_code for t in done) == [0] * 6 + [3]
             assert sorted(int(b.contents()) for b in buffers) == [51, 51, 51]
@@ -121,6 +138,7 @@ def parsed_run(tmp_path_factory) -> dict[str, Any]:
     return found
 
 
+@needs_tool
 @pytest.mark.timeout(120)
 def test_vine_parse_finds_every_task_worker_file_and_transfer(parsed_run):
     found = parsed_run
@@ -173,33 +191,48 @@ def test_vine_parse_finds_every_task_worker_file_and_transfer(parsed_run):
     assert incoming == 3 * 2 + 3
 
 
+@needs_tool
 @pytest.mark.timeout(120)
-def test_vine_parse_sees_the_attempt_lost_with_a_killed_worker(tmp_path, start_worker):
+def test_vine_parse_sees_the_attempt_lost_with_a_killed_worker_and_the_recovery_task(tmp_path, start_worker):
     marker = tmp_path / "started"
     with vine.Manager(port=0, run_info_path=str(tmp_path / "info")) as m:
         first = start_worker(m, cores=1)
         wait_for_workers(m, 1)
+        temp = m.declare_temp()
+        producer = vine.Task("echo made > t.txt")
+        producer.add_output(temp, "t.txt")
+        m.submit(producer)
+        assert m.wait(30) is producer and producer.result == "success"
         out = m.declare_buffer(None)
-        t = vine.Task(f"if [ -e {marker} ]; then echo again > o.txt; else touch {marker}; sleep 60; fi")
-        t.add_output(out, "o.txt")
-        m.submit(t)
+        long = vine.Task(f"if [ -e {marker} ]; then echo again > o.txt; else touch {marker}; sleep 60; fi")
+        long.add_output(out, "o.txt")
+        m.submit(long)
         wait_until(marker.exists, 30, "the task to start")
-        first.kill()  # SIGKILL, mid-task
+        first.kill()  # SIGKILL, mid-task: the attempt and the only copy of the temp are lost
         wait_until(lambda: m.stats.workers_connected == 0, 30, "the manager to notice the lost worker")
         start_worker(m, cores=1)
-        (back,) = drain(m, 60)
-        assert back.result == "success" and out.contents() == b"again\n"
+        consumer = vine.Task("cat t.txt")
+        consumer.add_input(temp, "t.txt")
+        m.submit(consumer)
+        back = drain(m, 60)
+        assert sorted(t.id for t in back) == sorted([long.id, consumer.id])
+        assert out.contents() == b"again\n" and consumer.output == "made\n"
         run_dir = m.runtime_directory
 
     found = vine_parse(run_dir)
     meta = found["metadata"]
     assert meta["total_workers"] == 2
-    assert meta["total_tasks"] == 2  # the tool counts attempts: one lost, one that succeeded
+    # The tool counts attempts: the producer, two of the long task, the recovery task, the consumer.
+    assert meta["total_tasks"] == 5 and meta["recovery_tasks"] == 1 and meta["successful_tasks"] == 4
     tasks = found["tasks"]
-    lost, second = tasks[(back.id, 1)], tasks[(back.id, 2)]
+    lost, second = tasks[(long.id, 1)], tasks[(long.id, 2)]
     assert lost.task_status == WORKER_DISCONNECTED and lost.worker_entry != second.worker_entry
-    assert second.task_status == SUCCESS and addr(second.worker_entry) == back.addrport
-    assert found["files"][out.cache_name].producers == {(back.id, 1), (back.id, 2)}
+    assert second.task_status == SUCCESS and addr(second.worker_entry) == long.addrport
+    assert found["files"][out.cache_name].producers == {(long.id, 1), (long.id, 2)}
+    (recovery,) = [t for t in tasks.values() if t.is_recovery_task]
+    assert recovery.task_status == SUCCESS and addr(recovery.worker_entry) == consumer.addrport
+    assert found["files"][temp.cache_name].producers == {(producer.id, 1), (recovery.task_id, 1)}
+    assert addr(tasks[(producer.id, 1)].worker_entry) == producer.addrport != consumer.addrport
 
 
 def _free_port() -> int:
@@ -208,6 +241,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@needs_tool
 @pytest.mark.timeout(120)
 def test_vine_report_serves_a_parsed_run(parsed_run):
     run_dir = parsed_run["run_dir"]
