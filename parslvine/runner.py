@@ -68,8 +68,12 @@ def _default_data_methods() -> bool:
 
 
 # What a worker imports once so that calls skip it (PythonTask.set_warm_imports, library imports).
-WARM_IMPORTS = ["parsl.app.errors", "parsl.data_provider.files", "parsl.serialize", "parsl.utils", "parsl.app.bash",
-                "parsl.app.python", "parslvine.runner"]
+# ``parslvine.lean`` comes first: in the fork server it makes the rest load only what a call needs,
+# not all of Parsl (see that module; a fork costs in proportion to the memory the server maps). An
+# app whose function needs more (a bash app's lives in ``parsl.app.bash``) loads it when the server
+# first unpickles that function, once per worker.
+WARM_IMPORTS = ["parslvine.lean", "parsl.app.errors", "parsl.data_provider.files", "parsl.serialize", "parsl.utils",
+                "parslvine.runner"]
 
 
 def _remap(file: Any, names: dict[str, str]) -> None:

@@ -1,0 +1,125 @@
+"""The lean ``parsl`` of the workers' fork servers (parslvine.lean): small forks, same meaning."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from .conftest import make_executor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _fresh_python(code: str) -> str:
+    env = dict(os.environ, PYTHONPATH=ROOT + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else ""))
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_lean_package_loads_only_what_a_call_needs_and_the_rest_on_first_use():
+    out = _fresh_python("""
+        import pickle, sys
+        import parslvine.lean as lean
+        from parslvine.runner import WARM_IMPORTS, decode_data, run_parsl_call
+        for name in WARM_IMPORTS:
+            __import__(name)
+        assert lean.is_lazy(), "parsl was loaded whole by the warm imports"
+        assert "parsl.dataflow.dflow" not in sys.modules and "parsl.executors" not in sys.modules
+        from parsl.serialize import serialize
+        from parslvine.runner import encode_data
+        import operator
+        reply = run_parsl_call(serialize(operator.add), encode_data({"args": (2, 3), "kwargs": {}}), {}, [])
+        value, placeholders = pickle.loads(reply)
+        assert decode_data(value) == 5 and placeholders == []
+        assert lean.is_lazy(), "running a call loaded all of parsl"
+        from parsl import python_app        # a name of the package itself: the real __init__ runs
+        import parsl
+        from parsl.version import VERSION
+        assert not lean.is_lazy() and parsl.__version__ == VERSION and "parsl.dataflow.dflow" in sys.modules
+        assert parsl.python_app is python_app and parsl.load.__qualname__ == "DataFlowKernelLoader.load"
+        import parsl.app.python             # a module outside the lean set, after the package loaded
+        import parsl.app.bash               # and the rest imports as usual
+        print("ok")
+    """)
+    assert out.strip() == "ok"
+
+
+def test_a_heavy_parsl_module_imported_first_loads_the_package_in_parsls_own_order():
+    # parsl.app.bash -> parsl.app.app -> the DFK -> ... -> "from parsl import ..." : Parsl's import
+    # cycles only resolve when parsl/__init__ runs first, so the lean package runs it first here.
+    out = _fresh_python("""
+        import parslvine.lean as lean
+        import parsl.serialize
+        assert lean.is_lazy()
+        import parsl.app.bash
+        from parsl import bash_app
+        assert not lean.is_lazy() and bash_app.__module__ == "parsl.app.app"
+        print("ok")
+    """)
+    assert out.strip() == "ok"
+
+
+def test_lean_install_leaves_an_imported_parsl_alone():
+    out = _fresh_python("""
+        import parsl
+        import parslvine.lean as lean
+        assert lean.install() is False and not lean.is_lazy() and type(sys.modules["parsl"]).__name__ == "module"
+        print("ok")
+    """.replace("import parsl\n", "import sys, parsl\n", 1))
+    assert out.strip() == "ok"
+
+
+def _dflow_loaded() -> bool:
+    import sys
+
+    return "parsl.dataflow.dflow" in sys.modules
+
+
+def _version_and_dflow() -> tuple[str, bool]:
+    import sys
+
+    import parsl
+
+    return parsl.__version__, "parsl.dataflow.dflow" in sys.modules
+
+
+@pytest.fixture(scope="module")
+def regular_dfk(tmp_path_factory) -> Iterator[Any]:
+    import parsl
+    from parsl.config import Config
+
+    run_dir = tmp_path_factory.mktemp("parsl-lean")
+    d = parsl.load(Config(executors=[make_executor("regular")], run_dir=str(run_dir / "runinfo"), initialize_logging=False))
+    try:
+        yield d
+    finally:
+        d.cleanup()
+
+
+@pytest.mark.timeout(120)
+def test_regular_calls_fork_from_a_lean_server_and_parsl_names_still_work(regular_dfk, in_tmp):
+    from parsl import bash_app, python_app
+    from parsl.version import VERSION
+
+    dflow_loaded = python_app(_dflow_loaded)
+    version_and_dflow = python_app(_version_and_dflow)
+    assert dflow_loaded().result(60) is False  # the fork server (and so its child) never loaded the DFK
+    # A call that reads a name of the package gets the real one: its own process loads all of Parsl.
+    assert version_and_dflow().result(60) == (VERSION, True)
+    assert dflow_loaded().result(60) is False  # ... and only that child did: the server stays lean
+
+    @bash_app
+    def echo(stdout: str = "out.txt") -> str:
+        return "echo lean-bash"
+
+    echo(stdout=os.path.join(in_tmp, "out.txt")).result(60)  # its function lives in parsl.app.bash: loaded on demand
+    with open(os.path.join(in_tmp, "out.txt")) as fh:
+        assert fh.read().strip() == "lean-bash"
+    assert version_and_dflow().result(60) == (VERSION, True)
