@@ -85,6 +85,7 @@ class TaskFinished(Event):
     runtime: float = 0.0
     exceeded: tuple[str, ...] = ()  # resources the watchdog found over the allocation
     missing_input: bool = False  # forsaken because an input (a URL) could not be obtained there
+    measured: Resources | None = None  # peaks the worker's monitor saw (None: not monitored)
 
 
 @dataclass(frozen=True)

@@ -290,7 +290,8 @@ class WorkerLinks:
             arrived.append(CacheUpdated(now, link.id, str(name), int(size)))
         self._apply(*arrived, TaskFinished(now, link.id, tid, result, code, bool(frame.get("retry")),
                                  tuple(frame.get("unlinked") or ()), max(0.0, end - start) if start else 0.0,
-                                 tuple(frame.get("limits") or ()), bool(frame.get("missing_input"))))
+                                 tuple(frame.get("limits") or ()), bool(frame.get("missing_input")),
+                                 Resources.from_dict(frame["measured"]) if frame.get("measured") else None))
 
     def _start_fetch(self, f: File, fut: concurrent.futures.Future[bytes]) -> None:
         rec = self._state.files.get(f.cache_name)

@@ -32,6 +32,7 @@ from typing import Any, Callable
 from . import constants as C
 from .catalog import DEFAULT_INTERVAL as CATALOG_UPDATE_INTERVAL
 from .catalog import Registration as CatalogRegistration
+from .category_methods import CategoryMethods
 from .errors import ManagerError, TaskError, TuneError
 from .files import File, check_local_path
 from .functional import FunctionalMixin
@@ -129,7 +130,7 @@ def _bind(port: Any) -> socket.socket:
     raise ManagerError(f"cannot listen on port {port}: {last}; choose another port, or port=0 for any free one")
 
 
-class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin):
+class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods):
     """Submit tasks and wait for their results; workers connect to ``port`` (``vine_worker HOST PORT``).
 
     ``Manager(port=0)`` listens on any free port (``m.port`` tells which). With ``name=`` the
@@ -369,6 +370,8 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin):
         value = float(value)
         if key == "disk-proportion-available-to-task" and not 0 < value < 1:
             raise ValueError("disk-proportion-available-to-task must be between 0 and 1")
+        if key == "category-steady-n-tasks" and not (math.isfinite(value) and value >= 1):
+            raise ValueError(f"category-steady-n-tasks must be a number of tasks >= 1, not {value}")
         if key == "update-interval":
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"update-interval must be a positive finite number of seconds, not {value}")

@@ -53,6 +53,7 @@ from .events import (  # noqa: F401 - re-exported
     WorkerJoined,
     WorkerLost,
 )
+from .categories import CategoryBook
 from .library_state import LibraryBook
 from .records import FileRecord, ReplicaState, TaskRecord, TaskState, WorkerRecord  # noqa: F401 - re-exported
 from .pipelining import CallPipelining
@@ -105,6 +106,7 @@ DEFAULT_TUNING: dict[str, float] = {
     "transient-error-interval": 15,
     "peer-transfers": 1,
     "worker-prefetch": 1,  # short tasks queued per worker core beyond what runs (0 = off)
+    "category-steady-n-tasks": 25,  # measured tasks before an automatic category mode sizes its tasks
 }
 
 SHORT_TASK = 1.0  # s: categories whose tasks take less than this on average may be prefetched
@@ -165,6 +167,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
             Tick: self._on_tick,
         }
         self.libs = LibraryBook()  # libraries and function calls (core/library_state.py)
+        self.categories = CategoryBook()  # category maxima, modes and measured peaks (core/categories.py)
         self._handlers.update(self.libs.handlers(self))
 
     # -- entry point ---------------------------------------------------------------------------------
@@ -371,6 +374,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
             return  # a late report for a task already cancelled or moved elsewhere
         if rec.task.library_required is not None:
             self.libs.call_ended(self, rec, ev, out)
+        allocated = rec.allocation
         self._release(rec)
         if w is not None:
             w.completed += 1
@@ -378,6 +382,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
         if ev.result == C.VINE_RESULT_SUCCESS and rec.task.library_required is None:
             n, mean = self.category_time.get(rec.task.category, (0, 0.0))
             self.category_time[rec.task.category] = (n + 1, ev.runtime if n == 0 else 0.9 * mean + 0.1 * ev.runtime)
+            self.categories.record(rec.task.category, ev.measured, ev.runtime)
         if ev.result == C.VINE_RESULT_FORSAKEN:
             rec.forsaken += 1
             if rec.task.max_forsaken >= 0 and rec.forsaken > rec.task.max_forsaken:
@@ -390,20 +395,23 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
         if ev.retry:
             self._retry_or_fail(rec, ev.result, out)
             return
-        if ev.result == C.VINE_RESULT_RESOURCE_EXHAUSTION and self._may_grow(rec, ev.exceeded):
+        if ev.result == C.VINE_RESULT_RESOURCE_EXHAUSTION and self._may_grow(rec, ev.exceeded, allocated):
             rec.exhaustions += 1
             self.stats["tasks_exhausted_attempts"] += 1
             self._retry_or_fail(rec, ev.result, out)
             return
         self._finish(rec, ev.result, ev.exit_code, out)
 
-    def _may_grow(self, rec: TaskRecord, exceeded: tuple[str, ...]) -> bool:
-        """Retry larger only if the task went over a share we chose (not a value the user set), once,
-        and within the task's own retry limit."""
+    def _may_grow(self, rec: TaskRecord, exceeded: tuple[str, ...], allocated: Resources) -> bool:
+        """Retry at the category's largest box only if the task went over a share we chose, once,
+        within its own retry limit, and some worker offers more (rules: core/categories.py)."""
         t = rec.task
-        if rec.exhaustions >= 1 or (t.max_retries > 0 and rec.exhaustions >= t.max_retries):
+        if t.max_retries > 0 and rec.exhaustions >= t.max_retries:
             return False
-        return not any(t.requested.get(r, -1) > 0 for r in exceeded)
+        largest = Resources(*(max((max(getattr(w.total, f), 0) for w in self.workers.values()), default=0)
+                              for f in ("cores", "memory", "disk", "gpus")))
+        return self.categories.may_grow(t.category, t.requested, rec.exhaustions, exceeded, allocated, largest,
+                                        self.tuning["disk-proportion-available-to-task"])
 
     def _on_file_undeclared(self, ev: FileUndeclared, out: list[Instruction]) -> None:
         frec = self.files.get(ev.name)
@@ -556,6 +564,10 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
 
     # -- scheduling ----------------------------------------------------------------------------------------
     def _allocation(self, rec: TaskRecord, w: WorkerRecord) -> Resources:
+        cat = self.categories.active(rec.task.category) if rec.task.library_required is None else None
+        if cat is not None:
+            return self.categories.allocation(cat, rec.task.requested, rec.exhaustions > 0, w.total, self.allocation_policy,
+                                              int(self.tuning["category-steady-n-tasks"]))
         req = Resources.from_dict(rec.task.requested)
         if rec.exhaustions:
             # It outgrew its proportional share: give it the whole worker, keeping the user's own values.
