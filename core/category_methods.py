@@ -91,6 +91,23 @@ class CategoryMethods:
             return cat.describe(book.mode_of(cat), int(self._state.tuning["category-steady-n-tasks"]))
         return dict(self._call(describe))
 
+    def _category_status(self) -> list[dict[str, Any]]:
+        """``status("categories")``: every configured category and every category of a task the
+        manager holds, with its running and waiting counts (runs in the I/O thread)."""
+        book = self._state.categories
+        steady_n = int(self._state.tuning["category-steady-n-tasks"])
+        counts: dict[str, dict[str, int]] = {name: {"tasks_running": 0, "tasks_waiting": 0} for name in book.categories}
+        for rec in self._state.tasks.values():
+            if rec.recovery or rec.state == "done":
+                continue
+            c = counts.setdefault(rec.task.category, {"tasks_running": 0, "tasks_waiting": 0})
+            c["tasks_running" if rec.state == "dispatched" else "tasks_waiting"] += 1
+        out = []
+        for name in sorted(counts):
+            cat = book.categories.get(name) or Category(name)
+            out.append({**cat.describe(book.mode_of(cat), steady_n), **counts[name]})
+        return out
+
     def _with_category(self, category: str, change: Callable[[Any], None], what: str, box: dict[str, float]) -> None:
         if not isinstance(category, str):
             raise TypeError(f"category must be a name (str), not {category!r}")

@@ -112,7 +112,9 @@ class WorkerLinks:
                      **{f"total_{k}": v for k, v in w.total.to_dict().items()}} for w in self._state.workers.values()]
         if what == "tasks":
             return [{"task_id": r.task.id, "state": r.state, "command": r.task.command, "worker": r.worker} for r in self._state.tasks.values()]
-        raise ValueError(f"unknown status request {what!r}; use manager, workers or tasks")
+        if what == "categories":
+            return self._category_status()  # core/category_methods.py
+        raise ValueError(f"unknown status request {what!r}; use manager, workers, tasks or categories")
 
     def _waiting_requests(self) -> dict[str, float]:
         """Resources requested by waiting tasks (unset counts 1 core), so a factory can size workers."""

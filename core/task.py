@@ -58,14 +58,56 @@ _SETTER_KEYWORDS = (
 ).split()
 
 
+# The worker's own entries in every sandbox (core/worker.py, core/worker_sandbox.py): a task's file
+# under one of these names would be overwritten by the worker, or would overwrite what it keeps there.
+_WORKER_SANDBOX_NAMES = frozenset({".taskvine.tmp"})
+_WORKER_SANDBOX_PREFIXES = (".vine-", "__vine_env_")
+
+
 def _check_remote_name(remote_name: Any) -> str:
+    """``remote_name`` if it names a place strictly inside the sandbox, else a ValueError saying why.
+
+    Each ``/``-separated part must be a real name: not empty (a leading, doubled or trailing ``/``),
+    not ``.`` or ``..`` (which would name the sandbox itself or climb out of it), without NUL; the
+    first part must not be one of the worker's own sandbox entries.
+    """
     if not isinstance(remote_name, str) or not remote_name:
         raise ValueError(f"remote_name must be a non-empty string, got {remote_name!r}")
     if remote_name.startswith("/"):
         raise ValueError(f"remote_name {remote_name!r} must be relative to the sandbox (no leading '/')")
-    if ".." in remote_name.split("/"):
+    if "\0" in remote_name:
+        raise ValueError(f"remote_name {remote_name!r} contains a NUL character")
+    parts = remote_name.split("/")
+    if ".." in parts:
         raise ValueError(f"remote_name {remote_name!r} must stay inside the sandbox (no '..')")
+    if "." in parts:
+        raise ValueError(f"remote_name {remote_name!r} has a '.' part: name the file itself, not the directory it is in")
+    if "" in parts:
+        raise ValueError(f"remote_name {remote_name!r} has an empty part (a doubled or trailing '/')")
+    first = parts[0]
+    if first in _WORKER_SANDBOX_NAMES or first.startswith(_WORKER_SANDBOX_PREFIXES):
+        raise ValueError(
+            f"remote_name {remote_name!r} collides with the worker's own sandbox files "
+            f"({', '.join(sorted(_WORKER_SANDBOX_NAMES))} and names starting with {' or '.join(_WORKER_SANDBOX_PREFIXES)})"
+        )
     return remote_name
+
+
+def _check_mount_conflict(mounts: list[Mount], file: File, remote_name: str, what: str) -> bool:
+    """Whether ``(file, remote_name)`` is already among ``mounts``; a clash with another mount raises.
+
+    Two different files under one name, or one under the other (``d`` and ``d/x``), cannot both be
+    placed in a sandbox.
+    """
+    for m in mounts:
+        if m.remote_name == remote_name:
+            if m.file is file:
+                return True
+            raise ValueError(f"{what} {remote_name!r} is already taken by {m.file!r} in this task")
+        shorter, longer = sorted((m.remote_name, remote_name), key=len)
+        if longer.startswith(shorter + "/"):
+            raise ValueError(f"{what} {remote_name!r} and {m.remote_name!r} overlap: one would be placed inside the other")
+    return False
 
 
 class Task:
@@ -223,6 +265,8 @@ class Task:
             raise TypeError(f"add_input needs a File from Manager.declare_*, got {type(file).__name__}")
         _check_remote_name(remote_name)
         flags = (C.VINE_FIXED_LOCATION if strict_input else 0) | (C.VINE_MOUNT_SYMLINK if mount_symlink else 0)
+        if _check_mount_conflict(self.inputs, file, remote_name, "input remote_name"):
+            return  # the same file under the same name: already there
         warn_if_missing(file, remote_name)
         self.inputs.append(Mount(file, remote_name, flags))
 
@@ -237,6 +281,8 @@ class Task:
         if failure_only and success_only:
             raise ValueError("an output cannot be both failure_only and success_only")
         flags = (C.VINE_WATCH if watch else 0) | (C.VINE_FAILURE_ONLY if failure_only else 0) | (C.VINE_SUCCESS_ONLY if success_only else 0)
+        if _check_mount_conflict(self.outputs, file, remote_name, "output remote_name"):
+            raise ValueError(f"output {file!r} is already collected from {remote_name!r} in this task")
         self.outputs.append(Mount(file, remote_name, flags))
 
     # -- properties --------------------------------------------------------------------------------------

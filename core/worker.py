@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -47,6 +46,8 @@ from .protocol import Frame
 from .worker_python import WorkerPythonMixin
 from .worker_sandbox import WorkerSandboxes
 from .worker_transfers import WorkerTransfers
+from .worker_cache import WorkerCache
+from .worker_reaper import TaskReaper
 
 log = logging.getLogger("vine_worker")
 
@@ -90,7 +91,8 @@ class RunningTask:
     is_minitask: bool = False
 
 
-class Worker(WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
+    linked: list[str] = field(default_factory=list)  # cache entries the sandbox reaches (checked after the task)
+class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.workdir = os.path.abspath(args.workdir or f"/tmp/worker-{os.getuid()}-{os.getpid()}")
@@ -116,7 +118,10 @@ class Worker(WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
         self.receivers: dict[str, FileReceiver] = {}
         self.last_work = time.monotonic()
         self.end_time = time.time() + args.wall_time if args.wall_time else 0.0
+        self.cache_stamps: dict[str, str] = {}  # name -> stamp of an on-disk entry when it arrived (worker_sandbox)
+        self.reaper: TaskReaper | None = None  # kills task process groups if this worker dies (main)
         self.transfer_server: asyncio.base_events.Server | None = None
+        self.drop_on_arrival: set[str] = set()  # pending names nothing here needs any more (WorkerCache._cache_ready)
         self.transfer_port = 0
         self._stop = asyncio.Event()
         self._free_sandboxes: list[str] = []
@@ -129,74 +134,6 @@ class Worker(WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
         self.memory: dict[str, bytes] = {}
         self.memory_bytes = 0
         self._load_cache()
-
-    # -- cache -------------------------------------------------------------------------------------
-    def cache_path(self, name: str) -> str:
-        if "/" in name or name in ("", ".", ".."):
-            raise ProtocolError(f"illegal cache name {name!r}")
-        return os.path.join(self.cache_dir, name)
-
-    def _load_cache(self) -> None:
-        """Keep `forever` files from an earlier run on this workspace; drop the rest."""
-        for name in os.listdir(self.cache_dir):
-            meta = os.path.join(self.meta_dir, name)
-            level = -1
-            try:
-                with open(meta) as fh:
-                    info = json.load(fh)
-                level, size = int(info["level"]), int(info["size"])
-            except (OSError, ValueError, KeyError):
-                size = 0
-            if level >= C.VINE_CACHE_LEVEL_FOREVER:
-                self.cache[name] = (size, level)
-            else:
-                self._unlink(name)
-
-    def _add_cache(self, name: str, level: int) -> int:
-        data = self.memory.get(name)
-        size = len(data) if data is not None else path_size(self.cache_path(name))
-        self.cache[name] = (size, level)
-        if level >= C.VINE_CACHE_LEVEL_FOREVER:
-            with open(os.path.join(self.meta_dir, name), "w") as fh:
-                json.dump({"level": level, "size": size}, fh)
-        return size
-
-    def _unlink(self, name: str) -> None:
-        self.cache.pop(name, None)
-        data = self.memory.pop(name, None)
-        if data is not None:
-            self.memory_bytes -= len(data)
-            return
-        for path in (os.path.join(self.cache_dir, name), os.path.join(self.meta_dir, name)):
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path, ignore_errors=True)
-            elif os.path.lexists(path):
-                os.unlink(path)
-
-    def _drop_levels_below(self, level: int) -> None:
-        for name, (_size, lvl) in list(self.cache.items()):
-            if lvl < level:
-                self._unlink(name)
-
-    def _cache_ready(self, name: str, level: int) -> None:
-        size = self._add_cache(name, level)
-        self.send({"type": "cache_update", "name": name, "size": size})
-        fut = self.pending.pop(name, None)
-        if fut is not None and not fut.done():
-            fut.set_result(True)
-
-    def _cache_failed(self, name: str, reason: str) -> None:
-        log.warning("could not obtain %s: %s", name, reason)
-        self.send({"type": "cache_invalid", "name": name, "reason": reason})
-        fut = self.pending.pop(name, None)
-        if fut is not None and not fut.done():
-            fut.set_result(False)
-
-    def _expect(self, name: str) -> asyncio.Future[bool]:
-        fut = self.pending.get(name)
-        if fut is None:
-            fut = self.pending[name] = asyncio.get_running_loop().create_future()
-        return fut
 
     # -- connection ------------------------------------------------------------------------------------
     def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
@@ -225,6 +162,8 @@ class Worker(WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
         self.transfer_server = await self._start_transfer_server()
         self.transfer_port = self.transfer_server.sockets[0].getsockname()[1]
         watchdog = asyncio.create_task(self._watchdog())
+        # First, while this process holds nothing but its workspace: the guardian forked here keeps no copy.
+        self.reaper = TaskReaper()
         try:
             return await self._connect_loop()
         finally:
@@ -237,6 +176,8 @@ class Worker(WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
                 shutil.rmtree(self.workdir, ignore_errors=True)
 
     async def _watchdog(self) -> None:
+            if self.reaper is not None:
+                self.reaper.close()
         parent = os.getppid()
         while not self._stop.is_set():
             await asyncio.sleep(0.5)
@@ -326,6 +267,7 @@ class Worker(WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
         self.conn = conn
         conn.send({
             "type": "ready",
+        self.drop_on_arrival.clear()
             "worker_id": self.id,
             "hostname": socket.gethostname(),
             "resources": self.total,
@@ -387,6 +329,7 @@ class Worker(WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
             if r is None:
                 raise ProtocolError(f"chunk for {frame['name']} without file_begin")
             r.chunk(frame)
+            self.drop_on_arrival.discard(name)
         elif t == "file_end":
             r = self.receivers.pop(frame["name"], None)
             if r is None:
@@ -415,12 +358,15 @@ class Worker(WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
             self._fetch_peer(frame["name"], frame["source"], int(frame["level"]))
         elif t == "minitask":
             self._expect(frame["name"])
+            self.drop_on_arrival.discard(frame["name"])
             self._spawn(self._run_minitask(frame["name"], frame["task"], int(frame["level"])))
         elif t == "get":
             self._spawn(self._send_back(frame["name"], frame.get("request")))
+            self.drop_on_arrival.discard(frame["name"])
         elif t == "unlink":
             if frame["name"] not in self.pending:
                 self._unlink(frame["name"])
+            self.drop_on_arrival.discard(frame["name"])
         elif t == "keepalive":
             self.send({"type": "alive", "committed": self.committed, "tasks": len(self.tasks)})
         else:
@@ -428,6 +374,8 @@ class Worker(WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
 
     # -- running tasks ----------------------------------------------------------------------------------
     def _fits(self, alloc: dict[str, float]) -> list[str]:
+            else:
+                self.drop_on_arrival.add(frame["name"])
         """Resources ``alloc`` would push over this worker's total (empty if it fits now)."""
         return [k for k in self.committed if max(alloc.get(k, 0), 0) + self.committed[k] > self.total[k] + 1e-9 and self.total[k] >= 0]
 
@@ -440,6 +388,8 @@ class Worker(WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
             self.prefetched.append(rt)
             self.last_work = time.monotonic()
             return
+        if self.drop_on_arrival:
+            self.drop_on_arrival.difference_update(i["name"] for i in spec.get("inputs") or ())
         over = self._fits(alloc)
         if over:
             self.send({"type": "complete", "id": tid, "result": C.VINE_RESULT_FORSAKEN, "exit_code": -1, "reason": f"no room for {over}"})
@@ -530,6 +480,8 @@ class Worker(WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
             try:
                 pid, status = os.waitpid(rt.pid, os.WNOHANG)
             except ChildProcessError:
+        if self.reaper is not None:
+            self.reaper.started(rt.pid)  # its session dies with this worker, even a SIGKILLed one
                 pid, status = rt.pid, 255 << 8
             if pid == 0:
                 return
@@ -550,6 +502,8 @@ class Worker(WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
             pidfd = os.pidfd_open(rt.pid)
             loop.add_reader(pidfd, reap)
         except (AttributeError, OSError):
+            if self.reaper is not None:
+                self.reaper.ended(rt.pid)
             pidfd = -1
             loop.run_in_executor(None, lambda: (os.waitid(os.P_PID, rt.pid, os.WEXITED | os.WNOWAIT), loop.call_soon_threadsafe(reap)))
         timers = []

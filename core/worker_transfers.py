@@ -36,7 +36,7 @@ class WorkerTransfers:
     async def _send_back(self, name: str, request: Any) -> None:
         path = self.cache_path(name)
         data = self.memory.get(name)
-        if name not in self.cache or (data is None and not os.path.lexists(path)):
+        if not self._verify_cached(name, "a running task") or name not in self.cache or (data is None and not os.path.lexists(path)):
             self.send({"type": "cache_invalid", "name": name, "reason": "not in cache", "request": request})
             return
         assert self.conn is not None
@@ -195,7 +195,7 @@ class WorkerTransfers:
                 name = str(fr["name"])
                 path = self.cache_path(name)
                 data = self.memory.get(name)
-                if name not in self.cache or (data is None and not os.path.lexists(path)):
+                if not self._verify_cached(name, "a running task") or name not in self.cache or (data is None and not os.path.lexists(path)):
                     conn.send({"type": "error", "reason": f"{name} not in cache"})
                     await conn.drain()
                     continue
@@ -228,6 +228,7 @@ class WorkerTransfers:
         finally:
             shutil.rmtree(rt.sandbox, ignore_errors=True)
         self._cache_ready(name, level)
+            self._verify_linked(rt)
 
     async def _gather_inputs(self, spec: dict[str, Any]) -> bool:
         ok = True

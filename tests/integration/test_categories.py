@@ -58,6 +58,9 @@ def test_a_category_learns_on_whole_workers_then_runs_at_the_measured_size(manag
     assert manager.stats.tasks_exhausted_attempts == 1
     # Its peak is now the largest seen: later tasks of the category are sized for it.
     assert manager.category_resources("hog")["sized"]["memory"] == 500
+    (status,) = [c for c in manager.status("categories") if c["category"] == "hog"]
+    assert status["mode"] == "max" and status["samples"] == 4 and status["tasks_waiting"] == 0
+    assert status["max_seen"]["memory"] >= 400
 
 
 @pytest.mark.timeout(90)
