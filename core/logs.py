@@ -15,6 +15,7 @@ TaskVine's words. Free-text messages are kept from looking like those lines to t
 
 from __future__ import annotations
 
+import collections
 import functools
 import getpass
 import itertools
@@ -81,13 +82,18 @@ def tool_safe(text: str) -> str:
     return _TOOL_WORDS.sub(NO_BREAK_SPACE, text)
 
 
+# " state change: READY (1) to RUNNING (2)" for every pair of states, indexed [old][new].
+_STATE_CHANGES = [[f" state change: {C.TASK_STATE_NAMES[a]} ({a}) to {C.TASK_STATE_NAMES[b]} ({b})" for b in range(6)]
+                  for a in range(6)]
+
+
 @functools.lru_cache(maxsize=1024)
-def _task_shape_lines(tx: str, library: str | None, category: str, cores: float, gpus: float, memory: float,
+def _task_shape_lines(library: str | None, category: str, cores: float, gpus: float, memory: float,
                       disk: float) -> tuple[str, ...]:
-    # The lines a task message shares with every task of its shape sent to the same worker: made once.
-    head = [f"{tx}needs_library {library}"] if library else []
-    return (*head, f"{tx}category {_url_encoded(category)}", f"{tx}cores {_fmt(cores)}", f"{tx}gpus {_fmt(gpus)}",
-            f"{tx}memory {_fmt(memory)}", f"{tx}disk {_fmt(disk)}")
+    # The lines a task message shares with every task of its shape: made once per shape.
+    head = [f"needs_library {library}"] if library else []
+    return (*head, f"category {_url_encoded(category)}", f"cores {_fmt(cores)}", f"gpus {_fmt(gpus)}",
+            f"memory {_fmt(memory)}", f"disk {_fmt(disk)}")
 
 
 def _url_encoded(name: str) -> str:
@@ -127,6 +133,9 @@ class RunLogs:
         self._lock = threading.Lock()
         self.start_us = _now_us()
         self._debug = self._open("debug")
+        # Debug lines wait here until the ticker's flush: a deque append needs no lock and no write
+        # call, and a task's life writes five blocks of them.
+        self._debug_queue: collections.deque[str] = collections.deque()
         self._tx = self._open("transactions")
         self._perf = self._open("performance")
         self._graph = self._open("taskgraph")
@@ -168,9 +177,19 @@ class RunLogs:
 
     def flush(self) -> None:
         with self._lock:
+            self._drain_debug_queue()
             for fh in (self._debug, self._tx, self._perf, self._graph):
                 if not fh.closed:
                     fh.flush()
+
+    def _drain_debug_queue(self) -> None:
+        # Under self._lock. popleft until empty: a line appended meanwhile by another thread is
+        # either taken now or at the next flush, never lost.
+        queue, chunk = self._debug_queue, []
+        while queue:
+            chunk.append(queue.popleft())
+        if chunk and not self._debug.closed:
+            self._debug.write("".join(chunk))
 
     def _prefix(self) -> str:
         """``2026/12/01 13:02:54.01 vine_manager[PID]``: formatted once per hundredth of a second."""
@@ -185,13 +204,16 @@ class RunLogs:
 
     def debug(self, msg: str, flag: str = "vine") -> None:
         """A free-text line of the debug log (see :func:`tool_safe`)."""
-        self._write(self._debug, f"{self._prefix()}{flag}: {tool_safe(msg)}\n")
+        self._debug_queue.append(f"{self._prefix()}{flag}: {tool_safe(msg)}\n")
 
     def _debug_lines(self, lines: Iterable[str], flag: str = "vine") -> None:
         # One write for a block: the report tool reads a task's "tx to .. task N" .. "end" lines, and
         # a worker's "resources" .. "end" lines, as one unit, so no other thread's line may fall inside.
         head = f"{self._prefix()}{flag}: "
-        self._write(self._debug, head + ("\n" + head).join(lines) + "\n")
+        self._debug_queue.append(head + ("\n" + head).join(lines) + "\n")
+
+    def _debug_line(self, line: str) -> None:
+        self._debug_queue.append(f"{self._prefix()}vine: {line}\n")
 
     # -- TaskVine's debug-log lines (what its report tool reads) -------------------------------------------
     def manager_listening(self, port: int) -> None:
@@ -200,27 +222,31 @@ class RunLogs:
     def _state_line(self, tid: int, new: int) -> str:
         old = self._task_states.get(tid, C.VINE_TASK_INITIAL)
         self._task_states[tid] = new
-        names = C.TASK_STATE_NAMES
-        return f"Task {tid} state change: {names[old]} ({old}) to {names[new]} ({new})"
+        return f"Task {tid}{_STATE_CHANGES[old][new]}"
 
     def debug_worker_joined(self, host: str, addr: str, wid: str, resources: Mapping[str, float],
                             transfer_port: int | None, cache: Mapping[str, int], files: Mapping[str, File]) -> None:
         """A worker connected: its address, id, resources, transfer port and what its cache holds."""
-        rx = f"rx from {host} ({addr}): "
-        lines = [f"worker {addr} connected", f"{rx}info worker-id {wid}", f"{rx}resources"]
-        lines += [f"{rx}{r} {float(resources.get(r, 0)):.6f}" for r in ("cores", "memory", "disk", "gpus")]
-        lines.append(f"{rx}end")
+        body = [f"info worker-id {wid}", "resources"]
+        body += [f"{r} {float(resources.get(r, 0)):.6f}" for r in ("cores", "memory", "disk", "gpus")]
+        body.append("end")
         if transfer_port:
-            lines.append(f"{rx}transfer-port {transfer_port}")
+            body.append(f"transfer-port {transfer_port}")
         # Files kept from an earlier run: a worker (or forever) level, since they outlived their manager.
-        lines += [self._cache_update_line(rx, wid, name, size, files.get(name), C.VINE_CACHE_LEVEL_WORKER)
-                  for name, size in cache.items()]
-        self._debug_lines(lines)
+        body += [self._cache_update(wid, name, size, files.get(name), C.VINE_CACHE_LEVEL_WORKER) for name, size in cache.items()]
+        self._message_block([f"worker {addr} connected"], f"rx from {host} ({addr}): ", body, [])
 
     def debug_worker_left(self, host: str, addr: str, wid: str) -> None:
         for key in [k for k in self._transfer_ids if k[0] == wid]:
             del self._transfer_ids[key]
-        self._debug_lines([f"worker {host} ({addr}) removed"])
+        self._debug_line(f"worker {host} ({addr}) removed")
+
+    def _message_block(self, before: list[str], channel: str, body: list[str], after: list[str]) -> None:
+        """``before`` lines, then ``body`` lines each after ``channel`` ("tx to H (A): "), then ``after``:
+        one write. The channel and the time are joined in by str.join, not formatted per line."""
+        sep = f"\n{self._prefix()}vine: "
+        text = sep.join([*before, channel + (sep + channel).join(body), *after])
+        self._debug_queue.append(sep[1:] + text + "\n")
 
     def debug_task_sent(self, host: str, addr: str, task: Task, allocation: Mapping[str, float],
                         library: str | None = None, recreates: Iterable[str] = ()) -> None:
@@ -230,24 +256,23 @@ class RunLogs:
         recovery task (``recreates`` names the lost temps it makes again) is announced first.
         """
         tid = task.id
-        tx = f"tx to {host} ({addr}): "
-        lines = []
+        before = []
         prev = self._task_states.get(tid)
         if prev is None:
-            lines.append(self._state_line(tid, C.VINE_TASK_READY))
-            lines += [f"Submitted recovery task {tid} ({tool_safe(task.command)}) to re-create lost temporary file {name}."
-                      for name in recreates]
+            before.append(self._state_line(tid, C.VINE_TASK_READY))
+            before += [f"Submitted recovery task {tid} ({tool_safe(task.command)}) to re-create lost temporary file {name}."
+                       for name in recreates]
         elif prev in (C.VINE_TASK_RUNNING, C.VINE_TASK_WAITING_RETRIEVAL):
-            lines.append(self._state_line(tid, C.VINE_TASK_READY))
-        lines += [f"{tx}task {tid}", f"{tx}cmd {len(task.command.encode())}"]
-        lines += _task_shape_lines(tx, library, task.category, allocation.get("cores", 0), allocation.get("gpus", 0),
-                                   allocation.get("memory", 0), allocation.get("disk", 0))
-        lines += [f"{tx}infile {m.file.cache_name} {_url_encoded(m.remote_name)} {m.flags}" for m in task.inputs]
-        lines += [f"{tx}outfile {m.file.cache_name} {_url_encoded(m.remote_name)} {m.flags}" for m in task.outputs]
-        lines.append(f"{tx}end")
-        lines.append(self._state_line(tid, C.VINE_TASK_RUNNING))
-        self._task_worker[tid] = f"{host} ({addr})"
-        self._debug_lines(lines)
+            before.append(self._state_line(tid, C.VINE_TASK_READY))
+        body = [f"task {tid}", f"cmd {len(task.command.encode())}",
+                *_task_shape_lines(library, task.category, allocation.get("cores", 0), allocation.get("gpus", 0),
+                                   allocation.get("memory", 0), allocation.get("disk", 0))]
+        body += [f"infile {m.file.cache_name} {_url_encoded(m.remote_name)} {m.flags}" for m in task.inputs]
+        body += [f"outfile {m.file.cache_name} {_url_encoded(m.remote_name)} {m.flags}" for m in task.outputs]
+        body.append("end")
+        where = f"{host} ({addr})"
+        self._task_worker[tid] = where
+        self._message_block(before, f"tx to {where}: ", body, [self._state_line(tid, C.VINE_TASK_RUNNING)])
 
     def debug_task_complete(self, host: str, addr: str, wid: str, tid: int, result: int, exit_code: int, stdout_len: int,
                             start: float, end: float, sandbox_mb: int, outputs: Mapping[str, int], kept: Mapping[str, int],
@@ -259,17 +284,16 @@ class RunLogs:
         """
         if tid not in self._task_states:
             return  # a library instance, or a task the log never announced: nothing the tool could place
-        rx = f"rx from {host} ({addr}): "
-        lines = [self._cache_update_line(rx, wid, name, size, files.get(name), C.VINE_CACHE_LEVEL_TASK)
-                 for name, size in outputs.items()]
-        lines.append(f"{rx}complete {result} {exit_code} {stdout_len} {stdout_len} {int(start * 1e6)} {int(end * 1e6)} {sandbox_mb} {tid}")
+        body = [self._cache_update(wid, name, size, files.get(name), C.VINE_CACHE_LEVEL_TASK) for name, size in outputs.items()]
+        body.append(f"complete {result} {exit_code} {stdout_len} {stdout_len} {int(start * 1e6)} {int(end * 1e6)} {sandbox_mb} {tid}")
         # Returned outputs the worker did not keep, and task-level inputs it removed (TaskVine's manager
         # would send "unlink" for each; our worker removes them itself and says so in "complete").
-        lines += [f"{rx}unlink {name}" for name in outputs if name not in kept]
-        lines += [f"{rx}unlink {name}" for name in unlinked]
+        body += [f"unlink {name}" for name in outputs if name not in kept]
+        body += [f"unlink {name}" for name in unlinked]
+        after = []
         if accepted and self._task_states[tid] == C.VINE_TASK_RUNNING:
-            lines.append(self._state_line(tid, C.VINE_TASK_WAITING_RETRIEVAL))
-        self._debug_lines(lines)
+            after.append(self._state_line(tid, C.VINE_TASK_WAITING_RETRIEVAL))
+        self._message_block([], f"rx from {host} ({addr}): ", body, after)
 
     def debug_task_retrieved(self, tid: int, done: bool = False) -> None:
         """The manager has the task's result (RETRIEVED); ``done``: no one will wait for it (a recovery task)."""
@@ -292,39 +316,39 @@ class RunLogs:
         if self._task_states.get(tid) == C.VINE_TASK_RETRIEVED:
             line = self._state_line(tid, C.VINE_TASK_DONE)
             del self._task_states[tid]
-            self._debug_lines([line])
+            self._debug_line(line)
 
     def debug_put(self, host: str, addr: str, name: str, level: int, size: int) -> None:
-        self._debug_lines([f"tx to {host} ({addr}): put {name} {level} {size}"])
+        self._debug_line(f"tx to {host} ({addr}): put {name} {level} {size}")
 
     def debug_puturl(self, host: str, addr: str, wid: str, source: str, name: str, level: int, size: int, mode: int) -> None:
         """The worker fetches ``name`` from ``source`` (a URL, or ``workerip://host:port/name`` for a peer)."""
         tid = f"{self.pid}-{next(self._next_transfer)}"
         self._transfer_ids[(wid, name)] = tid
-        self._debug_lines([f"tx to {host} ({addr}): puturl {_url_encoded(source)} {name} {level} {max(size, 0)} 0{mode:o} {tid}"])
+        self._debug_line(f"tx to {host} ({addr}): puturl {_url_encoded(source)} {name} {level} {max(size, 0)} 0{mode:o} {tid}")
 
     def debug_mini_task(self, host: str, addr: str, source: str, name: str, level: int, size: int, mode: int) -> None:
-        self._debug_lines([f"tx to {host} ({addr}): mini_task {_url_encoded(source)} {name} {level} {max(size, 0)} 0{mode:o}"])
+        self._debug_line(f"tx to {host} ({addr}): mini_task {_url_encoded(source)} {name} {level} {max(size, 0)} 0{mode:o}")
 
-    def _cache_update_line(self, rx: str, wid: str, name: str, size: int, f: File | None, level: int) -> str:
+    def _cache_update(self, wid: str, name: str, size: int, f: File | None, level: int) -> str:
         transfer = self._transfer_ids.pop((wid, name), "X")  # X: made or sent here, not fetched
         kind = f.type() if f is not None else C.VINE_FILE
         level = f.level if f is not None else level
-        return f"{rx}cache-update {name} {kind} {level} {size} 0 0 0 {transfer}"
+        return f"cache-update {name} {kind} {level} {size} 0 0 0 {transfer}"
 
     def debug_cache_update(self, host: str, addr: str, wid: str, name: str, size: int, f: File | None) -> None:
-        self._debug_lines([self._cache_update_line(f"rx from {host} ({addr}): ", wid, name, size, f, C.VINE_CACHE_LEVEL_TASK)])
+        self._message_block([], f"rx from {host} ({addr}): ", [self._cache_update(wid, name, size, f, C.VINE_CACHE_LEVEL_TASK)], [])
 
     def debug_cache_invalid(self, host: str, addr: str, wid: str, name: str, reason: str) -> None:
         transfer = self._transfer_ids.pop((wid, name), None)
         tail = f" {transfer}" if transfer else ""
-        self._debug_lines([f"rx from {host} ({addr}): cache-invalid {name} {len(reason)}{tail}"])
+        self._debug_line(f"rx from {host} ({addr}): cache-invalid {name} {len(reason)}{tail}")
 
     def debug_unlink(self, host: str, addr: str, name: str) -> None:
-        self._debug_lines([f"tx to {host} ({addr}): unlink {name}"])
+        self._debug_line(f"tx to {host} ({addr}): unlink {name}")
 
     def debug_kill(self, host: str, addr: str, tid: int) -> None:
-        self._debug_lines([f"tx to {host} ({addr}): kill {tid}"])
+        self._debug_line(f"tx to {host} ({addr}): kill {tid}")
 
     def transaction(self, record: str) -> None:
         self._write(self._tx, f"{_now_us()} {self.pid} {record}\n")
@@ -344,7 +368,7 @@ class RunLogs:
 
     def task_ready(self, tid: int, category: str, attempt: int, requested: dict[str, float]) -> None:
         self.transaction(f"TASK {tid} READY {category} FIRST_RESOURCES {attempt} {_res_json(requested)}")
-        self._debug_lines([self._state_line(tid, C.VINE_TASK_READY)])
+        self._debug_line(self._state_line(tid, C.VINE_TASK_READY))
 
     def task_running(self, tid: int, wid: str, alloc: dict[str, float]) -> None:
         self.transaction(f"TASK {tid} RUNNING {wid} FIRST_RESOURCES {_res_json(alloc)}")
@@ -380,9 +404,10 @@ class RunLogs:
         self.performance(stats, time.time(), 0, force=True)
         self.transaction(f"MANAGER {self.pid} END {_now_us() - self.start_us}")
         self._write(self._graph, "# end\n")
-        self._debug_lines(["manager end"])
+        self._debug_line("manager end")
         self._write_workflow_info(name)
         with self._lock:
+            self._drain_debug_queue()
             for fh in (self._debug, self._tx, self._perf, self._graph):
                 fh.close()
 

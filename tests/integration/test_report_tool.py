@@ -49,7 +49,7 @@ def vine_parse(run_dir: str) -> dict[str, Any]:
     proc = subprocess.run(
         [*tool("vine_parse"), "--logs-dir", os.path.dirname(run_dir), "--templates", os.path.basename(run_dir),
          "--checkpoint-pkl-files"],
-        capture_output=True, text=True, timeout=120, env=TOOL_ENV,
+        check=False, capture_output=True, text=True, timeout=120, env=TOOL_ENV, cwd=os.path.dirname(run_dir),
     )
     # vine_parse exits 0 even when a directory fails: its report says which.
     assert proc.returncode == 0 and "Successfully processed" in proc.stdout and "Error" not in proc.stdout, proc.stdout + proc.stderr
@@ -247,7 +247,8 @@ def test_vine_report_serves_a_parsed_run(parsed_run):
     run_dir = parsed_run["run_dir"]
     port = _free_port()
     server = subprocess.Popen([*tool("vine_report"), "--logs-dir", os.path.dirname(run_dir), "--port", str(port), "--host", "127.0.0.1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=TOOL_ENV)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=TOOL_ENV,
+                              cwd=os.path.dirname(run_dir))  # it writes .taskvine_report.log where it runs
     try:
         def listening() -> bool:
             assert server.poll() is None, server.stderr.read().decode() if server.stderr else "vine_report exited"
