@@ -226,9 +226,9 @@ class WorkerTransfers:
             self._cache_failed(name, str(exc))
             return
         finally:
+            self._verify_linked(rt)
             shutil.rmtree(rt.sandbox, ignore_errors=True)
         self._cache_ready(name, level)
-            self._verify_linked(rt)
 
     async def _gather_inputs(self, spec: dict[str, Any]) -> bool:
         ok = True
