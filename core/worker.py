@@ -44,10 +44,10 @@ from .errors import AuthenticationError, ProtocolError, TransferError
 from .monitor import Usage, exceeded, sample
 from .protocol import Frame
 from .worker_python import WorkerPythonMixin
-from .worker_sandbox import WorkerSandboxes
-from .worker_transfers import WorkerTransfers
 from .worker_cache import WorkerCache
 from .worker_reaper import TaskReaper
+from .worker_sandbox import WorkerSandboxes
+from .worker_transfers import WorkerTransfers
 
 log = logging.getLogger("vine_worker")
 
@@ -89,9 +89,9 @@ class RunningTask:
     usage: Usage | None = None  # peaks measured when the manager enabled monitoring
     limits: dict[str, float] = field(default_factory=dict)  # what the watchdog found exceeded
     is_minitask: bool = False
-
-
     linked: list[str] = field(default_factory=list)  # cache entries the sandbox reaches (checked after the task)
+
+
 class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -114,14 +114,14 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
         self.tasks: dict[int, RunningTask] = {}
         self.committed = {"cores": 0.0, "memory": 0.0, "disk": 0.0, "gpus": 0.0}
         self.cache: dict[str, tuple[int, int]] = {}  # name -> (size, level)
+        self.cache_stamps: dict[str, str] = {}  # name -> stamp of an on-disk entry when it arrived (worker_sandbox)
+        self.reaper: TaskReaper | None = None  # kills task process groups if this worker dies (main)
         self.pending: dict[str, asyncio.Future[bool]] = {}  # names on their way into the cache
+        self.drop_on_arrival: set[str] = set()  # pending names nothing here needs any more (WorkerCache._cache_ready)
         self.receivers: dict[str, FileReceiver] = {}
         self.last_work = time.monotonic()
         self.end_time = time.time() + args.wall_time if args.wall_time else 0.0
-        self.cache_stamps: dict[str, str] = {}  # name -> stamp of an on-disk entry when it arrived (worker_sandbox)
-        self.reaper: TaskReaper | None = None  # kills task process groups if this worker dies (main)
         self.transfer_server: asyncio.base_events.Server | None = None
-        self.drop_on_arrival: set[str] = set()  # pending names nothing here needs any more (WorkerCache._cache_ready)
         self.transfer_port = 0
         self._stop = asyncio.Event()
         self._free_sandboxes: list[str] = []
@@ -156,28 +156,28 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
         raise OSError(f"no free transfer port in TCP_LOW_PORT..TCP_HIGH_PORT: {last}")
 
     async def main(self) -> int:
+        # First, while this process holds nothing but its workspace: the guardian forked here keeps no copy.
+        self.reaper = TaskReaper()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         self.transfer_server = await self._start_transfer_server()
         self.transfer_port = self.transfer_server.sockets[0].getsockname()[1]
         watchdog = asyncio.create_task(self._watchdog())
-        # First, while this process holds nothing but its workspace: the guardian forked here keeps no copy.
-        self.reaper = TaskReaper()
         try:
             return await self._connect_loop()
         finally:
             watchdog.cancel()
             for rt in list(self.tasks.values()):
                 self._kill(rt)
+            if self.reaper is not None:
+                self.reaper.close()
             self.transfer_server.close()
             self._drop_levels_below(C.VINE_CACHE_LEVEL_WORKER + 1)
             if not self.args.workdir and not self.args.keep_workspace:
                 shutil.rmtree(self.workdir, ignore_errors=True)
 
     async def _watchdog(self) -> None:
-            if self.reaper is not None:
-                self.reaper.close()
         parent = os.getppid()
         while not self._stop.is_set():
             await asyncio.sleep(0.5)
@@ -260,6 +260,7 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
             if not fut.done():
                 fut.set_result(False)
         self.pending.clear()
+        self.drop_on_arrival.clear()
         self._drop_levels_below(C.VINE_CACHE_LEVEL_WORKER)
 
     async def _serve_manager(self, conn: Connection) -> None:
@@ -267,7 +268,6 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
         self.conn = conn
         conn.send({
             "type": "ready",
-        self.drop_on_arrival.clear()
             "worker_id": self.id,
             "hostname": socket.gethostname(),
             "resources": self.total,
@@ -322,6 +322,7 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
         t = frame.type
         if t == "file_begin":
             name = str(frame["name"])
+            self.drop_on_arrival.discard(name)
             self._expect(name)
             self.receivers[name] = FileReceiver(frame, self.cache_path(name))
         elif t == "file_chunk":
@@ -329,7 +330,6 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
             if r is None:
                 raise ProtocolError(f"chunk for {frame['name']} without file_begin")
             r.chunk(frame)
-            self.drop_on_arrival.discard(name)
         elif t == "file_end":
             r = self.receivers.pop(frame["name"], None)
             if r is None:
@@ -351,22 +351,24 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
                 self._release(rt)
                 self._cleanup_task(rt)
         elif t == "fetch_url":
+            self.drop_on_arrival.discard(frame["name"])
             self._expect(frame["name"])
             self._spawn(self._fetch_url(frame["name"], frame["url"], int(frame["level"])))
         elif t == "fetch_peer":
+            self.drop_on_arrival.discard(frame["name"])
             self._expect(frame["name"])
             self._fetch_peer(frame["name"], frame["source"], int(frame["level"]))
         elif t == "minitask":
-            self._expect(frame["name"])
             self.drop_on_arrival.discard(frame["name"])
+            self._expect(frame["name"])
             self._spawn(self._run_minitask(frame["name"], frame["task"], int(frame["level"])))
         elif t == "get":
             self._spawn(self._send_back(frame["name"], frame.get("request")))
-            self.drop_on_arrival.discard(frame["name"])
         elif t == "unlink":
             if frame["name"] not in self.pending:
                 self._unlink(frame["name"])
-            self.drop_on_arrival.discard(frame["name"])
+            else:
+                self.drop_on_arrival.add(frame["name"])
         elif t == "keepalive":
             self.send({"type": "alive", "committed": self.committed, "tasks": len(self.tasks)})
         else:
@@ -374,13 +376,13 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
 
     # -- running tasks ----------------------------------------------------------------------------------
     def _fits(self, alloc: dict[str, float]) -> list[str]:
-            else:
-                self.drop_on_arrival.add(frame["name"])
         """Resources ``alloc`` would push over this worker's total (empty if it fits now)."""
         return [k for k in self.committed if max(alloc.get(k, 0), 0) + self.committed[k] > self.total[k] + 1e-9 and self.total[k] >= 0]
 
     def _start_task(self, spec: dict[str, Any]) -> None:
         tid = int(spec["id"])
+        if self.drop_on_arrival:
+            self.drop_on_arrival.difference_update(i["name"] for i in spec.get("inputs") or ())
         alloc = {k: float(v) for k, v in spec.get("resources", {}).items()}
         rt = RunningTask(tid, spec, "", alloc)
         if spec.get("queued") and (self.prefetched or self._fits(alloc)):
@@ -388,8 +390,6 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
             self.prefetched.append(rt)
             self.last_work = time.monotonic()
             return
-        if self.drop_on_arrival:
-            self.drop_on_arrival.difference_update(i["name"] for i in spec.get("inputs") or ())
         over = self._fits(alloc)
         if over:
             self.send({"type": "complete", "id": tid, "result": C.VINE_RESULT_FORSAKEN, "exit_code": -1, "reason": f"no room for {over}"})
@@ -473,6 +473,8 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
             rt.pid = os.posix_spawn("/bin/sh", ["/bin/sh", "-c", self._command(rt)], self._task_env(rt), file_actions=actions, setsid=True)
         finally:
             os.chdir(self.workdir)
+        if self.reaper is not None:
+            self.reaper.started(rt.pid)  # its session dies with this worker, even a SIGKILLed one
         rt.start = time.time()
         rt.done = loop.create_future()
 
@@ -480,8 +482,6 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
             try:
                 pid, status = os.waitpid(rt.pid, os.WNOHANG)
             except ChildProcessError:
-        if self.reaper is not None:
-            self.reaper.started(rt.pid)  # its session dies with this worker, even a SIGKILLed one
                 pid, status = rt.pid, 255 << 8
             if pid == 0:
                 return
@@ -495,6 +495,8 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
                 os.killpg(rt.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+            if self.reaper is not None:
+                self.reaper.ended(rt.pid)
             if not rt.done.done():  # type: ignore[union-attr]
                 rt.done.set_result(rt.returncode)  # type: ignore[union-attr]
 
@@ -502,8 +504,6 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
             pidfd = os.pidfd_open(rt.pid)
             loop.add_reader(pidfd, reap)
         except (AttributeError, OSError):
-            if self.reaper is not None:
-                self.reaper.ended(rt.pid)
             pidfd = -1
             loop.run_in_executor(None, lambda: (os.waitid(os.P_PID, rt.pid, os.WEXITED | os.WNOWAIT), loop.call_soon_threadsafe(reap)))
         timers = []
