@@ -127,3 +127,30 @@ def test_fast_data_encoding_falls_back_to_parsls_serializer():
     main_ref = type("M", (), {"__module__": "__main__"})
     assert not encode_data(main_ref).startswith(PICKLE_TAG)  # __main__ travels by value, as Parsl sends it
     assert decode_data(serialize([1, 2])) == [1, 2]  # anything parsl.serialize made decodes too
+
+
+def test_function_call_plain_arguments_skip_the_reference_walk_only_when_nothing_can_be_a_reference():
+    import pickle
+
+    import cloudpickle
+
+    from core._remote import unpack_arguments
+    from core.library import _plain
+
+    call = (b"\x00fn", b"args", {"in.txt": "in.txt"}, ["out/x"], 3, 2.5, None, True)
+    assert _plain(call) and _plain({"k": call})
+    # What the fast path writes is read back by the library exactly as the walked, cloudpickled form.
+    fast = pickle.dumps((list(call), {}, []), protocol=pickle.HIGHEST_PROTOCOL)
+    assert unpack_arguments(cloudpickle.loads(fast)) == (call, {})
+
+    class Name(str):
+        pass
+
+    class WithReference:
+        def _vine_reference(self):  # pragma: no cover - only its presence matters here
+            raise AssertionError
+
+    assert not _plain((Name("x"),))  # a subclass may pickle its own way
+    assert not _plain(([WithReference()],))
+    assert not _plain({1: {2: {3: {4: "deep"}}}})  # deep nesting: the walk decides
+    assert not _plain(list(range(65)))
