@@ -20,6 +20,7 @@ from . import constants as C
 from .connection import Connection, FileReceiver, MemoryReceiver, send_bytes, send_path, server_handshake
 from .errors import AuthenticationError, ProtocolError, TransferError
 from .files import File
+from .output_targets import OutputWriter
 from .library_state import StartLibrary
 from .protocol import Frame
 from .resources import Resources
@@ -221,7 +222,7 @@ class WorkerLinks:
         f = self._files.get(name)
         rid = frame.get("request")
         if rid is None and f is not None and f.kind == "file":
-            link.receivers[name] = FileReceiver(frame, f.source())
+            link.receivers[name] = OutputWriter(frame, f.source())  # type: ignore[assignment]  # never destroys a directory
         elif not frame.get("dir") and int(frame["size"]) <= MEMORY_RECEIVE_MAX:
             link.receivers[name] = MemoryReceiver(frame)  # a returned buffer or a fetch: wanted as bytes
         else:
@@ -233,6 +234,8 @@ class WorkerLinks:
             raise ProtocolError(f"file_end for {frame['name']} without file_begin")
         size = r.finish()
         self._logs.transfer(link.id, "OUTPUT", r.name, size, 0, 0)
+        if isinstance(r, OutputWriter) and r.refused is not None:
+            self._output_refused(link, r)
         rid = r.header.get("request")
         f = self._files.get(r.name)
         if rid is not None or (f is not None and f.kind != "file"):
@@ -257,10 +260,21 @@ class WorkerLinks:
             fh.write(frame.payload)
             fh.truncate()
 
+    def _output_refused(self, link: WorkerLink, r: OutputWriter) -> None:
+        """An output of a task could not be written where declared: that task fails (on_complete), not the worker."""
+        tid = r.header.get("task")
+        log.warning("task %s: %s", tid, r.refused)
+        self._logs.debug(f"task {tid} on {link.id}: output not written: {r.refused}")
+        task = self._tasks.get(tid) if isinstance(tid, int) else None
+        if task is not None:
+            task._output_refused = r.refused
+
     def _on_complete(self, link: WorkerLink, frame: Frame) -> None:
         tid = int(frame["id"])
         task = self._tasks.get(tid)
         result, code = int(frame["result"]), int(frame["exit_code"])
+        if task is not None and task._output_refused is not None and result == C.VINE_RESULT_SUCCESS:
+            result = C.VINE_RESULT_OUTPUT_TRANSFER_ERROR  # see _output_refused
         if tid < 0:
             self._library_instance_ended(link, frame)  # library instances have negative ids
         accepted = task is not None and task._state < C.VINE_TASK_RETRIEVED and not frame.get("retry") and result != C.VINE_RESULT_FORSAKEN

@@ -143,6 +143,7 @@ class Task:
         self.library_provided: str | None = None
         self.monitor_output: str | None = None
         self.snapshot_file: str | None = None
+        self._output_refused: str | None = None  # why an output was not written at its path (core/output_targets.py)
         self._reset_outcome()
         self._manager: Manager | None = None
         self._id = 0

@@ -113,7 +113,7 @@ class WorkerCache:
             self.send({"type": "cache_invalid", "name": name, "reason": "arrived after it was unlinked or its task was killed; removed"})
         fut = self.pending.pop(name, None)
         if fut is not None and not fut.done():
-            fut.set_result(True)
+            fut.set_result(name in self.cache)
 
     def _cache_failed(self, name: str, reason: str) -> None:
         log.warning("could not obtain %s: %s", name, reason)
