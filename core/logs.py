@@ -96,9 +96,15 @@ def _task_shape_lines(library: str | None, category: str, cores: float, gpus: fl
             f"memory {_fmt(memory)}", f"disk {_fmt(disk)}")
 
 
+_NEEDS_ENCODING = re.compile(r"[\x00-\x20%]")
+
+
 def _url_encoded(name: str) -> str:
-    # TaskVine URL-encodes names in its messages; only what would split a debug line matters here.
-    return name.replace("%", "%25").replace(" ", "%20") if (" " in name or "%" in name) else name
+    # TaskVine URL-encodes names in its messages (spaces, control characters, %): a name must not
+    # split a debug line into more words, or into two lines.
+    if _NEEDS_ENCODING.search(name) is None:
+        return name
+    return _NEEDS_ENCODING.sub(lambda m: f"%{ord(m.group()):02X}", name)
 
 
 class RunLogs:

@@ -121,6 +121,8 @@ def parsed_run(tmp_path_factory) -> dict[str, Any]:
                 consumers.append(t)
                 buffers.append(out)
             failing = vine.Task("exit 3")
+            note = m.declare_buffer("x")
+            failing.add_input(note, "in put.txt")  # a remote name with a space (URL-encoded in the log)
             m.submit(failing)
             # Free text in TaskVine's words must not become a worker, a transfer or a parse error.
             m.log_debug_app("worker 127.0.0.9:1 connected; put the complete stdout 1 2 of task 7: kill 7, unlink x")
@@ -134,7 +136,7 @@ def parsed_run(tmp_path_factory) -> dict[str, Any]:
     started = time.monotonic()
     found = vine_parse(run_dir)
     found["parse_seconds"] = time.monotonic() - started
-    found.update(run_dir=run_dir, producers=producers, consumers=consumers, failing=failing, temps=temps, buffers=buffers)
+    found.update(run_dir=run_dir, producers=producers, consumers=consumers, failing=failing, temps=temps, buffers=buffers, note=note)
     return found
 
 
@@ -171,6 +173,8 @@ def test_vine_parse_finds_every_task_worker_file_and_transfer(parsed_run):
         assert tasks[(producer.id, 1)].output_files == {temp.cache_name}
         assert tasks[(consumer.id, 1)].input_files == {temp.cache_name}
         assert tasks[(consumer.id, 1)].output_files == {out.cache_name}
+
+    assert tasks[(failing.id, 1)].input_files == {found["note"].cache_name}
 
     files = found["files"]
     assert sorted(files) == sorted(f.cache_name for f in temps + buffers)
