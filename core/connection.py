@@ -25,6 +25,7 @@ from .protocol import (
     encode_frame,
     new_nonce,
 )
+from .tls import close_stream
 
 READ_SIZE = 256 * 1024
 
@@ -95,6 +96,15 @@ class Connection:
         except Exception:  # noqa: BLE001 - closing a broken transport must not raise
             pass
 
+    async def aclose(self) -> None:
+        """Close and wait until the socket is released: for a connection whose event loop ends next
+        (a TLS close otherwise outlives the loop, waiting for the peer's close_notify)."""
+        try:
+            self.flush()
+        except Exception:  # noqa: BLE001 - closing a broken transport must not raise
+            pass
+        await close_stream(self.writer)
+
 
 async def open_connection(host: str, port: int, ssl: ssl_module.SSLContext | None = None, timeout: float = 10) -> Connection:
     reader, writer = await asyncio.wait_for(
@@ -114,17 +124,32 @@ async def client_handshake(conn: Connection, role: str, password: bytes | None, 
     nonce = new_nonce()
     conn.send({"type": "hello", "version": PROTOCOL_VERSION, "role": role, "nonce": nonce, **info})
     await conn.drain()
-    welcome = await conn.expect("welcome", timeout)
+    welcome = await asyncio.wait_for(conn.recv(), timeout)
+    if welcome is not None and welcome.type == "error" and welcome.get("tls_required"):
+        # A TLS-only port answered our plain hello (core.tls.GatedListener): retrying cannot help.
+        raise AuthenticationError(f"{conn.peer} refused plain TCP: {welcome['reason']}")
+    if welcome is None:
+        raise RemoteProtocolError("connection closed while waiting for 'welcome'")
+    if welcome.type == "error":
+        raise RemoteProtocolError(f"peer reported: {welcome['reason']}")
+    if welcome.type != "welcome":
+        raise RemoteProtocolError(f"expected 'welcome', got {welcome.type!r}")
     if welcome["version"] != PROTOCOL_VERSION:
         raise RemoteProtocolError(f"peer speaks protocol {welcome['version']}, we speak {PROTOCOL_VERSION}")
     if welcome["auth"]:
         if password is None:
             await _tell_peer(conn, "password required, but this side was started without one")
             raise AuthenticationError(f"{conn.peer} requires a password; start with --password FILE")
-        if not check_proof(password, "server", nonce, welcome.get("proof")):
+        binding = _channel_binding(conn) if welcome.get("tls_bound") else ""
+        if binding is None:
+            await _tell_peer(conn, "the proofs are bound to a TLS channel, but this side's connection is not TLS")
+            raise AuthenticationError(f"{conn.peer} binds its password proof to TLS, but our connection to it is plain")
+        if not check_proof(password, "server", nonce + binding, welcome.get("proof")):
             await _tell_peer(conn, "password mismatch")
-            raise AuthenticationError(f"{conn.peer} does not know our password (or uses another one)")
-        conn.send({"type": "auth", "proof": auth_proof(password, "client", welcome["nonce"])})
+            raise AuthenticationError(
+                f"{conn.peer} does not know our password (or uses another one"
+                + (", or a relay in the middle terminates TLS)" if binding else ")"))
+        conn.send({"type": "auth", "proof": auth_proof(password, "client", str(welcome["nonce"]) + binding)})
         await conn.drain()
     elif password is not None:
         await _tell_peer(conn, "this side was given a password, but the other side uses none")
@@ -150,8 +175,10 @@ async def server_handshake(conn: Connection, password: bytes | None, timeout: fl
         raise RemoteProtocolError(f"peer speaks protocol version {hello['version']}, we speak {PROTOCOL_VERSION}")
     nonce = new_nonce()
     welcome: dict[str, Any] = {"type": "welcome", "version": PROTOCOL_VERSION, "nonce": nonce, "auth": password is not None}
+    binding = _channel_binding(conn) or ""
     if password is not None:
-        welcome["proof"] = auth_proof(password, "server", str(hello["nonce"]))
+        welcome["proof"] = auth_proof(password, "server", str(hello["nonce"]) + binding)
+        welcome["tls_bound"] = bool(binding)
     conn.send(welcome)
     await conn.drain()
     if password is not None:
@@ -162,11 +189,27 @@ async def server_handshake(conn: Connection, password: bytes | None, timeout: fl
             raise AuthenticationError(
                 f"{conn.peer} rejected: it did not prove the password ({exc}); start it with --password FILE"
             ) from exc
-        if not check_proof(password, "client", nonce, auth["proof"]):
+        if not check_proof(password, "client", nonce + binding, auth["proof"]):
             conn.send({"type": "error", "reason": "password mismatch"})
             await conn.drain()
-            raise AuthenticationError(f"{conn.peer} rejected: password mismatch; start it with --password FILE")
+            raise AuthenticationError(f"{conn.peer} rejected: password mismatch; start it with --password FILE"
+                                      + (" (or a relay in the middle terminates TLS)" if binding else ""))
     return hello
+
+
+def _channel_binding(conn: Connection) -> str | None:
+    """``:`` + the TLS channel's tls-unique value in hex, or None on a plain connection.
+
+    Mixed into both password proofs: a relay that terminates TLS and opens its own TLS to the other
+    side has two channels with different values, so the proofs it passes on no longer check, and a
+    password-protected port cannot be read through such a relay even though certificates are not
+    verified.
+    """
+    obj = conn.writer.get_extra_info("ssl_object")
+    if obj is None:
+        return None
+    value = obj.get_channel_binding("tls-unique")
+    return ":" + value.hex() if value else ""
 
 
 # --- file streaming ---------------------------------------------------------------------------------

@@ -194,6 +194,7 @@ class FactoryRunner:
         self._config_changed: float | None = None
         self.last_reached = time.monotonic()
         self._removable_before: set[str] = set()
+        self._uses_tls: dict[tuple[str, int], bool] = {}  # from the catalog's "ssl" field (with -M NAME)
 
     # configuration
     def reload_config(self) -> None:
@@ -216,10 +217,16 @@ class FactoryRunner:
     def targets(self) -> list[tuple[str, int]]:
         if self.args.host is not None:
             return [(self.args.host, self.args.port)]
-        from .catalog import lookup
+        from .catalog import find
 
         name = self.settings.manager_name or self.args.manager_name
-        return lookup(name, self.args.catalog)
+        found = find(name, self.args.catalog)
+        self._uses_tls = {(str(e["address"]), int(e["port"])): bool(e.get("ssl")) for e in found}
+        return list(self._uses_tls)
+
+    def uses_tls(self, host: str, port: int) -> bool:
+        """TLS to this manager: ``--ssl``, or its catalog entry says so (then workers learn it too)."""
+        return bool(self.args.ssl) or self._uses_tls.get((host, port), False)
 
     def query_managers(self) -> list[dict[str, Any]] | None:
         from .tools.status import query_status
@@ -227,7 +234,7 @@ class FactoryRunner:
         replies = []
         for host, port in self.targets():
             try:
-                data = query_status(host, port, "manager", self.password, bool(self.args.ssl), timeout=5)
+                data = query_status(host, port, "manager", self.password, self.uses_tls(host, port), timeout=5)
             except Exception as exc:  # noqa: BLE001 - refused, timed out or rejected: this manager is unreachable
                 log.info("manager %s:%s unreachable: %s: %s", host, port, type(exc).__name__, exc)
                 continue
@@ -317,7 +324,7 @@ class FactoryRunner:
         unlabelled = 0
         for host, port in self.targets():
             try:
-                rows = query_status(host, port, "workers", self.password, bool(self.args.ssl), timeout=5)
+                rows = query_status(host, port, "workers", self.password, self.uses_tls(host, port), timeout=5)
             except Exception as exc:  # noqa: BLE001 - cannot see the workers: remove nothing this cycle
                 log.info("manager %s:%s: cannot list workers (%s); not scaling down", host, port, exc)
                 self._removable_before = set()
@@ -446,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-C", "--config-file", help="JSON configuration, re-read whenever it changes")
     p.add_argument("-P", "--password", help="file holding the manager's password")
     p.add_argument("--catalog", help="catalog directory or HOST:PORT of a vine_catalog_server (default $VINE_CATALOG)")
-    p.add_argument("--ssl", action="store_true", help="the manager uses TLS")
+    p.add_argument("--ssl", action="store_true", help="the manager uses TLS (with -M NAME, learned from the catalog)")
     p.add_argument("--parent-death", action="store_true", help="exit (removing workers) when the parent process dies")
     p.add_argument("--single-shot", action="store_true", help="workers exit after their first manager")
     p.add_argument("--factory-name")

@@ -55,6 +55,7 @@ from .scheduler import (
     policy_name,
 )
 from .task import Task
+from .tls import start_gated_server
 
 log = logging.getLogger("core.manager")
 
@@ -316,7 +317,11 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
         self._loop.close()
 
     async def _start_io(self) -> None:
-        self._server = await asyncio.start_server(self._on_client, sock=self._sock, ssl=self._ssl_context, limit=1 << 20)
+        # Not asyncio.start_server: the gated listener refuses plain TCP on a TLS port (and TLS on a
+        # plain one) with a log line and a reason the client can read (core.tls).
+        self._server = await start_gated_server(
+            self._on_client, sock=self._sock, ssl=self._ssl_context, what="manager", log=log, limit=1 << 20,
+            timeout=lambda: float(self._state.tuning.get("handshake-timeout", 30)))
         self._ticker = asyncio.create_task(self._tick_loop())
 
     async def _shutdown_io(self) -> None:

@@ -23,6 +23,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl as ssl_module
 import subprocess
 import sys
 import time
@@ -43,6 +44,7 @@ from .connection import (
 from .errors import AuthenticationError, ProtocolError, TransferError
 from .monitor import Usage, exceeded, sample
 from .protocol import Frame
+from .tls import GatedListener, client_context, self_signed_server_context, start_gated_server
 from .worker_python import WorkerPythonMixin
 from .worker_cache import WorkerCache
 from .worker_reaper import TaskReaper
@@ -109,6 +111,8 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
             "gpus": float(args.gpus) if args.gpus is not None else detected["gpus"],
         }
         self.password = open(args.password, "rb").read().strip() if args.password else None
+        # With TLS to the manager, the transfer port and peer fetches use TLS too (core.tls).
+        self.tls_client = client_context() if args.ssl else None
         self.id = "worker-" + hashlib.md5(f"{socket.gethostname()}:{os.getpid()}:{time.time()}".encode()).hexdigest()
         self.conn: Connection | None = None
         self.tasks: dict[int, RunningTask] = {}
@@ -121,7 +125,7 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
         self.receivers: dict[str, FileReceiver] = {}
         self.last_work = time.monotonic()
         self.end_time = time.time() + args.wall_time if args.wall_time else 0.0
-        self.transfer_server: asyncio.base_events.Server | None = None
+        self.transfer_server: GatedListener | None = None
         self.transfer_port = 0
         self._stop = asyncio.Event()
         self._free_sandboxes: list[str] = []
@@ -143,14 +147,16 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
             except (ConnectionError, RuntimeError):
                 pass
 
-    async def _start_transfer_server(self) -> asyncio.Server:
+    async def _start_transfer_server(self) -> GatedListener:
         """The peer port: ``--transfer-port``, else the first free one of TCP_LOW_PORT..TCP_HIGH_PORT, else any."""
         from .utils import port_candidates
 
+        tls = self_signed_server_context() if self.args.ssl else None
         last: OSError | None = None
         for port in port_candidates(self.args.transfer_port or 0):
             try:
-                return await asyncio.start_server(self._serve_peer, host="0.0.0.0", port=port)
+                return await start_gated_server(self._serve_peer, host="0.0.0.0", port=port, ssl=tls,
+                                                what="transfer port", log=log)
             except OSError as exc:
                 last = exc
         raise OSError(f"no free transfer port in TCP_LOW_PORT..TCP_HIGH_PORT: {last}")
@@ -205,6 +211,14 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
             for host, port in self._targets():
                 try:
                     conn = await open_connection(host, port, ssl=self._client_ssl(), timeout=5)
+                except (ssl_module.SSLError, ConnectionResetError) as exc:
+                    if self.tls_client is None:
+                        log.debug("cannot reach %s:%s: %s", host, port, exc)
+                        continue
+                    # Reached, then hung up on in the TLS handshake: say why (an unreachable manager is only a debug line).
+                    log.error("TLS handshake with %s:%s failed (%s: %s): does that manager use TLS? "
+                              "start the worker without --ssl for a plain one", host, port, type(exc).__name__, exc)
+                    continue
                 except (OSError, asyncio.TimeoutError) as exc:
                     log.debug("cannot reach %s:%s: %s", host, port, exc)
                     continue
@@ -235,15 +249,8 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
 
     def _client_ssl(self) -> Any:
         """Workers encrypt but do not verify the manager's certificate (as TaskVine): the password,
-        when set, is what authenticates both sides."""
-        if not self.args.ssl:
-            return None
-        import ssl
-
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        return ctx
+        when set, is what authenticates both sides (its proofs are bound to the TLS channel)."""
+        return self.tls_client
 
     def _manager_gone(self) -> None:
         self.conn = None
@@ -718,7 +725,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-workspace", action="store_true")
     p.add_argument("-P", "--password", help="file holding the shared password")
     p.add_argument("--transfer-port", type=int, default=0)
-    p.add_argument("--ssl", action="store_true", help="connect to the manager with TLS")
+    p.add_argument("--ssl", action="store_true",
+                   help="connect to the manager with TLS, and serve and fetch peer transfers with TLS "
+                        "(with -M NAME, learned from the catalog)")
     p.add_argument("--parent-death", action="store_true")
     p.add_argument("--from-factory", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("-d", "--debug", help="debug flags ('all')")
@@ -739,13 +748,21 @@ def main(argv: list[str] | None = None) -> int:
     args.connect_timeout = args.connect_timeout if args.connect_timeout is not None else args.timeout
     args.timeout = args.idle_timeout if args.idle_timeout is not None else args.timeout
     if args.manager_name and not args.manager:
-        from .catalog import lookup
+        from .catalog import find
 
-        found = lookup(args.manager_name, args.catalog)
+        found = find(args.manager_name, args.catalog)
         if not found:
             print(f"vine_worker: no manager named {args.manager_name!r} in the catalog", file=sys.stderr)
             return 1
-        args.manager = [";".join(f"{h}:{p}" for h, p in found)]
+        uses_tls = {bool(e.get("ssl")) for e in found}
+        if len(uses_tls) > 1:
+            # One worker has one transfer port, TLS or plain: it cannot serve both kinds of manager's peers.
+            listed = ", ".join(f"{e.get('project')}@{e['address']}:{e['port']} ({'TLS' if e.get('ssl') else 'plain'})" for e in found)
+            print(f"vine_worker: the managers named {args.manager_name!r} disagree on TLS ({listed}); "
+                  "give a name that matches only one kind", file=sys.stderr)
+            return 1
+        args.ssl = args.ssl or uses_tls.pop()
+        args.manager = [";".join(f"{e['address']}:{int(e['port'])}" for e in found)]
     if len(args.manager) not in (1, 2):
         build_parser().error("give HOST PORT, HOST:PORT, or -M NAME")
     worker = Worker(args)

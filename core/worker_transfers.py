@@ -2,7 +2,9 @@
 
 A file comes from the manager (streamed on the manager connection), from a URL (downloaded in a
 thread), from another worker's transfer server (authenticated with the same password as the
-manager), or is made by a mini-task in a sandbox of its own. Each lands in the cache under its
+manager, and over TLS when the worker uses TLS with its manager: every worker of a TLS manager does,
+so each serves its transfer port with TLS and fetches from peers with TLS), or is made by a mini-task
+in a sandbox of its own. Each lands in the cache under its
 cache name and is announced with ``cache_update``; a failure is announced with ``cache_invalid``.
 Mixed into :class:`core.worker.Worker`.
 """
@@ -109,7 +111,7 @@ class WorkerTransfers:
         conn: Connection | None = None
         batch: list[tuple[str, int]] = []
         try:
-            conn = await open_connection(host, int(port), timeout=10)
+            conn = await open_connection(host, int(port), ssl=self.tls_client, timeout=10)
             await client_handshake(conn, "peer", self.password, timeout=30)
             while queue:
                 batch, queue[:PEER_BATCH] = queue[:PEER_BATCH], []

@@ -51,7 +51,7 @@ async def query_status_async(host: str, port: int, what: str = "manager", passwo
         reply = await conn.expect("status_reply", timeout)
         return reply["data"]
     finally:
-        conn.close()
+        await conn.aclose()  # before asyncio.run ends: a TLS close would outlive the loop
 
 
 def query_status(host: str, port: int, what: str = "manager", password: bytes | None = None,
