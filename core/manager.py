@@ -764,6 +764,7 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
         task.metrics["time_when_done"] = task._done_time * 1e6
         if self._tasks_cache is not None:
             self._tasks_cache.record(task)  # before _finalize: a PythonTask then lets its buffers go
+        self._unlink_undeclared_inputs(task)
         self._finalize(task)
         result_name = C.result_enum_name(ins.result)
         self._logs.task_done(task.id, result_name, task._exit_code)
@@ -774,6 +775,17 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
         if not self._notify_pending:
             self._notify_pending = True
             self._loop.call_soon(self._notify_waiters)
+
+    def _unlink_undeclared_inputs(self, task: Task) -> None:
+        """Inputs the user undeclared while ``task`` still needed them were sent to workers all the
+        same; once no unfinished task needs them, workers delete them now, not with the workflow."""
+        gone = {m.file.cache_name for m in task.inputs if m.file.cache_name not in self._files}
+        if not gone:
+            return
+        gone.difference_update(m.file.cache_name for t in self._tasks.values()
+                               if t is not task and t._state < C.VINE_TASK_RETRIEVED for m in t.inputs)
+        for name in gone:
+            self._loop.call_soon(self._apply, FileUndeclared(time.time(), name, forget=True))
 
     def _notify_waiters(self) -> None:
         self._notify_pending = False

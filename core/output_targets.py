@@ -146,7 +146,9 @@ def _kind(path: str) -> str | None:
 
 def _merge_conflict(src: str, dst: str) -> str | None:
     """The first entry of tree ``src`` whose kind differs from what is at its place under ``dst``."""
-    for entry in os.scandir(src):
+    with os.scandir(src) as entries:
+        listed = list(entries)
+    for entry in listed:
         there = _kind(os.path.join(dst, entry.name))
         here = "dir" if entry.is_dir(follow_symlinks=False) else "file"
         if there is None:
@@ -163,7 +165,9 @@ def _merge_conflict(src: str, dst: str) -> str | None:
 
 def _merge(src: str, dst: str) -> None:
     """Move tree ``src`` into directory ``dst`` (checked by _merge_conflict first)."""
-    for entry in os.scandir(src):
+    with os.scandir(src) as entries:
+        listed = list(entries)
+    for entry in listed:
         target = os.path.join(dst, entry.name)
         if entry.is_dir(follow_symlinks=False) and _kind(target) == "dir":
             _merge(entry.path, target)

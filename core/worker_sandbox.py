@@ -190,7 +190,9 @@ def _dir_stamp(*paths: str) -> tuple[tuple[int, int], ...]:
 def _link_tree(src: str, dst: str) -> None:
     """Rebuild directory ``src`` at ``dst``: real directories, hard links to its files, its symlinks."""
     os.mkdir(dst)
-    for entry in os.scandir(src):
+    with os.scandir(src) as entries:
+        listed = list(entries)
+    for entry in listed:
         target = os.path.join(dst, entry.name)
         if entry.is_symlink():
             os.symlink(os.readlink(entry.path), target)
