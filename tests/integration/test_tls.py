@@ -11,6 +11,7 @@ not stop it, but the password proofs are bound to the TLS channel and must fail 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import socket
 import ssl
@@ -59,6 +60,7 @@ class LoopbackCapture:
         self._stop = threading.Event()
         self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         self._sock.setsockopt(socket.SOL_SOCKET, 33, 64 << 20)  # SO_RCVBUFFORCE: no drops while the test is busy
+        _attach_port_filter(self._sock, sorted(ports))
         self._sock.bind(("lo", 0))
         self._sock.settimeout(0.2)
         self._thread = threading.Thread(target=self._run, name="test-capture", daemon=True)
@@ -102,6 +104,38 @@ class LoopbackCapture:
 
     def on_port(self, port: int) -> list[tuple[int, int, bytes]]:
         return [s for s in self.segments if port in (s[0], s[1])]
+
+
+SO_ATTACH_FILTER = 26
+
+
+def _attach_port_filter(sock: socket.socket, ports: list[int]) -> None:
+    """Keep only IPv4 TCP to or from ``ports`` (two of them) in the kernel: other programs' loopback
+    traffic must neither fill the capture's buffer nor cost this process time.
+
+    Classic BPF over the Ethernet header that ``lo`` shows packet sockets; jumps are relative.
+    """
+    p1, p2 = ports
+    program = [
+        (0x28, 0, 0, 12),       # 0  ldh [12]              ethertype
+        (0x15, 0, 11, 0x0800),  # 1  jeq IPv4, else drop
+        (0x30, 0, 0, 23),       # 2  ldb [23]              IP protocol
+        (0x15, 0, 9, 6),        # 3  jeq TCP, else drop
+        (0x28, 0, 0, 20),       # 4  ldh [20]              fragment offset
+        (0x45, 7, 0, 0x1FFF),   # 5  jset: a later fragment has no ports: drop
+        (0xB1, 0, 0, 14),       # 6  ldxb 4*([14]&0xf)     IP header length
+        (0x48, 0, 0, 14),       # 7  ldh [x+14]            source port
+        (0x15, 5, 0, p1),       # 8
+        (0x15, 4, 0, p2),       # 9
+        (0x48, 0, 0, 16),       # 10 ldh [x+16]            destination port
+        (0x15, 2, 0, p1),       # 11
+        (0x15, 1, 0, p2),       # 12
+        (0x06, 0, 0, 0),        # 13 drop
+        (0x06, 0, 0, 0x40000),  # 14 accept (whole packet)
+    ]
+    code = b"".join(struct.pack("HBBI", *ins) for ins in program)
+    buf = ctypes.create_string_buffer(code, len(code))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, struct.pack("HL", len(program), ctypes.addressof(buf)))
 
 
 def _pinned_temp_pair(m: vine.Manager, marker: str) -> tuple[vine.Task, vine.Task]:
