@@ -15,8 +15,13 @@ import tempfile
 from typing import Any
 
 from .errors import AuthenticationError, RemoteProtocolError, TransferError
+from .preauth import leave_preauth_gate
 from .protocol import (
     CHUNK_SIZE,
+    MAX_HEADER,
+    MAX_PAYLOAD,
+    PREAUTH_MAX_HEADER,
+    PREAUTH_MAX_PAYLOAD,
     PROTOCOL_VERSION,
     Frame,
     FrameDecoder,
@@ -28,15 +33,23 @@ from .protocol import (
 from .tls import close_stream
 
 READ_SIZE = 256 * 1024
+PREAUTH_READ_SIZE = 16 * 1024  # a stranger's bytes are read (and buffered) in small bites
 
 
 class Connection:
-    """Frames over an asyncio stream pair. ``recv`` returns None at a clean EOF."""
+    """Frames over an asyncio stream pair. ``recv`` returns None at a clean EOF.
+
+    Until :meth:`authenticated` (called by both handshake functions when they succeed), frames are
+    limited to the handshake's few KB (``PREAUTH_MAX_*``), so a stranger cannot make us buffer more.
+    """
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
-        self.decoder = FrameDecoder()
+        self.decoder = FrameDecoder(max_header=PREAUTH_MAX_HEADER, max_payload=PREAUTH_MAX_PAYLOAD)
+        self.is_authenticated = False
+        self._read_size = PREAUTH_READ_SIZE
+        self._closed = False
         self._frames: list[Frame] = []
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
@@ -64,9 +77,18 @@ class Connection:
         self.flush()
         await self.writer.drain()
 
+    def authenticated(self) -> None:
+        """The handshake succeeded: lift the pre-handshake frame limits."""
+        self.is_authenticated = True
+        self.decoder.set_limits(MAX_HEADER, MAX_PAYLOAD)
+        self._read_size = READ_SIZE
+        leave_preauth_gate()  # no longer a stranger: its listener's gate stops counting it
+
     async def recv(self) -> Frame | None:
         while not self._frames:
-            data = await self.reader.read(READ_SIZE)
+            data = await self.reader.read(self._read_size)
+            if self._closed:
+                return None  # closed by our side while this read waited: an end, not a bad stream
             if not data:
                 if self.decoder.pending:
                     raise RemoteProtocolError(f"connection closed in the middle of a frame ({self.decoder.pending} bytes)")
@@ -95,6 +117,7 @@ class Connection:
             self.writer.close()
         except Exception:  # noqa: BLE001 - closing a broken transport must not raise
             pass
+        self._release()
 
     async def aclose(self) -> None:
         """Close and wait until the socket is released: for a connection whose event loop ends next
@@ -104,6 +127,13 @@ class Connection:
         except Exception:  # noqa: BLE001 - closing a broken transport must not raise
             pass
         await close_stream(self.writer)
+        self._release()
+
+    def _release(self) -> None:
+        # Whatever the peer left half-sent is garbage now; do not keep it until this object is collected.
+        self._closed = True
+        self.decoder.release()
+        self._frames.clear()
 
 
 async def open_connection(host: str, port: int, ssl: ssl_module.SSLContext | None = None, timeout: float = 10) -> Connection:
@@ -154,6 +184,7 @@ async def client_handshake(conn: Connection, role: str, password: bytes | None, 
     elif password is not None:
         await _tell_peer(conn, "this side was given a password, but the other side uses none")
         raise AuthenticationError(f"{conn.peer} does not use a password but we were given one")
+    conn.authenticated()
     return welcome
 
 
@@ -194,6 +225,7 @@ async def server_handshake(conn: Connection, password: bytes | None, timeout: fl
             await conn.drain()
             raise AuthenticationError(f"{conn.peer} rejected: password mismatch; start it with --password FILE"
                                       + (" (or a relay in the middle terminates TLS)" if binding else ""))
+    conn.authenticated()
     return hello
 
 
@@ -274,7 +306,8 @@ class FileReceiver:
         self.name = str(begin["name"])
         self.size = int(begin["size"])
         self.is_dir = bool(begin.get("dir"))
-        self.mode = int(begin.get("mode") or 0o644)
+        # Permission bits only: a peer must not make us create setuid/setgid files.
+        self.mode = int(begin.get("mode") or 0o644) & 0o777
         self.header = begin.header
         self.target = target
         parent = os.path.dirname(os.path.abspath(target)) or "."

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import constants as C
 from .connection import Connection, FileReceiver, MemoryReceiver, send_bytes, send_path, server_handshake
-from .errors import AuthenticationError, ProtocolError, TransferError
+from .errors import AuthenticationError, ProtocolError, RemoteProtocolError, TransferError
 from .files import File
 from .output_targets import OutputWriter
 from .library_state import StartLibrary
@@ -46,6 +48,11 @@ if TYPE_CHECKING:
     pass
 
 MEMORY_RECEIVE_MAX = 1 << 20  # a returned buffer or fetched file up to this size is received in memory, not staged
+# No single stream (or watched output) from a worker may exceed twice the disk it reported, plus this:
+# twice, because a worker reports a share of its free disk (--disk-percent, 50 by default) and a
+# directory travels as a tar with a header per file.
+STREAM_SLACK = 16 << 20
+_STAGING_IDS = itertools.count(1)  # names of staged streams: chosen here, never taken from the peer
 
 log = logging.getLogger("core.manager")
 
@@ -59,7 +66,13 @@ class WorkerLink:
     addrport: str
     transfer_addr: str | None
     outbox: asyncio.Queue[Instruction | None] = field(default_factory=asyncio.Queue)
-    receivers: dict[str, FileReceiver | MemoryReceiver] = field(default_factory=dict)
+    receivers: dict[str, FileReceiver | MemoryReceiver | OutputWriter] = field(default_factory=dict)
+    # What this worker was asked to send, and nothing else is accepted from it (see _begin_receive):
+    expected_outputs: dict[tuple[int, str], File] = field(default_factory=dict)  # (task id, cache name) -> output
+    expected_fetches: dict[int, str] = field(default_factory=dict)  # fetch request id -> cache name
+    watched: dict[tuple[int, str], tuple[File, int]] = field(default_factory=dict)  # (task, name) -> (file, bytes so far)
+    incoming: dict[str, tuple[File | None, int | None]] = field(default_factory=dict)  # streams begun: (output file, fetch id)
+    stream_limit: int = STREAM_SLACK  # bytes (see STREAM_SLACK)
     sender: asyncio.Task[None] | None = None
     idle: bool = True  # the sender coroutine is not in the middle of an instruction
     batch_job_id: str | None = None  # the batch job the worker says it runs in (for a factory's scale-down)
@@ -143,6 +156,7 @@ class WorkerLinks:
         link.batch_job_id = job if isinstance(job, str) and 0 < len(job) <= 128 else None
         res = Resources.from_dict(ready["resources"])
         cache = {str(k): int(v) for k, v in dict(ready["cache"]).items()}
+        link.stream_limit = _stream_limit(res)
         self._links[wid] = link
         self._logs.worker_connected(wid, conn.peer, res.to_dict())
         self._logs.debug_worker_joined(link.hostname, conn.peer, wid, res.to_dict(), int(tport) if tport else None, cache, self._files)
@@ -164,6 +178,7 @@ class WorkerLinks:
         except (ProtocolError, TransferError, ValueError, KeyError, TypeError) as exc:
             reason = "FAILURE"
             self._logs.debug(f"worker {wid} ({conn.peer}) sent a bad message, disconnecting: {type(exc).__name__}: {exc}")
+            log.warning("disconnecting worker %s (%s, %s): %s: %s", wid, link.hostname, conn.peer, type(exc).__name__, exc)
         except OSError as exc:
             self._logs.debug(f"worker {wid} connection error: {exc}")
         finally:
@@ -195,7 +210,7 @@ class WorkerLinks:
             self._apply(CacheUpdated(now, link.id, name, size))
         elif t == "cache_invalid":
             rid = frame.get("request")
-            if rid is not None and rid in self._fetches:
+            if rid is not None and link.expected_fetches.pop(rid, None) is not None and rid in self._fetches:
                 self._fetches.pop(rid).set_exception(TransferError(f"worker {link.id} could not send {frame['name']}: {frame['reason']}"))
                 return
             self._logs.debug_cache_invalid(link.hostname, link.addrport, link.id, str(frame["name"]), str(frame["reason"]))
@@ -213,52 +228,103 @@ class WorkerLinks:
         elif t == "file_end":
             self._end_receive(link, frame)
         elif t == "watch":
-            self._on_watch(frame)
+            self._on_watch(link, frame)
         else:
             raise ProtocolError(f"unexpected message {t!r} from a worker")
 
     def _begin_receive(self, link: WorkerLink, frame: Frame) -> None:
+        """Start receiving a stream, if it is one the manager asked *this* worker for.
+
+        Accepted: an output of a task dispatched to this worker (``task`` names it), or the answer
+        to a fetch sent to it (``request``); each once. Where it goes is chosen here (the declared
+        output's path, memory, or a staging name of our own), never from the peer's name, and its
+        announced size is bounded by ``link.stream_limit``. Anything else ends the connection.
+        """
         name = str(frame["name"])
-        f = self._files.get(name)
+        size = frame["size"]
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise RemoteProtocolError(f"tried to send {name!r} with size {size!r}, which is not a byte count")
+        if name in link.receivers:
+            raise RemoteProtocolError(f"began sending {name!r} again in the middle of sending it")
         rid = frame.get("request")
-        if rid is None and f is not None and f.kind == "file":
-            link.receivers[name] = OutputWriter(frame, f.source())  # type: ignore[assignment]  # never destroys a directory
-        elif not frame.get("dir") and int(frame["size"]) <= MEMORY_RECEIVE_MAX:
-            link.receivers[name] = MemoryReceiver(frame)  # a returned buffer or a fetch: wanted as bytes
+        f: File | None = None
+        if rid is not None:
+            if not isinstance(rid, int) or link.expected_fetches.get(rid) != name:
+                raise RemoteProtocolError(f"tried to send {name!r} as the answer to fetch {rid!r}, which asked it for "
+                                          f"{link.expected_fetches.get(rid) if isinstance(rid, int) else None!r}")
         else:
-            link.receivers[name] = FileReceiver(frame, os.path.join(self._staging, "outputs", f"{name}.{rid or 'out'}"))
+            tid = frame.get("task")
+            f = link.expected_outputs.get((tid, name)) if isinstance(tid, int) else None
+            if f is None:
+                raise RemoteProtocolError(f"tried to write {name!r} (as output of task {tid!r}), which is not "
+                                          "an output of a task this worker was given")
+        if size > link.stream_limit:
+            raise RemoteProtocolError(f"announced {size} bytes for {name!r}, over the {link.stream_limit} bytes a worker "
+                                      "reporting its disk can send")
+        if rid is not None:
+            del link.expected_fetches[rid]
+        else:
+            del link.expected_outputs[(frame["task"], name)]
+        if f is not None and f.kind == "file":
+            receiver: FileReceiver | MemoryReceiver | OutputWriter = OutputWriter(frame, f.source())  # never destroys a directory
+        elif not frame.get("dir") and size <= MEMORY_RECEIVE_MAX:
+            receiver = MemoryReceiver(frame)  # a returned buffer or a fetch: wanted as bytes
+        else:
+            receiver = FileReceiver(frame, os.path.join(self._staging, "outputs", f"stream-{next(_STAGING_IDS)}"))
+        link.receivers[name] = receiver
+        link.incoming[name] = (f, rid)
 
     def _end_receive(self, link: WorkerLink, frame: Frame) -> None:
         r = link.receivers.pop(frame["name"], None)
         if r is None:
             raise ProtocolError(f"file_end for {frame['name']} without file_begin")
+        f, rid = link.incoming.pop(r.name)
         size = r.finish()
         self._logs.transfer(link.id, "OUTPUT", r.name, size, 0, 0)
         if isinstance(r, OutputWriter) and r.refused is not None:
             self._output_refused(link, r)
-        rid = r.header.get("request")
-        f = self._files.get(r.name)
-        if rid is not None or (f is not None and f.kind != "file"):
-            if isinstance(r, MemoryReceiver):
-                data = r.data
-            else:
-                with open(r.target, "rb") as fh:
-                    data = fh.read()
-                os.unlink(r.target)
-            if rid is not None and rid in self._fetches:
-                self._fetches.pop(rid).set_result(data)
-            elif f is not None and f.kind == "buffer":
-                f.set_buffer_data(data)
-
-    def _on_watch(self, frame: Frame) -> None:
-        f = self._files.get(str(frame["name"]))
-        if f is None or f.kind != "file":
+        if f is not None and f.kind == "file":
             return
+        if isinstance(r, MemoryReceiver):
+            data = r.data
+        else:
+            with open(r.target, "rb") as fh:
+                data = fh.read()
+            os.unlink(r.target)
+        if rid is not None:
+            fut = self._fetches.pop(rid, None)
+            if fut is not None and not fut.done():
+                fut.set_result(data)
+        elif f is not None and f.kind == "buffer":
+            f.set_buffer_data(data)
+
+    def _on_watch(self, link: WorkerLink, frame: Frame) -> None:
+        """Append a watched output's new bytes, only from the worker running that task, only where
+        the previous piece ended (or before: the file may have been rewritten), within the size bound."""
+        tid, name, offset = frame["id"], str(frame["name"]), frame["offset"]
+        watched = link.watched.get((tid, name)) if isinstance(tid, int) else None
+        if watched is None:
+            raise RemoteProtocolError(f"sent watch data for {name!r} of task {tid!r}, which it was not asked to watch")
+        f, written = watched
+        if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= written:
+            raise RemoteProtocolError(f"sent watch data for {name!r} at offset {offset!r}, but only {written} bytes were sent so far")
+        end = offset + len(frame.payload)
+        if end > link.stream_limit:
+            raise RemoteProtocolError(f"grew watched {name!r} to {end} bytes, over the {link.stream_limit} bytes a worker "
+                                      "reporting its disk can send")
         mode = "r+b" if os.path.exists(f.source()) else "wb"
         with open(f.source(), mode) as fh:
-            fh.seek(int(frame["offset"]))
+            fh.seek(offset)
             fh.write(frame.payload)
             fh.truncate()
+        link.watched[(tid, name)] = (f, end)
+
+    def _forget_expected(self, link: WorkerLink, task_id: int) -> None:
+        """The task ended on ``link`` (or is sent there again): its earlier outputs may no longer be sent or watched."""
+        for key in [k for k in link.expected_outputs if k[0] == task_id]:
+            del link.expected_outputs[key]
+        for key in [k for k in link.watched if k[0] == task_id]:
+            del link.watched[key]
 
     def _output_refused(self, link: WorkerLink, r: OutputWriter) -> None:
         """An output of a task could not be written where declared: that task fails (on_complete), not the worker."""
@@ -271,6 +337,7 @@ class WorkerLinks:
 
     def _on_complete(self, link: WorkerLink, frame: Frame) -> None:
         tid = int(frame["id"])
+        self._forget_expected(link, tid)  # its outputs were sent before this message
         task = self._tasks.get(tid)
         result, code = int(frame["result"]), int(frame["exit_code"])
         if task is not None and task._output_refused is not None and result == C.VINE_RESULT_SUCCESS:
@@ -318,6 +385,7 @@ class WorkerLinks:
         rid = next(self._fetch_ids)
         fut._vine_worker = holders[0]  # type: ignore[attr-defined]
         self._fetches[rid] = fut
+        self._links[holders[0]].expected_fetches[rid] = f.cache_name
         self._links[holders[0]].conn.send({"type": "get", "name": f.cache_name, "request": rid})
 
     async def _sender(self, link: WorkerLink) -> None:
@@ -375,6 +443,12 @@ class WorkerLinks:
                  "success_only": m.success_only}
                 for m in task.outputs
             ]
+            self._forget_expected(link, task.id)
+            for m in task.outputs:
+                if m.file.kind in ("file", "buffer"):  # the outputs sent back ("return" above)
+                    link.expected_outputs[(task.id, m.file.cache_name)] = m.file
+                    if m.watch and m.file.kind == "file":
+                        link.watched[(task.id, m.file.cache_name)] = (m.file, 0)
             task._allocated = ins.allocation
             task._state = C.VINE_TASK_RUNNING
             self._logs.task_running(task.id, link.id, spec["resources"])
@@ -403,6 +477,8 @@ class WorkerLinks:
             self._logs.debug_mini_task(link.hostname, link.addrport, str(f.minitask_output), f.cache_name, f.level, f.size, f.mode or 0o755)
             conn.send({"type": "minitask", "name": f.cache_name, "task": spec, "level": f.level})
         elif isinstance(ins, Kill):
+            # Its expected outputs stay until the link ends or the task is sent again: the worker may
+            # already be sending them (or a watch piece) when the kill arrives, and that is honest.
             self._logs.debug_kill(link.hostname, link.addrport, ins.task_id)
             conn.send({"type": "kill", "id": ins.task_id})
         elif isinstance(ins, Unlink):
@@ -429,3 +505,9 @@ class WorkerLinks:
         self._counters["bytes_sent_files"] += size
         self._counters["files_sent"] += 1
         self._logs.transfer(link.id, "INPUT", f.cache_name, size, int((time.time() - start) * 1e6), int(start * 1e6))
+
+
+def _stream_limit(res: Resources) -> int:
+    """Bytes one stream from a worker reporting ``res`` may announce (see STREAM_SLACK)."""
+    disk = res.disk if math.isfinite(res.disk) and res.disk > 0 else 0.0
+    return int(2 * disk * (1 << 20)) + STREAM_SLACK

@@ -32,6 +32,11 @@ PREFIX = struct.Struct(">IQ")
 MAX_HEADER = 1 << 20  # 1 MiB of JSON is far beyond any legitimate message
 MAX_PAYLOAD = 64 << 20  # chunks are 1 MiB; stdout up to this size travels inline
 CHUNK_SIZE = 1 << 20
+# Before the handshake has finished, a peer is a stranger: its frames (hello, auth, error) are a few
+# hundred bytes, so anything larger is refused at its length prefix, before its bytes are buffered.
+# Without this, 48 strangers each announcing a 64 MiB payload held over 3 GB of the manager's memory.
+PREAUTH_MAX_HEADER = 8 << 10
+PREAUTH_MAX_PAYLOAD = 0
 
 # Every message type and the header fields it must carry. Unknown types are a protocol error.
 MESSAGES: dict[str, tuple[str, ...]] = {
@@ -127,11 +132,27 @@ class FrameDecoder:
     """Incremental decoder: ``feed`` any slice of the stream, get back every complete frame.
 
     Once it has raised, the stream is unusable (framing is lost) and the peer must be dropped.
+    ``max_header``/``max_payload`` bound each frame; a connection starts with the small pre-handshake
+    bounds and raises them with :meth:`set_limits` once the peer has authenticated.
     """
 
+    max_header: int = MAX_HEADER
+    max_payload: int = MAX_PAYLOAD
     _buf: bytearray = field(default_factory=bytearray)
     _need: tuple[int, int] | None = None
     _broken: bool = False
+
+    def set_limits(self, max_header: int, max_payload: int) -> None:
+        """Bound the frames decoded from now on (a frame whose prefix was already read keeps its check)."""
+        if not 0 < max_header <= MAX_HEADER or not 0 <= max_payload <= MAX_PAYLOAD:
+            raise LocalProtocolError(f"frame limits {max_header}/{max_payload} are outside 1..{MAX_HEADER} / 0..{MAX_PAYLOAD}")
+        self.max_header, self.max_payload = max_header, max_payload
+
+    def release(self) -> None:
+        """Drop whatever is buffered (the peer is gone); the decoder is unusable afterwards."""
+        self._buf = bytearray()
+        self._need = None
+        self._broken = True
 
     def feed(self, data: bytes) -> list[Frame]:
         if self._broken:
@@ -144,10 +165,12 @@ class FrameDecoder:
                     if len(self._buf) < PREFIX.size:
                         break
                     hlen, plen = PREFIX.unpack_from(self._buf)
-                    if hlen == 0 or hlen > MAX_HEADER:
-                        raise RemoteProtocolError(f"frame header length {hlen} is out of range (1..{MAX_HEADER})")
-                    if plen > MAX_PAYLOAD:
-                        raise RemoteProtocolError(f"frame payload length {plen} is over {MAX_PAYLOAD}")
+                    if hlen == 0 or hlen > self.max_header:
+                        raise RemoteProtocolError(f"frame header length {hlen} is out of range (1..{self.max_header})"
+                                                  + _preauth_note(self.max_header < MAX_HEADER))
+                    if plen > self.max_payload:
+                        raise RemoteProtocolError(f"frame payload length {plen} is over {self.max_payload}"
+                                                  + _preauth_note(self.max_payload < MAX_PAYLOAD))
                     self._need = (hlen, plen)
                     del self._buf[: PREFIX.size]
                 hlen, plen = self._need
@@ -167,6 +190,10 @@ class FrameDecoder:
     def pending(self) -> int:
         """Bytes received but not yet part of a complete frame (non-zero at EOF = truncated)."""
         return len(self._buf) + (PREFIX.size if self._need else 0)
+
+
+def _preauth_note(before_handshake: bool) -> str:
+    return " (the limit before the handshake has finished)" if before_handshake else ""
 
 
 # --- authentication -------------------------------------------------------------------------------

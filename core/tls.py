@@ -26,6 +26,7 @@ import tempfile
 from collections.abc import Awaitable, Callable
 
 from .errors import VineError
+from .preauth import PreAuthGate, RateLimitedLog
 from .protocol import encode_frame
 
 TLS_HANDSHAKE_RECORD = 0x16
@@ -99,8 +100,12 @@ class GatedListener:
 
     def __init__(self, handler: Handler, sock: socket.socket, ssl: ssl_module.SSLContext | None, *,
                  what: str, log: logging.Logger, limit: int = 1 << 20, backlog: int = 512,
-                 timeout: float | Callable[[], float] = SNIFF_TIMEOUT) -> None:
+                 timeout: float | Callable[[], float] = SNIFF_TIMEOUT, gate: PreAuthGate | None = None) -> None:
         self._handler = handler
+        # Connections not yet authenticated are capped (the oldest goes first), and a failing accept
+        # is logged once a minute: 1,021 idle strangers at ulimit -n 1024 once stopped the manager.
+        self.gate = gate if gate is not None else PreAuthGate()
+        self._accept_failures = RateLimitedLog(log)
         self._sock = sock
         self.ssl = ssl
         self.what = what
@@ -131,13 +136,16 @@ class GatedListener:
             except OSError as exc:
                 if self._sock.fileno() < 0:
                     return  # closed under us
-                # Out of file descriptors, most likely: back off instead of spinning.
-                self._log.warning("%s: cannot accept a connection: %s", self.what, exc)
+                # Out of file descriptors, most likely: free one held by a stranger, back off.
+                evicted = self.gate.evict_oldest()
+                self._accept_failures.warning(f"{self.what}: cannot accept a connection: {exc}"
+                                              + ("; closed the oldest unauthenticated one" if evicted else ""))
                 await asyncio.sleep(0.5)
                 continue
             task = loop.create_task(self._route(client, addr))
             self._clients.add(task)  # the loop holds tasks weakly
             task.add_done_callback(self._clients.discard)
+            self.gate.admit(task)
 
     async def _route(self, client: socket.socket, addr: object) -> None:
         writer: asyncio.StreamWriter | None = None
