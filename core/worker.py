@@ -44,7 +44,7 @@ from .connection import (
 from .errors import AuthenticationError, ProtocolError, TransferError
 from .monitor import Usage, exceeded, sample
 from .protocol import Frame
-from .tls import GatedListener, client_context, self_signed_server_context, start_gated_server
+from .tls import GatedListener, TLSSetupError, client_context, self_signed_server_context, start_gated_server
 from .worker_python import WorkerPythonMixin
 from .worker_cache import WorkerCache
 from .worker_reaper import TaskReaper
@@ -766,7 +766,11 @@ def main(argv: list[str] | None = None) -> int:
     if len(args.manager) not in (1, 2):
         build_parser().error("give HOST PORT, HOST:PORT, or -M NAME")
     worker = Worker(args)
-    return asyncio.run(worker.main())
+    try:
+        return asyncio.run(worker.main())
+    except TLSSetupError as exc:  # --ssl (or a TLS catalog entry) on a host without openssl
+        print(f"vine_worker: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

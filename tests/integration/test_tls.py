@@ -428,3 +428,12 @@ def test_missing_tls_is_refused_both_ways(tmp_path, start_worker, manager, caplo
     assert manager.stats.workers_connected == 0
     with pytest.raises((RemoteProtocolError, ssl.SSLError, ConnectionError)):
         query_status("127.0.0.1", manager.port, "manager", use_ssl=True, timeout=5)
+
+
+def test_tls_worker_without_openssl_says_so(tmp_path):
+    """A worker that cannot make its transfer port's certificate exits at once with the reason."""
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), "PATH": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "core.worker", "--ssl", "--workdir", str(tmp_path / "w"), "--timeout", "5",
+                          "127.0.0.1", "9"], env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1
+    assert "TLS needs the openssl command" in out.stderr and "Traceback" not in out.stderr
