@@ -24,7 +24,6 @@ import os
 import shutil
 import socket
 import ssl as ssl_module
-import tempfile
 import threading
 import time
 from typing import Any, Callable
@@ -55,7 +54,7 @@ from .scheduler import (
     policy_name,
 )
 from .task import Task
-from .tls import start_gated_server
+from .tls import TLSSetupError, self_signed_server_context, start_gated_server
 
 log = logging.getLogger("core.manager")
 
@@ -241,36 +240,25 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
         if not ssl:
             return None
         if ssl is True:
-            key, cert = self._self_signed_pair()
-        else:
             try:
-                key, cert = ssl
-            except (TypeError, ValueError):
-                raise ValueError("ssl must be True or a (key_file, cert_file) pair") from None
-            if key is None and cert is None:
-                return None
-            if key is None or cert is None:
-                raise ValueError(f"ssl=(key_file, cert_file) needs both files or neither; got key={key!r}, cert={cert!r}")
+                # The key lives in the context only: no private key is left behind in /tmp.
+                return self_signed_server_context()
+            except TLSSetupError as exc:
+                raise ManagerError(f"ssl=True: {exc}, or pass ssl=(key_file, cert_file)") from exc
+        try:
+            key, cert = ssl
+        except (TypeError, ValueError):
+            raise ValueError("ssl must be True or a (key_file, cert_file) pair") from None
+        if key is None and cert is None:
+            return None
+        if key is None or cert is None:
+            raise ValueError(f"ssl=(key_file, cert_file) needs both files or neither; got key={key!r}, cert={cert!r}")
         ctx = ssl_module.SSLContext(ssl_module.PROTOCOL_TLS_SERVER)
         try:
             ctx.load_cert_chain(cert, key)
         except (OSError, ssl_module.SSLError) as exc:
             raise ManagerError(f"cannot load TLS key {key} / certificate {cert}: {exc}") from exc
         return ctx
-
-    def _self_signed_pair(self) -> tuple[str, str]:
-        import subprocess
-
-        d = tempfile.mkdtemp(prefix="vine-ssl-")
-        key, cert = os.path.join(d, "key.pem"), os.path.join(d, "cert.pem")
-        cmd = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
-               "-days", "30", "-subj", f"/CN={socket.gethostname()}"]
-        try:
-            subprocess.run(cmd, check=True, capture_output=True, timeout=60)
-        except (OSError, subprocess.SubprocessError) as exc:
-            raise ManagerError(f"ssl=True needs the openssl command to make a self-signed certificate ({exc}); "
-                               "install openssl or pass ssl=(key_file, cert_file)") from exc
-        return key, cert
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def __enter__(self) -> Manager:

@@ -18,6 +18,7 @@ import ssl
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -437,3 +438,16 @@ def test_tls_worker_without_openssl_says_so(tmp_path):
                           "127.0.0.1", "9"], env=env, capture_output=True, text=True, timeout=30)
     assert out.returncode == 1
     assert "TLS needs the openssl command" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_self_signed_manager_leaves_no_private_key_on_disk(tmp_path, monkeypatch):
+    """ssl=True makes its key pair in a temp directory and keeps the key in memory only."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where mkdtemp puts the pair, for this test
+    m = vine.Manager(port=0, ssl=True, run_info_path=str(tmp_path / "run-info"))
+    try:
+        assert m.using_ssl
+        assert query_status("127.0.0.1", m.port, "manager", use_ssl=True, timeout=5)[0]["port"] == m.port
+        left = [os.path.join(d, f) for d, _, files in os.walk(tmp_path) for f in files if f.endswith(".pem")]
+        assert left == []
+    finally:
+        m.close()
