@@ -79,7 +79,8 @@ class CategoryMethods:
             self._state.categories.set_mode(category, number)
             self._state._schedule_needed = True
         self._call(apply)
-        self._logs.transaction(f"CATEGORY {category or 'default'} FIRST {mode_name(number).upper().replace(' ', '_')} {{}}")
+        if category is not None:  # as TaskVine: the default mode itself is no category's record
+            self._logs.transaction(f"CATEGORY {category} FIRST {mode_name(number).upper().replace(' ', '_')} {{}}")
         return 1
 
     def category_resources(self, category: str) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import pytest
 import core as vine
 from core.resources import Resources
 from tests.conftest import run, wait_for_workers
+from tests.integration.conftest import records
 
 HOG = f"{sys.executable} -c \"import time; b = b'x' * ({{mb}} << 20); time.sleep({{sleep}})\""
 WORKER = {"cores": 4, "memory": 1000, "disk": 2000}
@@ -105,3 +106,7 @@ def test_category_settings_are_checked(manager):
     assert manager.category_resources("anything")["mode"] == "max throughput"
     manager.set_resources_max({"cores": 2})
     assert manager.category_resources("default")["max"] == {"cores": 2}
+    manager.set_category_first_allocation_guess("default", {"memory": 100})
+    # The transactions log has TaskVine's CATEGORY records.
+    assert records(manager, "CATEGORY", "default", "MAX") == [["CATEGORY", "default", "MAX", '{"cores":[2.0,"cores"]}']]
+    assert records(manager, "CATEGORY", "default", "FIRST") == [["CATEGORY", "default", "FIRST", "MAX_THROUGHPUT", '{"memory":[100.0,"MB"]}']]
