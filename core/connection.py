@@ -147,9 +147,11 @@ async def open_connection(host: str, port: int, ssl: ssl_module.SSLContext | Non
 
 
 async def client_handshake(conn: Connection, role: str, password: bytes | None, timeout: float = 30, **info: Any) -> Frame:
-    """Connecting side: hello -> welcome [-> auth]. Returns the welcome frame.
+    """Connecting side: hello -> welcome [-> auth -> the other side's auth]. Returns the welcome frame.
 
     Both sides prove knowledge of the password over the other's fresh nonce, so it is never sent.
+    We prove ourselves first (the accepting side answers strangers, so it proves itself only to a
+    peer that has proven itself: see ``server_handshake``), then check the other side's proof.
     """
     nonce = new_nonce()
     conn.send({"type": "hello", "version": PROTOCOL_VERSION, "role": role, "nonce": nonce, **info})
@@ -174,13 +176,22 @@ async def client_handshake(conn: Connection, role: str, password: bytes | None, 
         if binding is None:
             await _tell_peer(conn, "the proofs are bound to a TLS channel, but this side's connection is not TLS")
             raise AuthenticationError(f"{conn.peer} binds its password proof to TLS, but our connection to it is plain")
-        if not check_proof(password, "server", nonce + binding, welcome.get("proof")):
-            await _tell_peer(conn, "password mismatch")
-            raise AuthenticationError(
-                f"{conn.peer} does not know our password (or uses another one"
-                + (", or a relay in the middle terminates TLS)" if binding else ")"))
+        mismatch = (f"{conn.peer} does not know our password (or uses another one"
+                    + (", or a relay in the middle terminates TLS)" if binding else ")"))
         conn.send({"type": "auth", "proof": auth_proof(password, "client", str(welcome["nonce"]) + binding)})
         await conn.drain()
+        theirs = await asyncio.wait_for(conn.recv(), timeout)
+        if theirs is None:
+            raise RemoteProtocolError(f"{conn.peer} closed the connection instead of proving the password")
+        if theirs.type == "error":
+            if "password" in str(theirs.get("reason")):
+                raise AuthenticationError(mismatch)  # it refused our proof
+            raise RemoteProtocolError(f"peer reported: {theirs['reason']}")
+        if theirs.type != "auth":
+            raise RemoteProtocolError(f"expected 'auth', got {theirs.type!r}")
+        if not check_proof(password, "server", nonce + binding, theirs.get("proof")):
+            await _tell_peer(conn, "password mismatch")
+            raise AuthenticationError(mismatch)
     elif password is not None:
         await _tell_peer(conn, "this side was given a password, but the other side uses none")
         raise AuthenticationError(f"{conn.peer} does not use a password but we were given one")
@@ -198,7 +209,12 @@ async def _tell_peer(conn: Connection, reason: str) -> None:
 
 
 async def server_handshake(conn: Connection, password: bytes | None, timeout: float) -> Frame:
-    """Accepting side: expects hello, answers welcome, checks auth. Returns the hello frame."""
+    """Accepting side: expects hello, answers welcome, checks auth, then proves itself. Returns the hello frame.
+
+    Our proof is sent only after the peer's has checked: anyone can connect and choose the nonce it
+    sends, so proving first would hand every stranger an HMAC of the password over a value of its
+    choice, to attack offline with a dictionary.
+    """
     hello = await conn.expect("hello", timeout)
     if hello["version"] != PROTOCOL_VERSION:
         conn.send({"type": "error", "reason": f"protocol version {hello['version']} unsupported; this manager speaks {PROTOCOL_VERSION}"})
@@ -208,7 +224,6 @@ async def server_handshake(conn: Connection, password: bytes | None, timeout: fl
     welcome: dict[str, Any] = {"type": "welcome", "version": PROTOCOL_VERSION, "nonce": nonce, "auth": password is not None}
     binding = _channel_binding(conn) or ""
     if password is not None:
-        welcome["proof"] = auth_proof(password, "server", str(hello["nonce"]) + binding)
         welcome["tls_bound"] = bool(binding)
     conn.send(welcome)
     await conn.drain()
@@ -225,6 +240,8 @@ async def server_handshake(conn: Connection, password: bytes | None, timeout: fl
             await conn.drain()
             raise AuthenticationError(f"{conn.peer} rejected: password mismatch; start it with --password FILE"
                                       + (" (or a relay in the middle terminates TLS)" if binding else ""))
+        conn.send({"type": "auth", "proof": auth_proof(password, "server", str(hello["nonce"]) + binding)})
+        await conn.drain()
     conn.authenticated()
     return hello
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from .errors import LocalProtocolError, RemoteProtocolError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: the accepting side proves the password only after the connecting side has
 PREFIX = struct.Struct(">IQ")
 MAX_HEADER = 1 << 20  # 1 MiB of JSON is far beyond any legitimate message
 MAX_PAYLOAD = 64 << 20  # chunks are 1 MiB; stdout up to this size travels inline
@@ -40,7 +40,8 @@ PREAUTH_MAX_PAYLOAD = 0
 
 # Every message type and the header fields it must carry. Unknown types are a protocol error.
 MESSAGES: dict[str, tuple[str, ...]] = {
-    # handshake (worker or tool -> manager, then manager -> worker)
+    # handshake: hello (connecting side), welcome (accepting side); with a password, auth from the
+    # connecting side, then auth from the accepting side once it has checked the first
     "hello": ("version", "role", "nonce"),
     "welcome": ("version", "nonce", "auth"),
     "auth": ("proof",),

@@ -121,28 +121,55 @@ def test_server_rejects_a_wrong_proof() -> None:
 
 
 @pytest.mark.timeout(20)
-def test_server_rejects_its_own_proof_reflected_back() -> None:
-    async def reflector(c: Connection) -> Any:
-        c.send({"type": "hello", "version": PROTOCOL_VERSION, "role": "worker", "nonce": new_nonce()})
-        welcome = await c.expect("welcome", TIMEOUT)
-        c.send({"type": "auth", "proof": welcome["proof"]})
-        return await c.expect("nothing-comes", TIMEOUT)
+def test_server_proves_nothing_to_a_client_that_has_not_proven_itself() -> None:
+    """No password oracle: a stranger choosing its nonce gets no HMAC of the password over it."""
+    chosen = "00" * 16
+    server_proof = auth_proof(b"s3cret", "server", chosen)
+    seen: list[Any] = []
 
-    _client, server = run_sides(reflector, lambda s: server_handshake(s, b"s3cret", TIMEOUT))
+    async def collector(c: Connection) -> Any:
+        c.send({"type": "hello", "version": PROTOCOL_VERSION, "role": "worker", "nonce": chosen})
+        welcome = await c.expect("welcome", TIMEOUT)
+        seen.append(welcome.header)
+        c.send({"type": "auth", "proof": auth_proof(b"guess", "client", welcome["nonce"])})
+        while (f := await c.recv()) is not None:
+            seen.append(f.header)
+
+    _client, server = run_sides(collector, lambda s: server_handshake(s, b"s3cret", TIMEOUT))
     assert isinstance(server, AuthenticationError), server
+    assert [h["type"] for h in seen] == ["welcome", "error"], seen
+    assert server_proof not in str(seen)
+
+
+@pytest.mark.timeout(20)
+def test_server_proves_itself_after_the_client_has() -> None:
+    async def client(c: Connection) -> Any:
+        nonce = new_nonce()
+        c.send({"type": "hello", "version": PROTOCOL_VERSION, "role": "worker", "nonce": nonce})
+        welcome = await c.expect("welcome", TIMEOUT)
+        assert "proof" not in welcome.header
+        c.send({"type": "auth", "proof": auth_proof(b"s3cret", "client", welcome["nonce"])})
+        theirs = await c.expect("auth", TIMEOUT)
+        return theirs["proof"] == auth_proof(b"s3cret", "server", nonce)
+
+    proved, hello = run_sides(client, lambda s: server_handshake(s, b"s3cret", TIMEOUT))
+    assert proved is True, proved
+    assert not isinstance(hello, BaseException), hello
 
 
 @pytest.mark.timeout(20)
 def test_client_rejects_a_server_that_does_not_know_the_password() -> None:
     async def impostor(s: Connection) -> Any:
         hello = await s.expect("hello", TIMEOUT)
-        s.send({"type": "welcome", "version": PROTOCOL_VERSION, "nonce": new_nonce(), "auth": True,
-                "proof": auth_proof(b"guess", "server", hello["nonce"])})
-        return await s.expect("auth", TIMEOUT)
+        s.send({"type": "welcome", "version": PROTOCOL_VERSION, "nonce": new_nonce(), "auth": True})
+        await s.expect("auth", TIMEOUT)
+        s.send({"type": "auth", "proof": auth_proof(b"guess", "server", hello["nonce"])})
+        return await s.expect("nothing-comes", TIMEOUT)
 
     client, server = run_sides(lambda c: client_handshake(c, "worker", b"s3cret", timeout=TIMEOUT), impostor)
     assert isinstance(client, AuthenticationError), client
-    # The impostor is told why instead of getting a proof it could replay.
+    # The impostor is told why. (It did get the client's proof over its nonce: the connecting side
+    # proves first, to the address it chose to connect to; see server_handshake.)
     assert isinstance(server, RemoteProtocolError) and "password mismatch" in str(server), server
 
 
