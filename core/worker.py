@@ -162,7 +162,7 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
         raise OSError(f"no free transfer port in TCP_LOW_PORT..TCP_HIGH_PORT: {last}")
 
     async def main(self) -> int:
-        # First, while this process holds nothing but its workspace: the guardian forked here keeps no copy.
+        # First, before any task can start: the guardian kills what this worker started if it is SIGKILLed.
         self.reaper = TaskReaper()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -15,8 +15,9 @@ The cache must hold exactly what the manager sent, whatever a task does to its s
   one that changed is removed from the cache and the manager told (``cache_invalid``), so no later
   task, peer or run reads it. The same check runs before the entry is served to a peer or the
   manager, and on ``forever`` entries when a worker starts on an old workspace.
-- ``mount_symlink`` inputs and environments are symlinks into the cache, as asked; they are checked
-  after the task like linked entries.
+- ``mount_symlink`` inputs are symlinks into the cache, as asked; they are checked after the task
+  like linked entries. Environments (``add_environment``) are symlinks too, and not checked: their
+  programs may write caches into them.
 """
 
 from __future__ import annotations
@@ -104,8 +105,9 @@ class WorkerSandboxes:
                 except OSError:
                     shutil.copy2(src, dst)  # another file system: a private copy needs no check
         for name in rt.spec.get("environments", []):
+            # Not checked after the task: an environment is a run-time tree its programs may write
+            # caches into (Python's __pycache__), and it would be sent again after every task.
             os.symlink(self.cache_path(name), os.path.join(rt.sandbox, f"__vine_env_{name}"))
-            rt.linked.append(name)
 
     def _seal_cache_entry(self, name: str) -> None:
         """Stamp a cache entry that just arrived, so any later change to it can be seen."""
