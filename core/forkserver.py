@@ -22,7 +22,10 @@ What makes a small task cost about a fork (all optional in a request, each falli
 - small arguments come inside the request (``args_inline``, base64) instead of as a sandbox file;
 - with ``result_inline`` the child sends its result (the output file's bytes) back through a pipe the server reads,
   and the server hands it to the worker with the exit status (``"result"``, base64), so no result
-  file is written (a result over ``INLINE_RESULT_LIMIT`` still goes to the file).
+  file is written (a result over ``INLINE_RESULT_LIMIT`` still goes to the file). The child's last
+  record on that pipe is the status it is about to exit with, once its output is flushed: the
+  server reports the task then, instead of after the kernel has torn the child down (a few ms of
+  every small task's latency); a child that dies without that record is reported from ``waitpid``.
 
 The channel is a socketpair inherited by the server (never its stdout, which children reuse).
 If the server dies, pending tasks fail with status -9 and the next task starts a new server.
@@ -74,6 +77,8 @@ def serve(fd: int) -> int:
     warmed: set[str] = set()
     functions: dict[str, Any] = {}  # function_key -> the unpickled function (insertion order = recency)
     results: dict[int, tuple[int, bytearray]] = {}  # child pid -> (read end of its result pipe, bytes so far)
+    at_eof: set[int] = set()  # result pipes read to their end (no longer watched), until their child is reaped
+    reported: set[int] = set()  # children whose end was reported from their pipe (their reap sends nothing)
     buf = b""
     outgoing: list[bytes] = []  # replies of one select round, sent in one write (one wake-up of the worker)
 
@@ -88,12 +93,36 @@ def serve(fd: int) -> int:
             except BlockingIOError:
                 break
             if not chunk:
+                # The child closed its end (it is exiting): stop watching the pipe now. Left
+                # registered, an at-EOF pipe is readable on every select until the SIGCHLD is
+                # reaped, and the loop spun on empty reads meanwhile (seen with strace).
+                if fd not in at_eof:
+                    at_eof.add(fd)
+                    sel.unregister(fd)
+                    if not final:
+                        report_early(pid, got)
                 break
             got += chunk
         if final:
-            sel.unregister(fd)
+            if fd in at_eof:
+                at_eof.discard(fd)
+            else:
+                sel.unregister(fd)
             os.close(fd)
             del results[pid]
+
+    def report_early(pid: int, got: bytearray) -> None:
+        # A child that closed its pipe after its exit record has finished (output flushed, result
+        # sent): report it now, not after the kernel has torn it down; the reap is then silent.
+        result, code = _remote.read_child_pipe(bytes(got))
+        tid = children.get(pid)
+        if code is None or tid is None:
+            return
+        reported.add(pid)
+        msg: dict[str, Any] = {"id": tid, "status": code}
+        if result is not None:
+            msg["result"] = base64.b64encode(result).decode()
+        reply(msg)
 
     def reap() -> None:
         while children:
@@ -109,9 +138,12 @@ def serve(fd: int) -> int:
                 # The child wrote everything before it exited: what is not read yet is in the pipe.
                 got = results[pid][1]
                 read_result(pid, final=True)
-                if got[:1] == b"R":
-                    msg["result"] = base64.b64encode(bytes(got[1:])).decode()
-            if tid is not None:
+                result, _ = _remote.read_child_pipe(bytes(got))
+                if result is not None:
+                    msg["result"] = base64.b64encode(result).decode()
+            if pid in reported:
+                reported.discard(pid)
+            elif tid is not None:
                 reply(msg)
 
     while True:
