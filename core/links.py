@@ -76,6 +76,7 @@ class WorkerLink:
     sender: asyncio.Task[None] | None = None
     idle: bool = True  # the sender coroutine is not in the middle of an instruction
     batch_job_id: str | None = None  # the batch job the worker says it runs in (for a factory's scale-down)
+    disconnect_reason: str | None = None  # the transactions log's reason when the manager ends the link on purpose
 
 
 class WorkerLinks:
@@ -84,8 +85,12 @@ class WorkerLinks:
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = Connection(reader, writer)
         timeout = self._state.tuning.get("handshake-timeout", 30)
+        self._counters["workers_init"] += 1  # connected, not yet through the handshake (performance log)
+        initializing = True
         try:
             hello = await server_handshake(conn, self._password, timeout)
+            self._counters["workers_init"] -= 1
+            initializing = False
             role = hello.get("role")
             if role == "status":
                 await self._serve_status(conn, hello)
@@ -105,6 +110,8 @@ class WorkerLinks:
         except asyncio.CancelledError:
             pass
         finally:
+            if initializing:
+                self._counters["workers_init"] -= 1
             conn.close()
 
     async def _serve_status(self, conn: Connection, hello: Frame) -> None:
@@ -174,7 +181,9 @@ class WorkerLinks:
                 if w is not None:
                     w.last_heard = time.time()
                     w.check_sent = None
+                began = time.perf_counter()
                 self._on_worker_frame(link, frame)
+                self._counters["time_status_msgs"] += (time.perf_counter() - began) * 1e6
         except (ProtocolError, TransferError, ValueError, KeyError, TypeError) as exc:
             reason = "FAILURE"
             self._logs.debug(f"worker {wid} ({conn.peer}) sent a bad message, disconnecting: {type(exc).__name__}: {exc}")
@@ -188,6 +197,7 @@ class WorkerLinks:
             for r in link.receivers.values():
                 r.abort()
             self._links.pop(wid, None)
+            reason = link.disconnect_reason or reason  # set when the manager removed it on purpose
             self._logs.worker_disconnected(wid, reason)
             self._logs.debug_worker_left(link.hostname, link.addrport, wid)
             self._logs.debug(f"worker {wid} disconnected ({reason})")
@@ -273,6 +283,7 @@ class WorkerLinks:
             receiver = FileReceiver(frame, os.path.join(self._staging, "outputs", f"stream-{next(_STAGING_IDS)}"))
         link.receivers[name] = receiver
         link.incoming[name] = (f, rid)
+        self._logs.receive_started(link.id, name)
 
     def _end_receive(self, link: WorkerLink, frame: Frame) -> None:
         r = link.receivers.pop(frame["name"], None)

@@ -136,8 +136,14 @@ class RunLogs:
         except OSError:
             pass
         self.pid = os.getpid()
-        self._lock = threading.Lock()
+        # Re-entrant: a fatal signal's handler (core.exit_guard) may close the logs while the main
+        # thread was interrupted inside a write.
+        self._lock = threading.RLock()
         self.start_us = _now_us()
+        # Transfer time and size between manager and workers, for the performance log (µs, bytes).
+        self.transfer_totals: dict[str, float] = {"time_send": 0.0, "time_receive": 0.0, "bytes_received_files": 0.0}
+        self._receiving: dict[tuple[str, str], float] = {}
+        self.closed = False
         self._debug = self._open("debug")
         # Debug lines wait here until the ticker's flush: a deque append needs no lock and no write
         # call, and a task's life writes five blocks of them.
@@ -160,7 +166,10 @@ class RunLogs:
             "# time manager_pid APPLICATION text\n"
         )
         self._perf.write("# " + " ".join(PERFORMANCE_COLUMNS) + "\n")
-        self._graph.write("# taskvine taskgraph version 2\n")
+        # Graphviz dot, as TaskVine's taskgraph log: `dot -Tpng taskgraph > graph.png`. Lines starting
+        # with '#' are discarded by dot.
+        self._graph.write('# taskvine taskgraph (Graphviz dot)\ndigraph "taskvine" {\n'
+                          "node [style=filled,fontname=Helvetica,fontsize=10];\n")
         self.transaction(f"MANAGER {self.pid} START 0")
         self._last_perf = 0.0
         self._last_perf_row: tuple[Any, ...] | None = None
@@ -370,7 +379,23 @@ class RunLogs:
         self.transaction(f"WORKER {wid} CACHE_UPDATE {name} {size} {wall_us} {start_us}")
 
     def transfer(self, wid: str, direction: str, name: str, size: int, wall_us: int, start_us: int) -> None:
+        """A file moved between the manager and worker ``wid`` (INPUT: to it; OUTPUT: from it)."""
+        if direction == "OUTPUT" and not start_us:
+            started = self._receiving.pop((wid, name), None)
+            if started is not None:
+                start_us = int(started * 1e6)
+                wall_us = max(_now_us() - start_us, 0)
+        totals = self.transfer_totals
+        if direction == "INPUT":
+            totals["time_send"] += wall_us
+        else:
+            totals["time_receive"] += wall_us
+            totals["bytes_received_files"] += size
         self.transaction(f"WORKER {wid} TRANSFER {direction} {name} {size} {wall_us} {start_us}")
+
+    def receive_started(self, wid: str, name: str) -> None:
+        """Worker ``wid`` began sending ``name``: its OUTPUT record gets the wall time from here."""
+        self._receiving[(wid, name)] = time.time()
 
     def task_ready(self, tid: int, category: str, attempt: int, requested: dict[str, float]) -> None:
         self.transaction(f"TASK {tid} READY {category} FIRST_RESOURCES {attempt} {_res_json(requested)}")
@@ -389,12 +414,19 @@ class RunLogs:
         self.transaction(f"TASK {tid} DONE {result} {exit_code}")
 
     def graph_file(self, name: str, source: str, size: int) -> None:
-        self._write(self._graph, f'FILE {name} "{source}" {size}\n')
+        """A declared file: a node named by its cache name, labelled with its source's last part."""
+        label = os.path.basename(source.rstrip("/")) or source
+        self._write(self._graph, f'{_dot_id(name)} [shape=box,color=lightblue,label={_dot_id(label)},'
+                                 f'tooltip={_dot_id(f"{source} ({size} bytes)")}];\n')
 
     def graph_task(self, tid: int, command: str, inputs: list[str], outputs: list[str]) -> None:
-        first = command.split()[0] if command.split() else ""
-        # No empty fields: a task without inputs reads `INPUTS OUTPUTS x`, never a double space.
-        self._write(self._graph, " ".join([f'TASK T{tid} "{first}" INPUTS', *inputs, "OUTPUTS", *outputs]) + "\n")
+        """A finished task: a node ``task-N`` labelled with its program, an edge from each input, one to each output."""
+        words = command.split()
+        node = f'"task-{tid}"'
+        lines = [f"{node} [color=green,label={_dot_id(os.path.basename(words[0]) if words else '')}];"]
+        lines += [f"{_dot_id(name)} -> {node};" for name in inputs]
+        lines += [f"{node} -> {_dot_id(name)};" for name in outputs]
+        self._write(self._graph, "\n".join(lines) + "\n")
 
     def performance(self, stats: dict[str, float], now: float, interval: float, force: bool = False) -> None:
         if not force and now - self._last_perf < interval:
@@ -407,9 +439,12 @@ class RunLogs:
         self._write(self._perf, f"{_now_us()} " + " ".join(_fmt(v) for v in row) + "\n")
 
     def close(self, stats: dict[str, float], name: str | None = None) -> None:
+        if self.closed:
+            return
+        self.closed = True
         self.performance(stats, time.time(), 0, force=True)
         self.transaction(f"MANAGER {self.pid} END {_now_us() - self.start_us}")
-        self._write(self._graph, "# end\n")
+        self._write(self._graph, "}\n")
         self._debug_line("manager end")
         self._write_workflow_info(name)
         with self._lock:
@@ -434,6 +469,11 @@ class RunLogs:
                 json.dump(crate, fh, indent=2)
         except OSError:  # a removed run directory or a full disk must not stop the manager's close
             pass
+
+
+def _dot_id(text: str) -> str:
+    """``text`` as a quoted Graphviz ID (quotes and backslashes escaped, no line breaks)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ").replace("\r", " ") + '"'
 
 
 def _fmt(v: Any) -> str:

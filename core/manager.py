@@ -29,6 +29,7 @@ import time
 from typing import Any, Callable
 
 from . import constants as C
+from . import exit_guard
 from .catalog import DEFAULT_INTERVAL as CATALOG_UPDATE_INTERVAL
 from .catalog import Registration as CatalogRegistration
 from .category_methods import CategoryMethods
@@ -38,6 +39,7 @@ from .functional import FunctionalMixin
 from .library import LibraryManagerMixin
 from .links import WorkerLink, WorkerLinks
 from .logs import RunLogs
+from .metrics import ManagerMetrics, io_thread_cpu_us, performance_columns
 from .scheduler import (
     DEFAULT_TUNING,
     Event,
@@ -55,6 +57,7 @@ from .scheduler import (
 )
 from .task import Task
 from .tls import TLSSetupError, self_signed_server_context, start_gated_server
+from .worker_controls import WorkerControls
 
 log = logging.getLogger("core.manager")
 
@@ -130,11 +133,15 @@ def _bind(port: Any) -> socket.socket:
     raise ManagerError(f"cannot listen on port {port}: {last}; choose another port, or port=0 for any free one")
 
 
-class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods):
+class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods, WorkerControls):
     """Submit tasks and wait for their results; workers connect to ``port`` (``vine_worker HOST PORT``).
 
     ``Manager(port=0)`` listens on any free port (``m.port`` tells which). With ``name=`` the
-    manager registers in the catalog so workers can find it with ``vine_worker -M NAME``.
+    manager registers in the catalog so workers can find it with ``vine_worker -M NAME``. With
+    ``prometheus_port=N`` it serves its stats as ``vine_<stat>`` gauges at ``http://HOST:N/metrics``
+    (0: any free port, ``m.prometheus_port`` tells which; needs ``pip install 'core-vine[metrics]'``).
+    A manager not closed when the program ends is closed at exit (core.exit_guard), so its logs end
+    complete.
     """
 
     _tasks_cache: Any = None  # a core.tasks_cache.TasksCache once enable_tasks_cache is called
@@ -185,6 +192,7 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
         self._fetch_ids = iter(range(1, 1 << 62))
         self._counters: dict[str, float] = collections.defaultdict(float)
         self._catalog: CatalogRegistration | None = None
+        self._metrics = ManagerMetrics()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run_loop, name=f"vine-manager-{self._port}", daemon=True)
         started = threading.Event()
@@ -192,6 +200,13 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
         self._thread.start()
         started.wait()
         self._closed = False
+        exit_guard.register(self)
+        if prometheus_port is not None:
+            try:
+                self._metrics.start_exporter(prometheus_port, lambda: self._call(self._collect_stats, timeout=10))
+            except BaseException:
+                self.close()  # no half-started manager: its port and thread go with the error
+                raise
         self._logs.manager_listening(self._port)
         if name:
             self._advertise(name)
@@ -206,6 +221,12 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
     @property
     def name(self) -> str | None:
         return self._name
+
+    @property
+    def prometheus_port(self) -> int | None:
+        """The port serving ``/metrics`` (the one chosen when 0 was asked), or None without one."""
+        exporter = self._metrics.exporter
+        return exporter.port if exporter is not None else None
 
     @property
     def using_ssl(self) -> bool:
@@ -278,6 +299,8 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
         if self._closed:
             return
         self._closed = True
+        exit_guard.unregister(self)
+        self._metrics.stop()
         if self._catalog is not None:
             self._catalog.stop()
             self._catalog = None
@@ -292,6 +315,10 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
         shutil.rmtree(self._logs.staging_dir, ignore_errors=True)
         with self._cond:
             self._cond.notify_all()
+
+    def _flush_logs(self) -> None:
+        """Write every buffered log record now (core.exit_guard, before a program's signal handler)."""
+        self._logs.flush()
 
     def _run_loop(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -662,7 +689,9 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return None
+                began = time.perf_counter()
                 self._cond.wait(remaining)
+                self._metrics.busy["polling"] += (time.perf_counter() - began) * 1e6
 
     def empty(self) -> bool:
         """True when every submitted task has been returned by ``wait``."""
@@ -708,7 +737,10 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
 
     # -- I/O thread: events and instructions --------------------------------------------------------------------
     def _apply(self, *events: Event) -> None:
-        for ins in self._state.handle(*events):
+        began = time.perf_counter()
+        instructions = self._state.handle(*events)
+        self._metrics.busy["scheduling"] += (time.perf_counter() - began) * 1e6
+        for ins in instructions:
             self._execute(ins)
 
     def _execute(self, ins: Instruction) -> None:
@@ -754,6 +786,8 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
             self._tasks_cache.record(task)  # before _finalize: a PythonTask then lets its buffers go
         self._unlink_undeclared_inputs(task)
         self._finalize(task)
+        totals = self._logs.transfer_totals
+        self._metrics.task_returned(task, ins.result, (totals["time_send"] + totals["time_receive"]) / (self._metrics.times.tasks + 1))
         result_name = C.result_enum_name(ins.result)
         self._logs.task_done(task.id, result_name, task._exit_code)
         self._logs.graph_task(task.id, task.command, [m.file.cache_name for m in task.inputs], [m.file.cache_name for m in task.outputs])
@@ -791,6 +825,7 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
             await asyncio.sleep(0.5)
             try:
                 self._apply(Tick(time.time()))
+                self._check_workers(time.time())
                 self._logs.performance(self._collect_stats(), time.time(), self._state.tuning.get("perf-log-interval", 5))
                 self._logs.flush()
             except Exception:  # noqa: BLE001 - the ticker must never die
@@ -815,6 +850,10 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
         s["time_when_started"] = self._logs.start_us
         s["bytes_sent"] = self._counters["bytes_sent"] + sum(lk.conn.bytes_sent for lk in self._links.values())
         s["bytes_received"] = self._counters["bytes_received"] + sum(lk.conn.bytes_received for lk in self._links.values())
+        s.update(self._logs.transfer_totals)
+        s["time_send_good"], s["time_receive_good"] = s["time_send"], s["time_receive"]  # only finished transfers are timed
+        self._metrics.busy["io_cpu"] = io_thread_cpu_us(self._thread)
+        performance_columns(s, self._state, self._metrics, self._logs.start_us, int(self._counters["workers_init"]))
         return s
 
 

@@ -115,17 +115,30 @@ def test_transactions_log(tmp_path, start_worker):
 
 
 def test_taskgraph_log(tmp_path, start_worker):
+    """The taskgraph log is Graphviz dot, as TaskVine's: a file node per declared file, a task node
+    per finished task, an edge from each input and to each output."""
     info, *_rest = run_workflow(tmp_path, start_worker)
-    lines = (info / "most-recent" / "vine-logs" / "taskgraph").read_text().splitlines()
-    assert lines[0] == "# taskvine taskgraph version 2"
-    assert lines[-1] == "# end"
-    files = [ln for ln in lines if ln.startswith("FILE ")]
-    tasks = [ln for ln in lines if ln.startswith("TASK ")]
-    assert all(re.fullmatch(r'FILE \S+ ".*" -?\d+', ln) for ln in files), files
-    assert any(f'"{tmp_path / "in.txt"}"' in ln for ln in files)
-    assert len(tasks) == 2
-    assert all(re.fullmatch(r'TASK T\d+ "\S*" INPUTS( \S+)* OUTPUTS( \S+)*', ln) for ln in tasks), tasks
-    assert any(ln.startswith('TASK T1 "cat" INPUTS file-') for ln in tasks)
+    text = (info / "most-recent" / "vine-logs" / "taskgraph").read_text()
+    body = [ln for ln in text.splitlines() if not ln.startswith("#")]  # dot discards '#' lines
+    assert body[0] == 'digraph "taskvine" {' and body[-1] == "}"
+    node = re.compile(r'("(?:[^"\\]|\\.)*") \[(.*)\];')
+    edge = re.compile(r'("(?:[^"\\]|\\.)*") -> ("(?:[^"\\]|\\.)*");')
+    nodes, edges = {}, []
+    for ln in body[2:-1]:
+        if m := edge.fullmatch(ln):
+            edges.append((m[1].strip('"'), m[2].strip('"')))
+        else:
+            m = node.fullmatch(ln)
+            assert m, ln
+            nodes[m[1].strip('"')] = m[2]
+    tasks = [n for n in nodes if n.startswith("task-")]
+    assert sorted(tasks) == ["task-1", "task-2"]
+    assert 'label="cat"' in nodes["task-1"]
+    assert any(f"{tmp_path / 'in.txt'}" in attrs for attrs in nodes.values())
+    # task 1 reads the declared file and writes the buffer; every edge joins declared nodes.
+    assert any(dst == "task-1" and src.startswith("file-") for src, dst in edges)
+    assert any(src == "task-1" and dst.startswith("buffer-") for src, dst in edges)
+    assert all(src in nodes and dst in nodes for src, dst in edges)
 
 
 def test_performance_log(tmp_path, start_worker):
