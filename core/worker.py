@@ -119,7 +119,7 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
         self.committed = {"cores": 0.0, "memory": 0.0, "disk": 0.0, "gpus": 0.0}
         self.cache: dict[str, tuple[int, int]] = {}  # name -> (size, level)
         self.cache_stamps: dict[str, str] = {}  # name -> stamp of an on-disk entry when it arrived (worker_sandbox)
-        self.reaper: TaskReaper | None = None  # kills task process groups if this worker dies (main)
+        self.reaper: TaskReaper | None = None  # kills this worker's task processes if it dies (main)
         self.pending: dict[str, asyncio.Future[bool]] = {}  # names on their way into the cache
         self.drop_on_arrival: set[str] = set()  # pending names nothing here needs any more (WorkerCache._cache_ready)
         self.receivers: dict[str, FileReceiver] = {}
@@ -163,7 +163,7 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
 
     async def main(self) -> int:
         # First, before any task can start: the guardian kills what this worker started if it is SIGKILLed.
-        self.reaper = TaskReaper()
+        self.reaper = TaskReaper(self.sandbox_dir)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -480,8 +480,6 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
             rt.pid = os.posix_spawn("/bin/sh", ["/bin/sh", "-c", self._command(rt)], self._task_env(rt), file_actions=actions, setsid=True)
         finally:
             os.chdir(self.workdir)
-        if self.reaper is not None:
-            self.reaper.started(rt.pid)  # its session dies with this worker, even a SIGKILLed one
         rt.start = time.time()
         rt.done = loop.create_future()
 
@@ -502,8 +500,6 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
                 os.killpg(rt.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-            if self.reaper is not None:
-                self.reaper.ended(rt.pid)
             if not rt.done.done():  # type: ignore[union-attr]
                 rt.done.set_result(rt.returncode)  # type: ignore[union-attr]
 
