@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import constants as C
 from .errors import ManagerError
+from .logs import PERFORMANCE_COLUMNS
 
 if TYPE_CHECKING:
     from .task import Task
@@ -164,7 +165,10 @@ class PrometheusExporter:
         class _StatsCollector:
             # A custom collector: every scrape reads the stats afresh, nothing to keep in sync.
             def collect(self) -> Iterator[Any]:
-                for name, value in sorted(collect().items()):
+                # Every performance-log column is a gauge from the first scrape on, 0 until it counts.
+                stats = dict.fromkeys(PERFORMANCE_COLUMNS[1:], 0)
+                stats.update(collect())
+                for name, value in sorted(stats.items()):
                     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                         continue
                     metric = "vine_" + _METRIC_NAME.sub("_", name)
