@@ -18,15 +18,22 @@ def boom(x):
 
 
 def test_own_exception_is_raised_at_once_with_its_remote_traceback(dv, mode):
-    submitted = []
+    submitted, ran = [], []
     dsk = {"a": 3, "b": (inc, "a"), "c": (boom, "b"), "d": (inc, "c")}
     with pytest.raises(ValueError, match="bad input 4") as info:
-        dv.get(dsk, "d", task_mode=mode, vine_submit=lambda key, task: submitted.append(key))
+        dv.get(dsk, "d", task_mode=mode, vine_submit=lambda key, task: submitted.append(key),
+               vine_done=lambda key, task: ran.append((key, task.exit_code)))
     exc = info.value
     assert "in boom" in exc.__vine_traceback__
     assert "in boom" in str(exc.__cause__)
     assert submitted.count("c") == 1  # not retried: the function itself raised
-    assert "d" not in submitted
+    if mode == "tasks":
+        assert "d" not in submitted
+    else:
+        # Function calls are submitted ahead of their inputs (call pipelining), so "d" may already be
+        # queued in core when "c" raises; it is never run (its input was never made) nor resubmitted.
+        assert submitted.count("d") <= 1
+        assert ("d", 0) not in ran
     assert any("'c'" in note for note in getattr(exc, "__notes__", ["'c'"]))
 
 
