@@ -15,7 +15,6 @@ import tempfile
 from typing import Any
 
 from .errors import AuthenticationError, RemoteProtocolError, TransferError
-from .preauth import leave_preauth_gate
 from .protocol import (
     CHUNK_SIZE,
     MAX_HEADER,
@@ -82,7 +81,6 @@ class Connection:
         self.is_authenticated = True
         self.decoder.set_limits(MAX_HEADER, MAX_PAYLOAD)
         self._read_size = READ_SIZE
-        leave_preauth_gate()  # no longer a stranger: its listener's gate stops counting it
 
     async def recv(self) -> Frame | None:
         while not self._frames:

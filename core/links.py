@@ -24,6 +24,7 @@ from .errors import AuthenticationError, ProtocolError, RemoteProtocolError, Tra
 from .files import File
 from .output_targets import OutputWriter
 from .library_state import StartLibrary
+from .preauth import leave_preauth_gate
 from .protocol import Frame
 from .resources import Resources
 from .scheduler import (
@@ -164,6 +165,7 @@ class WorkerLinks:
         res = Resources.from_dict(ready["resources"])
         cache = {str(k): int(v) for k, v in dict(ready["cache"]).items()}
         link.stream_limit = _stream_limit(res)
+        leave_preauth_gate()  # a worker now, no longer counted among the strangers
         self._links[wid] = link
         self._logs.worker_connected(wid, conn.peer, res.to_dict())
         self._logs.debug_worker_joined(link.hostname, conn.peer, wid, res.to_dict(), int(tport) if tport else None, cache, self._files)
@@ -239,6 +241,9 @@ class WorkerLinks:
             self._end_receive(link, frame)
         elif t == "watch":
             self._on_watch(link, frame)
+        elif t == "idle_disconnecting":
+            link.disconnect_reason = "IDLE_OUT"  # its connection ends next
+            self._counters["workers_idled_out"] += 1
         else:
             raise ProtocolError(f"unexpected message {t!r} from a worker")
 

@@ -35,7 +35,9 @@ class PreAuthGate:
     Each accepted connection is admitted with the asyncio task serving it. When ``limit`` are
     already waiting, the one waiting longest is cancelled (its task closes it): a real peer finishes
     its handshake in milliseconds, so it is idle strangers that go. A connection leaves the gate when
-    it authenticates (:meth:`Connection.authenticated`) or ends. ``evicted`` counts the cancelled.
+    its handler admits it (:func:`leave_preauth_gate`: the manager once a worker's ``ready`` is in,
+    a transfer port at a peer's first request; without a password the handshake alone proves
+    nothing) or ends. ``evicted`` counts the cancelled.
     """
 
     def __init__(self, limit: int | None = None) -> None:
@@ -76,8 +78,8 @@ _gates: dict[asyncio.Task[Any], PreAuthGate] = {}
 
 
 def leave_preauth_gate() -> None:
-    """Called by :meth:`core.connection.Connection.authenticated`: the connection served by the
-    current task is no longer a stranger, so its listener's gate stops counting it."""
+    """Called by a listener's handler once the peer it serves (in the current task) is admitted:
+    its listener's gate stops counting it as a stranger."""
     try:
         task = asyncio.current_task()
     except RuntimeError:

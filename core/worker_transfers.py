@@ -20,6 +20,7 @@ from typing import Any
 from . import constants as C
 from .connection import Connection, FileReceiver, client_handshake, open_connection, send_bytes, send_path, server_handshake
 from .errors import AuthenticationError, ProtocolError, TransferError
+from .preauth import leave_preauth_gate
 
 log = logging.getLogger("vine_worker")
 
@@ -194,6 +195,7 @@ class WorkerTransfers:
                     return
                 if fr.type != "get":
                     raise ProtocolError(f"peer sent {fr.type!r}, only 'get' is served")
+                leave_preauth_gate()  # a peer asking for files, no longer counted among strangers
                 name = str(fr["name"])
                 path = self.cache_path(name)
                 data = self.memory.get(name)

@@ -528,11 +528,14 @@ class FdFault:
     name: str
     strangers: int
     hog: bool = False  # the program itself has used up its descriptors while the strangers come
+    says_hello: bool = False  # each stranger sends a valid hello (no password: the handshake passes), then idles
 
 
 FD_FAULTS = [
     # 300 idle strangers at ulimit -n 256 (1,021 at 1024 once stopped the manager serving its worker).
     FdFault("idle-strangers-past-the-descriptor-limit", 300),
+    # Without a password the handshake proves nothing: until its ready, a connection is a stranger.
+    FdFault("strangers-idle-after-a-valid-hello", 300, says_hello=True),
     # Every accept fails with EMFILE for a while: one log line, not one per retry.
     FdFault("accept-fails-for-want-of-descriptors", 20, hog=True),
 ]
@@ -548,7 +551,11 @@ def test_strangers_cannot_starve_the_manager(row: FdFault, tmp_path):
     try:
         if row.hog:
             assert child.ask("hog").startswith("hogged")
-        socks = [socket.create_connection(("127.0.0.1", child.port), timeout=10) for _ in range(row.strangers)]
+        for _ in range(row.strangers):
+            socks.append(socket.create_connection(("127.0.0.1", child.port), timeout=10))
+            if row.says_hello:  # one at a time, each welcomed before the next comes
+                socks[-1].sendall(hello())
+                assert socks[-1].recv(65536), "a stranger was not welcomed"
         if row.hog:
             wait_until(lambda: "cannot accept" in child.stderr(), 15, "the manager to fail an accept")
             time.sleep(2.0)  # an observation window: what is tested is log lines per unit of time
