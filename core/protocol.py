@@ -63,6 +63,7 @@ MESSAGES: dict[str, tuple[str, ...]] = {
     "cache_invalid": ("name", "reason"),
     "complete": ("id", "result", "exit_code"),
     "watch": ("id", "name", "offset"),
+    "idle_disconnecting": ("timeout",),  # the worker leaves after its idle timeout (IDLE_OUT, not a loss)
     # either direction: file streams
     "file_begin": ("name", "size"),
     "file_chunk": ("name",),

@@ -311,6 +311,12 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
                     recv = asyncio.create_task(conn.recv())
                 if self.args.timeout and not self.tasks and time.monotonic() - self.last_work > self.args.timeout:
                     log.info("idle for %ss; exiting", self.args.timeout)
+                    # Say why (as TaskVine's worker does), so the manager logs IDLE_OUT, not a loss.
+                    conn.send({"type": "idle_disconnecting", "timeout": self.args.timeout})
+                    try:
+                        await asyncio.wait_for(conn.drain(), 2)
+                    except (OSError, asyncio.TimeoutError):
+                        pass
                     self._stop.set()
                     return
         finally:
