@@ -108,6 +108,23 @@ def test_a_task_cannot_change_the_cache(fault, manager, start_worker, tmp_path):
     assert "evil" not in os.listdir(cache), "a task wrote into the worker's cache directory"
 
 
+def test_a_peer_never_receives_a_changed_copy(manager, start_worker):
+    """A temp made on worker A is changed by the next task there: worker B, reading it next, gets
+    what its producer made (A dropped its copy; the producer ran again), not the changed bytes."""
+    start_worker(manager, extra=["--feature", "a"])
+    start_worker(manager, extra=["--feature", "b"])
+    wait_for_workers(manager, 2)
+    temp = manager.declare_temp()
+    steps = [("head -c 2097152 /dev/zero | tr '\\0' x > out", "a", "out"), ("echo spoiled >> in", "a", "in"), ("md5sum < in", "b", "in")]
+    for command, feature, remote in steps:
+        t = vine.Task(command)
+        (t.add_output if remote == "out" else t.add_input)(temp, remote)
+        t.add_feature(feature)
+        t = run(manager, t)
+        assert (t.result, t.exit_code) == ("success", 0)
+    assert t.output.split()[0] == _md5(b"x" * BIG)
+
+
 @pytest.mark.timeout(60)
 def test_changed_forever_input_is_not_offered_by_the_next_worker(manager, tmp_path, orphans):
     """A task changes a `forever` input and its worker is SIGKILLed before the after-task check:
