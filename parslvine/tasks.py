@@ -1,8 +1,9 @@
 """The core tasks an app call becomes, and the serverless library they may run in.
 
 - **regular**: a ``PythonTask`` running :func:`parslvine.runner.run_parsl_call`. The worker forks
-  it from its fork server, which imports Parsl once (``set_warm_imports``): no interpreter start
-  and no Parsl import per call. With ``init_command`` the call must run behind a shell command, so
+  it from its fork server, which imports once (``set_warm_imports``) only the parts of Parsl a call
+  needs (:mod:`parslvine.lean`): no interpreter start, no Parsl import per call, and a small
+  process to fork. With ``init_command`` the call must run behind a shell command, so
   it becomes a plain ``Task``: ``INIT python -m parslvine.runner ...`` (a fresh interpreter).
 - **serverless**: a ``FunctionCall`` into the library :data:`LIBRARY_NAME`, which holds
   ``run_parsl_call`` with Parsl already imported. Direct mode (the call runs inside the library
