@@ -64,7 +64,7 @@ def close_all() -> None:
     for m in _mine():
         try:
             m.close()
-        except Exception:  # noqa: BLE001 - one manager's failure must not keep the others' logs open
+        except Exception:  # noqa: BLE001, S110 - one manager's failure must not keep the others' logs open
             pass
 
 
@@ -72,7 +72,7 @@ def flush_all() -> None:
     for m in _mine():
         try:
             m._flush_logs()
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001, S110 - flushing is best effort; close() follows at exit
             pass
 
 

@@ -330,6 +330,7 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
             t.cancel()
         self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         self._loop.close()
+        self._metrics.busy["io_cpu"] = time.thread_time() * 1e6  # all of it, for the last performance row
 
     async def _start_io(self) -> None:
         # Not asyncio.start_server: the gated listener refuses plain TCP on a TLS port (and TLS on a
@@ -689,9 +690,8 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return None
-                began = time.perf_counter()
-                self._cond.wait(remaining)
-                self._metrics.busy["polling"] += (time.perf_counter() - began) * 1e6
+                with self._metrics.polling():
+                    self._cond.wait(remaining)
 
     def empty(self) -> bool:
         """True when every submitted task has been returned by ``wait``."""
@@ -737,9 +737,9 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
 
     # -- I/O thread: events and instructions --------------------------------------------------------------------
     def _apply(self, *events: Event) -> None:
-        began = time.perf_counter()
+        began = time.thread_time()  # CPU time, as time_internal is (metrics.performance_columns)
         instructions = self._state.handle(*events)
-        self._metrics.busy["scheduling"] += (time.perf_counter() - began) * 1e6
+        self._metrics.busy["scheduling"] += (time.thread_time() - began) * 1e6
         for ins in instructions:
             self._execute(ins)
 
@@ -852,7 +852,7 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
         s["bytes_received"] = self._counters["bytes_received"] + sum(lk.conn.bytes_received for lk in self._links.values())
         s.update(self._logs.transfer_totals)
         s["time_send_good"], s["time_receive_good"] = s["time_send"], s["time_receive"]  # only finished transfers are timed
-        self._metrics.busy["io_cpu"] = io_thread_cpu_us(self._thread)
+        self._metrics.busy["io_cpu"] = max(self._metrics.busy["io_cpu"], io_thread_cpu_us(self._thread))  # 0 once it ended
         performance_columns(s, self._state, self._metrics, self._logs.start_us, int(self._counters["workers_init"]))
         return s
 

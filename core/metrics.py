@@ -9,6 +9,7 @@ serves every numeric stat as a ``vine_<stat>`` gauge (``Manager(prometheus_port=
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import threading
@@ -102,7 +103,7 @@ def performance_columns(s: dict[str, float], state: Any, metrics: ManagerMetrics
     s["time_execute_good"] = times.execute_good
     s["time_execute_exhaustion"] = times.execute_exhaustion
     s["time_scheduling"] = busy.get("scheduling", 0)
-    s["time_polling"] = busy.get("polling", 0)
+    s["time_polling"] = metrics.polling_us()
     # The manager's own thread, less the scheduling and message handling counted on their own.
     s["time_internal"] = max(busy.get("io_cpu", 0) - s["time_scheduling"] - s.get("time_status_msgs", 0), 0)
     elapsed = max(time.time() * 1e6 - started_us, 0)
@@ -205,7 +206,25 @@ class ManagerMetrics:
         self.busy: dict[str, float] = {"scheduling": 0.0, "polling": 0.0, "io_cpu": 0.0}
         self._category_runs: dict[str, list[float]] = {}  # category -> [successful runs, total seconds]
         self._seen_running: dict[tuple[int, str], float] = {}
+        self._waiting: dict[int, float] = {}  # thread id -> perf_counter() when its wait began
         self.exporter: PrometheusExporter | None = None
+
+    @contextlib.contextmanager
+    def polling(self) -> Iterator[None]:
+        """Around the program's waits in ``wait()``: time_polling, counted while it lasts too."""
+        key = threading.get_ident()
+        self._waiting[key] = time.perf_counter()
+        try:
+            yield
+        finally:
+            began = self._waiting.pop(key, None)
+            if began is not None:
+                self.busy["polling"] += (time.perf_counter() - began) * 1e6
+
+    def polling_us(self) -> float:
+        """µs spent in ``wait()`` so far, including waits still going on."""
+        now = time.perf_counter()
+        return self.busy["polling"] + sum((now - began) * 1e6 for began in list(self._waiting.values()))
 
     def task_returned(self, task: Task, result: int, transfer_us: float) -> None:
         self.times.add(task, result, transfer_us)
