@@ -162,8 +162,8 @@ class WorkerLinks:
         link = WorkerLink(wid, conn, str(ready["hostname"]), conn.peer, f"{host}:{tport}" if tport else None)
         job = ready.get("batch_job_id")
         link.batch_job_id = job if isinstance(job, str) and 0 < len(job) <= 128 else None
-        res = Resources.from_dict(ready["resources"])
-        cache = {str(k): int(v) for k, v in dict(ready["cache"]).items()}
+        res = _reported_resources(ready["resources"])
+        cache = {str(k): _byte_count(v, f"cache entry {k!r}") for k, v in dict(ready["cache"]).items()}
         link.stream_limit = _stream_limit(res)
         leave_preauth_gate()  # a worker now, no longer counted among the strangers
         self._links[wid] = link
@@ -522,6 +522,27 @@ class WorkerLinks:
         self._counters["bytes_sent_files"] += size
         self._counters["files_sent"] += 1
         self._logs.transfer(link.id, "INPUT", f.cache_name, size, int((time.time() - start) * 1e6), int(start * 1e6))
+
+
+def _reported_resources(reported: Any) -> Resources:
+    """A worker's resource report as a box, refusing what no scheduler can use: a value that is not a
+    number (a string "nan" would pass float()), or a negative amount. Non-finite numbers never get
+    this far (core.protocol refuses them in any frame)."""
+    if not isinstance(reported, dict):
+        raise RemoteProtocolError(f"reported resources {reported!r}, which is not an object")
+    for name in ("cores", "memory", "disk", "gpus"):
+        value = reported.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise RemoteProtocolError(f"reported {name} {value!r}, which is not a finite amount >= 0")
+    return Resources.from_dict(reported)
+
+
+def _byte_count(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise RemoteProtocolError(f"reported {what} with size {value!r}, which is not a byte count")
+    return value
 
 
 def _stream_limit(res: Resources) -> int:

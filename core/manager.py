@@ -389,6 +389,8 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
             raise TuneError(f"unknown tune parameter {name!r}; see the README's configuration table for the names")
         key = TUNE_ALIASES.get(name, name)
         value = float(value)
+        if not math.isfinite(value):  # NaN poisons every comparison made with it, infinity every rounding
+            raise ValueError(f"tune {name!r} takes a finite number, not {value}")
         if key == "disk-proportion-available-to-task" and not 0 < value < 1:
             raise ValueError("disk-proportion-available-to-task must be between 0 and 1")
         if key == "category-steady-n-tasks" and not (math.isfinite(value) and value >= 1):
@@ -742,6 +744,23 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
         self._metrics.busy["scheduling"] += (time.thread_time() - began) * 1e6
         for ins in instructions:
             self._execute(ins)
+        if self._state.failed_events:
+            self._drop_failed_events()
+
+    def _drop_failed_events(self) -> None:
+        """A handler raised (a bug, or a value no check caught): the decisions made before it were
+        carried out above; the event is logged and dropped, and the worker it came from disconnected,
+        so one bad peer cannot stop the manager serving everyone else."""
+        failed, self._state.failed_events = self._state.failed_events, []
+        for ev, exc in failed:
+            wid = getattr(ev, "worker", None)
+            what = type(ev).__name__ if ev is not None else "a scheduling pass"
+            log.error("dropped %s%s: %s: %s", what, f" from worker {wid}" if wid else "", type(exc).__name__, exc)
+            self._logs.debug(f"dropped {what} ({ev!r}): {type(exc).__name__}: {exc}")
+            link = self._links.get(wid) if isinstance(wid, str) else None
+            if link is not None:
+                link.disconnect_reason = "FAILURE"
+                link.conn.writer.transport.abort()
 
     def _execute(self, ins: Instruction) -> None:
         if isinstance(ins, ReturnTask):

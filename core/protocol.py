@@ -102,7 +102,8 @@ def encode_frame(header: dict[str, Any], payload: bytes = b"") -> bytes:
     if missing:
         raise LocalProtocolError(f"message {mtype!r} lacks field(s) {', '.join(missing)}")
     try:
-        head = json.dumps(header, separators=(",", ":")).encode()
+        # allow_nan=False: the peer refuses NaN/Infinity (see validate_header), so refuse them here first.
+        head = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
     except (TypeError, ValueError, RecursionError) as exc:
         raise LocalProtocolError(f"message {mtype!r} is not JSON-serialisable: {exc}") from exc
     if len(head) > MAX_HEADER:
@@ -112,10 +113,37 @@ def encode_frame(header: dict[str, Any], payload: bytes = b"") -> bytes:
     return PREFIX.pack(len(head), len(payload)) + head + payload
 
 
+# Python's json reads NaN, Infinity and 1e999 (a float that overflows) as numbers, and integers of any
+# size; no message has a use for them, and one such "resource" or "size" stops every comparison and
+# rounding made with it (a worker reporting NaN cores once stopped all scheduling). Refused at decode,
+# so every frame from every peer is covered, not only the fields someone remembered to check.
+_INT_BOUND = 1 << 64  # file sizes are uint64 in the frame prefix; nothing in a header is larger
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number this protocol accepts")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} is not a finite number")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > 21:  # before int(): a 4,000-digit integer costs time to convert
+        raise ValueError(f"integer of {len(text)} digits is out of range")
+    value = int(text)
+    if not -_INT_BOUND <= value <= _INT_BOUND:
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
 def validate_header(raw: bytes) -> dict[str, Any]:
     """Parse and check a header; every failure is the remote side's fault."""
     try:
-        header = json.loads(raw.decode("utf-8"))
+        header = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_bounded_int)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." nesting
         raise RemoteProtocolError(f"frame header is not UTF-8 JSON: {exc}") from None
     if not isinstance(header, dict):

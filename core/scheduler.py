@@ -142,6 +142,8 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
         self.stats: dict[str, float] = defaultdict(float)
         self._schedule_needed = False
         self._pending_out: list[Instruction] = []
+        # (event or None for a scheduling pass, exception) of handlers that raised; drained by the manager.
+        self.failed_events: list[tuple[Event | None, Exception]] = []
         self._now = 0.0
         self.deadlines: list[tuple[float, int]] = []
         self.category_time: dict[str, tuple[int, float]] = {}  # category -> (tasks seen, mean runtime s)  # (time_end in s, task id): expire even with no workers
@@ -178,11 +180,30 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
         now = 0.0
         for ev in events:
             now = self._now = ev.now
-            self._handlers[type(ev)](ev, out)  # type: ignore[operator]
+            try:
+                self._handlers[type(ev)](ev, out)  # type: ignore[operator]
+            except Exception as exc:  # noqa: BLE001 - any bug in one handler: see below
+                # The instructions already in ``out`` are decisions this state has recorded (a task
+                # marked running, a transfer counted): they must still be carried out, or the state
+                # waits forever for them. So a failing event is set aside for the manager to act on
+                # (log it, drop the peer that sent it) and the other events still apply.
+                self.failed_events.append((ev, exc))
         if self._schedule_needed:
             self._schedule_needed = False
-            self._schedule(now, out)
+            try:
+                self._schedule(now, out)
+            except Exception as exc:  # noqa: BLE001 - as above: keep what was placed before the failure
+                self._requeue_ready()  # the task the pass had popped when it failed
+                self._schedule_needed = True  # try again on the next event
+                self.failed_events.append((None, exc))
         return out
+
+    def _requeue_ready(self) -> None:
+        """Put back in the ready queue every ready task a failed pass left out of it."""
+        queued = {tid for _key, tid in self.ready} | {tid for _key, tid in self._passed}
+        for tid, rec in self.tasks.items():
+            if rec.state == "ready" and tid not in queued and rec.heap_key is not None:
+                self._passed.append((rec.heap_key, tid))
 
     @property
     def allocation_policy(self) -> AllocationPolicy:
@@ -273,6 +294,9 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
         self._finish(rec, C.VINE_RESULT_CANCELLED, -1, out)
 
     def _on_worker_joined(self, ev: WorkerJoined, out: list[Instruction]) -> None:
+        # Checked before anything is recorded: a non-finite total would make every later pass raise.
+        if not all(math.isfinite(v) for v in ev.resources.to_dict().values()):
+            raise ValueError(f"worker {ev.worker} reports resources {ev.resources.to_dict()}, which are not finite")
         w = WorkerRecord(
             ev.worker, ev.hostname, ev.addrport, ev.resources, ev.features, ev.transfer_addr, ev.end_time, ev.now
         )
@@ -788,6 +812,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
     # -- invariants --------------------------------------------------------------------------------------------
     def validate(self) -> None:
         """Check invariants; raises AssertionError naming the broken one."""
+        assert not self.failed_events, f"handlers raised: {self.failed_events!r}"
         mult = self.tuning["resource-submit-multiplier"]
         for w in self.workers.values():
             committed = self.libs.committed_on(w.id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,18 @@ from .resources import Resources
 if TYPE_CHECKING:
     from .manager import Manager
 
+
+
+def _finite_number(setter: str, value: Any) -> float:
+    """``value`` as a float, refusing NaN and infinity: one such number in a task's request would
+    poison every comparison and rounding the scheduler makes with it."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{setter} takes a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{setter} takes a finite number, got {value!r}")
+    return number
 
 @dataclass
 class Mount:
@@ -193,7 +206,11 @@ class Task:
         self._category = str(category)
 
     def _set_resource(self, name: str, value: float) -> None:
-        self.requested[name] = float(value) if value is not None and value >= 0 else -1.0
+        if value is None:
+            self.requested[name] = -1.0
+            return
+        number = _finite_number(f"set_{name}", value)
+        self.requested[name] = number if number >= 0 else -1.0
 
     def set_cores(self, cores: float) -> None:
         self._set_resource("cores", cores)
@@ -208,25 +225,25 @@ class Task:
         self._set_resource("gpus", gpus)
 
     def set_priority(self, priority: float) -> None:
-        self._priority = float(priority)
+        self._priority = _finite_number("set_priority", priority)
 
     def set_retries(self, retries: int) -> None:
-        self.max_retries = int(retries)
+        self.max_retries = int(_finite_number("set_retries", retries))
 
     def set_max_forsaken(self, n: int) -> None:
-        self.max_forsaken = int(n)
+        self.max_forsaken = int(_finite_number("set_max_forsaken", n))
 
     def set_time_start(self, useconds: int) -> None:
-        self.time_start = int(useconds)
+        self.time_start = int(_finite_number("set_time_start", useconds))
 
     def set_time_end(self, useconds: int) -> None:
-        self.time_end = int(useconds)
+        self.time_end = int(_finite_number("set_time_end", useconds))
 
     def set_time_max(self, seconds: float) -> None:
-        self.time_max = max(0, float(seconds))
+        self.time_max = max(0, _finite_number("set_time_max", seconds))
 
     def set_time_min(self, seconds: float) -> None:
-        self.time_min = max(0, float(seconds))
+        self.time_min = max(0, _finite_number("set_time_min", seconds))
 
     def set_env_var(self, name: str, value: str | None = None) -> None:
         self.env[str(name)] = None if value is None else str(value)

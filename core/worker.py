@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import hashlib
 import logging
+import math
 import os
 import shutil
 import signal
@@ -708,20 +709,31 @@ def batch_job_id() -> str | None:
     return None
 
 
+def _amount(text: str) -> float:
+    """An argparse type: a finite number >= 0 (``inf``/``nan`` parse as floats but no scheduler can use them)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vine_worker", description="Run tasks for a core (TaskVine-compatible) manager.")
     p.add_argument("manager", nargs="*", help="HOST PORT, or 'HOST:PORT[;HOST:PORT...]'")
     p.add_argument("-M", "--manager-name", help="project name to look up in the catalog")
-    p.add_argument("--cores", type=float)
-    p.add_argument("--memory", type=float, help="MB")
-    p.add_argument("--disk", type=float, help="MB")
-    p.add_argument("--gpus", type=float)
-    p.add_argument("--disk-percent", type=float, default=50)
+    p.add_argument("--cores", type=_amount)
+    p.add_argument("--memory", type=_amount, help="MB")
+    p.add_argument("--disk", type=_amount, help="MB")
+    p.add_argument("--gpus", type=_amount)
+    p.add_argument("--disk-percent", type=_amount, default=50)
     p.add_argument("--feature", action="append", help="a feature tasks may require (repeatable)")
-    p.add_argument("-t", "--timeout", type=float, default=900, help="idle and connect timeout (s)")
-    p.add_argument("--idle-timeout", type=float)
-    p.add_argument("--connect-timeout", type=float)
-    p.add_argument("--wall-time", type=float, default=0)
+    p.add_argument("-t", "--timeout", type=_amount, default=900, help="idle and connect timeout (s)")
+    p.add_argument("--idle-timeout", type=_amount)
+    p.add_argument("--connect-timeout", type=_amount)
+    p.add_argument("--wall-time", type=_amount, default=0)
     p.add_argument("--single-shot", action="store_true")
     p.add_argument("-s", "--workdir", "--workspace", dest="workdir")
     p.add_argument("--keep-workspace", action="store_true")
