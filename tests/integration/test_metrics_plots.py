@@ -81,6 +81,8 @@ def test_metrics_scraped_during_a_run(tmp_path, start_worker):
         during = scrape(port)
         assert during["vine_tasks_submitted"] == 4 and during["vine_workers_connected"] == 1
         assert during["vine_total_cores"] == 2
+        # Nobody waits yet: finished tasks pile up as results.
+        wait_until(lambda: scrape(port).get("vine_tasks_with_results", 0) == 4, 20, "four results waiting")
         done = drain(m, 30)
         assert sorted(t.id for t in done) == sorted(ids)
         after = scrape(port)
@@ -109,6 +111,25 @@ def test_metrics_without_the_library_names_the_extra(tmp_path, monkeypatch):
         vine.Manager(port=0, run_info_path=str(tmp_path / "info"), prometheus_port=0)
     with vine.Manager(port=0, run_info_path=str(tmp_path / "info2")) as m:
         assert m.prometheus_port is None
+
+
+def test_connection_in_handshake_is_workers_init(manager):
+    with socket.create_connection(("127.0.0.1", manager.port)) as sock:
+        sock.sendall(b"\x00")  # the start of a frame: the manager now waits in the handshake
+        wait_until(lambda: manager.stats.workers_init == 1, 10, "the connection counted in workers_init")
+    wait_until(lambda: manager.stats.workers_init == 0, 10, "workers_init back to 0")
+
+
+def test_exhausted_attempts_count_in_time_execute_exhaustion():
+    from core.metrics import TaskTimes
+
+    times = TaskTimes()
+    for result, us in ((vine.VINE_RESULT_SUCCESS, 2e6), (vine.VINE_RESULT_RESOURCE_EXHAUSTION, 5e5), (vine.VINE_RESULT_SIGNAL, 1e5)):
+        t = vine.Task("true")
+        t.metrics["time_workers_execute_last"] = t.metrics["time_workers_execute_all"] = us
+        times.add(t, result, 0)
+    assert (times.execute, times.execute_good, times.execute_exhaustion) == (2.6e6, 2e6, 5e5)
+    assert times.tasks == 3 and times.instantaneous == 1e5 / 1000  # 0.1 s of work per ms of overhead
 
 
 # -- one real run, its logs drawn and checked -------------------------------------------------------------
