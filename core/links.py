@@ -67,7 +67,7 @@ class WorkerLink:
     addrport: str
     transfer_addr: str | None
     outbox: asyncio.Queue[Instruction | None] = field(default_factory=asyncio.Queue)
-    receivers: dict[str, FileReceiver | MemoryReceiver | OutputWriter] = field(default_factory=dict)
+    receivers: dict[str, FileReceiver | MemoryReceiver | OutputWriter | LocallyRefused] = field(default_factory=dict)
     # What this worker was asked to send, and nothing else is accepted from it (see _begin_receive):
     expected_outputs: dict[tuple[int, str], File] = field(default_factory=dict)  # (task id, cache name) -> output
     expected_fetches: dict[int, str] = field(default_factory=dict)  # fetch request id -> cache name
@@ -237,7 +237,11 @@ class WorkerLinks:
             r = link.receivers.get(frame["name"])
             if r is None:
                 raise ProtocolError(f"file_chunk for {frame['name']} without file_begin")
-            r.chunk(frame)
+            try:
+                r.chunk(frame)
+            except OSError as exc:  # e.g. ENOSPC on the manager's disk: drop the rest of this stream only
+                r.abort()
+                link.receivers[r.name] = LocallyRefused(r.header, f"the manager cannot write {r.name}: {exc.strerror or exc}", r.received)
         elif t == "file_end":
             self._end_receive(link, frame)
         elif t == "watch":
@@ -282,11 +286,14 @@ class WorkerLinks:
         else:
             del link.expected_outputs[(frame["task"], name)]
         if f is not None and f.kind == "file":
-            receiver: FileReceiver | MemoryReceiver | OutputWriter = OutputWriter(frame, f.source())  # never destroys a directory
+            receiver: FileReceiver | MemoryReceiver | OutputWriter | LocallyRefused = OutputWriter(frame, f.source())  # never destroys a directory
         elif not frame.get("dir") and size <= MEMORY_RECEIVE_MAX:
             receiver = MemoryReceiver(frame)  # a returned buffer or a fetch: wanted as bytes
         else:
-            receiver = FileReceiver(frame, os.path.join(self._staging, "outputs", f"stream-{next(_STAGING_IDS)}"))
+            try:
+                receiver = FileReceiver(frame, os.path.join(self._staging, "outputs", f"stream-{next(_STAGING_IDS)}"))
+            except OSError as exc:  # out of descriptors or disk here: this stream's failure, not the worker's
+                receiver = LocallyRefused(frame, f"the manager cannot stage {name}: {exc.strerror or exc}")
         link.receivers[name] = receiver
         link.incoming[name] = (f, rid)
         self._logs.receive_started(link.id, name)
@@ -296,18 +303,28 @@ class WorkerLinks:
         if r is None:
             raise ProtocolError(f"file_end for {frame['name']} without file_begin")
         f, rid = link.incoming.pop(r.name)
-        size = r.finish()
+        try:
+            size = r.finish()
+            if isinstance(r, FileReceiver):
+                with open(r.target, "rb") as fh:
+                    data = fh.read()
+                os.unlink(r.target)
+        except OSError as exc:  # a local failure (descriptors, disk): the stream's task or fetch fails
+            r.abort()
+            r = LocallyRefused(r.header, f"the manager cannot write {r.name}: {exc.strerror or exc}", r.received)
+            size = r.finish()
         self._logs.transfer(link.id, "OUTPUT", r.name, size, 0, 0)
-        if isinstance(r, OutputWriter) and r.refused is not None:
+        if isinstance(r, LocallyRefused) and rid is not None:
+            fut = self._fetches.pop(rid, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(TransferError(r.refused))
+            return
+        if isinstance(r, (OutputWriter, LocallyRefused)) and r.refused is not None:
             self._output_refused(link, r)
-        if f is not None and f.kind == "file":
+        if (f is not None and f.kind == "file") or isinstance(r, LocallyRefused):
             return
         if isinstance(r, MemoryReceiver):
             data = r.data
-        else:
-            with open(r.target, "rb") as fh:
-                data = fh.read()
-            os.unlink(r.target)
         if rid is not None:
             fut = self._fetches.pop(rid, None)
             if fut is not None and not fut.done():
@@ -329,12 +346,22 @@ class WorkerLinks:
         if end > link.stream_limit:
             raise RemoteProtocolError(f"grew watched {name!r} to {end} bytes, over the {link.stream_limit} bytes a worker "
                                       "reporting its disk can send")
-        mode = "r+b" if os.path.exists(f.source()) else "wb"
-        with open(f.source(), mode) as fh:
-            fh.seek(offset)
-            fh.write(frame.payload)
-            fh.truncate()
         link.watched[(tid, name)] = (f, end)
+        task = self._tasks.get(tid)
+        if task is not None and task._output_refused is not None:
+            return  # an earlier piece could not be written: the task fails, the rest is dropped
+        try:
+            mode = "r+b" if os.path.exists(f.source()) else "wb"
+            with open(f.source(), mode) as fh:
+                fh.seek(offset)
+                fh.write(frame.payload)
+                fh.truncate()
+        except OSError as exc:  # the manager's own failure (a file in the way, descriptors, disk): that task's
+            reason = f"cannot write watched output {f.source()}: {exc.strerror or exc}"
+            log.warning("task %s: %s", tid, reason)
+            self._logs.debug(f"task {tid} on {link.id}: output not written: {reason}")
+            if task is not None:
+                task._output_refused = reason
 
     def _forget_expected(self, link: WorkerLink, task_id: int) -> None:
         """The task ended on ``link`` (or is sent there again): its earlier outputs may no longer be sent or watched."""
@@ -343,7 +370,7 @@ class WorkerLinks:
         for key in [k for k in link.watched if k[0] == task_id]:
             del link.watched[key]
 
-    def _output_refused(self, link: WorkerLink, r: OutputWriter) -> None:
+    def _output_refused(self, link: WorkerLink, r: OutputWriter | LocallyRefused) -> None:
         """An output of a task could not be written where declared: that task fails (on_complete), not the worker."""
         tid = r.header.get("task")
         log.warning("task %s: %s", tid, r.refused)
@@ -522,6 +549,32 @@ class WorkerLinks:
         self._counters["bytes_sent_files"] += size
         self._counters["files_sent"] += 1
         self._logs.transfer(link.id, "INPUT", f.cache_name, size, int((time.time() - start) * 1e6), int(start * 1e6))
+
+
+class LocallyRefused:
+    """A stream the manager itself could not keep (no descriptor, no disk): its bytes are read and
+    dropped so the connection stays in step, and ``refused`` says why, for the task or fetch it was for."""
+
+    def __init__(self, header: Any, reason: str, received: int = 0) -> None:
+        self.header = header.header if isinstance(header, Frame) else header
+        self.name = str(self.header["name"])
+        self.size = int(self.header["size"])
+        self.received = received
+        self.refused: str | None = reason
+        self.target = ""
+
+    def chunk(self, frame: Frame) -> None:
+        self.received += len(frame.payload)
+        if self.received > self.size:
+            raise RemoteProtocolError(f"stream for {self.name} sent {self.received} bytes, announced {self.size}")
+
+    def finish(self) -> int:
+        if self.received != self.size:
+            raise TransferError(f"stream for {self.name} ended after {self.received} of {self.size} bytes")
+        return self.size
+
+    def abort(self) -> None:
+        pass
 
 
 def _reported_resources(reported: Any) -> Resources:

@@ -144,6 +144,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
         self._pending_out: list[Instruction] = []
         # (event or None for a scheduling pass, exception) of handlers that raised; drained by the manager.
         self.failed_events: list[tuple[Event | None, Exception]] = []
+        self.forsaken_on: dict[int, str] = {}  # task id -> the worker that last gave it back
         self._now = 0.0
         self.deadlines: list[tuple[float, int]] = []
         self.category_time: dict[str, tuple[int, float]] = {}  # category -> (tasks seen, mean runtime s)  # (time_end in s, task id): expire even with no workers
@@ -409,6 +410,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
             self.categories.record(rec.task.category, ev.measured, ev.runtime)
         if ev.result == C.VINE_RESULT_FORSAKEN:
             rec.forsaken += 1
+            self.forsaken_on[rec.task.id] = ev.worker  # tried elsewhere first (see _choose_worker)
             if rec.task.max_forsaken >= 0 and rec.forsaken > rec.task.max_forsaken:
                 self._finish(rec, C.VINE_RESULT_FORSAKEN, ev.exit_code, out)
             else:
@@ -561,6 +563,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
 
     def _finish(self, rec: TaskRecord, result: int, exit_code: int, out: list[Instruction]) -> None:
         rec.state = "done"
+        self.forsaken_on.pop(rec.task.id, None)
         rec.heap_key = None
         self.stats["tasks_done"] += 1
         if result == C.VINE_RESULT_SUCCESS and exit_code == 0:
@@ -644,6 +647,8 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
             if alloc is None:
                 continue
             score = self._score(rec, w, alloc)
+            if self.forsaken_on and self.forsaken_on.get(rec.task.id) == w.id:
+                score -= 1e18  # it gave this task back (out of descriptors, disk, ...): any other worker first
             if best is None or score > best[0]:
                 best = (score, w, alloc)
         return None if best is None else (best[1], best[2])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import hashlib
 import logging
 import math
@@ -55,6 +56,8 @@ from .worker_transfers import WorkerTransfers
 log = logging.getLogger("vine_worker")
 
 STDOUT_LIMIT = 32 << 20
+# Errors of this host, not of a task: a task that meets one is given back to the manager to run again.
+_HOST_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOSPC, errno.EDQUOT, errno.ENOMEM})
 WATCH_INTERVAL = 1.0
 
 
@@ -421,7 +424,17 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
 
     def _start_general(self, rt: RunningTask) -> None:
         """Run ``rt`` the ordinary way: in a sandbox of its own, by a coroutine."""
-        rt.sandbox = self._make_sandbox(f"t.{rt.id}")
+        try:
+            rt.sandbox = self._make_sandbox(f"t.{rt.id}")
+        except OSError as exc:
+            # Out of descriptors or disk, or an old sandbox that could not be removed: this host's
+            # problem, so the task goes back to the manager (forsaken) and the connection stays.
+            log.warning("task %s: cannot make its sandbox: %s", rt.id, exc)
+            for k in self.committed:
+                self.committed[k] = max(0.0, self.committed[k] - max(rt.alloc.get(k, 0), 0))
+            self.send({"type": "complete", "id": rt.id, "result": C.VINE_RESULT_FORSAKEN, "exit_code": -1,
+                       "reason": f"worker problem: cannot make a sandbox: {exc}"})
+            return
         self.tasks[rt.id] = rt
         rt.starter = asyncio.create_task(self._task_coroutine(rt))  # libraries have their own runner
 
@@ -627,6 +640,15 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
                     code = status
         except asyncio.CancelledError:
             return
+        except OSError as exc:
+            if exc.errno not in _HOST_ERRNOS:
+                log.exception("task %s failed inside the worker", rt.id)
+                result, reason = C.VINE_RESULT_UNKNOWN, f"worker error: {exc}"
+            else:
+                # This host is out of descriptors, disk or memory: the task did nothing wrong, so it
+                # is forsaken (the manager sends it again without counting a try), not failed.
+                log.warning("task %s could not be run here: %s", rt.id, exc)
+                result, reason = C.VINE_RESULT_FORSAKEN, f"worker problem: {exc}"
         except Exception as exc:  # noqa: BLE001 - the worker must survive any single task
             log.exception("task %s failed inside the worker", rt.id)
             result, reason = C.VINE_RESULT_UNKNOWN, f"worker error: {exc}"
