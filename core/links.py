@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import itertools
+import json
 import logging
 import math
 import os
@@ -118,8 +119,10 @@ class WorkerLinks:
     async def _serve_status(self, conn: Connection, hello: Frame) -> None:
         frame = await conn.expect("status", 10)
         what = frame["what"]
-        conn.send({"type": "status_reply", "data": self.status_local(what)})
-        await conn.drain()
+        pages = status_pages(self.status_local(what))
+        for n, page in enumerate(pages, 1):
+            conn.send({"type": "status_reply", "data": page, "more": n < len(pages)})
+            await conn.drain()  # one page buffered at a time
 
     def status_local(self, what: str) -> Any:
         s = self._collect_stats()
@@ -575,6 +578,30 @@ class LocallyRefused:
 
     def abort(self) -> None:
         pass
+
+
+STATUS_PAGE_BYTES = 256 << 10  # a status reply's rows go in frames of about this much JSON (the limit is MAX_HEADER)
+STATUS_FIELD_CHARS = 4096  # a longer string in a status row (a task's command) is cut to this
+
+
+def status_pages(data: Any) -> list[Any]:
+    """A status reply as the pages it is sent in: one for anything but a list, else runs of rows of
+    about STATUS_PAGE_BYTES each, so a reply grows with the run without outgrowing a frame."""
+    if not isinstance(data, list):
+        return [data]
+    pages: list[list[Any]] = [[]]
+    size = 0
+    for row in data:
+        if isinstance(row, dict):
+            row = {k: v[:STATUS_FIELD_CHARS] + "..." if isinstance(v, str) and len(v) > STATUS_FIELD_CHARS else v
+                   for k, v in row.items()}
+        cost = len(json.dumps(row, separators=(",", ":"), default=str)) + 1
+        if pages[-1] and size + cost > STATUS_PAGE_BYTES:
+            pages.append([])
+            size = 0
+        pages[-1].append(row)
+        size += cost
+    return pages
 
 
 def _reported_resources(reported: Any) -> Resources:

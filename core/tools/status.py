@@ -49,7 +49,14 @@ async def query_status_async(host: str, port: int, what: str = "manager", passwo
         conn.send({"type": "status", "what": what})
         await conn.drain()
         reply = await conn.expect("status_reply", timeout)
-        return reply["data"]
+        if not reply.get("more"):
+            return reply["data"]
+        # A list too big for one frame (tens of thousands of tasks) comes in pages, the last without "more".
+        rows = list(reply["data"])
+        while reply.get("more"):
+            reply = await conn.expect("status_reply", timeout)
+            rows.extend(reply["data"])
+        return rows
     finally:
         await conn.aclose()  # before asyncio.run ends: a TLS close would outlive the loop
 

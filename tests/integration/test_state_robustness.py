@@ -283,3 +283,20 @@ def test_a_worker_out_of_descriptors_gives_its_task_back(manager, start_worker):
     assert "could not be run here" in log_text or "cannot make its sandbox" in log_text, log_text[-2000:]
     assert manager.stats.workers_connected == 2
     assert manager._call(lambda: manager._state.stats["workers_lost"]) == 0
+
+
+# --- what grows with the work is paged (issue 12, point 12) ---------------------------------------------
+
+@pytest.mark.timeout(90)
+def test_vine_status_lists_more_tasks_than_one_frame_holds(manager, capsys):
+    """20,000 tasks (the issue's run): a 2 MB reply, over the 1 MiB header limit."""
+    from core.tools import status as vine_status
+
+    commands = [f"echo {n:05d} task of a big run " + "x" * 40 for n in range(20000)]
+    for c in commands:
+        manager.submit(vine.Task(c))  # no worker: they all stay waiting
+    rows = vine_status.query_status("127.0.0.1", manager.port, "tasks", timeout=30)
+    assert sorted(r["command"] for r in rows) == sorted(commands)
+    assert vine_status.main(["127.0.0.1", str(manager.port), "-T"]) == 0
+    assert capsys.readouterr().out.count("task of a big run") == 20000
+    manager.cancel_all()
