@@ -167,6 +167,14 @@ class WorkerLinks:
         link.batch_job_id = job if isinstance(job, str) and 0 < len(job) <= 128 else None
         res = _reported_resources(ready["resources"])
         cache = {str(k): _byte_count(v, f"cache entry {k!r}") for k, v in dict(ready["cache"]).items()}
+        more = bool(ready.get("cache_more"))
+        while more:  # the rest of a big cache, before the worker is known (see core.protocol.pages_of)
+            page = await conn.expect("cache_page", self._state.tuning.get("handshake-timeout", 30))
+            entries = page["entries"]
+            if not isinstance(entries, dict):
+                raise RemoteProtocolError(f"sent cache page {entries!r}, which is not an object")
+            cache.update((str(k), _byte_count(v, f"cache entry {k!r}")) for k, v in entries.items())
+            more = bool(page["more"])
         link.stream_limit = _stream_limit(res)
         leave_preauth_gate()  # a worker now, no longer counted among the strangers
         self._links[wid] = link

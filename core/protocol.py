@@ -60,6 +60,7 @@ MESSAGES: dict[str, tuple[str, ...]] = {
     # worker -> manager
     "alive": (),
     "cache_update": ("name", "size"),
+    "cache_page": ("entries", "more"),  # after a ready with cache_more: the rest of the cache, in pages
     "cache_invalid": ("name", "reason"),
     "complete": ("id", "result", "exit_code"),
     "watch": ("id", "name", "offset"),
@@ -72,6 +73,23 @@ MESSAGES: dict[str, tuple[str, ...]] = {
     "status": ("what",),
     "status_reply": ("data",),
 }
+
+
+PAGE_BYTES = 256 << 10  # what grows with the work (a worker's cache listing) goes in frames of about this much
+
+
+def pages_of(entries: dict[str, Any], page_bytes: int = PAGE_BYTES) -> list[dict[str, Any]]:
+    """``entries`` split into dicts of about ``page_bytes`` of JSON each (at least one, maybe empty)."""
+    pages: list[dict[str, Any]] = [{}]
+    size = 0
+    for key, value in entries.items():
+        cost = len(key) + len(json.dumps(value)) + 6
+        if pages[-1] and size + cost > page_bytes:
+            pages.append({})
+            size = 0
+        pages[-1][key] = value
+        size += cost
+    return pages
 
 
 @dataclass

@@ -45,7 +45,7 @@ from .connection import (
 )
 from .errors import AuthenticationError, ProtocolError, TransferError
 from .monitor import Usage, exceeded, sample
-from .protocol import Frame
+from .protocol import Frame, pages_of
 from .tls import GatedListener, TLSSetupError, client_context, self_signed_server_context, start_gated_server
 from .worker_python import WorkerPythonMixin
 from .worker_cache import WorkerCache
@@ -277,19 +277,25 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
     async def _serve_manager(self, conn: Connection) -> None:
         await client_handshake(conn, "worker", self.password, timeout=30, worker_id=self.id)
         self.conn = conn
+        # A workdir of 25,000 forever files lists more than one frame holds: the rest follows in pages.
+        pages = pages_of({name: size for name, (size, _lvl) in self.cache.items()})
         conn.send({
             "type": "ready",
             "worker_id": self.id,
             "hostname": socket.gethostname(),
             "resources": self.total,
             "features": list(self.args.feature or []),
-            "cache": {name: size for name, (size, _lvl) in self.cache.items()},
+            "cache": pages[0],
+            "cache_more": len(pages) > 1,
             "transfer_port": self.transfer_port,
             "end_time": self.end_time,
             "workdir": self.workdir,
             "pid": os.getpid(),
             "batch_job_id": batch_job_id(),
         })
+        for n, page in enumerate(pages[1:], 2):
+            await conn.drain()
+            conn.send({"type": "cache_page", "entries": page, "more": n < len(pages)})
         await conn.drain()
         self.last_work = time.monotonic()
         recv = asyncio.create_task(conn.recv())

@@ -300,3 +300,26 @@ def test_vine_status_lists_more_tasks_than_one_frame_holds(manager, capsys):
     assert vine_status.main(["127.0.0.1", str(manager.port), "-T"]) == 0
     assert capsys.readouterr().out.count("task of a big run") == 20000
     manager.cancel_all()
+
+
+@pytest.mark.timeout(90)
+def test_a_worker_with_25000_forever_files_joins(manager, start_worker, tmp_path):
+    """Its ready used to list them all in one header (1.5 MB here); now the listing follows in pages."""
+    from core import constants as C
+    from core.worker_sandbox import entry_stamp
+
+    workdir = tmp_path / "worker0"  # where start_worker puts its first worker
+    (workdir / "cache").mkdir(parents=True)
+    (workdir / "cache-meta").mkdir()
+    names = [f"file-{n:032x}-forever-input.dat" for n in range(25000)]
+    for name in names:
+        path = workdir / "cache" / name
+        path.write_bytes(b"k")
+        meta = {"level": C.VINE_CACHE_LEVEL_FOREVER, "size": 1, "stamp": entry_stamp(str(path))}
+        (workdir / "cache-meta" / name).write_text(json.dumps(meta))
+    w = start_worker(manager)
+    assert w.workdir == str(workdir)
+    wait_for_workers(manager, 1, timeout=60)
+    held = manager._call(lambda: sorted(n for rec in manager._state.workers.values() for n in rec.replicas))
+    assert held == sorted(names)
+    assert_still_works(manager)
