@@ -54,6 +54,7 @@ MEMORY_RECEIVE_MAX = 1 << 20  # a returned buffer or fetched file up to this siz
 # twice, because a worker reports a share of its free disk (--disk-percent, 50 by default) and a
 # directory travels as a tar with a header per file.
 STREAM_SLACK = 16 << 20
+STDOUT_STORAGE = 1 << 30  # tune max-task-stdout-storage: the most bytes of a task's stdout kept (TaskVine's 1 GB)
 _STAGING_IDS = itertools.count(1)  # names of staged streams: chosen here, never taken from the peer
 
 log = logging.getLogger("core.manager")
@@ -74,6 +75,9 @@ class WorkerLink:
     expected_fetches: dict[int, str] = field(default_factory=dict)  # fetch request id -> cache name
     watched: dict[tuple[int, str], tuple[File, int]] = field(default_factory=dict)  # (task, name) -> (file, bytes so far)
     incoming: dict[str, tuple[File | None, int | None]] = field(default_factory=dict)  # streams begun: (output file, fetch id)
+    expected_stdout: dict[int, int] = field(default_factory=dict)  # task id -> most bytes of its stdout kept (the tune)
+    stdout_streams: dict[str, int] = field(default_factory=dict)  # stream name -> task id, for a stdout streamed back
+    stdout_received: dict[int, bytes | None] = field(default_factory=dict)  # task id -> its streamed stdout (None: not kept)
     stream_limit: int = STREAM_SLACK  # bytes (see STREAM_SLACK)
     sender: asyncio.Task[None] | None = None
     idle: bool = True  # the sender coroutine is not in the middle of an instruction
@@ -279,6 +283,9 @@ class WorkerLinks:
             raise RemoteProtocolError(f"began sending {name!r} again in the middle of sending it")
         rid = frame.get("request")
         f: File | None = None
+        if frame.get("stdout"):
+            self._begin_stdout(link, frame, name, size)
+            return
         if rid is not None:
             if not isinstance(rid, int) or link.expected_fetches.get(rid) != name:
                 raise RemoteProtocolError(f"tried to send {name!r} as the answer to fetch {rid!r}, which asked it for "
@@ -309,10 +316,51 @@ class WorkerLinks:
         link.incoming[name] = (f, rid)
         self._logs.receive_started(link.id, name)
 
+    def _begin_stdout(self, link: WorkerLink, frame: Frame, name: str, size: int) -> None:
+        """A task's stdout too big to travel in its ``complete`` message: once per dispatch, up to the
+        tune max-task-stdout-storage, kept in memory as TaskVine does (staged on disk while it arrives)."""
+        tid = frame.get("task")
+        limit = link.expected_stdout.pop(tid, None) if isinstance(tid, int) else None
+        if limit is None:
+            raise RemoteProtocolError(f"sent stdout {name!r} for task {tid!r}, which it is not running (or sent it twice)")
+        if size > limit:
+            raise RemoteProtocolError(f"sent {size} bytes of stdout for task {tid}, over the {limit} asked for")
+        receiver: FileReceiver | MemoryReceiver | LocallyRefused
+        if size <= MEMORY_RECEIVE_MAX:
+            receiver = MemoryReceiver(frame)
+        else:
+            try:
+                receiver = FileReceiver(frame, os.path.join(self._staging, "outputs", f"stream-{next(_STAGING_IDS)}"))
+            except OSError as exc:
+                receiver = LocallyRefused(frame, f"the manager cannot stage the stdout of task {tid}: {exc.strerror or exc}")
+        link.receivers[name] = receiver
+        link.stdout_streams[name] = tid
+
+    def _end_stdout(self, link: WorkerLink, r: FileReceiver | MemoryReceiver | OutputWriter | LocallyRefused) -> None:
+        tid = link.stdout_streams.pop(r.name)
+        data: bytes | None = None
+        try:
+            r.finish()
+            if isinstance(r, FileReceiver):
+                with open(r.target, "rb") as fh:
+                    data = fh.read()
+                os.unlink(r.target)
+            elif isinstance(r, MemoryReceiver):
+                data = r.data
+        except OSError as exc:  # the task ends "stdout missing" (see _on_complete), the worker stays
+            r.abort()
+            log.warning("task %s: the manager could not keep its stdout: %s", tid, exc)
+        if isinstance(r, LocallyRefused):
+            log.warning("task %s: %s", tid, r.refused)
+        link.stdout_received[tid] = data
+
     def _end_receive(self, link: WorkerLink, frame: Frame) -> None:
         r = link.receivers.pop(frame["name"], None)
         if r is None:
             raise ProtocolError(f"file_end for {frame['name']} without file_begin")
+        if r.name in link.stdout_streams:
+            self._end_stdout(link, r)
+            return
         f, rid = link.incoming.pop(r.name)
         try:
             size = r.finish()
@@ -380,6 +428,8 @@ class WorkerLinks:
             del link.expected_outputs[key]
         for key in [k for k in link.watched if k[0] == task_id]:
             del link.watched[key]
+        link.expected_stdout.pop(task_id, None)
+        link.stdout_received.pop(task_id, None)
 
     def _output_refused(self, link: WorkerLink, r: OutputWriter | LocallyRefused) -> None:
         """An output of a task could not be written where declared: that task fails (on_complete), not the worker."""
@@ -392,16 +442,22 @@ class WorkerLinks:
 
     def _on_complete(self, link: WorkerLink, frame: Frame) -> None:
         tid = int(frame["id"])
+        streamed = frame.get("stdout_streamed")
+        stdout = link.stdout_received.pop(tid, None) if streamed is not None else frame.payload
         self._forget_expected(link, tid)  # its outputs were sent before this message
         task = self._tasks.get(tid)
         result, code = int(frame["result"]), int(frame["exit_code"])
+        if stdout is None:  # announced as streamed, but not received (or not kept here)
+            stdout = b""
+            if result == C.VINE_RESULT_SUCCESS:
+                result = C.VINE_RESULT_STDOUT_MISSING
         if task is not None and task._output_refused is not None and result == C.VINE_RESULT_SUCCESS:
             result = C.VINE_RESULT_OUTPUT_TRANSFER_ERROR  # see _output_refused
         if tid < 0:
             self._library_instance_ended(link, frame)  # library instances have negative ids
         accepted = task is not None and task._state < C.VINE_TASK_RETRIEVED and not frame.get("retry") and result != C.VINE_RESULT_FORSAKEN
         if accepted:
-            task._stdout = frame.payload
+            task._stdout = stdout
             task._exit_code = code
             task._hostname = link.hostname
             task._addrport = link.addrport
@@ -416,7 +472,7 @@ class WorkerLinks:
             self._logs.debug(f"task {tid} on {link.id}: {C.result_string(result)}: {frame['reason']}")
         start = float(frame.get("start") or 0)
         end = float(frame.get("end") or 0)
-        self._logs.debug_task_complete(link.hostname, link.addrport, link.id, tid, result, code, len(frame.payload), start, end,
+        self._logs.debug_task_complete(link.hostname, link.addrport, link.id, tid, result, code, len(stdout), start, end,
                                        int(max((frame.get("measured") or {}).get("disk") or 0, 0)), frame.get("outputs") or {},
                                        frame.get("cached") or {}, frame.get("unlinked") or (), self._files, accepted)
         now = time.time()
@@ -499,6 +555,7 @@ class WorkerLinks:
                 for m in task.outputs
             ]
             self._forget_expected(link, task.id)
+            spec["stdout_limit"] = link.expected_stdout[task.id] = int(self._state.tuning.get("max-task-stdout-storage", STDOUT_STORAGE))
             for m in task.outputs:
                 if m.file.kind in ("file", "buffer"):  # the outputs sent back ("return" above)
                     link.expected_outputs[(task.id, m.file.cache_name)] = m.file

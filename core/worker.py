@@ -45,7 +45,7 @@ from .connection import (
 )
 from .errors import AuthenticationError, ProtocolError, TransferError
 from .monitor import Usage, exceeded, sample
-from .protocol import Frame, pages_of
+from .protocol import CHUNK_SIZE, Frame, pages_of
 from .tls import GatedListener, TLSSetupError, client_context, self_signed_server_context, start_gated_server
 from .worker_python import WorkerPythonMixin
 from .worker_cache import WorkerCache
@@ -55,7 +55,8 @@ from .worker_transfers import WorkerTransfers
 
 log = logging.getLogger("vine_worker")
 
-STDOUT_LIMIT = 32 << 20
+STDOUT_LIMIT = 32 << 20  # a task's stdout kept when the manager does not say (it sends max-task-stdout-storage)
+STDOUT_INLINE = 4 << 20  # up to this much travels in the task's complete message; more is streamed before it
 # Errors of this host, not of a task: a task that meets one is given back to the manager to run again.
 _HOST_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOSPC, errno.EDQUOT, errno.ENOMEM})
 WATCH_INTERVAL = 1.0
@@ -572,8 +573,36 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
                     self._kill(rt, C.VINE_RESULT_RESOURCE_EXHAUSTION)
                     return
 
+    async def _take_stdout(self, rt: RunningTask) -> tuple[bytes, bool, int | None]:
+        """The task's captured output, up to the manager's ``stdout_limit`` (tune max-task-stdout-storage):
+        (bytes to send inline, whether it was cut, bytes streamed ahead of ``complete`` or None)."""
+        inline = rt.__dict__.pop("inline_stdout", None)
+        if inline is not None:
+            return inline, False, None
+        fd, rt.stdout_fd = rt.stdout_fd, -1
+        if fd < 0:
+            return b"", False, None
+        limit = int(rt.spec.get("stdout_limit") or STDOUT_LIMIT)
+        try:
+            size = rt.stdout_size = os.fstat(fd).st_size
+            keep = min(size, limit)
+            if keep <= STDOUT_INLINE or self.conn is None:
+                return (os.pread(fd, min(keep, STDOUT_INLINE), 0) if keep else b""), size > min(keep, STDOUT_INLINE), None
+            # Too big for one frame: streamed in chunks, read from the file as they go (never held whole).
+            name = f".stdout.{rt.id}"
+            conn = self.conn
+            conn.send({"type": "file_begin", "name": name, "size": keep, "task": rt.id, "stdout": True})
+            for offset in range(0, keep, CHUNK_SIZE):
+                conn.send({"type": "file_chunk", "name": name}, os.pread(fd, min(CHUNK_SIZE, keep - offset), offset))
+                await conn.drain()
+            conn.send({"type": "file_end", "name": name})
+            return b"", size > keep, keep
+        finally:
+            os.close(fd)
+
     def _read_stdout(self, rt: RunningTask) -> tuple[bytes, bool]:
-        """The task's captured output (at most STDOUT_LIMIT bytes) and whether it was cut."""
+        """The task's captured output (at most STDOUT_LIMIT bytes) and whether it was cut, for callers
+        that send it inline only (a library's)."""
         inline = rt.__dict__.pop("inline_stdout", None)
         if inline is not None:
             return inline, False
@@ -661,7 +690,7 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
         if rt.id not in self.tasks:
             return  # killed by the manager
         end = time.time()
-        stdout, cut = self._read_stdout(rt)
+        stdout, cut, streamed = await self._take_stdout(rt)
         if cut and result == C.VINE_RESULT_SUCCESS:
             result = C.VINE_RESULT_STDOUT_MISSING
         outputs: dict[str, int] = {}
@@ -680,6 +709,7 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
                 "type": "complete", "id": rt.id, "result": result, "exit_code": code, "reason": reason,
                 "retry": retry, "missing_input": bool(spec.get("missing_input")), "start": rt.start, "end": end, "outputs": outputs, "cached": cached, "unlinked": unlinked,
                 "measured": rt.usage.measured() if rt.usage else {}, "limits": rt.limits,
+                **({"stdout_streamed": streamed} if streamed is not None else {}),
             },
             stdout,
         )

@@ -323,3 +323,22 @@ def test_a_worker_with_25000_forever_files_joins(manager, start_worker, tmp_path
     held = manager._call(lambda: sorted(n for rec in manager._state.workers.values() for n in rec.replicas))
     assert held == sorted(names)
     assert_still_works(manager)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("megabytes, storage, expect", [
+    (100, None, "whole"),  # over the old fixed 32 MiB: kept, as TaskVine keeps up to 1 GB
+    (12, 6 << 20, "cut"),  # the tune honoured: the first 6 MiB, and the result says the rest is missing
+    (3, None, "whole"),  # small enough to travel inside the complete message
+], ids=["100 MB stdout", "12 MB stdout over a 6 MiB tune", "3 MB stdout inline"])
+def test_big_stdout_is_kept_up_to_the_tune(megabytes: int, storage: int | None, expect: str, manager, start_worker):
+    if storage is not None:
+        manager.tune("max-task-stdout-storage", storage)
+    start_worker(manager, cores=1)
+    size = megabytes * 1000 * 1000
+    t = run(manager, vine.Task(f"head -c {size} /dev/zero | tr '\\0' 'v'", cores=1), timeout=100)
+    if expect == "whole":
+        assert (t.result, len(t.output), t.output[:3], t.output[-3:]) == ("success", size, "vvv", "vvv")
+    else:
+        assert (t.result, len(t.output)) == ("stdout missing", storage)
+    assert manager.stats.workers_connected == 1
