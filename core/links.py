@@ -555,7 +555,9 @@ class WorkerLinks:
                 for m in task.outputs
             ]
             self._forget_expected(link, task.id)
-            spec["stdout_limit"] = link.expected_stdout[task.id] = int(self._state.tuning.get("max-task-stdout-storage", STDOUT_STORAGE))
+            # Clamped: a negative tune keeps nothing, and no frame may carry an integer over 2**64.
+            storage = min(max(0, int(self._state.tuning.get("max-task-stdout-storage", STDOUT_STORAGE))), 1 << 62)
+            spec["stdout_limit"] = link.expected_stdout[task.id] = storage
             for m in task.outputs:
                 if m.file.kind in ("file", "buffer"):  # the outputs sent back ("return" above)
                     link.expected_outputs[(task.id, m.file.cache_name)] = m.file

@@ -582,7 +582,7 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
         fd, rt.stdout_fd = rt.stdout_fd, -1
         if fd < 0:
             return b"", False, None
-        limit = int(rt.spec.get("stdout_limit") or STDOUT_LIMIT)
+        limit = max(0, int(rt.spec.get("stdout_limit", STDOUT_LIMIT)))
         try:
             size = rt.stdout_size = os.fstat(fd).st_size
             keep = min(size, limit)
