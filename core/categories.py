@@ -117,8 +117,8 @@ def parse_resources(what: str, values: Mapping[str, Any] | None) -> Resources:
             continue
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise TypeError(f"{what}: {name} must be a number, not {v!r}")
-        if math.isnan(v):
-            raise ValueError(f"{what}: {name} must be a number, not NaN")
+        if not math.isfinite(v):  # infinity too: it would reach the scheduler's rounding and the wire
+            raise ValueError(f"{what}: {name} must be a finite number, not {v}")
         if v < 0 and v != -1:
             raise ValueError(f"{what}: {name} must be >= 0 (or -1 for unset), not {v}")
         if v >= 0:

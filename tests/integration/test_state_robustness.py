@@ -342,3 +342,9 @@ def test_big_stdout_is_kept_up_to_the_tune(megabytes: int, storage: int | None, 
     else:
         assert (t.result, len(t.output)) == ("stdout missing", storage)
     assert manager.stats.workers_connected == 1
+
+
+@pytest.mark.parametrize("value", [NAN, INF])
+def test_category_boxes_refuse_non_finite_numbers(value: float, m):
+    with pytest.raises(ValueError, match="cores must be a finite number"):
+        m.set_category_resources_max("non-finite", {"cores": value})
