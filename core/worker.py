@@ -212,6 +212,7 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
     async def _connect_loop(self) -> int:
         deadline = time.monotonic() + self.args.connect_timeout
         backoff = 0.1
+        tls_refused: str | None = None  # set while the only managers we reach hang up in the TLS handshake
         while not self._stop.is_set():
             for host, port in self._targets():
                 try:
@@ -223,6 +224,7 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
                     # Reached, then hung up on in the TLS handshake: say why (an unreachable manager is only a debug line).
                     log.error("TLS handshake with %s:%s failed (%s: %s): does that manager use TLS? "
                               "start the worker without --ssl for a plain one", host, port, type(exc).__name__, exc)
+                    tls_refused = f"{host}:{port}"
                     continue
                 except (OSError, asyncio.TimeoutError) as exc:
                     log.debug("cannot reach %s:%s: %s", host, port, exc)
@@ -242,7 +244,14 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
                     return 0
                 deadline = time.monotonic() + self.args.connect_timeout
                 backoff = 0.1
+                tls_refused = None
             if time.monotonic() > deadline:
+                if tls_refused is not None:
+                    # Not an idle timeout: the worker never got in because the two sides disagree on TLS.
+                    print(f"vine_worker: giving up after {self.args.connect_timeout:g}s: the TLS handshake with {tls_refused} "
+                          "failed every time; does that manager use TLS? start the worker without --ssl for a plain one",
+                          file=sys.stderr)
+                    return 1
                 log.info("no manager for %ss; exiting", self.args.connect_timeout)
                 return 0
             try:

@@ -429,6 +429,9 @@ def test_missing_tls_is_refused_both_ways(tmp_path, start_worker, manager, caplo
     assert manager.stats.workers_connected == 0
     with pytest.raises((RemoteProtocolError, ssl.SSLError, ConnectionError)):
         query_status("127.0.0.1", manager.port, "manager", use_ssl=True, timeout=5)
+    # ...and gives up within its connect timeout (plus one back-off), non-zero, naming TLS.
+    assert tls.proc.wait(15) == 1
+    assert "does that manager use TLS" in tls.proc.stderr.read().decode()
 
 
 def test_tls_worker_without_openssl_says_so(tmp_path):
