@@ -11,9 +11,14 @@
                                       core.Manager.submit (thread-safe)
     future ◄── set_result/exception ── collector thread: Manager.wait()  ◄──── Parsl-serialized result
 
-One ``core.Manager`` lives in the user's process (its own I/O thread serves the workers), so there
-is no separate submit process and no queue between processes: ``submit`` hands the task to the
-manager directly and the collector thread completes futures as results arrive. A value comes back
+In regular mode one ``core.Manager`` lives in the user's process (its own I/O thread serves the
+workers): ``submit`` hands the task to the manager directly and the collector thread completes
+futures as results arrive. In serverless mode a call is cheap enough that the manager's own work
+would be a third of the user's process's CPU, so the manager (and the factory) run in a *manager
+process* of their own (:mod:`parslvine.manager_process`): ``submit`` queues the call's serialized
+bytes, staging plan and settings, which go over a socket in batches, and the results come back
+the same way; ``executor.manager`` is then a :class:`~parslvine.manager_process.ManagerProcessInfo`
+(port, name, logging directory, pid). A value comes back
 Parsl-serialized; an exception comes back in Parsl's ``RemoteExceptionWrapper`` and is set on the
 future with its original type and traceback. A call that ends without a result (its worker task
 failed for a reason outside the app) fails with :class:`~parslvine.errors.TaskVineTaskFailure`.
@@ -44,6 +49,7 @@ import core as vine
 from .configs import TaskVineFactoryConfig, TaskVineManagerConfig, check_manager_config
 from .errors import ParslVineConfigError, ParslVineError, TaskVineManagerFailure, TaskVineTaskFailure
 from .launch import start_factory, worker_command
+from .manager_process import ManagerProcessClient, configure_manager
 from .resources import TaskSettings, settings_from_spec
 from .runner import WARM_IMPORTS, decode_data, encode_data, run_parsl_call
 from .staging import plan_staging
@@ -112,6 +118,7 @@ class TaskVineExecutor(BlockProviderExecutor, RepresentationMixin):
         self._started = False
         self._library_installed = False
         self._collector: threading.Thread | None = None
+        self._client: ManagerProcessClient | None = None  # serverless: the manager process
         self._config: TaskVineManagerConfig = manager_config
         self._warned_keys: set[str] = set()
 
@@ -127,11 +134,25 @@ class TaskVineExecutor(BlockProviderExecutor, RepresentationMixin):
             config.vine_log_dir = os.path.join(os.path.dirname(os.path.abspath(self.run_dir)), self.label)
         self._config = config
         # Workers this executor starts are ours to stop: the manager tells them to exit at close.
+        if self.function_exec_mode == "serverless":
+            self._start_manager_process(config)
+        else:
+            self._start_manager_here(config)
+        self._started = True
+        if self._client is None:
+            self._collector = threading.Thread(target=self._collect, name=f"parslvine-collector-{self.label}", daemon=True)
+            self._collector.start()
+        logger.info("%s: manager listening on port %s (%s mode, %s workers%s)", self.label, self.manager.port,
+                    self.function_exec_mode, self.worker_launch_method,
+                    f", in manager process {self.manager.pid}" if self._client is not None else "")
+
+    def _start_manager_here(self, config: TaskVineManagerConfig) -> None:
+        # Workers this executor starts are ours to stop: the manager tells them to exit at close.
         m = vine.Manager(port=config.port, name=config.project_name, run_info_path=config.vine_log_dir,
                          shutdown=self.worker_launch_method != "manual")
         self.manager = m
         try:
-            self._configure_manager(m, config)
+            configure_manager(m, config)
             if self.worker_launch_method == "factory":
                 fc = dataclasses.replace(self.factory_config, scratch_dir=config.vine_log_dir,
                                          _project_port=m.port, _project_address=config.address,
@@ -145,25 +166,18 @@ class TaskVineExecutor(BlockProviderExecutor, RepresentationMixin):
             m.close()
             self.manager = None
             raise
-        self._collector = threading.Thread(target=self._collect, name=f"parslvine-collector-{self.label}", daemon=True)
-        self._started = True
-        self._collector.start()
-        logger.info("%s: manager listening on port %s (%s mode, %s workers)", self.label, m.port, self.function_exec_mode,
-                    self.worker_launch_method)
 
-    def _configure_manager(self, m: Any, config: TaskVineManagerConfig) -> None:
-        if config.project_password_file:
-            m.set_password_file(config.project_password_file)
-        if config.wait_for_workers:
-            m.tune("wait-for-workers", config.wait_for_workers)
-        if config.enable_peer_transfers:
-            m.enable_peer_transfers()
-        else:
-            m.disable_peer_transfers()
-        if config.project_name:
-            m.set_property("framework", "parsl")
-        for key, value in (config.tune_parameters or {}).items():
-            m.tune(key, value)
+    def _start_manager_process(self, config: TaskVineManagerConfig) -> None:
+        # Serverless calls are cheap enough that the manager's own work would be a third of the
+        # user's process's CPU: it runs in a process of its own (see parslvine.manager_process).
+        client = ManagerProcessClient(self.label, self._complete_remote, self._manager_process_failed)
+        info = client.start({"config": config, "factory_config": self.factory_config, "launch": self.worker_launch_method})
+        self._client = client
+        self.manager = info
+        if self.worker_launch_method == "provider":
+            local = isinstance(self.provider, LocalProvider)
+            self._worker_command = worker_command(info.port, config, self.factory_config, local)
+            logger.info("%s: provider blocks run: %s", self.label, self._worker_command)
 
     def _get_launch_command(self, block_id: str) -> str:
         return f"PARSL_WORKER_BLOCK_ID={block_id} {self._worker_command}"
@@ -191,21 +205,33 @@ class TaskVineExecutor(BlockProviderExecutor, RepresentationMixin):
         if settings.category is None:
             settings.category = getattr(func, "__name__", None) if config.autocategory else None
             settings.category = settings.category or "parsl-default"
-        if settings.exec_mode == "serverless" and not self._library_installed:
-            self._ensure_library()
-        task = make_task(self.manager, config, settings, run_parsl_call, function, arguments, plan, WARM_IMPORTS)
+        client = self._client
+        if client is not None:
+            # The manager process builds the task; it opens the files, so it gets absolute paths
+            # (its working directory is where this process's was at start()).
+            plan.inputs = [(os.path.abspath(local), remote) for local, remote in plan.inputs]
+            plan.outputs = [(os.path.abspath(local), remote) for local, remote in plan.outputs]
+            task = None
+        else:
+            if settings.exec_mode == "serverless" and not self._library_installed:
+                self._ensure_library()
+            task = make_task(self.manager, config, settings, run_parsl_call, function, arguments, plan, WARM_IMPORTS)
         future: Future = Future()
         with self._lock:
             executor_id = self._next_id
             self._next_id += 1
             future.parsl_executor_task_id = executor_id  # type: ignore[attr-defined]
-            task._parslvine_id = executor_id
             self._tasks[executor_id] = future
             self._outstanding += 1
-            if self._outstanding == 1:
-                self._work.notify()  # the collector sleeps only while nothing is outstanding
+            if task is not None:
+                task._parslvine_id = executor_id
+                if self._outstanding == 1:
+                    self._work.notify()  # the collector sleeps only while nothing is outstanding
         try:
-            self.manager.submit(task)  # outside our lock: the collector completes futures meanwhile
+            if client is not None:
+                client.send(("call", executor_id, settings, function, arguments, plan))
+            else:
+                self.manager.submit(task)  # outside our lock: the collector completes futures meanwhile
         except BaseException:
             with self._lock:
                 self._tasks.pop(executor_id, None)
@@ -229,10 +255,12 @@ class TaskVineExecutor(BlockProviderExecutor, RepresentationMixin):
         for fut in pending:
             if not fut.done():
                 fut.set_exception(TaskVineManagerFailure(f"executor {self.label!r} shut down before the app finished"))
+        if self._client is not None:
+            self._client.stop()
         if self.factory is not None:
             self.factory.stop()
             self.factory = None
-        if self.manager is not None:
+        if self.manager is not None and self._client is None:
             self.manager.close()
         super().shutdown()
         logger.info("%s: shut down", self.label)
@@ -270,6 +298,28 @@ class TaskVineExecutor(BlockProviderExecutor, RepresentationMixin):
             if task is not None:
                 self._complete(task)
 
+    def _complete_remote(self, executor_id: int, ok: bool, payload: Any, exit_code: int | None) -> None:
+        """A result from the manager process: the runner's bytes (``ok``), else the call's failure."""
+        with self._lock:
+            future = self._tasks.pop(executor_id, None)
+            if future is not None:
+                self._outstanding -= 1
+        if future is None or future.done():
+            return
+        if ok:
+            _set_outcome(future, payload, executor_id)
+        else:
+            future.set_exception(payload)
+
+    def _manager_process_failed(self, exc: Exception) -> None:
+        """The manager process failed or died: every pending call fails, later submits raise."""
+        with self._lock:
+            if self._stopping:
+                return
+            self.set_bad_state_and_fail_all(exc)
+            self._tasks.clear()
+            self._outstanding = 0
+
     def _complete(self, task: Any) -> None:
         executor_id = getattr(task, "_parslvine_id", None)
         with self._lock:
@@ -287,20 +337,31 @@ class TaskVineExecutor(BlockProviderExecutor, RepresentationMixin):
             future.set_exception(TaskVineTaskFailure(reason, task.exit_code))
             return
         try:
-            value = decode_data(unpack_result(task, bytes(data)))
-        except Exception as exc:  # noqa: BLE001 - an undecodable result is this call's failure
+            result = unpack_result(task, bytes(data))
+        except Exception as exc:  # noqa: BLE001 - an unreadable reply is this call's failure
             failure = TaskVineTaskFailure(f"the result of task {task.id} cannot be deserialized: {type(exc).__name__}: {exc}")
             failure.__cause__ = exc
             future.set_exception(failure)
             return
-        if isinstance(value, RemoteExceptionWrapper):
-            try:
-                exc_value = value.get_exception()
-            except Exception as exc:  # noqa: BLE001 - e.g. a traceback that cannot be rebuilt
-                exc_value = exc
-            future.set_exception(exc_value)
-        else:
-            future.set_result(value)
+        _set_outcome(future, result, task.id)
 
+
+def _set_outcome(future: Future, result: bytes, task_id: int) -> None:
+    """Complete ``future`` from a call's Parsl-serialized result: its value, or the app's exception."""
+    try:
+        value = decode_data(result)
+    except Exception as exc:  # noqa: BLE001 - an undecodable result is this call's failure
+        failure = TaskVineTaskFailure(f"the result of task {task_id} cannot be deserialized: {type(exc).__name__}: {exc}")
+        failure.__cause__ = exc
+        future.set_exception(failure)
+        return
+    if isinstance(value, RemoteExceptionWrapper):
+        try:
+            exc_value = value.get_exception()
+        except Exception as exc:  # noqa: BLE001 - e.g. a traceback that cannot be rebuilt
+            exc_value = exc
+        future.set_exception(exc_value)
+    else:
+        future.set_result(value)
 
 __all__ = ["TaskSettings", "TaskVineExecutor"]

@@ -9,7 +9,8 @@ Workloads (``vine_benchmark parsl [--vs PEERS] [--repeat N]``):
 Peers, each a config file written here, all on this machine's cores (2 on the CI machine):
 
   parslvine-serverless  ``parslvine.TaskVineExecutor(function_exec_mode="serverless")``, one
-                        factory worker with 2 cores (one warm library instance per core)
+                        factory worker with 2 cores (one warm library instance per core); its
+                        manager runs in a manager process of its own (parslvine.manager_process)
   parslvine-regular     the same executor in regular mode (a task per call, forked on the worker)
   htex                  Parsl's ``HighThroughputExecutor``, one LocalProvider block, 2 workers
   threads               Parsl's ``ThreadPoolExecutor(max_threads=2)``: no workers at all, the
