@@ -54,6 +54,7 @@ MEMORY_RECEIVE_MAX = 1 << 20  # a returned buffer or fetched file up to this siz
 # twice, because a worker reports a share of its free disk (--disk-percent, 50 by default) and a
 # directory travels as a tar with a header per file.
 STREAM_SLACK = 16 << 20
+MAX_CACHE_ENTRIES = 2_000_000  # a worker's listed cache (its pages are held until it joins: bounded)
 STDOUT_STORAGE = 1 << 30  # tune max-task-stdout-storage: the most bytes of a task's stdout kept (TaskVine's 1 GB)
 _STAGING_IDS = itertools.count(1)  # names of staged streams: chosen here, never taken from the peer
 
@@ -178,6 +179,8 @@ class WorkerLinks:
             if not isinstance(entries, dict):
                 raise RemoteProtocolError(f"sent cache page {entries!r}, which is not an object")
             cache.update((str(k), _byte_count(v, f"cache entry {k!r}")) for k, v in entries.items())
+            if len(cache) > MAX_CACHE_ENTRIES:
+                raise RemoteProtocolError(f"listed over {MAX_CACHE_ENTRIES} cache entries")
             more = bool(page["more"])
         link.stream_limit = _stream_limit(res)
         leave_preauth_gate()  # a worker now, no longer counted among the strangers
