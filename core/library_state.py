@@ -59,7 +59,9 @@ class StartLibrary:
     slots: int
 
 
-DEFAULT_QUEUE_DEPTH = 8
+# Calls per slot a library instance may hold (tune "library-queue-depth"). The one place this default
+# lives: the scheduler reads it from here (it used to fall back to 4 on its own while this said 8).
+DEFAULT_QUEUE_DEPTH = 4
 SHORT_CALL = 0.05  # s: calls shorter than this on average may queue inside an instance
 
 

@@ -54,7 +54,7 @@ from .events import (  # noqa: F401 - re-exported
     WorkerLost,
 )
 from .categories import CategoryBook
-from .library_state import LibraryBook
+from .library_state import DEFAULT_QUEUE_DEPTH, LibraryBook
 from .records import FileRecord, ReplicaState, TaskRecord, TaskState, WorkerRecord  # noqa: F401 - re-exported
 from .pipelining import CallPipelining
 from .recovery import RecoveryPlanner
@@ -667,7 +667,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
                 w.committed.cores < math.ceil(w.total.cores * mult) or w.total.cores <= 0 or w.committed.gpus < math.ceil(w.total.gpus * mult)
             ):
                 return True
-        self.libs.depth = int(self.tuning.get("library-queue-depth", 4))
+        self.libs.depth = int(self.tuning.get("library-queue-depth", DEFAULT_QUEUE_DEPTH))
         return self.libs.has_room(self.libs.depth)
 
     def _prefetch_room(self) -> bool:

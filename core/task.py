@@ -200,9 +200,11 @@ class Task:
             raise TaskError(f"task {self._id} was already submitted; its definition can no longer change")
 
     def set_tag(self, tag: str | None) -> None:
+        self._mutable()
         self._tag = None if tag is None else str(tag)
 
     def set_category(self, category: str) -> None:
+        self._mutable()
         self._category = str(category)
 
     def _set_resource(self, name: str, value: float) -> None:
@@ -213,59 +215,77 @@ class Task:
         self.requested[name] = number if number >= 0 else -1.0
 
     def set_cores(self, cores: float) -> None:
+        self._mutable()
         self._set_resource("cores", cores)
 
     def set_memory(self, memory: float) -> None:
+        self._mutable()
         self._set_resource("memory", memory)
 
     def set_disk(self, disk: float) -> None:
+        self._mutable()
         self._set_resource("disk", disk)
 
     def set_gpus(self, gpus: float) -> None:
+        self._mutable()
         self._set_resource("gpus", gpus)
 
     def set_priority(self, priority: float) -> None:
+        self._mutable()
         self._priority = _finite_number("set_priority", priority)
 
     def set_retries(self, retries: int) -> None:
+        self._mutable()
         self.max_retries = int(_finite_number("set_retries", retries))
 
     def set_max_forsaken(self, n: int) -> None:
+        self._mutable()
         self.max_forsaken = int(_finite_number("set_max_forsaken", n))
 
     def set_time_start(self, useconds: int) -> None:
+        self._mutable()
         self.time_start = int(_finite_number("set_time_start", useconds))
 
     def set_time_end(self, useconds: int) -> None:
+        self._mutable()
         self.time_end = int(_finite_number("set_time_end", useconds))
 
     def set_time_max(self, seconds: float) -> None:
+        self._mutable()
         self.time_max = max(0, _finite_number("set_time_max", seconds))
 
     def set_time_min(self, seconds: float) -> None:
+        self._mutable()
         self.time_min = max(0, _finite_number("set_time_min", seconds))
 
     def set_env_var(self, name: str, value: str | None = None) -> None:
+        self._mutable()
         self.env[str(name)] = None if value is None else str(value)
 
     def add_feature(self, name: str) -> None:
+        self._mutable()
         self.features.append(str(name))
 
     def set_scheduler(self, scheduler: str | int) -> None:
+        self._mutable()
         from .scheduler import policy_name
 
         self.scheduler = policy_name(scheduler)
 
     def set_library_required(self, name: str) -> None:
+        self._mutable()
         self.library_required = name
 
     def set_library_provided(self, name: str) -> None:
+        self._mutable()
         self.library_provided = name
 
     def set_snapshot_file(self, name: str) -> None:
+        self._mutable()
         self.snapshot_file = name
 
     def set_monitor_output(self, name: str) -> None:
+        self._mutable()
         self.monitor_output = name
 
     def add_environment(self, f: File) -> None:

@@ -386,3 +386,20 @@ def test_submit_and_wait_from_different_threads(m):
     collector.join(60)
     assert sorted(got) == sorted(ids)
     assert m.empty()
+
+
+@pytest.mark.parametrize("change", [
+    lambda t: t.set_cores(2), lambda t: t.set_memory(100), lambda t: t.set_disk(10), lambda t: t.set_gpus(1),
+    lambda t: t.set_category("other"), lambda t: t.set_priority(5), lambda t: t.set_retries(2),
+    lambda t: t.set_max_forsaken(1), lambda t: t.set_time_max(10), lambda t: t.set_env_var("A", "1"),
+    lambda t: t.add_feature("gpu"), lambda t: t.set_tag("x"), lambda t: t.set_scheduler("files"),
+])
+def test_a_submitted_task_can_no_longer_change(manager, change):
+    """The I/O thread reads a task's definition after submit: a change then would be half-seen, so it is refused."""
+    t = vine.Task("true")
+    t.set_cores(1)
+    manager.submit(t)
+    with pytest.raises(TaskError, match="already submitted"):
+        change(t)
+    assert t.requested["cores"] == 1
+    manager.cancel_by_task_id(t.id)
