@@ -298,13 +298,18 @@ class TaskVineExecutor(BlockProviderExecutor, RepresentationMixin):
             if task is not None:
                 self._complete(task)
 
-    def _complete_remote(self, executor_id: int, ok: bool, payload: Any, exit_code: int | None) -> None:
-        """A result from the manager process: the runner's bytes (``ok``), else the call's failure."""
+    def _take_future(self, executor_id: Any) -> Future | None:
+        """The pending future of a finished call, no longer counted as outstanding (None if none is pending)."""
         with self._lock:
             future = self._tasks.pop(executor_id, None)
             if future is not None:
                 self._outstanding -= 1
-        if future is None or future.done():
+        return None if future is None or future.done() else future
+
+    def _complete_remote(self, executor_id: int, ok: bool, payload: Any, exit_code: int | None) -> None:
+        """A result from the manager process: the runner's bytes (``ok``), else the call's failure."""
+        future = self._take_future(executor_id)
+        if future is None:
             return
         if ok:
             _set_outcome(future, payload, executor_id)
@@ -322,11 +327,8 @@ class TaskVineExecutor(BlockProviderExecutor, RepresentationMixin):
 
     def _complete(self, task: Any) -> None:
         executor_id = getattr(task, "_parslvine_id", None)
-        with self._lock:
-            future = self._tasks.pop(executor_id, None)
-            if future is not None:
-                self._outstanding -= 1
-        if future is None or future.done():
+        future = self._take_future(executor_id)
+        if future is None:
             return
         data = task_output(task)
         forget_buffers(self.manager, task)

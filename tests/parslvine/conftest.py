@@ -42,3 +42,20 @@ def in_tmp(tmp_path, monkeypatch) -> str:
     """Run the test in its own directory (relative Parsl Files are relative to the cwd)."""
     monkeypatch.chdir(tmp_path)
     return os.fspath(tmp_path)
+
+
+def start_executor(tmp_path, ex: Any) -> Any:
+    """Start an executor outside a DFK, with its run directory under the test's tmp_path."""
+    ex.run_dir = str(tmp_path / "runinfo")
+    ex.run_id = "test"
+    ex.start()
+    return ex
+
+
+@pytest.fixture
+def executors() -> Iterator[list[Any]]:
+    """Executors a test starts; each is shut down at teardown (a no-op if the test did it)."""
+    started: list[Any] = []
+    yield started
+    for ex in started:
+        ex.shutdown()

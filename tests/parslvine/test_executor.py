@@ -5,14 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
-from typing import Any
 
 import psutil
 import pytest
 
 from tests.conftest import WorkerProcess, wait_until
-from tests.parslvine.conftest import MODES, make_executor
+from tests.parslvine.conftest import MODES, make_executor, start_executor
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -39,20 +37,8 @@ def _pids(path: str) -> list[int]:
     return [int(p) for p in text.split()] if text.endswith("\n") else []
 
 
-def _started(tmp_path, ex: Any) -> Any:
-    ex.run_dir = str(tmp_path / "runinfo")
-    ex.run_id = "test"
-    ex.start()
-    return ex
 
 
-@pytest.fixture
-def executors() -> Iterator[list[Any]]:
-    """Executors a test starts; each is shut down at teardown (a no-op if the test did it)."""
-    started: list[Any] = []
-    yield started
-    for ex in started:
-        ex.shutdown()
 
 
 def _descendants() -> set[int]:
@@ -73,7 +59,7 @@ def _alive(pids: set[int]) -> set[int]:
 @pytest.mark.parametrize("mode", MODES)
 def test_submit_without_the_dfk_and_clean_shutdown(tmp_path, executors, mode):
     before = _descendants()
-    ex = _started(tmp_path, make_executor(mode))
+    ex = start_executor(tmp_path, make_executor(mode))
     executors.append(ex)
     futures = [ex.submit(_square, {}, i) for i in range(10)]
     assert [f.result(timeout=60) for f in futures] == [i * i for i in range(10)]
@@ -88,7 +74,7 @@ def test_submit_without_the_dfk_and_clean_shutdown(tmp_path, executors, mode):
 
 
 def test_bad_state_fails_pending_and_new_calls(tmp_path, executors):
-    ex = _started(tmp_path, make_executor("regular", launch="manual"))  # no workers: calls stay pending
+    ex = start_executor(tmp_path, make_executor("regular", launch="manual"))  # no workers: calls stay pending
     executors.append(ex)
     pending = ex.submit(_square, {}, 3)
     assert ex.outstanding() == 1
@@ -104,7 +90,7 @@ def test_bad_state_fails_pending_and_new_calls(tmp_path, executors):
 def test_shutdown_fails_calls_still_pending(tmp_path, executors):
     from parslvine.errors import TaskVineManagerFailure
 
-    ex = _started(tmp_path, make_executor("serverless", launch="manual"))
+    ex = start_executor(tmp_path, make_executor("serverless", launch="manual"))
     executors.append(ex)
     fut = ex.submit(_square, {}, 5)
     ex.shutdown()
@@ -114,7 +100,7 @@ def test_shutdown_fails_calls_still_pending(tmp_path, executors):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_worker_killed_mid_call_the_app_still_completes(tmp_path, executors, orphans, mode):
-    ex = _started(tmp_path, make_executor(mode, launch="manual"))
+    ex = start_executor(tmp_path, make_executor(mode, launch="manual"))
     executors.append(ex)
     port = ex.manager.port
     first = WorkerProcess(port, str(tmp_path / "w1"), cores=1, memory=1000, disk=2000)
@@ -193,7 +179,7 @@ def test_project_name_and_password_reach_the_workers(tmp_path, executors, monkey
     monkeypatch.setenv("VINE_CATALOG_DIR", str(tmp_path / "catalog"))
     secret = tmp_path / "password"
     secret.write_text("s3cret-for-this-test\n")
-    ex = _started(tmp_path, make_executor(
+    ex = start_executor(tmp_path, make_executor(
         "serverless",
         manager_config=TaskVineManagerConfig(port=0, project_name=f"parslvine-test-{os.getpid()}", project_password_file=str(secret)),
         factory_config=TaskVineFactoryConfig(min_workers=1, max_workers=1, cores=1, memory=1000, disk=2000)))
@@ -213,7 +199,7 @@ def test_init_command_and_env_vars(tmp_path, executors, mode):
     """init_command runs before the call (regular: in front of a fresh runner; serverless: before the library)."""
     from parslvine import TaskVineManagerConfig
 
-    ex = _started(tmp_path, make_executor(mode, manager_config=TaskVineManagerConfig(
+    ex = start_executor(tmp_path, make_executor(mode, manager_config=TaskVineManagerConfig(
         port=0, init_command="FROM_INIT=yes", env_vars={"FROM_CONFIG": "42"})))
     executors.append(ex)
     assert ex.submit(_environment, {}, "FROM_INIT", "FROM_CONFIG").result(timeout=60) == ["yes", "42"]

@@ -7,14 +7,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
-from typing import Any
 
 import psutil
 import pytest
 
 from tests.conftest import wait_until
-from tests.parslvine.conftest import make_executor
+from tests.parslvine.conftest import make_executor, start_executor
 
 pytestmark = pytest.mark.timeout(120)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -24,19 +22,8 @@ def _square(x):
     return x * x
 
 
-def _started(tmp_path, ex: Any) -> Any:
-    ex.run_dir = str(tmp_path / "runinfo")
-    ex.run_id = "test"
-    ex.start()
-    return ex
 
 
-@pytest.fixture
-def executors() -> Iterator[list[Any]]:
-    started: list[Any] = []
-    yield started
-    for ex in started:
-        ex.shutdown()
 
 
 def _alive(pids: set[int]) -> set[int]:
@@ -51,7 +38,7 @@ def _alive(pids: set[int]) -> set[int]:
 
 
 def test_serverless_manager_runs_in_its_own_process(tmp_path, executors):
-    ex = _started(tmp_path, make_executor("serverless"))
+    ex = start_executor(tmp_path, make_executor("serverless"))
     executors.append(ex)
     pid = ex.manager.pid
     assert pid != os.getpid() and psutil.Process(pid).ppid() == os.getpid()
@@ -68,7 +55,7 @@ def test_manager_process_killed_fails_pending_calls(tmp_path, executors):
 
     from parslvine.errors import TaskVineManagerFailure
 
-    ex = _started(tmp_path, make_executor("serverless", launch="manual"))  # no workers: the call stays pending
+    ex = start_executor(tmp_path, make_executor("serverless", launch="manual"))  # no workers: the call stays pending
     executors.append(ex)
     fut = ex.submit(_square, {}, 5)
     os.kill(ex.manager.pid, signal.SIGKILL)
@@ -86,7 +73,7 @@ def test_start_error_from_the_manager_process_keeps_its_type(tmp_path):
 
     ex = make_executor("serverless", factory_config=TaskVineFactoryConfig(python_env="/nonexistent/env.tar.gz"))
     with pytest.raises(ParslVineConfigError, match="python_env"):
-        _started(tmp_path, ex)
+        start_executor(tmp_path, ex)
     assert ex._client is None
 
 
