@@ -1,0 +1,219 @@
+"""Execute the notebooks of notebooks/ in a real Jupyter kernel and say what they left running.
+
+Used by tests/notebooks/test_notebooks.py, and runnable by hand::
+
+    .venv/bin/python tests/notebooks/run_notebooks.py                       # every notebook
+    .venv/bin/python tests/notebooks/run_notebooks.py notebooks/01-quickstart.ipynb --save-executed out/
+
+Each notebook runs in a kernel of this Python (kernel name ``python3``, ipykernel's own spec),
+with a fresh temporary directory as its working directory, cell after cell, under one deadline
+for the whole notebook. A cell that raises stops the run (nbclient's ``CellExecutionError``).
+
+While it runs, a watcher thread samples the kernel's descendant processes every 0.2 s and
+remembers each one (workers, factories, libraries, Parsl's processes). After the last cell,
+with the kernel still alive, anything it remembered that still runs was left behind by the
+notebook: the run reports it, then kills it, so neither a failing nor a leaky notebook leaves
+processes on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+
+import nbformat
+import psutil
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+NOTEBOOK_DIR = os.path.join(REPO, "notebooks")
+
+# A process the notebook's last cell told to stop may take a moment to be gone (a worker that
+# was told to exit finishes its frame and removes its workspace). Past this it was left behind.
+EXIT_GRACE_S = 5.0
+
+
+def notebook_paths() -> list[str]:
+    """The notebooks shipped in notebooks/, in their numbered order."""
+    return sorted(os.path.join(NOTEBOOK_DIR, n) for n in os.listdir(NOTEBOOK_DIR) if n.endswith(".ipynb"))
+
+
+def is_worker(cmdline: list[str]) -> bool:
+    """A ``vine_worker``: ``python -m core.worker ...`` (how the Factory starts it) or the console script."""
+    return "core.worker" in cmdline or any(os.path.basename(arg) == "vine_worker" for arg in cmdline[:2])
+
+
+@dataclass
+class SeenProcess:
+    process: psutil.Process
+    cmdline: list[str]
+
+    def describe(self) -> str:
+        return f"pid {self.process.pid}: {' '.join(self.cmdline)[:200]}"
+
+    def running(self) -> bool:
+        # is_running() also compares the start time, so a recycled pid is not mistaken for ours.
+        try:
+            return self.process.is_running() and self.process.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+
+class DescendantWatcher(threading.Thread):
+    """Remembers every process that descends from ``root_pid`` while it runs (sampled)."""
+
+    def __init__(self, root_pid: int, interval: float = 0.2) -> None:
+        super().__init__(name=f"watch-{root_pid}", daemon=True)
+        self.root = psutil.Process(root_pid)
+        self.interval = interval
+        self.seen: dict[tuple[int, float], SeenProcess] = {}
+        self._lock = threading.Lock()
+        self._stop_event = threading.Event()
+
+    def sample(self) -> None:
+        try:
+            children = self.root.children(recursive=True)
+        except psutil.NoSuchProcess:
+            return
+        for proc in children:
+            try:
+                key = (proc.pid, proc.create_time())
+                with self._lock:
+                    if key not in self.seen:
+                        self.seen[key] = SeenProcess(proc, proc.cmdline())
+            except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+                continue  # it ended between the listing and the question
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            self.sample()
+            self._stop_event.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(5)
+        self.sample()
+
+    def snapshot(self) -> list[SeenProcess]:
+        with self._lock:
+            return list(self.seen.values())
+
+
+@dataclass
+class NotebookRun:
+    """What one execution of a notebook did."""
+
+    path: str
+    workdir: str
+    seconds: float = 0.0
+    error: BaseException | None = None
+    seen: list[SeenProcess] = field(default_factory=list)
+    left_behind: list[SeenProcess] = field(default_factory=list)
+    kernel_executable: str = ""
+    notebook: nbformat.NotebookNode | None = None
+
+    @property
+    def workers_seen(self) -> list[SeenProcess]:
+        return [p for p in self.seen if is_worker(p.cmdline)]
+
+    def summary(self) -> str:
+        name = os.path.basename(self.path)
+        status = "ok" if self.error is None else f"FAILED: {type(self.error).__name__}"
+        left = f", {len(self.left_behind)} process(es) left behind" if self.left_behind else ""
+        return f"{name}: {status} in {self.seconds:.1f} s, {len(self.workers_seen)} worker process(es) seen{left}"
+
+
+def kernel_env() -> dict[str, str]:
+    """The kernel's environment: this one, with this venv's scripts first on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env.pop("MPLBACKEND", None)  # a CI's MPLBACKEND=Agg would hide the plots; the kernel picks inline
+    return env
+
+
+def run_notebook(path: str, workdir: str, timeout: float = 240.0) -> NotebookRun:
+    """Execute ``path`` in a fresh ``python3`` kernel whose working directory is ``workdir``.
+
+    ``timeout`` bounds the whole notebook: each cell gets what is left of it. The executed
+    notebook (with outputs) is in the result; the file on disk is not changed.
+    """
+    nb = nbformat.read(path, as_version=4)
+    run = NotebookRun(path=path, workdir=workdir, notebook=nb)
+    client = NotebookClient(nb, timeout=int(timeout), kernel_name="python3",
+                            resources={"metadata": {"path": workdir}}, store_widget_state=True)
+    client.reset_execution_trackers()
+    start = time.monotonic()
+    deadline = start + timeout
+    with client.setup_kernel(env=kernel_env(), cwd=workdir):
+        pid = client.km.provisioner.pid  # type: ignore[union-attr]
+        run.kernel_executable = psutil.Process(pid).cmdline()[0]
+        watcher = DescendantWatcher(pid)
+        watcher.start()
+        try:
+            for index, cell in enumerate(nb.cells):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"{os.path.basename(path)} ran past its {timeout:.0f} s budget before cell {index}")
+                client.timeout = max(1, int(left))
+                client.execute_cell(cell, index)
+                watcher.sample()
+        except (CellExecutionError, TimeoutError, RuntimeError) as exc:
+            # nbclient's cell timeout is a TimeoutError; a dead kernel is a DeadKernelError (RuntimeError).
+            run.error = exc
+        finally:
+            run.seconds = time.monotonic() - start
+            watcher.stop()
+            run.seen = watcher.snapshot()
+            run.left_behind = _left_behind(run.seen)
+            _kill(run.left_behind)
+    return run
+
+
+def _left_behind(seen: list[SeenProcess]) -> list[SeenProcess]:
+    deadline = time.monotonic() + EXIT_GRACE_S
+    alive = [p for p in seen if p.running()]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = [p for p in alive if p.running()]
+    return alive
+
+
+def _kill(procs: list[SeenProcess]) -> None:
+    for p in procs:
+        try:
+            p.process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs([p.process for p in procs], timeout=5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Execute notebooks in a real Jupyter kernel; fail on a failing cell or a process left behind.")
+    ap.add_argument("notebooks", nargs="*", help="notebooks to run (default: every notebook in notebooks/)")
+    ap.add_argument("--timeout", type=float, default=240.0, help="seconds for each whole notebook (default 240)")
+    ap.add_argument("--save-executed", metavar="DIR", help="also write each executed notebook, with its outputs, into DIR")
+    args = ap.parse_args(argv)
+    failures = 0
+    for path in args.notebooks or notebook_paths():
+        with tempfile.TemporaryDirectory(prefix="vine-notebook-") as workdir:
+            run = run_notebook(os.path.abspath(path), workdir, args.timeout)
+        print(run.summary())
+        if run.error is not None:
+            print(str(run.error)[-3000:], file=sys.stderr)
+        for p in run.left_behind:
+            print(f"  left behind: {p.describe()}", file=sys.stderr)
+        failures += run.error is not None or bool(run.left_behind)
+        if args.save_executed and run.notebook is not None:
+            os.makedirs(args.save_executed, exist_ok=True)
+            nbformat.write(run.notebook, os.path.join(args.save_executed, os.path.basename(path)))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""The notebooks of notebooks/: saved clean, and every cell runs in a real Jupyter kernel.
+
+The static checks run in the default ``pytest -q`` (milliseconds): each notebook is valid
+nbformat 4, carries no outputs or execution counts (diffs stay readable), and imports the project
+only through its public names. The executions are marked ``notebooks`` and run as their own CI
+step (``VINE_TEST_NOTEBOOKS=1 .venv/bin/python -m pytest -q tests/notebooks``, see conftest.py):
+each notebook runs in a ``python3`` kernel of this venv, in a temporary directory, under a
+per-notebook deadline; a failing cell fails the test with the cell's traceback, and so does any
+worker (or other process the notebook started) still running after the last cell.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import sys
+
+import nbformat
+import pytest
+
+from tests.notebooks.run_notebooks import NOTEBOOK_DIR, notebook_paths, run_notebook
+
+# Each notebook is meant to run in well under 2 minutes on 2 cores; the budget leaves room for a loaded CI machine.
+BUDGET_S = 180
+EXPECTED = ["01-quickstart.ipynb", "02-dask-awkward.ipynb", "03-parsl.ipynb", "04-futures-serverless.ipynb"]
+# What a user's notebook may import from this project: the packages' public faces and the plotting tool.
+PUBLIC_MODULES = {"core", "daskvine", "parslvine", "core.futures", "core.tools", "core.tools.plot_txn"}
+# Worker processes each notebook starts (directly or through a Factory) at the least: the watcher must see them.
+MIN_WORKERS = {"01-quickstart.ipynb": 2, "02-dask-awkward.ipynb": 3, "03-parsl.ipynb": 2, "04-futures-serverless.ipynb": 2}
+
+
+def _names() -> list[str]:
+    return [os.path.basename(p) for p in notebook_paths()]
+
+
+def test_the_four_notebooks_are_there():
+    assert [n for n in EXPECTED if n not in _names()] == []
+
+
+@pytest.mark.parametrize("name", _names())
+def test_notebook_is_saved_without_outputs(name):
+    nb = nbformat.read(os.path.join(NOTEBOOK_DIR, name), as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code and any(c.cell_type == "markdown" for c in nb.cells)
+    dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count is not None)]
+    assert dirty == [], f"{name}: cells {dirty} hold outputs or execution counts; clear them before committing"
+    assert nb.metadata.get("kernelspec", {}).get("name") == "python3"
+    assert "widgets" not in nb.metadata, f"{name}: saved widget state; clear it before committing"
+
+
+@pytest.mark.parametrize("name", _names())
+def test_notebook_uses_only_the_public_api(name):
+    nb = nbformat.read(os.path.join(NOTEBOOK_DIR, name), as_version=4)
+    source = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    project = ("core", "daskvine", "parslvine")
+    used = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            used |= {a.name for a in node.names if a.name.split(".")[0] in project}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in project:
+            used.add(node.module)
+            used |= {f"{node.module}.{a.name}" for a in node.names if a.name.startswith("_")}
+    assert used, f"{name} does not use the project at all"
+    assert used <= PUBLIC_MODULES, f"{name} imports {sorted(used - PUBLIC_MODULES)}; notebooks use the public API only"
+
+
+@pytest.mark.notebooks
+@pytest.mark.timeout(BUDGET_S + 60)
+@pytest.mark.parametrize("name", _names())
+def test_notebook_runs_and_cleans_up(name, tmp_path):
+    run = run_notebook(os.path.join(NOTEBOOK_DIR, name), str(tmp_path), timeout=BUDGET_S)
+    print(run.summary())  # shown with -s, and in the report of a failure: the time per notebook
+    assert run.error is None, f"{run.summary()}\n{str(run.error)[-6000:]}"
+    assert os.path.realpath(run.kernel_executable) == os.path.realpath(sys.executable), "the kernel is not this venv's Python"
+    assert len(run.workers_seen) >= MIN_WORKERS.get(name, 1), \
+        f"{name}: saw {len(run.workers_seen)} worker process(es): {[p.describe() for p in run.seen]}"
+    assert run.left_behind == [], f"{name} left processes behind after its last cell: {[p.describe() for p in run.left_behind]}"
+    assert run.notebook is not None
+    errors = [o for c in run.notebook.cells if c.cell_type == "code" for o in c.outputs if o.get("output_type") == "error"]
+    assert errors == []
