@@ -26,7 +26,7 @@ EXPECTED = ["01-quickstart.ipynb", "02-dask-awkward.ipynb", "03-parsl.ipynb", "0
 # What a user's notebook may import from this project: the packages' public faces and the plotting tool.
 PUBLIC_MODULES = {"core", "daskvine", "parslvine", "core.futures", "core.tools", "core.tools.plot_txn"}
 # Worker processes each notebook starts (directly or through a Factory) at the least: the watcher must see them.
-MIN_WORKERS = {"01-quickstart.ipynb": 2, "02-dask-awkward.ipynb": 3, "03-parsl.ipynb": 2, "04-futures-serverless.ipynb": 2}
+MIN_WORKERS = {"01-quickstart.ipynb": 2, "02-dask-awkward.ipynb": 3, "03-parsl.ipynb": 4, "04-futures-serverless.ipynb": 2}
 
 
 def _names() -> list[str]:
