@@ -5,6 +5,6 @@ The class lives in :mod:`core.files`; this module only re-exports it under TaskV
 
 from __future__ import annotations
 
-from .files import File
+from .api.files import File
 
 __all__ = ["File"]

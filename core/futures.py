@@ -30,11 +30,11 @@ from collections.abc import Iterable, Iterator
 from typing import Any, Callable
 
 from . import constants as C
-from ._remote import encode_result
+from .wire.remote import encode_result
 from .errors import ManagerError, TaskError
-from .files import File
-from .library import FunctionCall, FunctionCallNoResult
-from .python_task import PythonTask, PythonTaskNoResult, content_buffer
+from .api.files import File
+from .api.library import FunctionCall, FunctionCallNoResult
+from .api.python_task import PythonTask, PythonTaskNoResult, content_buffer
 
 ALL_COMPLETED = concurrent.futures.ALL_COMPLETED
 FIRST_COMPLETED = concurrent.futures.FIRST_COMPLETED
@@ -233,7 +233,7 @@ class FuturesExecutor(concurrent.futures.Executor):
     def __init__(self, port: Any = None, batch_type: str = "local", manager: Any = None, manager_host_port: str | None = None,
                  manager_name: str | None = None, factory_binary: str | None = None, worker_binary: str | None = None,
                  log_file: str = os.devnull, factory: bool = True, opts: dict[str, Any] | None = None) -> None:
-        from .manager import Manager
+        from .manager.facade import Manager
 
         self._owns_manager = manager is None
         if manager is None:
@@ -265,7 +265,7 @@ class FuturesExecutor(concurrent.futures.Executor):
     # -- workers -------------------------------------------------------------------------------------
     def _start_factory(self, batch_type: str, host_port: str | None, name: str | None, factory_binary: str | None,
                        worker_binary: str | None, log_file: str) -> None:
-        from .factory import Factory
+        from .deploy.factory import Factory
 
         fac = Factory(batch_type, manager=self.manager if not host_port else None, manager_host_port=host_port,
                       manager_name=None if (host_port or batch_type == "local") else name,

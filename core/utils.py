@@ -21,7 +21,7 @@ def load_variable_from_library(name: str) -> Any:
     Raises NameError (saying where such variables come from) anywhere else, or for a name the
     context did not set.
     """
-    from ._remote import load_variable_from_library as load  # the worker-side context lives there
+    from .wire.remote import load_variable_from_library as load  # the worker-side context lives there
 
     return load(name)
 

@@ -32,8 +32,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from core import constants as C
-from core.library import FunctionCallNoResult
-from core.python_task import ARGS_NAME, PythonTask, PythonTaskNoResult
+from core.api.library import FunctionCallNoResult
+from core.api.python_task import ARGS_NAME, PythonTask, PythonTaskNoResult
 
 from .callbacks import ON_WORKER, CallbackSet, initial_state
 from .errors import DaskVineError, GraphTaskFailed, UnpicklableResult
@@ -314,7 +314,7 @@ class GraphRun:
 
     def _failed_input(self, key: Any) -> tuple[Any, BaseException] | None:
         """Which temp input of ``key`` holds a failure instead of a value (fetched only on this error path)."""
-        from core._remote import decode_result
+        from core.wire.remote import decode_result
 
         for d in self.plan.dependencies[key]:
             src = self.refs.get(d)

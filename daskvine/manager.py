@@ -19,7 +19,7 @@ import itertools
 import os
 from typing import Any
 
-from core.manager import Manager
+from core.manager.facade import Manager
 
 from .callbacks import active_callbacks
 from .execution import GraphRun

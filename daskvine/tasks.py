@@ -22,7 +22,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 import core as vine
-from core.library import FunctionCall
+from core.api.library import FunctionCall
 
 from .options import GetOptions
 from .runner import Inline, daskvine_run_node
@@ -175,7 +175,7 @@ class DependencyArgs:
         value = self.values[src]
         if self.remote_consumers.get(src, 0) < 2:
             return Inline(value)
-        from core._remote import encode_result
+        from core.wire.remote import encode_result
 
         data = encode_result(True, value)  # pickled once, whatever the number of consumers
         if len(data) > SHARE_THRESHOLD:

@@ -134,7 +134,7 @@ class TaskVineExecutor(BlockProviderExecutor, RepresentationMixin):
             config.vine_log_dir = os.path.join(os.path.dirname(os.path.abspath(self.run_dir)), self.label)
         self._config = config
         # Workers this executor starts are ours to stop: the manager tells them to exit at close.
-        if self.function_exec_mode == "serverless":
+        if self.function_exec_mode == "serverless" or os.environ.get("PV_MP_REGULAR") == "1":
             self._start_manager_process(config)
         else:
             self._start_manager_here(config)

@@ -170,9 +170,14 @@ def funcall_rate(n: int = 3000, workers: int = 1, exec_mode: str = "direct") -> 
         rate = n / (time.perf_counter() - start)
         instances = m._call(lambda: len(m._state.libs.instances))
     peer = _pool_rate(max(n, 2000), cores, fresh=False)
-    return {"workload": "funcall", "exec_mode": exec_mode, "calls": n, "workers": workers, "library_instances": instances,
-            "calls_per_s": round(rate, 1), "peer": f"warm ProcessPoolExecutor({cores})", "peer_calls_per_s": round(peer, 1),
-            "ratio": round(rate / peer, 3)}
+    row = {"workload": "funcall", "exec_mode": exec_mode, "calls": n, "workers": workers, "library_instances": instances,
+           "calls_per_s": round(rate, 1), "peer": f"warm ProcessPoolExecutor({cores})", "peer_calls_per_s": round(peer, 1),
+           "ratio": round(rate / peer, 3)}
+    if exec_mode == "fork":
+        # A fork-mode call forks a child per call, so its floor is the bare fork-per-call loop.
+        floor = _fork_floor_rate(max(200, n), cores)
+        row.update(fork_floor_calls_per_s=round(floor, 1), fork_floor_ratio=round(rate / floor, 3))
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:

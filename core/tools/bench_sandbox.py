@@ -34,7 +34,7 @@ def _median_us(fn: Callable[[], None], n: int) -> float:
 
 
 def bench_ops(base: str) -> list[dict[str, Any]]:
-    from core.worker_sandbox import _link_tree, entry_stamp, seal
+    from core.worker.sandbox import _link_tree, entry_stamp, seal
 
     rows = []
     for size in (4 << 10, 64 << 10, 1 << 20, 2 << 20, 64 << 20):

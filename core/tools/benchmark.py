@@ -26,8 +26,8 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 import core as vine
-from core.resources import Resources
-from core.scheduler import Dispatch, SchedulerState, TaskFinished, TaskSubmitted, WorkerJoined
+from core.state.resources import Resources
+from core.state.scheduler import Dispatch, SchedulerState, TaskFinished, TaskSubmitted, WorkerJoined
 
 
 @contextmanager

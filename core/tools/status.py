@@ -17,8 +17,8 @@ import ssl as ssl_module
 import sys
 from typing import Any
 
-from ..catalog import entries
-from ..connection import client_handshake, open_connection
+from ..deploy.catalog import entries
+from ..wire.connection import client_handshake, open_connection
 
 WHAT = {"manager", "workers", "tasks"}
 

@@ -17,10 +17,10 @@ import os
 import sys
 import tempfile
 
-from ..batch import SUPPORTED_TYPES, make_queue
+from ..deploy.batch import SUPPORTED_TYPES, make_queue
 from ..errors import FactoryError
-from ..factory import FactoryRunner, _read_password, settings_from_args
-from ..factory import build_parser as factory_parser
+from ..deploy.factory import FactoryRunner, _read_password, settings_from_args
+from ..deploy.factory import build_parser as factory_parser
 
 
 def build_parser() -> argparse.ArgumentParser:

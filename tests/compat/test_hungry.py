@@ -13,7 +13,7 @@ import time
 import pytest
 
 import core as vine
-from core.resources import AllocationPolicy, Resources, allocate_resources
+from core.state.resources import AllocationPolicy, Resources, allocate_resources
 
 C_CODE = AllocationPolicy(whole_tasks=False, exact_task_values=True)  # the two tunes below
 TWELVE = Resources(12, 1200, 1200, 0)

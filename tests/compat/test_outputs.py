@@ -23,7 +23,7 @@ import cloudpickle
 import pytest
 
 import core as vine
-from core.python_task import RemoteTraceback
+from core.api.python_task import RemoteTraceback
 from tests.conftest import ROOT, drain, run, wait_until
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -286,7 +286,7 @@ def test_tasks_cache_persists_into_a_new_process(tmp_path):
 
 
 def test_tasks_cache_log_survives_a_torn_line_and_forgets_deleted_or_cleared_entries(manager, start_worker, tmp_path):
-    from core.tasks_cache import TasksCache
+    from core.manager.tasks_cache import TasksCache
 
     outs, log = tmp_path / "outs", tmp_path / "cache.txlog"
     cache = manager.enable_tasks_cache(cache_dir=str(outs), log_file=str(log))

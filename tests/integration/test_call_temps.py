@@ -10,7 +10,7 @@ import pytest
 
 import core as vine
 from core.errors import TaskError
-from core.library import FunctionCallNoResult
+from core.api.library import FunctionCallNoResult
 from tests.conftest import drain, run, wait_for_workers, wait_until
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

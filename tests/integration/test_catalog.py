@@ -16,8 +16,8 @@ import urllib.request
 import pytest
 
 import core as vine
-from core import catalog
-from core.catalog_server import CatalogStore
+from core.deploy import catalog
+from core.deploy.catalog_server import CatalogStore
 from core.tools import status
 from tests.conftest import ROOT, run, wait_until
 
@@ -35,7 +35,7 @@ def _env(**extra: str) -> dict[str, str]:
 def catalog_server(tmp_path):
     """A real vine_catalog_server process on a free port; yields its HOST:PORT."""
     port_file = tmp_path / "catalog.port"
-    proc = subprocess.Popen([sys.executable, "-m", "core.catalog_server", "--port", "0", "--port-file", str(port_file)],
+    proc = subprocess.Popen([sys.executable, "-m", "core.deploy.catalog_server", "--port", "0", "--port-file", str(port_file)],
                             env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_until(lambda: port_file.exists() or proc.poll() is not None, 30, "the catalog server to start")

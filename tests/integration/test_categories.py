@@ -12,7 +12,7 @@ import sys
 import pytest
 
 import core as vine
-from core.resources import Resources
+from core.state.resources import Resources
 from tests.conftest import run, wait_for_workers
 from tests.integration.conftest import records
 

@@ -15,9 +15,9 @@ import time
 import pytest
 
 import core as vine
-from core.connection import client_handshake, open_connection
+from core.wire.connection import client_handshake, open_connection
 from core.errors import AuthenticationError
-from core.protocol import PROTOCOL_VERSION, FrameDecoder, encode_frame, new_nonce
+from core.wire.protocol import PROTOCOL_VERSION, FrameDecoder, encode_frame, new_nonce
 from tests.conftest import drain, run, wait_for_workers, wait_until
 from tests.integration.conftest import records
 

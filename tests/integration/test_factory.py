@@ -14,7 +14,7 @@ import pytest
 
 import core as vine
 from core.errors import FactoryError
-from core.factory import Factory
+from core.deploy.factory import Factory
 from tests.conftest import ROOT, drain, wait_for_workers, wait_until
 
 
@@ -190,7 +190,7 @@ def test_password_reaches_workers(tmp_path, no_orphans):
 
 def factory_cli() -> list[str]:
     exe = shutil.which("vine_factory", path=os.path.dirname(sys.executable))
-    return [exe] if exe else [sys.executable, "-m", "core.factory"]
+    return [exe] if exe else [sys.executable, "-m", "core.deploy.factory"]
 
 
 def test_cli_runs_tasks_and_exits_cleanly_on_sigterm(manager, tmp_path, no_orphans):
@@ -344,7 +344,7 @@ def test_killed_program_leaves_no_workers(tmp_path, no_orphans):
         line = prog.stdout.readline()
         assert line.strip() == b"connected", line + prog.stdout.read() if prog.poll() is not None else line
         assert len(worker_processes(str(tmp_path))) == 1
-        factories = [p for p in psutil.Process(prog.pid).children() if "core.factory" in " ".join(p.cmdline())]
+        factories = [p for p in psutil.Process(prog.pid).children() if "core.deploy.factory" in " ".join(p.cmdline())]
         assert len(factories) == 1
         prog.kill()
         prog.wait(10)

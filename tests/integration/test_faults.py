@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pytest
 
 import core as vine
-from core.protocol import PREFIX, PROTOCOL_VERSION, FrameDecoder, auth_proof, encode_frame, new_nonce
+from core.wire.protocol import PREFIX, PROTOCOL_VERSION, FrameDecoder, auth_proof, encode_frame, new_nonce
 from tests.conftest import drain, run, wait_for_workers, wait_until
 from tests.integration.conftest import records
 

@@ -12,7 +12,7 @@ import pytest
 
 import core as vine
 import core.futures as vf
-from core.python_task import RemoteTraceback
+from core.api.python_task import RemoteTraceback
 from tests.conftest import wait_until
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

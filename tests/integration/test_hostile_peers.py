@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 import core as vine
-from core.links import STREAM_SLACK
-from core.protocol import PREFIX, PROTOCOL_VERSION, Frame, FrameDecoder, auth_proof, check_proof, encode_frame, new_nonce
+from core.manager.links import STREAM_SLACK
+from core.wire.protocol import PREFIX, PROTOCOL_VERSION, Frame, FrameDecoder, auth_proof, check_proof, encode_frame, new_nonce
 from tests.conftest import ROOT, WorkerProcess, run, wait_for_workers, wait_until
 
 MB = 1 << 20
@@ -581,7 +581,7 @@ def test_strangers_cannot_starve_the_manager(row: FdFault, tmp_path):
 def test_preauth_gate_evicts_the_longest_waiting():
     import asyncio
 
-    from core.preauth import PreAuthGate
+    from core.wire.preauth import PreAuthGate
 
     async def main() -> tuple[list[bool], int, int]:
         gate = PreAuthGate(limit=3)
@@ -602,7 +602,7 @@ def test_preauth_gate_evicts_the_longest_waiting():
 
 
 def test_rate_limited_log_says_once_per_interval_with_a_count(caplog):
-    from core.preauth import RateLimitedLog
+    from core.wire.preauth import RateLimitedLog
 
     caplog.set_level(logging.WARNING, logger="test.ratelimit")
     rl = RateLimitedLog(logging.getLogger("test.ratelimit"), interval=3600)

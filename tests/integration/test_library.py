@@ -10,7 +10,7 @@ import pytest
 
 import core as vine
 from core.errors import TaskError
-from core.python_task import RemoteTraceback
+from core.api.python_task import RemoteTraceback
 from tests.conftest import drain, run, wait_until
 from tests.integration.conftest import records
 

@@ -121,7 +121,7 @@ def test_connection_in_handshake_is_workers_init(manager):
 
 
 def test_exhausted_attempts_count_in_time_execute_exhaustion():
-    from core.metrics import TaskTimes
+    from core.manager.metrics import TaskTimes
 
     times = TaskTimes()
     for result, us in ((vine.VINE_RESULT_SUCCESS, 2e6), (vine.VINE_RESULT_RESOURCE_EXHAUSTION, 5e5), (vine.VINE_RESULT_SIGNAL, 1e5)):

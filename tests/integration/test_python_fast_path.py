@@ -17,8 +17,8 @@ import cloudpickle
 import pytest
 
 import core as vine
-from core.forkserver import INLINE_RESULT_LIMIT
-from core.python_task import ARGS_NAME, INLINE_ARGS_LIMIT
+from core.worker.forkserver import INLINE_RESULT_LIMIT
+from core.api.python_task import ARGS_NAME, INLINE_ARGS_LIMIT
 from tests.conftest import drain, wait_until
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -138,7 +138,7 @@ def test_a_killed_fork_server_is_replaced_and_its_cache_rebuilt(manager, start_w
     drain(manager, 60)
     import psutil
 
-    servers = [p for p in psutil.Process(w.pid).children() if "core.forkserver" in " ".join(p.cmdline())]
+    servers = [p for p in psutil.Process(w.pid).children() if "core.worker.forkserver" in " ".join(p.cmdline())]
     assert len(servers) == 1
     servers[0].send_signal(signal.SIGKILL)
     wait_until(lambda: not servers[0].is_running() or servers[0].status() == psutil.STATUS_ZOMBIE, 30, "fork server gone")
@@ -151,7 +151,7 @@ def test_a_killed_fork_server_is_replaced_and_its_cache_rebuilt(manager, start_w
 
 
 def test_a_function_with_a_big_closure_is_loaded_by_each_child(manager, start_worker):
-    from core.forkserver import FUNCTION_CACHE_FILE_MAX
+    from core.worker.forkserver import FUNCTION_CACHE_FILE_MAX
 
     start_worker(manager, cores=1)
     blob = os.urandom(FUNCTION_CACHE_FILE_MAX + 4096)

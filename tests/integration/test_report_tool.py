@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 import core as vine
-from core.logs import NO_BREAK_SPACE, tool_safe
+from core.manager.logs import NO_BREAK_SPACE, tool_safe
 from tests.conftest import WorkerProcess, drain, wait_for_workers, wait_until
 
 needs_tool = pytest.mark.skipif(importlib.util.find_spec("taskvine_report") is None,

@@ -9,7 +9,7 @@ import time
 import pytest
 
 import core as vine
-from core.files import MissingInputWarning
+from core.api.files import MissingInputWarning
 from tests.conftest import run, wait_until
 from tests.integration.conftest import records
 

@@ -62,7 +62,7 @@ def test_factory_runs_workers_as_slurm_jobs_and_scales_down(tmp_path, monkeypatc
             m.submit(t)
             tasks.append(t)
         factory = subprocess.Popen(
-            [sys.executable, "-m", "core.factory", "-T", "slurm", "--manager-name", project, "--catalog", catalog,
+            [sys.executable, "-m", "core.deploy.factory", "-T", "slurm", "--manager-name", project, "--catalog", catalog,
              "-w", "0", "-W", "2", "--cores", "1", "--memory", "300", "--disk", "500", "--factory-period", "1",
              "-t", "120", "-S", str(tmp_path / "scratch"), "-B", "-p debug -t 00:10:00 --job-name " + project,
              "-d", "all", "-o", str(log_file)],

@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 
 import core as vine
-from core.protocol import PREFIX, PROTOCOL_VERSION, FrameDecoder, encode_frame, new_nonce
-from core.resources import Resources
-from core.scheduler import Dispatch, SchedulerState, TaskSubmitted, Tick, WorkerJoined
+from core.wire.protocol import PREFIX, PROTOCOL_VERSION, FrameDecoder, encode_frame, new_nonce
+from core.state.resources import Resources
+from core.state.scheduler import Dispatch, SchedulerState, TaskSubmitted, Tick, WorkerJoined
 from tests.conftest import ROOT, run, wait_for_workers
 
 NAN, INF = float("nan"), float("inf")
@@ -306,7 +306,7 @@ def test_vine_status_lists_more_tasks_than_one_frame_holds(manager, capsys):
 def test_a_worker_with_25000_forever_files_joins(manager, start_worker, tmp_path):
     """Its ready used to list them all in one header (1.5 MB here); now the listing follows in pages."""
     from core import constants as C
-    from core.worker_sandbox import entry_stamp
+    from core.worker.sandbox import entry_stamp
 
     workdir = tmp_path / "worker0"  # where start_worker puts its first worker
     (workdir / "cache").mkdir(parents=True)

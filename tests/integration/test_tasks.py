@@ -361,7 +361,7 @@ def test_background_processes_end_with_their_task(m):
 
 
 def test_every_scheduler_tuning_name_is_accepted_by_tune(tmp_path):
-    from core.scheduler import DEFAULT_TUNING
+    from core.state.scheduler import DEFAULT_TUNING
 
     with vine.Manager(port=0, run_info_path=str(tmp_path / "ri")) as mgr:
         for name, value in DEFAULT_TUNING.items():

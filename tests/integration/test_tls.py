@@ -27,10 +27,10 @@ from collections.abc import Iterator
 import pytest
 
 import core as vine
-from core import catalog
-from core.connection import client_handshake, open_connection
+from core.deploy import catalog
+from core.wire.connection import client_handshake, open_connection
 from core.errors import AuthenticationError, RemoteProtocolError
-from core.tls import client_context, self_signed_server_context
+from core.wire.tls import client_context, self_signed_server_context
 from core.tools.status import query_status
 from tests.conftest import ROOT, WorkerProcess, drain, wait_for_workers, wait_until
 
@@ -238,7 +238,7 @@ def test_factory_with_manager_name_learns_tls_from_the_catalog(tmp_path, monkeyp
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     # -w 0: the factory submits a worker only once it has read the waiting task from the manager,
     # which it can only do over TLS.
-    proc = subprocess.Popen([sys.executable, "-m", "core.factory", "-T", "local", "-M", name, "--catalog", catalog_dir,
+    proc = subprocess.Popen([sys.executable, "-m", "core.deploy.factory", "-T", "local", "-M", name, "--catalog", catalog_dir,
                              "-w", "0", "-W", "1", "--factory-period", "0.5", "-S", str(tmp_path / "scratch"),
                              "--cores", "1", "--memory", "300", "--disk", "500", "-t", "30"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

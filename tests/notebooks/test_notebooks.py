@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import os
 import sys
+import time
 
 import nbformat
 import pytest
@@ -79,3 +80,54 @@ def test_notebook_runs_and_cleans_up(name, tmp_path):
     assert run.notebook is not None
     errors = [o for c in run.notebook.cells if c.cell_type == "code" for o in c.outputs if o.get("output_type") == "error"]
     assert errors == []
+
+
+# --- the runner itself can fail: a notebook with a failing cell, one that leaves a worker running ------------
+
+LEAKY_CELLS = [
+    "import subprocess, sys, time\nimport core as vine\nm = vine.Manager(port=0)",
+    "w = subprocess.Popen([sys.executable, '-m', 'core.worker', '--cores', '1', '--timeout', '60', 'localhost', str(m.port)])\n"
+    "deadline = time.monotonic() + 30\n"
+    "while m.stats.workers_connected < 1:\n    assert time.monotonic() < deadline\n    time.sleep(0.05)",
+    "m.close()  # the worker is not stopped: it is left behind",
+]
+
+
+def _write_notebook(path, cells: list[str]) -> str:
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(path))
+    return str(path)
+
+
+@pytest.mark.notebooks
+@pytest.mark.timeout(120)
+def test_runner_reports_a_failing_cell_and_stops_there(tmp_path):
+    path = _write_notebook(tmp_path / "bad.ipynb", ["x = 1", "raise KeyError('cell two fails')", "open('never', 'w')"])
+    work = tmp_path / "work"
+    work.mkdir()
+    run = run_notebook(path, str(work), timeout=90)
+    assert run.error is not None and "cell two fails" in str(run.error)
+    assert not (work / "never").exists()  # cells after the failing one do not run
+
+
+@pytest.mark.notebooks
+@pytest.mark.timeout(120)
+def test_runner_finds_and_kills_a_worker_left_behind(tmp_path):
+    path = _write_notebook(tmp_path / "leaky.ipynb", LEAKY_CELLS)
+    work = tmp_path / "work"
+    work.mkdir()
+    run = run_notebook(path, str(work), timeout=90)
+    assert run.error is None, str(run.error)
+    worker_pids = [p.process.pid for p in run.workers_seen]
+    assert len(worker_pids) == 1 and worker_pids[0] in [p.process.pid for p in run.left_behind]
+    assert not any(p.running() for p in run.left_behind)  # the runner killed it (and what it had started)
+
+
+@pytest.mark.notebooks
+@pytest.mark.timeout(60)
+def test_runner_enforces_the_notebook_budget(tmp_path):
+    path = _write_notebook(tmp_path / "slow.ipynb", ["import time\ntime.sleep(60)"])
+    start = time.monotonic()
+    run = run_notebook(path, str(tmp_path), timeout=3)
+    assert isinstance(run.error, TimeoutError) and time.monotonic() - start < 30

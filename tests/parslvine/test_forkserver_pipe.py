@@ -14,7 +14,7 @@ import cloudpickle
 import pytest
 
 import core as vine
-from core._remote import pipe_exit, pipe_result, read_child_pipe
+from core.wire.remote import pipe_exit, pipe_result, read_child_pipe
 from tests.conftest import run
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from core.batch import CondorQueue, SgeQueue, SlurmQueue
+from core.deploy.batch import CondorQueue, SgeQueue, SlurmQueue
 from core.errors import FactoryError
-from core.factory import Settings
+from core.deploy.factory import Settings
 from core.tools import submit_workers
 
 
@@ -49,7 +49,7 @@ def test_sge_command(tmp_path):
 
 
 def test_job_script_exports_and_runs_the_worker(tmp_path):
-    from core.batch import WorkerSpec
+    from core.deploy.batch import WorkerSpec
 
     q = SlurmQueue(str(tmp_path))
     path = q._script("w4", WorkerSpec(["python3", "-m", "core.worker", "--cores", "1", "host", "9123"], {"PYTHONPATH": "/a b"}))

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from core import constants as C
-from core.files import File
-from core.library import FunctionCall
-from core.scheduler import CacheUpdated, Dispatch, ReturnTask, TaskFinished
+from core.api.files import File
+from core.api.library import FunctionCall
+from core.state.scheduler import CacheUpdated, Dispatch, ReturnTask, TaskFinished
 from tests.unit.test_library_state import Sim, install, library
 from tests.unit.test_scheduler import of
 

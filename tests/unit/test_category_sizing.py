@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from core import constants as C
-from core.categories import (
+from core.state.categories import (
     CategoryBook,
     Histogram,
     mode_number,
@@ -18,9 +18,9 @@ from core.categories import (
     size_max_throughput,
     size_min_waste,
 )
-from core.resources import AllocationPolicy, Resources
-from core.scheduler import Dispatch, ReturnTask
-from core.task import Task
+from core.state.resources import AllocationPolicy, Resources
+from core.state.scheduler import Dispatch, ReturnTask
+from core.api.task import Task
 from tests.unit.test_scheduler import MANUAL, Sim, box, of
 
 # A worker that makes the arithmetic easy to follow: 4 cores, 2000 MB memory, 2000 MB disk.

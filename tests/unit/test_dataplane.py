@@ -13,9 +13,9 @@ import pytest
 
 import core as vine
 from core import constants as C
-from core.files import File
-from core.resources import Resources
-from core.scheduler import (
+from core.api.files import File
+from core.state.resources import Resources
+from core.state.scheduler import (
     RECOVERY_ID_BASE,
     CacheInvalid,
     CacheUpdated,

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from core.batch import LocalQueue, SlurmQueue
-from core.factory import FactoryRunner, Settings, build_parser, settings_from_args, workers_needed, workers_to_submit
+from core.deploy.batch import LocalQueue, SlurmQueue
+from core.deploy.factory import FactoryRunner, Settings, build_parser, settings_from_args, workers_needed, workers_to_submit
 
 
 def manager(waiting=0, running=0, workers=0, **extra):

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from core.connection import Connection, client_handshake, server_handshake
+from core.wire.connection import Connection, client_handshake, server_handshake
 from core.errors import AuthenticationError, RemoteProtocolError
-from core.protocol import PROTOCOL_VERSION, auth_proof, new_nonce
+from core.wire.protocol import PROTOCOL_VERSION, auth_proof, new_nonce
 
 TIMEOUT = 5.0
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from core import constants as C
-from core.library import FunctionCall, LibraryTask
-from core.library_state import LibraryInstalled, LibraryRemoved, StartLibrary, library_slots
-from core.resources import Resources
-from core.scheduler import Dispatch, Kill, ReturnTask
-from core.task import Task
+from core.api.library import FunctionCall, LibraryTask
+from core.state.libraries import LibraryInstalled, LibraryRemoved, StartLibrary, library_slots
+from core.state.resources import Resources
+from core.state.scheduler import Dispatch, Kill, ReturnTask
+from core.api.task import Task
 from tests.unit.test_scheduler import Sim as _Sim
 from tests.unit.test_scheduler import box, of, placed
 

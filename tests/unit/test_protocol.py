@@ -8,7 +8,7 @@ import random
 import pytest
 
 from core.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
-from core.protocol import (
+from core.wire.protocol import (
     MAX_HEADER,
     MAX_PAYLOAD,
     MESSAGES,

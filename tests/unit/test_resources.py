@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.resources import AllocationPolicy, Resources, allocate_resources, fits, hungry_count
+from core.state.resources import AllocationPolicy, Resources, allocate_resources, fits, hungry_count
 
 R = Resources
 

@@ -17,10 +17,10 @@ from typing import Any, TypeVar
 import pytest
 
 from core import constants as C
-from core import scheduler as S
-from core.files import File
-from core.resources import Resources
-from core.scheduler import (
+from core.state import scheduler as S
+from core.api.files import File
+from core.state.resources import Resources
+from core.state.scheduler import (
     CacheInvalid,
     CacheUpdated,
     Dispatch,
@@ -44,7 +44,7 @@ from core.scheduler import (
     WorkerJoined,
     WorkerLost,
 )
-from core.task import Task
+from core.api.task import Task
 
 I = TypeVar("I", bound=Instruction)
 
@@ -1016,8 +1016,8 @@ def test_hungry_counts_from_the_state() -> None:
 
 
 def test_time_end_expires_on_tick_even_without_workers():
-    from core.scheduler import ReturnTask, SchedulerState, TaskSubmitted, Tick
-    from core.task import Task
+    from core.state.scheduler import ReturnTask, SchedulerState, TaskSubmitted, Tick
+    from core.api.task import Task
 
     state = SchedulerState()
     t = Task("true")
@@ -1098,7 +1098,7 @@ def test_cancelled_prefetched_task_leaves_the_queue() -> None:
 def test_prefetch_only_pass_stops_at_the_first_task_it_cannot_queue() -> None:
     """With every core busy and only prefetch room left, a pass must not churn through a queue of
     tasks that cannot be prefetched (function calls): it looks at one and stops."""
-    from core.library import FunctionCall
+    from core.api.library import FunctionCall
 
     sim = Sim({"worker-prefetch": 1})
     sim.join("w1", 1, 2000, 4000)

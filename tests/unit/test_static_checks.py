@@ -10,8 +10,9 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PURE = ["core/protocol.py", "core/resources.py", "core/constants.py", "core/events.py", "core/records.py",
-        "core/transfers.py", "core/recovery.py", "core/pipelining.py", "core/scheduler.py"]
+PURE = ["core/wire/protocol.py", "core/state/resources.py", "core/constants.py", "core/state/events.py",
+        "core/state/records.py", "core/state/transfers.py", "core/state/recovery.py", "core/state/pipelining.py",
+        "core/state/scheduler.py"]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -12,7 +12,7 @@ import asyncio
 
 import pytest
 
-from core.worker_transfers import WorkerTransfers
+from core.worker.transfers import WorkerTransfers
 
 
 class _Inputs(WorkerTransfers):

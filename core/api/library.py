@@ -1,0 +1,438 @@
+"""Serverless execution: ``LibraryTask`` (a warm process of functions) and ``FunctionCall``.
+
+::
+
+    m.create_library_from_functions("lib", f, g, import_modules=[numpy], exec_mode="fork")
+          │ functions, hoisted modules and context cloudpickled into one content-named buffer
+    m.install_library(lib) ──► scheduler template ──► an instance per worker, started on demand:
+                                                       `python3 .vine_runner.py library .vine_library`
+    m.submit(FunctionCall("lib", "f", 1, 2)) ──► allocated nothing, takes one of the instance's slots
+          └──► worker ──(unix socket)──► library: f(1, 2) in-process (direct) or in a fork (fork)
+    call.output ◄── result envelope, returned inline with the completion (no file transfer)
+
+With ``call.enable_temp_output()`` the envelope of a successful call is left on the worker as a temp
+file instead: pass the call itself as an argument of another FunctionCall or PythonTask and the value
+goes worker to worker (peer transfer or, on the same worker, a link), never through the manager;
+``call.output`` fetches it only when read. A call whose function *raises* makes no temp: it ends with
+exit code 1 and its exception envelope inline, so ``call.output`` is the exception without a fetch,
+and tasks that take the call as an argument end with ``input missing`` instead of running on an
+exception. The temp is recovered like any other: if the worker holding its only copy is lost, the call
+runs again (lineage recovery).
+
+The library imports its modules and runs ``library_context_info`` once per instance, so a call pays
+for neither. A library that keeps exiting is restarted at most ``max-library-retries`` times
+(default 15; values below 1 mean 1); then it is removed and its waiting calls end with
+``missing library``, and ``FunctionCall.output`` is a :class:`FunctionCallNoResult` saying why.
+
+A call's ``output`` is the function's return value, or the exception it raised (with the remote
+traceback as ``__vine_traceback__`` and ``__cause__``). Results travel in tagged envelopes, so a user
+dict with a ``"Result"`` key is returned as it is (TaskVine unwraps it, REFERENCE §8.13).
+Print output of calls goes to the library's log (``library_logging_directory``), not to the call.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import pickle
+import time
+import types
+from typing import TYPE_CHECKING, Any
+
+from .. import constants as C
+from ..wire.remote import decode_result
+from ..wire.remote import load_variable_from_library as _load_variable
+from ..errors import TaskError, TransferError, VineError
+from .files import File
+from ..state.libraries import LibraryInstalled, LibraryRemoved, StartLibrary
+from .python_task import ARGS_NAME, RESULT_NAME, RUNNER_NAME, attach_traceback, content_buffer, extract_references, runner_file, serialize
+from .task import Task
+
+if TYPE_CHECKING:
+    from ..manager.facade import Manager, WorkerLink
+    from ..wire.protocol import Frame
+
+LIBRARY_CONFIG_NAME = ".vine_library"
+INLINE_ARGS_LIMIT = 48 << 10  # larger arguments travel as an input file instead of inside the task message
+EXEC_MODES = ("fork", "direct")
+
+
+class FunctionCallNoResult(VineError):
+    """What ``FunctionCall.output`` gives when the call ended without a result (its message says why)."""
+
+
+class LibraryError(VineError):
+    """A library cannot be created or installed as asked."""
+
+
+def load_variable_from_library(name: str) -> Any:
+    """Inside a FunctionCall: a variable from the dict the library's context function returned."""
+    return _load_variable(name)
+
+
+class LibraryTask(Task):
+    """A long-lived process holding functions that FunctionCalls run; made by ``create_library_from_functions``.
+
+    Never returned by ``wait``. ``set_function_slots(n)`` sets how many calls run at once in one
+    instance (default: its allocated cores; always 1 in ``direct`` mode).
+    """
+
+    def __init__(self, command: str, name: str) -> None:
+        super().__init__(command)
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a library needs a non-empty name, got {name!r}")
+        self.set_library_provided(name)
+        self.function_slots = 0
+        self.exec_mode = "fork"
+
+    @property
+    def name(self) -> str:
+        return str(self.library_provided)
+
+    def set_function_slots(self, slots: int) -> None:
+        if int(slots) < 0:
+            raise ValueError("function slots must be >= 0 (0: one per allocated core)")
+        self.function_slots = int(slots)
+
+    def set_function_exec_mode_from_string(self, mode: str) -> None:
+        if mode not in EXEC_MODES:
+            raise ValueError(f"exec mode must be 'fork' or 'direct', got {mode!r}")
+        self.exec_mode = mode
+
+    set_exec_mode = set_function_exec_mode_from_string
+
+    def _task_spec(self) -> dict[str, Any]:
+        spec = super()._task_spec()
+        spec["library"] = {"name": self.name, "mode": self.exec_mode}
+        return spec
+
+
+class FunctionCall(Task):
+    """Call ``fn_name(*args, **kwargs)`` in library ``library_name``; ``output`` is the value (or exception)."""
+
+    def __init__(self, library_name: str, fn_name: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(f"function_call {library_name} {fn_name}")
+        self.set_library_required(str(library_name))
+        self._fn_name = str(fn_name)
+        self._exec_method: str | None = None
+        self.set_fn_args(list(args), kwargs)
+        self._inline_args: str | None = None
+        self._failure_reason: str | None = None
+        self._decoded: Any = None
+        self._has_decoded = False
+        self._temp_output = False
+        self._output_file: File | None = None
+
+    def set_fn_args(self, args: list[Any] | tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> None:
+        self._mutable()
+        self._raw_args, self._raw_kwargs = tuple(args), dict(kwargs or {})  # futures among them are resolved at submit
+
+    def set_exec_method(self, method: str) -> None:
+        """Run this call ``fork``ed or ``direct``ly in the library, whatever the library's default."""
+        if method not in EXEC_MODES:
+            raise ValueError(f"exec method must be 'fork' or 'direct', got {method!r}")
+        self._exec_method = method
+
+    def enable_temp_output(self) -> None:
+        """Leave a successful call's result on the worker as a temp file (usable as another task's argument).
+
+        ``output`` still works (the temp is fetched when first read). A call that raises makes no
+        temp: its exception comes back inline (exit code 1) and its consumers end with ``input missing``.
+        """
+        self._mutable()
+        self._temp_output = True
+
+    def disable_temp_output(self) -> None:
+        self._mutable()
+        self._temp_output = False
+
+    @property
+    def output_file(self) -> File | None:
+        """The temp File holding the result with ``enable_temp_output`` (set at submit); else None (inline)."""
+        return self._output_file
+
+    def _vine_reference(self) -> tuple[File, bool]:
+        """Lets a FunctionCall with a temp output be passed as another task's argument."""
+        if self._output_file is None:
+            raise TaskError(f"only a submitted FunctionCall with enable_temp_output() can be passed as an argument "
+                            f"(call to {self.library_name}.{self._fn_name})")
+        return self._output_file, True
+
+    @property
+    def library_name(self) -> str:
+        return str(self.library_required)
+
+    @property
+    def function_name(self) -> str:
+        return self._fn_name
+
+    # -- submission ---------------------------------------------------------------------------------------
+    def _prepare_submit(self, manager: Manager) -> None:
+        if not manager._library_known(self.library_name):
+            raise TaskError(f"library {self.library_name!r} is not installed; create it with create_library_from_functions "
+                            "and install_library before submitting calls to it")
+        if _plain(self._raw_args) and _plain(self._raw_kwargs):
+            # Nothing in them can be a reference to another task's output, and the C pickler
+            # writes them as cloudpickle would: skip the walk and cloudpickle's own set-up (about
+            # a tenth of a small call's cost in the submitting thread, profiled under parsl-perf).
+            data = pickle.dumps((list(self._raw_args), dict(self._raw_kwargs), []), protocol=pickle.HIGHEST_PROTOCOL)
+        else:
+            call_args, call_kwargs, refs, ref_inputs = extract_references(self._raw_args, self._raw_kwargs)
+            for f, remote in ref_inputs:
+                self.add_input(f, remote)
+            data = serialize((call_args, call_kwargs, refs), f"arguments of {self._fn_name}")
+        if len(data) <= INLINE_ARGS_LIMIT:
+            self._inline_args = base64.b64encode(data).decode()
+        else:
+            self.add_input(manager.declare_buffer(data), ARGS_NAME)
+        if self._temp_output:
+            self._output_file = manager.declare_temp()
+            # success_only: a call that raised leaves no temp, so no consumer runs on its exception.
+            self.add_output(self._output_file, RESULT_NAME, success_only=True)
+
+    def _task_spec(self) -> dict[str, Any]:
+        spec = super()._task_spec()
+        spec["function_call"] = {"library": self.library_name, "function": self._fn_name, "args": self._inline_args,
+                                 "args_file": None if self._inline_args is not None else ARGS_NAME, "mode": self._exec_method,
+                                 "output": RESULT_NAME if self._output_file is not None else None}
+        return spec
+
+    def _finalize_done(self, manager: Manager) -> None:
+        if self._result != C.VINE_RESULT_SUCCESS:
+            self._failure_reason = manager._library_failure_reason(self.library_name)
+        if self._output_file is not None:
+            return  # its producer may be re-run to recover the temp: keep its argument file
+        for m in self.inputs:
+            if m.remote_name == ARGS_NAME:
+                manager.undeclare_file(m.file)  # big arguments: nothing needs the manager's copy any more
+
+    # -- outcome --------------------------------------------------------------------------------------------------
+    @property
+    def std_output(self) -> str:
+        """Calls print into their library's log; this is always empty."""
+        return ""
+
+    @property
+    def output(self) -> Any:
+        """The return value; the exception the function raised; or a FunctionCallNoResult."""
+        if not self._has_decoded:
+            value = self._decode()
+            if self._state >= C.VINE_TASK_RETRIEVED:
+                self._decoded, self._has_decoded = value, True
+            return value
+        return self._decoded
+
+    def _decode(self) -> Any:
+        if self._state < C.VINE_TASK_RETRIEVED:
+            return FunctionCallNoResult(f"call {self.id} has not finished")
+        data = self._stdout
+        if self._result == C.VINE_RESULT_SUCCESS and not data and self._exit_code == 0 and self._output_file is not None:
+            try:
+                data = self._output_file.contents()
+            except (TransferError, ValueError, OSError, TimeoutError) as exc:
+                return FunctionCallNoResult(f"call {self.id}: its temp output could not be fetched: {exc}")
+        if self._result != C.VINE_RESULT_SUCCESS or not data:
+            why = f"call {self.id} to {self.library_name}.{self._fn_name} ended with '{self.result}'"
+            if self._result == C.VINE_RESULT_SUCCESS:
+                why += f" but no result (exit status {self.exit_code})"
+            if self._failure_reason:
+                why += f": {self._failure_reason}"
+            return FunctionCallNoResult(why)
+        try:
+            ok, value, tb = decode_result(data)
+        except ValueError as exc:
+            return FunctionCallNoResult(f"call {self.id}: unreadable result ({exc})")
+        return value if ok else attach_traceback(value, tb)
+
+
+_PLAIN_SCALARS = frozenset({bytes, str, int, float, bool, type(None)})
+
+
+def _plain(obj: Any, depth: int = 0) -> bool:
+    """True for scalars (bytes, str, numbers, None) and small lists/tuples/dicts of them, nested a little.
+
+    Exact types only: a subclass may pickle by its own rules or carry a task reference.
+    """
+    t = type(obj)
+    if t in _PLAIN_SCALARS:
+        return True
+    if depth >= 3:
+        return False
+    if t is list or t is tuple:
+        return len(obj) <= 64 and all(_plain(x, depth + 1) for x in obj)
+    if t is dict:
+        return len(obj) <= 64 and all(type(k) in _PLAIN_SCALARS and _plain(v, depth + 1) for k, v in obj.items())
+    return False
+
+
+def _hoisted(items: list[Any]) -> list[tuple[str, str, Any]]:
+    out: list[tuple[str, str, Any]] = []
+    for item in items:
+        if isinstance(item, types.ModuleType):
+            out.append(("module", item.__name__, None))
+        elif isinstance(item, str):
+            out.append(("module", item, None))
+        elif hasattr(item, "__name__"):
+            out.append(("object", item.__name__, item))
+        else:
+            raise ValueError(f"cannot hoist {item!r}: give modules, module names, functions or classes")
+    return out
+
+
+class LibraryManagerMixin:
+    """The Manager's serverless methods (REFERENCE §1.5)."""
+
+    @property
+    def library_logging_directory(self) -> str:
+        return os.path.join(self.runtime_directory, "library-logs")  # type: ignore[attr-defined]
+
+    def _library_templates(self) -> dict[str, LibraryTask]:
+        d = self.__dict__.get("_vine_libraries")
+        if d is None:
+            d = self.__dict__["_vine_libraries"] = {}
+        return d
+
+    def create_library_from_functions(
+        self,
+        library_name: str,
+        *function_list: Any,
+        poncho_env: Any = None,
+        init_command: str | None = None,
+        add_env: bool = True,
+        hoisting_modules: list[Any] | None = None,
+        import_modules: list[Any] | None = None,
+        exec_mode: str = "fork",
+        library_context_info: list[Any] | None = None,
+        library_resources: dict[str, float] | None = None,
+    ) -> LibraryTask:
+        """A LibraryTask serving ``function_list`` (by their ``__name__``); install it with ``install_library``.
+
+        ``hoisting_modules``/``import_modules``: modules imported once when the library starts and
+        made globals of every function (functions and classes listed are made globals too).
+        ``library_context_info=[fn, args, kwargs]``: ``fn`` runs once at start and returns a dict of
+        variables that calls read with ``load_variable_from_library(name)``. ``exec_mode``: ``fork``
+        (a child per call, ``function_slots`` at once) or ``direct`` (in the library process, one at a
+        time). ``poncho_env``: a directory or tarball with ``bin/run_in_env`` the library runs in.
+        ``add_env=True`` would pack the current environment in TaskVine; here the worker's own
+        interpreter is used when no ``poncho_env`` is given, so it changes nothing.
+        ``init_command`` prefixes the library's command line (e.g. ``"source setup.sh &&"``).
+        """
+        m: Manager = self  # type: ignore[assignment]
+        if not function_list:
+            raise ValueError("create_library_from_functions needs at least one function")
+        if exec_mode not in EXEC_MODES:
+            raise ValueError(f"exec_mode must be 'fork' or 'direct', got {exec_mode!r}")
+        functions: dict[str, Any] = {}
+        for fn in function_list:
+            if not callable(fn) or not hasattr(fn, "__name__"):
+                raise ValueError(f"{fn!r} is not a named function")
+            functions[fn.__name__] = fn
+        if library_context_info is not None:
+            if not isinstance(library_context_info, (list, tuple)) or not library_context_info or not callable(library_context_info[0]):
+                raise ValueError("library_context_info must be [function, args, kwargs]")
+        config = {
+            "name": library_name,
+            "functions": functions,
+            "hoisted": _hoisted(list(hoisting_modules or []) + list(import_modules or [])),
+            "context": list(library_context_info) if library_context_info is not None else None,
+            "mode": exec_mode,
+        }
+        data = serialize(config, f"functions of library {library_name!r}")
+        prefix = f"{init_command} " if init_command else ""
+        task = LibraryTask(f'{prefix}"${{VINE_PYTHON:-python3}}" {RUNNER_NAME} library {LIBRARY_CONFIG_NAME}', library_name)
+        task.set_function_exec_mode_from_string(exec_mode)
+        task.add_input(runner_file(m), RUNNER_NAME)
+        task.add_input(content_buffer(m, data), LIBRARY_CONFIG_NAME)
+        if poncho_env is not None:
+            task.add_environment(self._environment_file(poncho_env))
+        for key, value in (library_resources or {}).items():
+            if key == "slots":
+                task.set_function_slots(int(value))
+            else:
+                getattr(task, f"set_{key}")(value)
+        return task
+
+    def _environment_file(self, env: Any) -> File:
+        m: Manager = self  # type: ignore[assignment]
+        if isinstance(env, File):
+            return env
+        path = os.fspath(env)
+        if os.path.isdir(path):
+            return m.declare_file(path, cache=True)
+        return m.declare_poncho(m.declare_file(path, cache=True), cache=True)
+
+    def install_library(self, task: LibraryTask) -> None:
+        """Make ``task``'s functions callable; instances start on workers as calls need them."""
+        m: Manager = self  # type: ignore[assignment]
+        if not isinstance(task, LibraryTask):
+            raise TypeError(f"install_library takes a LibraryTask, got {type(task).__name__}")
+        name = task.name
+        for mount in task.inputs + task.outputs:
+            mount.file = m._remember(mount.file)
+        task.environments = [m._remember(f) for f in task.environments]
+        task._state = C.VINE_TASK_READY  # a template: its definition no longer changes
+        task._manager = m
+        self._library_templates()[name] = task
+        m._logs.transaction(f"LIBRARY {name} WAITING")
+        m._post(LibraryInstalled(time.time(), task))
+
+    def remove_library(self, name: str) -> None:
+        """Stop every instance of library ``name``; calls still waiting for it end with ``missing library``."""
+        m: Manager = self  # type: ignore[assignment]
+        if self._library_templates().pop(name, None) is not None:
+            m._post(LibraryRemoved(time.time(), name))
+
+    def check_library_exists(self, name: str) -> bool:
+        """True while library ``name`` is installed (and not given up on after repeated failures)."""
+        m: Manager = self  # type: ignore[assignment]
+        if name not in self._library_templates():
+            return False
+        return bool(m._call(lambda: name in m._state.libs.templates))
+
+    def _library_known(self, name: str) -> bool:
+        return name in self._library_templates()
+
+    def _library_failure_reason(self, name: str) -> str | None:
+        m: Manager = self  # type: ignore[assignment]
+        removed = m._state.libs.removed_reason.get(name)
+        last = self.__dict__.get("_vine_library_failures", {}).get(name)
+        parts = [p for p in (removed, f"last exit: {last}" if last else None) if p]
+        return "; ".join(parts) if parts else None
+
+    # -- I/O thread --------------------------------------------------------------------------------------------
+    def _send_library_start(self, link: WorkerLink, ins: StartLibrary) -> None:
+        m: Manager = self  # type: ignore[assignment]
+        tmpl = m._state.libs.templates.get(ins.name)
+        task = tmpl.task if tmpl is not None else self._library_templates().get(ins.name)
+        if task is None:
+            from ..state.scheduler import TaskFinished
+
+            m._apply(TaskFinished(time.time(), link.id, ins.instance_id, C.VINE_RESULT_FORSAKEN))
+            return
+        spec = task._task_spec()
+        spec["id"] = ins.instance_id
+        spec["resources"] = ins.allocation.to_dict()
+        spec["outputs"] = []
+        spec["library"] = {"name": ins.name, "mode": getattr(task, "exec_mode", "fork"), "slots": ins.slots}
+        m._logs.transaction(f"LIBRARY {ins.instance_id} SENT {link.id}")
+        m._logs.debug(f"starting library {ins.name!r} as instance {ins.instance_id} on {link.id} with {ins.slots} slot(s)")
+        link.conn.send({"type": "task", "task": spec})
+
+    def _library_instance_ended(self, link: WorkerLink, frame: Frame) -> None:
+        m: Manager = self  # type: ignore[assignment]
+        name = str(frame.get("library") or "?")
+        iid = int(frame["id"])
+        reason = str(frame.get("reason") or f"exit status {frame['exit_code']}")
+        m._logs.transaction(f"LIBRARY {iid} FAILURE {link.id}")
+        m._logs.debug(f"library {name!r} instance {iid} on {link.id} ended: {reason}")
+        log_text = frame.payload.decode("utf-8", errors="replace") if frame.payload else ""
+        try:
+            os.makedirs(self.library_logging_directory, exist_ok=True)
+            with open(os.path.join(self.library_logging_directory, f"library-task-{-iid}.log"), "w") as fh:
+                fh.write(log_text)
+        except OSError:
+            pass
+        tail = log_text.strip()[-1500:]
+        failures = self.__dict__.setdefault("_vine_library_failures", {})
+        log_tail = f"; its log ends with:\n{tail}" if tail and tail not in reason else ""
+        failures[name] = f"instance {iid} on {link.hostname}: {reason}{log_tail}"

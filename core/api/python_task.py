@@ -1,0 +1,342 @@
+"""``PythonTask``: a Python function call run as a task, its value (or exception) brought back.
+
+::
+
+    PythonTask(fn, *args, **kwargs)           worker
+    ───────────────────────────────           ──────
+    submit: cloudpickle fn ─► .vine_function   (content-named, so sent once per worker)
+            cloudpickle args ─► in the task     fork server child runs fn(*args, **kwargs)
+              message (.vine_args if > 48 KiB)
+    .output ◄── .vine_result ◄──────────────── cloudpickle.dumps(value) (exit 0), or the
+                                               failure record: exception + traceback (exit 1)
+
+Without an environment the worker's fork server runs the task in a fresh fork of a warm interpreter:
+the server unpickles the function once per worker (so its module is imported once, not by every
+task), and the child sends the result back through the server instead of writing a file
+(core/forkserver.py). With ``add_environment`` the task runs ``python3 .vine_runner.py`` inside that
+environment instead, with every piece as a file in its sandbox.
+
+The output file (``output_file``, a buffer or with ``enable_temp_output`` a temp) holds exactly the
+pickled return value, as TaskVine's does: a consumer task may ``cloudpickle.load()`` it. If the
+function raised, the task exits with status 1 and the file holds a failure record instead (the
+exception and its traceback, core/wire/remote.py), so a consumer of the temp re-raises the producer's
+own exception and ``output`` can give it back.
+
+``output`` is the return value; if the function raised, it is the exception object itself, with the
+remote traceback text as ``exc.__vine_traceback__`` and as ``exc.__cause__`` (a
+:class:`RemoteTraceback`, so re-raising it prints both tracebacks, as ``concurrent.futures`` does).
+A task that ended without running the function to completion (killed, lost, out of time) gives a
+:class:`PythonTaskNoResult` instance instead.
+
+Arguments may be futures of other tasks whose output is a temp file (``core.futures``): such an
+argument becomes an input of this task and is loaded on the worker, so chains stay on workers.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from typing import TYPE_CHECKING, Any
+
+import cloudpickle
+
+from .. import constants as C
+from ..wire.remote import decode_result
+from ..errors import TaskError, TransferError, VineError
+from .files import File
+from .task import Task
+
+if TYPE_CHECKING:
+    from ..manager.facade import Manager
+
+RUNNER_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "wire", "remote.py")
+FUNCTION_NAME = ".vine_function"
+ARGS_NAME = ".vine_args"
+RESULT_NAME = ".vine_result"
+RUNNER_NAME = ".vine_runner.py"
+INLINE_ARGS_LIMIT = 48 << 10  # larger pickled arguments travel as an input file (as FunctionCall's do)
+
+_UNSET: Any = object()
+
+
+class PythonTaskNoResult(VineError):
+    """What ``PythonTask.output`` gives when the task ended without a result (its message says why)."""
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised on a worker, attached as the exception's ``__cause__``."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+def attach_traceback(exc: Any, tb: str | None) -> Any:
+    """Give a remote exception its traceback: ``__vine_traceback__`` and a RemoteTraceback cause."""
+    if isinstance(exc, BaseException) and tb:
+        try:
+            exc.__vine_traceback__ = tb  # type: ignore[attr-defined]
+            exc.__cause__ = RemoteTraceback(tb)
+        except (AttributeError, TypeError):
+            pass
+    return exc
+
+
+def content_buffer(manager: Manager, data: bytes) -> File:
+    """A workflow-level buffer named by its content, so identical bytes travel to a worker once."""
+    f = File(manager, "buffer", "buffer", cache="workflow", data=data, cache_name=f"buffer-md5-{hashlib.md5(data).hexdigest()}")
+    return manager._remember(f)
+
+
+def runner_file(manager: Manager) -> File:
+    """The standalone runner script (core/wire/remote.py), cached on workers for good."""
+    f = getattr(manager, "_vine_runner_file", None)
+    if f is None:
+        f = manager.declare_file(RUNNER_PATH, cache="worker")
+        manager._vine_runner_file = f  # type: ignore[attr-defined]
+    return f
+
+
+# --- arguments that are other tasks' outputs -------------------------------------------------------------
+
+
+Reference = tuple[tuple[Any, ...], str, bool]  # path into (args, kwargs), remote file name, serialized?
+
+
+def extract_references(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[list[Any], dict[str, Any], list[Reference], list[tuple[File, str]]]:
+    """Replace futures in ``args``/``kwargs`` (also inside lists, tuples, dicts) by None.
+
+    Returns the new args and kwargs, the references (path, remote name, serialized?) the worker uses
+    to put the values back, and the (file, remote name) inputs to add. An object takes part if it has
+    ``_vine_reference()``, returning ``(File, serialized)``.
+    """
+    refs: list[Reference] = []
+    inputs: list[tuple[File, str]] = []
+    names: dict[str, str] = {}
+
+    def walk(obj: Any, path: tuple[Any, ...]) -> Any:
+        if getattr(type(obj), "_vine_reference", None) is not None and not isinstance(obj, type):
+            f, serialized = obj._vine_reference()
+            remote = names.get(f.cache_name)
+            if remote is None:
+                remote = names[f.cache_name] = f".vine_ref_{len(names)}"
+                inputs.append((f, remote))
+            refs.append((path, remote, serialized))
+            return None
+        if type(obj) in (list, tuple):
+            items = [walk(x, path + (i,)) for i, x in enumerate(obj)]
+            return items if type(obj) is list else tuple(items)
+        if type(obj) is dict:
+            return {k: walk(v, path + (k,)) for k, v in obj.items()}
+        return obj
+
+    new_args = walk(list(args), (0,))
+    new_kwargs = walk(dict(kwargs), (1,))
+    return new_args, new_kwargs, refs, inputs
+
+
+def serialize(obj: Any, what: str) -> bytes:
+    try:
+        return cloudpickle.dumps(obj)
+    except Exception as exc:
+        raise TaskError(f"cannot serialize the {what} with cloudpickle: {type(exc).__name__}: {exc}") from exc
+
+
+class PythonTask(Task):
+    """Run ``func(*args, **kwargs)`` on a worker; ``output`` is its return value (or exception).
+
+    Resources and other options are set as on any :class:`Task` (``set_cores``, ``set_tag``, ...).
+    """
+
+    def __init__(self, func: Any, *args: Any, **kwargs: Any) -> None:
+        if not callable(func):
+            raise TypeError(f"PythonTask needs a callable, got {type(func).__name__}")
+        super().__init__(f"python3 {RUNNER_NAME} task {FUNCTION_NAME} {ARGS_NAME} {RESULT_NAME} 1")
+        self._func = func
+        self._raw_args, self._raw_kwargs = args, kwargs  # futures among them are resolved at submit
+        self._serialize_output = True
+        self._temp_output = False
+        self._output_cache: Any = False
+        self._output_file: File | None = None
+        self._warm_imports: list[str] = []
+        self._inline_args: str | None = None  # base64 of small pickled arguments, sent in the task message
+        self._decoded: Any = _UNSET
+
+    # -- TaskVine's PythonTask options -----------------------------------------------------------------
+    def enable_temp_output(self) -> None:
+        """Leave the result on the worker as a temp file (usable as another task's input)."""
+        self._mutable()
+        self._temp_output = True
+
+    def disable_temp_output(self) -> None:
+        self._mutable()
+        self._temp_output = False
+
+    def set_output_cache(self, cache: Any = False) -> None:
+        """Cache level of the result file on the worker (``cache=`` of ``declare_buffer``)."""
+        self._mutable()
+        self._output_cache = cache
+
+    def disable_output_serialization(self) -> None:
+        """The function returns bytes (or str); ``output`` is those bytes, unpickled by nobody."""
+        self._mutable()
+        self._serialize_output = False
+
+    def set_warm_imports(self, modules: list[str]) -> None:
+        """Modules the worker's fork server imports once and keeps, so this task's fork finds them loaded.
+
+        For frameworks whose import costs more than the task (Parsl: about a second). Give module
+        names; they must not start threads at import (the server forks after importing them).
+        Ignored when the task runs in its own environment (``add_environment``).
+        """
+        self._mutable()
+        if isinstance(modules, str) or not all(isinstance(m, str) and m for m in modules):
+            raise TypeError(f"set_warm_imports takes a list of module names, got {modules!r}")
+        self._warm_imports = list(modules)
+
+    @property
+    def output_file(self) -> File | None:
+        """The File holding the result (a buffer, or a temp with ``enable_temp_output``); set at submit."""
+        return self._output_file
+
+    # -- submission -----------------------------------------------------------------------------------------
+    def _prepare_submit(self, manager: Manager) -> None:
+        fn_data = serialize(self._func, f"function {getattr(self._func, '__qualname__', self._func)!r}")
+        call_args, call_kwargs, refs, ref_inputs = extract_references(self._raw_args, self._raw_kwargs)
+        args_data = serialize((call_args, call_kwargs, refs), "arguments")
+        for f, remote in ref_inputs:
+            self.add_input(f, remote)
+        self.add_input(content_buffer(manager, fn_data), FUNCTION_NAME)
+        # Small arguments travel inside the task message: no buffer to declare, send, cache and link.
+        # In an environment the runner script reads them from a file, as before.
+        self._inline_args = None
+        if len(args_data) <= INLINE_ARGS_LIMIT and not self.environments:
+            self._inline_args = base64.b64encode(args_data).decode()
+        else:
+            self.add_input(manager.declare_buffer(args_data), ARGS_NAME)
+        if self._temp_output:
+            out = manager.declare_temp()
+        else:
+            out = manager.declare_buffer(None, cache=self._output_cache)
+        self._output_file = out
+        self.add_output(out, RESULT_NAME)
+        if self.environments:
+            self.add_input(runner_file(manager), RUNNER_NAME)
+        self._command = f"python3 {RUNNER_NAME} task {FUNCTION_NAME} {ARGS_NAME} {RESULT_NAME} {1 if self._serialize_output else 0}"
+
+    def _finalize_done(self, manager: Manager) -> None:
+        """Let the manager forget this task's own buffers (its arguments, its returned result).
+
+        Without a temp output nothing can need them again (a temp's producer may be re-run to
+        recover it, so then they stay); the result's bytes live on in ``output_file``.
+        """
+        if self._temp_output:
+            return
+        for m in self.inputs:
+            if m.remote_name == ARGS_NAME:
+                manager.undeclare_file(m.file)
+        if self._output_file is not None and self._output_file.kind == "buffer":
+            manager.undeclare_file(self._output_file)
+
+    def _task_spec(self) -> dict[str, Any]:
+        spec = super()._task_spec()
+        spec["python"] = {"function": FUNCTION_NAME, "args": ARGS_NAME, "output": RESULT_NAME, "serialize": self._serialize_output}
+        if self._warm_imports:
+            spec["python"]["warm_imports"] = self._warm_imports
+        if not self.environments:
+            # The fork server fast path (core/forkserver.py): the function is read from the worker's
+            # cache (and kept unpickled there), the result comes back through the server's channel.
+            spec["python"]["result_inline"] = True
+            if self._inline_args is not None:
+                spec["python"]["args_inline"] = self._inline_args
+            for inp in spec["inputs"]:
+                if inp["remote"] == FUNCTION_NAME:
+                    inp["in_place"] = True
+        return spec
+
+    # -- the tasks cache (core/tasks_cache.py) ----------------------------------------------------------
+    _cache_result_name = RESULT_NAME  # kept in the cache as <key>.output, the pickled value itself
+
+    def _cache_identity(self, module_digest: Any) -> dict[str, Any]:
+        """What the cache key needs beyond the task's files (the function and arguments are inputs).
+
+        Functions pickled by reference carry only their name, so their module's source counts too.
+        """
+        modules: dict[str, Any] = {}
+
+        def note(obj: Any, depth: int) -> None:
+            if callable(obj) and not isinstance(obj, type):
+                mod = getattr(obj, "__module__", None)
+                if isinstance(mod, str) and mod != "__main__" and mod not in modules:
+                    modules[mod] = module_digest(mod)
+            if depth < 3 and type(obj) in (list, tuple):
+                for x in obj:
+                    note(x, depth + 1)
+            elif depth < 3 and type(obj) is dict:
+                for x in obj.values():
+                    note(x, depth + 1)
+
+        note(self._func, 0)
+        note(self._raw_args, 0)
+        note(self._raw_kwargs, 0)
+        inline = self._inline_args
+        return {"args_inline": hashlib.sha256(inline.encode()).hexdigest() if inline is not None else None,
+                "serialize": self._serialize_output, "modules": sorted(modules.items())}
+
+    def _vine_reference(self) -> tuple[File, bool]:
+        """Lets a PythonTask with a temp output be passed as another task's argument."""
+        if self._output_file is None or self._output_file.kind != "temp":
+            raise TaskError("only a submitted PythonTask with enable_temp_output() can be passed as an argument")
+        return self._output_file, self._serialize_output
+
+    # -- outcome ------------------------------------------------------------------------------------------------
+    @property
+    def output(self) -> Any:
+        """The function's return value; the exception it raised; or a PythonTaskNoResult."""
+        if self._decoded is _UNSET:
+            value = self._decode()
+            if self._state >= C.VINE_TASK_RETRIEVED:
+                self._decoded = value
+            return value
+        return self._decoded
+
+    def _no_result(self, why: str) -> PythonTaskNoResult:
+        tail = self.std_output[-2000:]
+        return PythonTaskNoResult(f"task {self.id} has no result: {why}" + (f"; its output ends with:\n{tail}" if tail else ""))
+
+    def _decode(self) -> Any:
+        if self._state < C.VINE_TASK_RETRIEVED:
+            return self._no_result("it has not finished")
+        if self._result != C.VINE_RESULT_SUCCESS:
+            return self._no_result(f"it ended with '{self.result}' (exit code {self.exit_code})")
+        f = self._output_file
+        if f is None:
+            return self._no_result("it has no output file")
+        if f.kind == "temp":
+            try:
+                data = f.contents()
+            except (TransferError, ValueError, OSError, TimeoutError) as exc:
+                return self._no_result(f"its temp output could not be fetched: {exc}")
+        else:
+            data = f.buffer_data()
+        if data is None:
+            return self._no_result("its result file did not arrive")
+        if not self._serialize_output:
+            return data if self.exit_code == 0 else self._no_result(f"the function failed (exit code {self.exit_code})")
+        if self.exit_code == 0:
+            # The file holds exactly the pickled return value (what TaskVine writes).
+            try:
+                return cloudpickle.loads(data)
+            except Exception as exc:  # noqa: BLE001 - e.g. a class the manager cannot import
+                return self._no_result(f"its result could not be unpickled here: {type(exc).__name__}: {exc}")
+        try:
+            ok, value, tb = decode_result(data)  # exit 1: the failure record (core/wire/remote.py)
+        except ValueError as exc:
+            return self._no_result(f"its result file is unreadable ({exc})")
+        return value if ok else attach_traceback(value, tb)

@@ -1,0 +1,885 @@
+"""``Manager``: the user's handle on the cluster, living inside the user's program.
+
+::
+
+    user thread                         I/O thread (asyncio)                       workers
+    ───────────                         ────────────────────                       ───────
+    submit(t) ──inbox──► events ──► SchedulerState.handle() ──► instructions
+                                                                 │  per-worker outbox, in order
+                                                                 ├──► file / task / fetch ───► worker
+    wait() ◄──done queue── ReturnTask ◄── events ◄── frames ◄────┴─── cache_update / complete ◄─┘
+
+Sockets belong to one I/O thread, so workers are served (keepalives, results, transfers) while the
+user's thread is busy; every decision is made by the pure :class:`SchedulerState`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import math
+import os
+import shutil
+import socket
+import ssl as ssl_module
+import threading
+import time
+from typing import Any, Callable
+
+from .. import constants as C
+from . import exit_guard
+from ..deploy.catalog import DEFAULT_INTERVAL as CATALOG_UPDATE_INTERVAL
+from ..deploy.catalog import Registration as CatalogRegistration
+from .categories import CategoryMethods
+from ..errors import ManagerError, TaskError, TuneError
+from ..api.files import File, check_local_path
+from .functional import FunctionalMixin
+from ..api.library import LibraryManagerMixin
+from .links import WorkerLink, WorkerLinks
+from .logs import RunLogs
+from .metrics import ManagerMetrics, io_thread_cpu_us, performance_columns
+from ..state.scheduler import (
+    DEFAULT_TUNING,
+    Event,
+    FileUndeclared,
+    Instruction,
+    RemoveWorker,
+    ReturnTask,
+    SchedulerState,
+    SendFile,
+    TaskCancelled,
+    TaskSubmitted,
+    Tick,
+    Warn,
+    policy_name,
+)
+from ..api.task import Task
+from ..wire.tls import TLSSetupError, self_signed_server_context, start_gated_server
+from .worker_controls import WorkerControls
+
+log = logging.getLogger("core.manager")
+
+# Tune parameters accepted (REFERENCE §4). Those the scheduler reads live in its tuning table; the
+# rest are stored so TaskVine programs run unchanged, and documented as having no effect yet.
+KNOWN_TUNES = {
+    "attempt-schedule-depth", "category-steady-n-tasks", "disconnect-slow-worker-factor",
+    "option-blocklist-slow-workers-timeout", "hungry-minimum", "hungry-minimum-factor", "immediate-recovery",
+    "keepalive-interval", "keepalive-timeout", "short-timeout", "long-timeout", "max-retrievals",
+    "worker-retrievals", "min-transfer-timeout", "transfer-outlier-factor", "default-transfer-rate",
+    "monitor-interval", "prefer-dispatch", "proportional-resources", "proportional-whole-tasks",
+    "force-proportional-resources", "force-proportional-whole-tasks", "ramp-down-heuristic",
+    "resource-submit-multiplier", "asynchrony-multiplier", "disk-proportion-available-to-task",
+    "temp-replica-count", "transfer-temps-recovery", "clean-redundant-replicas", "shift-disk-load",
+    "transfer-replica-per-cycle", "transient-error-interval", "wait-for-workers", "max-workers",
+    "file-source-max-transfers", "worker-source-max-transfers", "perf-log-interval", "update-interval",
+    "resource-management-interval", "max-task-stdout-storage", "max-new-workers", "load-from-shared-filesystem",
+    "large-task-check-interval", "enforce-worker-eviction-interval", "watch-library-logfiles",
+    "sandbox-grow-factor", "max-library-retries", "task-groups", "max-task-attempts", "handshake-timeout",
+    "library-queue-depth", "peer-transfers", "call-pipelining",
+}
+KNOWN_TUNES |= set(DEFAULT_TUNING)  # every parameter the scheduler reads can be tuned
+
+TUNE_ALIASES = {
+    "asynchrony-multiplier": "resource-submit-multiplier",
+    "force-proportional-resources": "proportional-resources",
+    "force-proportional-whole-tasks": "proportional-whole-tasks",
+}
+
+
+class Stats:
+    """Manager counters under TaskVine's performance-log names (missing ones read as 0)."""
+
+    def __init__(self, values: dict[str, float]) -> None:
+        self._values = values
+
+    def __getattr__(self, name: str) -> float:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        v = self._values.get(name, 0)
+        return int(v) if isinstance(v, float) and v.is_integer() else v
+
+    def __repr__(self) -> str:
+        return f"Stats({self._values})"
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(self._values)
+
+
+def _bind(port: Any) -> socket.socket:
+    if isinstance(port, (list, tuple)):
+        lo, hi = int(port[0]), int(port[1])
+        candidates = list(range(lo, hi + 1))
+    else:
+        from ..utils import port_candidates
+
+        candidates = port_candidates(int(port))  # port 0: TCP_LOW_PORT..TCP_HIGH_PORT if set (set_port_range)
+    last: OSError | None = None
+    for p in candidates:
+        # proto=IPPROTO_TCP, not the default 0: asyncio turns Nagle's algorithm off (TCP_NODELAY)
+        # only on sockets that say they are TCP, and accepted sockets inherit this one's proto.
+        # With Nagle on, every other small frame to a worker waited ~40 ms for a delayed ACK.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("0.0.0.0", p))
+            sock.listen(512)
+            sock.setblocking(False)
+            return sock
+        except OSError as exc:
+            sock.close()
+            last = exc
+    raise ManagerError(f"cannot listen on port {port}: {last}; choose another port, or port=0 for any free one")
+
+
+class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods, WorkerControls):
+    """Submit tasks and wait for their results; workers connect to ``port`` (``vine_worker HOST PORT``).
+
+    ``Manager(port=0)`` listens on any free port (``m.port`` tells which). With ``name=`` the
+    manager registers in the catalog so workers can find it with ``vine_worker -M NAME``. With
+    ``prometheus_port=N`` it serves its stats as ``vine_<stat>`` gauges at ``http://HOST:N/metrics``
+    (0: any free port, ``m.prometheus_port`` tells which; needs ``pip install 'core-vine[metrics]'``).
+    A manager not closed when the program ends is closed at exit (core.exit_guard), so its logs end
+    complete.
+    """
+
+    _tasks_cache: Any = None  # a core.tasks_cache.TasksCache once enable_tasks_cache is called
+
+    def __init__(
+        self,
+        port: int | list[int] | tuple[int, int] = C.VINE_DEFAULT_PORT,
+        name: str | None = None,
+        shutdown: bool = False,
+        run_info_path: str = "vine-run-info",
+        run_info_template: str | None = None,
+        staging_path: str | None = None,
+        ssl: Any = None,
+        init_fn: Callable[[Manager], None] | None = None,
+        status_display_interval: float | None = None,
+        prometheus_port: int | None = None,
+    ) -> None:
+        self._closed = True
+        self._sock = _bind(port)
+        self._port = self._sock.getsockname()[1]
+        self._name = name
+        self._shutdown = shutdown
+        try:
+            self._ssl_context = self._make_ssl(ssl)
+        except BaseException:
+            self._sock.close()  # a bad ssl argument must not leave the port bound
+            raise
+        self._logs = RunLogs(run_info_path, run_info_template)
+        self._staging = os.path.join(staging_path, "vine-staging") if staging_path else self._logs.staging_dir
+        os.makedirs(self._staging, exist_ok=True)
+        self._state = SchedulerState()
+        self._tune_values: dict[str, float] = {}
+        self._monitoring: dict[str, Any] | None = None
+        self._password: bytes | None = None
+        self._properties: dict[str, str] = {}
+        self._tasks: dict[int, Task] = {}
+        self._next_id = 1
+        self._files: dict[str, File] = {}
+        self._finalized_temps: set[str] = set()  # temps made by tasks with a __del__ of their own (undeclare_file)
+        self._outstanding = 0
+        self._done: collections.OrderedDict[int, Task] = collections.OrderedDict()
+        self._cond = threading.Condition()
+        self._inbox: collections.deque[Event] = collections.deque()
+        self._kick_pending = False
+        self._notify_pending = False
+        self._links: dict[str, WorkerLink] = {}
+        self._fetches: dict[int, concurrent.futures.Future[bytes]] = {}
+        self._fetch_ids = iter(range(1, 1 << 62))
+        self._counters: dict[str, float] = collections.defaultdict(float)
+        self._catalog: CatalogRegistration | None = None
+        self._metrics = ManagerMetrics()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run_loop, name=f"vine-manager-{self._port}", daemon=True)
+        started = threading.Event()
+        self._started = started
+        self._thread.start()
+        started.wait()
+        self._closed = False
+        exit_guard.register(self)
+        if prometheus_port is not None:
+            try:
+                self._metrics.start_exporter(prometheus_port, lambda: self._call(self._collect_stats, timeout=10))
+            except BaseException:
+                self.close()  # no half-started manager: its port and thread go with the error
+                raise
+        self._logs.manager_listening(self._port)
+        if name:
+            self._advertise(name)
+        if init_fn is not None:
+            init_fn(self)
+
+    # -- properties -------------------------------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def name(self) -> str | None:
+        return self._name
+
+    @property
+    def prometheus_port(self) -> int | None:
+        """The port serving ``/metrics`` (the one chosen when 0 was asked), or None without one."""
+        exporter = self._metrics.exporter
+        return exporter.port if exporter is not None else None
+
+    @property
+    def using_ssl(self) -> bool:
+        return self._ssl_context is not None
+
+    @property
+    def runtime_directory(self) -> str:
+        return self._logs.run_dir
+
+    @property
+    def logging_directory(self) -> str:
+        return self._logs.log_dir
+
+    @property
+    def staging_directory(self) -> str:
+        return self._staging
+
+    @property
+    def cache_directory(self) -> str:
+        return os.path.join(os.path.dirname(self._logs.run_dir), "vine-cache")
+
+    @property
+    def stats(self) -> Stats:
+        return Stats(self._call(self._collect_stats))
+
+    def _make_ssl(self, ssl: Any) -> ssl_module.SSLContext | None:
+        """TLS for worker connections: ``(key, cert)`` PEM paths, or True for a self-signed pair made for this run.
+
+        ``None``, False and ``(None, None)`` mean plain TCP (TaskVine programs pass their optional
+        ``--ssl_key``/``--ssl_cert`` arguments straight through).
+        """
+        if not ssl:
+            return None
+        if ssl is True:
+            try:
+                # The key lives in the context only: no private key is left behind in /tmp.
+                return self_signed_server_context()
+            except TLSSetupError as exc:
+                raise ManagerError(f"ssl=True: {exc}, or pass ssl=(key_file, cert_file)") from exc
+        try:
+            key, cert = ssl
+        except (TypeError, ValueError):
+            raise ValueError("ssl must be True or a (key_file, cert_file) pair") from None
+        if key is None and cert is None:
+            return None
+        if key is None or cert is None:
+            raise ValueError(f"ssl=(key_file, cert_file) needs both files or neither; got key={key!r}, cert={cert!r}")
+        ctx = ssl_module.SSLContext(ssl_module.PROTOCOL_TLS_SERVER)
+        try:
+            ctx.load_cert_chain(cert, key)
+        except (OSError, ssl_module.SSLError) as exc:
+            raise ManagerError(f"cannot load TLS key {key} / certificate {cert}: {exc}") from exc
+        return ctx
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    def __enter__(self) -> Manager:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    def close(self) -> None:
+        """Disconnect workers (telling them to exit if ``shutdown=True``), stop the I/O thread, close logs."""
+        if self._closed:
+            return
+        self._closed = True
+        exit_guard.unregister(self)
+        self._metrics.stop()
+        if self._catalog is not None:
+            self._catalog.stop()
+            self._catalog = None
+        try:
+            fut = asyncio.run_coroutine_threadsafe(self._shutdown_io(), self._loop)
+            fut.result(timeout=30)
+        except Exception as exc:  # noqa: BLE001
+            log.debug("shutdown: %s", exc)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._logs.close(self._collect_stats(), self._name)
+        shutil.rmtree(self._logs.staging_dir, ignore_errors=True)
+        with self._cond:
+            self._cond.notify_all()
+
+    def _flush_logs(self) -> None:
+        """Write every buffered log record now (core.exit_guard, before a program's signal handler)."""
+        self._logs.flush()
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._start_io())
+        self._started.set()
+        self._loop.run_forever()
+        pending = asyncio.all_tasks(self._loop)
+        for t in pending:
+            t.cancel()
+        self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self._loop.close()
+        self._metrics.busy["io_cpu"] = time.thread_time() * 1e6  # all of it, for the last performance row
+
+    async def _start_io(self) -> None:
+        # Not asyncio.start_server: the gated listener refuses plain TCP on a TLS port (and TLS on a
+        # plain one) with a log line and a reason the client can read (core.tls).
+        self._server = await start_gated_server(
+            self._on_client, sock=self._sock, ssl=self._ssl_context, what="manager", log=log, limit=1 << 20,
+            timeout=lambda: float(self._state.tuning.get("handshake-timeout", 30)))
+        self._ticker = asyncio.create_task(self._tick_loop())
+
+    async def _shutdown_io(self) -> None:
+        self._ticker.cancel()
+        self._server.close()
+        for link in list(self._links.values()):
+            if self._shutdown:
+                link.conn.send({"type": "exit"})
+                try:
+                    await asyncio.wait_for(link.conn.drain(), 2)
+                except (OSError, asyncio.TimeoutError):
+                    pass
+            link.conn.close()
+
+    def _call(self, fn: Callable[[], Any], timeout: float = 60) -> Any:
+        """Run ``fn`` in the I/O thread (where the state lives) and return its result."""
+        if self._closed or threading.current_thread() is self._thread:
+            return fn()
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:  # noqa: BLE001 - handed back to the caller's thread
+                fut.set_exception(exc)
+
+        self._loop.call_soon_threadsafe(run)
+        return fut.result(timeout)
+
+    def _post(self, event: Event) -> None:
+        """Queue an event from the user's thread; the I/O thread applies queued events in one batch."""
+        self._inbox.append(event)
+        if not self._kick_pending:
+            self._kick_pending = True
+            self._loop.call_soon_threadsafe(self._drain_inbox)
+
+    def _drain_inbox(self) -> None:
+        self._kick_pending = False
+        events = []
+        while self._inbox:
+            events.append(self._inbox.popleft())
+        if events:
+            self._apply(*events)
+
+    # -- configuration -----------------------------------------------------------------------------------------
+    def tune(self, name: str, value: float) -> int:
+        """Set a tuning parameter (REFERENCE §4). An unknown name raises :class:`TuneError`."""
+        if name not in KNOWN_TUNES:
+            raise TuneError(f"unknown tune parameter {name!r}; see the README's configuration table for the names")
+        key = TUNE_ALIASES.get(name, name)
+        value = float(value)
+        if not math.isfinite(value):  # NaN poisons every comparison made with it, infinity every rounding
+            raise ValueError(f"tune {name!r} takes a finite number, not {value}")
+        if key == "disk-proportion-available-to-task" and not 0 < value < 1:
+            raise ValueError("disk-proportion-available-to-task must be between 0 and 1")
+        if key == "category-steady-n-tasks" and not (math.isfinite(value) and value >= 1):
+            raise ValueError(f"category-steady-n-tasks must be a number of tasks >= 1, not {value}")
+        if key == "update-interval":
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"update-interval must be a positive finite number of seconds, not {value}")
+            if self._catalog is not None:
+                self._catalog.set_interval(value)
+        if key == "proportional-resources" and name == "proportional-resources":
+            self._set_tuning("proportional-whole-tasks", 1.0 if value > 0 else 0.0)
+        self._tune_values[key] = value
+        self._set_tuning(key, value)
+        return 0
+
+    def _set_tuning(self, key: str, value: float) -> None:
+        def apply() -> None:
+            self._state.tuning[key] = value
+            self._state._schedule_needed = True
+        self._call(apply)
+
+    def set_scheduler(self, scheduler: str | int) -> None:
+        name = policy_name(scheduler)
+        self._call(lambda: setattr(self._state, "policy", name))
+
+    def enable_monitoring(self, watchdog: bool = True, time_series: bool = False) -> None:
+        """Measure every task's memory, disk and cores (``t.resources_measured``); with ``watchdog``
+        a task over its allocation is killed, reported as "resource exhaustion", and retried once on
+        a whole worker unless the exceeded value was set on the task itself."""
+        self._monitoring = {"watchdog": bool(watchdog), "interval": float(self._tune_values.get("monitor-interval") or 1.0)}
+
+    def disable_monitoring(self) -> None:
+        self._monitoring = None
+
+    def enable_peer_transfers(self) -> None:
+        """Let workers fetch cached inputs from each other (the default)."""
+        self._set_tuning("peer-transfers", 1.0)
+
+    def disable_peer_transfers(self) -> None:
+        """Every input comes from the manager or its URL; temps still move between workers."""
+        self._set_tuning("peer-transfers", 0.0)
+
+    def get_file_replica_count(self, f: File) -> int:
+        def count() -> int:
+            rec = self._state.files.get(f.cache_name)
+            return sum(1 for st in rec.replicas.values() if st == "ready") if rec else 0
+        return int(self._call(count))
+
+    def set_password(self, password: str | bytes) -> None:
+        self._password = password.encode() if isinstance(password, str) else bytes(password)
+
+    def set_password_file(self, path: str) -> None:
+        with open(path, "rb") as fh:
+            self._password = fh.read().strip()
+
+    def set_property(self, key: str, value: str) -> None:
+        self._properties[key] = value
+
+    def set_name(self, name: str) -> None:
+        """Advertise this manager in the catalog under ``name`` (replacing any earlier name)."""
+        self._name = name
+        self._advertise(name)
+
+    def update_catalog(self) -> None:
+        """Rewrite the catalog entry now (it is also refreshed every ``update-interval`` s, 60 by default)."""
+        if self._catalog is not None:
+            self._catalog.refresh()
+
+    def _advertise(self, name: str) -> None:
+        if self._catalog is not None:
+            self._catalog.stop()
+        interval = self._tune_values.get("update-interval", CATALOG_UPDATE_INTERVAL)
+        self._catalog = CatalogRegistration(name, self._port, ssl=self.using_ssl, fields=self._catalog_fields,
+                                            interval=interval)
+
+    def _catalog_fields(self) -> dict[str, Any]:
+        """What a catalog entry tells beyond host:port: the counts vine_status shows, and the properties."""
+        fields: dict[str, Any] = dict(self._properties)
+        if not self._closed:
+            s = self._call(self._collect_stats, timeout=5)
+            for k in ("tasks_waiting", "tasks_running", "tasks_done", "workers_connected", "total_cores"):
+                fields[k] = s.get(k, 0)
+            fields["workers"] = s.get("workers_connected", 0)
+        return fields
+
+    def set_keepalive_interval(self, seconds: float) -> None:
+        self.tune("keepalive-interval", seconds)
+
+    def set_keepalive_timeout(self, seconds: float) -> None:
+        self.tune("keepalive-timeout", seconds)
+
+    def block_host(self, host: str) -> None:
+        """Send no more tasks to workers on ``host`` (running ones finish)."""
+        self._call(lambda: self._state.blocked_hosts.add(host))
+
+    def block_host_with_timeout(self, host: str, timeout: float) -> None:
+        self.block_host(host)
+        self._loop.call_soon_threadsafe(lambda: self._loop.call_later(timeout, self.unblock_host, host))
+
+    def unblock_host(self, host: str) -> None:
+        def apply() -> None:
+            self._state.blocked_hosts.discard(host)
+            self._state._schedule_needed = True
+            self._apply()
+        self._call(apply)
+
+    def workers_shutdown(self, n: int = 0) -> int:
+        """Tell ``n`` workers (0 = all), idle ones first, to exit. Returns how many were told."""
+        def apply() -> int:
+            links = sorted(self._links.values(), key=lambda lk: len(self._state.workers[lk.id].tasks) if lk.id in self._state.workers else 0)
+            chosen = links if n <= 0 else links[:n]
+            for link in chosen:
+                link.conn.send({"type": "exit"})
+            return len(chosen)
+        return int(self._call(apply))
+
+    # -- files ---------------------------------------------------------------------------------------------------
+    def _remember(self, f: File) -> File:
+        existing = self._files.get(f.cache_name)
+        if existing is not None and existing.kind == f.kind and existing.source() == f.source():
+            return existing
+        self._files[f.cache_name] = f
+        self._logs.graph_file(f.cache_name, f.source(), max(f.size, 0))
+        return f
+
+    def declare_file(self, path: str, cache: Any = False, peer_transfer: bool = True, unlink_when_done: bool = False) -> File:
+        """A local file or directory, usable as a task input or output."""
+        path = check_local_path(path)
+        return self._remember(File(self, "file", os.path.abspath(path), cache=cache, peer_transfer=peer_transfer, unlink_when_done=unlink_when_done))
+
+    def declare_url(self, url: str, cache: Any = False, peer_transfer: bool = True) -> File:
+        """A file workers download themselves (http, https, ftp, file)."""
+        if not isinstance(url, str) or "://" not in url:
+            raise ValueError(f"declare_url needs a URL such as https://host/path, got {url!r}")
+        scheme = url.split("://", 1)[0].lower()
+        if scheme not in ("http", "https", "ftp", "file"):
+            raise ValueError(f"unsupported URL scheme {scheme!r} in {url!r}; use http, https, ftp or file")
+        return self._remember(File(self, "url", url, cache=cache, peer_transfer=peer_transfer))
+
+    def declare_buffer(self, buffer: bytes | str | None = None, cache: Any = False, peer_transfer: bool = True) -> File:
+        """Bytes from the manager's memory as an input; ``None`` declares an empty output buffer."""
+        data = None if buffer is None else (buffer.encode() if isinstance(buffer, str) else bytes(buffer))
+        return self._remember(File(self, "buffer", "buffer", cache=cache, peer_transfer=peer_transfer, data=data))
+
+    def declare_temp(self) -> File:
+        """A file that lives only in worker caches (e.g. an intermediate result)."""
+        return self._remember(File(self, "temp", "temp"))
+
+    def declare_minitask(self, task: Task, source: str, cache: Any = False, peer_transfer: bool = True) -> File:
+        """The file ``source`` made in the sandbox of ``task``, which the worker runs when the file is needed."""
+        if not isinstance(task, Task):
+            raise TypeError("declare_minitask needs a Task")
+        return self._remember(File(self, "minitask", source, cache=cache, peer_transfer=peer_transfer, minitask=task, minitask_output=source))
+
+    def declare_untar(self, tarball: File, cache: Any = False, peer_transfer: bool = True) -> File:
+        """A directory unpacked from ``tarball`` on the worker (tar, tar.gz, tar.bz2, tar.xz)."""
+        t = Task("mkdir output && tar -xf input -C output")
+        t.add_input(tarball, "input")
+        return self.declare_minitask(t, "output", cache=cache, peer_transfer=peer_transfer)
+
+    def declare_poncho(self, tarball: File, cache: Any = False, peer_transfer: bool = True) -> File:
+        """A conda-pack/poncho environment tarball unpacked on the worker (``bin/run_in_env`` inside)."""
+        return self.declare_untar(tarball, cache=cache, peer_transfer=peer_transfer)
+
+    declare_starch = declare_poncho
+
+    def fetch_file(self, f: File, timeout: float = 300, binary: bool = False) -> str | bytes:
+        """The contents of ``f`` as text, as TaskVine returns them; pulled from a worker if needed.
+
+        The bytes are decoded as UTF-8 with ``surrogateescape``, so nothing is lost even for binary
+        content (``s.encode("utf-8", "surrogateescape")`` gives the bytes back); TaskVine's text
+        stops at the first NUL byte, ours does not. For the bytes themselves pass ``binary=True``,
+        or call ``f.contents()``. Raises TransferError (TaskVine returns None) when no connected
+        worker holds the file, and TimeoutError after ``timeout`` seconds.
+        """
+        data = self._fetch_bytes(f, timeout)
+        return data if binary else data.decode("utf-8", "surrogateescape")
+
+    def _fetch_bytes(self, f: File, timeout: float = 300) -> bytes:
+        if f.kind == "buffer" and f.buffer_data() is not None:
+            return f.buffer_data()  # type: ignore[return-value]
+        if f.kind == "file":
+            with open(f.source(), "rb") as fh:
+                return fh.read()
+        fut: concurrent.futures.Future[bytes] = concurrent.futures.Future()
+        self._call(lambda: self._start_fetch(f, fut))
+        return fut.result(timeout)
+
+    def enable_tasks_cache(self, cache_dir: str = "vine-cache-outputs", log_file: str = "vine-cache.txlog") -> Any:
+        """Answer a task that succeeded before (same command, input contents, function...) at submit:
+        ``wait`` returns it with ``hostname == "CACHED"``, outputs restored. Persists across runs in
+        ``cache_dir`` and ``log_file``; returns the :class:`core.tasks_cache.TasksCache` (``clear()``),
+        whose docstring says what the key holds and what invalidates an entry."""
+        from .tasks_cache import TasksCache
+
+        self._tasks_cache = TasksCache(cache_dir, log_file)
+        return self._tasks_cache
+
+    def undeclare_file(self, f: File) -> None:
+        """Forget ``f``: workers delete their replicas; a local file with ``unlink_when_done`` is removed."""
+        self._post(FileUndeclared(time.time(), f.cache_name, forget=True))
+        self._files.pop(f.cache_name, None)
+        if f.cache_name in self._finalized_temps:
+            self._finalized_temps.discard(f.cache_name)
+            # Its producer's class has a finalizer: return only once the scheduler has let go of that task
+            # (it keeps the producer of each temp for lineage recovery), so the finalizer has run when
+            # nothing else holds the task, as in TaskVine (its unlink_when_done test relies on this order).
+            if not self._closed and threading.current_thread() is not self._thread:
+                self._call(lambda: None)  # runs after the queued FileUndeclared
+        if f.unlink_when_done and f.kind == "file" and os.path.exists(f.source()):
+            if os.path.isdir(f.source()):
+                shutil.rmtree(f.source(), ignore_errors=True)
+            else:
+                os.unlink(f.source())
+
+    remove_file = undeclare_file
+
+    def prune_file(self, f: File) -> None:
+        """Delete every worker replica of ``f`` but keep it declared."""
+        self._post(FileUndeclared(time.time(), f.cache_name, forget=False))
+
+    # -- tasks ------------------------------------------------------------------------------------------------------
+    def submit(self, task: Task) -> int:
+        """Queue ``task``; returns its id (from 1)."""
+        if self._closed:
+            raise ManagerError("the manager is closed")
+        if not isinstance(task, Task):
+            raise TypeError(f"submit takes a Task, got {type(task).__name__}")
+        if task._state != C.VINE_TASK_INITIAL:
+            raise TaskError(f"task {task.id} was already submitted (state {task.state}); create a new Task")
+        self._prepare(task)  # may add inputs/outputs (PythonTask, FunctionCall) or refuse the task
+        cached = self._tasks_cache.lookup(task) if self._tasks_cache is not None else None
+        task._id = self._next_id
+        self._next_id += 1
+        task._manager = self
+        task._state = C.VINE_TASK_READY
+        task._submit_time = time.time()
+        task.metrics["time_when_submitted"] = task._submit_time * 1e6
+        if cached is not None and self._tasks_cache.answer(self, task, cached):
+            return task.id
+        self._tasks[task.id] = task
+        with self._cond:  # wait() in another thread decrements it (Parsl submits and waits from two threads)
+            self._outstanding += 1
+        for m in task.inputs + task.outputs:
+            self._remember(m.file)
+        if type(task).__del__ is not Task.__del__:
+            self._finalized_temps.update(m.file.cache_name for m in task.outputs if m.file.kind == "temp")
+        self._logs.task_ready(task.id, task.category, 1, {k: v for k, v in task.requested.items()})
+        self._post(TaskSubmitted(time.time(), task))
+        return task.id
+
+    def _prepare(self, task: Task) -> None:
+        """Let the task get ready for this manager: first its ``submit_finalize()`` (TaskVine's hook,
+        which subclasses override to add inputs), then its own preparation (PythonTask serialises
+        its function here). ``task.manager`` is this manager during both, as in TaskVine."""
+        task._manager = self
+        try:
+            task.submit_finalize()
+            hook = getattr(task, "_prepare_submit", None)
+            if hook is not None:
+                hook(self)
+        except BaseException:
+            task._manager = None  # refused: it stays an unsubmitted task
+            raise
+
+    def wait(self, timeout: Any = "wait_forever") -> Task | None:
+        """The next finished task, or None after ``timeout`` seconds (0 polls; -1 waits forever)."""
+        return self._wait_for(lambda t: True, timeout)
+
+    def wait_for_tag(self, tag: str, timeout: Any = "wait_forever") -> Task | None:
+        return self._wait_for(lambda t: t.tag == tag, timeout)
+
+    def wait_for_task_id(self, task_id: int, timeout: Any = "wait_forever") -> Task | None:
+        return self._wait_for(lambda t: t.id == task_id, timeout)
+
+    def _wait_for(self, match: Callable[[Task], bool], timeout: Any) -> Task | None:
+        if timeout in ("wait_forever", None, C.VINE_WAIT_FOREVER):
+            deadline = None
+        else:
+            timeout = float(timeout)
+            if timeout < 0:
+                raise ValueError(f"wait timeout must be >= 0 seconds, or -1 / 'wait_forever'; got {timeout}")
+            deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for tid, task in self._done.items():
+                    if match(task):
+                        del self._done[tid]
+                        self._outstanding -= 1
+                        task._state = C.VINE_TASK_DONE
+                        self._logs.debug_task_done(tid)
+                        self._tasks.pop(tid, None)
+                        self._cond.notify_all()  # other waiters may now have nothing left to wait for
+                        return task
+                # Nothing in flight and no finished task matches: none ever will (wait_for_tag of a tag
+                # no pending task carries must not block forever behind other tasks' results).
+                if self._closed or self._outstanding - len(self._done) <= 0:
+                    return None
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                with self._metrics.polling():
+                    self._cond.wait(remaining)
+
+    def empty(self) -> bool:
+        """True when every submitted task has been returned by ``wait``."""
+        return self._outstanding == 0
+
+    def hungry(self) -> int:
+        """How many more tasks the manager could usefully take right now (REFERENCE §3.5)."""
+        return int(self._call(self._state.hungry))
+
+    def tasks_left_count(self) -> int:
+        return self._outstanding
+
+    def cancel_by_task_id(self, task_id: int) -> bool:
+        if task_id not in self._tasks or self._tasks[task_id]._state >= C.VINE_TASK_RETRIEVED:
+            return False
+        self._post(TaskCancelled(time.time(), task_id))
+        return True
+
+    def cancel_by_task_tag(self, tag: str) -> bool:
+        for tid, t in list(self._tasks.items()):
+            if t.tag == tag and self.cancel_by_task_id(tid):
+                return True
+        return False
+
+    def cancel_all_by_tag(self, tag: str) -> int:
+        return sum(1 for tid, t in list(self._tasks.items()) if t.tag == tag and self.cancel_by_task_id(tid))
+
+    def cancel_by_category(self, category: str) -> int:
+        return sum(1 for tid, t in list(self._tasks.items()) if t.category == category and self.cancel_by_task_id(tid))
+
+    def cancel_all(self) -> int:
+        return sum(1 for tid in list(self._tasks) if self.cancel_by_task_id(tid))
+
+    def task_state(self, task_id: int) -> int:
+        t = self._tasks.get(task_id)
+        return t._state if t is not None else C.VINE_TASK_DONE
+
+    def log_txn_app(self, text: str) -> None:
+        self._logs.transaction(f"APPLICATION {text}")
+
+    def log_debug_app(self, text: str) -> None:
+        self._logs.debug(text, flag="app")
+
+    # -- I/O thread: events and instructions --------------------------------------------------------------------
+    def _apply(self, *events: Event) -> None:
+        began = time.thread_time()  # CPU time, as time_internal is (metrics.performance_columns)
+        instructions = self._state.handle(*events)
+        self._metrics.busy["scheduling"] += (time.thread_time() - began) * 1e6
+        for ins in instructions:
+            self._execute(ins)
+        if self._state.failed_events:
+            self._drop_failed_events()
+
+    def _drop_failed_events(self) -> None:
+        """A handler raised (a bug, or a value no check caught): the decisions made before it were
+        carried out above; the event is logged and dropped, and the worker it came from disconnected,
+        so one bad peer cannot stop the manager serving everyone else."""
+        failed, self._state.failed_events = self._state.failed_events, []
+        for ev, exc in failed:
+            wid = getattr(ev, "worker", None)
+            what = type(ev).__name__ if ev is not None else "a scheduling pass"
+            log.error("dropped %s%s: %s: %s", what, f" from worker {wid}" if wid else "", type(exc).__name__, exc)
+            self._logs.debug(f"dropped {what} ({ev!r}): {type(exc).__name__}: {exc}")
+            link = self._links.get(wid) if isinstance(wid, str) else None
+            if link is not None:
+                link.disconnect_reason = "FAILURE"
+                link.conn.writer.transport.abort()
+
+    def _execute(self, ins: Instruction) -> None:
+        if isinstance(ins, ReturnTask):
+            self._return_task(ins)
+        elif isinstance(ins, RemoveWorker):
+            link = self._links.get(ins.worker)
+            if link is not None:
+                self._logs.debug(f"removing worker {ins.worker} ({link.addrport}): {ins.reason}")
+                # Abort, not close: close() waits to flush unsent bytes, which a hung worker never
+                # reads, so its link (and DISCONNECTION record) would linger until it woke up.
+                link.conn.writer.transport.abort()
+        elif isinstance(ins, Warn):
+            log.warning("%s", ins.message)
+            self._logs.debug(f"warning: {ins.message}")
+        else:
+            link = self._links.get(getattr(ins, "worker", ""))
+            if link is None:
+                return
+            if link.idle and link.outbox.empty() and not isinstance(ins, SendFile):
+                # Nothing queued ahead of it: send now instead of waking the sender (saves a loop turn per task).
+                try:
+                    self._send_message(link, ins)
+                except OSError as exc:
+                    self._logs.debug(f"sending to {link.id} failed: {exc}")
+                    link.conn.close()
+            else:
+                link.outbox.put_nowait(ins)
+
+    def _return_task(self, ins: ReturnTask) -> None:
+        task = self._tasks.get(ins.task_id)
+        self._state.forget_task(ins.task_id)
+        self._logs.debug_task_retrieved(ins.task_id, done=task is None)  # None: a recovery task, never waited for
+        if task is None:
+            return
+        task._result = ins.result
+        if ins.result not in (C.VINE_RESULT_SUCCESS, C.VINE_RESULT_OUTPUT_MISSING, C.VINE_RESULT_SIGNAL, C.VINE_RESULT_STDOUT_MISSING, C.VINE_RESULT_MAX_WALL_TIME):
+            task._exit_code = ins.exit_code if ins.exit_code != -1 else task._exit_code
+        task._state = C.VINE_TASK_RETRIEVED
+        task._done_time = time.time()
+        task.metrics["time_when_done"] = task._done_time * 1e6
+        if self._tasks_cache is not None:
+            self._tasks_cache.record(task)  # before _finalize: a PythonTask then lets its buffers go
+        self._unlink_undeclared_inputs(task)
+        self._finalize(task)
+        totals = self._logs.transfer_totals
+        self._metrics.task_returned(task, ins.result, (totals["time_send"] + totals["time_receive"]) / (self._metrics.times.tasks + 1))
+        result_name = C.result_enum_name(ins.result)
+        self._logs.task_done(task.id, result_name, task._exit_code)
+        self._logs.graph_task(task.id, task.command, [m.file.cache_name for m in task.inputs], [m.file.cache_name for m in task.outputs])
+        with self._cond:
+            self._done[task.id] = task
+        # One wake-up of the user's thread per loop turn, however many tasks finished in it.
+        if not self._notify_pending:
+            self._notify_pending = True
+            self._loop.call_soon(self._notify_waiters)
+
+    def _unlink_undeclared_inputs(self, task: Task) -> None:
+        """Inputs the user undeclared while ``task`` still needed them were sent to workers all the
+        same; once no unfinished task needs them, workers delete them now, not with the workflow."""
+        gone = {m.file.cache_name for m in task.inputs if m.file.cache_name not in self._files}
+        if not gone:
+            return
+        gone.difference_update(m.file.cache_name for t in self._tasks.values()
+                               if t is not task and t._state < C.VINE_TASK_RETRIEVED for m in t.inputs)
+        for name in gone:
+            self._loop.call_soon(self._apply, FileUndeclared(time.time(), name, forget=True))
+
+    def _notify_waiters(self) -> None:
+        self._notify_pending = False
+        with self._cond:
+            self._cond.notify_all()
+
+    def _finalize(self, task: Task) -> None:
+        """Let the task take its outcome in (FunctionCall notes why it failed) before it reaches the user."""
+        hook = getattr(task, "_finalize_done", None)
+        if hook is not None:
+            hook(self)
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                self._apply(Tick(time.time()))
+                self._check_workers(time.time())
+                self._logs.performance(self._collect_stats(), time.time(), self._state.tuning.get("perf-log-interval", 5))
+                self._logs.flush()
+            except Exception:  # noqa: BLE001 - the ticker must never die
+                log.exception("tick failed")
+
+    def _collect_stats(self) -> dict[str, float]:
+        s = dict(self._state.stats)
+        counts = self._state.counts()
+        s.update(self._counters)
+        s["workers_connected"] = len(self._state.workers)
+        busy = sum(1 for w in self._state.workers.values() if w.tasks)
+        s["workers_busy"] = busy
+        s["workers_idle"] = len(self._state.workers) - busy
+        s["tasks_waiting"] = counts["ready"] + counts["waiting"]
+        s["tasks_on_workers"] = s["tasks_running"] = counts["dispatched"]
+        s["tasks_with_results"] = len(self._done)
+        s["tasks_successful"] = s.get("tasks_succeeded", 0)
+        for f in ("cores", "memory", "disk", "gpus"):
+            s[f"total_{f}"] = sum(max(getattr(w.total, f), 0) for w in self._state.workers.values())
+            s[f"committed_{f}"] = sum(max(getattr(w.committed, f), 0) for w in self._state.workers.values())
+        s["inuse_cache"] = sum(w.cache_bytes for w in self._state.workers.values())
+        s["time_when_started"] = self._logs.start_us
+        s["bytes_sent"] = self._counters["bytes_sent"] + sum(lk.conn.bytes_sent for lk in self._links.values())
+        s["bytes_received"] = self._counters["bytes_received"] + sum(lk.conn.bytes_received for lk in self._links.values())
+        s.update(self._logs.transfer_totals)
+        s["time_send_good"], s["time_receive_good"] = s["time_send"], s["time_receive"]  # only finished transfers are timed
+        self._metrics.busy["io_cpu"] = max(self._metrics.busy["io_cpu"], io_thread_cpu_us(self._thread))  # 0 once it ended
+        performance_columns(s, self._state, self._metrics, self._logs.start_us, int(self._counters["workers_init"]))
+        return s
+
+
+def __getattr__(name: str) -> Any:
+    """``core.manager.Factory``: TaskVine's manager module holds the Factory too (ours is core/factory.py)."""
+    if name == "Factory":
+        from ..deploy.factory import Factory
+
+        return Factory
+    raise AttributeError(f"module 'core.manager' has no attribute {name!r}")

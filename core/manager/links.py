@@ -1,0 +1,701 @@
+"""The manager's side of each connection: serving workers and status clients in the I/O thread.
+
+Frames from a worker become scheduler events (``complete`` -> TaskFinished, ``cache_update`` ->
+CacheUpdated, ...); returned outputs and fetched files are written as they stream in. Instructions
+for a worker are sent in order: files always precede the tasks that use them. Mixed into
+:class:`core.manager.Manager`; everything here runs in its I/O thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .. import constants as C
+from ..wire.connection import Connection, FileReceiver, MemoryReceiver, send_bytes, send_path, server_handshake
+from ..errors import AuthenticationError, ProtocolError, RemoteProtocolError, TransferError
+from ..api.files import File
+from .output_targets import OutputWriter
+from ..state.libraries import StartLibrary
+from ..wire.preauth import leave_preauth_gate
+from ..wire.protocol import Frame
+from ..state.resources import Resources
+from ..state.scheduler import (
+    CacheInvalid,
+    CacheUpdated,
+    Dispatch,
+    FetchPeer,
+    FetchUrl,
+    Instruction,
+    Keepalive,
+    Kill,
+    RunMinitask,
+    SendFile,
+    TaskFinished,
+    Unlink,
+    WorkerHeard,
+    WorkerJoined,
+    WorkerLost,
+)
+
+if TYPE_CHECKING:
+    pass
+
+MEMORY_RECEIVE_MAX = 1 << 20  # a returned buffer or fetched file up to this size is received in memory, not staged
+# No single stream (or watched output) from a worker may exceed twice the disk it reported, plus this:
+# twice, because a worker reports a share of its free disk (--disk-percent, 50 by default) and a
+# directory travels as a tar with a header per file.
+STREAM_SLACK = 16 << 20
+MAX_CACHE_ENTRIES = 2_000_000  # a worker's listed cache (its pages are held until it joins: bounded)
+STDOUT_STORAGE = 1 << 30  # tune max-task-stdout-storage: the most bytes of a task's stdout kept (TaskVine's 1 GB)
+_STAGING_IDS = itertools.count(1)  # names of staged streams: chosen here, never taken from the peer
+
+log = logging.getLogger("core.manager")
+
+@dataclass
+class WorkerLink:
+    """The I/O thread's view of one connected worker."""
+
+    id: str
+    conn: Connection
+    hostname: str
+    addrport: str
+    transfer_addr: str | None
+    outbox: asyncio.Queue[Instruction | None] = field(default_factory=asyncio.Queue)
+    receivers: dict[str, FileReceiver | MemoryReceiver | OutputWriter | LocallyRefused] = field(default_factory=dict)
+    # What this worker was asked to send, and nothing else is accepted from it (see _begin_receive):
+    expected_outputs: dict[tuple[int, str], File] = field(default_factory=dict)  # (task id, cache name) -> output
+    expected_fetches: dict[int, str] = field(default_factory=dict)  # fetch request id -> cache name
+    watched: dict[tuple[int, str], tuple[File, int]] = field(default_factory=dict)  # (task, name) -> (file, bytes so far)
+    incoming: dict[str, tuple[File | None, int | None]] = field(default_factory=dict)  # streams begun: (output file, fetch id)
+    expected_stdout: dict[int, int] = field(default_factory=dict)  # task id -> most bytes of its stdout kept (the tune)
+    stdout_streams: dict[str, int] = field(default_factory=dict)  # stream name -> task id, for a stdout streamed back
+    stdout_received: dict[int, bytes | None] = field(default_factory=dict)  # task id -> its streamed stdout (None: not kept)
+    stream_limit: int = STREAM_SLACK  # bytes (see STREAM_SLACK)
+    sender: asyncio.Task[None] | None = None
+    idle: bool = True  # the sender coroutine is not in the middle of an instruction
+    batch_job_id: str | None = None  # the batch job the worker says it runs in (for a factory's scale-down)
+    disconnect_reason: str | None = None  # the transactions log's reason when the manager ends the link on purpose
+
+
+class WorkerLinks:
+    """Connections to workers and status clients (mixed into Manager, run in its I/O thread)."""
+
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = Connection(reader, writer)
+        timeout = self._state.tuning.get("handshake-timeout", 30)
+        self._counters["workers_init"] += 1  # connected, not yet through the handshake (performance log)
+        initializing = True
+        try:
+            hello = await server_handshake(conn, self._password, timeout)
+            self._counters["workers_init"] -= 1
+            initializing = False
+            role = hello.get("role")
+            if role == "status":
+                await self._serve_status(conn, hello)
+                return
+            if role != "worker":
+                raise ProtocolError(f"unknown role {role!r} in hello")
+            ready = await conn.expect("ready", timeout)
+            await self._serve_worker(conn, ready)
+        except AuthenticationError as exc:
+            self._logs.debug(f"rejected {conn.peer}: {exc}")
+            log.warning("%s", exc)
+        except asyncio.TimeoutError:
+            self._logs.debug(f"disconnecting {conn.peer}: no handshake within {timeout}s")
+        except (ProtocolError, TransferError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            # A malformed hello/ready (e.g. resources that are not an object) drops that peer only.
+            self._logs.debug(f"disconnecting {conn.peer}: {type(exc).__name__}: {exc}")
+        except asyncio.CancelledError:
+            pass
+        finally:
+            if initializing:
+                self._counters["workers_init"] -= 1
+            conn.close()
+
+    async def _serve_status(self, conn: Connection, hello: Frame) -> None:
+        frame = await conn.expect("status", 10)
+        what = frame["what"]
+        pages = status_pages(self.status_local(what))
+        for n, page in enumerate(pages, 1):
+            conn.send({"type": "status_reply", "data": page, "more": n < len(pages)})
+            await conn.drain()  # one page buffered at a time
+
+    def status_local(self, what: str) -> Any:
+        s = self._collect_stats()
+        if what == "manager":
+            return [{"project": self._name, "port": self._port, "tasks_waiting": s["tasks_waiting"], "tasks_running": s["tasks_running"],
+                     "tasks_done": s.get("tasks_done", 0), "workers": s["workers_connected"], "hungry": self._state.hungry(),
+                     "tasks_submitted": s.get("tasks_submitted", 0), "total_cores": s["total_cores"],
+                     "tasks_left": 0, **self._waiting_requests()}]
+        if what == "workers":
+            return [{"id": w.id, "hostname": w.hostname, "addrport": w.addrport, "tasks_running": len(w.tasks),
+                     "batch_job_id": lk.batch_job_id if (lk := self._links.get(w.id)) else None,
+                     **{f"total_{k}": v for k, v in w.total.to_dict().items()}} for w in self._state.workers.values()]
+        if what == "tasks":
+            return [{"task_id": r.task.id, "state": r.state, "command": r.task.command, "worker": r.worker} for r in self._state.tasks.values()]
+        if what == "categories":
+            return self._category_status()  # core/category_methods.py
+        raise ValueError(f"unknown status request {what!r}; use manager, workers, tasks or categories")
+
+    def _waiting_requests(self) -> dict[str, float]:
+        """Resources requested by waiting tasks (unset counts 1 core), so a factory can size workers."""
+        totals = {f"tasks_total_{r}": 0.0 for r in ("cores", "memory", "disk", "gpus")}
+        for rec in self._state.tasks.values():
+            if rec.state in ("ready", "waiting") and not rec.recovery:
+                for r in ("cores", "memory", "disk", "gpus"):
+                    v = rec.task.requested.get(r, -1)
+                    totals[f"tasks_total_{r}"] += v if v > 0 else (1.0 if r == "cores" else 0.0)
+        return totals
+
+    def status(self, request: str) -> Any:
+        return self._call(lambda: self.status_local(request))
+
+    async def _serve_worker(self, conn: Connection, ready: Frame) -> None:
+        wid = str(ready.get("worker_id") or f"worker-{id(conn):x}")
+        if wid in self._links:
+            # Replacing the live link would let this connection's end remove the other's record.
+            raise ProtocolError(f"worker id {wid} is already connected from {self._links[wid].addrport}; "
+                                "refusing a second connection with the same id (it may retry once the first is gone)")
+        host = conn.peer.rsplit(":", 1)[0]
+        tport = ready.get("transfer_port")
+        link = WorkerLink(wid, conn, str(ready["hostname"]), conn.peer, f"{host}:{tport}" if tport else None)
+        job = ready.get("batch_job_id")
+        link.batch_job_id = job if isinstance(job, str) and 0 < len(job) <= 128 else None
+        res = _reported_resources(ready["resources"])
+        cache = {str(k): _byte_count(v, f"cache entry {k!r}") for k, v in dict(ready["cache"]).items()}
+        more = bool(ready.get("cache_more"))
+        while more:  # the rest of a big cache, before the worker is known (see core.protocol.pages_of)
+            page = await conn.expect("cache_page", self._state.tuning.get("handshake-timeout", 30))
+            entries = page["entries"]
+            if not isinstance(entries, dict):
+                raise RemoteProtocolError(f"sent cache page {entries!r}, which is not an object")
+            cache.update((str(k), _byte_count(v, f"cache entry {k!r}")) for k, v in entries.items())
+            if len(cache) > MAX_CACHE_ENTRIES:
+                raise RemoteProtocolError(f"listed over {MAX_CACHE_ENTRIES} cache entries")
+            more = bool(page["more"])
+        link.stream_limit = _stream_limit(res)
+        leave_preauth_gate()  # a worker now, no longer counted among the strangers
+        self._links[wid] = link
+        self._logs.worker_connected(wid, conn.peer, res.to_dict())
+        self._logs.debug_worker_joined(link.hostname, conn.peer, wid, res.to_dict(), int(tport) if tport else None, cache, self._files)
+        self._logs.debug(f"worker {wid} connected from {conn.peer} ({link.hostname}) with {res.to_dict()}")
+        link.sender = asyncio.create_task(self._sender(link))
+        reason = "UNKNOWN"
+        try:
+            self._apply(WorkerJoined(time.time(), wid, link.hostname, conn.peer, res, frozenset(ready.get("features") or ()),
+                                     cache, link.transfer_addr, float(ready.get("end_time") or 0)))
+            while True:
+                frame = await conn.recv()
+                if frame is None:
+                    break
+                w = self._state.workers.get(wid)
+                if w is not None:
+                    w.last_heard = time.time()
+                    w.check_sent = None
+                # CPU time of the handling, less the scheduling it set off (time_scheduling counts that).
+                began, scheduling = time.thread_time(), self._metrics.busy["scheduling"]
+                self._on_worker_frame(link, frame)
+                self._counters["time_status_msgs"] += (time.thread_time() - began) * 1e6 - (self._metrics.busy["scheduling"] - scheduling)
+        except (ProtocolError, TransferError, ValueError, KeyError, TypeError) as exc:
+            reason = "FAILURE"
+            self._logs.debug(f"worker {wid} ({conn.peer}) sent a bad message, disconnecting: {type(exc).__name__}: {exc}")
+            log.warning("disconnecting worker %s (%s, %s): %s: %s", wid, link.hostname, conn.peer, type(exc).__name__, exc)
+        except OSError as exc:
+            self._logs.debug(f"worker {wid} connection error: {exc}")
+        finally:
+            link.outbox.put_nowait(None)
+            if link.sender is not None:
+                link.sender.cancel()
+            for r in link.receivers.values():
+                r.abort()
+            self._links.pop(wid, None)
+            reason = link.disconnect_reason or reason  # set when the manager removed it on purpose
+            self._logs.worker_disconnected(wid, reason)
+            self._logs.debug_worker_left(link.hostname, link.addrport, wid)
+            self._logs.debug(f"worker {wid} disconnected ({reason})")
+            for rid, fut in list(self._fetches.items()):
+                if getattr(fut, "_vine_worker", None) == wid and not fut.done():
+                    fut.set_exception(TransferError(f"worker {wid} disconnected during fetch"))
+            self._counters["bytes_sent"] += conn.bytes_sent
+            self._counters["bytes_received"] += conn.bytes_received
+            self._apply(WorkerLost(time.time(), wid, reason))
+
+    def _on_worker_frame(self, link: WorkerLink, frame: Frame) -> None:
+        t = frame.type
+        now = time.time()
+        if t == "complete":
+            self._on_complete(link, frame)
+        elif t == "cache_update":
+            name, size = str(frame["name"]), int(frame["size"])
+            self._logs.cache_update(link.id, name, size)
+            self._logs.debug_cache_update(link.hostname, link.addrport, link.id, name, size, self._files.get(name))
+            self._apply(CacheUpdated(now, link.id, name, size))
+        elif t == "cache_invalid":
+            rid = frame.get("request")
+            if rid is not None and link.expected_fetches.pop(rid, None) is not None and rid in self._fetches:
+                self._fetches.pop(rid).set_exception(TransferError(f"worker {link.id} could not send {frame['name']}: {frame['reason']}"))
+                return
+            self._logs.debug_cache_invalid(link.hostname, link.addrport, link.id, str(frame["name"]), str(frame["reason"]))
+            self._logs.debug(f"worker {link.id}: {frame['name']} invalid: {frame['reason']}")
+            self._apply(CacheInvalid(now, link.id, str(frame["name"]), str(frame["reason"])))
+        elif t == "alive":
+            self._apply(WorkerHeard(now, link.id))
+        elif t == "file_begin":
+            self._begin_receive(link, frame)
+        elif t == "file_chunk":
+            r = link.receivers.get(frame["name"])
+            if r is None:
+                raise ProtocolError(f"file_chunk for {frame['name']} without file_begin")
+            try:
+                r.chunk(frame)
+            except OSError as exc:  # e.g. ENOSPC on the manager's disk: drop the rest of this stream only
+                r.abort()
+                link.receivers[r.name] = LocallyRefused(r.header, f"the manager cannot write {r.name}: {exc.strerror or exc}", r.received)
+        elif t == "file_end":
+            self._end_receive(link, frame)
+        elif t == "watch":
+            self._on_watch(link, frame)
+        elif t == "idle_disconnecting":
+            link.disconnect_reason = "IDLE_OUT"  # its connection ends next
+            self._counters["workers_idled_out"] += 1
+        else:
+            raise ProtocolError(f"unexpected message {t!r} from a worker")
+
+    def _begin_receive(self, link: WorkerLink, frame: Frame) -> None:
+        """Start receiving a stream, if it is one the manager asked *this* worker for.
+
+        Accepted: an output of a task dispatched to this worker (``task`` names it), or the answer
+        to a fetch sent to it (``request``); each once. Where it goes is chosen here (the declared
+        output's path, memory, or a staging name of our own), never from the peer's name, and its
+        announced size is bounded by ``link.stream_limit``. Anything else ends the connection.
+        """
+        name = str(frame["name"])
+        size = frame["size"]
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise RemoteProtocolError(f"tried to send {name!r} with size {size!r}, which is not a byte count")
+        if name in link.receivers:
+            raise RemoteProtocolError(f"began sending {name!r} again in the middle of sending it")
+        rid = frame.get("request")
+        f: File | None = None
+        if frame.get("stdout"):
+            self._begin_stdout(link, frame, name, size)
+            return
+        if rid is not None:
+            if not isinstance(rid, int) or link.expected_fetches.get(rid) != name:
+                raise RemoteProtocolError(f"tried to send {name!r} as the answer to fetch {rid!r}, which asked it for "
+                                          f"{link.expected_fetches.get(rid) if isinstance(rid, int) else None!r}")
+        else:
+            tid = frame.get("task")
+            f = link.expected_outputs.get((tid, name)) if isinstance(tid, int) else None
+            if f is None:
+                raise RemoteProtocolError(f"tried to write {name!r} (as output of task {tid!r}), which is not "
+                                          "an output of a task this worker was given")
+        if size > link.stream_limit:
+            raise RemoteProtocolError(f"announced {size} bytes for {name!r}, over the {link.stream_limit} bytes a worker "
+                                      "reporting its disk can send")
+        if rid is not None:
+            del link.expected_fetches[rid]
+        else:
+            del link.expected_outputs[(frame["task"], name)]
+        if f is not None and f.kind == "file":
+            receiver: FileReceiver | MemoryReceiver | OutputWriter | LocallyRefused = OutputWriter(frame, f.source())  # never destroys a directory
+        elif not frame.get("dir") and size <= MEMORY_RECEIVE_MAX:
+            receiver = MemoryReceiver(frame)  # a returned buffer or a fetch: wanted as bytes
+        else:
+            try:
+                receiver = FileReceiver(frame, os.path.join(self._staging, "outputs", f"stream-{next(_STAGING_IDS)}"))
+            except OSError as exc:  # out of descriptors or disk here: this stream's failure, not the worker's
+                receiver = LocallyRefused(frame, f"the manager cannot stage {name}: {exc.strerror or exc}")
+        link.receivers[name] = receiver
+        link.incoming[name] = (f, rid)
+        self._logs.receive_started(link.id, name)
+
+    def _begin_stdout(self, link: WorkerLink, frame: Frame, name: str, size: int) -> None:
+        """A task's stdout too big to travel in its ``complete`` message: once per dispatch, up to the
+        tune max-task-stdout-storage, kept in memory as TaskVine does (staged on disk while it arrives)."""
+        tid = frame.get("task")
+        limit = link.expected_stdout.pop(tid, None) if isinstance(tid, int) else None
+        if limit is None:
+            raise RemoteProtocolError(f"sent stdout {name!r} for task {tid!r}, which it is not running (or sent it twice)")
+        if size > limit:
+            raise RemoteProtocolError(f"sent {size} bytes of stdout for task {tid}, over the {limit} asked for")
+        receiver: FileReceiver | MemoryReceiver | LocallyRefused
+        if size <= MEMORY_RECEIVE_MAX:
+            receiver = MemoryReceiver(frame)
+        else:
+            try:
+                receiver = FileReceiver(frame, os.path.join(self._staging, "outputs", f"stream-{next(_STAGING_IDS)}"))
+            except OSError as exc:
+                receiver = LocallyRefused(frame, f"the manager cannot stage the stdout of task {tid}: {exc.strerror or exc}")
+        link.receivers[name] = receiver
+        link.stdout_streams[name] = tid
+
+    def _end_stdout(self, link: WorkerLink, r: FileReceiver | MemoryReceiver | OutputWriter | LocallyRefused) -> None:
+        tid = link.stdout_streams.pop(r.name)
+        data: bytes | None = None
+        try:
+            r.finish()
+            if isinstance(r, FileReceiver):
+                with open(r.target, "rb") as fh:
+                    data = fh.read()
+                os.unlink(r.target)
+            elif isinstance(r, MemoryReceiver):
+                data = r.data
+        except OSError as exc:  # the task ends "stdout missing" (see _on_complete), the worker stays
+            r.abort()
+            log.warning("task %s: the manager could not keep its stdout: %s", tid, exc)
+        if isinstance(r, LocallyRefused):
+            log.warning("task %s: %s", tid, r.refused)
+        link.stdout_received[tid] = data
+
+    def _end_receive(self, link: WorkerLink, frame: Frame) -> None:
+        r = link.receivers.pop(frame["name"], None)
+        if r is None:
+            raise ProtocolError(f"file_end for {frame['name']} without file_begin")
+        if r.name in link.stdout_streams:
+            self._end_stdout(link, r)
+            return
+        f, rid = link.incoming.pop(r.name)
+        try:
+            size = r.finish()
+            if isinstance(r, FileReceiver):
+                with open(r.target, "rb") as fh:
+                    data = fh.read()
+                os.unlink(r.target)
+        except OSError as exc:  # a local failure (descriptors, disk): the stream's task or fetch fails
+            r.abort()
+            r = LocallyRefused(r.header, f"the manager cannot write {r.name}: {exc.strerror or exc}", r.received)
+            size = r.finish()
+        self._logs.transfer(link.id, "OUTPUT", r.name, size, 0, 0)
+        if isinstance(r, LocallyRefused) and rid is not None:
+            fut = self._fetches.pop(rid, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(TransferError(r.refused))
+            return
+        if isinstance(r, (OutputWriter, LocallyRefused)) and r.refused is not None:
+            self._output_refused(link, r)
+        if (f is not None and f.kind == "file") or isinstance(r, LocallyRefused):
+            return
+        if isinstance(r, MemoryReceiver):
+            data = r.data
+        if rid is not None:
+            fut = self._fetches.pop(rid, None)
+            if fut is not None and not fut.done():
+                fut.set_result(data)
+        elif f is not None and f.kind == "buffer":
+            f.set_buffer_data(data)
+
+    def _on_watch(self, link: WorkerLink, frame: Frame) -> None:
+        """Append a watched output's new bytes, only from the worker running that task, only where
+        the previous piece ended (or before: the file may have been rewritten), within the size bound."""
+        tid, name, offset = frame["id"], str(frame["name"]), frame["offset"]
+        watched = link.watched.get((tid, name)) if isinstance(tid, int) else None
+        if watched is None:
+            raise RemoteProtocolError(f"sent watch data for {name!r} of task {tid!r}, which it was not asked to watch")
+        f, written = watched
+        if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= written:
+            raise RemoteProtocolError(f"sent watch data for {name!r} at offset {offset!r}, but only {written} bytes were sent so far")
+        end = offset + len(frame.payload)
+        if end > link.stream_limit:
+            raise RemoteProtocolError(f"grew watched {name!r} to {end} bytes, over the {link.stream_limit} bytes a worker "
+                                      "reporting its disk can send")
+        link.watched[(tid, name)] = (f, end)
+        task = self._tasks.get(tid)
+        if task is not None and task._output_refused is not None:
+            return  # an earlier piece could not be written: the task fails, the rest is dropped
+        try:
+            mode = "r+b" if os.path.exists(f.source()) else "wb"
+            with open(f.source(), mode) as fh:
+                fh.seek(offset)
+                fh.write(frame.payload)
+                fh.truncate()
+        except OSError as exc:  # the manager's own failure (a file in the way, descriptors, disk): that task's
+            reason = f"cannot write watched output {f.source()}: {exc.strerror or exc}"
+            log.warning("task %s: %s", tid, reason)
+            self._logs.debug(f"task {tid} on {link.id}: output not written: {reason}")
+            if task is not None:
+                task._output_refused = reason
+
+    def _forget_expected(self, link: WorkerLink, task_id: int) -> None:
+        """The task ended on ``link`` (or is sent there again): its earlier outputs may no longer be sent or watched."""
+        for key in [k for k in link.expected_outputs if k[0] == task_id]:
+            del link.expected_outputs[key]
+        for key in [k for k in link.watched if k[0] == task_id]:
+            del link.watched[key]
+        link.expected_stdout.pop(task_id, None)
+        link.stdout_received.pop(task_id, None)
+
+    def _output_refused(self, link: WorkerLink, r: OutputWriter | LocallyRefused) -> None:
+        """An output of a task could not be written where declared: that task fails (on_complete), not the worker."""
+        tid = r.header.get("task")
+        log.warning("task %s: %s", tid, r.refused)
+        self._logs.debug(f"task {tid} on {link.id}: output not written: {r.refused}")
+        task = self._tasks.get(tid) if isinstance(tid, int) else None
+        if task is not None:
+            task._output_refused = r.refused
+
+    def _on_complete(self, link: WorkerLink, frame: Frame) -> None:
+        tid = int(frame["id"])
+        streamed = frame.get("stdout_streamed")
+        stdout = link.stdout_received.pop(tid, None) if streamed is not None else frame.payload
+        self._forget_expected(link, tid)  # its outputs were sent before this message
+        task = self._tasks.get(tid)
+        result, code = int(frame["result"]), int(frame["exit_code"])
+        if stdout is None:  # announced as streamed, but not received (or not kept here)
+            stdout = b""
+            if result == C.VINE_RESULT_SUCCESS:
+                result = C.VINE_RESULT_STDOUT_MISSING
+        if task is not None and task._output_refused is not None and result == C.VINE_RESULT_SUCCESS:
+            result = C.VINE_RESULT_OUTPUT_TRANSFER_ERROR  # see _output_refused
+        if tid < 0:
+            self._library_instance_ended(link, frame)  # library instances have negative ids
+        accepted = task is not None and task._state < C.VINE_TASK_RETRIEVED and not frame.get("retry") and result != C.VINE_RESULT_FORSAKEN
+        if accepted:
+            task._stdout = stdout
+            task._exit_code = code
+            task._hostname = link.hostname
+            task._addrport = link.addrport
+            start, end = float(frame.get("start") or 0), float(frame.get("end") or 0)
+            task.metrics["time_workers_execute_last"] = (end - start) * 1e6 if start else 0
+            task.metrics["time_workers_execute_all"] = task.metrics.get("time_workers_execute_all", 0) + task.metrics["time_workers_execute_last"]
+            measured = frame.get("measured") or {}
+            task._measured = Resources.from_dict(measured)
+            task._limits = dict(frame.get("limits") or {})
+            self._logs.task_retrieved(tid, C.result_enum_name(result), code, measured, link.id, task._limits)
+        elif frame.get("reason"):
+            self._logs.debug(f"task {tid} on {link.id}: {C.result_string(result)}: {frame['reason']}")
+        start = float(frame.get("start") or 0)
+        end = float(frame.get("end") or 0)
+        self._logs.debug_task_complete(link.hostname, link.addrport, link.id, tid, result, code, len(stdout), start, end,
+                                       int(max((frame.get("measured") or {}).get("disk") or 0, 0)), frame.get("outputs") or {},
+                                       frame.get("cached") or {}, frame.get("unlinked") or (), self._files, accepted)
+        now = time.time()
+        # Outputs the worker cached, then the end of the task, in one scheduling step: a consumer of
+        # a temp output finds both the file and the producer's slot free on this worker.
+        arrived = []
+        for name, size in (frame.get("cached") or {}).items():
+            self._logs.cache_update(link.id, str(name), int(size))
+            arrived.append(CacheUpdated(now, link.id, str(name), int(size)))
+        self._apply(*arrived, TaskFinished(now, link.id, tid, result, code, bool(frame.get("retry")),
+                                 tuple(frame.get("unlinked") or ()), max(0.0, end - start) if start else 0.0,
+                                 tuple(frame.get("limits") or ()), bool(frame.get("missing_input")),
+                                 Resources.from_dict(frame["measured"]) if frame.get("measured") else None))
+
+    def _start_fetch(self, f: File, fut: concurrent.futures.Future[bytes]) -> None:
+        rec = self._state.files.get(f.cache_name)
+        holders = [wid for wid, st in (rec.replicas.items() if rec else []) if st == "ready" and wid in self._links]
+        if not holders:
+            fut.set_exception(TransferError(f"{f!r} has no replica on any connected worker; was the task that makes it run?"))
+            return
+        rid = next(self._fetch_ids)
+        fut._vine_worker = holders[0]  # type: ignore[attr-defined]
+        self._fetches[rid] = fut
+        self._links[holders[0]].expected_fetches[rid] = f.cache_name
+        self._links[holders[0]].conn.send({"type": "get", "name": f.cache_name, "request": rid})
+
+    async def _sender(self, link: WorkerLink) -> None:
+        """Carry out one worker's instructions in order, so files always precede the tasks using them."""
+        try:
+            while True:
+                ins = await link.outbox.get()
+                if ins is None:
+                    return
+                link.idle = False
+                try:
+                    await self._send_instruction(link, ins)
+                except (OSError, TransferError) as exc:
+                    self._logs.debug(f"sending to {link.id} failed: {exc}")
+                    link.conn.close()
+                    return
+                finally:
+                    link.idle = True
+        except asyncio.CancelledError:
+            pass
+
+    async def _send_instruction(self, link: WorkerLink, ins: Instruction) -> None:
+        if isinstance(ins, SendFile):
+            await self._send_file(link, ins)
+        else:
+            self._send_message(link, ins)
+        await link.conn.drain()
+
+    def _send_message(self, link: WorkerLink, ins: Instruction) -> None:
+        """Every instruction but SendFile is one frame, written without waiting."""
+        conn = link.conn
+        if isinstance(ins, Dispatch):
+            task = self._tasks.get(ins.task_id)
+            if task is None and ins.task_id in self._state.tasks:  # a hidden recovery copy
+                task = self._state.tasks[ins.task_id].task
+            if task is None or task._state >= C.VINE_TASK_RETRIEVED:
+                self._apply(TaskFinished(time.time(), link.id, ins.task_id, C.VINE_RESULT_CANCELLED))
+                return
+            missing = [m.file.source() for m in task.inputs if m.file.kind == "file" and not m.file.exists_locally()]
+            if missing:
+                self._logs.debug(f"task {task.id}: input missing: {missing}")
+                self._apply(TaskFinished(time.time(), link.id, task.id, C.VINE_RESULT_INPUT_MISSING, -1))
+                return
+            spec = task._task_spec()
+            if task.library_required is not None:
+                spec["library_instance"] = self._state.libs.instance_of(task.id)
+            spec["resources"] = ins.allocation.to_dict()
+            if ins.queued:
+                spec["queued"] = True
+            if self._monitoring:
+                spec["monitor"] = self._monitoring
+            spec["outputs"] = [
+                {"name": m.file.cache_name, "remote": m.remote_name, "level": m.file.level, "kind": m.file.kind,
+                 "return": m.file.kind in ("file", "buffer"), "watch": m.watch, "failure_only": m.failure_only,
+                 "success_only": m.success_only}
+                for m in task.outputs
+            ]
+            self._forget_expected(link, task.id)
+            # Clamped: a negative tune keeps nothing, and no frame may carry an integer over 2**64.
+            storage = min(max(0, int(self._state.tuning.get("max-task-stdout-storage", STDOUT_STORAGE))), 1 << 62)
+            spec["stdout_limit"] = link.expected_stdout[task.id] = storage
+            for m in task.outputs:
+                if m.file.kind in ("file", "buffer"):  # the outputs sent back ("return" above)
+                    link.expected_outputs[(task.id, m.file.cache_name)] = m.file
+                    if m.watch and m.file.kind == "file":
+                        link.watched[(task.id, m.file.cache_name)] = (m.file, 0)
+            task._allocated = ins.allocation
+            task._state = C.VINE_TASK_RUNNING
+            self._logs.task_running(task.id, link.id, spec["resources"])
+            recreates = [m.file.cache_name for m in task.outputs if self._state.recovering.get(m.file.cache_name) == task.id]
+            self._logs.debug_task_sent(link.hostname, link.addrport, task, spec["resources"], task.library_required, recreates)
+            conn.send({"type": "task", "task": spec})
+        elif isinstance(ins, FetchUrl):
+            f = self._state.files[ins.name].file
+            self._logs.debug_puturl(link.hostname, link.addrport, link.id, f.source(), f.cache_name, f.level, f.size, f.mode or 0o755)
+            conn.send({"type": "fetch_url", "name": f.cache_name, "url": f.source(), "level": f.level})
+        elif isinstance(ins, FetchPeer):
+            f = self._state.files[ins.name].file
+            src = self._links.get(ins.source)
+            if src is None or not src.transfer_addr:
+                self._apply(CacheInvalid(time.time(), link.id, f.cache_name, "peer source gone"))
+                return
+            self._logs.debug_puturl(link.hostname, link.addrport, link.id, f"workerip://{src.transfer_addr}/{f.cache_name}", f.cache_name,
+                                    f.level, self._state.files[ins.name].size, f.mode or 0o755)
+            conn.send({"type": "fetch_peer", "name": f.cache_name, "source": src.transfer_addr, "level": f.level})
+        elif isinstance(ins, RunMinitask):
+            f = self._state.files[ins.name].file
+            t = f.minitask
+            assert t is not None
+            spec = {"command": t.command, "env": t.env, "source": f.minitask_output,
+                    "inputs": [{**m.file.spec(), "remote": m.remote_name} for m in t.inputs]}
+            self._logs.debug_mini_task(link.hostname, link.addrport, str(f.minitask_output), f.cache_name, f.level, f.size, f.mode or 0o755)
+            conn.send({"type": "minitask", "name": f.cache_name, "task": spec, "level": f.level})
+        elif isinstance(ins, Kill):
+            # Its expected outputs stay until the link ends or the task is sent again: the worker may
+            # already be sending them (or a watch piece) when the kill arrives, and that is honest.
+            self._logs.debug_kill(link.hostname, link.addrport, ins.task_id)
+            conn.send({"type": "kill", "id": ins.task_id})
+        elif isinstance(ins, Unlink):
+            self._logs.debug_unlink(link.hostname, link.addrport, ins.name)
+            conn.send({"type": "unlink", "name": ins.name})
+        elif isinstance(ins, Keepalive):
+            conn.send({"type": "keepalive"})
+        elif isinstance(ins, StartLibrary):
+            self._send_library_start(link, ins)
+
+    async def _send_file(self, link: WorkerLink, ins: SendFile) -> None:
+        conn = link.conn
+        f = self._files.get(ins.name) or self._state.files[ins.name].file
+        start = time.time()
+        if f.kind == "buffer" or f.exists_locally():
+            self._logs.debug_put(link.hostname, link.addrport, f.cache_name, f.level, len(f))
+        if f.kind == "buffer":
+            size = await send_bytes(conn, f.cache_name, f.buffer_data() or b"", mode=f.mode or 0o755, level=f.level)
+        elif f.exists_locally():
+            size = await send_path(conn, f.cache_name, f.source(), level=f.level)
+        else:
+            self._apply(CacheInvalid(time.time(), link.id, f.cache_name, "local file missing"))
+            return
+        self._counters["bytes_sent_files"] += size
+        self._counters["files_sent"] += 1
+        self._logs.transfer(link.id, "INPUT", f.cache_name, size, int((time.time() - start) * 1e6), int(start * 1e6))
+
+
+class LocallyRefused:
+    """A stream the manager itself could not keep (no descriptor, no disk): its bytes are read and
+    dropped so the connection stays in step, and ``refused`` says why, for the task or fetch it was for."""
+
+    def __init__(self, header: Any, reason: str, received: int = 0) -> None:
+        self.header = header.header if isinstance(header, Frame) else header
+        self.name = str(self.header["name"])
+        self.size = int(self.header["size"])
+        self.received = received
+        self.refused: str | None = reason
+        self.target = ""
+
+    def chunk(self, frame: Frame) -> None:
+        self.received += len(frame.payload)
+        if self.received > self.size:
+            raise RemoteProtocolError(f"stream for {self.name} sent {self.received} bytes, announced {self.size}")
+
+    def finish(self) -> int:
+        if self.received != self.size:
+            raise TransferError(f"stream for {self.name} ended after {self.received} of {self.size} bytes")
+        return self.size
+
+    def abort(self) -> None:
+        pass
+
+
+STATUS_PAGE_BYTES = 256 << 10  # a status reply's rows go in frames of about this much JSON (the limit is MAX_HEADER)
+STATUS_FIELD_CHARS = 4096  # a longer string in a status row (a task's command) is cut to this
+
+
+def status_pages(data: Any) -> list[Any]:
+    """A status reply as the pages it is sent in: one for anything but a list, else runs of rows of
+    about STATUS_PAGE_BYTES each, so a reply grows with the run without outgrowing a frame."""
+    if not isinstance(data, list):
+        return [data]
+    pages: list[list[Any]] = [[]]
+    size = 0
+    for row in data:
+        if isinstance(row, dict):
+            row = {k: v[:STATUS_FIELD_CHARS] + "..." if isinstance(v, str) and len(v) > STATUS_FIELD_CHARS else v
+                   for k, v in row.items()}
+        cost = len(json.dumps(row, separators=(",", ":"), default=str)) + 1
+        if pages[-1] and size + cost > STATUS_PAGE_BYTES:
+            pages.append([])
+            size = 0
+        pages[-1].append(row)
+        size += cost
+    return pages
+
+
+def _reported_resources(reported: Any) -> Resources:
+    """A worker's resource report as a box, refusing what no scheduler can use: a value that is not a
+    number (a string "nan" would pass float()), or a negative amount. Non-finite numbers never get
+    this far (core.protocol refuses them in any frame)."""
+    if not isinstance(reported, dict):
+        raise RemoteProtocolError(f"reported resources {reported!r}, which is not an object")
+    for name in ("cores", "memory", "disk", "gpus"):
+        value = reported.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise RemoteProtocolError(f"reported {name} {value!r}, which is not a finite amount >= 0")
+    return Resources.from_dict(reported)
+
+
+def _byte_count(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise RemoteProtocolError(f"reported {what} with size {value!r}, which is not a byte count")
+    return value
+
+
+def _stream_limit(res: Resources) -> int:
+    """Bytes one stream from a worker reporting ``res`` may announce (see STREAM_SLACK)."""
+    disk = res.disk if math.isfinite(res.disk) and res.disk > 0 else 0.0
+    return int(2 * disk * (1 << 20)) + STREAM_SLACK

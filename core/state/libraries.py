@@ -1,0 +1,358 @@
+"""Libraries and function calls in the scheduler's pure state: templates, instances, slots.
+
+::
+
+    install_library(L) ──► template L (a LibraryTask)                 FunctionCall(L, "f", ...)
+                                │                                            │ ready, needs a slot
+       a call finds no free slot, a worker has room for L's allocation       ▼
+                                └──► StartLibrary(worker, L, instance -N) ──► call placed in it
+    instance exits unasked ──► template.exits += 1; > max(1, max-library-retries) ──► template removed,
+                                                         waiting calls end with "missing library"
+
+An instance holds its allocation on its worker like a task; calls inside it are allocated nothing
+(REFERENCE §3.3 step 1) and take one of its ``slots`` each. Instances have negative ids so they never
+collide with the manager's task ids. Idle instances (no calls) give their room back when a task or
+another library needs it. Everything here is pure: no sockets, no clocks; the
+:class:`~core.scheduler.SchedulerState` calls in at a handful of points.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .. import constants as C
+from .resources import Resources
+
+if TYPE_CHECKING:
+    from .scheduler import Instruction, SchedulerState, TaskFinished, TaskRecord, WorkerRecord
+    from ..api.task import Task
+
+DEFAULT_MAX_LIBRARY_RETRIES = 15
+
+
+@dataclass(frozen=True)
+class LibraryInstalled:
+    """``Manager.install_library``: calls may now name this library."""
+
+    now: float
+    task: Task
+
+
+@dataclass(frozen=True)
+class LibraryRemoved:
+    """``Manager.remove_library``: stop its instances; its waiting calls end with ``missing library``."""
+
+    now: float
+    name: str
+
+
+@dataclass(frozen=True)
+class StartLibrary:
+    """Start an instance of library ``name`` on ``worker`` as task ``instance_id`` with ``slots`` slots."""
+
+    worker: str
+    name: str
+    instance_id: int
+    allocation: Resources
+    slots: int
+
+
+# Calls per slot a library instance may hold (tune "library-queue-depth"). The one place this default
+# lives: the scheduler reads it from here (it used to fall back to 4 on its own while this said 8).
+DEFAULT_QUEUE_DEPTH = 4
+SHORT_CALL = 0.05  # s: calls shorter than this on average may queue inside an instance
+
+
+@dataclass
+class LibraryTemplate:
+    task: Task
+    exits: int = 0
+    mean_call: float = -1.0  # moving average of call durations (s); -1 until one returns
+    calls_seen: int = 0
+
+
+@dataclass
+class LibraryInstance:
+    id: int
+    name: str
+    worker: str
+    allocation: Resources
+    slots: int
+    calls: set[int] = field(default_factory=set)
+    dead: bool = False  # a call saw it die: no new calls; its end is already counted
+
+    @property
+    def free(self) -> int:
+        return 0 if self.dead else self.slots - len(self.calls)
+
+    def queue_room(self, depth: int) -> int:
+        """Calls it may still take beyond its free slots: they wait inside the instance, so the
+        next call starts the moment one ends instead of a manager round trip later."""
+        return 0 if self.dead else self.slots * max(1, depth) - len(self.calls)
+
+
+def library_slots(task: Any, allocation: Resources) -> int:
+    """Slots of an instance: 1 in direct mode, else the requested number, else its allocated cores."""
+    if getattr(task, "exec_mode", "fork") == "direct":
+        return 1
+    requested = int(getattr(task, "function_slots", 0) or 0)
+    if requested > 0:
+        return requested
+    return max(1, int(allocation.cores)) if allocation.cores > 0 else 1
+
+
+class LibraryBook:
+    """The scheduler's record of library templates and running instances."""
+
+    def __init__(self) -> None:
+        self.templates: dict[str, LibraryTemplate] = {}
+        self.instances: dict[int, LibraryInstance] = {}
+        self.call_instance: dict[int, int] = {}  # call task id -> instance id
+        self.removed_reason: dict[str, str] = {}  # why a template went away
+        self._ids = itertools.count(-1, -1)
+        self.depth = DEFAULT_QUEUE_DEPTH  # tune "library-queue-depth": calls per slot an instance may hold
+
+    # -- events -------------------------------------------------------------------------------------
+    def handlers(self, s: SchedulerState) -> dict[type, Any]:
+        return {
+            LibraryInstalled: lambda ev, out: self.install(s, ev, out),
+            LibraryRemoved: lambda ev, out: self.remove(s, ev.name, out, "removed by remove_library"),
+        }
+
+    def install(self, s: SchedulerState, ev: LibraryInstalled, out: list[Instruction]) -> None:
+        name = ev.task.library_provided
+        assert name is not None
+        self.templates[name] = LibraryTemplate(ev.task)
+        self.removed_reason.pop(name, None)
+        s._schedule_needed = True
+
+    def remove(self, s: SchedulerState, name: str, out: list[Instruction], reason: str) -> None:
+        from .scheduler import Kill
+
+        self.templates.pop(name, None)
+        self.removed_reason[name] = reason
+        for inst in [i for i in self.instances.values() if i.name == name]:
+            out.append(Kill(inst.worker, inst.id))
+            self._drop(s, inst)
+        for rec in list(s.tasks.values()):
+            if rec.task.library_required == name and rec.state in ("ready", "waiting"):
+                s._finish(rec, C.VINE_RESULT_MISSING_LIBRARY, -1, out)
+
+    # -- queries ------------------------------------------------------------------------------------
+    def owns(self, task_id: int) -> bool:
+        return task_id < 0 or task_id in self.instances
+
+    def instance_of(self, call_id: int) -> int | None:
+        return self.call_instance.get(call_id)
+
+    def committed_on(self, worker: str) -> Resources:
+        total = Resources(0, 0, 0, 0)
+        for inst in self.instances.values():
+            if inst.worker == worker:
+                total = total + inst.allocation
+        return total
+
+    def depth_for(self, name: str) -> int:
+        """Calls per slot an instance of ``name`` may hold. Queueing inside instances only pays for
+        short calls (it saves a manager round trip per call); long calls would wait behind each
+        other while another worker's slot sits free, so they get exactly one call per slot."""
+        tmpl = self.templates.get(name)
+        if tmpl is None or tmpl.calls_seen < 4 or tmpl.mean_call > SHORT_CALL:
+            return 1
+        return max(1, self.depth)
+
+    def has_room(self, depth: int = 1) -> bool:
+        """Some instance has a free slot or queue room, or is idle and could give its room away."""
+        return any(i.queue_room(self.depth_for(i.name)) > 0 or (not i.calls and not i.dead) for i in self.instances.values())
+
+    def slot_for(self, name: str, w: WorkerRecord) -> Resources | None:
+        """All-zero allocation if ``w`` runs an instance of ``name`` with a free slot, else None."""
+        for inst in self.instances.values():
+            if inst.worker == w.id and inst.name == name and inst.free > 0:
+                return Resources.zero()
+        return None
+
+    # -- placement ------------------------------------------------------------------------------------
+    def placed(self, rec: TaskRecord, w: WorkerRecord) -> None:
+        name = rec.task.library_required
+        if name is None:
+            return
+        depth = self.depth_for(name)
+        best = max((i for i in self.instances.values() if i.worker == w.id and i.name == name and i.queue_room(depth) > 0),
+                   key=lambda i: (i.free, -len(i.calls)), default=None)
+        assert best is not None, f"call {rec.task.id} placed on {w.id} without a free slot of {name}"
+        best.calls.add(rec.task.id)
+        self.call_instance[rec.task.id] = best.id
+
+    def released(self, rec: TaskRecord) -> None:
+        iid = self.call_instance.pop(rec.task.id, None)
+        inst = self.instances.get(iid) if iid is not None else None
+        if inst is not None:
+            inst.calls.discard(rec.task.id)
+
+    def make_room(self, s: SchedulerState, rec: TaskRecord, now: float, out: list[Instruction]) -> tuple[WorkerRecord, Resources] | None:
+        """No worker took ``rec`` as things stand: start a library for a call, or evict idle ones.
+
+        A call whose library is not installed (or was removed) ends here with ``missing library``.
+        """
+        name = rec.task.library_required
+        if name is None:
+            if self._evict_for(s, lambda w: s._eligible(rec, w, now), None, out):
+                return s._choose_worker(rec, now)
+            return None
+        tmpl = self.templates.get(name)
+        if tmpl is None:
+            s._finish(rec, C.VINE_RESULT_MISSING_LIBRARY, -1, out)
+            return None
+        if not self._could_start_or_evict(s):
+            return self._queue_for(s, rec)  # every core is taken and nothing is idle: skip the search
+        from .scheduler import TaskRecord as _Record
+
+        lib_rec = _Record(tmpl.task, -1)
+        if rec.task.features:
+            lib_rec = _Record(_FeatureView(tmpl.task, rec.task.features), -1)  # type: ignore[arg-type]
+        choice = self._best_worker_for(s, lib_rec, now)
+        if choice is None and self._evict_for(s, lambda w: s._eligible(lib_rec, w, now), name, out):
+            choice = self._best_worker_for(s, lib_rec, now)
+        if choice is None:
+            return self._queue_for(s, rec)
+        w, alloc = choice
+        self.start(s, tmpl, w, alloc, out)
+        return w, Resources.zero()
+
+    def _could_start_or_evict(self, s: SchedulerState) -> bool:
+        """Cheap necessary condition for starting an instance: some worker has a free core, or some
+        instance is idle and could be evicted."""
+        if any(w.committed.cores < w.total.cores or w.total.cores <= 0 for w in s.workers.values()):
+            return True
+        return any(not i.calls and not i.dead for i in self.instances.values())
+
+    def _queue_for(self, s: SchedulerState, rec: TaskRecord) -> tuple[WorkerRecord, Resources] | None:
+        """No free slot and no room for another instance: queue the call in the least busy instance."""
+        name = rec.task.library_required
+        feats = set(rec.task.features)
+        best = None
+        for inst in self.instances.values():
+            w = s.workers.get(inst.worker)
+            if inst.name != name or w is None or inst.queue_room(self.depth_for(name)) <= 0 or not feats <= w.features:
+                continue
+            if best is None or len(inst.calls) < len(best[0].calls):
+                best = (inst, w)
+        return None if best is None else (best[1], Resources.zero())
+
+    def _best_worker_for(self, s: SchedulerState, lib_rec: TaskRecord, now: float) -> tuple[WorkerRecord, Resources] | None:
+        best = None
+        for w in s.workers.values():
+            alloc = s._eligible(lib_rec, w, now)
+            if alloc is None:
+                continue
+            score = (-sum(1 for i in self.instances.values() if i.worker == w.id), max(w.total.cores, 0) - max(w.committed.cores, 0))
+            if best is None or score > best[0]:
+                best = (score, w, alloc)
+        return None if best is None else (best[1], best[2])
+
+    def _evict_for(self, s: SchedulerState, eligible: Any, keep: str | None, out: list[Instruction]) -> bool:
+        """Kill idle instances on one worker until ``eligible(w)`` holds there; True if it worked."""
+        from .scheduler import Kill
+
+        for w in s.workers.values():
+            idle = [i for i in self.instances.values() if i.worker == w.id and not i.calls and not i.dead and i.name != keep]
+            if not idle:
+                continue
+            freed = w.committed
+            for inst in idle:
+                freed = freed - inst.allocation
+            saved = w.committed
+            w.committed = freed
+            ok = eligible(w) is not None
+            w.committed = saved
+            if not ok:
+                continue
+            for inst in idle:
+                out.append(Kill(w.id, inst.id))
+                self._drop(s, inst)
+                if eligible(w) is not None:
+                    break
+            return True
+        return False
+
+    def start(self, s: SchedulerState, tmpl: LibraryTemplate, w: WorkerRecord, alloc: Resources, out: list[Instruction]) -> LibraryInstance:
+        name = tmpl.task.library_provided
+        assert name is not None
+        for f in tmpl.task.environments:
+            s._stage(f, w, out)
+        for m in tmpl.task.inputs:
+            s._stage(m.file, w, out)
+        inst = LibraryInstance(next(self._ids), name, w.id, alloc, library_slots(tmpl.task, alloc))
+        self.instances[inst.id] = inst
+        w.committed = w.committed + alloc
+        s.stats["libraries_started"] += 1
+        out.append(StartLibrary(w.id, name, inst.id, alloc, inst.slots))
+        return inst
+
+    # -- endings ----------------------------------------------------------------------------------------
+    def _drop(self, s: SchedulerState, inst: LibraryInstance) -> None:
+        self.instances.pop(inst.id, None)
+        for cid in inst.calls:
+            self.call_instance.pop(cid, None)
+        w = s.workers.get(inst.worker)
+        if w is not None:
+            w.committed = w.committed - inst.allocation
+        s._schedule_needed = True
+
+    def call_ended(self, s: SchedulerState, rec: TaskRecord, ev: TaskFinished, out: list[Instruction]) -> None:
+        """A call came back; if its library died under it, stop using that instance at once.
+
+        The instance's own report may come later; until then it keeps its room on the worker, but
+        no new call goes into it (that race used to send calls into a dead library).
+        """
+        tmpl = self.templates.get(rec.task.library_required or "")
+        if tmpl is not None and ev.result == C.VINE_RESULT_SUCCESS:
+            tmpl.calls_seen += 1
+            tmpl.mean_call = ev.runtime if tmpl.mean_call < 0 else 0.9 * tmpl.mean_call + 0.1 * ev.runtime
+        if ev.result not in (C.VINE_RESULT_LIBRARY_EXIT, C.VINE_RESULT_MISSING_LIBRARY):
+            return
+        iid = self.call_instance.get(rec.task.id)
+        inst = self.instances.get(iid) if iid is not None else None
+        if inst is not None and not inst.dead:
+            inst.dead = True
+            self._count_exit(s, inst, out)
+
+    def instance_ended(self, s: SchedulerState, ev: TaskFinished, out: list[Instruction]) -> None:
+        """The worker reports an instance gone. Unasked exits count against the template."""
+        inst = self.instances.get(ev.task_id)
+        if inst is None or inst.worker != ev.worker:
+            return  # one we killed on purpose, or a late report
+        self._drop(s, inst)
+        if ev.result == C.VINE_RESULT_FORSAKEN or inst.dead:
+            return  # the worker had no room (not the library's fault), or already counted
+        self._count_exit(s, inst, out)
+
+    def _count_exit(self, s: SchedulerState, inst: LibraryInstance, out: list[Instruction]) -> None:
+        tmpl = self.templates.get(inst.name)
+        if tmpl is None:
+            return
+        tmpl.exits += 1
+        s.stats["libraries_failed"] += 1
+        limit = max(1, int(s.tuning.get("max-library-retries", DEFAULT_MAX_LIBRARY_RETRIES)))
+        if tmpl.exits > limit:
+            self.remove(s, inst.name, out, f"library {inst.name!r} exited {tmpl.exits} times (max-library-retries is {limit})")
+
+    def worker_lost(self, s: SchedulerState, worker: str) -> None:
+        for inst in [i for i in self.instances.values() if i.worker == worker]:
+            self.instances.pop(inst.id, None)
+            for cid in inst.calls:
+                self.call_instance.pop(cid, None)
+
+
+class _FeatureView:
+    """A library template seen with a call's features added, so an instance starts where the call may run."""
+
+    def __init__(self, task: Task, features: list[str]) -> None:
+        self._task = task
+        self.features = list(dict.fromkeys(list(task.features) + list(features)))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._task, name)

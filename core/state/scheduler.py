@@ -1,0 +1,842 @@
+"""The manager's decisions as a pure state machine: events in, instructions out.
+
+No sockets, no clocks, no sleeping: the manager's I/O thread turns bytes into events and
+instructions into bytes. Time arrives as an argument (``now``, seconds), so keepalives, retries and
+recovery are unit-tested without processes.
+
+Task life::
+
+    waiting --(temp inputs exist)--> ready --(worker chosen)--> dispatched --(complete)--> done
+       ^                               ^  |                         |
+       |                               |  +------(cancel)---------> cancelled
+       +--------(temp input lost)------+--------(worker lost, forsaken: attempt counted)
+
+Ready tasks sit in a heap keyed by (recovery first, then user priority, then submission order), so
+the cost of a scheduling decision does not grow with the length of the queue.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import random
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+from .. import constants as C
+
+# Events, instructions and records live in their own modules; they are re-exported here because
+# "the scheduler's vocabulary" is what other modules and the tests import.
+from .events import (  # noqa: F401 - re-exported
+    CacheInvalid,
+    CacheUpdated,
+    Dispatch,
+    Event,
+    FetchPeer,
+    FetchUrl,
+    FileUndeclared,
+    Instruction,
+    Keepalive,
+    Kill,
+    RemoveWorker,
+    ReturnTask,
+    RunMinitask,
+    SendFile,
+    TaskCancelled,
+    TaskFinished,
+    TaskSubmitted,
+    Tick,
+    Unlink,
+    Warn,
+    WorkerHeard,
+    WorkerJoined,
+    WorkerLost,
+)
+from .categories import CategoryBook
+from .libraries import DEFAULT_QUEUE_DEPTH, LibraryBook
+from .records import FileRecord, ReplicaState, TaskRecord, TaskState, WorkerRecord  # noqa: F401 - re-exported
+from .pipelining import CallPipelining
+from .recovery import RecoveryPlanner
+from .resources import AllocationPolicy, Resources, allocate_resources, fits, hungry_count
+from .transfers import TransferPlanner, _origin  # noqa: F401 - re-exported
+
+if TYPE_CHECKING:
+    from ..api.files import File
+    from ..api.task import Task
+
+POLICIES = {
+    C.VINE_SCHEDULE_FCFS: "rand",
+    C.VINE_SCHEDULE_FILES: "files",
+    C.VINE_SCHEDULE_TIME: "time",
+    C.VINE_SCHEDULE_RAND: "rand",
+    C.VINE_SCHEDULE_WORST: "worst",
+    C.VINE_SCHEDULE_DISK: "disk",
+}
+POLICY_NAMES = {"files", "time", "rand", "worst", "disk", "fcfs"}
+
+
+def policy_name(policy: str | int) -> str:
+    """Normalise a scheduler given as a TaskVine constant or a name; unknown ones raise ValueError."""
+    if isinstance(policy, int) and policy in POLICIES:
+        return POLICIES[policy]
+    if isinstance(policy, str) and policy in POLICY_NAMES:
+        return "rand" if policy == "fcfs" else policy
+    raise ValueError(f"unknown scheduler {policy!r}; use one of files, time, rand, worst, disk, fcfs")
+
+
+DEFAULT_TUNING: dict[str, float] = {
+    "attempt-schedule-depth": 100,
+    "call-pipelining": 1,  # a call may go to the worker still making its temp inputs (0: wait for them)
+    "hungry-minimum": 10,
+    "hungry-minimum-factor": 2,
+    "keepalive-interval": 30,
+    "keepalive-timeout": 60,
+    "resource-submit-multiplier": 1.0,
+    "proportional-resources": 1,
+    "proportional-whole-tasks": 1,
+    "exact-task-resources": 0,  # 1: a task's own values are allocated as set (TaskVine's C code, not its manual)
+    "disk-proportion-available-to-task": 0.75,
+    "wait-for-workers": 0,
+    "max-task-attempts": 10,
+    "immediate-recovery": 0,
+    "temp-replica-count": 1,
+    "worker-source-max-transfers": 10,
+    "file-source-max-transfers": 1,
+    "transient-error-interval": 15,
+    "peer-transfers": 1,
+    "worker-prefetch": 1,  # short tasks queued per worker core beyond what runs (0 = off)
+    "category-steady-n-tasks": 25,  # measured tasks before an automatic category mode sizes its tasks
+}
+
+SHORT_TASK = 1.0  # s: categories whose tasks take less than this on average may be prefetched
+PREFETCH_SAMPLES = 5
+
+RECOVERY_ID_BASE = 1 << 40  # hidden recovery copies of tasks get ids above every user task id
+
+
+class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
+    """Tasks, files, replicas and workers, and every decision about them.
+
+    Feed events with :meth:`handle`; it returns the instructions to carry out. Call
+    :meth:`validate` in tests to check the invariants.
+    """
+
+    def __init__(self, tuning: dict[str, float] | None = None, policy: str = "files", seed: int | None = None) -> None:
+        self.tuning = dict(DEFAULT_TUNING)
+        if tuning:
+            self.tuning.update(tuning)
+        self.policy = policy
+        self.rng = random.Random(seed)
+        self.tasks: dict[int, TaskRecord] = {}
+        self.workers: dict[str, WorkerRecord] = {}
+        self.files: dict[str, FileRecord] = {}
+        self.ready: list[tuple[tuple[float, float, int], int]] = []
+        # Ready tasks a pass looked at but could not place. Like the cursor TaskVine keeps in its
+        # ready list, the next pass goes on from where this one stopped instead of re-reading the
+        # head of the queue, so unplaceable tasks at the front cannot starve the ones behind them.
+        self._passed: list[tuple[tuple[float, float, int], int]] = []
+        self.waiting_on: dict[str, set[int]] = defaultdict(set)  # temp name -> consumer task ids
+        self.blocked_hosts: set[str] = set()
+        self._seq = itertools.count()
+        self.stats: dict[str, float] = defaultdict(float)
+        self._schedule_needed = False
+        self._pending_out: list[Instruction] = []
+        # (event or None for a scheduling pass, exception) of handlers that raised; drained by the manager.
+        self.failed_events: list[tuple[Event | None, Exception]] = []
+        self.forsaken_on: dict[int, str] = {}  # task id -> the worker that last gave it back
+        self._now = 0.0
+        self.deadlines: list[tuple[float, int]] = []
+        self.category_time: dict[str, tuple[int, float]] = {}  # category -> (tasks seen, mean runtime s)  # (time_end in s, task id): expire even with no workers
+        # Data plane: who is sending what to whom, so sources are never overloaded.
+        self.transfers: dict[tuple[str, str], str] = {}  # (dest worker, file) -> source: worker id, "manager", "url:<origin>"
+        self.url_active: dict[str, int] = defaultdict(int)
+        self.manager_sending: dict[str, int] = defaultdict(int)
+        # Lineage: the task that makes each temp file, kept after the user has the task back.
+        self.lineage: dict[str, Task] = {}
+        self.recovering: dict[str, int] = {}  # temp name -> id of the recovery task re-making it
+        self.recoveries: dict[str, int] = defaultdict(int)
+        self._recovery_ids = itertools.count(RECOVERY_ID_BASE)
+        self._handlers = {
+            TaskSubmitted: self._on_submitted,
+            TaskCancelled: self._on_cancelled,
+            WorkerJoined: self._on_worker_joined,
+            WorkerLost: self._on_worker_lost,
+            WorkerHeard: self._on_worker_heard,
+            CacheUpdated: self._on_cache_updated,
+            CacheInvalid: self._on_cache_invalid,
+            TaskFinished: self._on_task_finished,
+            FileUndeclared: self._on_file_undeclared,
+            Tick: self._on_tick,
+        }
+        self.libs = LibraryBook()  # libraries and function calls (core/library_state.py)
+        self.categories = CategoryBook()  # category maxima, modes and measured peaks (core/categories.py)
+        self._handlers.update(self.libs.handlers(self))
+
+    # -- entry point ---------------------------------------------------------------------------------
+    def handle(self, *events: Event) -> list[Instruction]:
+        """Apply events in order, then schedule what became possible."""
+        out: list[Instruction] = []
+        self._pending_out = out
+        now = 0.0
+        for ev in events:
+            now = self._now = ev.now
+            try:
+                self._handlers[type(ev)](ev, out)  # type: ignore[operator]
+            except Exception as exc:  # noqa: BLE001 - any bug in one handler: see below
+                # The instructions already in ``out`` are decisions this state has recorded (a task
+                # marked running, a transfer counted): they must still be carried out, or the state
+                # waits forever for them. So a failing event is set aside for the manager to act on
+                # (log it, drop the peer that sent it) and the other events still apply.
+                self.failed_events.append((ev, exc))
+        if self._schedule_needed:
+            self._schedule_needed = False
+            try:
+                self._schedule(now, out)
+            except Exception as exc:  # noqa: BLE001 - as above: keep what was placed before the failure
+                self._requeue_ready()  # the task the pass had popped when it failed
+                self._schedule_needed = True  # try again on the next event
+                self.failed_events.append((None, exc))
+        return out
+
+    def _requeue_ready(self) -> None:
+        """Put back in the ready queue every ready task a failed pass left out of it."""
+        queued = {tid for _key, tid in self.ready} | {tid for _key, tid in self._passed}
+        for tid, rec in self.tasks.items():
+            if rec.state == "ready" and tid not in queued and rec.heap_key is not None:
+                self._passed.append((rec.heap_key, tid))
+
+    @property
+    def allocation_policy(self) -> AllocationPolicy:
+        return AllocationPolicy(
+            proportional=bool(self.tuning["proportional-resources"]),
+            whole_tasks=bool(self.tuning["proportional-whole-tasks"]),
+            disk_proportion=float(self.tuning["disk-proportion-available-to-task"]),
+            exact_task_values=bool(self.tuning["exact-task-resources"]),
+        )
+
+    # -- files ------------------------------------------------------------------------------------------
+    def _file(self, f: File) -> FileRecord:
+        rec = self.files.get(f.cache_name)
+        if rec is None:
+            rec = self.files[f.cache_name] = FileRecord(f)
+            # Workers may have announced it (forever/worker caches) before it was declared here.
+            for w in self.workers.values():
+                state = w.replicas.get(f.cache_name)
+                if state is not None:
+                    rec.replicas[w.id] = state
+        return rec
+
+    def _has_ready_replica(self, name: str) -> bool:
+        rec = self.files.get(name)
+        return bool(rec and any(s == "ready" for s in rec.replicas.values()))
+
+    # -- handlers -------------------------------------------------------------------------------------
+    def _on_submitted(self, ev: TaskSubmitted, out: list[Instruction]) -> None:
+        t = ev.task
+        rec = self.tasks[t.id] = TaskRecord(t, next(self._seq))
+        self.stats["tasks_submitted"] += 1
+        if t.time_end:
+            heapq.heappush(self.deadlines, (t.time_end / 1e6, t.id))
+        for m in t.inputs:
+            self._file(m.file)
+        for f in t.environments:
+            self._file(f)
+        for m in t.outputs:
+            frec = self._file(m.file)
+            frec.producer = t.id
+            if m.file.kind == "temp":
+                self.lineage[m.file.cache_name] = t
+        self._make_ready(rec)
+
+    def _push_ready(self, rec: TaskRecord) -> None:
+        t = rec.task
+        rec.state = "ready"
+        # Recovery first, then retries after resource exhaustion, then the user's priority and order.
+        rec.heap_key = (0 if rec.recovery else 1 if rec.exhaustions else 2, -t.priority, rec.seq)
+        heapq.heappush(self.ready, (rec.heap_key, t.id))
+        self._schedule_needed = True
+
+    def _make_ready(self, rec: TaskRecord) -> None:
+        """Ready if every temp input exists somewhere; otherwise wait for the first missing one.
+
+        A temp whose producer already finished but which has no replica left was lost with a
+        worker: its producer runs again (lineage recovery).
+        """
+        if rec.task.library_required is not None and self.tuning["call-pipelining"] > 0:
+            rec.pinned = self._pin_target(rec)
+            if rec.pinned is not None:
+                self._push_ready(rec)  # its inputs are being made on that worker: it may go there now
+                return
+        for m in rec.task.inputs:
+            name = m.file.cache_name
+            if m.file.kind == "temp" and not self._has_ready_replica(name):
+                rec.state = "waiting"
+                rec.heap_key = None
+                self.waiting_on[name].add(rec.task.id)
+                if not self._producer_active(name):
+                    frec = self.files.get(name)
+                    producer = self.lineage.get(name)
+                    if frec is not None and frec.size < 0 and producer is not None and producer.id in self.tasks:
+                        # Its producer ended without ever making it: nothing to recover.
+                        self._fail_waiters(name, f"temp file {name} was never made: its producer (task {producer.id}) did not produce it")
+                    else:
+                        self._recover(name)
+                return
+        self._push_ready(rec)
+
+    def _on_cancelled(self, ev: TaskCancelled, out: list[Instruction]) -> None:
+        rec = self.tasks.get(ev.task_id)
+        if rec is None or rec.state == "done":
+            return
+        if rec.state == "dispatched" and rec.worker is not None:
+            out.append(Kill(rec.worker, rec.task.id))
+            self._release(rec)
+        self._finish(rec, C.VINE_RESULT_CANCELLED, -1, out)
+
+    def _on_worker_joined(self, ev: WorkerJoined, out: list[Instruction]) -> None:
+        # Checked before anything is recorded: a non-finite total would make every later pass raise.
+        if not all(math.isfinite(v) for v in ev.resources.to_dict().values()):
+            raise ValueError(f"worker {ev.worker} reports resources {ev.resources.to_dict()}, which are not finite")
+        w = WorkerRecord(
+            ev.worker, ev.hostname, ev.addrport, ev.resources, ev.features, ev.transfer_addr, ev.end_time, ev.now
+        )
+        self.workers[w.id] = w
+        self.stats["workers_joined"] += 1
+        for name, size in ev.cache.items():
+            w.replicas[name] = "ready"
+            w.cache_bytes += max(size, 0)
+            frec = self.files.get(name)
+            if frec is not None:
+                frec.replicas[w.id] = "ready"
+                frec.size = size
+        self._schedule_needed = True
+
+    def _on_worker_heard(self, ev: WorkerHeard, out: list[Instruction]) -> None:
+        w = self.workers.get(ev.worker)
+        if w is not None:
+            w.last_heard = ev.now
+            w.check_sent = None
+
+    def _on_worker_lost(self, ev: WorkerLost, out: list[Instruction]) -> None:
+        w = self.workers.pop(ev.worker, None)
+        if w is None:
+            return
+        self.stats["workers_removed"] += 1
+        if ev.reason != "EXPLICIT":
+            self.stats["workers_lost"] += 1
+        lost_only_copy = []
+        for name in w.replicas:
+            frec = self.files.get(name)
+            if frec is not None:
+                frec.replicas.pop(w.id, None)
+                if frec.file.kind == "temp" and not frec.replicas:
+                    lost_only_copy.append(name)
+        for (dest, name), source in list(self.transfers.items()):
+            if dest == w.id or source == w.id:
+                self._end_transfer(dest, name)
+        self.libs.worker_lost(self, w.id)
+        for tid in sorted(w.tasks):
+            rec = self.tasks[tid]
+            self.libs.released(rec)
+            rec.worker = None
+            rec.allocation = Resources()
+            rec.queued = False
+            # A lost worker is not the task's fault, but attempts stay bounded (TaskVine loops forever).
+            self._retry_or_fail(rec, C.VINE_RESULT_MAX_RETRIES, out)
+        w.tasks.clear()
+        w.queue.clear()
+        if self.tuning["immediate-recovery"]:
+            for name in lost_only_copy:
+                if not self._producer_active(name):
+                    self._recover(name)
+        self._schedule_needed = True
+
+    def _on_cache_updated(self, ev: CacheUpdated, out: list[Instruction]) -> None:
+        w = self.workers.get(ev.worker)
+        if w is None:
+            return
+        frec = self.files.get(ev.name)
+        if frec is None:
+            # Undeclared while on its way (a worker keeps a file still arriving): delete it now.
+            self._drop_replica(w, ev.name)
+            out.append(Unlink(w.id, ev.name))
+            return
+        if w.replicas.get(ev.name) != "ready":
+            w.cache_bytes += max(ev.size, 0)
+        w.replicas[ev.name] = "ready"
+        self._end_transfer(w.id, ev.name, ev.size)
+        frec.replicas[w.id] = "ready"
+        frec.size = ev.size
+        if frec.file.kind == "temp":
+            self._replicate(frec, out)
+        for tid in self.waiting_on.pop(ev.name, ()):  # consumers of a temp that now exists
+            rec = self.tasks.get(tid)
+            if rec is not None and rec.state == "waiting":
+                self._make_ready(rec)
+
+    def _on_cache_invalid(self, ev: CacheInvalid, out: list[Instruction]) -> None:
+        self._end_transfer(ev.worker, ev.name, failed=True)
+        w = self.workers.get(ev.worker)
+        if w is not None and self._drop_replica(w, ev.name):
+            self._schedule_needed = True
+        frec = self.files.get(ev.name)
+        if frec is not None:
+            frec.replicas.pop(ev.worker, None)
+
+    def _on_task_finished(self, ev: TaskFinished, out: list[Instruction]) -> None:
+        rec = self.tasks.get(ev.task_id)
+        w = self.workers.get(ev.worker)
+        for name in ev.unlinked:
+            if w is not None and self._drop_replica(w, name):
+                frec = self.files.get(name)
+                if frec is not None:
+                    frec.replicas.pop(w.id, None)
+        if self.libs.owns(ev.task_id):
+            self.libs.instance_ended(self, ev, out)
+            return
+        if rec is None or rec.state != "dispatched" or rec.worker != ev.worker:
+            return  # a late report for a task already cancelled or moved elsewhere
+        if rec.task.library_required is not None:
+            self.libs.call_ended(self, rec, ev, out)
+        allocated = rec.allocation
+        self._release(rec)
+        if w is not None:
+            w.completed += 1
+            w.busy_time += ev.runtime
+        if ev.result == C.VINE_RESULT_SUCCESS and rec.task.library_required is None:
+            n, mean = self.category_time.get(rec.task.category, (0, 0.0))
+            self.category_time[rec.task.category] = (n + 1, ev.runtime if n == 0 else 0.9 * mean + 0.1 * ev.runtime)
+            self.categories.record(rec.task.category, ev.measured, ev.runtime)
+        if ev.result == C.VINE_RESULT_FORSAKEN:
+            rec.forsaken += 1
+            self.forsaken_on[rec.task.id] = ev.worker  # tried elsewhere first (see _choose_worker)
+            if rec.task.max_forsaken >= 0 and rec.forsaken > rec.task.max_forsaken:
+                self._finish(rec, C.VINE_RESULT_FORSAKEN, ev.exit_code, out)
+            else:
+                # Unlimited forsaking still ends (TaskVine retries forever): after max-task-attempts,
+                # a task whose input could not be obtained ends as what it is, "input missing".
+                self._retry_or_fail(rec, C.VINE_RESULT_INPUT_MISSING if ev.missing_input else C.VINE_RESULT_FORSAKEN, out)
+            return
+        if ev.retry:
+            self._retry_or_fail(rec, ev.result, out)
+            return
+        if ev.result == C.VINE_RESULT_RESOURCE_EXHAUSTION and self._may_grow(rec, ev.exceeded, allocated):
+            rec.exhaustions += 1
+            self.stats["tasks_exhausted_attempts"] += 1
+            self._retry_or_fail(rec, ev.result, out)
+            return
+        self._finish(rec, ev.result, ev.exit_code, out)
+
+    def _may_grow(self, rec: TaskRecord, exceeded: tuple[str, ...], allocated: Resources) -> bool:
+        """Retry at the category's largest box only if the task went over a share we chose, once,
+        within its own retry limit, and some worker offers more (rules: core/categories.py)."""
+        t = rec.task
+        if t.max_retries > 0 and rec.exhaustions >= t.max_retries:
+            return False
+        largest = Resources(*(max((max(getattr(w.total, f), 0) for w in self.workers.values()), default=0)
+                              for f in ("cores", "memory", "disk", "gpus")))
+        return self.categories.may_grow(t.category, t.requested, rec.exhaustions, exceeded, allocated, largest,
+                                        self.tuning["disk-proportion-available-to-task"])
+
+    def _on_file_undeclared(self, ev: FileUndeclared, out: list[Instruction]) -> None:
+        frec = self.files.get(ev.name)
+        if frec is None:
+            return
+        for wid in list(frec.replicas):
+            w = self.workers.get(wid)
+            if w is not None:
+                self._drop_replica(w, ev.name)
+                out.append(Unlink(wid, ev.name))
+            self._end_transfer(wid, ev.name)  # else its source would count a transfer that never ends
+        frec.replicas.clear()
+        if ev.forget:
+            del self.files[ev.name]
+            # A forgotten temp can never be remade: free its producer and end whoever still waits.
+            self.lineage.pop(ev.name, None)
+            self.recoveries.pop(ev.name, None)
+            self._fail_waiters(ev.name, f"file {ev.name} was undeclared", out)
+
+    def _drop_replica(self, w: WorkerRecord, name: str) -> bool:
+        """Forget ``w``'s replica of ``name``, keeping its cache tally right; True if it had one."""
+        state = w.replicas.pop(name, None)
+        if state == "ready":
+            frec = self.files.get(name)
+            w.cache_bytes = max(0, w.cache_bytes - max(frec.size if frec else 0, 0))
+        return state is not None
+
+    def _on_tick(self, ev: Tick, out: list[Instruction]) -> None:
+        while self.deadlines and self.deadlines[0][0] < ev.now:
+            _, tid = heapq.heappop(self.deadlines)
+            rec = self.tasks.get(tid)
+            if rec is not None and rec.state in ("ready", "waiting"):
+                self._finish(rec, C.VINE_RESULT_MAX_END_TIME, -1, out)
+        interval = self.tuning["keepalive-interval"]
+        timeout = self.tuning["keepalive-timeout"]
+        if interval > 0:
+            for w in list(self.workers.values()):
+                if w.check_sent is not None:
+                    if timeout > 0 and ev.now - w.check_sent > timeout:
+                        out.append(RemoveWorker(w.id, "keepalive timeout"))
+                        self._on_worker_lost(WorkerLost(ev.now, w.id, "FAILURE"), out)
+                elif ev.now - w.last_heard > interval:
+                    w.check_sent = ev.now
+                    out.append(Keepalive(w.id))
+        # Tasks waiting for a start time, or out of time, need a look even if nothing else changed.
+        if self.ready or self._passed:
+            self._schedule_needed = True
+
+    # -- task outcomes ------------------------------------------------------------------------------------
+    def _release(self, rec: TaskRecord) -> None:
+        w = self.workers.get(rec.worker) if rec.worker else None
+        if w is not None:
+            if rec.queued:
+                w.queue.remove(rec.task.id)
+            else:
+                w.committed = w.committed - rec.allocation
+            w.tasks.discard(rec.task.id)
+            self._promote(w)
+        self.libs.released(rec)
+        rec.worker = None
+        rec.allocation = Resources()
+        rec.queued = False
+        self._schedule_needed = True
+
+    def _promote(self, w: WorkerRecord) -> None:
+        """Mirror the worker: it starts its prefetched tasks in order while the head fits."""
+        while w.queue:
+            head = self.tasks[w.queue[0]]
+            if not fits(head.allocation, w.total, w.committed):
+                return
+            w.queue.pop(0)
+            head.queued = False
+            w.committed = w.committed + head.allocation
+
+    def _prefetch_limit(self, w: WorkerRecord) -> int:
+        per_core = self.tuning["worker-prefetch"]
+        return 0 if per_core <= 0 else max(1, math.ceil(max(w.total.cores, 1) * per_core))
+
+    def _prefetch_worker(self, rec: TaskRecord, now: float) -> tuple[WorkerRecord, Resources] | None:
+        """A worker to queue ``rec`` on when none can start it now: only for categories measured
+        short (queued long tasks could wait behind each other while another worker idles), only
+        with every input already cached there, at most ``worker-prefetch`` per core."""
+        t = rec.task
+        if self.tuning["worker-prefetch"] <= 0 or t.library_required is not None or t.environments or t.time_start:
+            return None
+        n, mean = self.category_time.get(t.category, (0, 0.0))
+        if n < PREFETCH_SAMPLES or mean > SHORT_TASK:
+            return None
+        best: tuple[int, WorkerRecord, Resources] | None = None
+        for w in self.workers.values():
+            if len(w.queue) >= self._prefetch_limit(w):
+                continue
+            if w.draining or w.hostname in self.blocked_hosts or (t.features and not set(t.features) <= w.features):
+                continue
+            if any(w.replicas.get(m.file.cache_name) != "ready" for m in t.inputs):
+                continue
+            alloc = self._allocation(rec, w)
+            if not fits(alloc, w.total, Resources(0, 0, 0, 0)):
+                continue
+            if best is None or len(w.queue) < best[0]:
+                best = (len(w.queue), w, alloc)
+        return None if best is None else (best[1], best[2])
+
+    def _place_queued(self, rec: TaskRecord, w: WorkerRecord, alloc: Resources, out: list[Instruction]) -> None:
+        rec.state = "dispatched"
+        rec.heap_key = None
+        rec.worker = w.id
+        rec.allocation = alloc
+        rec.attempts += 1
+        rec.queued = True
+        w.tasks.add(rec.task.id)
+        w.queue.append(rec.task.id)
+        self.stats["tasks_dispatched"] += 1
+        self.stats["tasks_prefetched"] += 1
+        out.append(Dispatch(w.id, rec.task.id, alloc, queued=True))
+
+    def _retry_or_fail(self, rec: TaskRecord, result_if_exhausted: int, out: list[Instruction]) -> None:
+        limit = int(self.tuning["max-task-attempts"])
+        if rec.attempts >= limit:
+            self._finish(rec, result_if_exhausted if result_if_exhausted != C.VINE_RESULT_SUCCESS else C.VINE_RESULT_MAX_RETRIES, -1, out)
+        else:
+            self._make_ready(rec)
+
+    def _finish(self, rec: TaskRecord, result: int, exit_code: int, out: list[Instruction]) -> None:
+        rec.state = "done"
+        self.forsaken_on.pop(rec.task.id, None)
+        rec.heap_key = None
+        self.stats["tasks_done"] += 1
+        if result == C.VINE_RESULT_SUCCESS and exit_code == 0:
+            self.stats["tasks_succeeded"] += 1
+        else:
+            self.stats["tasks_failed"] += 1
+        if result == C.VINE_RESULT_CANCELLED:
+            self.stats["tasks_cancelled"] += 1
+        if not rec.recovery:
+            out.append(ReturnTask(rec.task.id, result, exit_code))
+        for m in rec.task.outputs:
+            name = m.file.cache_name
+            if self.recovering.get(name) == rec.task.id:
+                del self.recovering[name]
+            if m.file.kind == "temp" and not self._has_ready_replica(name):
+                what = "recovery copy of task" if rec.recovery else "task"
+                self._fail_waiters(name, f"temp file {name} cannot be made: its producer ({what} {rec.task.id}) ended with '{C.result_string(result)}'"
+                                  + (f" (exit code {exit_code})" if result == C.VINE_RESULT_SUCCESS else ""), out)
+
+    def forget_task(self, task_id: int) -> None:
+        """Drop a finished task's record once the user has it (keeps memory flat on long runs)."""
+        rec = self.tasks.get(task_id)
+        if rec is not None and rec.state == "done":
+            del self.tasks[task_id]
+
+    # -- scheduling ----------------------------------------------------------------------------------------
+    def _allocation(self, rec: TaskRecord, w: WorkerRecord) -> Resources:
+        cat = self.categories.active(rec.task.category) if rec.task.library_required is None else None
+        if cat is not None:
+            return self.categories.allocation(cat, rec.task.requested, rec.exhaustions > 0, w.total, self.allocation_policy,
+                                              int(self.tuning["category-steady-n-tasks"]))
+        req = Resources.from_dict(rec.task.requested)
+        if rec.exhaustions:
+            # It outgrew its proportional share: give it the whole worker, keeping the user's own values.
+            req = Resources(req.cores, w.total.memory, -1, req.gpus)  # memory = total -> the whole-worker rule
+        return allocate_resources(req, w.total, policy=self.allocation_policy, function_call=rec.task.library_required is not None)
+
+    def _eligible(self, rec: TaskRecord, w: WorkerRecord, now: float) -> Resources | None:
+        t = rec.task
+        if w.draining or w.hostname in self.blocked_hosts:
+            return None
+        if t.features and not set(t.features) <= w.features:
+            return None
+        if t.time_min and w.end_time and w.end_time - now < t.time_min:
+            return None
+        if t.library_required is not None:
+            return self.libs.slot_for(t.library_required, w)  # a call needs a free slot, no resources
+        alloc = self._allocation(rec, w)
+        if not fits(alloc, w.total, w.committed, multiplier=self.tuning["resource-submit-multiplier"]):
+            return None
+        for f in rec.task.environments:
+            if self._source(f, w) is None:
+                return None
+        for m in rec.task.inputs:
+            if self._source(m.file, w) is None:
+                return None
+        return alloc
+
+    def _score(self, rec: TaskRecord, w: WorkerRecord, alloc: Resources) -> float:
+        policy = rec.task.scheduler or self.policy
+        free_cores = max(w.total.cores, 0) - max(w.committed.cores, 0)
+        if policy == "files":
+            cached = 0
+            for m in rec.task.inputs:
+                if m.file.cache_name in w.replicas:
+                    frec = self.files.get(m.file.cache_name)
+                    cached += max(frec.size if frec else 0, 0) + 1
+            return cached * 1e6 + free_cores
+        if policy == "disk":
+            return max(w.total.disk, 0) - max(w.committed.disk, 0) - w.cache_bytes / 1e6
+        if policy == "worst":
+            return free_cores
+        if policy == "time":
+            return -(w.busy_time / w.completed) if w.completed else 0.0
+        return self.rng.random()
+
+    def _choose_worker(self, rec: TaskRecord, now: float) -> tuple[WorkerRecord, Resources] | None:
+        best: tuple[float, WorkerRecord, Resources] | None = None
+        for w in self.workers.values():
+            alloc = self._eligible(rec, w, now)
+            if alloc is None:
+                continue
+            score = self._score(rec, w, alloc)
+            if self.forsaken_on and self.forsaken_on.get(rec.task.id) == w.id:
+                score -= 1e18  # it gave this task back (out of descriptors, disk, ...): any other worker first
+            if best is None or score > best[0]:
+                best = (score, w, alloc)
+        return None if best is None else (best[1], best[2])
+
+    def _could_ever_fit(self, rec: TaskRecord) -> bool:
+        for w in self.workers.values():
+            alloc = self._allocation(rec, w)
+            if fits(alloc, w.total, Resources(0, 0, 0, 0)) and set(rec.task.features) <= w.features:
+                return True
+        return False
+
+    def _has_room(self) -> bool:
+        mult = self.tuning["resource-submit-multiplier"]  # cores and gpus may be overcommitted up to this
+        for w in self.workers.values():
+            if not w.draining and (
+                w.committed.cores < math.ceil(w.total.cores * mult) or w.total.cores <= 0 or w.committed.gpus < math.ceil(w.total.gpus * mult)
+            ):
+                return True
+        self.libs.depth = int(self.tuning.get("library-queue-depth", DEFAULT_QUEUE_DEPTH))
+        return self.libs.has_room(self.libs.depth)
+
+    def _prefetch_room(self) -> bool:
+        """Some worker can queue more, and some category's tasks are short enough to be worth it."""
+        if not any(n >= PREFETCH_SAMPLES and m <= SHORT_TASK for n, m in self.category_time.values()):
+            return False
+        return any(len(w.queue) < self._prefetch_limit(w) for w in self.workers.values())
+
+    def _schedule(self, now: float, out: list[Instruction]) -> None:
+        if not self.workers or len(self.workers) < self.tuning["wait-for-workers"]:
+            return
+        depth = int(self.tuning["attempt-schedule-depth"])
+        if not self.ready and self._passed:
+            # The last pass reached the end of the queue: start again from the top.
+            self.ready, self._passed = self._passed, []
+            heapq.heapify(self.ready)
+        misses = 0
+        while self.ready and misses < depth:
+            # With no free room anywhere, only prefetching is left: it stops at the first task it
+            # cannot queue, so a pass costs little when the queue is full of such tasks.
+            prefetch_only = not self._has_room()
+            if prefetch_only and not self._prefetch_room():
+                break
+            key, tid = heapq.heappop(self.ready)
+            rec = self.tasks.get(tid)
+            if rec is None or rec.state != "ready" or rec.heap_key != key:
+                continue  # stale heap entry (lazy deletion)
+            if prefetch_only:
+                target = None if rec.task.time_end and now * 1e6 > rec.task.time_end else self._prefetch_worker(rec, now)
+                if target is None or not self._inputs_exist_quiet(rec):
+                    self._passed.append((key, tid))
+                    break
+                self._place_queued(rec, target[0], target[1], out)
+                continue
+            t = rec.task
+            now_us = now * 1e6
+            if t.time_end and now_us > t.time_end:
+                self._finish(rec, C.VINE_RESULT_MAX_END_TIME, -1, out)
+                continue
+            if t.time_start and now_us < t.time_start:
+                self._passed.append((key, tid))
+                misses += 1
+                continue
+            if not self._inputs_exist(rec):
+                continue  # parked as waiting on a missing temp
+            if rec.pinned is not None:
+                choice = self._pinned_choice(rec, now)
+                if choice is None:
+                    self._passed.append((key, tid))  # no room there yet; its inputs will come to exist
+                    misses += 1
+                    continue
+                w, alloc = choice
+                self._place(rec, w, alloc, out)
+                continue
+            choice = self._choose_worker(rec, now)
+            if choice is None:
+                choice = self.libs.make_room(self, rec, now, out)  # start a library, or evict idle ones
+                if rec.state == "done":
+                    continue
+            if choice is None:
+                queue_on = self._prefetch_worker(rec, now)
+                if queue_on is not None:
+                    self._place_queued(rec, queue_on[0], queue_on[1], out)
+                    continue
+            if choice is None:
+                if not rec.warned_unfit and not self._could_ever_fit(rec):
+                    rec.warned_unfit = True
+                    out.append(Warn(self._unfit_message(rec)))
+                self._passed.append((key, tid))
+                misses += 1
+                continue
+            w, alloc = choice
+            self._place(rec, w, alloc, out)
+
+    def _unfit_message(self, rec: TaskRecord) -> str:
+        biggest = max(self.workers.values(), key=lambda w: (w.total.cores, w.total.memory))
+        req = {k: v for k, v in rec.task.requested.items() if v >= 0}
+        return (
+            f"task {rec.task.id} requests {req or 'a whole worker'}{' with features ' + str(rec.task.features) if rec.task.features else ''}, "
+            f"but no connected worker can ever hold it (largest: {biggest.total.to_dict()}); it waits for a larger worker. "
+            "Lower the request or start workers with more resources (vine_worker --cores/--memory/--disk)."
+        )
+
+    def _inputs_exist_quiet(self, rec: TaskRecord) -> bool:
+        return all(m.file.kind != "temp" or self._has_ready_replica(m.file.cache_name) for m in rec.task.inputs)
+
+    def _inputs_exist(self, rec: TaskRecord) -> bool:
+        """True when ``rec`` may be placed: its temp inputs exist, or are being made where it is pinned."""
+        missing = False
+        for m in rec.task.inputs:
+            if m.file.kind == "temp" and not self._has_ready_replica(m.file.cache_name):
+                if rec.pinned is not None and self._maker_of(m.file.cache_name) == rec.pinned:
+                    missing = True
+                    continue
+                rec.pinned = None
+                self._make_ready(rec)  # parks it as waiting on that temp (or pins it where it is made now)
+                return False
+        if not missing:
+            rec.pinned = None  # everything exists now: any worker will do
+        return True
+
+    def _place(self, rec: TaskRecord, w: WorkerRecord, alloc: Resources, out: list[Instruction]) -> None:
+        for f in rec.task.environments:
+            self._stage(f, w, out, placing=True)
+        for m in rec.task.inputs:
+            self._stage(m.file, w, out, placing=True)
+        rec.state = "dispatched"
+        rec.heap_key = None
+        rec.worker = w.id
+        rec.allocation = alloc
+        rec.attempts += 1
+        w.committed = w.committed + alloc
+        w.tasks.add(rec.task.id)
+        self.libs.placed(rec, w)
+        self.stats["tasks_dispatched"] += 1
+        out.append(Dispatch(w.id, rec.task.id, alloc))
+        if rec.task.library_required is not None and self.tuning["call-pipelining"] > 0:
+            self._pin_consumers(rec)
+
+    # -- queries ---------------------------------------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        c = {"waiting": 0, "ready": 0, "dispatched": 0, "done": 0}
+        for rec in self.tasks.values():
+            c[rec.state] += 1
+        return c
+
+    def hungry(self) -> int:
+        counts = self.counts()
+        total = Resources(0, 0, 0, 0)
+        committed = Resources(0, 0, 0, 0)
+        for w in self.workers.values():
+            total = total + w.total
+            committed = committed + w.committed
+        sample = [Resources.from_dict(rec.task.requested) for rec in itertools.islice(
+            (r for r in self.tasks.values() if r.state in ("ready", "waiting")), 100)]
+        return hungry_count(
+            workers=len(self.workers),
+            waiting=counts["ready"] + counts["waiting"],
+            running=counts["dispatched"],
+            total=total,
+            committed=committed,
+            waiting_requests=sample,
+            minimum=int(self.tuning["hungry-minimum"]),
+            factor=self.tuning["hungry-minimum-factor"],
+        )
+
+    # -- invariants --------------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Check invariants; raises AssertionError naming the broken one."""
+        assert not self.failed_events, f"handlers raised: {self.failed_events!r}"
+        mult = self.tuning["resource-submit-multiplier"]
+        for w in self.workers.values():
+            committed = self.libs.committed_on(w.id)
+            for tid in w.tasks:
+                rec = self.tasks[tid]
+                assert rec.state == "dispatched" and rec.worker == w.id, f"task {tid} on {w.id} is {rec.state}"
+                assert rec.queued == (tid in w.queue), f"task {tid} queued={rec.queued} but queue is {w.queue}"
+                if not rec.queued:
+                    committed = committed + rec.allocation
+            for f in ("cores", "memory", "disk", "gpus"):
+                got, want = getattr(w.committed, f), getattr(committed, f)
+                assert math.isclose(max(got, 0), max(want, 0), abs_tol=1e-6), f"{w.id} committed {f} {got} != {want}"
+                cap = getattr(w.total, f)
+                if cap > 0:
+                    limit = cap if f == "disk" else math.ceil(cap * mult)
+                    assert want <= limit + 1e-6, f"{w.id} over-committed {f}: {want} > {limit}"
+        for name, frec in self.files.items():
+            for wid in frec.replicas:
+                assert wid in self.workers, f"replica of {name} on disconnected worker {wid}"
+        for rec in self.tasks.values():
+            if rec.state == "dispatched":
+                assert rec.worker in self.workers, f"task {rec.task.id} dispatched to missing worker {rec.worker}"

@@ -1,0 +1,419 @@
+"""An asyncio connection speaking the frame codec, plus the handshake and file streaming.
+
+Used by the manager, the worker, the worker's transfer server and the tools, so that every peer
+authenticates and streams files the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import ssl as ssl_module
+import tarfile
+import tempfile
+from typing import Any
+
+from ..errors import AuthenticationError, RemoteProtocolError, TransferError
+from .protocol import (
+    CHUNK_SIZE,
+    MAX_HEADER,
+    MAX_PAYLOAD,
+    PREAUTH_MAX_HEADER,
+    PREAUTH_MAX_PAYLOAD,
+    PROTOCOL_VERSION,
+    Frame,
+    FrameDecoder,
+    auth_proof,
+    check_proof,
+    encode_frame,
+    new_nonce,
+)
+from .tls import close_stream
+
+READ_SIZE = 256 * 1024
+PREAUTH_READ_SIZE = 16 * 1024  # a stranger's bytes are read (and buffered) in small bites
+
+
+class Connection:
+    """Frames over an asyncio stream pair. ``recv`` returns None at a clean EOF.
+
+    Until :meth:`authenticated` (called by both handshake functions when they succeed), frames are
+    limited to the handshake's few KB (``PREAUTH_MAX_*``), so a stranger cannot make us buffer more.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.decoder = FrameDecoder(max_header=PREAUTH_MAX_HEADER, max_payload=PREAUTH_MAX_PAYLOAD)
+        self.is_authenticated = False
+        self._read_size = PREAUTH_READ_SIZE
+        self._closed = False
+        self._frames: list[Frame] = []
+        peer = writer.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self._outgoing: list[bytes] | None = None
+
+    def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
+        """Queue a frame. Frames queued in one event-loop turn leave in one write: on loopback a
+        send costs ~100 us of system time, more than a small task's own bookkeeping."""
+        data = encode_frame(header, payload)
+        self.bytes_sent += len(data)
+        if self._outgoing is None:
+            self._outgoing = [data]
+            asyncio.get_running_loop().call_soon(self.flush)
+        else:
+            self._outgoing.append(data)
+
+    def flush(self) -> None:
+        out, self._outgoing = self._outgoing, None
+        if out and not self.writer.is_closing():
+            self.writer.write(b"".join(out) if len(out) > 1 else out[0])
+
+    async def drain(self) -> None:
+        self.flush()
+        await self.writer.drain()
+
+    def authenticated(self) -> None:
+        """The handshake succeeded: lift the pre-handshake frame limits."""
+        self.is_authenticated = True
+        self.decoder.set_limits(MAX_HEADER, MAX_PAYLOAD)
+        self._read_size = READ_SIZE
+
+    async def recv(self) -> Frame | None:
+        while not self._frames:
+            data = await self.reader.read(self._read_size)
+            if self._closed:
+                return None  # closed by our side while this read waited: an end, not a bad stream
+            if not data:
+                if self.decoder.pending:
+                    raise RemoteProtocolError(f"connection closed in the middle of a frame ({self.decoder.pending} bytes)")
+                return None
+            self.bytes_received += len(data)
+            self._frames.extend(self.decoder.feed(data))
+        return self._frames.pop(0)
+
+    def recv_nowait(self) -> Frame | None:
+        """The next frame already received and decoded, or None without waiting."""
+        return self._frames.pop(0) if self._frames else None
+
+    async def expect(self, mtype: str, timeout: float | None = None) -> Frame:
+        frame = await asyncio.wait_for(self.recv(), timeout)
+        if frame is None:
+            raise RemoteProtocolError(f"connection closed while waiting for {mtype!r}")
+        if frame.type == "error":
+            raise RemoteProtocolError(f"peer reported: {frame['reason']}")
+        if frame.type != mtype:
+            raise RemoteProtocolError(f"expected {mtype!r}, got {frame.type!r}")
+        return frame
+
+    def close(self) -> None:
+        try:
+            self.flush()
+            self.writer.close()
+        except Exception:  # noqa: BLE001 - closing a broken transport must not raise
+            pass
+        self._release()
+
+    async def aclose(self) -> None:
+        """Close and wait until the socket is released: for a connection whose event loop ends next
+        (a TLS close otherwise outlives the loop, waiting for the peer's close_notify)."""
+        try:
+            self.flush()
+        except Exception:  # noqa: BLE001 - closing a broken transport must not raise
+            pass
+        await close_stream(self.writer)
+        self._release()
+
+    def _release(self) -> None:
+        # Whatever the peer left half-sent is garbage now; do not keep it until this object is collected.
+        self._closed = True
+        self.decoder.release()
+        self._frames.clear()
+
+
+async def open_connection(host: str, port: int, ssl: ssl_module.SSLContext | None = None, timeout: float = 10) -> Connection:
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(host, port, ssl=ssl, limit=READ_SIZE * 4), timeout
+    )
+    return Connection(reader, writer)
+
+
+# --- handshake --------------------------------------------------------------------------------------
+
+
+async def client_handshake(conn: Connection, role: str, password: bytes | None, timeout: float = 30, **info: Any) -> Frame:
+    """Connecting side: hello -> welcome [-> auth -> the other side's auth]. Returns the welcome frame.
+
+    Both sides prove knowledge of the password over the other's fresh nonce, so it is never sent.
+    We prove ourselves first (the accepting side answers strangers, so it proves itself only to a
+    peer that has proven itself: see ``server_handshake``), then check the other side's proof.
+    """
+    nonce = new_nonce()
+    conn.send({"type": "hello", "version": PROTOCOL_VERSION, "role": role, "nonce": nonce, **info})
+    await conn.drain()
+    welcome = await asyncio.wait_for(conn.recv(), timeout)
+    if welcome is not None and welcome.type == "error" and welcome.get("tls_required"):
+        # A TLS-only port answered our plain hello (core.tls.GatedListener): retrying cannot help.
+        raise AuthenticationError(f"{conn.peer} refused plain TCP: {welcome['reason']}")
+    if welcome is None:
+        raise RemoteProtocolError("connection closed while waiting for 'welcome'")
+    if welcome.type == "error":
+        raise RemoteProtocolError(f"peer reported: {welcome['reason']}")
+    if welcome.type != "welcome":
+        raise RemoteProtocolError(f"expected 'welcome', got {welcome.type!r}")
+    if welcome["version"] != PROTOCOL_VERSION:
+        raise RemoteProtocolError(f"peer speaks protocol {welcome['version']}, we speak {PROTOCOL_VERSION}")
+    if welcome["auth"]:
+        if password is None:
+            await _tell_peer(conn, "password required, but this side was started without one")
+            raise AuthenticationError(f"{conn.peer} requires a password; start with --password FILE")
+        binding = _channel_binding(conn) if welcome.get("tls_bound") else ""
+        if binding is None:
+            await _tell_peer(conn, "the proofs are bound to a TLS channel, but this side's connection is not TLS")
+            raise AuthenticationError(f"{conn.peer} binds its password proof to TLS, but our connection to it is plain")
+        mismatch = (f"{conn.peer} does not know our password (or uses another one"
+                    + (", or a relay in the middle terminates TLS)" if binding else ")"))
+        conn.send({"type": "auth", "proof": auth_proof(password, "client", str(welcome["nonce"]) + binding)})
+        await conn.drain()
+        theirs = await asyncio.wait_for(conn.recv(), timeout)
+        if theirs is None:
+            raise RemoteProtocolError(f"{conn.peer} closed the connection instead of proving the password")
+        if theirs.type == "error":
+            if "password" in str(theirs.get("reason")):
+                raise AuthenticationError(mismatch)  # it refused our proof
+            raise RemoteProtocolError(f"peer reported: {theirs['reason']}")
+        if theirs.type != "auth":
+            raise RemoteProtocolError(f"expected 'auth', got {theirs.type!r}")
+        if not check_proof(password, "server", nonce + binding, theirs.get("proof")):
+            await _tell_peer(conn, "password mismatch")
+            raise AuthenticationError(mismatch)
+    elif password is not None:
+        await _tell_peer(conn, "this side was given a password, but the other side uses none")
+        raise AuthenticationError(f"{conn.peer} does not use a password but we were given one")
+    conn.authenticated()
+    return welcome
+
+
+async def _tell_peer(conn: Connection, reason: str) -> None:
+    """Best effort: say why we hang up, so the other side can log a useful reason."""
+    try:
+        conn.send({"type": "error", "reason": reason})
+        await conn.drain()
+    except (OSError, ConnectionError):
+        pass
+
+
+async def server_handshake(conn: Connection, password: bytes | None, timeout: float) -> Frame:
+    """Accepting side: expects hello, answers welcome, checks auth, then proves itself. Returns the hello frame.
+
+    Our proof is sent only after the peer's has checked: anyone can connect and choose the nonce it
+    sends, so proving first would hand every stranger an HMAC of the password over a value of its
+    choice, to attack offline with a dictionary.
+    """
+    hello = await conn.expect("hello", timeout)
+    if hello["version"] != PROTOCOL_VERSION:
+        conn.send({"type": "error", "reason": f"protocol version {hello['version']} unsupported; this manager speaks {PROTOCOL_VERSION}"})
+        await conn.drain()
+        raise RemoteProtocolError(f"peer speaks protocol version {hello['version']}, we speak {PROTOCOL_VERSION}")
+    nonce = new_nonce()
+    welcome: dict[str, Any] = {"type": "welcome", "version": PROTOCOL_VERSION, "nonce": nonce, "auth": password is not None}
+    binding = _channel_binding(conn) or ""
+    if password is not None:
+        welcome["tls_bound"] = bool(binding)
+    conn.send(welcome)
+    await conn.drain()
+    if password is not None:
+        try:
+            auth = await conn.expect("auth", timeout)
+        except RemoteProtocolError as exc:
+            # A peer that hangs up (or reports an error) instead of proving the password failed to authenticate.
+            raise AuthenticationError(
+                f"{conn.peer} rejected: it did not prove the password ({exc}); start it with --password FILE"
+            ) from exc
+        if not check_proof(password, "client", nonce + binding, auth["proof"]):
+            conn.send({"type": "error", "reason": "password mismatch"})
+            await conn.drain()
+            raise AuthenticationError(f"{conn.peer} rejected: password mismatch; start it with --password FILE"
+                                      + (" (or a relay in the middle terminates TLS)" if binding else ""))
+        conn.send({"type": "auth", "proof": auth_proof(password, "server", str(hello["nonce"]) + binding)})
+        await conn.drain()
+    conn.authenticated()
+    return hello
+
+
+def _channel_binding(conn: Connection) -> str | None:
+    """``:`` + the TLS channel's tls-unique value in hex, or None on a plain connection.
+
+    Mixed into both password proofs: a relay that terminates TLS and opens its own TLS to the other
+    side has two channels with different values, so the proofs it passes on no longer check, and a
+    password-protected port cannot be read through such a relay even though certificates are not
+    verified.
+    """
+    obj = conn.writer.get_extra_info("ssl_object")
+    if obj is None:
+        return None
+    value = obj.get_channel_binding("tls-unique")
+    return ":" + value.hex() if value else ""
+
+
+# --- file streaming ---------------------------------------------------------------------------------
+
+
+def _tar_directory(path: str) -> str:
+    fd, tmp = tempfile.mkstemp(prefix=".vine-tar-", suffix=".tar", dir=os.path.dirname(os.path.abspath(path)))
+    os.close(fd)
+    try:
+        with tarfile.open(tmp, "w") as tar:
+            tar.add(path, arcname=".")
+    except OSError:
+        # The directory's parent may be read-only: fall back to the system temp dir.
+        os.unlink(tmp)
+        fd, tmp = tempfile.mkstemp(prefix=".vine-tar-", suffix=".tar")
+        os.close(fd)
+        with tarfile.open(tmp, "w") as tar:
+            tar.add(path, arcname=".")
+    return tmp
+
+
+async def send_path(conn: Connection, name: str, path: str, **extra: Any) -> int:
+    """Stream a file or directory as file_begin/chunk/end. Returns bytes of content sent."""
+    is_dir = os.path.isdir(path)
+    src = _tar_directory(path) if is_dir else path
+    try:
+        size = os.path.getsize(src)
+        mode = os.stat(path).st_mode & 0o777
+        conn.send({"type": "file_begin", "name": name, "size": size, "dir": is_dir, "mode": mode, **extra})
+        with open(src, "rb") as fh:
+            while True:
+                chunk = fh.read(CHUNK_SIZE)
+                if not chunk:
+                    break
+                conn.send({"type": "file_chunk", "name": name}, chunk)
+                await conn.drain()
+        conn.send({"type": "file_end", "name": name})
+        await conn.drain()
+        return size
+    finally:
+        if is_dir:
+            os.unlink(src)
+
+
+async def send_bytes(conn: Connection, name: str, data: bytes, mode: int = 0o644, **extra: Any) -> int:
+    conn.send({"type": "file_begin", "name": name, "size": len(data), "dir": False, "mode": mode, **extra})
+    for i in range(0, len(data), CHUNK_SIZE):
+        conn.send({"type": "file_chunk", "name": name}, data[i : i + CHUNK_SIZE])
+        await conn.drain()
+    conn.send({"type": "file_end", "name": name})
+    await conn.drain()
+    return len(data)
+
+
+class FileReceiver:
+    """Writes one incoming file stream to ``target`` atomically (temp file, then rename).
+
+    Directory streams arrive as tar and are unpacked into ``target``.
+    """
+
+    def __init__(self, begin: Frame, target: str) -> None:
+        self.name = str(begin["name"])
+        self.size = int(begin["size"])
+        self.is_dir = bool(begin.get("dir"))
+        # Permission bits only: a peer must not make us create setuid/setgid files.
+        self.mode = int(begin.get("mode") or 0o644) & 0o777
+        self.header = begin.header
+        self.target = target
+        parent = os.path.dirname(os.path.abspath(target)) or "."
+        os.makedirs(parent, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(prefix=".vine-recv-", dir=parent)
+        self.fh = os.fdopen(fd, "wb")
+        self.received = 0
+
+    def chunk(self, frame: Frame) -> None:
+        self.fh.write(frame.payload)
+        self.received += len(frame.payload)
+        if self.received > self.size:
+            self.abort()
+            raise RemoteProtocolError(f"stream for {self.name} sent {self.received} bytes, announced {self.size}")
+
+    def finish(self) -> int:
+        self.fh.close()
+        if self.received != self.size:
+            self.abort()
+            raise TransferError(f"stream for {self.name} ended after {self.received} of {self.size} bytes")
+        _remove(self.target)
+        if self.is_dir:
+            os.makedirs(self.target)
+            try:
+                with tarfile.open(self.tmp) as tar:
+                    tar.extractall(self.target, filter="tar")
+            finally:
+                os.unlink(self.tmp)
+        else:
+            os.chmod(self.tmp, self.mode | 0o600)
+            os.replace(self.tmp, self.target)
+        return self.size
+
+    def abort(self) -> None:
+        try:
+            self.fh.close()
+        finally:
+            _remove(self.tmp)
+
+
+class MemoryReceiver:
+    """Collects one small incoming file stream in memory (``data`` once finished), for a receiver that
+    wants the bytes, not a file: saves creating, renaming, reading and removing a staging file."""
+
+    def __init__(self, begin: Frame) -> None:
+        self.name = str(begin["name"])
+        self.size = int(begin["size"])
+        self.header = begin.header
+        self.target = ""
+        self._parts: list[bytes] = []
+        self.received = 0
+        self.data = b""
+
+    def chunk(self, frame: Frame) -> None:
+        self._parts.append(frame.payload)
+        self.received += len(frame.payload)
+        if self.received > self.size:
+            self.abort()
+            raise RemoteProtocolError(f"stream for {self.name} sent {self.received} bytes, announced {self.size}")
+
+    def finish(self) -> int:
+        if self.received != self.size:
+            self.abort()
+            raise TransferError(f"stream for {self.name} ended after {self.received} of {self.size} bytes")
+        self.data = b"".join(self._parts)
+        self._parts = []
+        return self.size
+
+    def abort(self) -> None:
+        self._parts = []
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def path_size(path: str) -> int:
+    """Bytes under ``path`` (a file, or every file in a directory tree)."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        total = 0
+        for root, _dirs, files in os.walk(path):
+            for f in files:
+                try:
+                    total += os.lstat(os.path.join(root, f)).st_size
+                except OSError:
+                    pass
+        return total
+    return os.lstat(path).st_size

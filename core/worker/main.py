@@ -1,0 +1,858 @@
+"""``vine_worker``: runs tasks for a manager, in sandboxes, from a cache of immutable files.
+
+::
+
+     manager ──task/file/fetch──►  Worker (asyncio, one thread)
+        ▲                          ├─ cache/<cachename>      immutable inputs and outputs
+        │                          ├─ sandbox/t.<id>/        one per running task, inputs linked in
+        └──cache_update/complete── ├─ child processes        `sh -c command`, exit seen via pidfd
+                                   └─ transfer server  ◄──── other workers fetch cached files
+
+A task's inputs are in the cache (or on their way: a URL, a peer transfer, a mini-task) before it
+starts; its outputs move into the cache when it ends, and the ones the manager wants back are
+streamed home before the ``complete`` message, so a completed task is a finished task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import hashlib
+import logging
+import math
+import os
+import shutil
+import signal
+import socket
+import ssl as ssl_module
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from .. import constants as C
+from ..wire.connection import (
+    Connection,
+    FileReceiver,
+    client_handshake,
+    open_connection,
+    path_size,
+    send_path,
+)
+from ..errors import AuthenticationError, ProtocolError, TransferError
+from .monitor import Usage, exceeded, sample
+from ..wire.protocol import CHUNK_SIZE, Frame, pages_of
+from ..wire.tls import GatedListener, TLSSetupError, client_context, self_signed_server_context, start_gated_server
+from .python import WorkerPythonMixin
+from .cache import WorkerCache
+from .reaper import TaskReaper
+from .sandbox import WorkerSandboxes
+from .transfers import WorkerTransfers
+
+log = logging.getLogger("vine_worker")
+
+STDOUT_LIMIT = 32 << 20  # a task's stdout kept when the manager does not say (it sends max-task-stdout-storage)
+STDOUT_INLINE = 4 << 20  # up to this much travels in the task's complete message; more is streamed before it
+# Errors of this host, not of a task: a task that meets one is given back to the manager to run again.
+_HOST_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOSPC, errno.EDQUOT, errno.ENOMEM})
+WATCH_INTERVAL = 1.0
+
+
+def detect_resources(workdir: str, disk_percent: float = 50) -> dict[str, float]:
+    """Cores, memory (MB), disk (MB of the workspace's free space × disk_percent) and GPUs of this host."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (psutil.cpu_count() or 1)
+    memory = psutil.virtual_memory().total // (1 << 20)
+    os.makedirs(workdir, exist_ok=True)
+    disk = psutil.disk_usage(workdir).free // (1 << 20) * disk_percent / 100
+    gpus = 0
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
+            gpus = sum(1 for line in out.splitlines() if line.startswith("GPU"))
+        except (OSError, subprocess.SubprocessError):
+            gpus = 0
+    return {"cores": float(cores), "memory": float(memory), "disk": float(int(disk)), "gpus": float(gpus)}
+
+
+@dataclass
+class RunningTask:
+    id: int
+    spec: dict[str, Any]
+    sandbox: str
+    alloc: dict[str, float]
+    pid: int = 0
+    returncode: int | None = None
+    stdout_fd: int = -1
+    stdout_size: int = -1  # bytes the task wrote to stdout (-1: not read)
+    done: asyncio.Future[int] | None = None
+    killed_for: int | None = None
+    start: float = 0.0
+    starter: asyncio.Task[None] | None = None
+    watchers: dict[str, int] = field(default_factory=dict)
+    usage: Usage | None = None  # peaks measured when the manager enabled monitoring
+    limits: dict[str, float] = field(default_factory=dict)  # what the watchdog found exceeded
+    is_minitask: bool = False
+    linked: list[str] = field(default_factory=list)  # cache entries the sandbox reaches (checked after the task)
+
+
+class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.workdir = os.path.abspath(args.workdir or f"/tmp/worker-{os.getuid()}-{os.getpid()}")
+        self.cache_dir = os.path.join(self.workdir, "cache")
+        self.meta_dir = os.path.join(self.workdir, "cache-meta")
+        self.sandbox_dir = os.path.join(self.workdir, "sandbox")
+        for d in (self.cache_dir, self.meta_dir, self.sandbox_dir):
+            os.makedirs(d, exist_ok=True)
+        detected = detect_resources(self.workdir, args.disk_percent)
+        self.total = {
+            "cores": float(args.cores) if args.cores is not None else detected["cores"],
+            "memory": float(args.memory) if args.memory is not None else detected["memory"],
+            "disk": float(args.disk) if args.disk is not None else detected["disk"],
+            "gpus": float(args.gpus) if args.gpus is not None else detected["gpus"],
+        }
+        self.password = open(args.password, "rb").read().strip() if args.password else None
+        # With TLS to the manager, the transfer port and peer fetches use TLS too (core.tls).
+        self.tls_client = client_context() if args.ssl else None
+        self.id = "worker-" + hashlib.md5(f"{socket.gethostname()}:{os.getpid()}:{time.time()}".encode()).hexdigest()
+        self.conn: Connection | None = None
+        self.tasks: dict[int, RunningTask] = {}
+        self.committed = {"cores": 0.0, "memory": 0.0, "disk": 0.0, "gpus": 0.0}
+        self.cache: dict[str, tuple[int, int]] = {}  # name -> (size, level)
+        self.cache_stamps: dict[str, str] = {}  # name -> stamp of an on-disk entry when it arrived (worker_sandbox)
+        self.reaper: TaskReaper | None = None  # kills this worker's task processes if it dies (main)
+        self.pending: dict[str, asyncio.Future[bool]] = {}  # names on their way into the cache
+        self.drop_on_arrival: set[str] = set()  # pending names nothing here needs any more (WorkerCache._cache_ready)
+        self.receivers: dict[str, FileReceiver] = {}
+        self.last_work = time.monotonic()
+        self.end_time = time.time() + args.wall_time if args.wall_time else 0.0
+        self.transfer_server: GatedListener | None = None
+        self.transfer_port = 0
+        self._stop = asyncio.Event()
+        self._free_sandboxes: list[str] = []
+        self._stamps: dict[str, tuple[tuple[int, int], ...]] = {}  # sandbox -> directory times when known clean
+        self.prefetched: list[RunningTask] = []  # tasks sent ahead, waiting for room (FIFO)
+        self.peer_failures: set[str] = set()  # inputs whose peer transfer broke: the cluster's fault
+        self._base_env = dict(os.environ)
+        self._background: set[asyncio.Task[Any]] = set()
+        # Small cached files kept in memory instead of on disk (see WorkerTransfers._keep_in_memory).
+        self.memory: dict[str, bytes] = {}
+        self.memory_bytes = 0
+        self._load_cache()
+
+    # -- connection ------------------------------------------------------------------------------------
+    def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
+        if self.conn is not None:
+            try:
+                self.conn.send(header, payload)
+            except (ConnectionError, RuntimeError):
+                pass
+
+    async def _start_transfer_server(self) -> GatedListener:
+        """The peer port: ``--transfer-port``, else the first free one of TCP_LOW_PORT..TCP_HIGH_PORT, else any."""
+        from ..utils import port_candidates
+
+        tls = self_signed_server_context() if self.args.ssl else None
+        last: OSError | None = None
+        for port in port_candidates(self.args.transfer_port or 0):
+            try:
+                return await start_gated_server(self._serve_peer, host="0.0.0.0", port=port, ssl=tls,
+                                                what="transfer port", log=log)
+            except OSError as exc:
+                last = exc
+        raise OSError(f"no free transfer port in TCP_LOW_PORT..TCP_HIGH_PORT: {last}")
+
+    async def main(self) -> int:
+        # First, before any task can start: the guardian kills what this worker started if it is SIGKILLed.
+        self.reaper = TaskReaper(self.sandbox_dir)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        self.transfer_server = await self._start_transfer_server()
+        self.transfer_port = self.transfer_server.sockets[0].getsockname()[1]
+        watchdog = asyncio.create_task(self._watchdog())
+        try:
+            return await self._connect_loop()
+        finally:
+            watchdog.cancel()
+            for rt in list(self.tasks.values()):
+                self._kill(rt)
+            if self.reaper is not None:
+                self.reaper.close()
+            self.transfer_server.close()
+            self._drop_levels_below(C.VINE_CACHE_LEVEL_WORKER + 1)
+            if not self.args.workdir and not self.args.keep_workspace:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+
+    async def _watchdog(self) -> None:
+        parent = os.getppid()
+        while not self._stop.is_set():
+            await asyncio.sleep(0.5)
+            if self.args.parent_death and os.getppid() != parent:
+                log.info("parent died; exiting")
+                self._stop.set()
+            if self.end_time and time.time() > self.end_time:
+                log.info("wall time reached; exiting")
+                self._stop.set()
+
+    def _targets(self) -> list[tuple[str, int]]:
+        spec = self.args.manager
+        if len(spec) == 2:
+            return [(spec[0], int(spec[1]))]
+        out = []
+        for part in spec[0].split(";"):
+            host, _, port = part.rpartition(":")
+            out.append((host, int(port)))
+        return out
+
+    async def _connect_loop(self) -> int:
+        deadline = time.monotonic() + self.args.connect_timeout
+        backoff = 0.1
+        tls_refused: str | None = None  # set while the only managers we reach hang up in the TLS handshake
+        while not self._stop.is_set():
+            for host, port in self._targets():
+                try:
+                    conn = await open_connection(host, port, ssl=self._client_ssl(), timeout=5)
+                except (ssl_module.SSLError, ConnectionResetError) as exc:
+                    if self.tls_client is None:
+                        log.debug("cannot reach %s:%s: %s", host, port, exc)
+                        continue
+                    # Reached, then hung up on in the TLS handshake: say why (an unreachable manager is only a debug line).
+                    log.error("TLS handshake with %s:%s failed (%s: %s): does that manager use TLS? "
+                              "start the worker without --ssl for a plain one", host, port, type(exc).__name__, exc)
+                    tls_refused = f"{host}:{port}"
+                    continue
+                except (OSError, asyncio.TimeoutError) as exc:
+                    log.debug("cannot reach %s:%s: %s", host, port, exc)
+                    continue
+                try:
+                    await self._serve_manager(conn)
+                except AuthenticationError as exc:
+                    log.error("%s", exc)
+                    print(f"vine_worker: {exc}", file=sys.stderr)
+                    return 1
+                except (ProtocolError, OSError, asyncio.TimeoutError) as exc:
+                    log.warning("connection to %s:%s ended: %s", host, port, exc)
+                finally:
+                    conn.close()
+                    self._manager_gone()
+                if self.args.single_shot or self._stop.is_set():
+                    return 0
+                deadline = time.monotonic() + self.args.connect_timeout
+                backoff = 0.1
+                tls_refused = None
+            if time.monotonic() > deadline:
+                if tls_refused is not None:
+                    # Not an idle timeout: the worker never got in because the two sides disagree on TLS.
+                    print(f"vine_worker: giving up after {self.args.connect_timeout:g}s: the TLS handshake with {tls_refused} "
+                          "failed every time; does that manager use TLS? start the worker without --ssl for a plain one",
+                          file=sys.stderr)
+                    return 1
+                log.info("no manager for %ss; exiting", self.args.connect_timeout)
+                return 0
+            try:
+                await asyncio.wait_for(self._stop.wait(), backoff)
+            except asyncio.TimeoutError:
+                pass
+            backoff = min(backoff * 2, 8)
+        return 0
+
+    def _client_ssl(self) -> Any:
+        """Workers encrypt but do not verify the manager's certificate (as TaskVine): the password,
+        when set, is what authenticates both sides (its proofs are bound to the TLS channel)."""
+        return self.tls_client
+
+    def _manager_gone(self) -> None:
+        self.conn = None
+        self.prefetched.clear()
+        for rt in list(self.tasks.values()):
+            self._kill(rt)
+            self._cleanup_task(rt)
+        self.tasks.clear()
+        self.committed = dict.fromkeys(self.committed, 0.0)
+        for r in self.receivers.values():
+            r.abort()
+        self.receivers.clear()
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_result(False)
+        self.pending.clear()
+        self.drop_on_arrival.clear()
+        self._drop_levels_below(C.VINE_CACHE_LEVEL_WORKER)
+
+    async def _serve_manager(self, conn: Connection) -> None:
+        await client_handshake(conn, "worker", self.password, timeout=30, worker_id=self.id)
+        self.conn = conn
+        # A workdir of 25,000 forever files lists more than one frame holds: the rest follows in pages.
+        pages = pages_of({name: size for name, (size, _lvl) in self.cache.items()})
+        conn.send({
+            "type": "ready",
+            "worker_id": self.id,
+            "hostname": socket.gethostname(),
+            "resources": self.total,
+            "features": list(self.args.feature or []),
+            "cache": pages[0],
+            "cache_more": len(pages) > 1,
+            "transfer_port": self.transfer_port,
+            "end_time": self.end_time,
+            "workdir": self.workdir,
+            "pid": os.getpid(),
+            "batch_job_id": batch_job_id(),
+        })
+        for n, page in enumerate(pages[1:], 2):
+            await conn.drain()
+            conn.send({"type": "cache_page", "entries": page, "more": n < len(pages)})
+        await conn.drain()
+        self.last_work = time.monotonic()
+        recv = asyncio.create_task(conn.recv())
+        stop = asyncio.create_task(self._stop.wait())
+        try:
+            while True:
+                done, _ = await asyncio.wait({recv, stop}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+                if stop in done:
+                    return
+                if recv in done:
+                    frame: Frame | None = recv.result()
+                    # Handle every frame that arrived in the same read before flushing, so the
+                    # replies (and messages to libraries) of one batch leave in one write.
+                    while frame is not None:
+                        if frame.type == "exit":
+                            self._stop.set()
+                            return
+                        self._handle(frame)
+                        frame = conn.recv_nowait()
+                    if recv.result() is None:
+                        return
+                    await conn.drain()
+                    recv = asyncio.create_task(conn.recv())
+                if self.args.timeout and not self.tasks and time.monotonic() - self.last_work > self.args.timeout:
+                    log.info("idle for %ss; exiting", self.args.timeout)
+                    # Say why (as TaskVine's worker does), so the manager logs IDLE_OUT, not a loss.
+                    conn.send({"type": "idle_disconnecting", "timeout": self.args.timeout})
+                    try:
+                        await asyncio.wait_for(conn.drain(), 2)
+                    except (OSError, asyncio.TimeoutError):
+                        pass
+                    self._stop.set()
+                    return
+        finally:
+            recv.cancel()
+            stop.cancel()
+
+    def _spawn(self, coro: Any) -> None:
+        """Run ``coro`` in the background, holding it: the event loop keeps only weak references to
+        tasks, so an unheld one waiting on a socket can be collected before it finishes."""
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- messages from the manager ------------------------------------------------------------------
+    def _handle(self, frame: Frame) -> None:
+        t = frame.type
+        if t == "file_begin":
+            name = str(frame["name"])
+            self.drop_on_arrival.discard(name)
+            self._expect(name)
+            self.receivers[name] = FileReceiver(frame, self.cache_path(name))
+        elif t == "file_chunk":
+            r = self.receivers.get(frame["name"])
+            if r is None:
+                raise ProtocolError(f"chunk for {frame['name']} without file_begin")
+            r.chunk(frame)
+        elif t == "file_end":
+            r = self.receivers.pop(frame["name"], None)
+            if r is None:
+                raise ProtocolError(f"file_end for {frame['name']} without file_begin")
+            try:
+                r.finish()
+            except TransferError as exc:
+                self._cache_failed(r.name, str(exc))
+                return
+            self._cache_ready(r.name, int(r.header.get("level", 1)))
+        elif t == "task":
+            self._start_task(frame["task"])
+        elif t == "kill":
+            tid = int(frame["id"])
+            self.prefetched = [p for p in self.prefetched if p.id != tid]
+            rt = self.tasks.get(tid)
+            if rt is not None:
+                self._kill(rt)
+                self._release(rt)
+                self._cleanup_task(rt)
+        elif t == "fetch_url":
+            self.drop_on_arrival.discard(frame["name"])
+            self._expect(frame["name"])
+            self._spawn(self._fetch_url(frame["name"], frame["url"], int(frame["level"])))
+        elif t == "fetch_peer":
+            self.drop_on_arrival.discard(frame["name"])
+            self._expect(frame["name"])
+            self._fetch_peer(frame["name"], frame["source"], int(frame["level"]))
+        elif t == "minitask":
+            self.drop_on_arrival.discard(frame["name"])
+            self._expect(frame["name"])
+            self._spawn(self._run_minitask(frame["name"], frame["task"], int(frame["level"])))
+        elif t == "get":
+            self._spawn(self._send_back(frame["name"], frame.get("request")))
+        elif t == "unlink":
+            if frame["name"] not in self.pending:
+                self._unlink(frame["name"])
+            else:
+                self.drop_on_arrival.add(frame["name"])
+        elif t == "keepalive":
+            self.send({"type": "alive", "committed": self.committed, "tasks": len(self.tasks)})
+        else:
+            raise ProtocolError(f"unexpected message {t!r} from the manager")
+
+    # -- running tasks ----------------------------------------------------------------------------------
+    def _fits(self, alloc: dict[str, float]) -> list[str]:
+        """Resources ``alloc`` would push over this worker's total (empty if it fits now)."""
+        return [k for k in self.committed if max(alloc.get(k, 0), 0) + self.committed[k] > self.total[k] + 1e-9 and self.total[k] >= 0]
+
+    def _start_task(self, spec: dict[str, Any]) -> None:
+        tid = int(spec["id"])
+        if self.drop_on_arrival:
+            self.drop_on_arrival.difference_update(i["name"] for i in spec.get("inputs") or ())
+        alloc = {k: float(v) for k, v in spec.get("resources", {}).items()}
+        rt = RunningTask(tid, spec, "", alloc)
+        if spec.get("queued") and (self.prefetched or self._fits(alloc)):
+            # Prefetched: starts, in order, the moment its allocation fits (the manager mirrors this).
+            self.prefetched.append(rt)
+            self.last_work = time.monotonic()
+            return
+        over = self._fits(alloc)
+        if over:
+            self.send({"type": "complete", "id": tid, "result": C.VINE_RESULT_FORSAKEN, "exit_code": -1, "reason": f"no room for {over}"})
+            return
+        for k in self.committed:
+            self.committed[k] += max(alloc.get(k, 0), 0)
+        if spec.get("function_call") is not None:
+            # A call the manager sends ahead may need this call's temp output: it waits for it here.
+            for o in spec.get("outputs") or ():
+                if o.get("kind") == "temp":
+                    self._expect(o["name"])
+        self.last_work = time.monotonic()
+        if not self._fast_call(rt):
+            self._start_general(rt)
+
+    def _start_general(self, rt: RunningTask) -> None:
+        """Run ``rt`` the ordinary way: in a sandbox of its own, by a coroutine."""
+        try:
+            rt.sandbox = self._make_sandbox(f"t.{rt.id}")
+        except OSError as exc:
+            # Out of descriptors or disk, or an old sandbox that could not be removed: this host's
+            # problem, so the task goes back to the manager (forsaken) and the connection stays.
+            log.warning("task %s: cannot make its sandbox: %s", rt.id, exc)
+            for k in self.committed:
+                self.committed[k] = max(0.0, self.committed[k] - max(rt.alloc.get(k, 0), 0))
+            self.send({"type": "complete", "id": rt.id, "result": C.VINE_RESULT_FORSAKEN, "exit_code": -1,
+                       "reason": f"worker problem: cannot make a sandbox: {exc}"})
+            return
+        self.tasks[rt.id] = rt
+        rt.starter = asyncio.create_task(self._task_coroutine(rt))  # libraries have their own runner
+
+    def _release(self, rt: RunningTask) -> None:
+        if rt.spec.get("function_call") is not None:
+            for o in rt.spec.get("outputs") or ():  # tell local consumers whether it was made
+                fut = self.pending.get(o["name"]) if o.get("kind") == "temp" else None
+                if fut is not None and o["name"] not in self.receivers:
+                    del self.pending[o["name"]]
+                    if not fut.done():
+                        fut.set_result(o["name"] in self.cache)
+        if self.tasks.pop(rt.id, None) is not None:
+            for k in self.committed:
+                self.committed[k] = max(0.0, self.committed[k] - max(rt.alloc.get(k, 0), 0))
+            while self.prefetched and not self._fits(self.prefetched[0].alloc):
+                head = self.prefetched.pop(0)
+                head.spec["queued"] = False
+                self._start_task(head.spec)
+
+    def _task_env(self, rt: RunningTask) -> dict[str, str]:
+        env = self._base_env.copy()
+        tmp = os.path.join(rt.sandbox, ".taskvine.tmp")
+        cores = rt.alloc.get("cores", self.total["cores"])
+        env.update({
+            "VINE_SANDBOX": rt.sandbox,
+            "CORES": str(int(cores)) if float(cores).is_integer() else str(cores),
+            "MEMORY": str(int(rt.alloc.get("memory", self.total["memory"]))),
+            "DISK": str(int(rt.alloc.get("disk", self.total["disk"]))),
+            "GPUS": str(int(rt.alloc.get("gpus", 0))),
+            "OMP_NUM_THREADS": str(max(1, int(cores))),
+            "TMPDIR": tmp, "TMP": tmp, "TEMP": tmp,
+        })
+        for k, v in (rt.spec.get("env") or {}).items():
+            if v is None:
+                env.pop(k, None)
+            else:
+                env[k] = str(v)
+        return env
+
+    def _command(self, rt: RunningTask) -> str:
+        cmd = rt.spec["command"]
+        for name in reversed(rt.spec.get("environments", [])):
+            cmd = f"./__vine_env_{name}/bin/run_in_env {_shell_quote(cmd)}"
+        return cmd
+
+    async def _execute(self, rt: RunningTask) -> int:
+        """Run the command; returns its exit status (negative = killed by that signal).
+
+        posix_spawn (environment converted in C, no Popen machinery) and a pidfd in the event loop
+        keep the worker's own cost per task well under the cost of starting the shell.
+        """
+        special = self._special_execute(rt)  # Python tasks (fork server) and function calls (library)
+        if special is not None:
+            return await special
+        loop = asyncio.get_running_loop()
+        fd = os.open(os.path.join(rt.sandbox, ".vine-stdout"), os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        rt.stdout_fd = fd
+        actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0), (os.POSIX_SPAWN_DUP2, fd, 1), (os.POSIX_SPAWN_DUP2, fd, 2)]
+        # posix_spawn has no cwd argument: this thread is the only one that spawns or uses relative
+        # paths (every worker path is absolute), so changing directory around the call is safe.
+        os.chdir(rt.sandbox)
+        try:
+            rt.pid = os.posix_spawn("/bin/sh", ["/bin/sh", "-c", self._command(rt)], self._task_env(rt), file_actions=actions, setsid=True)
+        finally:
+            os.chdir(self.workdir)
+        rt.start = time.time()
+        rt.done = loop.create_future()
+
+        def reap() -> None:
+            try:
+                pid, status = os.waitpid(rt.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = rt.pid, 255 << 8
+            if pid == 0:
+                return
+            if pidfd >= 0:
+                loop.remove_reader(pidfd)
+                os.close(pidfd)
+            rt.returncode = os.waitstatus_to_exitcode(status)
+            try:
+                # Whatever the task left running in the background goes with it: a finished task
+                # must not keep using the cores, memory or files it was allocated.
+                os.killpg(rt.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            if not rt.done.done():  # type: ignore[union-attr]
+                rt.done.set_result(rt.returncode)  # type: ignore[union-attr]
+
+        try:
+            pidfd = os.pidfd_open(rt.pid)
+            loop.add_reader(pidfd, reap)
+        except (AttributeError, OSError):
+            pidfd = -1
+            loop.run_in_executor(None, lambda: (os.waitid(os.P_PID, rt.pid, os.WEXITED | os.WNOWAIT), loop.call_soon_threadsafe(reap)))
+        timers = []
+        if rt.spec.get("time_max"):
+            timers.append(loop.call_later(float(rt.spec["time_max"]), self._kill, rt, C.VINE_RESULT_MAX_WALL_TIME))
+        if rt.spec.get("time_end"):
+            timers.append(loop.call_later(max(0.0, rt.spec["time_end"] / 1e6 - time.time()), self._kill, rt, C.VINE_RESULT_MAX_END_TIME))
+        watch = [o for o in rt.spec.get("outputs", []) if o.get("watch")]
+        watcher = asyncio.create_task(self._watch(rt, watch)) if watch else None
+        monitor = asyncio.create_task(self._monitor(rt, rt.spec["monitor"])) if rt.spec.get("monitor") else None
+        try:
+            return await rt.done
+        finally:
+            if monitor:
+                monitor.cancel()
+            for tm in timers:
+                tm.cancel()
+            if watcher:
+                watcher.cancel()
+
+    async def _monitor(self, rt: RunningTask, options: dict[str, Any]) -> None:
+        """Sample the task's process tree; with the watchdog, kill it when it exceeds its allocation."""
+        rt.usage = Usage(start=rt.start or time.time())
+        interval = float(options.get("interval") or 1.0)
+        delay = min(0.1, interval)  # catch fast-growing tasks early, then settle to the interval
+        n = 0
+        while rt.returncode is None:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, interval)
+            n += 1
+            sample(rt.usage, rt.pid, rt.sandbox, with_disk=(n % 3 == 1))
+            if options.get("watchdog"):
+                over = exceeded(rt.usage, rt.alloc)
+                if over:
+                    rt.limits = over
+                    log.info("task %s exceeded %s (allocated %s): killing it", rt.id, over, rt.alloc)
+                    self._kill(rt, C.VINE_RESULT_RESOURCE_EXHAUSTION)
+                    return
+
+    async def _take_stdout(self, rt: RunningTask) -> tuple[bytes, bool, int | None]:
+        """The task's captured output, up to the manager's ``stdout_limit`` (tune max-task-stdout-storage):
+        (bytes to send inline, whether it was cut, bytes streamed ahead of ``complete`` or None)."""
+        inline = rt.__dict__.pop("inline_stdout", None)
+        if inline is not None:
+            return inline, False, None
+        fd, rt.stdout_fd = rt.stdout_fd, -1
+        if fd < 0:
+            return b"", False, None
+        limit = max(0, int(rt.spec.get("stdout_limit", STDOUT_LIMIT)))
+        try:
+            size = rt.stdout_size = os.fstat(fd).st_size
+            keep = min(size, limit)
+            if keep <= STDOUT_INLINE or self.conn is None:
+                return (os.pread(fd, min(keep, STDOUT_INLINE), 0) if keep else b""), size > min(keep, STDOUT_INLINE), None
+            # Too big for one frame: streamed in chunks, read from the file as they go (never held whole).
+            name = f".stdout.{rt.id}"
+            conn = self.conn
+            conn.send({"type": "file_begin", "name": name, "size": keep, "task": rt.id, "stdout": True})
+            for offset in range(0, keep, CHUNK_SIZE):
+                conn.send({"type": "file_chunk", "name": name}, os.pread(fd, min(CHUNK_SIZE, keep - offset), offset))
+                await conn.drain()
+            conn.send({"type": "file_end", "name": name})
+            return b"", size > keep, keep
+        finally:
+            os.close(fd)
+
+    def _read_stdout(self, rt: RunningTask) -> tuple[bytes, bool]:
+        """The task's captured output (at most STDOUT_LIMIT bytes) and whether it was cut, for callers
+        that send it inline only (a library's)."""
+        inline = rt.__dict__.pop("inline_stdout", None)
+        if inline is not None:
+            return inline, False
+        fd, rt.stdout_fd = rt.stdout_fd, -1
+        if fd < 0:
+            return b"", False
+        try:
+            size = rt.stdout_size = os.fstat(fd).st_size
+            return (os.pread(fd, min(size, STDOUT_LIMIT), 0) if size else b""), size > STDOUT_LIMIT
+        finally:
+            os.close(fd)
+
+    def _kill(self, rt: RunningTask, reason: int | None = None) -> None:
+        if rt.pid and rt.returncode is None:
+            if reason is not None and rt.killed_for is None:
+                rt.killed_for = reason
+            try:
+                os.killpg(rt.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if rt.starter is not None and not rt.pid:
+            rt.starter.cancel()
+
+    async def _watch(self, rt: RunningTask, outputs: list[dict[str, Any]]) -> None:
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            self._watch_once(rt, outputs)
+
+    def _watch_once(self, rt: RunningTask, outputs: list[dict[str, Any]]) -> None:
+        for o in outputs:
+            path = os.path.join(rt.sandbox, o["remote"])
+            offset = rt.watchers.get(o["name"], 0)
+            try:
+                with open(path, "rb") as fh:
+                    fh.seek(offset)
+                    data = fh.read(1 << 20)
+            except OSError:
+                continue
+            if data:
+                self.send({"type": "watch", "id": rt.id, "name": o["name"], "offset": offset}, data)
+                rt.watchers[o["name"]] = offset + len(data)
+
+    async def _run_task(self, rt: RunningTask) -> None:
+        spec = rt.spec
+        result, code, reason = C.VINE_RESULT_SUCCESS, -1, ""
+        retry = False
+        try:
+            if not await self._gather_inputs(spec):
+                missing = [i["name"] for i in spec["inputs"] if i["name"] not in self.cache]
+                result, reason = C.VINE_RESULT_INPUT_MISSING, f"inputs not obtained: {missing}"
+                # An input that failed to arrive from a peer is the cluster's fault, not the task's.
+                retry = any(i.get("kind") == "temp" or i["name"] in self.peer_failures for i in spec["inputs"] if i["name"] in missing)
+                self.peer_failures.difference_update(missing)
+                url_failures: dict[str, str] = self.__dict__.get("url_failures") or {}
+                unfetched = [url_failures.pop(i["name"], i["name"]) for i in spec["inputs"] if i["name"] in missing and i.get("kind") == "url"]
+                if unfetched:
+                    # As TaskVine's worker does: a URL this worker could not fetch forsakes the task
+                    # here, so the manager tries it again without counting a try (set_max_forsaken).
+                    result, reason, retry = C.VINE_RESULT_FORSAKEN, "; ".join(unfetched), False
+                    spec["missing_input"] = True
+            else:
+                self._link_inputs(rt)
+                status = await self._execute(rt)
+                retry = rt.__dict__.get("retry", False)  # e.g. a call whose library died before it started
+                if rt.killed_for is not None:
+                    result, code = rt.killed_for, 9
+                elif status < 0:
+                    result, code = C.VINE_RESULT_SIGNAL, -status
+                else:
+                    code = status
+        except asyncio.CancelledError:
+            return
+        except OSError as exc:
+            if exc.errno not in _HOST_ERRNOS:
+                log.exception("task %s failed inside the worker", rt.id)
+                result, reason = C.VINE_RESULT_UNKNOWN, f"worker error: {exc}"
+            else:
+                # This host is out of descriptors, disk or memory: the task did nothing wrong, so it
+                # is forsaken (the manager sends it again without counting a try), not failed.
+                log.warning("task %s could not be run here: %s", rt.id, exc)
+                result, reason = C.VINE_RESULT_FORSAKEN, f"worker problem: {exc}"
+        except Exception as exc:  # noqa: BLE001 - the worker must survive any single task
+            log.exception("task %s failed inside the worker", rt.id)
+            result, reason = C.VINE_RESULT_UNKNOWN, f"worker error: {exc}"
+        if rt.id not in self.tasks:
+            return  # killed by the manager
+        end = time.time()
+        stdout, cut, streamed = await self._take_stdout(rt)
+        if cut and result == C.VINE_RESULT_SUCCESS:
+            result = C.VINE_RESULT_STDOUT_MISSING
+        outputs: dict[str, int] = {}
+        cached: dict[str, int] = {}
+        if result != C.VINE_RESULT_INPUT_MISSING:
+            watch = [o for o in spec.get("outputs", []) if o.get("watch")]
+            if watch:
+                self._watch_once(rt, watch)
+            ok = result == C.VINE_RESULT_SUCCESS and code == 0
+            result = await self._collect_outputs(rt, ok, result, outputs, cached)
+        unlinked = self._cleanup_task(rt)
+        self._release(rt)
+        self.last_work = time.monotonic()
+        self.send(
+            {
+                "type": "complete", "id": rt.id, "result": result, "exit_code": code, "reason": reason,
+                "retry": retry, "missing_input": bool(spec.get("missing_input")), "start": rt.start, "end": end, "outputs": outputs, "cached": cached, "unlinked": unlinked,
+                "measured": rt.usage.measured() if rt.usage else {}, "limits": rt.limits,
+                **({"stdout_streamed": streamed} if streamed is not None else {}),
+            },
+            stdout,
+        )
+        if self.conn is not None:
+            try:
+                await self.conn.drain()
+            except ConnectionError:
+                pass
+
+    async def _collect_outputs(self, rt: RunningTask, ok: bool, result: int, outputs: dict[str, int], cached: dict[str, int]) -> int:
+        inline: dict[str, bytes] = rt.__dict__.get("inline_outputs") or {}  # a forked PythonTask's result
+        for o in rt.spec.get("outputs", []):
+            if (o.get("failure_only") and ok) or (o.get("success_only") and not ok):
+                continue
+            if o["remote"] in inline:
+                await self._collect_inline_output(rt, o, inline.pop(o["remote"]), outputs, cached)
+                continue
+            src = os.path.join(rt.sandbox, o["remote"])
+            if not os.path.lexists(src):
+                if result == C.VINE_RESULT_SUCCESS:
+                    result = C.VINE_RESULT_OUTPUT_MISSING
+                continue
+            name = o["name"]
+            self._unlink(name)
+            os.replace(src, self.cache_path(name))
+            level = int(o.get("level", 1))
+            if o.get("return"):
+                if self.conn is not None:
+                    await send_path(self.conn, name, self.cache_path(name), task=rt.id)
+                if level <= C.VINE_CACHE_LEVEL_TASK:
+                    outputs[name] = path_size(self.cache_path(name))
+                    self._unlink(name)
+                    continue
+            # Announced in the task's "complete" message ("cached"), not in a cache_update of its own:
+            # the manager then sees the file and the freed slot at once, and places a consumer here.
+            outputs[name] = cached[name] = self._add_cache(name, max(level, C.VINE_CACHE_LEVEL_WORKFLOW))
+        return result
+
+def _shell_quote(s: str) -> str:
+    import shlex
+
+    return shlex.quote(s)
+
+
+def batch_job_id() -> str | None:
+    """The batch job this worker runs in, so a factory can remove exactly its idle workers' jobs.
+
+    ``$VINE_BATCH_JOB_ID`` (set by the factory's local and HTCondor queues), else the id the batch
+    system itself exports: ``$SLURM_JOB_ID`` (Slurm), ``$JOB_ID`` (SGE/UGE).
+    """
+    for var in ("VINE_BATCH_JOB_ID", "SLURM_JOB_ID", "JOB_ID"):
+        v = os.environ.get(var, "").strip()
+        if v and len(v) <= 128:
+            return v
+    return None
+
+
+def _amount(text: str) -> float:
+    """An argparse type: a finite number >= 0 (``inf``/``nan`` parse as floats but no scheduler can use them)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vine_worker", description="Run tasks for a core (TaskVine-compatible) manager.")
+    p.add_argument("manager", nargs="*", help="HOST PORT, or 'HOST:PORT[;HOST:PORT...]'")
+    p.add_argument("-M", "--manager-name", help="project name to look up in the catalog")
+    p.add_argument("--cores", type=_amount)
+    p.add_argument("--memory", type=_amount, help="MB")
+    p.add_argument("--disk", type=_amount, help="MB")
+    p.add_argument("--gpus", type=_amount)
+    p.add_argument("--disk-percent", type=_amount, default=50)
+    p.add_argument("--feature", action="append", help="a feature tasks may require (repeatable)")
+    p.add_argument("-t", "--timeout", type=_amount, default=900, help="idle and connect timeout (s)")
+    p.add_argument("--idle-timeout", type=_amount)
+    p.add_argument("--connect-timeout", type=_amount)
+    p.add_argument("--wall-time", type=_amount, default=0)
+    p.add_argument("--single-shot", action="store_true")
+    p.add_argument("-s", "--workdir", "--workspace", dest="workdir")
+    p.add_argument("--keep-workspace", action="store_true")
+    p.add_argument("-P", "--password", help="file holding the shared password")
+    p.add_argument("--transfer-port", type=int, default=0)
+    p.add_argument("--ssl", action="store_true",
+                   help="connect to the manager with TLS, and serve and fetch peer transfers with TLS "
+                        "(with -M NAME, learned from the catalog)")
+    p.add_argument("--parent-death", action="store_true")
+    p.add_argument("--from-factory", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("-d", "--debug", help="debug flags ('all')")
+    p.add_argument("-o", "--debug-file")
+    p.add_argument("-C", "--catalog", help="catalog directory or host:port")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.debug:
+        logging.basicConfig(
+            level=logging.DEBUG, filename=args.debug_file,
+            format="%(asctime)s vine_worker[%(process)d] %(levelname)s: %(message)s",
+        )
+    else:
+        logging.basicConfig(level=logging.WARNING, format="vine_worker: %(message)s")
+    args.connect_timeout = args.connect_timeout if args.connect_timeout is not None else args.timeout
+    args.timeout = args.idle_timeout if args.idle_timeout is not None else args.timeout
+    if args.manager_name and not args.manager:
+        from ..deploy.catalog import find
+
+        found = find(args.manager_name, args.catalog)
+        if not found:
+            print(f"vine_worker: no manager named {args.manager_name!r} in the catalog", file=sys.stderr)
+            return 1
+        uses_tls = {bool(e.get("ssl")) for e in found}
+        if len(uses_tls) > 1:
+            # One worker has one transfer port, TLS or plain: it cannot serve both kinds of manager's peers.
+            listed = ", ".join(f"{e.get('project')}@{e['address']}:{e['port']} ({'TLS' if e.get('ssl') else 'plain'})" for e in found)
+            print(f"vine_worker: the managers named {args.manager_name!r} disagree on TLS ({listed}); "
+                  "give a name that matches only one kind", file=sys.stderr)
+            return 1
+        args.ssl = args.ssl or uses_tls.pop()
+        args.manager = [";".join(f"{e['address']}:{int(e['port'])}" for e in found)]
+    if len(args.manager) not in (1, 2):
+        build_parser().error("give HOST PORT, HOST:PORT, or -M NAME")
+    worker = Worker(args)
+    try:
+        return asyncio.run(worker.main())
+    except TLSSetupError as exc:  # --ssl (or a TLS catalog entry) on a host without openssl
+        print(f"vine_worker: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

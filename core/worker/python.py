@@ -1,0 +1,525 @@
+"""The worker's side of Python tasks and libraries: a fork server, library processes, function calls.
+
+::
+
+    task spec                 how it runs
+    ─────────                 ───────────
+    "python" (no env)         fork server child (core/forkserver.py): no interpreter start
+    "python" + environment    `python3 .vine_runner.py task ...` through the env's run_in_env
+    "library"                 `python3 .vine_runner.py library ...` as a long task; it connects back on an
+                              abstract unix socket, says "ready", then serves calls
+    "function_call"           sent to its library instance over that socket; the library (or a fork
+                              of it) writes the result envelope where the task's stdout would be, so
+                              it travels home inline with the completion
+
+Everything else (sandbox, inputs, stdout capture, time_max kill, outputs) is the worker's ordinary
+task path; this mixin only replaces how the process starts and how its end is noticed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import logging
+import os
+import pickle
+import secrets
+import shlex
+import sys
+import time
+from typing import TYPE_CHECKING, Any, Coroutine
+
+from .. import constants as C
+from ..wire.remote import _LEN, MessageReader
+from ..wire.connection import send_bytes
+from .forkserver import ForkServer
+
+if TYPE_CHECKING:
+    from .main import RunningTask
+
+log = logging.getLogger("vine_worker")
+
+REMOTE_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "wire", "remote.py")
+LIBRARY_LOG_TAIL = 64 << 10
+
+
+class LibraryProcess:
+    """One running library instance as the worker sees it."""
+
+    def __init__(self, instance_id: int, name: str) -> None:
+        self.id = instance_id
+        self.name = name
+        self.ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.pending: dict[int, asyncio.Future[int | None]] = {}
+        self.results: dict[int, bytes] = {}  # inline results of direct-mode calls, by call id
+        self.sandbox = ""  # the instance's own sandbox (its working directory)
+        self._outgoing: list[bytes] = []
+        self.mode = "fork"
+        self.writer: asyncio.StreamWriter | None = None
+        self.dead = False
+        self.error = ""
+        self.pid = 0
+        self.finished = asyncio.Event()  # set once the instance's end has been reported
+
+    async def wait_ready(self) -> bool:
+        return await asyncio.shield(self.ready)
+
+    def send(self, msg: dict[str, Any]) -> bool:
+        """Queue a message; those of one event-loop turn reach the library in one write."""
+        if self.dead or self.writer is None:
+            return False
+        data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+        if not self._outgoing:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outgoing.append(_LEN.pack(len(data)) + data)
+        return True
+
+    def _flush(self) -> None:
+        out, self._outgoing = self._outgoing, []
+        if out and self.writer is not None and not self.dead:
+            self.writer.write(b"".join(out))
+
+    def die(self) -> None:
+        self.dead = True
+        if not self.ready.done():
+            self.ready.set_result(False)
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_result(None)
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+class WorkerPythonMixin:
+    """Mixed into :class:`core.worker.Worker`."""
+
+    tasks: dict[int, RunningTask]
+
+    # -- state ------------------------------------------------------------------------------------------
+    def _fork_server(self) -> ForkServer:
+        fs = self.__dict__.get("_vine_forkserver")
+        if fs is None:
+            fs = self.__dict__["_vine_forkserver"] = ForkServer()
+        return fs
+
+    def _libraries(self) -> dict[int, LibraryProcess]:
+        libs = self.__dict__.get("_vine_libraries")
+        if libs is None:
+            libs = self.__dict__["_vine_libraries"] = {}
+        return libs
+
+    # -- hooks called by Worker -----------------------------------------------------------------------------
+    def _task_coroutine(self, rt: RunningTask) -> Coroutine[Any, Any, None]:
+        """What runs a started task: a library instance, or the ordinary task path."""
+        if rt.spec.get("library") is not None:
+            return self._run_library(rt)
+        return self._run_task(rt)  # type: ignore[attr-defined,no-any-return]
+
+    def _special_execute(self, rt: RunningTask) -> Coroutine[Any, Any, int] | None:
+        """A replacement for ``sh -c command``, or None for the ordinary way."""
+        spec = rt.spec
+        if spec.get("function_call") is not None:
+            return self._execute_call(rt)
+        py = spec.get("python")
+        if py is not None and not spec.get("environments") and not py.get("fallback"):
+            return self._execute_forked(rt)
+        return None
+
+    # -- Python tasks through the fork server -------------------------------------------------------------
+    async def _execute_forked(self, rt: RunningTask) -> int:
+        loop = asyncio.get_running_loop()
+        stdout_path = os.path.join(rt.sandbox, ".vine-stdout")
+        rt.stdout_fd = os.open(stdout_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        rt.done = loop.create_future()
+        env = self._task_env(rt)  # type: ignore[attr-defined]
+        py = rt.spec["python"]
+        request, fast = self._fork_request(rt, py)
+        server = self._fork_server()
+        try:
+            pid, exited = await server.spawn(rt.id, rt.sandbox, env, stdout_path, request, **fast)
+        except OSError as exc:
+            # No fork server: run the same code in a fresh interpreter of the worker's own Python.
+            log.warning("fork server unavailable (%s); task %s runs in a new interpreter", exc, rt.id)
+            self._place_fast_inputs(rt, py)
+            py["fallback"] = True
+            os.close(rt.stdout_fd)
+            rt.stdout_fd = -1
+            rt.spec["command"] = shlex.join([sys.executable, REMOTE_PATH, "task", py["function"], py["args"], py.get("output") or "-",
+                                             "1" if py.get("serialize", True) else "0"])
+            return await self._execute(rt)  # type: ignore[attr-defined,no-any-return]
+        rt.pid = pid
+        rt.start = time.time()
+
+        def finished(fut: asyncio.Future[int]) -> None:
+            result = server.take_result(rt.id)
+            if result is not None and py.get("output"):
+                rt.inline_outputs = {py["output"]: result}  # type: ignore[attr-defined]
+            rt.returncode = fut.result()
+            if rt.done is not None and not rt.done.done():
+                rt.done.set_result(rt.returncode)
+
+        exited.add_done_callback(finished)
+        return await self._supervise(rt)
+
+    def _fork_request(self, rt: RunningTask, py: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The fork-server request for PythonTask ``rt``: what the child finds ready instead of as files.
+
+        The function input (marked ``in_place`` by PythonTask, so not linked into the sandbox) is
+        named by its cache file, which the server unpickles once per worker; the result comes back
+        inline whenever the task's result is an ordinary output (not watched, not written where
+        the task's own files go).
+        """
+        request = dict(py)
+        fast: dict[str, Any] = {}
+        for inp in rt.spec.get("inputs") or ():
+            if inp.get("in_place") and inp["remote"] == py.get("function"):
+                name = inp["name"]
+                if name in self.memory:  # type: ignore[attr-defined]
+                    self._spill(name)  # type: ignore[attr-defined]  # the server reads it once, from disk
+                request["function"] = fast["function_path"] = self.cache_path(name)  # type: ignore[attr-defined]
+                fast["function_key"] = name
+        out = py.get("output")
+        if out and py.get("result_inline"):
+            fast["result_inline"] = True
+        return request, fast
+
+    def _place_fast_inputs(self, rt: RunningTask, py: dict[str, Any]) -> None:
+        """Put what the fork server would have been handed in memory into the sandbox, as files."""
+        for inp in rt.spec.get("inputs") or ():
+            if inp.get("in_place"):
+                if inp["name"] in self.memory:  # type: ignore[attr-defined]
+                    self._spill(inp["name"])  # type: ignore[attr-defined]
+                os.symlink(self.cache_path(inp["name"]), os.path.join(rt.sandbox, inp["remote"]))  # type: ignore[attr-defined]
+        if py.get("args_inline") is not None:
+            with open(os.path.join(rt.sandbox, py["args"]), "wb") as fh:
+                fh.write(base64.b64decode(py.pop("args_inline")))
+
+    async def _collect_inline_output(self, rt: RunningTask, o: dict[str, Any], data: bytes, outputs: dict[str, int],
+                                     cached: dict[str, int]) -> None:
+        """An output a forked PythonTask sent back in memory: sent home, or cached, from memory.
+
+        Called by ``Worker._collect_outputs`` for the outputs named in ``rt.inline_outputs``.
+        """
+        name = o["name"]
+        self._unlink(name)  # type: ignore[attr-defined]
+        level = int(o.get("level", 1))
+        if o.get("return"):
+            conn = self.conn  # type: ignore[attr-defined]
+            if conn is not None:
+                await send_bytes(conn, name, data, task=rt.id)
+            if level <= C.VINE_CACHE_LEVEL_TASK:
+                outputs[name] = len(data)
+                return
+        self._keep_in_memory(name, data)  # type: ignore[attr-defined]
+        if level >= C.VINE_CACHE_LEVEL_FOREVER:
+            self._spill(name)  # type: ignore[attr-defined]  # outlives this worker process: it must be on disk
+        outputs[name] = cached[name] = self._add_cache(name, max(level, C.VINE_CACHE_LEVEL_WORKFLOW))  # type: ignore[attr-defined]
+
+    async def _supervise(self, rt: RunningTask) -> int:
+        """Wait for ``rt.done`` under the task's time limits and output watches (as ``_execute`` does)."""
+        loop = asyncio.get_running_loop()
+        kill = self._kill  # type: ignore[attr-defined]
+        timers = []
+        if rt.spec.get("time_max"):
+            timers.append(loop.call_later(float(rt.spec["time_max"]), kill, rt, C.VINE_RESULT_MAX_WALL_TIME))
+        if rt.spec.get("time_end"):
+            timers.append(loop.call_later(max(0.0, rt.spec["time_end"] / 1e6 - time.time()), kill, rt, C.VINE_RESULT_MAX_END_TIME))
+        watch = [o for o in rt.spec.get("outputs", []) if o.get("watch")]
+        watcher = asyncio.create_task(self._watch(rt, watch)) if watch else None  # type: ignore[attr-defined]
+        # Measured and watched like any task: the child is a process of its own (the fork server's child).
+        monitor = asyncio.create_task(self._monitor(rt, rt.spec["monitor"])) if rt.spec.get("monitor") else None  # type: ignore[attr-defined]
+        try:
+            assert rt.done is not None
+            return await rt.done
+        finally:
+            if monitor:
+                monitor.cancel()
+            for tm in timers:
+                tm.cancel()
+            if watcher:
+                watcher.cancel()
+
+    # -- function calls -----------------------------------------------------------------------------------------
+    async def _fast_call_when_ready(self, rt: RunningTask, arriving: list[asyncio.Future[bool]]) -> None:
+        arrived = all([await asyncio.shield(fut) for fut in arriving])  # shared futures: see _gather_inputs
+        if self.tasks.get(rt.id) is not rt:
+            return  # killed while it waited
+        rt.starter = None
+        if not arrived or not self._fast_call(rt, wait_inputs=False):
+            self._start_general(rt)  # type: ignore[attr-defined]  # the ordinary path reports what is missing
+
+    def _fast_call(self, rt: RunningTask, wait_inputs: bool = True) -> bool:
+        """Hand a plain direct-mode call straight to its ready instance: no sandbox, no coroutine.
+
+        Plain = no environment, no time limits, no monitoring, and files only of the kinds the call
+        machinery makes itself, all already in the cache: arguments that are other tasks' results
+        (``.vine_ref_*``), a big-arguments file, and its own temp output. The library reads those
+        straight from the cache and writes the output straight into it, so nothing is linked,
+        created or removed per call. Anything else (a user's input file the function opens by name,
+        an input still on its way, an instance not ready yet) takes the general path with a
+        sandbox. Returns whether the fast path was taken.
+        """
+        spec = rt.spec
+        fc = spec.get("function_call")
+        if fc is None or spec.get("environments") or spec.get("time_max") or spec.get("time_end") or spec.get("monitor"):
+            return False
+        cache = self.cache  # type: ignore[attr-defined]
+        paths: dict[str, str | bytes] = {}
+        arriving: list[asyncio.Future[bool]] = []
+        for inp in spec.get("inputs") or ():
+            remote = inp["remote"]
+            if not (remote.startswith(".vine_ref_") or remote == fc.get("args_file")):
+                return False
+            if inp["name"] not in cache:
+                fut_in = self.pending.get(inp["name"])  # type: ignore[attr-defined]
+                if fut_in is None or not wait_inputs:
+                    return False
+                arriving.append(fut_in)
+            # A file kept in memory travels to the library as bytes: nothing to open there either.
+            paths[remote] = self.memory.get(inp["name"]) or self.cache_path(inp["name"])  # type: ignore[attr-defined]
+        outputs = spec.get("outputs") or ()
+        output: dict[str, Any] | None = None
+        if outputs:
+            if len(outputs) != 1 or outputs[0]["remote"] != fc.get("output") or outputs[0].get("kind") != "temp":
+                return False
+            output = outputs[0]
+        inst = self._libraries().get(int(spec.get("library_instance") or 0))
+        if inst is None or inst.dead or not inst.sandbox or not inst.ready.done() or not inst.ready.result():
+            return False
+        if (fc.get("mode") or inst.mode) != "direct":
+            return False
+        if arriving:
+            # Inputs still on their way (peer transfers): wait for them here, then take this path.
+            self.tasks[rt.id] = rt
+            rt.starter = asyncio.create_task(self._fast_call_when_ready(rt, arriving))
+            return True
+        result_path = os.path.join(inst.sandbox, f".vine-result-{rt.id}")  # used only for results over 1 MiB
+        args_file = fc.get("args_file")
+        output_path = self.cache_path(output["name"]) if output is not None else None  # type: ignore[attr-defined]
+        if not inst.send({"op": "call", "id": rt.id, "function": fc["function"],
+                          "args": base64.b64decode(fc["args"]) if fc.get("args") is not None else None,
+                          "args_file": self._spilled_path(args_file, paths) if args_file else None, "paths": paths,
+                          "sandbox": inst.sandbox, "result": result_path, "output": output_path, "output_inline": True,
+                          "mode": "direct"}):
+            return False
+        fut: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        inst.pending[rt.id] = fut
+        rt.start = time.time()
+        self.tasks[rt.id] = rt
+        fut.add_done_callback(lambda f: self._fast_call_done(rt, inst, result_path, output, f))
+        return True
+
+    def _spilled_path(self, remote: str, paths: dict[str, str | bytes]) -> str:
+        """The on-disk path of input ``remote`` (its bytes are written out if they were in memory)."""
+        src = paths[remote]
+        if isinstance(src, bytes):
+            for name, data in list(self.memory.items()):  # type: ignore[attr-defined]
+                if data is src:
+                    self._spill(name)  # type: ignore[attr-defined]
+                    paths[remote] = src = self.cache_path(name)  # type: ignore[attr-defined]
+                    break
+        return str(src)
+
+    def _fast_call_done(self, rt: RunningTask, inst: LibraryProcess, result_path: str, output: dict[str, Any] | None,
+                        fut: asyncio.Future[int | None]) -> None:
+        inst.pending.pop(rt.id, None)
+        data = inst.results.pop(rt.id, None)
+        status = fut.result()
+        if data is None and status is not None:
+            try:
+                with open(result_path, "rb") as fh:
+                    data = fh.read()
+                os.unlink(result_path)
+            except OSError:
+                data = b""
+        cached: dict[str, int] = {}
+        if self.tasks.get(rt.id) is not rt:
+            if output is not None and output["name"] not in self.cache:  # type: ignore[attr-defined]
+                self._unlink(output["name"])  # type: ignore[attr-defined]  # cancelled while it ran: drop what it wrote
+            return
+        result, code = (C.VINE_RESULT_LIBRARY_EXIT, 9) if status is None else (C.VINE_RESULT_SUCCESS, status)
+        if output is not None:
+            name = output["name"]
+            if status == 0 and data:
+                self._keep_in_memory(name, data)  # type: ignore[attr-defined]  # the envelope came back inline
+                data = b""  # it is the temp's content, not the call's output
+            if status == 0 and (name in self.memory or os.path.lexists(self.cache_path(name))):  # type: ignore[attr-defined]
+                cached[name] = self._add_cache(name, max(int(output.get("level", 1)), C.VINE_CACHE_LEVEL_WORKFLOW))  # type: ignore[attr-defined]
+            elif status == 0:
+                result = C.VINE_RESULT_OUTPUT_MISSING
+            else:
+                self._unlink(name)  # type: ignore[attr-defined]  # a failed call leaves no temp behind
+        unlinked = self._cleanup_task(rt)  # type: ignore[attr-defined]  # no sandbox: only task-level inputs
+        self._release(rt)  # type: ignore[attr-defined]
+        self.last_work = time.monotonic()  # type: ignore[attr-defined]
+        self.send(  # type: ignore[attr-defined]
+            {"type": "complete", "id": rt.id, "result": result, "exit_code": code, "reason": "" if status is not None else "the library died during the call",
+             "retry": False, "start": rt.start, "end": time.time(), "outputs": dict(cached), "cached": cached, "unlinked": unlinked},
+            data or b"",
+        )
+
+    async def _execute_call(self, rt: RunningTask) -> int:
+        loop = asyncio.get_running_loop()
+        fc = rt.spec["function_call"]
+        # The library creates this file (new, never truncated: ext4 flushes truncated files at close,
+        # which made every call wait on the disk); it becomes the call's "stdout", sent home inline.
+        result_path = os.path.join(rt.sandbox, ".vine-stdout")
+        rt.start = time.time()
+        libs = self._libraries()
+        inst = libs.get(int(rt.spec.get("library_instance") or 0))
+        if inst is None:
+            inst = next((i for i in libs.values() if i.name == fc["library"] and not i.dead), None)
+        fut: asyncio.Future[int | None] = loop.create_future()
+        if inst is None or inst.dead or not await inst.wait_ready() or not inst.send({
+            "op": "call", "id": rt.id, "function": fc["function"],
+            "args": base64.b64decode(fc["args"]) if fc.get("args") is not None else None,
+            "args_file": fc.get("args_file"), "sandbox": rt.sandbox, "result": result_path, "mode": fc.get("mode"),
+            "output": os.path.join(rt.sandbox, fc["output"]) if fc.get("output") else None,
+        }):
+            # The call never started: the manager puts it back in the queue (a new instance, or
+            # "missing library" once the library has failed too often). Report after the instance's
+            # own end, so the call is not placed in the dead instance again.
+            if inst is not None:
+                await inst.finished.wait()
+            rt.retry = True  # type: ignore[attr-defined]
+            rt.killed_for = C.VINE_RESULT_MISSING_LIBRARY
+            return 9
+        inst.pending[rt.id] = fut
+
+        def expire(reason: int) -> None:
+            if rt.killed_for is None:
+                rt.killed_for = reason
+            inst.send({"op": "kill", "id": rt.id})
+            if not fut.done():
+                fut.set_result(-9)
+
+        timers = []
+        if rt.spec.get("time_max"):
+            timers.append(loop.call_later(float(rt.spec["time_max"]), expire, C.VINE_RESULT_MAX_WALL_TIME))
+        if rt.spec.get("time_end"):
+            timers.append(loop.call_later(max(0.0, rt.spec["time_end"] / 1e6 - time.time()), expire, C.VINE_RESULT_MAX_END_TIME))
+        try:
+            status = await fut
+        except asyncio.CancelledError:
+            inst.send({"op": "kill", "id": rt.id})
+            raise
+        finally:
+            for tm in timers:
+                tm.cancel()
+            inst.pending.pop(rt.id, None)
+        inline = inst.results.pop(rt.id, None)
+        if inline is not None:
+            rt.inline_stdout = inline  # type: ignore[attr-defined]
+        else:
+            try:
+                rt.stdout_fd = os.open(result_path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                pass  # no result: the call died (status says how) or never ran
+        if status is None:
+            rt.killed_for = C.VINE_RESULT_LIBRARY_EXIT
+            return 9
+        return status
+
+    # -- library instances -----------------------------------------------------------------------------------------
+    async def _library_connected(self, inst: LibraryProcess, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if inst.writer is not None or inst.dead:
+            writer.close()
+            return
+        inst.writer = writer
+        messages = MessageReader()
+        try:
+            while True:
+                data = await reader.read(1 << 16)
+                if not data:
+                    break
+                for msg in messages.feed(data):
+                    op = msg.get("op")
+                    if op == "ready":
+                        inst.pid = int(msg.get("pid") or 0)
+                        inst.mode = str(msg.get("mode") or "fork")
+                        if not inst.ready.done():
+                            inst.ready.set_result(True)
+                    elif op == "failed":
+                        inst.error = str(msg.get("error") or "")
+                    elif op == "done":
+                        fut = inst.pending.get(int(msg["id"]))
+                        if fut is not None and not fut.done():
+                            if msg.get("result") is not None:
+                                inst.results[int(msg["id"])] = msg["result"]
+                            fut.set_result(int(msg["status"]))
+        except (OSError, ValueError, pickle.UnpicklingError, asyncio.CancelledError) as exc:
+            log.info("library %s: connection ended: %s", inst.name, exc)
+        finally:
+            inst.die()
+
+    async def _run_library(self, rt: RunningTask) -> None:
+        spec = rt.spec
+        lib = spec["library"]
+        inst = LibraryProcess(rt.id, str(lib["name"]))
+        inst.sandbox = rt.sandbox
+        libs = self._libraries()
+        libs[rt.id] = inst
+        server: asyncio.AbstractServer | None = None
+        status: int | None = None
+        reason = ""
+        try:
+            if not await self._gather_inputs(spec):  # type: ignore[attr-defined]
+                missing = [i["name"] for i in spec["inputs"] if i["name"] not in self.cache]  # type: ignore[attr-defined]
+                reason = f"the library's inputs could not be obtained: {missing}"
+            else:
+                self._link_inputs(rt)  # type: ignore[attr-defined]
+                address = f"vine-lib-{os.getpid()}-{-rt.id}-{secrets.token_hex(4)}"
+                server = await asyncio.start_unix_server(functools.partial(self._library_connected, inst), path="\0" + address)
+                env = dict(spec.get("env") or {})
+                env["VINE_LIBRARY_SOCKET"] = "@" + address
+                env["VINE_LIBRARY_SLOTS"] = str(lib.get("slots", 1))
+                # Without an environment the library uses the worker's own interpreter (which has
+                # cloudpickle); inside one, the environment's python3.
+                env["VINE_PYTHON"] = None if spec.get("environments") else sys.executable
+                spec["env"] = env
+                status = await self._execute(rt)  # type: ignore[attr-defined]
+        except asyncio.CancelledError:
+            inst.die()
+            libs.pop(rt.id, None)
+            inst.finished.set()
+            return
+        except Exception as exc:  # noqa: BLE001 - the worker must survive any library
+            log.exception("library %s failed inside the worker", inst.name)
+            reason = f"worker error: {exc}"
+        finally:
+            if server is not None:
+                server.close()
+        was_ready = inst.ready.done() and inst.ready.result()
+        inst.die()
+        libs.pop(rt.id, None)
+        if rt.id not in self.tasks:
+            inst.finished.set()
+            return  # killed by the manager (removed, evicted) or the manager went away
+        if not reason:
+            if rt.killed_for is not None:
+                reason = f"killed: {C.result_string(rt.killed_for)}"
+            elif inst.error:
+                reason = f"the library failed to start (exit status {status}):\n{inst.error.strip()}"
+            elif not was_ready:
+                reason = f"the library exited with status {status} before it was ready"
+            else:
+                reason = f"the library exited with status {status}"
+        stdout, _cut = self._read_stdout(rt)  # type: ignore[attr-defined]
+        unlinked = self._cleanup_task(rt)  # type: ignore[attr-defined]
+        self._release(rt)  # type: ignore[attr-defined]
+        self.last_work = time.monotonic()
+        self.send(  # type: ignore[attr-defined]
+            {"type": "complete", "id": rt.id, "result": C.VINE_RESULT_LIBRARY_EXIT, "exit_code": status if status is not None else -1,
+             "reason": reason, "library": inst.name, "retry": False, "start": rt.start, "end": time.time(), "outputs": {},
+             "unlinked": unlinked},
+            stdout[-LIBRARY_LOG_TAIL:],
+        )
+        inst.finished.set()
+        conn = self.conn  # type: ignore[attr-defined]
+        if conn is not None:
+            try:
+                await conn.drain()
+            except ConnectionError:
+                pass

@@ -1,0 +1,264 @@
+"""How a worker obtains the files its tasks need, and serves its cache to peers.
+
+A file comes from the manager (streamed on the manager connection), from a URL (downloaded in a
+thread), from another worker's transfer server (authenticated with the same password as the
+manager, and over TLS when the worker uses TLS with its manager: every worker of a TLS manager does,
+so each serves its transfer port with TLS and fetches from peers with TLS), or is made by a mini-task
+in a sandbox of its own. Each lands in the cache under its
+cache name and is announced with ``cache_update``; a failure is announced with ``cache_invalid``.
+Mixed into :class:`core.worker.Worker`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+from typing import Any
+
+from .. import constants as C
+from ..wire.connection import Connection, FileReceiver, client_handshake, open_connection, send_bytes, send_path, server_handshake
+from ..errors import AuthenticationError, ProtocolError, TransferError
+from ..wire.preauth import leave_preauth_gate
+
+log = logging.getLogger("vine_worker")
+
+PEER_BATCH = 64  # gets in flight on one peer connection
+MEMORY_FILE_MAX = 1 << 20  # cached files up to this size may live in memory ...
+MEMORY_LIMIT = 256 << 20  # ... up to this much in all
+
+
+class _PeerMissing(TransferError):
+    """The peer answered, but does not hold the file (the connection stays usable)."""
+
+
+class WorkerTransfers:
+    """Fetching inputs (URL, peer, mini-task), waiting for them, and the peer transfer server."""
+
+    async def _send_back(self, name: str, request: Any) -> None:
+        path = self.cache_path(name)
+        data = self.memory.get(name)
+        if not self._verify_cached(name, "a running task") or name not in self.cache or (data is None and not os.path.lexists(path)):
+            self.send({"type": "cache_invalid", "name": name, "reason": "not in cache", "request": request})
+            return
+        assert self.conn is not None
+        if data is not None:
+            await send_bytes(self.conn, name, data, request=request)
+        else:
+            await send_path(self.conn, name, path, request=request)
+
+    # -- small files in memory ------------------------------------------------------------------------
+    def _keep_in_memory(self, name: str, data: bytes) -> None:
+        """Cache ``data`` as file ``name`` in memory, or on disk once MEMORY_LIMIT is used up.
+
+        A temp of a few bytes (most graph nodes' results) would otherwise cost a file creation,
+        which on a busy ext4 disk takes up to a millisecond: more than the rest of a call. A task
+        that needs it in a sandbox gets it written out then (``_spill``); peers and the manager are
+        served from memory.
+        """
+        self._unlink(name)
+        if len(data) <= MEMORY_FILE_MAX and self.memory_bytes + len(data) <= MEMORY_LIMIT:
+            self.memory[name] = data
+            self.memory_bytes += len(data)
+            return
+        with open(self.cache_path(name), "wb") as fh:
+            fh.write(data)
+
+    def _spill(self, name: str) -> None:
+        """Write an in-memory cached file to the cache directory (it stays cached, now on disk)."""
+        data = self.memory.get(name)
+        if data is None:
+            return
+        with open(self.cache_path(name), "wb") as fh:
+            fh.write(data)
+        del self.memory[name]
+        self.memory_bytes -= len(data)
+
+    # -- obtaining inputs ------------------------------------------------------------------------------
+    async def _fetch_url(self, name: str, url: str, level: int) -> None:
+        target = self.cache_path(name)
+        tmp = target + ".part"
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, _download, url, tmp)
+            os.replace(tmp, target)
+        except Exception as exc:  # noqa: BLE001 - any failure of the fetch is reported, not raised
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            reason = f"cannot fetch {url}: {exc}"
+            # Kept for the task that needed it: it forsakes itself with this reason (Worker._run_task).
+            self.__dict__.setdefault("url_failures", {})[name] = reason
+            self._cache_failed(name, reason)
+            return
+        self._cache_ready(name, level)
+
+    def _fetch_peer(self, name: str, source: str, level: int) -> None:
+        """Queue ``name`` for fetching from peer ``source``; one connection per peer carries the queue.
+
+        A fan-in task may need thousands of small files from one peer: a connection (and password
+        handshake) per file cost more than the files. The queue's gets are pipelined, PEER_BATCH at
+        a time, over one connection that the peer serves in order.
+        """
+        queues: dict[str, list[tuple[str, int]]] = self.__dict__.setdefault("_peer_queues", {})
+        queue = queues.get(source)
+        if queue is None:
+            queue = queues[source] = []
+            self._spawn(self._peer_fetcher(source, queue))  # held: see Worker._spawn
+        queue.append((name, level))
+
+    async def _peer_fetcher(self, source: str, queue: list[tuple[str, int]]) -> None:
+        queues: dict[str, list[tuple[str, int]]] = self.__dict__["_peer_queues"]
+        host, _, port = source.rpartition(":")
+        conn: Connection | None = None
+        batch: list[tuple[str, int]] = []
+        try:
+            conn = await open_connection(host, int(port), ssl=self.tls_client, timeout=10)
+            await client_handshake(conn, "peer", self.password, timeout=30)
+            while queue:
+                batch, queue[:PEER_BATCH] = queue[:PEER_BATCH], []
+                for name, _level in batch:
+                    conn.send({"type": "get", "name": name})
+                await conn.drain()
+                while batch:
+                    name, level = batch[0]
+                    try:
+                        await self._receive_from_peer(conn, source, name, level)
+                    except _PeerMissing as exc:
+                        batch.pop(0)
+                        self.peer_failures.add(name)
+                        self._cache_failed(name, str(exc))
+                        continue
+                    batch.pop(0)
+                    self._cache_ready(name, level)
+        except Exception as exc:  # noqa: BLE001 - every file still queued fails, and is reported
+            failed = batch + queue
+            queue.clear()
+            for name, _level in failed:
+                self.peer_failures.add(name)
+                self._cache_failed(name, f"peer transfer from {source} failed: {exc}")
+        finally:
+            if queues.get(source) is queue:
+                del queues[source]
+            if conn is not None:
+                conn.close()
+
+    async def _receive_from_peer(self, conn: Connection, source: str, name: str, level: int) -> None:
+        begin = await conn.recv()
+        if begin is None:
+            raise TransferError(f"peer {source} closed before sending {name}")
+        if begin.type == "error":
+            raise _PeerMissing(f"peer transfer from {source} failed: peer {source} does not have {name}: {begin.get('reason')}")
+        if begin.type != "file_begin" or begin.get("name") != name:
+            raise TransferError(f"peer {source} sent {begin.type} for {begin.get('name')!r} while {name} was expected")
+        size = int(begin["size"])
+        # Only files that end with the workflow may live in memory: worker- and forever-level files
+        # must be on disk to outlive the connection (and, forever, the worker itself).
+        if (level <= C.VINE_CACHE_LEVEL_WORKFLOW and not begin.get("dir") and size <= MEMORY_FILE_MAX
+                and self.memory_bytes + size <= MEMORY_LIMIT):
+            parts: list[bytes] = []
+            while True:
+                fr = await conn.recv()
+                if fr is None:
+                    raise TransferError(f"peer {source} closed during {name}")
+                if fr.type == "file_chunk":
+                    parts.append(fr.payload)
+                elif fr.type == "file_end":
+                    data = b"".join(parts)
+                    if len(data) != size:
+                        raise TransferError(f"peer {source} sent {len(data)} of {size} bytes of {name}")
+                    self._keep_in_memory(name, data)
+                    return
+                else:
+                    raise TransferError(f"peer {source} sent {fr.type} in the middle of {name}")
+        recv = FileReceiver(begin, self.cache_path(name))
+        while True:
+            fr = await conn.recv()
+            if fr is None:
+                recv.abort()
+                raise TransferError(f"peer {source} closed during {name}")
+            if fr.type == "file_chunk":
+                recv.chunk(fr)
+            elif fr.type == "file_end":
+                recv.finish()
+                return
+            else:
+                recv.abort()
+                raise TransferError(f"peer {source} sent {fr.type} in the middle of {name}")
+
+    async def _serve_peer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = Connection(reader, writer)
+        try:
+            await server_handshake(conn, self.password, timeout=30)
+            while True:
+                fr = await conn.recv()
+                if fr is None:
+                    return
+                if fr.type != "get":
+                    raise ProtocolError(f"peer sent {fr.type!r}, only 'get' is served")
+                leave_preauth_gate()  # a peer asking for files, no longer counted among strangers
+                name = str(fr["name"])
+                path = self.cache_path(name)
+                data = self.memory.get(name)
+                if not self._verify_cached(name, "a running task") or name not in self.cache or (data is None and not os.path.lexists(path)):
+                    conn.send({"type": "error", "reason": f"{name} not in cache"})
+                    await conn.drain()
+                    continue
+                if data is not None:
+                    await send_bytes(conn, name, data)
+                else:
+                    await send_path(conn, name, path)
+        except (ProtocolError, AuthenticationError, OSError, asyncio.TimeoutError) as exc:
+            log.info("peer %s: %s", conn.peer, exc)
+        finally:
+            conn.close()
+
+    async def _run_minitask(self, name: str, spec: dict[str, Any], level: int) -> None:
+        from .main import RunningTask  # the worker module is loaded by then; a top-level import would be circular
+
+        rt = RunningTask(-abs(hash(name)) % (1 << 30) - 1, spec, self._make_sandbox(f"m.{name}"), {}, is_minitask=True)
+        try:
+            if not await self._gather_inputs(spec):
+                raise TransferError("inputs of the mini-task are missing")
+            self._link_inputs(rt)
+            code = await self._execute(rt)
+            produced = os.path.join(rt.sandbox, spec["source"])
+            if code != 0 or not os.path.lexists(produced):
+                out = _read_head(os.path.join(rt.sandbox, ".vine-stdout"), 2000)
+                raise TransferError(f"mini-task `{spec['command']}` exited {code}: {out}")
+            os.replace(produced, self.cache_path(name))
+        except Exception as exc:  # noqa: BLE001
+            self._cache_failed(name, str(exc))
+            return
+        finally:
+            self._verify_linked(rt)
+            shutil.rmtree(rt.sandbox, ignore_errors=True)
+        self._cache_ready(name, level)
+
+    async def _gather_inputs(self, spec: dict[str, Any]) -> bool:
+        ok = True
+        for inp in list(spec["inputs"]) + [{"name": n} for n in spec.get("environments", [])]:
+            name = inp["name"]
+            if name in self.cache:
+                continue
+            fut = self.pending.get(name)
+            # Shielded: the future is shared by every task waiting for this file, and a task killed
+            # while it waits must not cancel the file's arrival for the others (they would then end
+            # as if killed too, and never be reported).
+            if fut is None or not await asyncio.shield(fut):
+                ok = False
+        return ok
+
+
+def _download(url: str, target: str) -> None:
+    import urllib.request  # only workers that fetch URLs pay for loading it
+
+    with urllib.request.urlopen(url, timeout=60) as resp, open(target, "wb") as out:
+        shutil.copyfileobj(resp, out, 1 << 20)
+
+
+def _read_head(path: str, n: int) -> str:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(n).decode("utf-8", errors="replace")
+    except OSError:
+        return ""
