@@ -1,6 +1,6 @@
 """``core.file``: where TaskVine programs import ``File`` from (``ndcctools.taskvine.file``).
 
-The class lives in :mod:`core.files`; this module only re-exports it under TaskVine's module name.
+The class lives in :mod:`core.api.files`; this module only re-exports it under TaskVine's module name.
 """
 
 from __future__ import annotations

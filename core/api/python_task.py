@@ -13,7 +13,7 @@
 Without an environment the worker's fork server runs the task in a fresh fork of a warm interpreter:
 the server unpickles the function once per worker (so its module is imported once, not by every
 task), and the child sends the result back through the server instead of writing a file
-(core/forkserver.py). With ``add_environment`` the task runs ``python3 .vine_runner.py`` inside that
+(core/worker/forkserver.py). With ``add_environment`` the task runs ``python3 .vine_runner.py`` inside that
 environment instead, with every piece as a file in its sandbox.
 
 The output file (``output_file``, a buffer or with ``enable_temp_output`` a temp) holds exactly the
@@ -250,7 +250,7 @@ class PythonTask(Task):
         if self._warm_imports:
             spec["python"]["warm_imports"] = self._warm_imports
         if not self.environments:
-            # The fork server fast path (core/forkserver.py): the function is read from the worker's
+            # The fork server fast path (core/worker/forkserver.py): the function is read from the worker's
             # cache (and kept unpickled there), the result comes back through the server's channel.
             spec["python"]["result_inline"] = True
             if self._inline_args is not None:
@@ -260,7 +260,7 @@ class PythonTask(Task):
                     inp["in_place"] = True
         return spec
 
-    # -- the tasks cache (core/tasks_cache.py) ----------------------------------------------------------
+    # -- the tasks cache (core/manager/tasks_cache.py) ----------------------------------------------------------
     _cache_result_name = RESULT_NAME  # kept in the cache as <key>.output, the pickled value itself
 
     def _cache_identity(self, module_digest: Any) -> dict[str, Any]:

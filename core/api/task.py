@@ -71,7 +71,7 @@ _SETTER_KEYWORDS = (
 ).split()
 
 
-# The worker's own entries in every sandbox (core/worker.py, core/worker_sandbox.py): a task's file
+# The worker's own entries in every sandbox (core/worker/main.py, core/worker/sandbox.py): a task's file
 # under one of these names would be overwritten by the worker, or would overwrite what it keeps there.
 _WORKER_SANDBOX_NAMES = frozenset({".taskvine.tmp"})
 _WORKER_SANDBOX_PREFIXES = (".vine-", "__vine_env_")
@@ -156,7 +156,7 @@ class Task:
         self.library_provided: str | None = None
         self.monitor_output: str | None = None
         self.snapshot_file: str | None = None
-        self._output_refused: str | None = None  # why an output was not written at its path (core/output_targets.py)
+        self._output_refused: str | None = None  # why an output was not written at its path (core/manager/output_targets.py)
         self._reset_outcome()
         self._manager: Manager | None = None
         self._id = 0

@@ -31,7 +31,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-log = logging.getLogger("core.catalog")
+log = logging.getLogger("core.deploy.catalog")
 
 DEFAULT_INTERVAL = 60.0
 DEFAULT_LIFETIME = 180.0

@@ -27,7 +27,7 @@ from typing import Any
 
 from .catalog import DEFAULT_LIFETIME
 
-log = logging.getLogger("core.catalog_server")
+log = logging.getLogger("core.deploy.catalog_server")
 
 DEFAULT_PORT = 9097
 MAX_BODY = 64 * 1024

@@ -175,7 +175,7 @@ def workers_to_submit(need: int, submitted: int, connected: int, per_cycle: int)
     return max(0, new)
 
 
-# --- batch queues live in core/batch.py -----------------------------------------------
+# --- batch queues live in core/deploy/batch.py -----------------------------------------------
 
 # --- the factory loop -------------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The ``Manager`` methods that configure categories (TaskVine's names); the rules live in core/categories.py.
+"""The ``Manager`` methods that configure categories (TaskVine's names); the rules live in core/state/categories.py.
 
 A category groups tasks with similar needs (``Task.set_category``, default ``"default"``)::
 

@@ -140,11 +140,11 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
     manager registers in the catalog so workers can find it with ``vine_worker -M NAME``. With
     ``prometheus_port=N`` it serves its stats as ``vine_<stat>`` gauges at ``http://HOST:N/metrics``
     (0: any free port, ``m.prometheus_port`` tells which; needs ``pip install 'core-vine[metrics]'``).
-    A manager not closed when the program ends is closed at exit (core.exit_guard), so its logs end
+    A manager not closed when the program ends is closed at exit (core.manager.exit_guard), so its logs end
     complete.
     """
 
-    _tasks_cache: Any = None  # a core.tasks_cache.TasksCache once enable_tasks_cache is called
+    _tasks_cache: Any = None  # a core.manager.tasks_cache.TasksCache once enable_tasks_cache is called
 
     def __init__(
         self,
@@ -317,7 +317,7 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
             self._cond.notify_all()
 
     def _flush_logs(self) -> None:
-        """Write every buffered log record now (core.exit_guard, before a program's signal handler)."""
+        """Write every buffered log record now (core.manager.exit_guard, before a program's signal handler)."""
         self._logs.flush()
 
     def _run_loop(self) -> None:
@@ -334,7 +334,7 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
 
     async def _start_io(self) -> None:
         # Not asyncio.start_server: the gated listener refuses plain TCP on a TLS port (and TLS on a
-        # plain one) with a log line and a reason the client can read (core.tls).
+        # plain one) with a log line and a reason the client can read (core.wire.tls).
         self._server = await start_gated_server(
             self._on_client, sock=self._sock, ssl=self._ssl_context, what="manager", log=log, limit=1 << 20,
             timeout=lambda: float(self._state.tuning.get("handshake-timeout", 30)))
@@ -582,7 +582,7 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
     def enable_tasks_cache(self, cache_dir: str = "vine-cache-outputs", log_file: str = "vine-cache.txlog") -> Any:
         """Answer a task that succeeded before (same command, input contents, function...) at submit:
         ``wait`` returns it with ``hostname == "CACHED"``, outputs restored. Persists across runs in
-        ``cache_dir`` and ``log_file``; returns the :class:`core.tasks_cache.TasksCache` (``clear()``),
+        ``cache_dir`` and ``log_file``; returns the :class:`core.manager.tasks_cache.TasksCache` (``clear()``),
         whose docstring says what the key holds and what invalidates an entry."""
         from .tasks_cache import TasksCache
 
@@ -877,7 +877,7 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
 
 
 def __getattr__(name: str) -> Any:
-    """``core.manager.Factory``: TaskVine's manager module holds the Factory too (ours is core/factory.py)."""
+    """``core.manager.Factory``: TaskVine's manager module holds the Factory too (ours is core/deploy/factory.py)."""
     if name == "Factory":
         from ..deploy.factory import Factory
 

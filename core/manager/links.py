@@ -143,7 +143,7 @@ class WorkerLinks:
         if what == "tasks":
             return [{"task_id": r.task.id, "state": r.state, "command": r.task.command, "worker": r.worker} for r in self._state.tasks.values()]
         if what == "categories":
-            return self._category_status()  # core/category_methods.py
+            return self._category_status()  # core/manager/categories.py
         raise ValueError(f"unknown status request {what!r}; use manager, workers, tasks or categories")
 
     def _waiting_requests(self) -> dict[str, float]:
@@ -173,7 +173,7 @@ class WorkerLinks:
         res = _reported_resources(ready["resources"])
         cache = {str(k): _byte_count(v, f"cache entry {k!r}") for k, v in dict(ready["cache"]).items()}
         more = bool(ready.get("cache_more"))
-        while more:  # the rest of a big cache, before the worker is known (see core.protocol.pages_of)
+        while more:  # the rest of a big cache, before the worker is known (see core.wire.protocol.pages_of)
             page = await conn.expect("cache_page", self._state.tuning.get("handshake-timeout", 30))
             entries = page["entries"]
             if not isinstance(entries, dict):
@@ -677,7 +677,7 @@ def status_pages(data: Any) -> list[Any]:
 def _reported_resources(reported: Any) -> Resources:
     """A worker's resource report as a box, refusing what no scheduler can use: a value that is not a
     number (a string "nan" would pass float()), or a negative amount. Non-finite numbers never get
-    this far (core.protocol refuses them in any frame)."""
+    this far (core.wire.protocol refuses them in any frame)."""
     if not isinstance(reported, dict):
         raise RemoteProtocolError(f"reported resources {reported!r}, which is not an object")
     for name in ("cores", "memory", "disk", "gpus"):

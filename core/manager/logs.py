@@ -136,7 +136,7 @@ class RunLogs:
         except OSError:
             pass
         self.pid = os.getpid()
-        # Re-entrant: a fatal signal's handler (core.exit_guard) may close the logs while the main
+        # Re-entrant: a fatal signal's handler (core.manager.exit_guard) may close the logs while the main
         # thread was interrupted inside a write.
         self._lock = threading.RLock()
         self.start_us = _now_us()

@@ -17,7 +17,7 @@ the category's **largest box**: the category maximum when it sets cores, memory 
 a whole worker, each resource held to the maximum where one is set. A first-allocation guess, when
 given, replaces that largest box while learning. Afterwards each task asks for the **sized box**
 computed from the measured peaks (cores, memory and disk; gpus are never sized, as in TaskVine),
-which then goes through the proportional rule of :func:`core.resources.allocate_resources` like
+which then goes through the proportional rule of :func:`core.state.resources.allocate_resources` like
 any request. Values set on the task itself always win; the category minimum is a floor throughout.
 
 A task killed for going over its box (``resource exhaustion``) runs once more at the largest box.

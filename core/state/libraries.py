@@ -13,7 +13,7 @@ An instance holds its allocation on its worker like a task; calls inside it are 
 (REFERENCE §3.3 step 1) and take one of its ``slots`` each. Instances have negative ids so they never
 collide with the manager's task ids. Idle instances (no calls) give their room back when a task or
 another library needs it. Everything here is pure: no sockets, no clocks; the
-:class:`~core.scheduler.SchedulerState` calls in at a handful of points.
+:class:`~core.state.scheduler.SchedulerState` calls in at a handful of points.
 """
 
 from __future__ import annotations

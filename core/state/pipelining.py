@@ -6,7 +6,7 @@ it makes are *pinned* to its worker and placed there at once (in its library ins
 worker starts each one the moment its inputs are in its cache. Only calls take part (they hold no
 cores while they wait), only when every missing input is made on that one worker, and only with
 ``call-pipelining`` > 0. A pinned call whose producer ends without the file fails on the worker with
-``input missing`` and is handled like any lost temp. Mixed into :class:`core.scheduler.SchedulerState`.
+``input missing`` and is handled like any lost temp. Mixed into :class:`core.state.scheduler.SchedulerState`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Each temp file remembers the task that made it. When a consumer needs a temp wit
 and its producer is not already running, a hidden copy of the producer runs again at top priority
 (recursively: its own lost temp inputs trigger the same). Recovery always ends: a file re-made
 ``max-task-attempts`` times without success, or whose producer ended without making it, fails its
-waiting consumers with "input missing" and a reason. Mixed into :class:`core.scheduler.SchedulerState`.
+waiting consumers with "input missing" and a reason. Mixed into :class:`core.state.scheduler.SchedulerState`.
 """
 
 from __future__ import annotations

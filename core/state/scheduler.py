@@ -169,8 +169,8 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
             FileUndeclared: self._on_file_undeclared,
             Tick: self._on_tick,
         }
-        self.libs = LibraryBook()  # libraries and function calls (core/library_state.py)
-        self.categories = CategoryBook()  # category maxima, modes and measured peaks (core/categories.py)
+        self.libs = LibraryBook()  # libraries and function calls (core/state/libraries.py)
+        self.categories = CategoryBook()  # category maxima, modes and measured peaks (core/state/categories.py)
         self._handlers.update(self.libs.handlers(self))
 
     # -- entry point ---------------------------------------------------------------------------------
@@ -430,7 +430,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
 
     def _may_grow(self, rec: TaskRecord, exceeded: tuple[str, ...], allocated: Resources) -> bool:
         """Retry at the category's largest box only if the task went over a share we chose, once,
-        within its own retry limit, and some worker offers more (rules: core/categories.py)."""
+        within its own retry limit, and some worker offers more (rules: core/state/categories.py)."""
         t = rec.task
         if t.max_retries > 0 and rec.exhaustions >= t.max_retries:
             return False

@@ -4,7 +4,7 @@ A file already in the cluster is fetched from a worker holding it (a peer), at m
 ``worker-source-max-transfers`` at a time per source; a URL from its origin at most
 ``file-source-max-transfers`` at a time per origin; anything else from the manager. A shareable file
 on its way into the cluster is not sent again: the next workers wait and fetch it from the first
-holder, so a popular file spreads as a tree. Mixed into :class:`core.scheduler.SchedulerState`.
+holder, so a popular file spreads as a tree. Mixed into :class:`core.state.scheduler.SchedulerState`.
 """
 
 from __future__ import annotations

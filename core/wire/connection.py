@@ -156,7 +156,7 @@ async def client_handshake(conn: Connection, role: str, password: bytes | None, 
     await conn.drain()
     welcome = await asyncio.wait_for(conn.recv(), timeout)
     if welcome is not None and welcome.type == "error" and welcome.get("tls_required"):
-        # A TLS-only port answered our plain hello (core.tls.GatedListener): retrying cannot help.
+        # A TLS-only port answered our plain hello (core.wire.tls.GatedListener): retrying cannot help.
         raise AuthenticationError(f"{conn.peer} refused plain TCP: {welcome['reason']}")
     if welcome is None:
         raise RemoteProtocolError("connection closed while waiting for 'welcome'")

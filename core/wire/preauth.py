@@ -1,7 +1,7 @@
 """Strangers: connections a listener has accepted that have not finished their handshake.
 
 Each holds a file descriptor and some memory, and anyone who can reach the port can make them.
-:class:`PreAuthGate` bounds how many a listener keeps (used by :class:`core.tls.GatedListener`, so
+:class:`PreAuthGate` bounds how many a listener keeps (used by :class:`core.wire.tls.GatedListener`, so
 by the manager's port and every worker's transfer port); :class:`RateLimitedLog` keeps a failure
 that repeats (accepting at the descriptor limit) to one log line per interval.
 """

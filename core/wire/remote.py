@@ -2,7 +2,7 @@
 
 This module imports only the standard library and cloudpickle, on purpose: it is shipped as a plain
 script (``.vine_runner.py``) into sandboxes whose ``python3`` comes from a task's own environment,
-where ``core`` may not be installed. The worker's fork server imports it as ``core._remote``.
+where ``core`` may not be installed. The worker's fork server imports it as ``core.wire.remote``.
 
 ::
 

@@ -9,7 +9,7 @@ an opaque handshake error that asyncio only reports in debug mode.
 
 Certificates are not verified (as in TaskVine): workers accept the manager's and each other's
 self-signed certificates. What TLS gives here is privacy of the bytes on the wire. Authentication
-is the shared password, whose proofs (:mod:`core.connection`) are bound to the TLS channel, so a
+is the shared password, whose proofs (:mod:`core.wire.connection`) are bound to the TLS channel, so a
 relay that terminates TLS in the middle cannot pass them on.
 """
 

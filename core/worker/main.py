@@ -116,7 +116,7 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
             "gpus": float(args.gpus) if args.gpus is not None else detected["gpus"],
         }
         self.password = open(args.password, "rb").read().strip() if args.password else None
-        # With TLS to the manager, the transfer port and peer fetches use TLS too (core.tls).
+        # With TLS to the manager, the transfer port and peer fetches use TLS too (core.wire.tls).
         self.tls_client = client_context() if args.ssl else None
         self.id = "worker-" + hashlib.md5(f"{socket.gethostname()}:{os.getpid()}:{time.time()}".encode()).hexdigest()
         self.conn: Connection | None = None

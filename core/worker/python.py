@@ -4,7 +4,7 @@
 
     task spec                 how it runs
     ─────────                 ───────────
-    "python" (no env)         fork server child (core/forkserver.py): no interpreter start
+    "python" (no env)         fork server child (core/worker/forkserver.py): no interpreter start
     "python" + environment    `python3 .vine_runner.py task ...` through the env's run_in_env
     "library"                 `python3 .vine_runner.py library ...` as a long task; it connects back on an
                               abstract unix socket, says "ready", then serves calls

@@ -42,7 +42,7 @@ TASKVINE_NAMES = {
 _PROBE = textwrap.dedent("""
     import importlib, json, sys
     import core as vine
-    loaded_by_import_core = sorted(m for m in ("core.manager", "core.futures", "core.factory", "core.python_task") if m in sys.modules)
+    loaded_by_import_core = sorted(m for m in ("core.manager", "core.futures", "core.deploy.factory", "core.api.python_task") if m in sys.modules)
     wait = vine.futures.wait  # an attribute before anything imported core.futures (vine_python_future_module.py)
     missing = []
     for module, names in json.loads(sys.argv[1]).items():

@@ -3,7 +3,7 @@ strangers that try to make the manager (or a worker's transfer port) buffer a lo
 authenticated, strangers that collect password proofs, and strangers that hold file descriptors.
 
 Each row is one fault; after each, the harm must not have happened and the real worker must still
-run a task. The hostile side is a raw socket speaking our framing (``core.protocol`` crafts the
+run a task. The hostile side is a raw socket speaking our framing (``core.wire.protocol`` crafts the
 frames); the manager and the real worker are the real ones.
 """
 

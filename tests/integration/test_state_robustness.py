@@ -6,7 +6,7 @@ and the manager's tunes. And if a handler still raises, the decisions it recorde
 out, the event is dropped and its worker disconnected, and everyone else is still served.
 
 The bad peer is a raw socket speaking our framing (its frames are encoded by hand, since
-``core.protocol`` itself refuses to encode such numbers); the manager and the worker are the real ones.
+``core.wire.protocol`` itself refuses to encode such numbers); the manager and the worker are the real ones.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Category sizing rules (core/categories.py), alone and inside the pure scheduler: no processes.
+"""Category sizing rules (core/state/categories.py), alone and inside the pure scheduler: no processes.
 
 The integration counterpart, with real tasks using known amounts of memory, is
 tests/integration/test_categories.py.

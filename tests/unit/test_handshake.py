@@ -1,4 +1,4 @@
-"""The handshake of core.connection over a real socket pair: passwords, mismatches, versions."""
+"""The handshake of core.wire.connection over a real socket pair: passwords, mismatches, versions."""
 
 from __future__ import annotations
 

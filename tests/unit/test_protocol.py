@@ -1,4 +1,4 @@
-"""Unit tests for core.protocol: the frame codec and the password proofs. No sockets."""
+"""Unit tests for core.wire.protocol: the frame codec and the password proofs. No sockets."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Unit tests for core.resources: allocation (REFERENCE §3.3), fit checks (§3.2) and hungry (§3.5)."""
+"""Unit tests for core.state.resources: allocation (REFERENCE §3.3), fit checks (§3.2) and hungry (§3.5)."""
 
 from __future__ import annotations
 

@@ -927,7 +927,7 @@ def _many_tasks(sim: Sim, n: int, **kw: Any) -> list[Task]:
 
 
 class _CountingHeap:
-    """Stand-in for the heapq module inside core.scheduler that counts pops."""
+    """Stand-in for the heapq module inside core.state.scheduler that counts pops."""
 
     def __init__(self) -> None:
         self.pops = 0
