@@ -40,6 +40,7 @@ from ..api.library import LibraryManagerMixin
 from .links import WorkerLink, WorkerLinks
 from .logs import RunLogs
 from .metrics import ManagerMetrics, io_thread_cpu_us, performance_columns
+from .status_display import StatusDisplay, check_status_interval
 from ..state.scheduler import (
     DEFAULT_TUNING,
     Event,
@@ -141,10 +142,13 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
     ``prometheus_port=N`` it serves its stats as ``vine_<stat>`` gauges at ``http://HOST:N/metrics``
     (0: any free port, ``m.prometheus_port`` tells which; needs ``pip install 'core-vine[metrics]'``).
     A manager not closed when the program ends is closed at exit (core.manager.exit_guard), so its logs end
-    complete.
+    complete. With ``status_display_interval=S`` (seconds) it shows its status at most every S s
+    while the program waits, and once more at close: an HTML table updated in place in Jupyter, a
+    one-line status on stderr elsewhere (core.manager.status_display).
     """
 
     _tasks_cache: Any = None  # a core.manager.tasks_cache.TasksCache once enable_tasks_cache is called
+    _status_display: StatusDisplay | None = None
 
     def __init__(
         self,
@@ -160,6 +164,7 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
         prometheus_port: int | None = None,
     ) -> None:
         self._closed = True
+        status_display_interval = check_status_interval(status_display_interval)  # before the port is bound
         self._sock = _bind(port)
         self._port = self._sock.getsockname()[1]
         self._name = name
@@ -199,6 +204,8 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
         self._started = started
         self._thread.start()
         started.wait()
+        if status_display_interval is not None:
+            self._status_display = StatusDisplay.for_manager(self, status_display_interval)
         self._closed = False
         exit_guard.register(self)
         if prometheus_port is not None:
@@ -298,6 +305,8 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
         """Disconnect workers (telling them to exit if ``shutdown=True``), stop the I/O thread, close logs."""
         if self._closed:
             return
+        if self._status_display is not None:
+            self._status_display.finish()  # before workers are let go: the final state, as it was
         self._closed = True
         exit_guard.unregister(self)
         self._metrics.stop()
@@ -674,6 +683,9 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
             if timeout < 0:
                 raise ValueError(f"wait timeout must be >= 0 seconds, or -1 / 'wait_forever'; got {timeout}")
             deadline = time.monotonic() + timeout
+        display = self._status_display
+        if display is not None:
+            display.tick()
         with self._cond:
             while True:
                 for tid, task in self._done.items():
@@ -692,11 +704,17 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return None
+                if display is not None:
+                    if display.tick_released(self._cond):  # a refresh was due: look at _done again
+                        continue
+                    remaining = display.wait_limit(remaining)  # wake for the next refresh
                 with self._metrics.polling():
                     self._cond.wait(remaining)
 
     def empty(self) -> bool:
         """True when every submitted task has been returned by ``wait``."""
+        if self._status_display is not None:
+            self._status_display.tick()
         return self._outstanding == 0
 
     def hungry(self) -> int:

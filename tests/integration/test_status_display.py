@@ -174,6 +174,8 @@ def test_one_line_rewritten_in_place_on_a_terminal(tmp_path, start_worker):
         if child.poll() is None:
             child.kill()
             child.wait(10)
+        if child.stdout is not None:
+            child.stdout.close()
         os.close(master)
     out = seen.decode()
     assert out.startswith("\r\x1b[2K") and out.endswith("\r\n"), repr(out[-200:])  # the tty adds \r to \n
@@ -242,7 +244,7 @@ def test_html_table_in_a_real_kernel(tmp_path, start_worker):
         client.execute_cell(nb.cells[1], 1)
         client.execute_cell(nb.cells[2], 2)
 
-    assert _stream_text(nb.cells[1]).split() == [str(N_TASKS), "{0}"]
+    assert _stream_text(nb.cells[1]).split() == [str(N_TASKS), "{'success'}"]
     is_notebook, refreshes = _stream_text(nb.cells[2]).split()
     assert is_notebook == "True" and int(refreshes) >= 2
     displays = [o for cell in nb.cells for o in cell.outputs if o.output_type == "display_data"]

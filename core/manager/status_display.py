@@ -25,16 +25,13 @@ from __future__ import annotations
 import html
 import logging
 import math
-import shutil
+import os
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
-
-if TYPE_CHECKING:
-    from .facade import Manager
+from typing import Any, Protocol
 
 log = logging.getLogger("core.manager.status_display")
 
@@ -66,8 +63,10 @@ def check_status_interval(value: Any) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"status_display_interval must be a number of seconds > 0, or None for no display; "
-                         f"got {value!r} ({type(value).__name__})")
+        # ValueError for a wrong type too: one except clause catches every value refused.
+        raise ValueError(  # noqa: TRY004
+            f"status_display_interval must be a number of seconds > 0, or None for no display; "
+            f"got {value!r} ({type(value).__name__})")
     seconds = float(value)
     if not (math.isfinite(seconds) and seconds > 0):
         raise ValueError(f"status_display_interval must be a finite number of seconds > 0, or None for no "
@@ -198,13 +197,21 @@ class _TerminalOutput:
         line = snapshot.line(self._label)
         isatty = getattr(stream, "isatty", None)
         if isatty is not None and isatty():
-            width = shutil.get_terminal_size((120, 24)).columns
-            if len(line) >= width:  # a wrapped line cannot be rewritten with a carriage return
+            width = _terminal_columns(stream)
+            if 0 < width <= len(line):  # a wrapped line cannot be rewritten with a carriage return
                 line = line[: max(width - 2, 1)] + "…"
             stream.write("\r\x1b[2K" + line + ("\n" if final else ""))
         else:
             stream.write(line + "\n")
         stream.flush()
+
+
+def _terminal_columns(stream: Any) -> int:
+    """The width of the terminal ``stream`` writes to (0 if unknown: the line is not cut)."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):  # no fileno (a wrapper), or not a terminal after all
+        return 0
 
 
 def in_notebook() -> bool:
@@ -243,9 +250,10 @@ class StatusDisplay:
         self.refreshes = 0  # how many times something was shown
 
     @classmethod
-    def for_manager(cls, manager: Manager, interval: float) -> StatusDisplay:
-        """The display of ``manager``: its stats and category means read together in its I/O thread
-        (where they live), one round trip per refresh."""
+    def for_manager(cls, manager: Any, interval: float) -> StatusDisplay:
+        """The display of ``manager``, a :class:`core.Manager` (not imported: it imports this module).
+        Its stats and category means are read together in its I/O thread, where they live: one
+        round trip per refresh."""
         def collect() -> tuple[Mapping[str, float], Mapping[str, float]]:
             return manager._call(lambda: (manager._collect_stats(), manager._metrics.category_means(1)),
                                  timeout=COLLECT_TIMEOUT)
@@ -258,6 +266,26 @@ class StatusDisplay:
 
     def due(self) -> bool:
         return not self._finished and self._clock() >= self._next_due
+
+    def wait_limit(self, remaining: float | None) -> float:
+        """How long a thread waiting ``remaining`` seconds (None: forever) may sleep before the next
+        refresh is due."""
+        due_in = self.seconds_until_due() if not self._finished else self.interval
+        return due_in if remaining is None else min(remaining, due_in)
+
+    def tick_released(self, lock: threading.Condition) -> bool:
+        """For a thread holding ``lock`` (the manager's wait condition): if a refresh is due, release
+        the lock, refresh, take it back and return True. The refresh asks the I/O thread for its
+        numbers, and the I/O thread takes that lock to hand back finished tasks, so refreshing
+        while holding it would stall both."""
+        if not self.due():
+            return False
+        lock.release()
+        try:
+            self.tick()
+        finally:
+            lock.acquire()
+        return True
 
     def tick(self) -> None:
         """Refresh if ``interval`` has passed since the last refresh; otherwise return at once."""
