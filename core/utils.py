@@ -7,12 +7,12 @@ it exactly so). ``get_c_constant`` and ``set_port_range`` are also importable fr
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from .constants import get_c_constant
+from .wire.ports import port_candidates, port_range_from_env, set_port_range
 
-__all__ = ["get_c_constant", "load_variable_from_library", "port_range_from_env", "set_port_range"]
+__all__ = ["get_c_constant", "load_variable_from_library", "port_candidates", "port_range_from_env", "set_port_range"]
 
 
 def load_variable_from_library(name: str) -> Any:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import FactoryError
 
 if TYPE_CHECKING:
-    from .factory import Settings
+    from .settings import Settings
 
 log = logging.getLogger("vine_factory")
 

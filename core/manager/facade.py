@@ -113,7 +113,7 @@ def _bind(port: Any) -> socket.socket:
         lo, hi = int(port[0]), int(port[1])
         candidates = list(range(lo, hi + 1))
     else:
-        from ..utils import port_candidates
+        from ..wire.ports import port_candidates
 
         candidates = port_candidates(int(port))  # port 0: TCP_LOW_PORT..TCP_HIGH_PORT if set (set_port_range)
     last: OSError | None = None

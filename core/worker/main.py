@@ -154,7 +154,7 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
 
     async def _start_transfer_server(self) -> GatedListener:
         """The peer port: ``--transfer-port``, else the first free one of TCP_LOW_PORT..TCP_HIGH_PORT, else any."""
-        from ..utils import port_candidates
+        from ..wire.ports import port_candidates
 
         tls = self_signed_server_context() if self.args.ssl else None
         last: OSError | None = None
