@@ -36,7 +36,7 @@ from .categories import CategoryMethods
 from ..errors import ManagerError, TaskError, TuneError
 from ..api.files import File, check_local_path
 from .functional import FunctionalMixin
-from ..api.library import LibraryManagerMixin
+from .libraries import LibraryManagerMixin
 from .links import WorkerLink, WorkerLinks
 from .logs import RunLogs
 from .metrics import ManagerMetrics, io_thread_cpu_us, performance_columns
@@ -637,7 +637,8 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
         task._manager = self
         task._state = C.VINE_TASK_READY
         task._submit_time = time.time()
-        task.metrics["time_when_submitted"] = task._submit_time * 1e6
+        if task._metrics is not None:  # else task.metrics makes "time_when_submitted" from it when first read
+            task._metrics["time_when_submitted"] = task._submit_time * 1e6
         if cached is not None and self._tasks_cache.answer(self, task, cached):
             return task.id
         self._tasks[task.id] = task
@@ -647,7 +648,7 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
             self._remember(m.file)
         if type(task).__del__ is not Task.__del__:
             self._finalized_temps.update(m.file.cache_name for m in task.outputs if m.file.kind == "temp")
-        self._logs.task_ready(task.id, task.category, 1, {k: v for k, v in task.requested.items()})
+        self._logs.task_ready(task.id, task.category, 1, task.requested)
         self._post(TaskSubmitted(time.time(), task))
         return task.id
 
