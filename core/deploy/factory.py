@@ -39,7 +39,6 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from .batch import REMOVE_GRACE, SUPPORTED_TYPES, BatchQueue, WorkerSpec, _tail, _unlink, make_queue

@@ -11,14 +11,13 @@ that manager over the ordinary protocol (a ``status`` hello, one ``status`` requ
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import ssl as ssl_module
 import sys
 from typing import Any
 
 from ..deploy.catalog import entries
-from ..wire.status_client import WHAT, client_ssl_context, query_status, query_status_async, read_password
+from ..wire.status_client import query_status, read_password
+
 
 def _cell(v: Any) -> str:
     if v is None:
