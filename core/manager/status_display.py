@@ -322,5 +322,10 @@ class StatusDisplay:
             # refresh; the user's wait() must not fail because of it.
             log.debug("status display refresh skipped: %s: %s", type(exc).__name__, exc)
             return
+        except Exception as exc:  # noqa: BLE001 - whatever a frontend raises (zmq, IPython), wait() and close() go on
+            # Said once, and the display stops: close() must still close the manager and its logs.
+            log.warning("status display turned off: %s: %s", type(exc).__name__, exc)
+            self._finished = True
+            return
         self._shown = snapshot
         self.refreshes += 1

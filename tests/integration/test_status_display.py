@@ -91,6 +91,32 @@ def test_refreshes_at_most_every_interval_and_only_on_change(capsys):
     assert "\r" not in "".join(lines)
 
 
+class _BrokenStream:
+    """A stderr whose writes fail in a way no display expects (as a frontend's own errors can)."""
+
+    def isatty(self) -> bool:
+        return False
+
+    def write(self, text: str) -> int:
+        raise RuntimeError("frontend gone")
+
+    def flush(self) -> None:
+        pass
+
+
+def test_a_failing_display_turns_off_and_close_still_closes(tmp_path, monkeypatch, caplog):
+    m = vine.Manager(port=0, run_info_path=str(tmp_path / "run"), status_display_interval=0.05)
+    monkeypatch.setattr(sys, "stderr", _BrokenStream())
+    try:
+        m.submit(vine.Task("true"))
+        assert m.wait(0) is None  # refreshes, fails, goes on
+        assert m._status_display is not None and m._status_display.refreshes == 0
+        assert "status display turned off: RuntimeError: frontend gone" in caplog.text
+    finally:
+        m.close()
+    assert not m._thread.is_alive()  # close() went all the way
+
+
 def test_snapshot_forms():
     snap = StatusSnapshot.from_stats({"workers_connected": 2.0, "tasks_done": 7, "tasks_failed": 1}, {"a": 1.0, "b": 3.0})
     assert (snap.workers, snap.done, snap.failed, snap.waiting, snap.slowest_category) == (2, 7, 1, 0, "b")
