@@ -17,7 +17,7 @@ from .. import constants as C
 from ..errors import FileError
 
 if TYPE_CHECKING:
-    from ..manager.facade import Manager
+    from .host import TaskHost
     from .task import Task
 
 CACHE_LEVELS: dict[Any, int] = {
@@ -77,7 +77,7 @@ class File:
 
     def __init__(
         self,
-        manager: Manager | None,
+        manager: TaskHost | None,
         kind: str,
         source: str,
         *,

@@ -45,7 +45,7 @@ from .python_task import ARGS_NAME, RESULT_NAME, attach_traceback, extract_refer
 from .task import Task
 
 if TYPE_CHECKING:
-    from ..manager.facade import Manager
+    from .host import TaskHost
 
 LIBRARY_CONFIG_NAME = ".vine_library"
 INLINE_ARGS_LIMIT = 48 << 10  # larger arguments travel as an input file instead of inside the task message
@@ -162,7 +162,7 @@ class FunctionCall(Task):
         return self._fn_name
 
     # -- submission ---------------------------------------------------------------------------------------
-    def _prepare_submit(self, manager: Manager) -> None:
+    def _prepare_submit(self, manager: TaskHost) -> None:
         if not manager._library_known(self.library_name):
             raise TaskError(f"library {self.library_name!r} is not installed; create it with create_library_from_functions "
                             "and install_library before submitting calls to it")
@@ -192,7 +192,7 @@ class FunctionCall(Task):
                                  "output": RESULT_NAME if self._output_file is not None else None}
         return spec
 
-    def _finalize_done(self, manager: Manager) -> None:
+    def _finalize_done(self, manager: TaskHost) -> None:
         if self._result != C.VINE_RESULT_SUCCESS:
             self._failure_reason = manager._library_failure_reason(self.library_name)
         if self._output_file is not None:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
@@ -48,7 +49,7 @@ from .files import File
 from .task import Task
 
 if TYPE_CHECKING:
-    from ..manager.facade import Manager
+    from .host import TaskHost
 
 RUNNER_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "wire", "remote.py")
 FUNCTION_NAME = ".vine_function"
@@ -86,19 +87,22 @@ def attach_traceback(exc: Any, tb: str | None) -> Any:
     return exc
 
 
-def content_buffer(manager: Manager, data: bytes) -> File:
+def content_buffer(manager: TaskHost, data: bytes) -> File:
     """A workflow-level buffer named by its content, so identical bytes travel to a worker once."""
     f = File(manager, "buffer", "buffer", cache="workflow", data=data, cache_name=f"buffer-md5-{hashlib.md5(data).hexdigest()}")
     return manager._remember(f)
 
 
-def runner_file(manager: Manager) -> File:
+def runner_file(manager: TaskHost) -> File:
     """The standalone runner script (core/wire/remote.py), cached on workers for good."""
-    f = getattr(manager, "_vine_runner_file", None)
+    f = _RUNNER_FILES.get(manager)
     if f is None:
-        f = manager.declare_file(RUNNER_PATH, cache="worker")
-        manager._vine_runner_file = f  # type: ignore[attr-defined]
+        f = _RUNNER_FILES[manager] = manager.declare_file(RUNNER_PATH, cache="worker")
     return f
+
+
+# One declared runner file per manager, forgotten with the manager.
+_RUNNER_FILES: weakref.WeakKeyDictionary[TaskHost, File] = weakref.WeakKeyDictionary()
 
 
 # --- arguments that are other tasks' outputs -------------------------------------------------------------
@@ -206,7 +210,7 @@ class PythonTask(Task):
         return self._output_file
 
     # -- submission -----------------------------------------------------------------------------------------
-    def _prepare_submit(self, manager: Manager) -> None:
+    def _prepare_submit(self, manager: TaskHost) -> None:
         fn_data = serialize(self._func, f"function {getattr(self._func, '__qualname__', self._func)!r}")
         call_args, call_kwargs, refs, ref_inputs = extract_references(self._raw_args, self._raw_kwargs)
         args_data = serialize((call_args, call_kwargs, refs), "arguments")
@@ -230,7 +234,7 @@ class PythonTask(Task):
             self.add_input(runner_file(manager), RUNNER_NAME)
         self._command = f"python3 {RUNNER_NAME} task {FUNCTION_NAME} {ARGS_NAME} {RESULT_NAME} {1 if self._serialize_output else 0}"
 
-    def _finalize_done(self, manager: Manager) -> None:
+    def _finalize_done(self, manager: TaskHost) -> None:
         """Let the manager forget this task's own buffers (its arguments, its returned result).
 
         Without a temp output nothing can need them again (a temp's producer may be re-run to

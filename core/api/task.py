@@ -13,7 +13,7 @@ from .files import File, warn_if_missing
 from ..state.resources import Resources
 
 if TYPE_CHECKING:
-    from ..manager.facade import Manager
+    from .host import TaskHost
 
 
 
@@ -158,7 +158,7 @@ class Task:
         self.snapshot_file: str | None = None
         self._output_refused: str | None = None  # why an output was not written at its path (core/manager/output_targets.py)
         self._reset_outcome()
-        self._manager: Manager | None = None
+        self._manager: TaskHost | None = None
         self._id = 0
         self._state = C.VINE_TASK_INITIAL
         self._submit_time = 0.0
@@ -406,12 +406,12 @@ class Task:
 
     # -- hooks (TaskVine's) -------------------------------------------------------------------------------
     @property
-    def manager(self) -> Manager | None:
+    def manager(self) -> TaskHost | None:
         """The Manager this task was submitted to (set at ``submit``, before ``submit_finalize``)."""
         return self._manager
 
     @manager.setter
-    def manager(self, manager: Manager) -> None:
+    def manager(self, manager: TaskHost) -> None:
         if self._state != C.VINE_TASK_INITIAL and manager is not self._manager:
             raise TaskError(f"task {self._id} was already submitted to another manager")
         self._manager = manager
