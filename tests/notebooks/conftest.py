@@ -17,6 +17,16 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "notebooks: executes a notebook of notebooks/ in a real Jupyter kernel (VINE_TEST_NOTEBOOKS=1)")
 
 
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One line per executed notebook (time, workers seen), so a CI log shows what each cost."""
+    from tests.notebooks.run_notebooks import RUN_SUMMARIES
+
+    if RUN_SUMMARIES:
+        terminalreporter.section("notebooks")
+        for line in RUN_SUMMARIES:
+            terminalreporter.write_line(line)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.environ.get("VINE_TEST_NOTEBOOKS") == "1":
         return

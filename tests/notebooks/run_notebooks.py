@@ -19,6 +19,7 @@ processes on the machine.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import tempfile
@@ -37,6 +38,9 @@ NOTEBOOK_DIR = os.path.join(REPO, "notebooks")
 # A process the notebook's last cell told to stop may take a moment to be gone (a worker that
 # was told to exit finishes its frame and removes its workspace). Past this it was left behind.
 EXIT_GRACE_S = 5.0
+
+# run.summary() of every notebook executed in this process (printed at the end of a pytest run).
+RUN_SUMMARIES: list[str] = []
 
 
 def notebook_paths() -> list[str]:
@@ -146,7 +150,8 @@ def run_notebook(path: str, workdir: str, timeout: float = 240.0) -> NotebookRun
     nb = nbformat.read(path, as_version=4)
     run = NotebookRun(path=path, workdir=workdir, notebook=nb)
     client = NotebookClient(nb, timeout=int(timeout), kernel_name="python3",
-                            resources={"metadata": {"path": workdir}}, store_widget_state=True)
+                            resources={"metadata": {"path": workdir}}, store_widget_state=True,
+                            interrupt_on_timeout=True)  # a cell past the budget gets KeyboardInterrupt, the kernel ends cleanly
     client.reset_execution_trackers()
     start = time.monotonic()
     deadline = start + timeout
@@ -160,8 +165,15 @@ def run_notebook(path: str, workdir: str, timeout: float = 240.0) -> NotebookRun
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError(f"{os.path.basename(path)} ran past its {timeout:.0f} s budget before cell {index}")
-                client.timeout = max(1, int(left))
-                client.execute_cell(cell, index)
+                client.timeout = max(1, math.ceil(left))
+                cell_start = time.monotonic()
+                try:
+                    client.execute_cell(cell, index)
+                except CellExecutionError as exc:
+                    # Interrupted by the budget (nbclient's KeyboardInterrupt at its timeout), not failed by itself.
+                    if exc.ename == "KeyboardInterrupt" and time.monotonic() - cell_start >= client.timeout:
+                        raise TimeoutError(f"{os.path.basename(path)}: cell {index} ran past the notebook's {timeout:.0f} s budget") from exc
+                    raise
                 watcher.sample()
         except (CellExecutionError, TimeoutError, RuntimeError) as exc:
             # nbclient's cell timeout is a TimeoutError; a dead kernel is a DeadKernelError (RuntimeError).
@@ -172,6 +184,7 @@ def run_notebook(path: str, workdir: str, timeout: float = 240.0) -> NotebookRun
             run.seen = watcher.snapshot()
             run.left_behind = _left_behind(run.seen)
             _kill(run.left_behind)
+    RUN_SUMMARIES.append(run.summary())
     return run
 
 
