@@ -101,7 +101,7 @@ class CategoryMethods:
         for rec in self._state.tasks.values():
             if rec.recovery or rec.state == "done":
                 continue
-            c = counts.setdefault(rec.task.category, {"tasks_running": 0, "tasks_waiting": 0})
+            c = counts.setdefault(rec.spec.category, {"tasks_running": 0, "tasks_waiting": 0})
             c["tasks_running" if rec.state == "dispatched" else "tasks_waiting"] += 1
         out = []
         for name in sorted(counts):

@@ -56,6 +56,7 @@ from ..state.scheduler import (
     Warn,
     policy_name,
 )
+from ..api.specs import task_spec
 from ..api.task import Task
 from ..wire.tls import TLSSetupError, self_signed_server_context, start_gated_server
 from .worker_controls import WorkerControls
@@ -185,6 +186,7 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
         self._tasks: dict[int, Task] = {}
         self._next_id = 1
         self._files: dict[str, File] = {}
+        self._lineage: dict[str, Task] = {}  # temp cache name -> the task that makes it, while it is declared
         self._finalized_temps: set[str] = set()  # temps made by tasks with a __del__ of their own (undeclare_file)
         self._outstanding = 0
         self._done: collections.OrderedDict[int, Task] = collections.OrderedDict()
@@ -602,6 +604,7 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
         """Forget ``f``: workers delete their replicas; a local file with ``unlink_when_done`` is removed."""
         self._post(FileUndeclared(time.time(), f.cache_name, forget=True))
         self._files.pop(f.cache_name, None)
+        self._lineage.pop(f.cache_name, None)
         if f.cache_name in self._finalized_temps:
             self._finalized_temps.discard(f.cache_name)
             # Its producer's class has a finalizer: return only once the scheduler has let go of that task
@@ -649,7 +652,11 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
         if type(task).__del__ is not Task.__del__:
             self._finalized_temps.update(m.file.cache_name for m in task.outputs if m.file.kind == "temp")
         self._logs.task_ready(task.id, task.category, 1, task.requested)
-        self._post(TaskSubmitted(time.time(), task))
+        spec = task_spec(task)  # all the scheduler will ever read of it (core/state/spec.py)
+        for m in spec.outputs:
+            if m.file.kind == "temp":
+                self._lineage[m.file.cache_name] = task  # a lost temp's re-run is encoded from its producer
+        self._post(TaskSubmitted(time.time(), spec))
         return task.id
 
     def _prepare(self, task: Task) -> None:

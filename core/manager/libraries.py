@@ -17,6 +17,7 @@ from .. import constants as C
 from ..api.files import File
 from ..api.library import EXEC_MODES, LIBRARY_CONFIG_NAME, LibraryTask
 from ..api.python_task import RUNNER_NAME, content_buffer, runner_file, serialize
+from ..api.specs import task_spec
 from ..state.libraries import LibraryInstalled, LibraryRemoved, StartLibrary
 
 if TYPE_CHECKING:
@@ -133,7 +134,7 @@ class LibraryManagerMixin:
         task._manager = m
         self._library_templates()[name] = task
         m._logs.transaction(f"LIBRARY {name} WAITING")
-        m._post(LibraryInstalled(time.time(), task))
+        m._post(LibraryInstalled(time.time(), task_spec(task)))
 
     def remove_library(self, name: str) -> None:
         """Stop every instance of library ``name``; calls still waiting for it end with ``missing library``."""
@@ -161,8 +162,7 @@ class LibraryManagerMixin:
     # -- I/O thread --------------------------------------------------------------------------------------------
     def _send_library_start(self, link: WorkerLink, ins: StartLibrary) -> None:
         m: Manager = self  # type: ignore[assignment]
-        tmpl = m._state.libs.templates.get(ins.name)
-        task = tmpl.task if tmpl is not None else self._library_templates().get(ins.name)
+        task = self._library_templates().get(ins.name)  # the scheduler holds its spec; the message is made from the task
         if task is None:
             from ..state.scheduler import TaskFinished
 

@@ -47,7 +47,7 @@ from ..state.scheduler import (
 )
 
 if TYPE_CHECKING:
-    pass
+    from ..api.task import Task
 
 MEMORY_RECEIVE_MAX = 1 << 20  # a returned buffer or fetched file up to this size is received in memory, not staged
 # No single stream (or watched output) from a worker may exceed twice the disk it reported, plus this:
@@ -141,7 +141,7 @@ class WorkerLinks:
                      "batch_job_id": lk.batch_job_id if (lk := self._links.get(w.id)) else None,
                      **{f"total_{k}": v for k, v in w.total.to_dict().items()}} for w in self._state.workers.values()]
         if what == "tasks":
-            return [{"task_id": r.task.id, "state": r.state, "command": r.task.command, "worker": r.worker} for r in self._state.tasks.values()]
+            return [{"task_id": r.id, "state": r.state, "command": r.spec.command, "worker": r.worker} for r in self._state.tasks.values()]
         if what == "categories":
             return self._category_status()  # core/manager/categories.py
         raise ValueError(f"unknown status request {what!r}; use manager, workers, tasks or categories")
@@ -152,7 +152,7 @@ class WorkerLinks:
         for rec in self._state.tasks.values():
             if rec.state in ("ready", "waiting") and not rec.recovery:
                 for r in ("cores", "memory", "disk", "gpus"):
-                    v = rec.task.requested.get(r, -1)
+                    v = getattr(rec.spec.requested, r)
                     totals[f"tasks_total_{r}"] += v if v > 0 else (1.0 if r == "cores" else 0.0)
         return totals
 
@@ -532,20 +532,23 @@ class WorkerLinks:
         """Every instruction but SendFile is one frame, written without waiting."""
         conn = link.conn
         if isinstance(ins, Dispatch):
-            task = self._tasks.get(ins.task_id)
-            if task is None and ins.task_id in self._state.tasks:  # a hidden recovery copy
-                task = self._state.tasks[ins.task_id].task
-            if task is None or task._state >= C.VINE_TASK_RETRIEVED:
-                self._apply(TaskFinished(time.time(), link.id, ins.task_id, C.VINE_RESULT_CANCELLED))
+            tid = ins.task_id
+            task = self._tasks.get(tid)
+            recovery = task is None and self._recovery_producer(tid)
+            if recovery:  # a hidden recovery copy: its producer's message under the copy's id, the user's Task untouched
+                task = recovery
+            if task is None or (not recovery and task._state >= C.VINE_TASK_RETRIEVED):
+                self._apply(TaskFinished(time.time(), link.id, tid, C.VINE_RESULT_CANCELLED))
                 return
             missing = [m.file.source() for m in task.inputs if m.file.kind == "file" and not m.file.exists_locally()]
             if missing:
-                self._logs.debug(f"task {task.id}: input missing: {missing}")
-                self._apply(TaskFinished(time.time(), link.id, task.id, C.VINE_RESULT_INPUT_MISSING, -1))
+                self._logs.debug(f"task {tid}: input missing: {missing}")
+                self._apply(TaskFinished(time.time(), link.id, tid, C.VINE_RESULT_INPUT_MISSING, -1))
                 return
             spec = task._task_spec()
+            spec["id"] = tid
             if task.library_required is not None:
-                spec["library_instance"] = self._state.libs.instance_of(task.id)
+                spec["library_instance"] = self._state.libs.instance_of(tid)
             spec["resources"] = ins.allocation.to_dict()
             if ins.queued:
                 spec["queued"] = True
@@ -557,27 +560,29 @@ class WorkerLinks:
                  "success_only": m.success_only}
                 for m in task.outputs
             ]
-            self._forget_expected(link, task.id)
+            self._forget_expected(link, tid)
             # Clamped: a negative tune keeps nothing, and no frame may carry an integer over 2**64.
             storage = min(max(0, int(self._state.tuning.get("max-task-stdout-storage", STDOUT_STORAGE))), 1 << 62)
-            spec["stdout_limit"] = link.expected_stdout[task.id] = storage
+            spec["stdout_limit"] = link.expected_stdout[tid] = storage
             for m in task.outputs:
                 if m.file.kind in ("file", "buffer"):  # the outputs sent back ("return" above)
-                    link.expected_outputs[(task.id, m.file.cache_name)] = m.file
+                    link.expected_outputs[(tid, m.file.cache_name)] = m.file
                     if m.watch and m.file.kind == "file":
-                        link.watched[(task.id, m.file.cache_name)] = (m.file, 0)
-            task._allocated = ins.allocation
-            task._state = C.VINE_TASK_RUNNING
-            self._logs.task_running(task.id, link.id, spec["resources"])
-            recreates = [m.file.cache_name for m in task.outputs if self._state.recovering.get(m.file.cache_name) == task.id]
-            self._logs.debug_task_sent(link.hostname, link.addrport, task, spec["resources"], task.library_required, recreates)
+                        link.watched[(tid, m.file.cache_name)] = (m.file, 0)
+            if not recovery:
+                task._allocated = ins.allocation
+                task._state = C.VINE_TASK_RUNNING
+            self._logs.task_running(tid, link.id, spec["resources"])
+            recreates = [m.file.cache_name for m in task.outputs if self._state.recovering.get(m.file.cache_name) == tid]
+            self._logs.debug_task_sent(link.hostname, link.addrport, task, spec["resources"], task.library_required, recreates, task_id=tid)
             conn.send({"type": "task", "task": spec})
         elif isinstance(ins, FetchUrl):
-            f = self._state.files[ins.name].file
-            self._logs.debug_puturl(link.hostname, link.addrport, link.id, f.source(), f.cache_name, f.level, f.size, f.mode or 0o755)
-            conn.send({"type": "fetch_url", "name": f.cache_name, "url": f.source(), "level": f.level})
+            frec = self._state.files[ins.name]
+            f = frec.spec
+            self._logs.debug_puturl(link.hostname, link.addrport, link.id, f.source, f.cache_name, f.level, frec.size, f.mode or 0o755)
+            conn.send({"type": "fetch_url", "name": f.cache_name, "url": f.source, "level": f.level})
         elif isinstance(ins, FetchPeer):
-            f = self._state.files[ins.name].file
+            f = self._state.files[ins.name].spec
             src = self._links.get(ins.source)
             if src is None or not src.transfer_addr:
                 self._apply(CacheInvalid(time.time(), link.id, f.cache_name, "peer source gone"))
@@ -586,12 +591,12 @@ class WorkerLinks:
                                     f.level, self._state.files[ins.name].size, f.mode or 0o755)
             conn.send({"type": "fetch_peer", "name": f.cache_name, "source": src.transfer_addr, "level": f.level})
         elif isinstance(ins, RunMinitask):
-            f = self._state.files[ins.name].file
-            t = f.minitask
+            frec = self._state.files[ins.name]
+            f, t = frec.spec, frec.spec.minitask
             assert t is not None
-            spec = {"command": t.command, "env": t.env, "source": f.minitask_output,
-                    "inputs": [{**m.file.spec(), "remote": m.remote_name} for m in t.inputs]}
-            self._logs.debug_mini_task(link.hostname, link.addrport, str(f.minitask_output), f.cache_name, f.level, f.size, f.mode or 0o755)
+            spec = {"command": t.command, "env": dict(t.env), "source": t.output,
+                    "inputs": [{**m.file.wire(), "remote": m.remote_name} for m in t.inputs]}
+            self._logs.debug_mini_task(link.hostname, link.addrport, t.output, f.cache_name, f.level, frec.size, f.mode or 0o755)
             conn.send({"type": "minitask", "name": f.cache_name, "task": spec, "level": f.level})
         elif isinstance(ins, Kill):
             # Its expected outputs stay until the link ends or the task is sent again: the worker may
@@ -606,9 +611,36 @@ class WorkerLinks:
         elif isinstance(ins, StartLibrary):
             self._send_library_start(link, ins)
 
+    def _recovery_producer(self, record_id: int) -> Task | None:
+        """The user's task a hidden recovery copy re-runs (its spec names it), found by a temp it makes."""
+        rec = self._state.tasks.get(record_id)
+        if rec is None or not rec.recovery:
+            return None
+        for m in rec.spec.outputs:
+            producer = self._lineage.get(m.file.cache_name)
+            if producer is not None and producer.id == rec.spec.id:
+                return producer
+        return None
+
+    def _file_named(self, name: str) -> File | None:
+        """A File the manager no longer lists (undeclared while a task still needed it), found among
+        the inputs of the tasks it holds and of the producers kept for recovery."""
+        for t in itertools.chain(self._tasks.values(), self._lineage.values()):
+            for f in itertools.chain((m.file for m in t.inputs), t.environments):
+                if f.cache_name == name:
+                    return f
+                if f.minitask is not None:
+                    for m in f.minitask.inputs:
+                        if m.file.cache_name == name:
+                            return m.file
+        return None
+
     async def _send_file(self, link: WorkerLink, ins: SendFile) -> None:
         conn = link.conn
-        f = self._files.get(ins.name) or self._state.files[ins.name].file
+        f = self._files.get(ins.name) or self._file_named(ins.name)
+        if f is None:  # undeclared, and no task the manager holds uses it any more
+            self._apply(CacheInvalid(time.time(), link.id, ins.name, "file undeclared"))
+            return
         start = time.time()
         if f.kind == "buffer" or f.exists_locally():
             self._logs.debug_put(link.hostname, link.addrport, f.cache_name, f.level, len(f))

@@ -264,13 +264,14 @@ class RunLogs:
         self._debug_queue.append(sep[1:] + text + "\n")
 
     def debug_task_sent(self, host: str, addr: str, task: Task, allocation: Mapping[str, float],
-                        library: str | None = None, recreates: Iterable[str] = ()) -> None:
+                        library: str | None = None, recreates: Iterable[str] = (), task_id: int | None = None) -> None:
         """The task message, as TaskVine's manager logs it line by line, then READY -> RUNNING.
 
         A task sent again (its worker was lost, or it was forsaken) first goes back to READY; a
-        recovery task (``recreates`` names the lost temps it makes again) is announced first.
+        recovery task (``recreates`` names the lost temps it makes again; ``task_id`` is its own id,
+        ``task`` the producer it re-runs) is announced first.
         """
-        tid = task.id
+        tid = task.id if task_id is None else task_id
         before = []
         prev = self._task_states.get(tid)
         if prev is None:

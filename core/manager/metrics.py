@@ -74,8 +74,8 @@ def waiting_minimum(tasks: Mapping[int, Any]) -> dict[str, float] | None:
     for rec in tasks.values():
         if rec.state not in ("ready", "waiting"):
             continue
-        req = rec.task.requested
-        row = {k: float(req.get(k, 0) or 0) for k in ("cores", "memory", "disk", "gpus")}
+        req = rec.spec.requested
+        row = {k: float(getattr(req, k) or 0) for k in ("cores", "memory", "disk", "gpus")}
         need = row if need is None else {k: min(need[k], v) for k, v in row.items()}
     return need
 

@@ -83,13 +83,13 @@ class WorkerControls:
         for rec in list(self._state.tasks.values()):
             if rec.state != "dispatched" or rec.worker is None or rec.queued:
                 continue
-            category = rec.task.category
+            category = rec.spec.category
             factor = factors.get(category, default)
             mean = means.get(category)
-            started = self._metrics.started_at(rec.task.id, rec.worker, now)  # type: ignore[attr-defined]
+            started = self._metrics.started_at(rec.id, rec.worker, now)  # type: ignore[attr-defined]
             if factor < 1 or mean is None or now - started <= factor * mean:
                 continue
-            self._disconnect_slow(rec.worker, rec.task.id, now - started, factor * mean)
+            self._disconnect_slow(rec.worker, rec.id, now - started, factor * mean)
 
     def _disconnect_slow(self, wid: str, tid: int, ran: float, limit: float) -> None:
         link = self._links.get(wid)

@@ -322,14 +322,14 @@ class CategoryBook:
             self.ensure(name).mode = mode
 
     # -- sizing ---------------------------------------------------------------------------------------
-    def allocation(self, cat: Category, requested: Mapping[str, float], at_max: bool, worker_total: Resources,
+    def allocation(self, cat: Category, requested: Resources | Mapping[str, float], at_max: bool, worker_total: Resources,
                    policy: AllocationPolicy, steady_n: int) -> Resources:
         """The box a task of ``cat`` gets on a worker of ``worker_total``.
 
         ``requested`` is the task's own values; ``at_max`` is true for the attempt after an
         exhaustion. See the module docstring for the rules.
         """
-        own = Resources.from_dict(requested)
+        own = requested if isinstance(requested, Resources) else Resources.from_dict(requested)
         limits = _override(cat.maximum, own)  # the task's own values win over the category's
         mode = self.mode_of(cat)
         if mode == C.VINE_ALLOCATION_MODE_FIXED:
@@ -377,18 +377,20 @@ class CategoryBook:
         if cat is not None:
             cat.record(measured, wall_time)
 
-    def may_grow(self, name: str, requested: Mapping[str, float], exhaustions: int, exceeded: tuple[str, ...],
+    def may_grow(self, name: str, requested: Resources | Mapping[str, float], exhaustions: int, exceeded: tuple[str, ...],
                  allocated: Resources, largest: Resources, disk_proportion: float) -> bool:
         """Whether a task that went over ``exceeded`` (resource names) on a box of ``allocated`` runs
         again at the largest box. ``exhaustions`` counts its earlier larger retries; ``largest`` holds,
         per resource, the most any connected worker has."""
         if exhaustions >= 1:
             return False  # it already had the largest box
+        if not isinstance(requested, Resources):
+            requested = Resources.from_dict(requested)
         cat = self.categories.get(name)
         for r in exceeded:
             if r not in FIELDS:
                 continue
-            if requested.get(r, -1) > 0:
+            if _get(requested, r) > 0:
                 return False  # the task set it: the user's number is final
             if cat is not None and _get(cat.maximum, r) > 0 and _get(allocated, r) >= _get(cat.maximum, r) - _EPS:
                 return False  # it went over the category maximum

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from .resources import Resources
-
-if TYPE_CHECKING:
-    from ..api.task import Task
+from .spec import TaskSpec
 
 # --- events ------------------------------------------------------------------------------------------
 
@@ -27,7 +24,9 @@ class Event:
 
 @dataclass(frozen=True)
 class TaskSubmitted(Event):
-    task: Task
+    """``Manager.submit``: the task's frozen spec (``core.api.specs.task_spec`` builds it)."""
+
+    spec: TaskSpec
 
 
 @dataclass(frozen=True)

@@ -18,16 +18,18 @@ another library needs it. Everything here is pure: no sockets, no clocks; the
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import constants as C
+from .records import TaskRecord
 from .resources import Resources
+from .spec import TaskSpec
 
 if TYPE_CHECKING:
-    from .scheduler import Instruction, SchedulerState, TaskFinished, TaskRecord, WorkerRecord
-    from ..api.task import Task
+    from .scheduler import Instruction, SchedulerState, TaskFinished, WorkerRecord
 
 DEFAULT_MAX_LIBRARY_RETRIES = 15
 
@@ -37,7 +39,7 @@ class LibraryInstalled:
     """``Manager.install_library``: calls may now name this library."""
 
     now: float
-    task: Task
+    spec: TaskSpec  # the LibraryTask's spec; ``library_provided`` names the library
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ SHORT_CALL = 0.05  # s: calls shorter than this on average may queue inside an i
 
 @dataclass
 class LibraryTemplate:
-    task: Task
+    spec: TaskSpec
     exits: int = 0
     mean_call: float = -1.0  # moving average of call durations (s); -1 until one returns
     calls_seen: int = 0
@@ -93,11 +95,11 @@ class LibraryInstance:
         return 0 if self.dead else self.slots * max(1, depth) - len(self.calls)
 
 
-def library_slots(task: Any, allocation: Resources) -> int:
+def library_slots(spec: TaskSpec, allocation: Resources) -> int:
     """Slots of an instance: 1 in direct mode, else the requested number, else its allocated cores."""
-    if getattr(task, "exec_mode", "fork") == "direct":
+    if spec.exec_mode == "direct":
         return 1
-    requested = int(getattr(task, "function_slots", 0) or 0)
+    requested = int(spec.function_slots or 0)
     if requested > 0:
         return requested
     return max(1, int(allocation.cores)) if allocation.cores > 0 else 1
@@ -122,9 +124,9 @@ class LibraryBook:
         }
 
     def install(self, s: SchedulerState, ev: LibraryInstalled, out: list[Instruction]) -> None:
-        name = ev.task.library_provided
+        name = ev.spec.library_provided
         assert name is not None
-        self.templates[name] = LibraryTemplate(ev.task)
+        self.templates[name] = LibraryTemplate(ev.spec)
         self.removed_reason.pop(name, None)
         s._schedule_needed = True
 
@@ -137,7 +139,7 @@ class LibraryBook:
             out.append(Kill(inst.worker, inst.id))
             self._drop(s, inst)
         for rec in list(s.tasks.values()):
-            if rec.task.library_required == name and rec.state in ("ready", "waiting"):
+            if rec.spec.library_required == name and rec.state in ("ready", "waiting"):
                 s._finish(rec, C.VINE_RESULT_MISSING_LIBRARY, -1, out)
 
     # -- queries ------------------------------------------------------------------------------------
@@ -176,28 +178,28 @@ class LibraryBook:
 
     # -- placement ------------------------------------------------------------------------------------
     def placed(self, rec: TaskRecord, w: WorkerRecord) -> None:
-        name = rec.task.library_required
+        name = rec.spec.library_required
         if name is None:
             return
         depth = self.depth_for(name)
         best = max((i for i in self.instances.values() if i.worker == w.id and i.name == name and i.queue_room(depth) > 0),
                    key=lambda i: (i.free, -len(i.calls)), default=None)
-        assert best is not None, f"call {rec.task.id} placed on {w.id} without a free slot of {name}"
-        best.calls.add(rec.task.id)
-        self.call_instance[rec.task.id] = best.id
+        assert best is not None, f"call {rec.id} placed on {w.id} without a free slot of {name}"
+        best.calls.add(rec.id)
+        self.call_instance[rec.id] = best.id
 
     def released(self, rec: TaskRecord) -> None:
-        iid = self.call_instance.pop(rec.task.id, None)
+        iid = self.call_instance.pop(rec.id, None)
         inst = self.instances.get(iid) if iid is not None else None
         if inst is not None:
-            inst.calls.discard(rec.task.id)
+            inst.calls.discard(rec.id)
 
     def make_room(self, s: SchedulerState, rec: TaskRecord, now: float, out: list[Instruction]) -> tuple[WorkerRecord, Resources] | None:
         """No worker took ``rec`` as things stand: start a library for a call, or evict idle ones.
 
         A call whose library is not installed (or was removed) ends here with ``missing library``.
         """
-        name = rec.task.library_required
+        name = rec.spec.library_required
         if name is None:
             if self._evict_for(s, lambda w: s._eligible(rec, w, now), None, out):
                 return s._choose_worker(rec, now)
@@ -208,11 +210,10 @@ class LibraryBook:
             return None
         if not self._could_start_or_evict(s):
             return self._queue_for(s, rec)  # every core is taken and nothing is idle: skip the search
-        from .scheduler import TaskRecord as _Record
-
-        lib_rec = _Record(tmpl.task, -1)
-        if rec.task.features:
-            lib_rec = _Record(_FeatureView(tmpl.task, rec.task.features), -1)  # type: ignore[arg-type]
+        lib_spec = tmpl.spec
+        if rec.spec.features:  # an instance starts where the call may run: the call's features added
+            lib_spec = dataclasses.replace(lib_spec, features=tuple(dict.fromkeys(lib_spec.features + rec.spec.features)))
+        lib_rec = TaskRecord(lib_spec.id, lib_spec, -1)
         choice = self._best_worker_for(s, lib_rec, now)
         if choice is None and self._evict_for(s, lambda w: s._eligible(lib_rec, w, now), name, out):
             choice = self._best_worker_for(s, lib_rec, now)
@@ -231,8 +232,8 @@ class LibraryBook:
 
     def _queue_for(self, s: SchedulerState, rec: TaskRecord) -> tuple[WorkerRecord, Resources] | None:
         """No free slot and no room for another instance: queue the call in the least busy instance."""
-        name = rec.task.library_required
-        feats = set(rec.task.features)
+        name = rec.spec.library_required
+        feats = set(rec.spec.features)
         best = None
         for inst in self.instances.values():
             w = s.workers.get(inst.worker)
@@ -279,13 +280,13 @@ class LibraryBook:
         return False
 
     def start(self, s: SchedulerState, tmpl: LibraryTemplate, w: WorkerRecord, alloc: Resources, out: list[Instruction]) -> LibraryInstance:
-        name = tmpl.task.library_provided
+        name = tmpl.spec.library_provided
         assert name is not None
-        for f in tmpl.task.environments:
+        for f in tmpl.spec.environments:
             s._stage(f, w, out)
-        for m in tmpl.task.inputs:
+        for m in tmpl.spec.inputs:
             s._stage(m.file, w, out)
-        inst = LibraryInstance(next(self._ids), name, w.id, alloc, library_slots(tmpl.task, alloc))
+        inst = LibraryInstance(next(self._ids), name, w.id, alloc, library_slots(tmpl.spec, alloc))
         self.instances[inst.id] = inst
         w.committed = w.committed + alloc
         s.stats["libraries_started"] += 1
@@ -308,13 +309,13 @@ class LibraryBook:
         The instance's own report may come later; until then it keeps its room on the worker, but
         no new call goes into it (that race used to send calls into a dead library).
         """
-        tmpl = self.templates.get(rec.task.library_required or "")
+        tmpl = self.templates.get(rec.spec.library_required or "")
         if tmpl is not None and ev.result == C.VINE_RESULT_SUCCESS:
             tmpl.calls_seen += 1
             tmpl.mean_call = ev.runtime if tmpl.mean_call < 0 else 0.9 * tmpl.mean_call + 0.1 * ev.runtime
         if ev.result not in (C.VINE_RESULT_LIBRARY_EXIT, C.VINE_RESULT_MISSING_LIBRARY):
             return
-        iid = self.call_instance.get(rec.task.id)
+        iid = self.call_instance.get(rec.id)
         inst = self.instances.get(iid) if iid is not None else None
         if inst is not None and not inst.dead:
             inst.dead = True
@@ -346,13 +347,3 @@ class LibraryBook:
             for cid in inst.calls:
                 self.call_instance.pop(cid, None)
 
-
-class _FeatureView:
-    """A library template seen with a call's features added, so an instance starts where the call may run."""
-
-    def __init__(self, task: Task, features: list[str]) -> None:
-        self._task = task
-        self.features = list(dict.fromkeys(list(task.features) + list(features)))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._task, name)

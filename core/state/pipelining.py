@@ -41,7 +41,7 @@ class CallPipelining:
         frec = self.files.get(name)
         for tid in (self.recovering.get(name), frec.producer if frec else None):
             prod = self.tasks.get(tid) if tid is not None else None
-            if prod is not None and prod.state == "dispatched" and prod.task.library_required is not None and prod.worker is not None:
+            if prod is not None and prod.state == "dispatched" and prod.spec.library_required is not None and prod.worker is not None:
                 return prod.worker
         return None
 
@@ -50,7 +50,7 @@ class CallPipelining:
         is making every missing one. The worker starts it the moment they are made, without waiting
         for the manager to hear of them (a chain link then costs no manager round trip)."""
         target = None
-        for m in rec.task.inputs:
+        for m in rec.spec.inputs:
             if m.file.kind == "temp" and not self._has_ready_replica(m.file.cache_name):
                 maker = self._maker_of(m.file.cache_name)
                 if maker is None or (target is not None and maker != target):
@@ -66,7 +66,7 @@ class CallPipelining:
         alloc = self._eligible(rec, w, now)
         if alloc is not None:
             return w, alloc
-        name = rec.task.library_required
+        name = rec.spec.library_required
         if w.draining or w.hostname in self.blocked_hosts or name is None:
             return None
         depth = self.libs.depth_for(name)
@@ -76,14 +76,14 @@ class CallPipelining:
 
     def _pin_consumers(self, rec: TaskRecord) -> None:
         """Calls waiting for temps that the call just placed will make may now follow it to its worker."""
-        for m in rec.task.outputs:
+        for m in rec.spec.outputs:
             name = m.file.cache_name
             waiters = self.waiting_on.get(name)
             if m.file.kind != "temp" or not waiters:
                 continue
             for tid in sorted(waiters):
                 crec = self.tasks.get(tid)
-                if crec is None or crec.state != "waiting" or crec.task.library_required is None:
+                if crec is None or crec.state != "waiting" or crec.spec.library_required is None:
                     continue
                 target = self._pin_target(crec)
                 if target is not None:

@@ -1,23 +1,39 @@
-"""What the scheduler knows about each worker, task and file."""
+"""What the scheduler knows about each worker, task and file.
+
+A task's life, as :data:`TaskState` and the transitions :data:`TRANSITIONS` allows (anything else
+is a bug, and :meth:`core.state.scheduler.SchedulerState.validate` says so)::
+
+    waiting --(temp inputs exist)--> ready --(worker chosen)--> dispatched --(complete)--> done
+       ^                               ^  |                         |
+       |                               |  +--(cancel, out of time)-+----------------------> done
+       +--------(temp input lost)------+--------(worker lost, forsaken: attempt counted)
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from .resources import Resources
-
-if TYPE_CHECKING:
-    from ..api.files import File
-    from ..api.task import Task
+from .spec import UNSET, FileSpec, TaskSpec
 
 TaskState = Literal["waiting", "ready", "dispatched", "done"]
 ReplicaState = Literal["creating", "ready"]
 
+TASK_STATES: tuple[TaskState, ...] = ("waiting", "ready", "dispatched", "done")
+
+# (from, to) pairs a task may take; "new" is a record just made (submitted, or a recovery copy).
+TRANSITIONS: frozenset[tuple[str, TaskState]] = frozenset({
+    ("new", "waiting"), ("new", "ready"), ("new", "done"),
+    ("waiting", "waiting"), ("waiting", "ready"), ("waiting", "done"),
+    ("ready", "waiting"), ("ready", "ready"), ("ready", "dispatched"), ("ready", "done"),
+    ("dispatched", "waiting"), ("dispatched", "ready"), ("dispatched", "done"),
+})
+
 # --- records -----------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class WorkerRecord:
     id: str
     hostname: str
@@ -27,7 +43,7 @@ class WorkerRecord:
     transfer_addr: str | None
     end_time: float
     last_heard: float
-    committed: Resources = field(default_factory=lambda: Resources(0, 0, 0, 0))
+    committed: Resources = field(default_factory=Resources.zero)
     tasks: set[int] = field(default_factory=set)
     replicas: dict[str, ReplicaState] = field(default_factory=dict)
     cache_bytes: int = 0
@@ -45,13 +61,17 @@ class WorkerRecord:
         return name in self.replicas
 
 
-@dataclass
+@dataclass(slots=True)
 class TaskRecord:
-    task: Task
+    """One task in the scheduler. ``id`` is the record's own id: the user's task id, or for a hidden
+    recovery copy an id above every user task (``spec.id`` then names the task it re-runs)."""
+
+    id: int
+    spec: TaskSpec
     seq: int
     state: TaskState = "ready"
     worker: str | None = None
-    allocation: Resources = field(default_factory=Resources)
+    allocation: Resources = UNSET
     attempts: int = 0  # dispatches so far
     forsaken: int = 0
     heap_key: tuple[float, float, int] | None = None
@@ -62,9 +82,9 @@ class TaskRecord:
     pinned: str | None = None  # a call sent ahead to the worker making its missing temp inputs
 
 
-@dataclass
+@dataclass(slots=True)
 class FileRecord:
-    file: File
+    spec: FileSpec
     replicas: dict[str, ReplicaState] = field(default_factory=dict)  # worker id -> state
     producer: int | None = None  # task id that writes it (lineage for temps)
     size: int = -1

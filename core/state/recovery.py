@@ -9,7 +9,6 @@ waiting consumers with "input missing" and a reason. Mixed into :class:`core.sta
 
 from __future__ import annotations
 
-import copy
 from typing import TYPE_CHECKING
 
 from .. import constants as C
@@ -20,7 +19,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from .records import FileRecord
-    from ..api.task import Task
+    from .spec import TaskSpec
 
 
 class RecoveryPlanner:
@@ -31,7 +30,7 @@ class RecoveryPlanner:
         files: dict[str, FileRecord]
         tuning: dict[str, float]
         stats: dict[str, float]
-        lineage: dict[str, Task]
+        lineage: dict[str, TaskSpec]
         recovering: dict[str, int]
         recoveries: dict[str, int]
         waiting_on: dict[str, set[int]]
@@ -62,14 +61,12 @@ class RecoveryPlanner:
             self._fail_waiters(name, f"temp file {name} was lost and its producer (task {producer.id}) was re-run {limit} times without success")
             return
         self.recoveries[name] += 1
-        clone = copy.copy(producer)
-        clone._id = next(self._recovery_ids)
-        clone._state = C.VINE_TASK_READY
-        clone._reset_outcome()
-        rec = self.tasks[clone.id] = TaskRecord(clone, next(self._seq), recovery=True)
-        for m in clone.outputs:
+        # The producer's own spec runs again under an id of its own: the record is new, the spec is shared.
+        rid = next(self._recovery_ids)
+        rec = self.tasks[rid] = TaskRecord(rid, producer, next(self._seq), recovery=True)
+        for m in producer.outputs:
             if m.file.kind == "temp":
-                self.recovering[m.file.cache_name] = clone.id
+                self.recovering[m.file.cache_name] = rid
         self.stats["tasks_recovery"] += 1
         self._make_ready(rec)
 

@@ -22,8 +22,6 @@ import itertools
 import math
 import random
 from collections import defaultdict
-from typing import TYPE_CHECKING
-
 from .. import constants as C
 
 # Events, instructions and records live in their own modules; they are re-exported here because
@@ -59,11 +57,8 @@ from .records import FileRecord, ReplicaState, TaskRecord, TaskState, WorkerReco
 from .pipelining import CallPipelining
 from .recovery import RecoveryPlanner
 from .resources import AllocationPolicy, Resources, allocate_resources, fits, hungry_count
+from .spec import UNSET, FileSpec, MountSpec, TaskSpec  # noqa: F401 - re-exported
 from .transfers import TransferPlanner, _origin  # noqa: F401 - re-exported
-
-if TYPE_CHECKING:
-    from ..api.files import File
-    from ..api.task import Task
 
 POLICIES = {
     C.VINE_SCHEDULE_FCFS: "rand",
@@ -153,7 +148,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
         self.url_active: dict[str, int] = defaultdict(int)
         self.manager_sending: dict[str, int] = defaultdict(int)
         # Lineage: the task that makes each temp file, kept after the user has the task back.
-        self.lineage: dict[str, Task] = {}
+        self.lineage: dict[str, TaskSpec] = {}
         self.recovering: dict[str, int] = {}  # temp name -> id of the recovery task re-making it
         self.recoveries: dict[str, int] = defaultdict(int)
         self._recovery_ids = itertools.count(RECOVERY_ID_BASE)
@@ -216,7 +211,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
         )
 
     # -- files ------------------------------------------------------------------------------------------
-    def _file(self, f: File) -> FileRecord:
+    def _file(self, f: FileSpec) -> FileRecord:
         rec = self.files.get(f.cache_name)
         if rec is None:
             rec = self.files[f.cache_name] = FileRecord(f)
@@ -233,11 +228,11 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
 
     # -- handlers -------------------------------------------------------------------------------------
     def _on_submitted(self, ev: TaskSubmitted, out: list[Instruction]) -> None:
-        t = ev.task
-        rec = self.tasks[t.id] = TaskRecord(t, next(self._seq))
+        t = ev.spec
+        rec = self.tasks[t.id] = TaskRecord(t.id, t, next(self._seq))
         self.stats["tasks_submitted"] += 1
         if t.time_end:
-            heapq.heappush(self.deadlines, (t.time_end / 1e6, t.id))
+            heapq.heappush(self.deadlines, (t.time_end, t.id))
         for m in t.inputs:
             self._file(m.file)
         for f in t.environments:
@@ -250,11 +245,11 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
         self._make_ready(rec)
 
     def _push_ready(self, rec: TaskRecord) -> None:
-        t = rec.task
+        t = rec.spec
         rec.state = "ready"
         # Recovery first, then retries after resource exhaustion, then the user's priority and order.
         rec.heap_key = (0 if rec.recovery else 1 if rec.exhaustions else 2, -t.priority, rec.seq)
-        heapq.heappush(self.ready, (rec.heap_key, t.id))
+        heapq.heappush(self.ready, (rec.heap_key, rec.id))
         self._schedule_needed = True
 
     def _make_ready(self, rec: TaskRecord) -> None:
@@ -263,17 +258,17 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
         A temp whose producer already finished but which has no replica left was lost with a
         worker: its producer runs again (lineage recovery).
         """
-        if rec.task.library_required is not None and self.tuning["call-pipelining"] > 0:
+        if rec.spec.library_required is not None and self.tuning["call-pipelining"] > 0:
             rec.pinned = self._pin_target(rec)
             if rec.pinned is not None:
                 self._push_ready(rec)  # its inputs are being made on that worker: it may go there now
                 return
-        for m in rec.task.inputs:
+        for m in rec.spec.inputs:
             name = m.file.cache_name
             if m.file.kind == "temp" and not self._has_ready_replica(name):
                 rec.state = "waiting"
                 rec.heap_key = None
-                self.waiting_on[name].add(rec.task.id)
+                self.waiting_on[name].add(rec.id)
                 if not self._producer_active(name):
                     frec = self.files.get(name)
                     producer = self.lineage.get(name)
@@ -290,7 +285,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
         if rec is None or rec.state == "done":
             return
         if rec.state == "dispatched" and rec.worker is not None:
-            out.append(Kill(rec.worker, rec.task.id))
+            out.append(Kill(rec.worker, rec.id))
             self._release(rec)
         self._finish(rec, C.VINE_RESULT_CANCELLED, -1, out)
 
@@ -330,7 +325,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
             frec = self.files.get(name)
             if frec is not None:
                 frec.replicas.pop(w.id, None)
-                if frec.file.kind == "temp" and not frec.replicas:
+                if frec.spec.kind == "temp" and not frec.replicas:
                     lost_only_copy.append(name)
         for (dest, name), source in list(self.transfers.items()):
             if dest == w.id or source == w.id:
@@ -340,7 +335,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
             rec = self.tasks[tid]
             self.libs.released(rec)
             rec.worker = None
-            rec.allocation = Resources()
+            rec.allocation = UNSET
             rec.queued = False
             # A lost worker is not the task's fault, but attempts stay bounded (TaskVine loops forever).
             self._retry_or_fail(rec, C.VINE_RESULT_MAX_RETRIES, out)
@@ -368,7 +363,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
         self._end_transfer(w.id, ev.name, ev.size)
         frec.replicas[w.id] = "ready"
         frec.size = ev.size
-        if frec.file.kind == "temp":
+        if frec.spec.kind == "temp":
             self._replicate(frec, out)
         for tid in self.waiting_on.pop(ev.name, ()):  # consumers of a temp that now exists
             rec = self.tasks.get(tid)
@@ -397,21 +392,21 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
             return
         if rec is None or rec.state != "dispatched" or rec.worker != ev.worker:
             return  # a late report for a task already cancelled or moved elsewhere
-        if rec.task.library_required is not None:
+        if rec.spec.library_required is not None:
             self.libs.call_ended(self, rec, ev, out)
         allocated = rec.allocation
         self._release(rec)
         if w is not None:
             w.completed += 1
             w.busy_time += ev.runtime
-        if ev.result == C.VINE_RESULT_SUCCESS and rec.task.library_required is None:
-            n, mean = self.category_time.get(rec.task.category, (0, 0.0))
-            self.category_time[rec.task.category] = (n + 1, ev.runtime if n == 0 else 0.9 * mean + 0.1 * ev.runtime)
-            self.categories.record(rec.task.category, ev.measured, ev.runtime)
+        if ev.result == C.VINE_RESULT_SUCCESS and rec.spec.library_required is None:
+            n, mean = self.category_time.get(rec.spec.category, (0, 0.0))
+            self.category_time[rec.spec.category] = (n + 1, ev.runtime if n == 0 else 0.9 * mean + 0.1 * ev.runtime)
+            self.categories.record(rec.spec.category, ev.measured, ev.runtime)
         if ev.result == C.VINE_RESULT_FORSAKEN:
             rec.forsaken += 1
-            self.forsaken_on[rec.task.id] = ev.worker  # tried elsewhere first (see _choose_worker)
-            if rec.task.max_forsaken >= 0 and rec.forsaken > rec.task.max_forsaken:
+            self.forsaken_on[rec.id] = ev.worker  # tried elsewhere first (see _choose_worker)
+            if rec.spec.max_forsaken >= 0 and rec.forsaken > rec.spec.max_forsaken:
                 self._finish(rec, C.VINE_RESULT_FORSAKEN, ev.exit_code, out)
             else:
                 # Unlimited forsaking still ends (TaskVine retries forever): after max-task-attempts,
@@ -431,7 +426,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
     def _may_grow(self, rec: TaskRecord, exceeded: tuple[str, ...], allocated: Resources) -> bool:
         """Retry at the category's largest box only if the task went over a share we chose, once,
         within its own retry limit, and some worker offers more (rules: core/state/categories.py)."""
-        t = rec.task
+        t = rec.spec
         if t.max_retries > 0 and rec.exhaustions >= t.max_retries:
             return False
         largest = Resources(*(max((max(getattr(w.total, f), 0) for w in self.workers.values()), default=0)
@@ -491,14 +486,14 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
         w = self.workers.get(rec.worker) if rec.worker else None
         if w is not None:
             if rec.queued:
-                w.queue.remove(rec.task.id)
+                w.queue.remove(rec.id)
             else:
                 w.committed = w.committed - rec.allocation
-            w.tasks.discard(rec.task.id)
+            w.tasks.discard(rec.id)
             self._promote(w)
         self.libs.released(rec)
         rec.worker = None
-        rec.allocation = Resources()
+        rec.allocation = UNSET
         rec.queued = False
         self._schedule_needed = True
 
@@ -520,7 +515,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
         """A worker to queue ``rec`` on when none can start it now: only for categories measured
         short (queued long tasks could wait behind each other while another worker idles), only
         with every input already cached there, at most ``worker-prefetch`` per core."""
-        t = rec.task
+        t = rec.spec
         if self.tuning["worker-prefetch"] <= 0 or t.library_required is not None or t.environments or t.time_start:
             return None
         n, mean = self.category_time.get(t.category, (0, 0.0))
@@ -530,7 +525,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
         for w in self.workers.values():
             if len(w.queue) >= self._prefetch_limit(w):
                 continue
-            if w.draining or w.hostname in self.blocked_hosts or (t.features and not set(t.features) <= w.features):
+            if w.draining or w.hostname in self.blocked_hosts or not w.features.issuperset(t.features):
                 continue
             if any(w.replicas.get(m.file.cache_name) != "ready" for m in t.inputs):
                 continue
@@ -548,11 +543,11 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
         rec.allocation = alloc
         rec.attempts += 1
         rec.queued = True
-        w.tasks.add(rec.task.id)
-        w.queue.append(rec.task.id)
+        w.tasks.add(rec.id)
+        w.queue.append(rec.id)
         self.stats["tasks_dispatched"] += 1
         self.stats["tasks_prefetched"] += 1
-        out.append(Dispatch(w.id, rec.task.id, alloc, queued=True))
+        out.append(Dispatch(w.id, rec.id, alloc, queued=True))
 
     def _retry_or_fail(self, rec: TaskRecord, result_if_exhausted: int, out: list[Instruction]) -> None:
         limit = int(self.tuning["max-task-attempts"])
@@ -563,7 +558,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
 
     def _finish(self, rec: TaskRecord, result: int, exit_code: int, out: list[Instruction]) -> None:
         rec.state = "done"
-        self.forsaken_on.pop(rec.task.id, None)
+        self.forsaken_on.pop(rec.id, None)
         rec.heap_key = None
         self.stats["tasks_done"] += 1
         if result == C.VINE_RESULT_SUCCESS and exit_code == 0:
@@ -573,14 +568,14 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
         if result == C.VINE_RESULT_CANCELLED:
             self.stats["tasks_cancelled"] += 1
         if not rec.recovery:
-            out.append(ReturnTask(rec.task.id, result, exit_code))
-        for m in rec.task.outputs:
+            out.append(ReturnTask(rec.id, result, exit_code))
+        for m in rec.spec.outputs:
             name = m.file.cache_name
-            if self.recovering.get(name) == rec.task.id:
+            if self.recovering.get(name) == rec.id:
                 del self.recovering[name]
             if m.file.kind == "temp" and not self._has_ready_replica(name):
                 what = "recovery copy of task" if rec.recovery else "task"
-                self._fail_waiters(name, f"temp file {name} cannot be made: its producer ({what} {rec.task.id}) ended with '{C.result_string(result)}'"
+                self._fail_waiters(name, f"temp file {name} cannot be made: its producer ({what} {rec.id}) ended with '{C.result_string(result)}'"
                                   + (f" (exit code {exit_code})" if result == C.VINE_RESULT_SUCCESS else ""), out)
 
     def forget_task(self, task_id: int) -> None:
@@ -591,21 +586,21 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
 
     # -- scheduling ----------------------------------------------------------------------------------------
     def _allocation(self, rec: TaskRecord, w: WorkerRecord) -> Resources:
-        cat = self.categories.active(rec.task.category) if rec.task.library_required is None else None
+        cat = self.categories.active(rec.spec.category) if rec.spec.library_required is None else None
         if cat is not None:
-            return self.categories.allocation(cat, rec.task.requested, rec.exhaustions > 0, w.total, self.allocation_policy,
+            return self.categories.allocation(cat, rec.spec.requested, rec.exhaustions > 0, w.total, self.allocation_policy,
                                               int(self.tuning["category-steady-n-tasks"]))
-        req = Resources.from_dict(rec.task.requested)
+        req = rec.spec.requested
         if rec.exhaustions:
             # It outgrew its proportional share: give it the whole worker, keeping the user's own values.
             req = Resources(req.cores, w.total.memory, -1, req.gpus)  # memory = total -> the whole-worker rule
-        return allocate_resources(req, w.total, policy=self.allocation_policy, function_call=rec.task.library_required is not None)
+        return allocate_resources(req, w.total, policy=self.allocation_policy, function_call=rec.spec.library_required is not None)
 
     def _eligible(self, rec: TaskRecord, w: WorkerRecord, now: float) -> Resources | None:
-        t = rec.task
+        t = rec.spec
         if w.draining or w.hostname in self.blocked_hosts:
             return None
-        if t.features and not set(t.features) <= w.features:
+        if t.features and not w.features.issuperset(t.features):
             return None
         if t.time_min and w.end_time and w.end_time - now < t.time_min:
             return None
@@ -614,20 +609,20 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
         alloc = self._allocation(rec, w)
         if not fits(alloc, w.total, w.committed, multiplier=self.tuning["resource-submit-multiplier"]):
             return None
-        for f in rec.task.environments:
+        for f in rec.spec.environments:
             if self._source(f, w) is None:
                 return None
-        for m in rec.task.inputs:
+        for m in rec.spec.inputs:
             if self._source(m.file, w) is None:
                 return None
         return alloc
 
     def _score(self, rec: TaskRecord, w: WorkerRecord, alloc: Resources) -> float:
-        policy = rec.task.scheduler or self.policy
+        policy = rec.spec.scheduler or self.policy
         free_cores = max(w.total.cores, 0) - max(w.committed.cores, 0)
         if policy == "files":
             cached = 0
-            for m in rec.task.inputs:
+            for m in rec.spec.inputs:
                 if m.file.cache_name in w.replicas:
                     frec = self.files.get(m.file.cache_name)
                     cached += max(frec.size if frec else 0, 0) + 1
@@ -647,7 +642,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
             if alloc is None:
                 continue
             score = self._score(rec, w, alloc)
-            if self.forsaken_on and self.forsaken_on.get(rec.task.id) == w.id:
+            if self.forsaken_on and self.forsaken_on.get(rec.id) == w.id:
                 score -= 1e18  # it gave this task back (out of descriptors, disk, ...): any other worker first
             if best is None or score > best[0]:
                 best = (score, w, alloc)
@@ -656,7 +651,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
     def _could_ever_fit(self, rec: TaskRecord) -> bool:
         for w in self.workers.values():
             alloc = self._allocation(rec, w)
-            if fits(alloc, w.total, Resources(0, 0, 0, 0)) and set(rec.task.features) <= w.features:
+            if fits(alloc, w.total, Resources(0, 0, 0, 0)) and w.features.issuperset(rec.spec.features):
                 return True
         return False
 
@@ -696,18 +691,17 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
             if rec is None or rec.state != "ready" or rec.heap_key != key:
                 continue  # stale heap entry (lazy deletion)
             if prefetch_only:
-                target = None if rec.task.time_end and now * 1e6 > rec.task.time_end else self._prefetch_worker(rec, now)
+                target = None if rec.spec.time_end and now > rec.spec.time_end else self._prefetch_worker(rec, now)
                 if target is None or not self._inputs_exist_quiet(rec):
                     self._passed.append((key, tid))
                     break
                 self._place_queued(rec, target[0], target[1], out)
                 continue
-            t = rec.task
-            now_us = now * 1e6
-            if t.time_end and now_us > t.time_end:
+            t = rec.spec
+            if t.time_end and now > t.time_end:
                 self._finish(rec, C.VINE_RESULT_MAX_END_TIME, -1, out)
                 continue
-            if t.time_start and now_us < t.time_start:
+            if t.time_start and now < t.time_start:
                 self._passed.append((key, tid))
                 misses += 1
                 continue
@@ -744,20 +738,20 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
 
     def _unfit_message(self, rec: TaskRecord) -> str:
         biggest = max(self.workers.values(), key=lambda w: (w.total.cores, w.total.memory))
-        req = {k: v for k, v in rec.task.requested.items() if v >= 0}
+        req = {k: v for k, v in rec.spec.requested.to_dict().items() if v >= 0}
         return (
-            f"task {rec.task.id} requests {req or 'a whole worker'}{' with features ' + str(rec.task.features) if rec.task.features else ''}, "
+            f"task {rec.id} requests {req or 'a whole worker'}{' with features ' + str(list(rec.spec.features)) if rec.spec.features else ''}, "
             f"but no connected worker can ever hold it (largest: {biggest.total.to_dict()}); it waits for a larger worker. "
             "Lower the request or start workers with more resources (vine_worker --cores/--memory/--disk)."
         )
 
     def _inputs_exist_quiet(self, rec: TaskRecord) -> bool:
-        return all(m.file.kind != "temp" or self._has_ready_replica(m.file.cache_name) for m in rec.task.inputs)
+        return all(m.file.kind != "temp" or self._has_ready_replica(m.file.cache_name) for m in rec.spec.inputs)
 
     def _inputs_exist(self, rec: TaskRecord) -> bool:
         """True when ``rec`` may be placed: its temp inputs exist, or are being made where it is pinned."""
         missing = False
-        for m in rec.task.inputs:
+        for m in rec.spec.inputs:
             if m.file.kind == "temp" and not self._has_ready_replica(m.file.cache_name):
                 if rec.pinned is not None and self._maker_of(m.file.cache_name) == rec.pinned:
                     missing = True
@@ -770,9 +764,9 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
         return True
 
     def _place(self, rec: TaskRecord, w: WorkerRecord, alloc: Resources, out: list[Instruction]) -> None:
-        for f in rec.task.environments:
+        for f in rec.spec.environments:
             self._stage(f, w, out, placing=True)
-        for m in rec.task.inputs:
+        for m in rec.spec.inputs:
             self._stage(m.file, w, out, placing=True)
         rec.state = "dispatched"
         rec.heap_key = None
@@ -780,11 +774,11 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
         rec.allocation = alloc
         rec.attempts += 1
         w.committed = w.committed + alloc
-        w.tasks.add(rec.task.id)
+        w.tasks.add(rec.id)
         self.libs.placed(rec, w)
         self.stats["tasks_dispatched"] += 1
-        out.append(Dispatch(w.id, rec.task.id, alloc))
-        if rec.task.library_required is not None and self.tuning["call-pipelining"] > 0:
+        out.append(Dispatch(w.id, rec.id, alloc))
+        if rec.spec.library_required is not None and self.tuning["call-pipelining"] > 0:
             self._pin_consumers(rec)
 
     # -- queries ---------------------------------------------------------------------------------------------
@@ -801,7 +795,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
         for w in self.workers.values():
             total = total + w.total
             committed = committed + w.committed
-        sample = [Resources.from_dict(rec.task.requested) for rec in itertools.islice(
+        sample = [rec.spec.requested for rec in itertools.islice(
             (r for r in self.tasks.values() if r.state in ("ready", "waiting")), 100)]
         return hungry_count(
             workers=len(self.workers),
@@ -839,4 +833,4 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
                 assert wid in self.workers, f"replica of {name} on disconnected worker {wid}"
         for rec in self.tasks.values():
             if rec.state == "dispatched":
-                assert rec.worker in self.workers, f"task {rec.task.id} dispatched to missing worker {rec.worker}"
+                assert rec.worker in self.workers, f"task {rec.id} dispatched to missing worker {rec.worker}"

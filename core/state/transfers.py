@@ -15,9 +15,7 @@ from urllib.parse import urlsplit
 from .. import constants as C
 from .events import FetchPeer, FetchUrl, Instruction, RemoveWorker, RunMinitask, SendFile, WorkerLost
 from .records import FileRecord, WorkerRecord
-
-if TYPE_CHECKING:
-    from ..api.files import File
+from .spec import FileSpec
 
 
 class TransferPlanner:
@@ -35,10 +33,10 @@ class TransferPlanner:
         _pending_out: list[Instruction]
         _schedule_needed: bool
 
-        def _file(self, f: File) -> FileRecord: ...
+        def _file(self, f: FileSpec) -> FileRecord: ...
         def _on_worker_lost(self, ev: WorkerLost, out: list[Instruction]) -> None: ...
 
-    def _source(self, f: File, w: WorkerRecord) -> str | None:
+    def _source(self, f: FileSpec, w: WorkerRecord) -> str | None:
         """Where worker ``w`` would get ``f`` now: "have", "manager", "url:<origin>", "minitask", a
         peer worker id; or None when every source is busy (the task tries another worker or waits).
 
@@ -78,7 +76,7 @@ class TransferPlanner:
         if f.kind == "temp":
             return None
         if f.kind == "url":
-            origin = _origin(f.source())
+            origin = _origin(f.source)
             if self.url_active[origin] < self.tuning["file-source-max-transfers"] and not busy:
                 return f"url:{origin}"
             return None
@@ -86,7 +84,7 @@ class TransferPlanner:
             return None  # being sent to (or served by) another worker: fetch from it when it is ready
         return "manager"
 
-    def _stage(self, f: File, w: WorkerRecord, out: list[Instruction], placing: bool = False) -> None:
+    def _stage(self, f: FileSpec, w: WorkerRecord, out: list[Instruction], placing: bool = False) -> None:
         """Instruct worker ``w`` to obtain ``f`` from the source :meth:`_source` picked.
 
         ``placing``: a task that needs ``f`` has just been placed on ``w``, so ``f`` must be on its
@@ -117,7 +115,7 @@ class TransferPlanner:
         w.replicas[name] = "creating"
         frec.replicas[w.id] = "creating"
 
-    def _least_busy_holder(self, f: File, w: WorkerRecord) -> str | None:
+    def _least_busy_holder(self, f: FileSpec, w: WorkerRecord) -> str | None:
         frec = self.files.get(f.cache_name)
         if frec is None:
             return None
@@ -126,7 +124,7 @@ class TransferPlanner:
         if holders:
             return min(holders, key=lambda h: (h.xfer_failed_at, h.outgoing)).id
         if f.kind == "url":
-            return f"url:{_origin(f.source())}"
+            return f"url:{_origin(f.source)}"
         if f.kind in ("file", "buffer"):
             return "manager"
         return None  # a temp with no ready copy elsewhere, or a mini-task: wait as before
@@ -185,9 +183,9 @@ class TransferPlanner:
             src = min((h for h in holders if h.transfer_addr), key=lambda h: h.outgoing, default=None)
             if src is None:
                 return
-            self._start_transfer(dest, frec.file.cache_name, src.id)
-            out.append(FetchPeer(dest.id, frec.file.cache_name, src.id))
-            dest.replicas[frec.file.cache_name] = "creating"
+            self._start_transfer(dest, frec.spec.cache_name, src.id)
+            out.append(FetchPeer(dest.id, frec.spec.cache_name, src.id))
+            dest.replicas[frec.spec.cache_name] = "creating"
             frec.replicas[dest.id] = "creating"
 
 

@@ -27,6 +27,7 @@ from typing import Any, Iterator
 
 import core as vine
 from core.state.resources import Resources
+from core.api.specs import task_spec
 from core.state.scheduler import Dispatch, SchedulerState, TaskFinished, TaskSubmitted, WorkerJoined
 
 
@@ -96,7 +97,7 @@ def _scheduler_cost(queued: int, cycles: int = 2000) -> float:
         t = vine.Task("true")
         t.set_cores(1)
         t._id = i
-        state.handle(TaskSubmitted(0.0, t))
+        state.handle(TaskSubmitted(0.0, task_spec(t)))
     running = [tid for tid, rec in state.tasks.items() if rec.state == "dispatched"]
     cycles = min(cycles, queued - len(running))
     start = time.perf_counter()

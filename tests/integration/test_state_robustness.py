@@ -26,7 +26,9 @@ import pytest
 import core as vine
 from core.wire.protocol import PREFIX, PROTOCOL_VERSION, FrameDecoder, encode_frame, new_nonce
 from core.state.resources import Resources
+from core.api.specs import task_spec
 from core.state.scheduler import Dispatch, SchedulerState, TaskSubmitted, Tick, WorkerJoined
+from core.state.spec import TaskSpec
 from tests.conftest import ROOT, run, wait_for_workers
 
 NAN, INF = float("nan"), float("inf")
@@ -152,10 +154,10 @@ def test_tunes_refuse_non_finite_values(value: float, m):
 
 # --- a handler that raises anyway ----------------------------------------------------------------------
 
-def _task(tid: int) -> vine.Task:
+def _task(tid: int) -> TaskSpec:
     t = vine.Task("true", cores=1, memory=10, disk=10)
     t._id = tid
-    return t
+    return task_spec(t)
 
 
 def _joined(wid: str, cores: float, now: float = 1.0) -> WorkerJoined:

@@ -14,6 +14,7 @@ import pytest
 import core as vine
 from core import constants as C
 from core.api.files import File
+from core.api.specs import task_spec
 from core.state.resources import Resources
 from core.state.scheduler import (
     RECOVERY_ID_BASE,
@@ -79,7 +80,7 @@ class Cluster:
         for f, remote in outputs:
             t.add_output(f, remote)
         t._id = next(self.ids)
-        self.last_out = self.handle(TaskSubmitted(self.now, t))
+        self.last_out = self.handle(TaskSubmitted(self.now, task_spec(t)))
         return t
 
     def cached(self, wid: str, f: File | str, size: int = 1000) -> list:
@@ -93,7 +94,7 @@ class Cluster:
         """Play a worker running a dispatched task: its outputs land in its cache, then it completes."""
         rec = self.s.tasks[ins.task_id]
         out = []
-        for m in rec.task.outputs:
+        for m in rec.spec.outputs:
             out += self.cached(ins.worker, m.file, sizes)
         out += self.finish(ins.worker, ins.task_id)
         return out
@@ -509,7 +510,7 @@ def play(c: Cluster, out: list, fail: frozenset[str] = frozenset(), limit: int =
         steps += 1
         assert steps < limit, "endless loop of dispatches"
         d = pending.pop(0)
-        if c.s.tasks[d.task_id].task.command in fail:
+        if c.s.tasks[d.task_id].spec.command in fail:
             more = c.finish(d.worker, d.task_id, C.VINE_RESULT_SUCCESS, 1)
         else:
             more = c.run_to_end(d)
@@ -524,11 +525,11 @@ def test_lost_chain_is_recomputed_recursively_when_a_consumer_needs_it():
     consumer = c.submit("cat in", inputs=[(temps[-1], "in")])
     assert c.s.stats["tasks_recovery"] == 3
     hidden = [r for tid, r in c.s.tasks.items() if tid >= RECOVERY_ID_BASE]
-    assert sorted(r.task.command for r in hidden) == ["step 0", "step 1", "step 2"]
+    assert sorted(r.spec.command for r in hidden) == ["step 0", "step 1", "step 2"]
     assert all(r.recovery for r in hidden)
     out = c.join("w2", cores=1)
     (d,) = of(Dispatch, out)
-    assert c.s.tasks[d.task_id].task.command == "step 0"
+    assert c.s.tasks[d.task_id].spec.command == "step 0"
     play(c, out)
     assert c.returned[consumer.id].result == C.VINE_RESULT_SUCCESS
     assert set(c.returned) == {t.id for t in tasks} | {consumer.id}, "recovery tasks are never returned"
@@ -543,7 +544,7 @@ def test_immediate_recovery_starts_at_worker_loss():
     out = c.lose("w1")
     assert c.s.stats["tasks_recovery"] == 3
     (d,) = of(Dispatch, out)
-    assert d.worker == "w2" and c.s.tasks[d.task_id].task.command == "step 0"
+    assert d.worker == "w2" and c.s.tasks[d.task_id].spec.command == "step 0"
     play(c, out)
     assert all(c.s._has_ready_replica(x.cache_name) for x in temps)
     consumer = c.submit("cat in", inputs=[(temps[-1], "in")])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from core import constants as C
 from core.api.library import FunctionCall, LibraryTask
+from core.api.specs import task_spec
 from core.state.libraries import LibraryInstalled, LibraryRemoved, StartLibrary, library_slots
 from core.state.resources import Resources
 from core.state.scheduler import Dispatch, Kill, ReturnTask
@@ -27,7 +28,7 @@ def library(name: str = "lib", cores: float = -1, slots: int = 0, mode: str = "f
 
 
 def install(sim: Sim, lib: LibraryTask) -> None:
-    sim.handle(LibraryInstalled(sim.now, lib))
+    sim.handle(LibraryInstalled(sim.now, task_spec(lib)))
 
 
 def call(name: str = "lib", fn: str = "f") -> FunctionCall:
@@ -35,10 +36,10 @@ def call(name: str = "lib", fn: str = "f") -> FunctionCall:
 
 
 def test_slots_rule():
-    assert library_slots(library(mode="direct", slots=4), Resources(4, 1, 1, 0)) == 1
-    assert library_slots(library(slots=3), Resources(4, 1, 1, 0)) == 3
-    assert library_slots(library(), Resources(4, 1, 1, 0)) == 4
-    assert library_slots(library(), Resources(0, 1, 1, 1)) == 1
+    assert library_slots(task_spec(library(mode="direct", slots=4)), Resources(4, 1, 1, 0)) == 1
+    assert library_slots(task_spec(library(slots=3)), Resources(4, 1, 1, 0)) == 3
+    assert library_slots(task_spec(library()), Resources(4, 1, 1, 0)) == 4
+    assert library_slots(task_spec(library()), Resources(0, 1, 1, 1)) == 1
 
 
 def test_calls_start_instances_while_there_is_room_and_take_no_resources():

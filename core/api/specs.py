@@ -1,0 +1,87 @@
+"""Freezing a user's task into the spec the scheduler reads (:mod:`core.state.spec`).
+
+``Manager.submit`` calls :func:`task_spec` once, after the task got its id and its last inputs
+(``submit_finalize``, a PythonTask's serialised function); the scheduler never sees the ``Task``.
+Microsecond times of the user API (``set_time_start``/``set_time_end``) become seconds here, the
+one place the units change. A file's spec is made once per ``File`` and shared by every task that
+uses it (made again only if the file's mode changed since).
+"""
+
+from __future__ import annotations
+
+from ..state.resources import Resources
+from ..state.spec import UNSET, FileSpec, MinitaskSpec, MountSpec, TaskKind, TaskSpec
+from .files import File
+from .library import FunctionCall, LibraryTask
+from .python_task import PythonTask
+from .task import Mount, Task
+
+_NO_RESOURCES = {"cores": -1.0, "memory": -1.0, "disk": -1.0, "gpus": -1.0}
+
+
+def file_spec(f: File) -> FileSpec:
+    """The frozen spec of ``f``: made once and kept on the File while its mode and peer-transfer
+    flag (the only parts a user may still change) stay the same."""
+    cached: FileSpec | None = getattr(f, "_frozen_spec", None)
+    if cached is not None and cached.mode == f.mode and cached.peer_transfer == f.peer_transfer:
+        return cached
+    minitask = None
+    if f.kind == "minitask":
+        t = f.minitask
+        if t is None:
+            raise ValueError(f"{f!r} is a mini-task file without its task")
+        minitask = MinitaskSpec(t.command, tuple(t.env.items()), str(f.minitask_output),
+                                tuple(_mount(m) for m in t.inputs))
+    spec = FileSpec(f.cache_name, f.kind, f.source(), f.level, f.peer_transfer, f.mode, minitask)  # type: ignore[arg-type]
+    try:
+        f._frozen_spec = spec  # type: ignore[attr-defined]
+    except AttributeError:  # a File without room for it (slots): made again next time, which is only slower
+        pass
+    return spec
+
+
+def _mount(m: Mount) -> MountSpec:
+    return MountSpec(file_spec(m.file), m.remote_name, m.flags)
+
+
+def task_kind(task: Task) -> TaskKind:
+    """What runs: a command line, a Python function (PythonTask), a call into a library, or a library."""
+    if isinstance(task, FunctionCall):
+        return "function_call"
+    if isinstance(task, LibraryTask):
+        return "library"
+    if isinstance(task, PythonTask):
+        return "python"
+    return "command"
+
+
+def task_spec(task: Task) -> TaskSpec:
+    """``task`` frozen as the scheduler sees it, under its current id."""
+    requested = task.requested
+    resources = UNSET if requested == _NO_RESOURCES else Resources.from_dict(requested)
+    return TaskSpec(
+        id=task.id,
+        kind=task_kind(task),
+        command=task.command,
+        inputs=tuple(_mount(m) for m in task.inputs) if task.inputs else (),
+        outputs=tuple(_mount(m) for m in task.outputs) if task.outputs else (),
+        environments=tuple(file_spec(f) for f in task.environments) if task.environments else (),
+        requested=resources,
+        features=tuple(task.features) if task.features else (),
+        category=task.category,
+        priority=task.priority,
+        library_required=task.library_required,
+        library_provided=task.library_provided,
+        max_retries=task.max_retries,
+        max_forsaken=task.max_forsaken,
+        time_start=task.time_start / 1e6 if task.time_start else 0.0,
+        time_end=task.time_end / 1e6 if task.time_end else 0.0,
+        time_min=float(task.time_min),
+        time_max=float(task.time_max),
+        scheduler=task.scheduler,
+        exec_mode=str(getattr(task, "exec_mode", "fork")),
+        function_slots=int(getattr(task, "function_slots", 0) or 0),
+    )
+
+
+__all__ = ["file_spec", "task_kind", "task_spec"]

@@ -1,0 +1,115 @@
+"""What the scheduler knows of a task and its files: frozen specs made once, at ``submit``.
+
+The manager turns a user's :class:`~core.api.task.Task` into a :class:`TaskSpec` when it is
+submitted (``core.api.specs.task_spec``); from then on the scheduler reads only the spec, never the
+user's object, so nothing the user does to a task later can reach a decision half-way, and lineage
+recovery re-runs the producer's spec instead of copying the user's task.
+
+Units inside the state are one system: times in seconds (``time_start``/``time_end`` are epoch
+seconds, though the user API takes microseconds), memory and disk in MB.
+
+Memory matters (a million queued tasks is a workload): every spec has ``__slots__``, holds tuples,
+not lists or dicts, and the parts many tasks share (a file's spec, the unset resource box, an empty
+tuple) are shared, not copied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from .resources import Resources
+
+FileKind = Literal["file", "url", "temp", "buffer", "minitask"]
+TaskKind = Literal["command", "python", "function_call", "library"]
+
+FILE_KINDS: frozenset[str] = frozenset(("file", "url", "temp", "buffer", "minitask"))
+TASK_KINDS: frozenset[str] = frozenset(("command", "python", "function_call", "library"))
+
+UNSET = Resources()  # a task that asked for nothing (shared by every such spec; Resources is frozen)
+
+
+@dataclass(frozen=True, slots=True)
+class MinitaskSpec:
+    """The task a worker runs to make a mini-task file: its command, environment and inputs."""
+
+    command: str
+    env: tuple[tuple[str, str | None], ...]
+    output: str  # the path, in the mini-task's sandbox, of the file it makes
+    inputs: tuple[MountSpec, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FileSpec:
+    """A file as the scheduler sees it: its cache name (identity), kind, where it comes from and how
+    long workers keep it. ``source`` is the local path, the URL, ``"temp"`` or ``"buffer"``."""
+
+    cache_name: str
+    kind: FileKind
+    source: str
+    level: int
+    peer_transfer: bool = True
+    mode: int | None = None
+    minitask: MinitaskSpec | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in FILE_KINDS:
+            raise ValueError(f"file {self.cache_name!r} has kind {self.kind!r}; use one of {', '.join(sorted(FILE_KINDS))}")
+        if self.kind == "minitask" and self.minitask is None:
+            raise ValueError(f"mini-task file {self.cache_name!r} needs the spec of the task that makes it")
+
+    def wire(self) -> dict[str, object]:
+        """What a worker is told of this file besides its bytes (the same as ``File.spec()``)."""
+        return {"name": self.cache_name, "level": self.level, "kind": self.kind, "mode": self.mode}
+
+
+@dataclass(frozen=True, slots=True)
+class MountSpec:
+    """A file attached to a task under ``remote_name`` in its sandbox, with TaskVine's mount flags."""
+
+    file: FileSpec
+    remote_name: str
+    flags: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """All the scheduler ever reads of a task. Made once at submit; never changed afterwards.
+
+    ``requested`` holds the task's own values (-1: unset). ``time_start``/``time_end`` are epoch
+    seconds (0: none), ``time_min``/``time_max`` seconds. ``max_retries`` bounds the retries after
+    resource exhaustion (<= 0: the manager's own bound), ``max_forsaken`` the times workers may give
+    it back (-1: no limit). ``scheduler`` is the task's own placement policy (None: the manager's).
+    ``exec_mode`` and ``function_slots`` matter for libraries only.
+    """
+
+    id: int
+    kind: TaskKind = "command"
+    command: str = ""
+    inputs: tuple[MountSpec, ...] = ()
+    outputs: tuple[MountSpec, ...] = ()
+    environments: tuple[FileSpec, ...] = ()
+    requested: Resources = UNSET
+    features: tuple[str, ...] = ()
+    category: str = "default"
+    priority: float = 0.0
+    library_required: str | None = None
+    library_provided: str | None = None
+    max_retries: int = 0
+    max_forsaken: int = -1
+    time_start: float = 0.0
+    time_end: float = 0.0
+    time_min: float = 0.0
+    time_max: float = 0.0
+    scheduler: str | None = None
+    exec_mode: str = "fork"
+    function_slots: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in TASK_KINDS:
+            raise ValueError(f"task {self.id} has kind {self.kind!r}; use one of {', '.join(sorted(TASK_KINDS))}")
+
+    @property
+    def is_call(self) -> bool:
+        """A function call: it runs in a library instance's slot and holds no resources of its own."""
+        return self.library_required is not None
