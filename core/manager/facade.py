@@ -640,8 +640,7 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
         task._manager = self
         task._state = C.VINE_TASK_READY
         task._submit_time = time.time()
-        if task._metrics is not None:  # else task.metrics makes "time_when_submitted" from it when first read
-            task._metrics["time_when_submitted"] = task._submit_time * 1e6
+        task.metrics["time_when_submitted"] = task._submit_time * 1e6
         if cached is not None and self._tasks_cache.answer(self, task, cached):
             return task.id
         self._tasks[task.id] = task
