@@ -84,10 +84,11 @@ def test_notebook_runs_and_cleans_up(name, tmp_path):
 # --- the runner itself can fail: a notebook with a failing cell, one that leaves a worker running ------------
 
 LEAKY_CELLS = [
-    "import subprocess, sys, time\nimport core as vine\nm = vine.Manager(port=0)",
-    "w = subprocess.Popen([sys.executable, '-m', 'core.worker', '--cores', '1', '--timeout', '60', 'localhost', str(m.port)])\n"
-    "deadline = time.monotonic() + 30\n"
-    "while m.stats.workers_connected < 1:\n    assert time.monotonic() < deadline\n    time.sleep(0.05)",
+    "import os, subprocess, sys, time\nimport core as vine\nm = vine.Manager(port=0)",
+    ("w = subprocess.Popen([sys.executable, '-m', 'core.worker', '--cores', '1', '--timeout', '60',\n"
+     "                      '--workdir', os.path.abspath('worker'), 'localhost', str(m.port)])\n"
+     "deadline = time.monotonic() + 30\n"
+     "while m.stats.workers_connected < 1:\n    assert time.monotonic() < deadline\n    time.sleep(0.05)"),
     "m.close()  # the worker is not stopped: it is left behind",
 ]
 
@@ -105,7 +106,7 @@ def test_runner_reports_a_failing_cell_and_stops_there(tmp_path):
     path = _write_notebook(tmp_path / "bad.ipynb", ["x = 1", "raise KeyError('cell two fails')", "open('never', 'w')"])
     work = tmp_path / "work"
     work.mkdir()
-    run = run_notebook(path, str(work), timeout=90)
+    run = run_notebook(path, str(work), timeout=90, record=False)
     assert run.error is not None and "cell two fails" in str(run.error)
     assert not (work / "never").exists()  # cells after the failing one do not run
 
@@ -116,7 +117,7 @@ def test_runner_finds_and_kills_a_worker_left_behind(tmp_path):
     path = _write_notebook(tmp_path / "leaky.ipynb", LEAKY_CELLS)
     work = tmp_path / "work"
     work.mkdir()
-    run = run_notebook(path, str(work), timeout=90)
+    run = run_notebook(path, str(work), timeout=90, record=False)
     assert run.error is None, str(run.error)
     worker_pids = [p.process.pid for p in run.workers_seen]
     assert len(worker_pids) == 1 and worker_pids[0] in [p.process.pid for p in run.left_behind]
@@ -128,5 +129,5 @@ def test_runner_finds_and_kills_a_worker_left_behind(tmp_path):
 def test_runner_enforces_the_notebook_budget(tmp_path):
     path = _write_notebook(tmp_path / "slow.ipynb", ["import time\ntime.sleep(60)"])
     start = time.monotonic()
-    run = run_notebook(path, str(tmp_path), timeout=3)
+    run = run_notebook(path, str(tmp_path), timeout=3, record=False)
     assert isinstance(run.error, TimeoutError) and time.monotonic() - start < 30
