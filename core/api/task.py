@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import types
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -123,12 +124,28 @@ def _check_mount_conflict(mounts: list[Mount], file: File, remote_name: str, wha
     return False
 
 
+# Shared by every task until it has its own: Resources is frozen, and the empty limits are read-only
+# (the manager replaces ``_limits`` when a worker reports, it never fills it in place).
+_UNSET_RESOURCES = Resources()
+_NO_LIMITS: Any = types.MappingProxyType({})
+
+
 class Task:
     """A unit of work: a shell command run in its own sandbox on a worker.
 
     ``Task("grep needle data.txt", cores=1, inputs={f: "data.txt"})`` accepts TaskVine's keyword
     arguments, each calling the same-named setter.
     """
+
+    # A million queued tasks must fit in memory: the fixed attributes live in slots. "__dict__" keeps
+    # attributes a user or a subclass adds working (the dict is only made when one is set).
+    __slots__ = (
+        "_command", "inputs", "outputs", "env", "features", "environments", "requested", "_tag", "_category",
+        "_priority", "max_retries", "max_forsaken", "time_start", "time_end", "time_max", "time_min", "scheduler",
+        "library_required", "library_provided", "monitor_output", "snapshot_file", "_output_refused", "_result",
+        "_exit_code", "_stdout", "_hostname", "_addrport", "_allocated", "_measured", "_limits", "_manager", "_id",
+        "_state", "_submit_time", "_done_time", "_metrics", "__dict__", "__weakref__",
+    )
 
     def __init__(self, command: str, **task_info: Any) -> None:
         if isinstance(command, dict):
@@ -139,8 +156,10 @@ class Task:
         self.inputs: list[Mount] = []
         self.outputs: list[Mount] = []
         self.env: dict[str, str | None] = {}
-        self.features: list[str] = []
-        self.environments: list[File] = []
+        # Few tasks have features or environments: an empty tuple (shared, not tracked by the
+        # collector) until the first one is added.
+        self.features: list[str] | tuple[()] = ()
+        self.environments: list[File] | tuple[()] = ()
         self.requested = {"cores": -1.0, "memory": -1.0, "disk": -1.0, "gpus": -1.0}
         self._tag: str | None = None
         self._category = "default"
@@ -163,7 +182,7 @@ class Task:
         self._state = C.VINE_TASK_INITIAL
         self._submit_time = 0.0
         self._done_time = 0.0
-        self.metrics: dict[str, float] = {}
+        self._metrics: dict[str, float] | None = None  # made on first use (see ``metrics``)
 
         for key, value in task_info.items():
             if key in _SETTER_KEYWORDS:
@@ -190,9 +209,9 @@ class Task:
         self._stdout = b""
         self._hostname: str | None = None
         self._addrport: str | None = None
-        self._allocated = Resources()
-        self._measured = Resources()
-        self._limits: dict[str, Any] = {}
+        self._allocated = _UNSET_RESOURCES
+        self._measured = _UNSET_RESOURCES
+        self._limits: dict[str, Any] = _NO_LIMITS
 
     # -- setters -------------------------------------------------------------------------------------
     def _mutable(self) -> None:
@@ -264,6 +283,8 @@ class Task:
 
     def add_feature(self, name: str) -> None:
         self._mutable()
+        if isinstance(self.features, tuple):
+            self.features = list(self.features)
         self.features.append(str(name))
 
     def set_scheduler(self, scheduler: str | int) -> None:
@@ -290,6 +311,8 @@ class Task:
 
     def add_environment(self, f: File) -> None:
         self._mutable()
+        if isinstance(self.environments, tuple):
+            self.environments = list(self.environments)
         self.environments.append(f)
 
     add_execution_context = add_environment
@@ -397,6 +420,22 @@ class Task:
 
     def successful(self) -> bool:
         return self.completed() and self._exit_code == 0
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """TaskVine's per-task times (µs): ``time_when_submitted``, ``time_when_done``,
+        ``time_workers_execute_last`` / ``_all``, ... A queued task holds no dict until it is read or
+        filled: its submit time is kept as a number and appears here once the dict is made."""
+        metrics = self._metrics
+        if metrics is None:
+            metrics = self._metrics = {}
+            if self._submit_time:
+                metrics["time_when_submitted"] = self._submit_time * 1e6
+        return metrics
+
+    @metrics.setter
+    def metrics(self, value: dict[str, float]) -> None:
+        self._metrics = value
 
     def get_metric(self, name: str) -> float:
         return self.metrics.get(name, 0)
