@@ -11,14 +11,11 @@ import hashlib
 import os
 import secrets
 import warnings
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Sequence
+from typing import Any, Callable, Protocol
 
 from .. import constants as C
 from ..errors import FileError
-
-if TYPE_CHECKING:
-    from .host import TaskHost
-    from .task import Task
 
 CACHE_LEVELS: dict[Any, int] = {
     False: C.VINE_CACHE_LEVEL_TASK,
@@ -69,6 +66,56 @@ def _random_name(prefix: str) -> str:
     return f"{prefix}-rnd-{secrets.token_hex(8)}"
 
 
+class _Mounted(Protocol):
+    @property
+    def file(self) -> File: ...
+
+    @property
+    def remote_name(self) -> str: ...
+
+
+class MiniTaskDefinition(Protocol):
+    """What a mini-task file reads of the ``Task`` that makes it, to name its output by provenance."""
+
+    @property
+    def command(self) -> str: ...
+
+    @property
+    def env(self) -> dict[str, str | None]: ...
+
+    @property
+    def inputs(self) -> Sequence[_Mounted]: ...
+
+    @property
+    def outputs(self) -> Sequence[_Mounted]: ...
+
+
+# ``core/api/`` sits below ``core/manager/`` (README, "Code map"): tasks and files name the manager
+# through this protocol instead of importing it; ``core.manager.Manager`` is the one implementation.
+class TaskHost(Protocol):
+    """What ``Task``, ``PythonTask``, ``FunctionCall`` and ``File`` call on the manager they belong to."""
+
+    def declare_file(self, path: str, cache: Any = ..., peer_transfer: bool = ..., unlink_when_done: bool = ...) -> File: ...
+
+    def declare_buffer(self, buffer: bytes | str | None = ..., cache: Any = ..., peer_transfer: bool = ...) -> File: ...
+
+    def declare_temp(self) -> File: ...
+
+    def undeclare_file(self, f: File) -> None: ...
+
+    def _remember(self, f: File) -> File:
+        """Keep ``f`` declared (content-addressed buffers are shared between tasks)."""
+        ...
+
+    def _fetch_bytes(self, f: File) -> bytes:
+        """The contents of ``f``, from the manager's copy or fetched from a worker."""
+        ...
+
+    def _library_known(self, name: str) -> bool: ...
+
+    def _library_failure_reason(self, name: str) -> str | None: ...
+
+
 class File:
     """A file, directory, URL, buffer, temp or mini-task output known to a manager.
 
@@ -85,7 +132,7 @@ class File:
         peer_transfer: bool = True,
         unlink_when_done: bool = False,
         data: bytes | None = None,
-        minitask: Task | None = None,
+        minitask: MiniTaskDefinition | None = None,
         minitask_output: str | None = None,
         cache_name: str | None = None,
     ) -> None:

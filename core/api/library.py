@@ -45,7 +45,7 @@ from .python_task import ARGS_NAME, RESULT_NAME, attach_traceback, extract_refer
 from .task import Task
 
 if TYPE_CHECKING:
-    from .host import TaskHost
+    from .files import TaskHost
 
 LIBRARY_CONFIG_NAME = ".vine_library"
 INLINE_ARGS_LIMIT = 48 << 10  # larger arguments travel as an input file instead of inside the task message

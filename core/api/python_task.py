@@ -49,7 +49,7 @@ from .files import File
 from .task import Task
 
 if TYPE_CHECKING:
-    from .host import TaskHost
+    from .files import TaskHost
 
 RUNNER_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "wire", "remote.py")
 FUNCTION_NAME = ".vine_function"

@@ -14,7 +14,7 @@ from .files import File, warn_if_missing
 from ..state.resources import Resources
 
 if TYPE_CHECKING:
-    from .host import TaskHost
+    from .files import TaskHost
 
 
 
