@@ -194,6 +194,7 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
         self._inbox: collections.deque[Event] = collections.deque()
         self._kick_pending = False
         self._notify_pending = False
+        self._perf_check_at = 0.0  # the tick collects stats for the performance log again from then (_performance_tick)
         self._links: dict[str, WorkerLink] = {}
         self._fetches: dict[int, concurrent.futures.Future[bytes]] = {}
         self._fetch_ids = iter(range(1, 1 << 62))
@@ -870,10 +871,21 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
             try:
                 self._apply(Tick(time.time()))
                 self._check_workers(time.time())
-                self._logs.performance(self._collect_stats(), time.time(), self._state.tuning.get("perf-log-interval", 5))
+                self._performance_tick(time.time())
                 self._logs.flush()
             except Exception:  # noqa: BLE001 - the ticker must never die
                 log.exception("tick failed")
+
+    def _performance_tick(self, now: float) -> None:
+        """A performance-log line when one is due. Collecting the stats walks every task, so they
+        are only collected when a line could be written; with many tasks known, a row found
+        unchanged is looked at again after a whole interval rather than at every tick."""
+        interval = self._state.tuning.get("perf-log-interval", 5)
+        if now < self._perf_check_at or not self._logs.performance_due(now, interval):
+            return
+        self._logs.performance(self._collect_stats(), now, interval)
+        if self._logs.performance_due(now, interval):  # nothing written: the row had not changed
+            self._perf_check_at = now + (interval if len(self._state.tasks) > 10_000 else 0)
 
     def _collect_stats(self) -> dict[str, float]:
         s = dict(self._state.stats)

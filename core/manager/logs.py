@@ -51,13 +51,13 @@ UNITS = {"cores": "cores", "memory": "MB", "disk": "MB", "gpus": "gpus", "wall_t
 
 
 def _res_json(res: dict[str, float]) -> str:
-    return _res_json_items(tuple((k, v) for k, v in res.items() if v is not None and v >= 0))
+    return _res_json_items(tuple(res.items()))
 
 
 @functools.lru_cache(maxsize=1024)
-def _res_json_items(items: tuple[tuple[str, float], ...]) -> str:
-    # Most tasks of a run ask for the same few shapes: format each shape once.
-    return json.dumps({k: [v, UNITS.get(k, "")] for k, v in items}, separators=(",", ":"))
+def _res_json_items(items: tuple[tuple[str, float | None], ...]) -> str:
+    # Most tasks of a run ask for the same few shapes: format each shape once (unset ones left out).
+    return json.dumps({k: [v, UNITS.get(k, "")] for k, v in items if v is not None and v >= 0}, separators=(",", ":"))
 
 
 # Whole words and phrases TaskVine's report tool acts on wherever they appear in a debug line; in free
@@ -428,6 +428,10 @@ class RunLogs:
         lines += [f"{_dot_id(name)} -> {node};" for name in inputs]
         lines += [f"{node} -> {_dot_id(name)};" for name in outputs]
         self._write(self._graph, "\n".join(lines) + "\n")
+
+    def performance_due(self, now: float, interval: float) -> bool:
+        """Whether :meth:`performance` would consider writing a line at ``now``."""
+        return now - self._last_perf >= interval
 
     def performance(self, stats: dict[str, float], now: float, interval: float, force: bool = False) -> None:
         if not force and now - self._last_perf < interval:

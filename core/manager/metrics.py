@@ -71,10 +71,14 @@ class TaskTimes:
 def waiting_minimum(tasks: Mapping[int, Any]) -> dict[str, float] | None:
     """The smallest cores/memory/disk/gpus a waiting task asks for (None: no task waits)."""
     need: dict[str, float] | None = None
+    seen: set[Any] = set()  # the tasks of a run ask for a few shapes (frozen, shared boxes): look at each once
     for rec in tasks.values():
-        if rec.state not in ("ready", "waiting"):
+        if rec.state != "ready" and rec.state != "waiting":
             continue
         req = rec.spec.requested
+        if req in seen:
+            continue
+        seen.add(req)
         row = {k: float(getattr(req, k) or 0) for k in ("cores", "memory", "disk", "gpus")}
         need = row if need is None else {k: min(need[k], v) for k, v in row.items()}
     return need
