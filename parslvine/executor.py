@@ -2,26 +2,23 @@
 
 ::
 
-    DFK thread(s)                     this process                              workers
-    ─────────────                     ────────────                              ───────
-    submit(func, spec, *a, **kw) ──►  parsl.serialize(func), (args, kwargs)
-                                      File staging plan, resources from spec
-                                      regular:    PythonTask(run_parsl_call)  ─► fork server child
-                                      serverless: FunctionCall(library, ...)  ─► warm library (direct)
-                                      core.Manager.submit (thread-safe)
-    future ◄── set_result/exception ── collector thread: Manager.wait()  ◄──── Parsl-serialized result
+    DFK thread(s)                     user's process              manager process               workers
+    ─────────────                     ──────────────              ───────────────               ───────
+    submit(func, spec, *a, **kw) ──►  parsl.serialize(func),      regular:    PythonTask  ───►  fork server child
+                                      (args, kwargs), staging  ─► serverless: FunctionCall ──►  warm library (direct)
+                                      plan, resources (batched)   core.Manager + Factory
+    future ◄── set_result/exception ◄─ reader thread ◄─ batches ◄─ collector: Manager.wait ◄──  Parsl-serialized result
 
-In regular mode one ``core.Manager`` lives in the user's process (its own I/O thread serves the
-workers): ``submit`` hands the task to the manager directly and the collector thread completes
-futures as results arrive. In serverless mode a call is cheap enough that the manager's own work
-would be a third of the user's process's CPU, so the manager (and the factory) run in a *manager
-process* of their own (:mod:`parslvine.manager_process`): ``submit`` queues the call's serialized
-bytes, staging plan and settings, which go over a socket in batches, and the results come back
-the same way; ``executor.manager`` is then a :class:`~parslvine.manager_process.ManagerProcessInfo`
-(port, name, logging directory, pid). A value comes back
-Parsl-serialized; an exception comes back in Parsl's ``RemoteExceptionWrapper`` and is set on the
-future with its original type and traceback. A call that ends without a result (its worker task
-failed for a reason outside the app) fails with :class:`~parslvine.errors.TaskVineTaskFailure`.
+The core ``Manager`` (and the ``Factory``) run in a *manager process* of their own
+(:mod:`parslvine.manager_process`), in both modes: a call costs the DFK about a millisecond of the
+user's process's CPU, and the manager's own work per call (its I/O thread, the collector) would
+add as much again under the same GIL. ``submit`` queues the call's serialized bytes, staging plan
+and settings, which go over a socket in batches, and the results come back the same way;
+``executor.manager`` is a :class:`~parslvine.manager_process.ManagerProcessInfo` (port, name,
+logging directory, pid). A value comes back Parsl-serialized; an exception comes back in Parsl's
+``RemoteExceptionWrapper`` and is set on the future with its original type and traceback. A call
+that ends without a result (its worker task failed for a reason outside the app) fails with
+:class:`~parslvine.errors.TaskVineTaskFailure`.
 """
 
 from __future__ import annotations
@@ -44,23 +41,19 @@ from parsl.providers.base import ExecutionProvider
 from parsl.serialize import serialize
 from parsl.utils import RepresentationMixin
 
-import core as vine
-
 from .configs import TaskVineFactoryConfig, TaskVineManagerConfig, check_manager_config
 from .errors import ParslVineConfigError, ParslVineError, TaskVineManagerFailure, TaskVineTaskFailure
-from .launch import start_factory, worker_command
-from .manager_process import ManagerProcessClient, configure_manager
+from .launch import worker_command
+from .manager_process import ManagerProcessClient
 from .resources import TaskSettings, settings_from_spec
-from .runner import WARM_IMPORTS, decode_data, encode_data, run_parsl_call
+from .runner import decode_data, encode_data
 from .staging import plan_staging
-from .tasks import LIBRARY_NAME, build_library, forget_buffers, make_task, task_output, unpack_result
 
 logger = logging.getLogger(__name__)
 
 LAUNCH_METHODS = ("factory", "provider", "manual")
 EXEC_MODES = ("regular", "serverless")
 SERIALIZE_BUFFER_THRESHOLD = 1024 * 1024
-COLLECT_INTERVAL = 0.5  # s: how long one wait() blocks, so shutdown is noticed promptly
 
 
 class TaskVineExecutor(BlockProviderExecutor, RepresentationMixin):
@@ -107,24 +100,20 @@ class TaskVineExecutor(BlockProviderExecutor, RepresentationMixin):
         self.storage_access = storage_access
         self.remote_monitoring_radio = remote_monitoring_radio if remote_monitoring_radio is not None else FilesystemRadio()
 
-        self.manager: Any = None  # the core.Manager, from start() on
-        self.factory: Any = None
+        self.manager: Any = None  # the manager process's ManagerProcessInfo, from start() on
         self._worker_command = ""
-        self._lock = threading.Lock()  # guards _tasks (with the base class), counters and the library
-        self._work = threading.Condition(self._lock)
+        self._lock = threading.Lock()  # guards _tasks (with the base class) and the counters
         self._next_id = 0
         self._outstanding = 0
         self._stopping = False
         self._started = False
-        self._library_installed = False
-        self._collector: threading.Thread | None = None
-        self._client: ManagerProcessClient | None = None  # serverless: the manager process
+        self._client: ManagerProcessClient | None = None  # the manager process, from start() on
         self._config: TaskVineManagerConfig = manager_config
         self._warned_keys: set[str] = set()
 
     # -- Parsl's executor interface ---------------------------------------------------------------------
     def start(self) -> None:
-        """Create the manager, start the workers (factory/provider), start the collector thread."""
+        """Start the manager process (its manager and, with ``"factory"``, its workers)."""
         if self._started:
             raise ParslVineError(f"executor {self.label!r} is already started")
         super().start()
@@ -133,43 +122,14 @@ class TaskVineExecutor(BlockProviderExecutor, RepresentationMixin):
         if config.vine_log_dir is None:
             config.vine_log_dir = os.path.join(os.path.dirname(os.path.abspath(self.run_dir)), self.label)
         self._config = config
-        # Workers this executor starts are ours to stop: the manager tells them to exit at close.
-        if self.function_exec_mode == "serverless" or os.environ.get("PV_MP_REGULAR") == "1":
-            self._start_manager_process(config)
-        else:
-            self._start_manager_here(config)
+        self._start_manager_process(config)
         self._started = True
-        if self._client is None:
-            self._collector = threading.Thread(target=self._collect, name=f"parslvine-collector-{self.label}", daemon=True)
-            self._collector.start()
-        logger.info("%s: manager listening on port %s (%s mode, %s workers%s)", self.label, self.manager.port,
-                    self.function_exec_mode, self.worker_launch_method,
-                    f", in manager process {self.manager.pid}" if self._client is not None else "")
-
-    def _start_manager_here(self, config: TaskVineManagerConfig) -> None:
-        # Workers this executor starts are ours to stop: the manager tells them to exit at close.
-        m = vine.Manager(port=config.port, name=config.project_name, run_info_path=config.vine_log_dir,
-                         shutdown=self.worker_launch_method != "manual")
-        self.manager = m
-        try:
-            configure_manager(m, config)
-            if self.worker_launch_method == "factory":
-                fc = dataclasses.replace(self.factory_config, scratch_dir=config.vine_log_dir,
-                                         _project_port=m.port, _project_address=config.address,
-                                         _project_name=config.project_name, _project_password_file=config.project_password_file)
-                self.factory = start_factory(m, config, fc)
-            elif self.worker_launch_method == "provider":
-                local = isinstance(self.provider, LocalProvider)
-                self._worker_command = worker_command(m.port, config, self.factory_config, local)
-                logger.info("%s: provider blocks run: %s", self.label, self._worker_command)
-        except BaseException:
-            m.close()
-            self.manager = None
-            raise
+        logger.info("%s: manager listening on port %s (%s mode, %s workers), in manager process %s", self.label,
+                    self.manager.port, self.function_exec_mode, self.worker_launch_method, self.manager.pid)
 
     def _start_manager_process(self, config: TaskVineManagerConfig) -> None:
-        # Serverless calls are cheap enough that the manager's own work would be a third of the
-        # user's process's CPU: it runs in a process of its own (see parslvine.manager_process).
+        # The manager's own work per call would otherwise share the user's GIL with the DFK (see
+        # parslvine.manager_process). Workers it starts are its to stop: it tells them to exit at close.
         client = ManagerProcessClient(self.label, self._complete_remote, self._manager_process_failed)
         info = client.start({"config": config, "factory_config": self.factory_config, "launch": self.worker_launch_method})
         self._client = client
@@ -205,17 +165,10 @@ class TaskVineExecutor(BlockProviderExecutor, RepresentationMixin):
         if settings.category is None:
             settings.category = getattr(func, "__name__", None) if config.autocategory else None
             settings.category = settings.category or "parsl-default"
-        client = self._client
-        if client is not None:
-            # The manager process builds the task; it opens the files, so it gets absolute paths
-            # (its working directory is where this process's was at start()).
-            plan.inputs = [(os.path.abspath(local), remote) for local, remote in plan.inputs]
-            plan.outputs = [(os.path.abspath(local), remote) for local, remote in plan.outputs]
-            task = None
-        else:
-            if settings.exec_mode == "serverless" and not self._library_installed:
-                self._ensure_library()
-            task = make_task(self.manager, config, settings, run_parsl_call, function, arguments, plan, WARM_IMPORTS)
+        # The manager process builds the task; it opens the files, so it gets absolute paths (its
+        # working directory is where this process's was at start()).
+        plan.inputs = [(os.path.abspath(local), remote) for local, remote in plan.inputs]
+        plan.outputs = [(os.path.abspath(local), remote) for local, remote in plan.outputs]
         future: Future = Future()
         with self._lock:
             executor_id = self._next_id
@@ -223,15 +176,8 @@ class TaskVineExecutor(BlockProviderExecutor, RepresentationMixin):
             future.parsl_executor_task_id = executor_id  # type: ignore[attr-defined]
             self._tasks[executor_id] = future
             self._outstanding += 1
-            if task is not None:
-                task._parslvine_id = executor_id
-                if self._outstanding == 1:
-                    self._work.notify()  # the collector sleeps only while nothing is outstanding
         try:
-            if client is not None:
-                client.send(("call", executor_id, settings, function, arguments, plan))
-            else:
-                self.manager.submit(task)  # outside our lock: the collector completes futures meanwhile
+            self._client.send(("call", executor_id, settings, function, arguments, plan))  # type: ignore[union-attr]  # set by start()
         except BaseException:
             with self._lock:
                 self._tasks.pop(executor_id, None)
@@ -240,15 +186,11 @@ class TaskVineExecutor(BlockProviderExecutor, RepresentationMixin):
         return future
 
     def shutdown(self) -> None:
-        """Stop the collector, fail what is still pending, stop the factory, close the manager."""
+        """Fail what is still pending; the manager process stops its factory and closes its manager."""
         with self._lock:
             if self._stopping:
                 return
             self._stopping = True
-            self._work.notify_all()
-        if self._collector is not None:
-            self._collector.join(30)
-        with self._lock:
             pending = list(self._tasks.values())
             self._tasks.clear()
             self._outstanding = 0
@@ -257,11 +199,6 @@ class TaskVineExecutor(BlockProviderExecutor, RepresentationMixin):
                 fut.set_exception(TaskVineManagerFailure(f"executor {self.label!r} shut down before the app finished"))
         if self._client is not None:
             self._client.stop()
-        if self.factory is not None:
-            self.factory.stop()
-            self.factory = None
-        if self.manager is not None and self._client is None:
-            self.manager.close()
         super().shutdown()
         logger.info("%s: shut down", self.label)
 
@@ -271,32 +208,6 @@ class TaskVineExecutor(BlockProviderExecutor, RepresentationMixin):
             self._warned_keys.add(key)
             logger.warning("%s: resource specification key %r is not used by TaskVineExecutor and is ignored "
                            "(known: cores, memory, disk, gpus, priority, running_time_min, category, exec_mode)", self.label, key)
-
-    def _ensure_library(self) -> None:
-        with self._lock:
-            if self._library_installed:
-                return
-            library = build_library(self.manager, self._config, run_parsl_call, WARM_IMPORTS)
-            self.manager.install_library(library)
-            self._library_installed = True
-            logger.info("%s: installed serverless library %r", self.label, LIBRARY_NAME)
-
-    def _collect(self) -> None:
-        m = self.manager
-        while True:
-            with self._lock:
-                while not self._stopping and self._outstanding == 0:
-                    self._work.wait()
-                if self._stopping:
-                    return
-            try:
-                task = m.wait(COLLECT_INTERVAL)
-            except Exception as exc:
-                logger.exception("%s: the manager failed", self.label)
-                self.set_bad_state_and_fail_all(TaskVineManagerFailure(f"the manager of executor {self.label!r} failed: {exc}"))
-                return
-            if task is not None:
-                self._complete(task)
 
     def _take_future(self, executor_id: Any) -> Future | None:
         """The pending future of a finished call, no longer counted as outstanding (None if none is pending)."""
@@ -325,28 +236,6 @@ class TaskVineExecutor(BlockProviderExecutor, RepresentationMixin):
             self._tasks.clear()
             self._outstanding = 0
 
-    def _complete(self, task: Any) -> None:
-        executor_id = getattr(task, "_parslvine_id", None)
-        future = self._take_future(executor_id)
-        if future is None:
-            return
-        data = task_output(task)
-        forget_buffers(self.manager, task)
-        if not isinstance(data, (bytes, bytearray)):
-            reason = f"task {task.id} ended with '{task.result}' (exit code {task.exit_code})"
-            if str(data):
-                reason += f": {data}"
-            future.set_exception(TaskVineTaskFailure(reason, task.exit_code))
-            return
-        try:
-            result = unpack_result(task, bytes(data))
-        except Exception as exc:  # noqa: BLE001 - an unreadable reply is this call's failure
-            failure = TaskVineTaskFailure(f"the result of task {task.id} cannot be deserialized: {type(exc).__name__}: {exc}")
-            failure.__cause__ = exc
-            future.set_exception(failure)
-            return
-        _set_outcome(future, result, task.id)
-
 
 def _set_outcome(future: Future, result: bytes, task_id: int) -> None:
     """Complete ``future`` from a call's Parsl-serialized result: its value, or the app's exception."""
@@ -365,5 +254,6 @@ def _set_outcome(future: Future, result: bytes, task_id: int) -> None:
         future.set_exception(exc_value)
     else:
         future.set_result(value)
+
 
 __all__ = ["TaskSettings", "TaskVineExecutor"]

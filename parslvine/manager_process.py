@@ -1,4 +1,4 @@
-"""The serverless executor's manager process: the core Manager (and Factory) out of the user's process.
+"""The executor's manager process: the core Manager (and Factory) out of the user's process.
 
 ::
 
@@ -9,10 +9,11 @@
     writer thread: the whole outbox, one frame ────► (socketpair, length-prefixed pickle of a list)
     reader thread: completes futures ◄──── one frame per batch ◄── collector: Manager.wait, unpack_result
 
-In serverless mode a call costs the DFK ~0.9 ms of the user's process's CPU; the manager's I/O
-thread and its collector cost another ~0.6 ms there, under the same GIL. Here that work runs in a
-process of its own (on another core), and the user's process only pickles the call's
-already-serialized bytes into a batch and unpickles the batched results.
+A call costs the DFK about a millisecond of the user's process's CPU; the manager's I/O thread
+and its collector cost another 0.6 ms (serverless) to 1.2 ms (regular: a PythonTask has more to
+track) there, under the same GIL. Here that work runs in a process of its own (on another core),
+and the user's process only pickles the call's already-serialized bytes into a batch and
+unpickles the batched results.
 
 The manager process ends when it is told to (``shutdown``), when its socket reaches EOF, or when
 its parent is gone (it checks its parent pid every second: a socket end inherited by a forked

@@ -128,10 +128,7 @@ def test_resource_specification(dfk, caplog):
     assert any("cpus" in r.getMessage() for r in caplog.records) or "cpus" in executor._warned_keys
     # The category reached the manager: it appears in the transactions log's READY records.
     tx = os.path.join(executor.manager.logging_directory, "transactions")
-    if executor._client is not None:  # serverless: the manager runs in the manager process
-        executor._client.flush_logs()
-    else:
-        executor.manager._call(executor.manager._logs.flush)
+    executor._client.flush_logs()  # the manager runs in the manager process
     with open(tx) as fh:
         assert " READY x " in fh.read()
 

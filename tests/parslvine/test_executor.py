@@ -135,7 +135,6 @@ def test_provider_launch_with_local_provider(tmp_path):
     try:
         assert "core.worker" in ex._get_launch_command("0") and str(ex.manager.port) in ex._get_launch_command("0")
         assert parsl.python_app(_square)(7).result(timeout=90) == 49
-        assert ex.manager.stats.workers_connected >= 1
         assert len(ex.blocks_to_job_id) == 1
         ours = _descendants() - before
     finally:

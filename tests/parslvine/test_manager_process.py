@@ -1,4 +1,4 @@
-"""The serverless executor's manager process: its failure modes (killed, user's process gone, bad start)."""
+"""The executor's manager process (both modes): its failure modes (killed, user's process gone, bad start)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from tests.conftest import wait_until
-from tests.parslvine.conftest import make_executor, start_executor
+from tests.parslvine.conftest import MODES, make_executor, start_executor
 
 pytestmark = pytest.mark.timeout(120)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -20,10 +20,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def _square(x):
     return x * x
-
-
-
-
 
 
 def _alive(pids: set[int]) -> set[int]:
@@ -37,8 +33,9 @@ def _alive(pids: set[int]) -> set[int]:
     return out
 
 
-def test_serverless_manager_runs_in_its_own_process(tmp_path, executors):
-    ex = start_executor(tmp_path, make_executor("serverless"))
+@pytest.mark.parametrize("mode", MODES)
+def test_the_manager_runs_in_its_own_process(tmp_path, executors, mode):
+    ex = start_executor(tmp_path, make_executor(mode))
     executors.append(ex)
     pid = ex.manager.pid
     assert pid != os.getpid() and psutil.Process(pid).ppid() == os.getpid()
