@@ -78,7 +78,7 @@ if __name__ == "__main__":
 # and sends its pickled result back through a pipe. Nothing else: no sandbox, no messages.
 _FORK_FLOOR = """
 import os, sys, time, selectors, pickle
-import cloudpickle, core._remote
+import cloudpickle, core.wire.remote
 n, cores = int(sys.argv[1]), int(sys.argv[2])
 sel = selectors.DefaultSelector()
 running, done, started = {}, 0, 0

@@ -4,10 +4,15 @@ Workloads:
   std      N x Task("true") on one worker, next to a plain loop spawning ``sh -c true`` two at a time.
   queue    per-task scheduling cost with 1,000 .. 100,000 tasks queued (pure scheduler, and end to end).
   fanout   one 32 MiB input used by tasks on 4 workers: bytes the manager sent vs bytes moved peer to peer.
-  chain    tasks linked by temp files (each consumes the previous one's output).
-  python   PythonTasks (fork server) next to ProcessPoolExecutor(max_tasks_per_child=1).
+  chain    --chain-length (300) command tasks linked by temp files, next to the same commands run by
+           sh -c one at a time (core/tools/bench_core.py).
+  chain-append  the older chain row: 200 tasks appending to the previous output (checks the content).
+  python   PythonTasks (fork server) next to ProcessPoolExecutor(max_tasks_per_child=1) and the bare
+           fork-per-call floor.
   funcall  FunctionCalls to a warm direct-mode library next to a warm ProcessPoolExecutor
-           (funcall-fork: fork mode).
+           (funcall-fork: fork mode, also next to the fork-per-call floor).
+  queue-mem  --queue-tasks (200,000) Task("true") queued with no worker: manager bytes per task and
+           submits/s, next to a dict of (id, command, cores) tuples filled by the same loop.
 
 Benchmarks never run inside the tests: a timed assertion on a shared 2-core machine is noise.
 """
@@ -191,7 +196,7 @@ def bench_chain(length: int = 200, workers: int = 1) -> dict[str, Any]:
                 "manager_bytes_sent": m.stats.bytes_sent}
 
 
-WORKLOADS = ("std", "queue", "fanout", "chain", "python", "funcall", "funcall-fork")
+WORKLOADS = ("std", "queue", "queue-mem", "fanout", "chain", "chain-append", "python", "funcall", "funcall-fork")
 # Adapter workloads live next to their peers: core/tools/bench_dask.py and bench_parsl.py each define
 # WORKLOADS (names starting "dask" / "parsl") and run(name, args) -> list of JSON-able dicts.
 ADAPTER_MODULES = {"dask": "core.tools.bench_dask", "parsl": "core.tools.bench_parsl"}
@@ -202,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("workloads", nargs="*", default=["std"], help=f"any of {', '.join(WORKLOADS)} (default std)")
     p.add_argument("-n", "--tasks", type=int, default=2000)
     p.add_argument("--sizes", default="1000,10000,100000", help="queue lengths for the queue workload")
+    p.add_argument("--chain-length", type=int, default=300, help="links of the chain workload")
+    p.add_argument("--queue-tasks", type=int, default=200_000, help="tasks queued by queue-mem (1000000 works)")
+    p.add_argument("--trace", action="store_true", help="queue-mem: also count the bytes tracemalloc sees (slower)")
     p.add_argument("--repeat", type=int, default=1, help="adapter workloads: best time of this many runs per peer")
     p.add_argument("--vs", default="", help="adapter workloads: comma-separated peers to run too (default: all the workload knows)")
     args = p.parse_args(argv)
@@ -227,7 +235,15 @@ def main(argv: list[str] | None = None) -> int:
         elif w == "fanout":
             out.append(bench_fanout())
         elif w == "chain":
+            from core.tools import bench_core
+
+            out.append(bench_core.chain_rate(args.chain_length))
+        elif w == "chain-append":
             out.append(bench_chain())
+        elif w == "queue-mem":
+            from core.tools import bench_core
+
+            out.append(bench_core.queue_memory(args.queue_tasks, args.trace))
         elif w == "queue":
             out.append(bench_queue([int(x) for x in args.sizes.split(",")]))
         else:
