@@ -4,6 +4,7 @@ Used by tests/notebooks/test_notebooks.py, and runnable by hand::
 
     .venv/bin/python tests/notebooks/run_notebooks.py                       # every notebook
     .venv/bin/python tests/notebooks/run_notebooks.py notebooks/01-quickstart.ipynb --save-executed out/
+    .venv/bin/python tests/notebooks/run_notebooks.py --keep-workdir /tmp/nb     # keep logs and files
 
 Each notebook runs in a kernel of this Python (kernel name ``python3``, ipykernel's own spec),
 with a fresh temporary directory as its working directory, cell after cell, under one deadline
@@ -213,11 +214,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("notebooks", nargs="*", help="notebooks to run (default: every notebook in notebooks/)")
     ap.add_argument("--timeout", type=float, default=240.0, help="seconds for each whole notebook (default 240)")
     ap.add_argument("--save-executed", metavar="DIR", help="also write each executed notebook, with its outputs, into DIR")
+    ap.add_argument("--keep-workdir", metavar="DIR", help="run each notebook in DIR/<notebook name> and keep what it wrote "
+                                                           "(logs in vine-run-info/); default: a temporary directory")
     args = ap.parse_args(argv)
     failures = 0
     for path in args.notebooks or notebook_paths():
-        with tempfile.TemporaryDirectory(prefix="vine-notebook-") as workdir:
+        if args.keep_workdir:
+            workdir = os.path.join(os.path.abspath(args.keep_workdir), os.path.splitext(os.path.basename(path))[0])
+            os.makedirs(workdir, exist_ok=False)
             run = run_notebook(os.path.abspath(path), workdir, args.timeout)
+        else:
+            with tempfile.TemporaryDirectory(prefix="vine-notebook-") as workdir:
+                run = run_notebook(os.path.abspath(path), workdir, args.timeout)
         print(run.summary())
         if run.error is not None:
             print(str(run.error)[-3000:], file=sys.stderr)
