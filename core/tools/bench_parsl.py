@@ -5,6 +5,9 @@ Workloads (``vine_benchmark parsl [--vs PEERS] [--repeat N]``):
   parsl        ``parsl-perf --time 20`` (Parsl's benchmark: a no-op app, as many calls as fit the
                time, iterated until a run takes at least 75 % of it) through each peer in turn
   parsl-quick  the same with ``--time 5``
+  parsl-cpu    CPU per call of each parslvine peer, by process (and by thread in the user's
+               process): ``-n`` no-op app calls (default 2000; regular mode a third of that)
+               submitted at once after a warm-up, CPU times from psutil before and after
 
 Peers, each a config file written here, all on this machine's cores (2 on the CI machine):
 
@@ -30,7 +33,7 @@ import sys
 import tempfile
 from typing import Any
 
-WORKLOADS = ("parsl", "parsl-quick")
+WORKLOADS = ("parsl", "parsl-quick", "parsl-cpu")
 PEERS = ("parslvine-serverless", "parslvine-regular", "htex", "threads")
 TIMES = {"parsl": 20, "parsl-quick": 5}
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -90,10 +93,101 @@ def perf(peer: str, seconds: float, workdir: str) -> dict[str, Any]:
     return {"tasks_per_s": float(rates[-1]), "tasks": int(counts[-1]), "iterations": len(rates)}
 
 
+# Run in a process of its own (parsl.load once per process): prints one JSON object, ms of CPU per call by role.
+_CPU_PROGRAM = r"""
+import importlib.util, json, threading, time
+import parsl, psutil
+spec = importlib.util.spec_from_file_location("peer_config", {config!r})
+mod = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mod)
+parsl.load(mod.config)
+
+@parsl.python_app
+def noop(x=0):
+    return x
+
+def role(cmd):
+    for key, name in (("parslvine.manager_process", "manager process"), ("core.worker.forkserver", "fork server"),
+                      ("core.deploy.factory", "factory"), (".vine_runner.py library", "library"),
+                      ("-m core.worker", "worker")):
+        if key in cmd:
+            return name
+    return "other process"
+
+def thread_role(name):
+    if name == "MainThread":
+        return "user: DFK submit (main thread)"
+    if name.startswith("Task-Launch"):
+        return "user: DFK launch + executor.submit"
+    if name.startswith("parslvine-mp-reader"):
+        return "user: results + DFK callbacks"
+    return "user: other threads"
+
+me = psutil.Process()
+def snapshot():
+    out = {{}}
+    names = {{t.native_id: t.name for t in threading.enumerate()}}
+    for t in me.threads():
+        key = thread_role(names.get(t.id, ""))
+        out[key] = out.get(key, 0.0) + t.user_time + t.system_time
+    for p in me.children(recursive=True):
+        try:
+            cmd, c = " ".join(p.cmdline()), p.cpu_times()
+        except psutil.Error:
+            continue
+        key = role(cmd)
+        out[key] = out.get(key, 0.0) + c.user + c.system
+        if key == "fork server":
+            out["forked children"] = out.get("forked children", 0.0) + c.children_user + c.children_system
+    return out
+
+[noop(i).result() for i in range(200)]
+before = snapshot()
+t0 = time.perf_counter()
+futures = [noop(i) for i in range({calls})]
+[f.result() for f in futures]
+wall = time.perf_counter() - t0
+after = snapshot()
+rows = {{k: round(1000 * (after[k] - before.get(k, 0.0)) / {calls}, 3) for k in after}}
+rows = {{k: v for k, v in sorted(rows.items()) if v > 0.0005}}
+rows["total"] = round(sum(rows.values()), 3)
+print(json.dumps({{"calls": {calls}, "tasks_per_s": round({calls} / wall, 1), "cpu_ms_per_call": rows}}), flush=True)
+parsl.dfk().cleanup()
+"""
+
+
+def cpu_per_call(peer: str, calls: int, workdir: str) -> dict[str, Any]:
+    """CPU per call of ``peer`` (a parslvine peer), by process role, from one run of ``calls`` no-op apps."""
+    import json
+
+    cfg = os.path.join(workdir, f"{peer}.py")
+    with open(cfg, "w") as fh:
+        fh.write(_CONFIGS[peer].format(run_dir=os.path.join(workdir, f"runinfo-{peer}"), cores=_cores()))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    program = _CPU_PROGRAM.format(config=cfg, calls=calls)
+    proc = subprocess.run([sys.executable, "-c", program], cwd=workdir, env=env, capture_output=True, text=True,
+                          timeout=600, check=False)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"parsl-cpu through {peer} failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return json.loads(lines[-1])
+
+
 def run(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     """``vine_benchmark``'s entry point: one row per peer, with ratios to htex from the same run."""
     if name not in WORKLOADS:
         raise ValueError(f"unknown parsl workload {name!r}; choose from {', '.join(WORKLOADS)}")
+    if name == "parsl-cpu":
+        peers = [p for p in (getattr(args, "vs", "") or "").split(",") if p] or ["parslvine-serverless", "parslvine-regular"]
+        wrong = sorted(set(peers) - {"parslvine-serverless", "parslvine-regular"})
+        if wrong:
+            raise ValueError(f"parsl-cpu measures parslvine peers only, not {wrong}")
+        calls = max(100, int(getattr(args, "tasks", 2000) or 2000))
+        with tempfile.TemporaryDirectory(prefix="vine-bench-parsl-") as workdir:
+            return [{"workload": name, "peer": peer, "cores": _cores(),
+                     **cpu_per_call(peer, calls if peer == "parslvine-serverless" else max(100, calls // 3), workdir)}
+                    for peer in peers]
     wanted = [p for p in (getattr(args, "vs", "") or "").split(",") if p] or list(PEERS)
     unknown = sorted(set(wanted) - set(PEERS))
     if unknown:
@@ -126,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("workload", nargs="?", default="parsl", choices=WORKLOADS)
     p.add_argument("--vs", default="", help=f"comma-separated peers (default all: {', '.join(PEERS)})")
     p.add_argument("--repeat", type=int, default=1, help="best of this many parsl-perf runs per peer")
+    p.add_argument("-n", "--tasks", type=int, default=2000, help="parsl-cpu: calls per peer (regular mode runs a third)")
     args = p.parse_args(argv)
     for row in run(args.workload, args):
         print(json.dumps(row), flush=True)
