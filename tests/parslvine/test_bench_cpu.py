@@ -1,0 +1,27 @@
+"""``vine_benchmark parsl-cpu``: CPU per call by process, from a real parslvine run."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from core.tools import bench_parsl
+
+
+@pytest.mark.timeout(300)
+def test_parsl_cpu_reports_each_process_of_a_regular_run():
+    rows = bench_parsl.run("parsl-cpu", argparse.Namespace(vs="parslvine-regular", tasks=100))
+    assert [r["peer"] for r in rows] == ["parslvine-regular"]
+    row = rows[0]
+    cpu = row["cpu_ms_per_call"]
+    assert row["calls"] == 100 and row["tasks_per_s"] > 0
+    # Regular mode: the manager in its own process, each call forked by the worker's fork server.
+    for role in ("manager process", "worker", "fork server", "forked children", "user: DFK launch + executor.submit"):
+        assert cpu.get(role, 0) > 0, f"no CPU counted for {role!r}: {cpu}"
+    assert cpu["total"] == pytest.approx(sum(v for k, v in cpu.items() if k != "total"), abs=0.01)
+
+
+def test_parsl_cpu_refuses_peers_it_cannot_measure():
+    with pytest.raises(ValueError, match="parslvine peers only"):
+        bench_parsl.run("parsl-cpu", argparse.Namespace(vs="htex", tasks=100))
