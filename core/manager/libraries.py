@@ -14,6 +14,7 @@ import types
 from typing import TYPE_CHECKING, Any
 
 from .. import constants as C
+from ..wire import messages as M
 from ..api.files import File
 from ..api.library import EXEC_MODES, LIBRARY_CONFIG_NAME, LibraryTask
 from ..api.python_task import RUNNER_NAME, content_buffer, runner_file, serialize
@@ -175,13 +176,15 @@ class LibraryManagerMixin:
         spec["library"] = {"name": ins.name, "mode": getattr(task, "exec_mode", "fork"), "slots": ins.slots}
         m._logs.transaction(f"LIBRARY {ins.instance_id} SENT {link.id}")
         m._logs.debug(f"starting library {ins.name!r} as instance {ins.instance_id} on {link.id} with {ins.slots} slot(s)")
-        link.conn.send({"type": "task", "task": spec})
+        link.conn.send(M.Task(spec))
 
     def _library_instance_ended(self, link: WorkerLink, frame: Frame) -> None:
         m: Manager = self  # type: ignore[assignment]
-        name = str(frame.get("library") or "?")
-        iid = int(frame["id"])
-        reason = str(frame.get("reason") or f"exit status {frame['exit_code']}")
+        ended = frame.message
+        assert isinstance(ended, M.Complete)  # a library instance's end (links.py dispatched it)
+        name = ended.library or "?"
+        iid = ended.id
+        reason = ended.reason or f"exit status {ended.exit_code}"
         m._logs.transaction(f"LIBRARY {iid} FAILURE {link.id}")
         m._logs.debug(f"library {name!r} instance {iid} on {link.id} ended: {reason}")
         log_text = frame.payload.decode("utf-8", errors="replace") if frame.payload else ""

@@ -26,6 +26,7 @@ from ..api.files import File
 from .output_targets import OutputWriter
 from ..state.libraries import StartLibrary
 from ..wire.preauth import leave_preauth_gate
+from ..wire import messages as M
 from ..wire.protocol import Frame
 from ..state.resources import Resources
 from ..state.scheduler import (
@@ -98,7 +99,7 @@ class WorkerLinks:
             hello = await server_handshake(conn, self._password, timeout)
             self._counters["workers_init"] -= 1
             initializing = False
-            role = hello.get("role")
+            role = hello.message.role if isinstance(hello.message, M.Hello) else None
             if role == "status":
                 await self._serve_status(conn, hello)
                 return
@@ -122,11 +123,12 @@ class WorkerLinks:
             conn.close()
 
     async def _serve_status(self, conn: Connection, hello: Frame) -> None:
-        frame = await conn.expect("status", 10)
-        what = frame["what"]
+        request = (await conn.expect("status", 10)).message
+        assert isinstance(request, M.Status)  # expect() checked the type
+        what = request.what
         pages = status_pages(self.status_local(what))
         for n, page in enumerate(pages, 1):
-            conn.send({"type": "status_reply", "data": page, "more": n < len(pages)})
+            conn.send(M.StatusReply(page, more=n < len(pages)))
             await conn.drain()  # one page buffered at a time
 
     def status_local(self, what: str) -> Any:
@@ -159,40 +161,40 @@ class WorkerLinks:
     def status(self, request: str) -> Any:
         return self._call(lambda: self.status_local(request))
 
-    async def _serve_worker(self, conn: Connection, ready: Frame) -> None:
-        wid = str(ready.get("worker_id") or f"worker-{id(conn):x}")
+    async def _serve_worker(self, conn: Connection, ready_frame: Frame) -> None:
+        ready = ready_frame.message
+        assert isinstance(ready, M.Ready)  # expect() checked the type
+        wid = ready.worker_id or f"worker-{id(conn):x}"
         if wid in self._links:
             # Replacing the live link would let this connection's end remove the other's record.
             raise ProtocolError(f"worker id {wid} is already connected from {self._links[wid].addrport}; "
                                 "refusing a second connection with the same id (it may retry once the first is gone)")
         host = conn.peer.rsplit(":", 1)[0]
-        tport = ready.get("transfer_port")
-        link = WorkerLink(wid, conn, str(ready["hostname"]), conn.peer, f"{host}:{tport}" if tport else None)
-        job = ready.get("batch_job_id")
+        tport = ready.transfer_port
+        link = WorkerLink(wid, conn, ready.hostname, conn.peer, f"{host}:{tport}" if tport else None)
+        job = ready.batch_job_id
         link.batch_job_id = job if isinstance(job, str) and 0 < len(job) <= 128 else None
-        res = _reported_resources(ready["resources"])
-        cache = {str(k): _byte_count(v, f"cache entry {k!r}") for k, v in dict(ready["cache"]).items()}
-        more = bool(ready.get("cache_more"))
+        res = _reported_resources(ready.resources)
+        cache = {k: _byte_count(v, f"cache entry {k!r}") for k, v in ready.cache.items()}
+        more = ready.cache_more
         while more:  # the rest of a big cache, before the worker is known (see core.wire.protocol.pages_of)
-            page = await conn.expect("cache_page", self._state.tuning.get("handshake-timeout", 30))
-            entries = page["entries"]
-            if not isinstance(entries, dict):
-                raise RemoteProtocolError(f"sent cache page {entries!r}, which is not an object")
-            cache.update((str(k), _byte_count(v, f"cache entry {k!r}")) for k, v in entries.items())
+            page = (await conn.expect("cache_page", self._state.tuning.get("handshake-timeout", 30))).message
+            assert isinstance(page, M.CachePage)  # expect() checked the type, decoding the fields'
+            cache.update((k, _byte_count(v, f"cache entry {k!r}")) for k, v in page.entries.items())
             if len(cache) > MAX_CACHE_ENTRIES:
                 raise RemoteProtocolError(f"listed over {MAX_CACHE_ENTRIES} cache entries")
-            more = bool(page["more"])
+            more = page.more
         link.stream_limit = _stream_limit(res)
         leave_preauth_gate()  # a worker now, no longer counted among the strangers
         self._links[wid] = link
         self._logs.worker_connected(wid, conn.peer, res.to_dict())
-        self._logs.debug_worker_joined(link.hostname, conn.peer, wid, res.to_dict(), int(tport) if tport else None, cache, self._files)
+        self._logs.debug_worker_joined(link.hostname, conn.peer, wid, res.to_dict(), tport or None, cache, self._files)
         self._logs.debug(f"worker {wid} connected from {conn.peer} ({link.hostname}) with {res.to_dict()}")
         link.sender = asyncio.create_task(self._sender(link))
         reason = "UNKNOWN"
         try:
-            self._apply(WorkerJoined(time.time(), wid, link.hostname, conn.peer, res, frozenset(ready.get("features") or ()),
-                                     cache, link.transfer_addr, float(ready.get("end_time") or 0)))
+            self._apply(WorkerJoined(time.time(), wid, link.hostname, conn.peer, res, frozenset(ready.features),
+                                     cache, link.transfer_addr, ready.end_time))
             while True:
                 frame = await conn.recv()
                 if frame is None:
@@ -230,45 +232,45 @@ class WorkerLinks:
             self._apply(WorkerLost(time.time(), wid, reason))
 
     def _on_worker_frame(self, link: WorkerLink, frame: Frame) -> None:
-        t = frame.type
+        msg = frame.message  # decoded and checked here: a bad field ends this worker's connection
         now = time.time()
-        if t == "complete":
+        if isinstance(msg, M.Complete):
             self._on_complete(link, frame)
-        elif t == "cache_update":
-            name, size = str(frame["name"]), int(frame["size"])
+        elif isinstance(msg, M.CacheUpdate):
+            name, size = msg.name, msg.size
             self._logs.cache_update(link.id, name, size)
             self._logs.debug_cache_update(link.hostname, link.addrport, link.id, name, size, self._files.get(name))
             self._apply(CacheUpdated(now, link.id, name, size))
-        elif t == "cache_invalid":
-            rid = frame.get("request")
+        elif isinstance(msg, M.CacheInvalid):
+            rid = msg.request
             if rid is not None and link.expected_fetches.pop(rid, None) is not None and rid in self._fetches:
-                self._fetches.pop(rid).set_exception(TransferError(f"worker {link.id} could not send {frame['name']}: {frame['reason']}"))
+                self._fetches.pop(rid).set_exception(TransferError(f"worker {link.id} could not send {msg.name}: {msg.reason}"))
                 return
-            self._logs.debug_cache_invalid(link.hostname, link.addrport, link.id, str(frame["name"]), str(frame["reason"]))
-            self._logs.debug(f"worker {link.id}: {frame['name']} invalid: {frame['reason']}")
-            self._apply(CacheInvalid(now, link.id, str(frame["name"]), str(frame["reason"])))
-        elif t == "alive":
+            self._logs.debug_cache_invalid(link.hostname, link.addrport, link.id, msg.name, msg.reason)
+            self._logs.debug(f"worker {link.id}: {msg.name} invalid: {msg.reason}")
+            self._apply(CacheInvalid(now, link.id, msg.name, msg.reason))
+        elif isinstance(msg, M.Alive):
             self._apply(WorkerHeard(now, link.id))
-        elif t == "file_begin":
+        elif isinstance(msg, M.FileBegin):
             self._begin_receive(link, frame)
-        elif t == "file_chunk":
-            r = link.receivers.get(frame["name"])
+        elif isinstance(msg, M.FileChunk):
+            r = link.receivers.get(msg.name)
             if r is None:
-                raise ProtocolError(f"file_chunk for {frame['name']} without file_begin")
+                raise ProtocolError(f"file_chunk for {msg.name} without file_begin")
             try:
                 r.chunk(frame)
             except OSError as exc:  # e.g. ENOSPC on the manager's disk: drop the rest of this stream only
                 r.abort()
                 link.receivers[r.name] = LocallyRefused(r.header, f"the manager cannot write {r.name}: {exc.strerror or exc}", r.received)
-        elif t == "file_end":
+        elif isinstance(msg, M.FileEnd):
             self._end_receive(link, frame)
-        elif t == "watch":
+        elif isinstance(msg, M.Watch):
             self._on_watch(link, frame)
-        elif t == "idle_disconnecting":
+        elif isinstance(msg, M.IdleDisconnecting):
             link.disconnect_reason = "IDLE_OUT"  # its connection ends next
             self._counters["workers_idled_out"] += 1
         else:
-            raise ProtocolError(f"unexpected message {t!r} from a worker")
+            raise ProtocolError(f"unexpected message {msg.TYPE!r} from a worker")
 
     def _begin_receive(self, link: WorkerLink, frame: Frame) -> None:
         """Start receiving a stream, if it is one the manager asked *this* worker for.
@@ -444,12 +446,14 @@ class WorkerLinks:
             task._output_refused = r.refused
 
     def _on_complete(self, link: WorkerLink, frame: Frame) -> None:
-        tid = int(frame["id"])
-        streamed = frame.get("stdout_streamed")
+        msg = frame.message
+        assert isinstance(msg, M.Complete)  # dispatched by type in _on_worker_frame
+        tid = msg.id
+        streamed = msg.stdout_streamed
         stdout = link.stdout_received.pop(tid, None) if streamed is not None else frame.payload
         self._forget_expected(link, tid)  # its outputs were sent before this message
         task = self._tasks.get(tid)
-        result, code = int(frame["result"]), int(frame["exit_code"])
+        result, code = msg.result, msg.exit_code
         if stdout is None:  # announced as streamed, but not received (or not kept here)
             stdout = b""
             if result == C.VINE_RESULT_SUCCESS:
@@ -458,37 +462,36 @@ class WorkerLinks:
             result = C.VINE_RESULT_OUTPUT_TRANSFER_ERROR  # see _output_refused
         if tid < 0:
             self._library_instance_ended(link, frame)  # library instances have negative ids
-        accepted = task is not None and task._state < C.VINE_TASK_RETRIEVED and not frame.get("retry") and result != C.VINE_RESULT_FORSAKEN
+        accepted = task is not None and task._state < C.VINE_TASK_RETRIEVED and not msg.retry and result != C.VINE_RESULT_FORSAKEN
         if accepted:
             task._stdout = stdout
             task._exit_code = code
             task._hostname = link.hostname
             task._addrport = link.addrport
-            start, end = float(frame.get("start") or 0), float(frame.get("end") or 0)
+            start, end = msg.start, msg.end
             task.metrics["time_workers_execute_last"] = (end - start) * 1e6 if start else 0
             task.metrics["time_workers_execute_all"] = task.metrics.get("time_workers_execute_all", 0) + task.metrics["time_workers_execute_last"]
-            measured = frame.get("measured") or {}
+            measured = msg.measured
             task._measured = Resources.from_dict(measured)
-            task._limits = dict(frame.get("limits") or {})
+            task._limits = dict(msg.limits)
             self._logs.task_retrieved(tid, C.result_enum_name(result), code, measured, link.id, task._limits)
-        elif frame.get("reason"):
-            self._logs.debug(f"task {tid} on {link.id}: {C.result_string(result)}: {frame['reason']}")
-        start = float(frame.get("start") or 0)
-        end = float(frame.get("end") or 0)
+        elif msg.reason:
+            self._logs.debug(f"task {tid} on {link.id}: {C.result_string(result)}: {msg.reason}")
+        start, end = msg.start, msg.end
         self._logs.debug_task_complete(link.hostname, link.addrport, link.id, tid, result, code, len(stdout), start, end,
-                                       int(max((frame.get("measured") or {}).get("disk") or 0, 0)), frame.get("outputs") or {},
-                                       frame.get("cached") or {}, frame.get("unlinked") or (), self._files, accepted)
+                                       int(max(msg.measured.get("disk") or 0, 0)), msg.outputs,
+                                       msg.cached, msg.unlinked, self._files, accepted)
         now = time.time()
         # Outputs the worker cached, then the end of the task, in one scheduling step: a consumer of
         # a temp output finds both the file and the producer's slot free on this worker.
         arrived = []
-        for name, size in (frame.get("cached") or {}).items():
-            self._logs.cache_update(link.id, str(name), int(size))
-            arrived.append(CacheUpdated(now, link.id, str(name), int(size)))
-        self._apply(*arrived, TaskFinished(now, link.id, tid, result, code, bool(frame.get("retry")),
-                                 tuple(frame.get("unlinked") or ()), max(0.0, end - start) if start else 0.0,
-                                 tuple(frame.get("limits") or ()), bool(frame.get("missing_input")),
-                                 Resources.from_dict(frame["measured"]) if frame.get("measured") else None))
+        for name, size in msg.cached.items():
+            self._logs.cache_update(link.id, name, size)
+            arrived.append(CacheUpdated(now, link.id, name, size))
+        self._apply(*arrived, TaskFinished(now, link.id, tid, result, code, msg.retry,
+                                 tuple(msg.unlinked), max(0.0, end - start) if start else 0.0,
+                                 tuple(msg.limits), msg.missing_input,
+                                 Resources.from_dict(msg.measured) if msg.measured else None))
 
     def _start_fetch(self, f: File, fut: concurrent.futures.Future[bytes]) -> None:
         rec = self._state.files.get(f.cache_name)
@@ -500,7 +503,7 @@ class WorkerLinks:
         fut._vine_worker = holders[0]  # type: ignore[attr-defined]
         self._fetches[rid] = fut
         self._links[holders[0]].expected_fetches[rid] = f.cache_name
-        self._links[holders[0]].conn.send({"type": "get", "name": f.cache_name, "request": rid})
+        self._links[holders[0]].conn.send(M.Get(f.cache_name, request=rid))
 
     async def _sender(self, link: WorkerLink) -> None:
         """Carry out one worker's instructions in order, so files always precede the tasks using them."""
@@ -575,12 +578,12 @@ class WorkerLinks:
             self._logs.task_running(tid, link.id, spec["resources"])
             recreates = [m.file.cache_name for m in task.outputs if self._state.recovering.get(m.file.cache_name) == tid]
             self._logs.debug_task_sent(link.hostname, link.addrport, task, spec["resources"], task.library_required, recreates, task_id=tid)
-            conn.send({"type": "task", "task": spec})
+            conn.send(M.Task(spec))
         elif isinstance(ins, FetchUrl):
             frec = self._state.files[ins.name]
             f = frec.spec
             self._logs.debug_puturl(link.hostname, link.addrport, link.id, f.source, f.cache_name, f.level, frec.size, f.mode or 0o755)
-            conn.send({"type": "fetch_url", "name": f.cache_name, "url": f.source, "level": f.level})
+            conn.send(M.FetchUrl(f.cache_name, f.source, f.level))
         elif isinstance(ins, FetchPeer):
             f = self._state.files[ins.name].spec
             src = self._links.get(ins.source)
@@ -589,7 +592,7 @@ class WorkerLinks:
                 return
             self._logs.debug_puturl(link.hostname, link.addrport, link.id, f"workerip://{src.transfer_addr}/{f.cache_name}", f.cache_name,
                                     f.level, self._state.files[ins.name].size, f.mode or 0o755)
-            conn.send({"type": "fetch_peer", "name": f.cache_name, "source": src.transfer_addr, "level": f.level})
+            conn.send(M.FetchPeer(f.cache_name, src.transfer_addr, f.level))
         elif isinstance(ins, RunMinitask):
             frec = self._state.files[ins.name]
             f, t = frec.spec, frec.spec.minitask
@@ -597,17 +600,17 @@ class WorkerLinks:
             spec = {"command": t.command, "env": dict(t.env), "source": t.output,
                     "inputs": [{**m.file.wire(), "remote": m.remote_name} for m in t.inputs]}
             self._logs.debug_mini_task(link.hostname, link.addrport, t.output, f.cache_name, f.level, frec.size, f.mode or 0o755)
-            conn.send({"type": "minitask", "name": f.cache_name, "task": spec, "level": f.level})
+            conn.send(M.Minitask(f.cache_name, spec, f.level))
         elif isinstance(ins, Kill):
             # Its expected outputs stay until the link ends or the task is sent again: the worker may
             # already be sending them (or a watch piece) when the kill arrives, and that is honest.
             self._logs.debug_kill(link.hostname, link.addrport, ins.task_id)
-            conn.send({"type": "kill", "id": ins.task_id})
+            conn.send(M.Kill(ins.task_id))
         elif isinstance(ins, Unlink):
             self._logs.debug_unlink(link.hostname, link.addrport, ins.name)
-            conn.send({"type": "unlink", "name": ins.name})
+            conn.send(M.Unlink(ins.name))
         elif isinstance(ins, Keepalive):
-            conn.send({"type": "keepalive"})
+            conn.send(M.Keepalive())
         elif isinstance(ins, StartLibrary):
             self._send_library_start(link, ins)
 

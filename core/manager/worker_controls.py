@@ -15,6 +15,7 @@ import math
 from typing import Any
 
 from ..errors import ManagerError
+from ..wire import messages as M
 
 SLOW_MIN_SAMPLES = 3  # successful tasks of a category before its mean is trusted
 
@@ -118,7 +119,7 @@ class WorkerControls:
             link.disconnect_reason = "EXPLICIT"
             self._counters["workers_released"] += 1
             self._logs.debug(f"releasing drained worker {w.id} ({link.addrport})")
-            link.conn.send({"type": "exit"})
+            link.conn.send(M.Exit())
 
 
 def _multiplier(value: Any) -> float:

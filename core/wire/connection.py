@@ -12,23 +12,20 @@ import shutil
 import ssl as ssl_module
 import tarfile
 import tempfile
-from typing import Any
 
-from ..errors import AuthenticationError, RemoteProtocolError, TransferError
+from ..errors import LocalProtocolError, RemoteProtocolError, TransferError
 from .protocol import (
     CHUNK_SIZE,
     MAX_HEADER,
     MAX_PAYLOAD,
     PREAUTH_MAX_HEADER,
     PREAUTH_MAX_PAYLOAD,
-    PROTOCOL_VERSION,
     Frame,
     FrameDecoder,
-    auth_proof,
-    check_proof,
-    encode_frame,
-    new_nonce,
+    encode_message,
 )
+from . import messages as M
+from .handshake import ClientHandshake, ServerHandshake
 from .tls import close_stream
 
 READ_SIZE = 256 * 1024
@@ -56,10 +53,12 @@ class Connection:
         self.bytes_received = 0
         self._outgoing: list[bytes] | None = None
 
-    def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
-        """Queue a frame. Frames queued in one event-loop turn leave in one write: on loopback a
-        send costs ~100 us of system time, more than a small task's own bookkeeping."""
-        data = encode_frame(header, payload)
+    def send(self, msg: M.Message, payload: bytes = b"") -> None:
+        """Queue a message (and its payload) as a frame. Frames queued in one event-loop turn leave in
+        one write: on loopback a send costs ~100 us of system time, more than a small task's own bookkeeping."""
+        if not isinstance(msg, M.Message):
+            raise LocalProtocolError(f"Connection.send takes a message of core.wire.messages, not {type(msg).__name__}")
+        data = encode_message(msg, payload)
         self.bytes_sent += len(data)
         if self._outgoing is None:
             self._outgoing = [data]
@@ -144,63 +143,39 @@ async def open_connection(host: str, port: int, ssl: ssl_module.SSLContext | Non
 # --- handshake --------------------------------------------------------------------------------------
 
 
-async def client_handshake(conn: Connection, role: str, password: bytes | None, timeout: float = 30, **info: Any) -> Frame:
+async def client_handshake(conn: Connection, role: str, password: bytes | None, timeout: float = 30,
+                           worker_id: str | None = None) -> Frame:
     """Connecting side: hello -> welcome [-> auth -> the other side's auth]. Returns the welcome frame.
 
     Both sides prove knowledge of the password over the other's fresh nonce, so it is never sent.
-    We prove ourselves first (the accepting side answers strangers, so it proves itself only to a
-    peer that has proven itself: see ``server_handshake``), then check the other side's proof.
+    The steps and their checks are :class:`core.wire.handshake.ClientHandshake`; this drives it.
     """
-    nonce = new_nonce()
-    conn.send({"type": "hello", "version": PROTOCOL_VERSION, "role": role, "nonce": nonce, **info})
-    await conn.drain()
-    welcome = await asyncio.wait_for(conn.recv(), timeout)
-    if welcome is not None and welcome.type == "error" and welcome.get("tls_required"):
-        # A TLS-only port answered our plain hello (core.wire.tls.GatedListener): retrying cannot help.
-        raise AuthenticationError(f"{conn.peer} refused plain TCP: {welcome['reason']}")
-    if welcome is None:
-        raise RemoteProtocolError("connection closed while waiting for 'welcome'")
-    if welcome.type == "error":
-        raise RemoteProtocolError(f"peer reported: {welcome['reason']}")
-    if welcome.type != "welcome":
-        raise RemoteProtocolError(f"expected 'welcome', got {welcome.type!r}")
-    if welcome["version"] != PROTOCOL_VERSION:
-        raise RemoteProtocolError(f"peer speaks protocol {welcome['version']}, we speak {PROTOCOL_VERSION}")
-    if welcome["auth"]:
-        if password is None:
-            await _tell_peer(conn, "password required, but this side was started without one")
-            raise AuthenticationError(f"{conn.peer} requires a password; start with --password FILE")
-        binding = _channel_binding(conn) if welcome.get("tls_bound") else ""
-        if binding is None:
-            await _tell_peer(conn, "the proofs are bound to a TLS channel, but this side's connection is not TLS")
-            raise AuthenticationError(f"{conn.peer} binds its password proof to TLS, but our connection to it is plain")
-        mismatch = (f"{conn.peer} does not know our password (or uses another one"
-                    + (", or a relay in the middle terminates TLS)" if binding else ")"))
-        conn.send({"type": "auth", "proof": auth_proof(password, "client", str(welcome["nonce"]) + binding)})
-        await conn.drain()
-        theirs = await asyncio.wait_for(conn.recv(), timeout)
-        if theirs is None:
-            raise RemoteProtocolError(f"{conn.peer} closed the connection instead of proving the password")
-        if theirs.type == "error":
-            if "password" in str(theirs.get("reason")):
-                raise AuthenticationError(mismatch)  # it refused our proof
-            raise RemoteProtocolError(f"peer reported: {theirs['reason']}")
-        if theirs.type != "auth":
-            raise RemoteProtocolError(f"expected 'auth', got {theirs.type!r}")
-        if not check_proof(password, "server", nonce + binding, theirs.get("proof")):
-            await _tell_peer(conn, "password mismatch")
-            raise AuthenticationError(mismatch)
-    elif password is not None:
-        await _tell_peer(conn, "this side was given a password, but the other side uses none")
-        raise AuthenticationError(f"{conn.peer} does not use a password but we were given one")
+    machine = ClientHandshake(role, password, _channel_binding(conn), conn.peer, worker_id=worker_id)
+    step = machine.start()
+    welcome: Frame | None = None
+    while True:
+        for msg in step.send:
+            conn.send(msg)
+        if step.send:
+            await _drain_quietly(conn, step.error is not None)
+        if step.error is not None:
+            raise step.error
+        if step.done:
+            break
+        frame = await asyncio.wait_for(conn.recv(), timeout)
+        welcome = welcome or frame
+        step = machine.receive(frame.message if frame is not None else None)
     conn.authenticated()
+    assert welcome is not None
     return welcome
 
 
-async def _tell_peer(conn: Connection, reason: str) -> None:
-    """Best effort: say why we hang up, so the other side can log a useful reason."""
+async def _drain_quietly(conn: Connection, failing: bool) -> None:
+    """Drain; when the handshake is failing, best effort only (the peer may have hung up already)."""
+    if not failing:
+        await conn.drain()
+        return
     try:
-        conn.send({"type": "error", "reason": reason})
         await conn.drain()
     except (OSError, ConnectionError):
         pass
@@ -209,38 +184,28 @@ async def _tell_peer(conn: Connection, reason: str) -> None:
 async def server_handshake(conn: Connection, password: bytes | None, timeout: float) -> Frame:
     """Accepting side: expects hello, answers welcome, checks auth, then proves itself. Returns the hello frame.
 
-    Our proof is sent only after the peer's has checked: anyone can connect and choose the nonce it
-    sends, so proving first would hand every stranger an HMAC of the password over a value of its
-    choice, to attack offline with a dictionary.
+    The steps and their checks are :class:`core.wire.handshake.ServerHandshake` (our proof is sent
+    only after the peer's has checked); this drives it.
     """
-    hello = await conn.expect("hello", timeout)
-    if hello["version"] != PROTOCOL_VERSION:
-        conn.send({"type": "error", "reason": f"protocol version {hello['version']} unsupported; this manager speaks {PROTOCOL_VERSION}"})
-        await conn.drain()
-        raise RemoteProtocolError(f"peer speaks protocol version {hello['version']}, we speak {PROTOCOL_VERSION}")
-    nonce = new_nonce()
-    welcome: dict[str, Any] = {"type": "welcome", "version": PROTOCOL_VERSION, "nonce": nonce, "auth": password is not None}
-    binding = _channel_binding(conn) or ""
-    if password is not None:
-        welcome["tls_bound"] = bool(binding)
-    conn.send(welcome)
-    await conn.drain()
-    if password is not None:
+    machine = ServerHandshake(password, _channel_binding(conn), conn.peer)
+    hello: Frame | None = None
+    while True:
         try:
-            auth = await conn.expect("auth", timeout)
-        except RemoteProtocolError as exc:
-            # A peer that hangs up (or reports an error) instead of proving the password failed to authenticate.
-            raise AuthenticationError(
-                f"{conn.peer} rejected: it did not prove the password ({exc}); start it with --password FILE"
-            ) from exc
-        if not check_proof(password, "client", nonce + binding, auth["proof"]):
-            conn.send({"type": "error", "reason": "password mismatch"})
-            await conn.drain()
-            raise AuthenticationError(f"{conn.peer} rejected: password mismatch; start it with --password FILE"
-                                      + (" (or a relay in the middle terminates TLS)" if binding else ""))
-        conn.send({"type": "auth", "proof": auth_proof(password, "server", str(hello["nonce"]) + binding)})
-        await conn.drain()
+            frame = await asyncio.wait_for(conn.recv(), timeout)
+            step = machine.receive(frame.message if frame is not None else None)
+        except RemoteProtocolError as exc:  # bytes that are not a frame, or a frame that is not a message
+            frame, step = None, machine.refused(exc)
+        hello = hello or frame
+        for msg in step.send:
+            conn.send(msg)
+        if step.send:
+            await _drain_quietly(conn, step.error is not None)
+        if step.error is not None:
+            raise step.error
+        if step.done:
+            break
     conn.authenticated()
+    assert hello is not None
     return hello
 
 
@@ -278,22 +243,27 @@ def _tar_directory(path: str) -> str:
     return tmp
 
 
-async def send_path(conn: Connection, name: str, path: str, **extra: Any) -> int:
-    """Stream a file or directory as file_begin/chunk/end. Returns bytes of content sent."""
+async def send_path(conn: Connection, name: str, path: str, *, level: int | None = None, task: int | None = None,
+                    request: int | None = None) -> int:
+    """Stream a file or directory as file_begin/chunk/end. Returns bytes of content sent.
+
+    ``level`` (a file for the cache), ``task`` (an output of that task) or ``request`` (the answer
+    to that get) say what the stream is for (see core.wire.messages.FileBegin)."""
     is_dir = os.path.isdir(path)
     src = _tar_directory(path) if is_dir else path
     try:
         size = os.path.getsize(src)
         mode = os.stat(path).st_mode & 0o777
-        conn.send({"type": "file_begin", "name": name, "size": size, "dir": is_dir, "mode": mode, **extra})
+        conn.send(M.FileBegin(name, size, dir=is_dir, mode=mode, level=level, task=task, request=request))
+        piece = M.FileChunk(name)
         with open(src, "rb") as fh:
             while True:
                 chunk = fh.read(CHUNK_SIZE)
                 if not chunk:
                     break
-                conn.send({"type": "file_chunk", "name": name}, chunk)
+                conn.send(piece, chunk)
                 await conn.drain()
-        conn.send({"type": "file_end", "name": name})
+        conn.send(M.FileEnd(name))
         await conn.drain()
         return size
     finally:
@@ -301,12 +271,15 @@ async def send_path(conn: Connection, name: str, path: str, **extra: Any) -> int
             os.unlink(src)
 
 
-async def send_bytes(conn: Connection, name: str, data: bytes, mode: int = 0o644, **extra: Any) -> int:
-    conn.send({"type": "file_begin", "name": name, "size": len(data), "dir": False, "mode": mode, **extra})
+async def send_bytes(conn: Connection, name: str, data: bytes, mode: int = 0o644, *, level: int | None = None,
+                     task: int | None = None, request: int | None = None) -> int:
+    """Stream ``data`` as file ``name`` (as :func:`send_path` does). Returns its length."""
+    conn.send(M.FileBegin(name, len(data), mode=mode, level=level, task=task, request=request))
+    piece = M.FileChunk(name)
     for i in range(0, len(data), CHUNK_SIZE):
-        conn.send({"type": "file_chunk", "name": name}, data[i : i + CHUNK_SIZE])
+        conn.send(piece, data[i : i + CHUNK_SIZE])
         await conn.drain()
-    conn.send({"type": "file_end", "name": name})
+    conn.send(M.FileEnd(name))
     await conn.drain()
     return len(data)
 

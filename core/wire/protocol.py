@@ -7,7 +7,8 @@ A frame is::
     | uint32, big-e. | uint64, big-e.   | UTF-8 JSON object | raw bytes (optional) |
     +----------------+------------------+-------------------+----------------------+
 
-The header is a JSON object whose ``"type"`` names the message (see :data:`MESSAGES`).
+The header is a JSON object whose ``"type"`` names the message; every message, with its fields, is
+declared in :mod:`core.wire.messages` (``Frame.message`` is the header decoded and checked as one).
 Payloads carry file chunks and captured output; a file larger than one chunk travels as a
 ``file_begin`` / ``file_chunk``... / ``file_end`` sequence, so nothing is ever held whole in memory.
 
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import LocalProtocolError, RemoteProtocolError
+from .messages import Message, decode, required_fields
 
 PROTOCOL_VERSION = 2  # 2: the accepting side proves the password only after the connecting side has
 PREFIX = struct.Struct(">IQ")
@@ -38,41 +40,9 @@ CHUNK_SIZE = 1 << 20
 PREAUTH_MAX_HEADER = 8 << 10
 PREAUTH_MAX_PAYLOAD = 0
 
-# Every message type and the header fields it must carry. Unknown types are a protocol error.
-MESSAGES: dict[str, tuple[str, ...]] = {
-    # handshake: hello (connecting side), welcome (accepting side); with a password, auth from the
-    # connecting side, then auth from the accepting side once it has checked the first
-    "hello": ("version", "role", "nonce"),
-    "welcome": ("version", "nonce", "auth"),
-    "auth": ("proof",),
-    "ready": ("resources", "cache", "hostname"),
-    "error": ("reason",),
-    # manager -> worker
-    "task": ("task",),
-    "kill": ("id",),
-    "fetch_url": ("name", "url", "level"),
-    "fetch_peer": ("name", "source", "level"),
-    "minitask": ("name", "task", "level"),
-    "get": ("name",),
-    "unlink": ("name",),
-    "keepalive": (),
-    "exit": (),
-    # worker -> manager
-    "alive": (),
-    "cache_update": ("name", "size"),
-    "cache_page": ("entries", "more"),  # after a ready with cache_more: the rest of the cache, in pages
-    "cache_invalid": ("name", "reason"),
-    "complete": ("id", "result", "exit_code"),
-    "watch": ("id", "name", "offset"),
-    "idle_disconnecting": ("timeout",),  # the worker leaves after its idle timeout (IDLE_OUT, not a loss)
-    # either direction: file streams
-    "file_begin": ("name", "size"),
-    "file_chunk": ("name",),
-    "file_end": ("name",),
-    # status queries (vine_status, factory)
-    "status": ("what",),
-    "status_reply": ("data",),
-}
+# Every message type and the header fields it must carry (from core.wire.messages, where each message
+# is declared with all its fields). Unknown types are a protocol error.
+MESSAGES: dict[str, tuple[str, ...]] = required_fields()
 
 
 PAGE_BYTES = 256 << 10  # what grows with the work (a worker's cache listing) goes in frames of about this much
@@ -94,14 +64,26 @@ def pages_of(entries: dict[str, Any], page_bytes: int = PAGE_BYTES) -> list[dict
 
 @dataclass
 class Frame:
-    """One decoded frame: a validated JSON header and an optional raw payload."""
+    """One decoded frame: a JSON header (type and required fields present) and an optional raw payload.
+
+    ``message`` is the header as its typed message (core.wire.messages), checked on first use: a
+    missing or mistyped field raises RemoteProtocolError there, naming the message and the field.
+    """
 
     header: dict[str, Any]
     payload: bytes = b""
+    _message: Message | None = field(default=None, repr=False, compare=False)
 
     @property
     def type(self) -> str:
         return str(self.header["type"])
+
+    @property
+    def message(self) -> Message:
+        msg = self._message
+        if msg is None:
+            msg = self._message = decode(self.header)
+        return msg
 
     def __getitem__(self, key: str) -> Any:
         return self.header[key]
@@ -110,8 +92,15 @@ class Frame:
         return self.header.get(key, default)
 
 
+def encode_message(msg: Message, payload: bytes = b"") -> bytes:
+    """Serialise one message (and payload) as a frame: how our side builds every frame it sends."""
+    return encode_frame(msg.to_header(), payload)
+
+
 def encode_frame(header: dict[str, Any], payload: bytes = b"") -> bytes:
-    """Serialise one frame. Raises :class:`LocalProtocolError` for unsendable input."""
+    """Serialise one frame from a raw header (tests and tools that speak the protocol by hand; our own
+    peers send messages through :func:`encode_message`). Raises :class:`LocalProtocolError` for
+    unsendable input."""
     mtype = header.get("type")
     if not isinstance(mtype, str) or mtype not in MESSAGES:
         raise LocalProtocolError(f"unknown message type {mtype!r}")

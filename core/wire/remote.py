@@ -541,9 +541,8 @@ def _serve_calls(sock: socket.socket, functions: dict[str, Any], mode: str) -> i
                         break
                     if pid == 0:
                         break
-                    cid = children.pop(pid, None)
-                    if cid is not None:
-                        send_message(sock, {"op": "done", "id": cid, "status": os.waitstatus_to_exitcode(status)})
+                    if pid in children:
+                        send_message(sock, {"op": "done", "id": children.pop(pid), "status": os.waitstatus_to_exitcode(status)})
 
 
 def _kill_quietly(pid: int) -> None:

@@ -10,7 +10,9 @@ import asyncio
 import ssl as ssl_module
 from typing import Any
 
-from .connection import client_handshake, open_connection
+from . import messages as M
+from ..errors import RemoteProtocolError
+from .connection import Connection, client_handshake, open_connection
 
 WHAT = {"manager", "workers", "tasks"}
 
@@ -30,6 +32,13 @@ def read_password(path: str | None) -> bytes | None:
         return fh.read().strip()
 
 
+async def _reply(conn: Connection, timeout: float) -> M.StatusReply:
+    frame = await conn.expect("status_reply", timeout)
+    reply = frame.message
+    assert isinstance(reply, M.StatusReply)  # expect() checked the type
+    return reply
+
+
 async def query_status_async(host: str, port: int, what: str = "manager", password: bytes | None = None,
                              use_ssl: bool = False, timeout: float = 10) -> Any:
     """Ask the manager at ``host:port`` for ``what`` (``manager``, ``workers`` or ``tasks``)."""
@@ -38,16 +47,20 @@ async def query_status_async(host: str, port: int, what: str = "manager", passwo
     conn = await open_connection(host, port, ssl=client_ssl_context() if use_ssl else None, timeout=timeout)
     try:
         await client_handshake(conn, "status", password, timeout)
-        conn.send({"type": "status", "what": what})
+        conn.send(M.Status(what))
         await conn.drain()
-        reply = await conn.expect("status_reply", timeout)
-        if not reply.get("more"):
-            return reply["data"]
+        reply = await _reply(conn, timeout)
+        if not reply.more:
+            return reply.data
         # A list too big for one frame (tens of thousands of tasks) comes in pages, the last without "more".
-        rows = list(reply["data"])
-        while reply.get("more"):
-            reply = await conn.expect("status_reply", timeout)
-            rows.extend(reply["data"])
+        if not isinstance(reply.data, list):
+            raise RemoteProtocolError(f"status reply page is a {type(reply.data).__name__}, not a list of rows")
+        rows = list(reply.data)
+        while reply.more:
+            reply = await _reply(conn, timeout)
+            if not isinstance(reply.data, list):
+                raise RemoteProtocolError(f"status reply page is a {type(reply.data).__name__}, not a list of rows")
+            rows.extend(reply.data)
         return rows
     finally:
         await conn.aclose()  # before asyncio.run ends: a TLS close would outlive the loop

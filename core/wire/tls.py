@@ -27,7 +27,8 @@ from collections.abc import Awaitable, Callable
 
 from ..errors import VineError
 from .preauth import PreAuthGate, RateLimitedLog
-from .protocol import encode_frame
+from . import messages as M
+from .protocol import encode_message
 
 TLS_HANDSHAKE_RECORD = 0x16
 SNIFF_TIMEOUT = 30.0  # by default, a client that sends nothing (or does not finish TLS) is dropped after this long
@@ -83,9 +84,8 @@ def looks_like_tls(first: bytes) -> bool:
 
 def tls_required_frame(what: str) -> bytes:
     """The plain frame a TLS-only port sends a plain client before hanging up (see ``client_handshake``)."""
-    return encode_frame({"type": "error", "tls_required": True,
-                         "reason": f"this {what} requires TLS; connect with --ssl (a worker or factory using "
-                                   "-M NAME learns it from the catalog)"})
+    return encode_message(M.Error(f"this {what} requires TLS; connect with --ssl (a worker or factory using "
+                                  "-M NAME learns it from the catalog)", tls_required=True))
 
 
 class GatedListener:
@@ -219,7 +219,11 @@ async def _peek(sock: socket.socket, n: int = 8) -> bytes:
         except (BlockingIOError, InterruptedError):
             pass
         ready = loop.create_future()
-        loop.add_reader(sock.fileno(), lambda: ready.done() or ready.set_result(None))
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_reader(sock.fileno(), wake)
         try:
             await ready
         finally:

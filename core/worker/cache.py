@@ -18,6 +18,7 @@ import shutil
 from typing import TYPE_CHECKING, Any
 
 from .. import constants as C
+from ..wire import messages as M
 from ..wire.connection import path_size
 from ..errors import ProtocolError
 from .sandbox import entry_stamp
@@ -103,14 +104,14 @@ class WorkerCache:
 
     def _cache_ready(self, name: str, level: int) -> None:
         size = self._add_cache(name, level)
-        self.send({"type": "cache_update", "name": name, "size": size})
+        self.send(M.CacheUpdate(name, size))
         if name in self.drop_on_arrival:
             # Unlinked by the manager, or left by a killed task, while it was on its way: it goes now,
             # not with the workflow. Announced first, so the transfer ends as a success (the source
             # is not blamed), then withdrawn.
             self.drop_on_arrival.discard(name)
             self._unlink(name)
-            self.send({"type": "cache_invalid", "name": name, "reason": "arrived after it was unlinked or its task was killed; removed"})
+            self.send(M.CacheInvalid(name, "arrived after it was unlinked or its task was killed; removed"))
         fut = self.pending.pop(name, None)
         if fut is not None and not fut.done():
             fut.set_result(name in self.cache)
@@ -118,7 +119,7 @@ class WorkerCache:
     def _cache_failed(self, name: str, reason: str) -> None:
         log.warning("could not obtain %s: %s", name, reason)
         self.drop_on_arrival.discard(name)
-        self.send({"type": "cache_invalid", "name": name, "reason": reason})
+        self.send(M.CacheInvalid(name, reason))
         fut = self.pending.pop(name, None)
         if fut is not None and not fut.done():
             fut.set_result(False)

@@ -45,6 +45,7 @@ from ..wire.connection import (
 )
 from ..errors import AuthenticationError, ProtocolError, TransferError
 from .monitor import Usage, exceeded, sample
+from ..wire import messages as M
 from ..wire.protocol import CHUNK_SIZE, Frame, pages_of
 from ..wire.tls import GatedListener, TLSSetupError, client_context, self_signed_server_context, start_gated_server
 from .python import WorkerPythonMixin
@@ -145,10 +146,11 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
         self._load_cache()
 
     # -- connection ------------------------------------------------------------------------------------
-    def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
+    def send(self, msg: M.Message, payload: bytes = b"") -> None:
+        """Send ``msg`` to the manager, if connected (a message lost with the connection is moot)."""
         if self.conn is not None:
             try:
-                self.conn.send(header, payload)
+                self.conn.send(msg, payload)
             except (ConnectionError, RuntimeError):
                 pass
 
@@ -289,23 +291,14 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
         self.conn = conn
         # A workdir of 25,000 forever files lists more than one frame holds: the rest follows in pages.
         pages = pages_of({name: size for name, (size, _lvl) in self.cache.items()})
-        conn.send({
-            "type": "ready",
-            "worker_id": self.id,
-            "hostname": socket.gethostname(),
-            "resources": self.total,
-            "features": list(self.args.feature or []),
-            "cache": pages[0],
-            "cache_more": len(pages) > 1,
-            "transfer_port": self.transfer_port,
-            "end_time": self.end_time,
-            "workdir": self.workdir,
-            "pid": os.getpid(),
-            "batch_job_id": batch_job_id(),
-        })
+        conn.send(M.Ready(
+            resources=self.total, cache=pages[0], hostname=socket.gethostname(), worker_id=self.id,
+            features=list(self.args.feature or []), cache_more=len(pages) > 1, transfer_port=self.transfer_port,
+            end_time=self.end_time, workdir=self.workdir, pid=os.getpid(), batch_job_id=batch_job_id(),
+        ))
         for n, page in enumerate(pages[1:], 2):
             await conn.drain()
-            conn.send({"type": "cache_page", "entries": page, "more": n < len(pages)})
+            conn.send(M.CachePage(page, n < len(pages)))
         await conn.drain()
         self.last_work = time.monotonic()
         recv = asyncio.create_task(conn.recv())
@@ -320,7 +313,7 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
                     # Handle every frame that arrived in the same read before flushing, so the
                     # replies (and messages to libraries) of one batch leave in one write.
                     while frame is not None:
-                        if frame.type == "exit":
+                        if isinstance(frame.message, M.Exit):
                             self._stop.set()
                             return
                         self._handle(frame)
@@ -332,7 +325,7 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
                 if self.args.timeout and not self.tasks and time.monotonic() - self.last_work > self.args.timeout:
                     log.info("idle for %ss; exiting", self.args.timeout)
                     # Say why (as TaskVine's worker does), so the manager logs IDLE_OUT, not a loss.
-                    conn.send({"type": "idle_disconnecting", "timeout": self.args.timeout})
+                    conn.send(M.IdleDisconnecting(self.args.timeout))
                     try:
                         await asyncio.wait_for(conn.drain(), 2)
                     except (OSError, asyncio.TimeoutError):
@@ -352,60 +345,59 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
 
     # -- messages from the manager ------------------------------------------------------------------
     def _handle(self, frame: Frame) -> None:
-        t = frame.type
-        if t == "file_begin":
-            name = str(frame["name"])
-            self.drop_on_arrival.discard(name)
-            self._expect(name)
-            self.receivers[name] = FileReceiver(frame, self.cache_path(name))
-        elif t == "file_chunk":
-            r = self.receivers.get(frame["name"])
+        msg = frame.message
+        if isinstance(msg, M.FileChunk):  # first: most frames of a big input are its chunks
+            r = self.receivers.get(msg.name)
             if r is None:
-                raise ProtocolError(f"chunk for {frame['name']} without file_begin")
+                raise ProtocolError(f"chunk for {msg.name} without file_begin")
             r.chunk(frame)
-        elif t == "file_end":
-            r = self.receivers.pop(frame["name"], None)
+        elif isinstance(msg, M.FileBegin):
+            self.drop_on_arrival.discard(msg.name)
+            self._expect(msg.name)
+            self.receivers[msg.name] = FileReceiver(frame, self.cache_path(msg.name))
+        elif isinstance(msg, M.FileEnd):
+            r = self.receivers.pop(msg.name, None)
             if r is None:
-                raise ProtocolError(f"file_end for {frame['name']} without file_begin")
+                raise ProtocolError(f"file_end for {msg.name} without file_begin")
             try:
                 r.finish()
             except TransferError as exc:
                 self._cache_failed(r.name, str(exc))
                 return
-            self._cache_ready(r.name, int(r.header.get("level", 1)))
-        elif t == "task":
-            self._start_task(frame["task"])
-        elif t == "kill":
-            tid = int(frame["id"])
-            self.prefetched = [p for p in self.prefetched if p.id != tid]
-            rt = self.tasks.get(tid)
+            level = r.header.get("level")
+            self._cache_ready(r.name, level if isinstance(level, int) else C.VINE_CACHE_LEVEL_WORKFLOW)
+        elif isinstance(msg, M.Task):
+            self._start_task(msg.task)
+        elif isinstance(msg, M.Kill):
+            self.prefetched = [p for p in self.prefetched if p.id != msg.id]
+            rt = self.tasks.get(msg.id)
             if rt is not None:
                 self._kill(rt)
                 self._release(rt)
                 self._cleanup_task(rt)
-        elif t == "fetch_url":
-            self.drop_on_arrival.discard(frame["name"])
-            self._expect(frame["name"])
-            self._spawn(self._fetch_url(frame["name"], frame["url"], int(frame["level"])))
-        elif t == "fetch_peer":
-            self.drop_on_arrival.discard(frame["name"])
-            self._expect(frame["name"])
-            self._fetch_peer(frame["name"], frame["source"], int(frame["level"]))
-        elif t == "minitask":
-            self.drop_on_arrival.discard(frame["name"])
-            self._expect(frame["name"])
-            self._spawn(self._run_minitask(frame["name"], frame["task"], int(frame["level"])))
-        elif t == "get":
-            self._spawn(self._send_back(frame["name"], frame.get("request")))
-        elif t == "unlink":
-            if frame["name"] not in self.pending:
-                self._unlink(frame["name"])
+        elif isinstance(msg, M.FetchUrl):
+            self.drop_on_arrival.discard(msg.name)
+            self._expect(msg.name)
+            self._spawn(self._fetch_url(msg.name, msg.url, msg.level))
+        elif isinstance(msg, M.FetchPeer):
+            self.drop_on_arrival.discard(msg.name)
+            self._expect(msg.name)
+            self._fetch_peer(msg.name, msg.source, msg.level)
+        elif isinstance(msg, M.Minitask):
+            self.drop_on_arrival.discard(msg.name)
+            self._expect(msg.name)
+            self._spawn(self._run_minitask(msg.name, msg.task, msg.level))
+        elif isinstance(msg, M.Get):
+            self._spawn(self._send_back(msg.name, msg.request))
+        elif isinstance(msg, M.Unlink):
+            if msg.name not in self.pending:
+                self._unlink(msg.name)
             else:
-                self.drop_on_arrival.add(frame["name"])
-        elif t == "keepalive":
-            self.send({"type": "alive", "committed": self.committed, "tasks": len(self.tasks)})
+                self.drop_on_arrival.add(msg.name)
+        elif isinstance(msg, M.Keepalive):
+            self.send(M.Alive(self.committed, len(self.tasks)))
         else:
-            raise ProtocolError(f"unexpected message {t!r} from the manager")
+            raise ProtocolError(f"unexpected message {msg.TYPE!r} from the manager")
 
     # -- running tasks ----------------------------------------------------------------------------------
     def _fits(self, alloc: dict[str, float]) -> list[str]:
@@ -425,7 +417,7 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
             return
         over = self._fits(alloc)
         if over:
-            self.send({"type": "complete", "id": tid, "result": C.VINE_RESULT_FORSAKEN, "exit_code": -1, "reason": f"no room for {over}"})
+            self.send(M.Complete(tid, C.VINE_RESULT_FORSAKEN, -1, reason=f"no room for {over}"))
             return
         for k in self.committed:
             self.committed[k] += max(alloc.get(k, 0), 0)
@@ -448,8 +440,7 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
             log.warning("task %s: cannot make its sandbox: %s", rt.id, exc)
             for k in self.committed:
                 self.committed[k] = max(0.0, self.committed[k] - max(rt.alloc.get(k, 0), 0))
-            self.send({"type": "complete", "id": rt.id, "result": C.VINE_RESULT_FORSAKEN, "exit_code": -1,
-                       "reason": f"worker problem: cannot make a sandbox: {exc}"})
+            self.send(M.Complete(rt.id, C.VINE_RESULT_FORSAKEN, -1, reason=f"worker problem: cannot make a sandbox: {exc}"))
             return
         self.tasks[rt.id] = rt
         rt.starter = asyncio.create_task(self._task_coroutine(rt))  # libraries have their own runner
@@ -600,11 +591,12 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
             # Too big for one frame: streamed in chunks, read from the file as they go (never held whole).
             name = f".stdout.{rt.id}"
             conn = self.conn
-            conn.send({"type": "file_begin", "name": name, "size": keep, "task": rt.id, "stdout": True})
+            conn.send(M.FileBegin(name, keep, task=rt.id, stdout=True))
+            piece = M.FileChunk(name)
             for offset in range(0, keep, CHUNK_SIZE):
-                conn.send({"type": "file_chunk", "name": name}, os.pread(fd, min(CHUNK_SIZE, keep - offset), offset))
+                conn.send(piece, os.pread(fd, min(CHUNK_SIZE, keep - offset), offset))
                 await conn.drain()
-            conn.send({"type": "file_end", "name": name})
+            conn.send(M.FileEnd(name))
             return b"", size > keep, keep
         finally:
             os.close(fd)
@@ -651,7 +643,7 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
             except OSError:
                 continue
             if data:
-                self.send({"type": "watch", "id": rt.id, "name": o["name"], "offset": offset}, data)
+                self.send(M.Watch(rt.id, o["name"], offset), data)
                 rt.watchers[o["name"]] = offset + len(data)
 
     async def _run_task(self, rt: RunningTask) -> None:
@@ -714,12 +706,9 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
         self._release(rt)
         self.last_work = time.monotonic()
         self.send(
-            {
-                "type": "complete", "id": rt.id, "result": result, "exit_code": code, "reason": reason,
-                "retry": retry, "missing_input": bool(spec.get("missing_input")), "start": rt.start, "end": end, "outputs": outputs, "cached": cached, "unlinked": unlinked,
-                "measured": rt.usage.measured() if rt.usage else {}, "limits": rt.limits,
-                **({"stdout_streamed": streamed} if streamed is not None else {}),
-            },
+            M.Complete(rt.id, result, code, reason=reason, retry=retry, missing_input=bool(spec.get("missing_input")),
+                       start=rt.start, end=end, outputs=outputs, cached=cached, unlinked=unlinked,
+                       measured=rt.usage.measured() if rt.usage else {}, limits=rt.limits, stdout_streamed=streamed),
             stdout,
         )
         if self.conn is not None:

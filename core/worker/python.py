@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Coroutine
 
 from .. import constants as C
 from ..wire.remote import _LEN, MessageReader
+from ..wire import messages as M
 from ..wire.connection import send_bytes
 from .forkserver import ForkServer
 
@@ -355,8 +356,8 @@ class WorkerPythonMixin:
         self._release(rt)  # type: ignore[attr-defined]
         self.last_work = time.monotonic()  # type: ignore[attr-defined]
         self.send(  # type: ignore[attr-defined]
-            {"type": "complete", "id": rt.id, "result": result, "exit_code": code, "reason": "" if status is not None else "the library died during the call",
-             "retry": False, "start": rt.start, "end": time.time(), "outputs": dict(cached), "cached": cached, "unlinked": unlinked},
+            M.Complete(rt.id, result, code, reason="" if status is not None else "the library died during the call",
+                       start=rt.start, end=time.time(), outputs=dict(cached), cached=cached, unlinked=unlinked),
             data or b"",
         )
 
@@ -511,9 +512,8 @@ class WorkerPythonMixin:
         self._release(rt)  # type: ignore[attr-defined]
         self.last_work = time.monotonic()
         self.send(  # type: ignore[attr-defined]
-            {"type": "complete", "id": rt.id, "result": C.VINE_RESULT_LIBRARY_EXIT, "exit_code": status if status is not None else -1,
-             "reason": reason, "library": inst.name, "retry": False, "start": rt.start, "end": time.time(), "outputs": {},
-             "unlinked": unlinked},
+            M.Complete(rt.id, C.VINE_RESULT_LIBRARY_EXIT, status if status is not None else -1, reason=reason,
+                       library=inst.name, start=rt.start, end=time.time(), unlinked=unlinked),
             stdout[-LIBRARY_LOG_TAIL:],
         )
         inst.finished.set()

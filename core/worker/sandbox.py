@@ -31,6 +31,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .. import constants as C
+from ..wire import messages as M
 
 log = logging.getLogger("vine_worker")
 
@@ -130,7 +131,7 @@ class WorkerSandboxes:
         reason = f"changed in the worker's cache by {culprit}; removed so nothing reads the changed copy"
         log.warning("%s %s", name, reason)
         self._unlink(name)
-        self.send({"type": "cache_invalid", "name": name, "reason": reason})
+        self.send(M.CacheInvalid(name, reason))
         return False
 
     def _verify_linked(self, rt: RunningTask) -> None:

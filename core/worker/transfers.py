@@ -18,7 +18,8 @@ import shutil
 from typing import Any
 
 from .. import constants as C
-from ..wire.connection import Connection, FileReceiver, client_handshake, open_connection, send_bytes, send_path, server_handshake
+from ..wire import messages as M
+from ..wire.connection import Connection, FileReceiver, MemoryReceiver, client_handshake, open_connection, send_bytes, send_path, server_handshake
 from ..errors import AuthenticationError, ProtocolError, TransferError
 from ..wire.preauth import leave_preauth_gate
 
@@ -40,7 +41,7 @@ class WorkerTransfers:
         path = self.cache_path(name)
         data = self.memory.get(name)
         if not self._verify_cached(name, "a running task") or name not in self.cache or (data is None and not os.path.lexists(path)):
-            self.send({"type": "cache_invalid", "name": name, "reason": "not in cache", "request": request})
+            self.send(M.CacheInvalid(name, "not in cache", request=request))
             return
         assert self.conn is not None
         if data is not None:
@@ -117,7 +118,7 @@ class WorkerTransfers:
             while queue:
                 batch, queue[:PEER_BATCH] = queue[:PEER_BATCH], []
                 for name, _level in batch:
-                    conn.send({"type": "get", "name": name})
+                    conn.send(M.Get(name))
                 await conn.drain()
                 while batch:
                     name, level = batch[0]
@@ -146,44 +147,35 @@ class WorkerTransfers:
         begin = await conn.recv()
         if begin is None:
             raise TransferError(f"peer {source} closed before sending {name}")
-        if begin.type == "error":
-            raise _PeerMissing(f"peer transfer from {source} failed: peer {source} does not have {name}: {begin.get('reason')}")
-        if begin.type != "file_begin" or begin.get("name") != name:
+        announced = begin.message
+        if isinstance(announced, M.Error):
+            raise _PeerMissing(f"peer transfer from {source} failed: peer {source} does not have {name}: {announced.reason}")
+        if not isinstance(announced, M.FileBegin) or announced.name != name:
             raise TransferError(f"peer {source} sent {begin.type} for {begin.get('name')!r} while {name} was expected")
-        size = int(begin["size"])
+        size = announced.size
         # Only files that end with the workflow may live in memory: worker- and forever-level files
         # must be on disk to outlive the connection (and, forever, the worker itself).
-        if (level <= C.VINE_CACHE_LEVEL_WORKFLOW and not begin.get("dir") and size <= MEMORY_FILE_MAX
-                and self.memory_bytes + size <= MEMORY_LIMIT):
-            parts: list[bytes] = []
+        in_memory = (level <= C.VINE_CACHE_LEVEL_WORKFLOW and not announced.dir and size <= MEMORY_FILE_MAX
+                     and self.memory_bytes + size <= MEMORY_LIMIT)
+        receiver = MemoryReceiver(begin) if in_memory else FileReceiver(begin, self.cache_path(name))
+        try:
             while True:
                 fr = await conn.recv()
                 if fr is None:
                     raise TransferError(f"peer {source} closed during {name}")
-                if fr.type == "file_chunk":
-                    parts.append(fr.payload)
-                elif fr.type == "file_end":
-                    data = b"".join(parts)
-                    if len(data) != size:
-                        raise TransferError(f"peer {source} sent {len(data)} of {size} bytes of {name}")
-                    self._keep_in_memory(name, data)
-                    return
+                piece = fr.message
+                if isinstance(piece, M.FileChunk) and piece.name == name:
+                    receiver.chunk(fr)
+                elif isinstance(piece, M.FileEnd) and piece.name == name:
+                    receiver.finish()
+                    break
                 else:
                     raise TransferError(f"peer {source} sent {fr.type} in the middle of {name}")
-        recv = FileReceiver(begin, self.cache_path(name))
-        while True:
-            fr = await conn.recv()
-            if fr is None:
-                recv.abort()
-                raise TransferError(f"peer {source} closed during {name}")
-            if fr.type == "file_chunk":
-                recv.chunk(fr)
-            elif fr.type == "file_end":
-                recv.finish()
-                return
-            else:
-                recv.abort()
-                raise TransferError(f"peer {source} sent {fr.type} in the middle of {name}")
+        except BaseException:
+            receiver.abort()
+            raise
+        if isinstance(receiver, MemoryReceiver):
+            self._keep_in_memory(name, receiver.data)
 
     async def _serve_peer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = Connection(reader, writer)
@@ -193,14 +185,15 @@ class WorkerTransfers:
                 fr = await conn.recv()
                 if fr is None:
                     return
-                if fr.type != "get":
+                get = fr.message
+                if not isinstance(get, M.Get):
                     raise ProtocolError(f"peer sent {fr.type!r}, only 'get' is served")
                 leave_preauth_gate()  # a peer asking for files, no longer counted among strangers
-                name = str(fr["name"])
+                name = get.name
                 path = self.cache_path(name)
                 data = self.memory.get(name)
                 if not self._verify_cached(name, "a running task") or name not in self.cache or (data is None and not os.path.lexists(path)):
-                    conn.send({"type": "error", "reason": f"{name} not in cache"})
+                    conn.send(M.Error(f"{name} not in cache"))
                     await conn.drain()
                     continue
                 if data is not None:

@@ -29,6 +29,7 @@ import pytest
 import core as vine
 from core.deploy import catalog
 from core.wire.connection import client_handshake, open_connection
+from core.wire.messages import Get
 from core.errors import AuthenticationError, RemoteProtocolError
 from core.wire.tls import client_context, self_signed_server_context
 from core.tools.status import query_status
@@ -266,7 +267,7 @@ async def _peer_session(port: int, tls: ssl.SSLContext | None, password: bytes |
         await client_handshake(conn, "peer", password, timeout=10)
         if get is None:
             return 0
-        conn.send({"type": "get", "name": get})
+        conn.send(Get(get))
         await conn.drain()
         begin = await conn.expect("file_begin", 10)
         got = 0

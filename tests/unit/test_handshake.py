@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from core.wire import messages as M
 from core.wire.connection import Connection, client_handshake, server_handshake
 from core.errors import AuthenticationError, RemoteProtocolError
 from core.wire.protocol import PROTOCOL_VERSION, auth_proof, new_nonce
@@ -110,9 +111,9 @@ def test_server_rejects_a_wrong_proof() -> None:
     """A client that skips checking the server and answers with a guess is refused."""
 
     async def liar(c: Connection) -> Any:
-        c.send({"type": "hello", "version": PROTOCOL_VERSION, "role": "worker", "nonce": new_nonce()})
+        c.send(M.Hello(PROTOCOL_VERSION, "worker", new_nonce()))
         welcome = await c.expect("welcome", TIMEOUT)
-        c.send({"type": "auth", "proof": auth_proof(b"guess", "client", welcome["nonce"])})
+        c.send(M.Auth(auth_proof(b"guess", "client", welcome["nonce"])))
         return await c.expect("nothing-comes", TIMEOUT)
 
     client, server = run_sides(liar, lambda s: server_handshake(s, b"s3cret", TIMEOUT))
@@ -128,10 +129,10 @@ def test_server_proves_nothing_to_a_client_that_has_not_proven_itself() -> None:
     seen: list[Any] = []
 
     async def collector(c: Connection) -> Any:
-        c.send({"type": "hello", "version": PROTOCOL_VERSION, "role": "worker", "nonce": chosen})
+        c.send(M.Hello(PROTOCOL_VERSION, "worker", chosen))
         welcome = await c.expect("welcome", TIMEOUT)
         seen.append(welcome.header)
-        c.send({"type": "auth", "proof": auth_proof(b"guess", "client", welcome["nonce"])})
+        c.send(M.Auth(auth_proof(b"guess", "client", welcome["nonce"])))
         while (f := await c.recv()) is not None:
             seen.append(f.header)
 
@@ -145,10 +146,10 @@ def test_server_proves_nothing_to_a_client_that_has_not_proven_itself() -> None:
 def test_server_proves_itself_after_the_client_has() -> None:
     async def client(c: Connection) -> Any:
         nonce = new_nonce()
-        c.send({"type": "hello", "version": PROTOCOL_VERSION, "role": "worker", "nonce": nonce})
+        c.send(M.Hello(PROTOCOL_VERSION, "worker", nonce))
         welcome = await c.expect("welcome", TIMEOUT)
         assert "proof" not in welcome.header
-        c.send({"type": "auth", "proof": auth_proof(b"s3cret", "client", welcome["nonce"])})
+        c.send(M.Auth(auth_proof(b"s3cret", "client", welcome["nonce"])))
         theirs = await c.expect("auth", TIMEOUT)
         return theirs["proof"] == auth_proof(b"s3cret", "server", nonce)
 
@@ -161,9 +162,9 @@ def test_server_proves_itself_after_the_client_has() -> None:
 def test_client_rejects_a_server_that_does_not_know_the_password() -> None:
     async def impostor(s: Connection) -> Any:
         hello = await s.expect("hello", TIMEOUT)
-        s.send({"type": "welcome", "version": PROTOCOL_VERSION, "nonce": new_nonce(), "auth": True})
+        s.send(M.Welcome(PROTOCOL_VERSION, new_nonce(), True))
         await s.expect("auth", TIMEOUT)
-        s.send({"type": "auth", "proof": auth_proof(b"guess", "server", hello["nonce"])})
+        s.send(M.Auth(auth_proof(b"guess", "server", hello["nonce"])))
         return await s.expect("nothing-comes", TIMEOUT)
 
     client, server = run_sides(lambda c: client_handshake(c, "worker", b"s3cret", timeout=TIMEOUT), impostor)
@@ -176,7 +177,7 @@ def test_client_rejects_a_server_that_does_not_know_the_password() -> None:
 @pytest.mark.timeout(20)
 def test_server_rejects_a_wrong_protocol_version() -> None:
     async def old_client(c: Connection) -> Any:
-        c.send({"type": "hello", "version": PROTOCOL_VERSION + 41, "role": "worker", "nonce": new_nonce()})
+        c.send(M.Hello(PROTOCOL_VERSION + 41, "worker", new_nonce()))
         return await c.expect("welcome", TIMEOUT)
 
     client, server = run_sides(old_client, lambda s: server_handshake(s, None, TIMEOUT))
@@ -189,7 +190,7 @@ def test_server_rejects_a_wrong_protocol_version() -> None:
 def test_client_rejects_a_wrong_protocol_version() -> None:
     async def future_server(s: Connection) -> Any:
         await s.expect("hello", TIMEOUT)
-        s.send({"type": "welcome", "version": PROTOCOL_VERSION + 1, "nonce": new_nonce(), "auth": False})
+        s.send(M.Welcome(PROTOCOL_VERSION + 1, new_nonce(), False))
         return await s.expect("auth", TIMEOUT)
 
     client, _server = run_sides(lambda c: client_handshake(c, "worker", None, timeout=TIMEOUT), future_server)
