@@ -71,11 +71,12 @@ def test_notebook_uses_only_the_public_api(name):
 @pytest.mark.parametrize("name", _names())
 def test_notebook_runs_and_cleans_up(name, tmp_path):
     run = run_notebook(os.path.join(NOTEBOOK_DIR, name), str(tmp_path), timeout=BUDGET_S)
-    assert run.error is None, f"{run.summary()}\n{str(run.error)[-6000:]}"
+    kept = f"(its files and logs: {tmp_path}/vine-run-info)"
+    assert run.error is None, f"{run.summary()} {kept}\n{str(run.error)[-6000:]}"
     assert os.path.realpath(run.kernel_executable) == os.path.realpath(sys.executable), "the kernel is not this venv's Python"
     assert len(run.workers_seen) >= MIN_WORKERS.get(name, 1), \
         f"{name}: saw {len(run.workers_seen)} worker process(es): {[p.describe() for p in run.seen]}"
-    assert run.left_behind == [], f"{name} left processes behind after its last cell: {[p.describe() for p in run.left_behind]}"
+    assert run.left_behind == [], f"{name} left processes behind after its last cell {kept}: {[p.describe() for p in run.left_behind]}"
     assert run.notebook is not None
     errors = [o for c in run.notebook.cells if c.cell_type == "code" for o in c.outputs if o.get("output_type") == "error"]
     assert errors == []
