@@ -29,7 +29,6 @@ import time
 from typing import Any, Callable
 
 from .. import constants as C
-from ..wire import messages as M
 from . import exit_guard
 from ..deploy.catalog import DEFAULT_INTERVAL as CATALOG_UPDATE_INTERVAL
 from ..deploy.catalog import Registration as CatalogRegistration
@@ -358,7 +357,7 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
         self._server.close()
         for link in list(self._links.values()):
             if self._shutdown:
-                link.conn.send(M.Exit())
+                link.conn.send({"type": "exit"})
                 try:
                     await asyncio.wait_for(link.conn.drain(), 2)
                 except (OSError, asyncio.TimeoutError):
@@ -516,7 +515,7 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
             links = sorted(self._links.values(), key=lambda lk: len(self._state.workers[lk.id].tasks) if lk.id in self._state.workers else 0)
             chosen = links if n <= 0 else links[:n]
             for link in chosen:
-                link.conn.send(M.Exit())
+                link.conn.send({"type": "exit"})
             return len(chosen)
         return int(self._call(apply))
 
@@ -642,7 +641,8 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
         task._manager = self
         task._state = C.VINE_TASK_READY
         task._submit_time = time.time()
-        task.metrics["time_when_submitted"] = task._submit_time * 1e6
+        if task._metrics is not None:  # else task.metrics makes "time_when_submitted" from it when first read
+            task._metrics["time_when_submitted"] = task._submit_time * 1e6
         if cached is not None and self._tasks_cache.answer(self, task, cached):
             return task.id
         self._tasks[task.id] = task
