@@ -29,6 +29,7 @@ import time
 from typing import Any, Callable
 
 from .. import constants as C
+from ..wire import messages as M
 from . import exit_guard
 from ..deploy.catalog import DEFAULT_INTERVAL as CATALOG_UPDATE_INTERVAL
 from ..deploy.catalog import Registration as CatalogRegistration
@@ -357,7 +358,7 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
         self._server.close()
         for link in list(self._links.values()):
             if self._shutdown:
-                link.conn.send({"type": "exit"})
+                link.conn.send(M.Exit())
                 try:
                     await asyncio.wait_for(link.conn.drain(), 2)
                 except (OSError, asyncio.TimeoutError):
@@ -515,7 +516,7 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
             links = sorted(self._links.values(), key=lambda lk: len(self._state.workers[lk.id].tasks) if lk.id in self._state.workers else 0)
             chosen = links if n <= 0 else links[:n]
             for link in chosen:
-                link.conn.send({"type": "exit"})
+                link.conn.send(M.Exit())
             return len(chosen)
         return int(self._call(apply))
 
