@@ -518,6 +518,7 @@ RUN_HERE: tuple[RunHere, ...] = (
     # README shows, at small sizes where they have one. Their figures are not checked (noise on a
     # shared machine), their rows are. The longest go first: they run three at a time.
     RunHere(("vine_benchmark", "parsl-quick", "--vs", "threads"), 240, r'"workload": "parsl-quick"'),
+    RunHere(("vine_benchmark", "parsl-cpu", "-n", "60", "--vs", "parslvine-serverless"), 240, r'"workload": "parsl-cpu"'),
     RunHere(("vine_benchmark", "python"), 240, r'"workload": "python"'),
     RunHere(("vine_benchmark", "dask-sum", "dask-chain", "dask-array", "--vs", "threaded", "--repeat", "1"), 180, r"dask-array"),
     RunHere(("python", "-m", "core.tools.bench_sandbox", "--tasks", "20"), 180, r'"op": "tasks"'),
