@@ -20,7 +20,8 @@ Peers, each a config file written here, all on this machine's cores (2 on the CI
                         ceiling the DFK itself sets
 
 Each row is one peer: its tasks/s in parsl-perf's last iteration, how many tasks that iteration
-ran, and its ratio to ``htex`` measured in the same run (``vs_htex`` > 1 means faster).
+ran, the machine's 1-minute load average when it ended, and its ratio to ``htex`` measured in the
+same run (``vs_htex`` > 1 means faster).
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ def perf(peer: str, seconds: float, workdir: str) -> dict[str, Any]:
     if proc.returncode != 0 or not rates:
         tail = (proc.stdout + proc.stderr)[-3000:]
         raise RuntimeError(f"parsl-perf through {peer} failed (exit {proc.returncode}):\n{tail}")
-    return {"tasks_per_s": float(rates[-1]), "tasks": int(counts[-1]), "iterations": len(rates)}
+    # The 1-minute load average after the run: on a shared machine a rate means little without it.
+    return {"tasks_per_s": float(rates[-1]), "tasks": int(counts[-1]), "iterations": len(rates), "load_1min": round(os.getloadavg()[0], 2)}
 
 
 # Run in a process of its own (parsl.load once per process): prints one JSON object, ms of CPU per call by role.
@@ -171,7 +173,7 @@ def cpu_per_call(peer: str, calls: int, workdir: str) -> dict[str, Any]:
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"parsl-cpu through {peer} failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
-    return json.loads(lines[-1])
+    return {**json.loads(lines[-1]), "load_1min": round(os.getloadavg()[0], 2)}
 
 
 def run(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
