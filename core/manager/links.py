@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import constants as C
-from ..wire.connection import Connection, FileReceiver, MemoryReceiver, send_bytes, send_path, server_handshake
+from ..wire.connection import Connection, send_bytes, send_path, server_handshake
+from ..wire.receive import DiscardingReceiver, FileReceiver, IncomingStreams, MemoryReceiver, StreamReceiver
 from ..errors import AuthenticationError, ProtocolError, RemoteProtocolError, TransferError
 from ..api.files import File
 from .output_targets import OutputWriter
@@ -71,7 +72,7 @@ class WorkerLink:
     addrport: str
     transfer_addr: str | None
     outbox: asyncio.Queue[Instruction | None] = field(default_factory=asyncio.Queue)
-    receivers: dict[str, FileReceiver | MemoryReceiver | OutputWriter | LocallyRefused] = field(default_factory=dict)
+    receivers: IncomingStreams = field(default_factory=IncomingStreams)  # its streams in progress
     # What this worker was asked to send, and nothing else is accepted from it (see _begin_receive):
     expected_outputs: dict[tuple[int, str], File] = field(default_factory=dict)  # (task id, cache name) -> output
     expected_fetches: dict[int, str] = field(default_factory=dict)  # fetch request id -> cache name
@@ -217,8 +218,7 @@ class WorkerLinks:
             link.outbox.put_nowait(None)
             if link.sender is not None:
                 link.sender.cancel()
-            for r in link.receivers.values():
-                r.abort()
+            link.receivers.abort_all()
             self._links.pop(wid, None)
             reason = link.disconnect_reason or reason  # set when the manager removed it on purpose
             self._logs.worker_disconnected(wid, reason)
@@ -254,14 +254,10 @@ class WorkerLinks:
         elif isinstance(msg, M.FileBegin):
             self._begin_receive(link, frame)
         elif isinstance(msg, M.FileChunk):
-            r = link.receivers.get(msg.name)
-            if r is None:
-                raise ProtocolError(f"file_chunk for {msg.name} without file_begin")
             try:
-                r.chunk(frame)
+                link.receivers.chunk(frame)
             except OSError as exc:  # e.g. ENOSPC on the manager's disk: drop the rest of this stream only
-                r.abort()
-                link.receivers[r.name] = LocallyRefused(r.header, f"the manager cannot write {r.name}: {exc.strerror or exc}", r.received)
+                link.receivers.refuse(msg.name, f"the manager cannot write {msg.name}: {exc.strerror or exc}")
         elif isinstance(msg, M.FileEnd):
             self._end_receive(link, frame)
         elif isinstance(msg, M.Watch):
@@ -280,24 +276,23 @@ class WorkerLinks:
         output's path, memory, or a staging name of our own), never from the peer's name, and its
         announced size is bounded by ``link.stream_limit``. Anything else ends the connection.
         """
-        name = str(frame["name"])
-        size = frame["size"]
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise RemoteProtocolError(f"tried to send {name!r} with size {size!r}, which is not a byte count")
+        begin = frame.message
+        assert isinstance(begin, M.FileBegin)  # dispatched by type; its size is a byte count (decoded)
+        name, size = begin.name, begin.size
         if name in link.receivers:
             raise RemoteProtocolError(f"began sending {name!r} again in the middle of sending it")
-        rid = frame.get("request")
+        rid = begin.request
         f: File | None = None
-        if frame.get("stdout"):
+        if begin.stdout:
             self._begin_stdout(link, frame, name, size)
             return
         if rid is not None:
-            if not isinstance(rid, int) or link.expected_fetches.get(rid) != name:
+            if link.expected_fetches.get(rid) != name:
                 raise RemoteProtocolError(f"tried to send {name!r} as the answer to fetch {rid!r}, which asked it for "
-                                          f"{link.expected_fetches.get(rid) if isinstance(rid, int) else None!r}")
+                                          f"{link.expected_fetches.get(rid)!r}")
         else:
-            tid = frame.get("task")
-            f = link.expected_outputs.get((tid, name)) if isinstance(tid, int) else None
+            tid = begin.task
+            f = link.expected_outputs.get((tid, name)) if tid is not None else None
             if f is None:
                 raise RemoteProtocolError(f"tried to write {name!r} (as output of task {tid!r}), which is not "
                                           "an output of a task this worker was given")
@@ -307,17 +302,17 @@ class WorkerLinks:
         if rid is not None:
             del link.expected_fetches[rid]
         else:
-            del link.expected_outputs[(frame["task"], name)]
+            del link.expected_outputs[(tid, name)]
         if f is not None and f.kind == "file":
-            receiver: FileReceiver | MemoryReceiver | OutputWriter | LocallyRefused = OutputWriter(frame, f.source())  # never destroys a directory
-        elif not frame.get("dir") and size <= MEMORY_RECEIVE_MAX:
+            receiver: StreamReceiver = OutputWriter(frame, f.source())  # never destroys a directory
+        elif not begin.dir and size <= MEMORY_RECEIVE_MAX:
             receiver = MemoryReceiver(frame)  # a returned buffer or a fetch: wanted as bytes
         else:
             try:
                 receiver = FileReceiver(frame, os.path.join(self._staging, "outputs", f"stream-{next(_STAGING_IDS)}"))
             except OSError as exc:  # out of descriptors or disk here: this stream's failure, not the worker's
-                receiver = LocallyRefused(frame, f"the manager cannot stage {name}: {exc.strerror or exc}")
-        link.receivers[name] = receiver
+                receiver = DiscardingReceiver(frame, f"the manager cannot stage {name}: {exc.strerror or exc}")
+        link.receivers.begin(receiver)
         link.incoming[name] = (f, rid)
         self._logs.receive_started(link.id, name)
 
@@ -330,18 +325,18 @@ class WorkerLinks:
             raise RemoteProtocolError(f"sent stdout {name!r} for task {tid!r}, which it is not running (or sent it twice)")
         if size > limit:
             raise RemoteProtocolError(f"sent {size} bytes of stdout for task {tid}, over the {limit} asked for")
-        receiver: FileReceiver | MemoryReceiver | LocallyRefused
+        receiver: StreamReceiver
         if size <= MEMORY_RECEIVE_MAX:
             receiver = MemoryReceiver(frame)
         else:
             try:
                 receiver = FileReceiver(frame, os.path.join(self._staging, "outputs", f"stream-{next(_STAGING_IDS)}"))
             except OSError as exc:
-                receiver = LocallyRefused(frame, f"the manager cannot stage the stdout of task {tid}: {exc.strerror or exc}")
-        link.receivers[name] = receiver
+                receiver = DiscardingReceiver(frame, f"the manager cannot stage the stdout of task {tid}: {exc.strerror or exc}")
+        link.receivers.begin(receiver)
         link.stdout_streams[name] = tid
 
-    def _end_stdout(self, link: WorkerLink, r: FileReceiver | MemoryReceiver | OutputWriter | LocallyRefused) -> None:
+    def _end_stdout(self, link: WorkerLink, r: StreamReceiver) -> None:
         tid = link.stdout_streams.pop(r.name)
         data: bytes | None = None
         try:
@@ -355,14 +350,12 @@ class WorkerLinks:
         except OSError as exc:  # the task ends "stdout missing" (see _on_complete), the worker stays
             r.abort()
             log.warning("task %s: the manager could not keep its stdout: %s", tid, exc)
-        if isinstance(r, LocallyRefused):
+        if isinstance(r, DiscardingReceiver):
             log.warning("task %s: %s", tid, r.refused)
         link.stdout_received[tid] = data
 
     def _end_receive(self, link: WorkerLink, frame: Frame) -> None:
-        r = link.receivers.pop(frame["name"], None)
-        if r is None:
-            raise ProtocolError(f"file_end for {frame['name']} without file_begin")
+        r = link.receivers.end(str(frame["name"]))
         if r.name in link.stdout_streams:
             self._end_stdout(link, r)
             return
@@ -375,17 +368,17 @@ class WorkerLinks:
                 os.unlink(r.target)
         except OSError as exc:  # a local failure (descriptors, disk): the stream's task or fetch fails
             r.abort()
-            r = LocallyRefused(r.header, f"the manager cannot write {r.name}: {exc.strerror or exc}", r.received)
+            r = DiscardingReceiver.instead_of(r, f"the manager cannot write {r.name}: {exc.strerror or exc}")
             size = r.finish()
         self._logs.transfer(link.id, "OUTPUT", r.name, size, 0, 0)
-        if isinstance(r, LocallyRefused) and rid is not None:
+        if isinstance(r, DiscardingReceiver) and rid is not None:
             fut = self._fetches.pop(rid, None)
             if fut is not None and not fut.done():
-                fut.set_exception(TransferError(r.refused))
+                fut.set_exception(TransferError(r.refused or f"the manager could not keep {r.name}"))
             return
-        if isinstance(r, (OutputWriter, LocallyRefused)) and r.refused is not None:
+        if isinstance(r, (OutputWriter, DiscardingReceiver)) and r.refused is not None:
             self._output_refused(link, r)
-        if (f is not None and f.kind == "file") or isinstance(r, LocallyRefused):
+        if (f is not None and f.kind == "file") or isinstance(r, DiscardingReceiver):
             return
         if isinstance(r, MemoryReceiver):
             data = r.data
@@ -436,7 +429,7 @@ class WorkerLinks:
         link.expected_stdout.pop(task_id, None)
         link.stdout_received.pop(task_id, None)
 
-    def _output_refused(self, link: WorkerLink, r: OutputWriter | LocallyRefused) -> None:
+    def _output_refused(self, link: WorkerLink, r: OutputWriter | DiscardingReceiver) -> None:
         """An output of a task could not be written where declared: that task fails (on_complete), not the worker."""
         tid = r.header.get("task")
         log.warning("task %s: %s", tid, r.refused)
@@ -657,32 +650,6 @@ class WorkerLinks:
         self._counters["bytes_sent_files"] += size
         self._counters["files_sent"] += 1
         self._logs.transfer(link.id, "INPUT", f.cache_name, size, int((time.time() - start) * 1e6), int(start * 1e6))
-
-
-class LocallyRefused:
-    """A stream the manager itself could not keep (no descriptor, no disk): its bytes are read and
-    dropped so the connection stays in step, and ``refused`` says why, for the task or fetch it was for."""
-
-    def __init__(self, header: Any, reason: str, received: int = 0) -> None:
-        self.header = header.header if isinstance(header, Frame) else header
-        self.name = str(self.header["name"])
-        self.size = int(self.header["size"])
-        self.received = received
-        self.refused: str | None = reason
-        self.target = ""
-
-    def chunk(self, frame: Frame) -> None:
-        self.received += len(frame.payload)
-        if self.received > self.size:
-            raise RemoteProtocolError(f"stream for {self.name} sent {self.received} bytes, announced {self.size}")
-
-    def finish(self) -> int:
-        if self.received != self.size:
-            raise TransferError(f"stream for {self.name} ended after {self.received} of {self.size} bytes")
-        return self.size
-
-    def abort(self) -> None:
-        pass
 
 
 STATUS_PAGE_BYTES = 256 << 10  # a status reply's rows go in frames of about this much JSON (the limit is MAX_HEADER)

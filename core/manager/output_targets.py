@@ -25,27 +25,25 @@ import stat
 import tarfile
 import tempfile
 
-from ..errors import RemoteProtocolError, TransferError
+from typing import IO
+
 from ..wire.protocol import Frame
+from ..wire.receive import StreamReceiver
 
 
-class OutputWriter:
-    """Receives one task output stream into its declared path, by the rules above.
+class OutputWriter(StreamReceiver):
+    """Receives one task output stream into its declared path, by the rules above (the stream's
+    size accounting is core.wire.receive's, as for every receiver).
 
     ``refused`` is None, or after ``finish`` (or already at the start) why the output was not written.
     """
 
     def __init__(self, begin: Frame, target: str) -> None:
-        self.name = str(begin["name"])
-        self.size = int(begin["size"])
-        self.is_dir = bool(begin.get("dir"))
-        self.mode = int(begin.get("mode") or 0o644) & 0o777  # permission bits only (no setuid from a peer)
-        self.header = begin.header
+        super().__init__(begin)
         self.target = os.path.abspath(target)
-        self.received = 0
         self.refused: str | None = None
         self.tmp = ""
-        self._fh = None
+        self._fh: IO[bytes] | None = None
         parent = os.path.dirname(self.target) or "."
         try:
             os.makedirs(parent, exist_ok=True)
@@ -56,25 +54,18 @@ class OutputWriter:
         except OSError as exc:
             self.refused = f"cannot write output {self.target}: {exc.strerror or exc}"
 
-    def chunk(self, frame: Frame) -> None:
-        self.received += len(frame.payload)
-        if self.received > self.size:
-            self.abort()
-            raise RemoteProtocolError(f"stream for {self.name} sent {self.received} bytes, announced {self.size}")
+    def _write(self, data: bytes) -> None:
         if self._fh is not None:
             try:
-                self._fh.write(frame.payload)
+                self._fh.write(data)
             except OSError as exc:  # a full disk here is this output's failure, not the worker's
                 self.refused = f"cannot write output {self.target}: {exc.strerror or exc}"
                 self._drop_tmp()
 
-    def finish(self) -> int:
-        """Write the output in place (or refuse it); returns the bytes received."""
-        if self.received != self.size:
-            self.abort()
-            raise TransferError(f"stream for {self.name} ended after {self.received} of {self.size} bytes")
+    def _complete(self) -> None:
+        """Write the output in place (or refuse it: ``refused`` says why)."""
         if self._fh is None:
-            return self.size
+            return
         try:
             self._fh.close()
             self._fh = None
@@ -83,9 +74,8 @@ class OutputWriter:
             self.refused = f"cannot write output {self.target}: {exc}"
         finally:
             self._drop_tmp()
-        return self.size
 
-    def abort(self) -> None:
+    def _discard(self) -> None:
         self._drop_tmp()
 
     # -- placing -------------------------------------------------------------------------------------

@@ -1,4 +1,7 @@
-"""An asyncio connection speaking the frame codec, plus the handshake and file streaming.
+"""An asyncio connection speaking the frame codec, plus the handshake and file sending.
+
+Receiving streams is core.wire.receive (its FileReceiver and MemoryReceiver are importable from
+here too).
 
 Used by the manager, the worker, the worker's transfer server and the tools, so that every peer
 authenticates and streams files the same way.
@@ -8,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import ssl as ssl_module
 import tarfile
 import tempfile
 
-from ..errors import LocalProtocolError, RemoteProtocolError, TransferError
+from ..errors import LocalProtocolError, RemoteProtocolError
 from .protocol import (
     CHUNK_SIZE,
     MAX_HEADER,
@@ -26,6 +28,7 @@ from .protocol import (
 )
 from . import messages as M
 from .handshake import ClientHandshake, ServerHandshake
+from .receive import FileReceiver, MemoryReceiver  # noqa: F401 - re-exported: receiving lives in core.wire.receive
 from .tls import close_stream
 
 READ_SIZE = 256 * 1024
@@ -282,100 +285,6 @@ async def send_bytes(conn: Connection, name: str, data: bytes, mode: int = 0o644
     conn.send(M.FileEnd(name))
     await conn.drain()
     return len(data)
-
-
-class FileReceiver:
-    """Writes one incoming file stream to ``target`` atomically (temp file, then rename).
-
-    Directory streams arrive as tar and are unpacked into ``target``.
-    """
-
-    def __init__(self, begin: Frame, target: str) -> None:
-        self.name = str(begin["name"])
-        self.size = int(begin["size"])
-        self.is_dir = bool(begin.get("dir"))
-        # Permission bits only: a peer must not make us create setuid/setgid files.
-        self.mode = int(begin.get("mode") or 0o644) & 0o777
-        self.header = begin.header
-        self.target = target
-        parent = os.path.dirname(os.path.abspath(target)) or "."
-        os.makedirs(parent, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(prefix=".vine-recv-", dir=parent)
-        self.fh = os.fdopen(fd, "wb")
-        self.received = 0
-
-    def chunk(self, frame: Frame) -> None:
-        self.fh.write(frame.payload)
-        self.received += len(frame.payload)
-        if self.received > self.size:
-            self.abort()
-            raise RemoteProtocolError(f"stream for {self.name} sent {self.received} bytes, announced {self.size}")
-
-    def finish(self) -> int:
-        self.fh.close()
-        if self.received != self.size:
-            self.abort()
-            raise TransferError(f"stream for {self.name} ended after {self.received} of {self.size} bytes")
-        _remove(self.target)
-        if self.is_dir:
-            os.makedirs(self.target)
-            try:
-                with tarfile.open(self.tmp) as tar:
-                    tar.extractall(self.target, filter="tar")
-            finally:
-                os.unlink(self.tmp)
-        else:
-            os.chmod(self.tmp, self.mode | 0o600)
-            os.replace(self.tmp, self.target)
-        return self.size
-
-    def abort(self) -> None:
-        try:
-            self.fh.close()
-        finally:
-            _remove(self.tmp)
-
-
-class MemoryReceiver:
-    """Collects one small incoming file stream in memory (``data`` once finished), for a receiver that
-    wants the bytes, not a file: saves creating, renaming, reading and removing a staging file."""
-
-    def __init__(self, begin: Frame) -> None:
-        self.name = str(begin["name"])
-        self.size = int(begin["size"])
-        self.header = begin.header
-        self.target = ""
-        self._parts: list[bytes] = []
-        self.received = 0
-        self.data = b""
-
-    def chunk(self, frame: Frame) -> None:
-        self._parts.append(frame.payload)
-        self.received += len(frame.payload)
-        if self.received > self.size:
-            self.abort()
-            raise RemoteProtocolError(f"stream for {self.name} sent {self.received} bytes, announced {self.size}")
-
-    def finish(self) -> int:
-        if self.received != self.size:
-            self.abort()
-            raise TransferError(f"stream for {self.name} ended after {self.received} of {self.size} bytes")
-        self.data = b"".join(self._parts)
-        self._parts = []
-        return self.size
-
-    def abort(self) -> None:
-        self._parts = []
-
-
-def _remove(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
 
 
 def path_size(path: str) -> int:

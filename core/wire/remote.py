@@ -24,11 +24,29 @@ A *result envelope* ``cloudpickle.dumps((MAGIC, ok, value_or_exception, tracebac
 function calls write (and the failure record is one with ``ok`` false). The ``MAGIC`` tag is what
 tells an envelope apart from a user's own data (TaskVine unwraps any dict with a ``"Result"`` key,
 REFERENCE §8.13); a return value that is itself a tuple starting with ``MAGIC`` is not supported.
+
+Three framings run between the worker and the processes this module runs (not the manager's wire
+protocol, core.wire.protocol: these never leave the host). Each has its encoder and its checking
+decoder here, used by both ends; what is cut short or is not a record raises :class:`FramingError`
+(a ValueError: this module cannot import core.errors) saying what was wrong.
+
+- **fork-server channel** (worker <-> core/worker/forkserver.py, a socketpair): one JSON object
+  per line, ``\n``-terminated. Worker -> server: a request ``{"id", "sandbox", "env", "stdout",
+  "python", ...}`` (:func:`decode_fork_request`). Server -> worker: ``{"id", "pid"}`` once forked,
+  then ``{"id", "status"[, "result": base64]}`` when it ended (:func:`decode_fork_reply`).
+  :func:`encode_fork_line` writes either.
+- **child result pipe** (fork-server child -> server): ``b"R"`` + uint64 big-endian length + the
+  result bytes (optional), then ``b"X"`` + int32 big-endian exit status, the last thing the child
+  writes (:func:`pipe_result`, :func:`pipe_exit`, :func:`parse_child_pipe`).
+- **library socket** (worker <-> library process, a unix socket): uint32 big-endian length + a
+  pickled dict with a string ``"op"``: worker -> library ``call`` / ``kill``, library -> worker
+  ``ready`` / ``failed`` / ``done`` (:func:`encode_library_message`, :class:`MessageReader`).
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import os
 import pickle
 import selectors
@@ -43,6 +61,12 @@ from typing import Any
 import cloudpickle
 
 MAGIC = "core.vine/result/1"
+
+
+class FramingError(ValueError):
+    """Bytes between the worker and its fork server, a fork-server child or a library process that
+    are not a whole record of their framing (module docstring)."""
+
 CONTEXT_MODULE = "vine_library_context"
 _LEN = struct.Struct(">I")
 
@@ -323,25 +347,48 @@ def pipe_exit(code: int) -> bytes:
     return _EXIT.pack(b"X", code & 0xFF)
 
 
+def _result_record(data: bytes) -> tuple[bytes | None, int]:
+    """The result record at the start of a child's pipe, if any: ``(result or None, where it ends)``."""
+    if data[:1] != b"R":
+        return None, 0
+    if len(data) < _RESULT_HEAD.size:
+        raise FramingError(f"result record cut short: {len(data)} bytes of its {_RESULT_HEAD.size}-byte head")
+    _, n = _RESULT_HEAD.unpack_from(data)
+    end = _RESULT_HEAD.size + n
+    if len(data) < end:
+        raise FramingError(f"result record cut short: {len(data) - _RESULT_HEAD.size} of its {n} bytes")
+    return bytes(data[_RESULT_HEAD.size:end]), end
+
+
+def parse_child_pipe(data: bytes) -> tuple[bytes | None, int]:
+    """``(result or None, exit status)`` from the whole of a finished child's pipe; FramingError if
+    it is not ``[R record] X record`` exactly (the child died, or something else wrote there)."""
+    result, pos = _result_record(data)
+    rest = data[pos:]
+    if not rest:
+        raise FramingError("no exit record: the child ended before it finished")
+    if rest[:1] != b"X":
+        raise FramingError(f"unknown record tag {rest[:1]!r} at byte {pos}")
+    if len(rest) != _EXIT.size:
+        raise FramingError(f"exit record of {len(rest)} bytes, not {_EXIT.size}"
+                           + (" (cut short)" if len(rest) < _EXIT.size else " (bytes follow it)"))
+    return result, _EXIT.unpack(rest)[1]
+
+
 def read_child_pipe(data: bytes) -> tuple[bytes | None, int | None]:
     """``(result or None, exit status or None)`` from everything a child wrote to its pipe.
 
     The status is there only if the child finished normally (the records are whole and nothing
-    follows them); otherwise the caller waits for the child's real exit status.
+    follows them); otherwise the caller waits for the child's real exit status, and a result
+    record that is whole is still used.
     """
-    pos, result = 0, None
-    if data[:1] == b"R":
-        if len(data) < _RESULT_HEAD.size:
-            return None, None
-        _, n = _RESULT_HEAD.unpack_from(data)
-        end = _RESULT_HEAD.size + n
-        if len(data) < end:
+    try:
+        return parse_child_pipe(data)
+    except FramingError:
+        try:
+            return _result_record(data)[0], None
+        except FramingError:
             return None, None  # cut short: the child died writing it
-        result, pos = bytes(data[_RESULT_HEAD.size:end]), end
-    rest = data[pos:]
-    if len(rest) == _EXIT.size and rest[:1] == b"X":
-        return result, _EXIT.unpack(rest)[1]
-    return result, None
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -353,31 +400,108 @@ def _write_all(fd: int, data: bytes) -> None:
 # --- library processes ---------------------------------------------------------------------------------
 
 
-def _frame(msg: dict[str, Any]) -> bytes:
+LIBRARY_MESSAGE_MAX = 1 << 30  # a call's inline arguments or result is at most ~1 MiB; this bounds a bad prefix
+
+
+def encode_library_message(msg: dict[str, Any]) -> bytes:
+    """One message of the library socket (module docstring): length prefix + pickled dict."""
     data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
     return _LEN.pack(len(data)) + data
 
 
+_frame = encode_library_message  # the library process's own name for it
+
+
 def send_message(sock: socket.socket, msg: dict[str, Any]) -> None:
-    sock.sendall(_frame(msg))
+    sock.sendall(encode_library_message(msg))
 
 
 class MessageReader:
-    """Splits a byte stream of length-prefixed pickled dicts into messages."""
+    """Splits a byte stream of the library socket into its messages (dicts with a string ``"op"``).
+
+    ``feed`` raises FramingError for a prefix over LIBRARY_MESSAGE_MAX, bytes that do not unpickle,
+    or a message that is not such a dict; after that the stream is lost. ``pending`` is the count of
+    bytes of a message not yet whole (not zero at the end of the stream: it was cut short).
+    """
 
     def __init__(self) -> None:
         self.buf = bytearray()
 
+    @property
+    def pending(self) -> int:
+        return len(self.buf)
+
     def feed(self, data: bytes) -> list[dict[str, Any]]:
         self.buf += data
         out = []
-        while len(self.buf) >= 4:
+        while len(self.buf) >= _LEN.size:
             (n,) = _LEN.unpack_from(self.buf)
-            if len(self.buf) < 4 + n:
+            if n > LIBRARY_MESSAGE_MAX:
+                raise FramingError(f"library message of {n} bytes announced, over {LIBRARY_MESSAGE_MAX}")
+            if len(self.buf) < _LEN.size + n:
                 break
-            out.append(pickle.loads(bytes(self.buf[4:4 + n])))
-            del self.buf[:4 + n]
+            body = bytes(self.buf[_LEN.size:_LEN.size + n])
+            del self.buf[:_LEN.size + n]
+            try:
+                msg = pickle.loads(body)
+            except Exception as exc:  # noqa: BLE001 - whatever unpickling raises, the stream is garbage
+                raise FramingError(f"library message of {n} bytes does not unpickle: {type(exc).__name__}: {exc}") from None
+            if type(msg) is not dict or type(msg.get("op")) is not str:
+                raise FramingError(f"library message is {type(msg).__name__} {repr(msg)[:60]}, not a dict with an 'op'")
+            out.append(msg)
         return out
+
+
+# --- the fork-server channel -----------------------------------------------------------------------------
+
+
+def encode_fork_line(msg: dict[str, Any]) -> bytes:
+    """One line of the fork-server channel (module docstring). JSON never holds a raw newline."""
+    return json.dumps(msg, separators=(",", ":")).encode() + b"\n"
+
+
+def _fork_line(line: bytes, what: str) -> dict[str, Any]:
+    try:
+        msg = json.loads(line)
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise FramingError(f"fork-server {what} is not JSON: {exc}") from None
+    if type(msg) is not dict:
+        raise FramingError(f"fork-server {what} is a {type(msg).__name__}, not an object")
+    if type(msg.get("id")) is not int:
+        raise FramingError(f"fork-server {what} has id {msg.get('id')!r}, not an integer")
+    return msg
+
+
+_REQUEST_FIELDS = {"sandbox": str, "env": dict, "stdout": str, "python": dict}
+
+
+def decode_fork_request(line: bytes) -> dict[str, Any]:
+    """A request line from the worker, its fields checked (FramingError names the first wrong one)."""
+    msg = _fork_line(line, "request")
+    for name, kind in _REQUEST_FIELDS.items():
+        if type(msg.get(name)) is not kind:
+            raise FramingError(f"fork-server request {msg['id']} has {name} {repr(msg.get(name))[:60]}, not a {kind.__name__}")
+    return msg
+
+
+def decode_fork_reply(line: bytes) -> tuple[int, int | None, int | None, bytes | None]:
+    """``(task id, pid, None, None)`` for a started child, ``(task id, None, status, result or None)``
+    for an ended one; FramingError for anything else."""
+    msg = _fork_line(line, "reply")
+    tid = msg["id"]
+    if "pid" in msg:
+        if type(msg["pid"]) is not int:
+            raise FramingError(f"fork-server reply for task {tid} has pid {msg['pid']!r}, not an integer")
+        return tid, msg["pid"], None, None
+    if type(msg.get("status")) is not int:
+        raise FramingError(f"fork-server reply for task {tid} has neither a pid nor an integer status")
+    result = msg.get("result")
+    if result is None:
+        return tid, None, msg["status"], None
+    try:
+        return tid, None, msg["status"], base64.b64decode(result, validate=True)
+    except (TypeError, ValueError) as exc:
+        raise FramingError(f"fork-server reply for task {tid} has a result that is not base64: {exc}") from None
 
 
 def load_variable_from_library(name: str) -> Any:

@@ -27,7 +27,10 @@ What makes a small task cost about a fork (all optional in a request, each falli
   server reports the task then, instead of after the kernel has torn the child down (a few ms of
   every small task's latency); a child that dies without that record is reported from ``waitpid``.
 
-The channel is a socketpair inherited by the server (never its stdout, which children reuse).
+The channel is a socketpair inherited by the server (never its stdout, which children reuse); its
+framing (a JSON object per line) and that of the child's result pipe are described, encoded and
+checked in core.wire.remote (``encode_fork_line``, ``decode_fork_request``, ``decode_fork_reply``,
+``pipe_result``/``pipe_exit``/``read_child_pipe``): a line that is not one raises ``FramingError``.
 If the server dies, pending tasks fail with status -9 and the next task starts a new server.
 
 A task may name *warm imports* (``PythonTask.set_warm_imports``): modules the server imports once,
@@ -42,7 +45,6 @@ import asyncio
 import base64
 import gc
 import importlib
-import json
 import os
 import selectors
 import signal
@@ -50,6 +52,8 @@ import socket
 import subprocess
 import sys
 from typing import Any, Callable
+
+from ..wire.remote import decode_fork_reply, encode_fork_line
 
 INLINE_RESULT_LIMIT = 1 << 20  # larger results go to the task's result file
 FUNCTION_CACHE_MAX = 128  # functions kept unpickled in the server (least recently used dropped first)
@@ -83,7 +87,7 @@ def serve(fd: int) -> int:
     outgoing: list[bytes] = []  # replies of one select round, sent in one write (one wake-up of the worker)
 
     def reply(msg: dict[str, Any]) -> None:
-        outgoing.append(json.dumps(msg).encode() + b"\n")
+        outgoing.append(_remote.encode_fork_line(msg))
 
     def read_result(pid: int, final: bool) -> None:
         fd, got = results[pid]
@@ -163,7 +167,7 @@ def serve(fd: int) -> int:
                 buf += data
                 while b"\n" in buf:
                     line, buf = buf.split(b"\n", 1)
-                    request = json.loads(line)
+                    request = _remote.decode_fork_request(line)  # a bad line ends the server (FramingError)
                     _warm_imports(request.get("python") or {}, warmed)
                     request["function_object"] = _load_function(request, functions)
                     result_fd = -1
@@ -306,18 +310,18 @@ class ForkServer:
                 line = await reader.readline()
                 if not line:
                     break
-                msg = json.loads(line)
-                tid = msg["id"]
-                if "pid" in msg:
+                tid, pid, status, result = decode_fork_reply(line)  # FramingError (a ValueError) ends the channel
+                if pid is not None:
                     fut = self._started.pop(tid, None)
                     if fut is not None and not fut.done():
-                        fut.set_result(int(msg["pid"]))
+                        fut.set_result(pid)
                 else:
                     fut = self._exited.pop(tid, None)
                     if fut is not None and not fut.done():
-                        if "result" in msg:
-                            self._results[tid] = base64.b64decode(msg["result"])
-                        fut.set_result(int(msg["status"]))
+                        if result is not None:
+                            self._results[tid] = result
+                        assert status is not None
+                        fut.set_result(status)
         except (OSError, ValueError, asyncio.CancelledError):
             pass
         finally:
@@ -358,7 +362,7 @@ class ForkServer:
         self._exited[task_id] = exited
         request = {"id": task_id, "sandbox": sandbox, "env": env, "stdout": stdout, "python": python, **fast}
         assert self._writer is not None
-        self._writer.write(json.dumps(request).encode() + b"\n")
+        self._writer.write(encode_fork_line(request))
         try:
             pid = await asyncio.shield(started)
         except asyncio.CancelledError:

@@ -37,7 +37,6 @@ import psutil
 from .. import constants as C
 from ..wire.connection import (
     Connection,
-    FileReceiver,
     client_handshake,
     open_connection,
     path_size,
@@ -46,6 +45,7 @@ from ..wire.connection import (
 from ..errors import AuthenticationError, ProtocolError, TransferError
 from .monitor import Usage, exceeded, sample
 from ..wire import messages as M
+from ..wire.receive import FileReceiver, IncomingStreams
 from ..wire.protocol import CHUNK_SIZE, Frame, pages_of
 from ..wire.tls import GatedListener, TLSSetupError, client_context, self_signed_server_context, start_gated_server
 from .python import WorkerPythonMixin
@@ -128,7 +128,7 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
         self.reaper: TaskReaper | None = None  # kills this worker's task processes if it dies (main)
         self.pending: dict[str, asyncio.Future[bool]] = {}  # names on their way into the cache
         self.drop_on_arrival: set[str] = set()  # pending names nothing here needs any more (WorkerCache._cache_ready)
-        self.receivers: dict[str, FileReceiver] = {}
+        self.receivers = IncomingStreams()  # files streaming in from the manager
         self.last_work = time.monotonic()
         self.end_time = time.time() + args.wall_time if args.wall_time else 0.0
         self.transfer_server: GatedListener | None = None
@@ -276,9 +276,7 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
             self._cleanup_task(rt)
         self.tasks.clear()
         self.committed = dict.fromkeys(self.committed, 0.0)
-        for r in self.receivers.values():
-            r.abort()
-        self.receivers.clear()
+        self.receivers.abort_all()
         for fut in self.pending.values():
             if not fut.done():
                 fut.set_result(False)
@@ -347,18 +345,13 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
     def _handle(self, frame: Frame) -> None:
         msg = frame.message
         if isinstance(msg, M.FileChunk):  # first: most frames of a big input are its chunks
-            r = self.receivers.get(msg.name)
-            if r is None:
-                raise ProtocolError(f"chunk for {msg.name} without file_begin")
-            r.chunk(frame)
+            self.receivers.chunk(frame)
         elif isinstance(msg, M.FileBegin):
             self.drop_on_arrival.discard(msg.name)
             self._expect(msg.name)
-            self.receivers[msg.name] = FileReceiver(frame, self.cache_path(msg.name))
+            self.receivers.begin(FileReceiver(frame, self.cache_path(msg.name)))
         elif isinstance(msg, M.FileEnd):
-            r = self.receivers.pop(msg.name, None)
-            if r is None:
-                raise ProtocolError(f"file_end for {msg.name} without file_begin")
+            r = self.receivers.end(msg.name)
             try:
                 r.finish()
             except TransferError as exc:

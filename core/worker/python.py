@@ -23,7 +23,6 @@ import base64
 import functools
 import logging
 import os
-import pickle
 import secrets
 import shlex
 import sys
@@ -31,7 +30,7 @@ import time
 from typing import TYPE_CHECKING, Any, Coroutine
 
 from .. import constants as C
-from ..wire.remote import _LEN, MessageReader
+from ..wire.remote import FramingError, MessageReader, encode_library_message
 from ..wire import messages as M
 from ..wire.connection import send_bytes
 from .forkserver import ForkServer
@@ -70,10 +69,9 @@ class LibraryProcess:
         """Queue a message; those of one event-loop turn reach the library in one write."""
         if self.dead or self.writer is None:
             return False
-        data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
         if not self._outgoing:
             asyncio.get_running_loop().call_soon(self._flush)
-        self._outgoing.append(_LEN.pack(len(data)) + data)
+        self._outgoing.append(encode_library_message(msg))  # the library socket's framing (core.wire.remote)
         return True
 
     def _flush(self) -> None:
@@ -450,7 +448,9 @@ class WorkerPythonMixin:
                             if msg.get("result") is not None:
                                 inst.results[int(msg["id"])] = msg["result"]
                             fut.set_result(int(msg["status"]))
-        except (OSError, ValueError, pickle.UnpicklingError, asyncio.CancelledError) as exc:
+        except (OSError, FramingError, ValueError, KeyError, TypeError, asyncio.CancelledError) as exc:
+            # FramingError: bytes that are not the library socket's framing; the others: a message
+            # without the fields its op has. Either way that library instance only is dropped.
             log.info("library %s: connection ended: %s", inst.name, exc)
         finally:
             inst.die()

@@ -19,7 +19,8 @@ from typing import Any
 
 from .. import constants as C
 from ..wire import messages as M
-from ..wire.connection import Connection, FileReceiver, MemoryReceiver, client_handshake, open_connection, send_bytes, send_path, server_handshake
+from ..wire.receive import FileReceiver, MemoryReceiver
+from ..wire.connection import Connection, client_handshake, open_connection, send_bytes, send_path, server_handshake
 from ..errors import AuthenticationError, ProtocolError, TransferError
 from ..wire.preauth import leave_preauth_gate
 

@@ -29,3 +29,11 @@ def test_ruff_finds_no_errors():
 def test_mypy_on_the_pure_modules():
     out = _run("mypy", *PURE)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.timeout(240)
+def test_mypy_strict_on_the_wire():
+    """The wire package (messages, codec, handshake, receiving, the remote framings) passes
+    ``mypy --strict`` (issue 11 point 7)."""
+    out = _run("mypy", "--strict", "core/wire")
+    assert out.returncode == 0, out.stdout + out.stderr
