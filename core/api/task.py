@@ -137,15 +137,27 @@ class Task:
     arguments, each calling the same-named setter.
     """
 
-    # A million queued tasks must fit in memory: the fixed attributes live in slots. "__dict__" keeps
+    # A million queued tasks must fit in memory: what every task sets lives in slots. "__dict__" keeps
     # attributes a user or a subclass adds working (the dict is only made when one is set).
     __slots__ = (
         "_command", "inputs", "outputs", "env", "features", "environments", "requested", "_tag", "_category",
-        "_priority", "max_retries", "max_forsaken", "time_start", "time_end", "time_max", "time_min", "scheduler",
-        "library_required", "library_provided", "monitor_output", "snapshot_file", "_output_refused", "_result",
-        "_exit_code", "_stdout", "_hostname", "_addrport", "_allocated", "_measured", "_limits", "_manager", "_id",
-        "_state", "_submit_time", "_done_time", "_metrics", "__dict__", "__weakref__",
+        "_priority", "max_retries", "_result", "_exit_code", "_stdout", "_hostname", "_addrport", "_allocated",
+        "_measured", "_limits", "_manager", "_id", "_state", "_submit_time", "_done_time", "_metrics", "__dict__",
+        "__weakref__",
     )
+
+    # Options few plain tasks set: read from these class defaults until a setter stores the task's own.
+    max_forsaken = -1
+    time_start = 0  # epoch microseconds
+    time_end = 0
+    time_max = 0  # seconds
+    time_min = 0
+    scheduler: str | None = None
+    library_required: str | None = None
+    library_provided: str | None = None
+    monitor_output: str | None = None
+    snapshot_file: str | None = None
+    _output_refused: str | None = None  # why an output was not written at its path (core/manager/output_targets.py)
 
     def __init__(self, command: str, **task_info: Any) -> None:
         if isinstance(command, dict):
@@ -165,17 +177,6 @@ class Task:
         self._category = "default"
         self._priority = 0.0
         self.max_retries = 0  # <=0: TaskVine's "unlimited" for exhaustion retries; bounded by the manager
-        self.max_forsaken = -1
-        self.time_start = 0  # epoch microseconds
-        self.time_end = 0
-        self.time_max = 0  # seconds
-        self.time_min = 0
-        self.scheduler: str | None = None
-        self.library_required: str | None = None
-        self.library_provided: str | None = None
-        self.monitor_output: str | None = None
-        self.snapshot_file: str | None = None
-        self._output_refused: str | None = None  # why an output was not written at its path (core/manager/output_targets.py)
         self._reset_outcome()
         self._manager: TaskHost | None = None
         self._id = 0
