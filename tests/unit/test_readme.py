@@ -523,7 +523,8 @@ RUN_HERE: tuple[RunHere, ...] = (
     RunHere(("vine_benchmark", "dask-sum", "dask-chain", "dask-array", "--vs", "threaded", "--repeat", "1"), 180, r"dask-array"),
     RunHere(("python", "-m", "core.tools.bench_sandbox", "--tasks", "20"), 180, r'"op": "tasks"'),
     RunHere(("python", "-m", "core.tools.quickstart"), 180, r"done in [\d.]+s with \d+ workers, 0 failures", json_rows=False),
-    RunHere(("vine_benchmark", "std", "-n", "60"), 120, r'"workload": "std"'),
+    RunHere(("vine_benchmark", "std", "chain", "queue-mem", "-n", "60", "--chain-length", "20", "--queue-tasks", "2000"), 180,
+            r'"workload": "queue-mem"'),
 )
 
 
