@@ -6,7 +6,8 @@ Used by tests/notebooks/test_notebooks.py, and runnable by hand::
     .venv/bin/python tests/notebooks/run_notebooks.py notebooks/01-quickstart.ipynb --save-executed out/
     .venv/bin/python tests/notebooks/run_notebooks.py --keep-workdir /tmp/nb     # keep logs and files
 
-Each notebook runs in a kernel of this Python (kernel name ``python3``, ipykernel's own spec),
+Each notebook runs in a kernel of this Python (kernel name ``python3``: ipykernel's spec, whose
+``python`` jupyter_client replaces with this interpreter; this venv's ``bin`` comes first on PATH),
 with a fresh temporary directory as its working directory, cell after cell, under one deadline
 for the whole notebook. A cell that raises stops the run (nbclient's ``CellExecutionError``).
 
@@ -14,7 +15,9 @@ While it runs, a watcher thread samples the kernel's descendant processes every 
 remembers each one (workers, factories, libraries, Parsl's processes). After the last cell,
 with the kernel still alive, anything it remembered that still runs was left behind by the
 notebook: the run reports it, then kills it, so neither a failing nor a leaky notebook leaves
-processes on the machine.
+processes on the machine. The kernel's environment also carries ``VINE_NOTEBOOK_RUN=<id>``; once
+the kernel has shut down, any process still carrying it (one that left the kernel's tree by a
+double fork, say) is left behind too, and killed.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 
 import nbformat
@@ -39,6 +43,9 @@ NOTEBOOK_DIR = os.path.join(REPO, "notebooks")
 # A process the notebook's last cell told to stop may take a moment to be gone (a worker that
 # was told to exit finishes its frame and removes its workspace). Past this it was left behind.
 EXIT_GRACE_S = 5.0
+
+# The environment variable that marks the kernel and everything it starts.
+MARKER_VARIABLE = "VINE_NOTEBOOK_RUN"
 
 # run.summary() of every notebook executed in this process (printed at the end of a pytest run).
 RUN_SUMMARIES: list[str] = []
@@ -157,7 +164,12 @@ def run_notebook(path: str, workdir: str, timeout: float = 240.0, record: bool =
     client.reset_execution_trackers()
     start = time.monotonic()
     deadline = start + timeout
-    with client.setup_kernel(env=kernel_env(), cwd=workdir):
+    # Every process the kernel starts inherits this variable (unless a program clears its children's
+    # environment), so one that escaped the kernel's tree (double-forked, reparented) is found too.
+    marker = uuid.uuid4().hex
+    env = kernel_env()
+    env[MARKER_VARIABLE] = marker
+    with client.setup_kernel(env=env, cwd=workdir):
         pid = client.km.provisioner.pid  # type: ignore[union-attr]
         run.kernel_executable = psutil.Process(pid).cmdline()[0]
         watcher = DescendantWatcher(pid)
@@ -186,9 +198,25 @@ def run_notebook(path: str, workdir: str, timeout: float = 240.0, record: bool =
             run.seen = watcher.snapshot()
             run.left_behind = _left_behind(run.seen)
             _kill(run.left_behind)
+    # The kernel has shut down: whatever still carries the marker outlived the notebook and its kernel.
+    strays = _left_behind(marked_processes(marker))
+    _kill(strays)
+    run.left_behind += [p for p in strays if all(p.process.pid != q.process.pid for q in run.left_behind)]
     if record:
         RUN_SUMMARIES.append(run.summary())
     return run
+
+
+def marked_processes(marker: str) -> list[SeenProcess]:
+    """Running processes whose environment holds ``MARKER_VARIABLE=marker``."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid != os.getpid() and proc.environ().get(MARKER_VARIABLE) == marker:
+                found.append(SeenProcess(proc, proc.cmdline()))
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            continue
+    return found
 
 
 def _left_behind(seen: list[SeenProcess]) -> list[SeenProcess]:

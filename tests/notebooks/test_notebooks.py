@@ -126,6 +126,18 @@ def test_runner_finds_and_kills_a_worker_left_behind(tmp_path):
 
 
 @pytest.mark.notebooks
+@pytest.mark.timeout(120)
+def test_runner_finds_a_process_that_left_the_kernels_tree(tmp_path):
+    # sh starts the sleep in the background and exits at once: the sleep is reparented, never the kernel's descendant.
+    cell = "import subprocess\nsubprocess.run(['sh', '-c', 'sleep 300 >/dev/null 2>&1 &'], check=True)"
+    path = _write_notebook(tmp_path / "escaped.ipynb", [cell])
+    run = run_notebook(path, str(tmp_path), timeout=60, record=False)
+    assert run.error is None, str(run.error)
+    escaped = [p for p in run.left_behind if p.cmdline[:2] == ["sleep", "300"]]
+    assert len(escaped) == 1 and not escaped[0].running()
+
+
+@pytest.mark.notebooks
 @pytest.mark.timeout(60)
 def test_runner_enforces_the_notebook_budget(tmp_path):
     path = _write_notebook(tmp_path / "slow.ipynb", ["import time\ntime.sleep(60)"])
