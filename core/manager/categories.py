@@ -22,14 +22,21 @@ if TYPE_CHECKING:
     from ..state.scheduler import SchedulerState
 
 
-class CategoryMethods:
-    """Mixed into :class:`core.Manager`. Every setter applies to tasks not yet dispatched, too."""
+class CategorySettings:
+    """The Manager's category methods, as a member of :class:`core.Manager` (which delegates to it).
 
-    _state: SchedulerState
-    _logs: RunLogs
-    _monitoring: dict[str, Any] | None
-    _call: Callable[..., Any]
-    enable_monitoring: Callable[..., None]
+    Every setter applies to tasks not yet dispatched, too. The manager lends it the scheduler state,
+    its logs, its ``call`` (into the I/O thread), and two views of its monitoring setting: whether
+    monitoring is on, and how to turn it on (the automatic modes need measurements).
+    """
+
+    def __init__(self, state: SchedulerState, logs: RunLogs, call: Callable[..., Any],
+                 monitoring_on: Callable[[], bool], enable_monitoring: Callable[[], None]) -> None:
+        self._state = state
+        self._logs = logs
+        self._call = call
+        self._monitoring_on = monitoring_on
+        self.enable_monitoring = enable_monitoring
 
     def set_category_resources_max(self, category: str, rmd: Mapping[str, float] | None) -> None:
         """The most a task of ``category`` may use, e.g. ``{"cores": 2, "memory": 1024}`` (MB).
@@ -71,7 +78,7 @@ class CategoryMethods:
         number = mode_number(mode)
         if category is not None and not isinstance(category, str):
             raise TypeError(f"set_category_mode: category must be a name (str) or None for the default, not {category!r}")
-        if number != C.VINE_ALLOCATION_MODE_FIXED and self._monitoring is None:
+        if number != C.VINE_ALLOCATION_MODE_FIXED and not self._monitoring_on():
             self.enable_monitoring()
             self._logs.debug(f"category mode {mode_name(number)!r} measures tasks: monitoring turned on")
 
@@ -92,7 +99,7 @@ class CategoryMethods:
             return cat.describe(book.mode_of(cat), int(self._state.tuning["category-steady-n-tasks"]))
         return dict(self._call(describe))
 
-    def _category_status(self) -> list[dict[str, Any]]:
+    def status(self) -> list[dict[str, Any]]:
         """``status("categories")``: every configured category and every category of a task the
         manager holds, with its running and waiting counts (runs in the I/O thread)."""
         book = self._state.categories

@@ -11,21 +11,25 @@
 
 Sockets belong to one I/O thread, so workers are served (keepalives, results, transfers) while the
 user's thread is busy; every decision is made by the pure :class:`SchedulerState`.
+
+The Manager is the public API over members, each lent what it uses when it is made: ``_io``
+(:class:`IOThread`: the loop, ``call``, ``post``), ``_worker_links`` (:class:`WorkerLinks`: the
+connections), ``_libraries`` (:class:`ManagerLibraries`), ``_categories`` (:class:`CategorySettings`),
+``_worker_controls`` (:class:`WorkerControls`), sharing one ``_settings`` (:class:`ManagerSettings`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import concurrent.futures
 import logging
-import math
 import os
 import shutil
-import socket
-import ssl as ssl_module
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any, Callable
 
 from .. import constants as C
@@ -33,17 +37,19 @@ from ..wire import messages as M
 from . import exit_guard
 from ..deploy.catalog import DEFAULT_INTERVAL as CATALOG_UPDATE_INTERVAL
 from ..deploy.catalog import Registration as CatalogRegistration
-from .categories import CategoryMethods
-from ..errors import ManagerError, TaskError, TuneError
-from ..api.files import File, check_local_path
-from .functional import FunctionalMixin
-from .libraries import LibraryManagerMixin
+from .categories import CategorySettings
+from ..errors import ManagerError, TaskError
+from ..api.files import File
+from ..api.library import LibraryTask
+from . import declarations, functional
+from .io_thread import IOThread
+from .libraries import ManagerLibraries, create_library, environment_file
 from .links import WorkerLink, WorkerLinks
 from .logs import RunLogs
-from .metrics import ManagerMetrics, io_thread_cpu_us, performance_columns
+from .metrics import ManagerMetrics, manager_stats
+from .settings import ManagerSettings, Stats, bind_port, catalog_fields, checked_tune, tls_context
 from .status_display import StatusDisplay, check_status_interval
 from ..state.scheduler import (
-    DEFAULT_TUNING,
     Event,
     FileUndeclared,
     Instruction,
@@ -59,84 +65,24 @@ from ..state.scheduler import (
 )
 from ..api.specs import task_spec
 from ..api.task import Task
-from ..wire.tls import TLSSetupError, self_signed_server_context, start_gated_server
+from ..wire.tls import start_gated_server
 from .worker_controls import WorkerControls
 
 log = logging.getLogger("core.manager")
 
-# Tune parameters accepted (REFERENCE §4). Those the scheduler reads live in its tuning table; the
-# rest are stored so TaskVine programs run unchanged, and documented as having no effect yet.
-KNOWN_TUNES = {
-    "attempt-schedule-depth", "category-steady-n-tasks", "disconnect-slow-worker-factor",
-    "option-blocklist-slow-workers-timeout", "hungry-minimum", "hungry-minimum-factor", "immediate-recovery",
-    "keepalive-interval", "keepalive-timeout", "short-timeout", "long-timeout", "max-retrievals",
-    "worker-retrievals", "min-transfer-timeout", "transfer-outlier-factor", "default-transfer-rate",
-    "monitor-interval", "prefer-dispatch", "proportional-resources", "proportional-whole-tasks",
-    "force-proportional-resources", "force-proportional-whole-tasks", "ramp-down-heuristic",
-    "resource-submit-multiplier", "asynchrony-multiplier", "disk-proportion-available-to-task",
-    "temp-replica-count", "transfer-temps-recovery", "clean-redundant-replicas", "shift-disk-load",
-    "transfer-replica-per-cycle", "transient-error-interval", "wait-for-workers", "max-workers",
-    "file-source-max-transfers", "worker-source-max-transfers", "perf-log-interval", "update-interval",
-    "resource-management-interval", "max-task-stdout-storage", "max-new-workers", "load-from-shared-filesystem",
-    "large-task-check-interval", "enforce-worker-eviction-interval", "watch-library-logfiles",
-    "sandbox-grow-factor", "max-library-retries", "task-groups", "max-task-attempts", "handshake-timeout",
-    "library-queue-depth", "peer-transfers", "call-pipelining",
-}
-KNOWN_TUNES |= set(DEFAULT_TUNING)  # every parameter the scheduler reads can be tuned
 
-TUNE_ALIASES = {
-    "asynchrony-multiplier": "resource-submit-multiplier",
-    "force-proportional-resources": "proportional-resources",
-    "force-proportional-whole-tasks": "proportional-whole-tasks",
-}
+def _delegate(member: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    """A Manager method that calls ``method`` on the member named ``member``; it keeps the member's
+    signature and docstring (one text, next to the code it describes)."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    def delegated(self: Manager, *args: Any, **kwargs: Any) -> Any:
+        return getattr(getattr(self, member), name)(*args, **kwargs)
+    return delegated
 
 
-class Stats:
-    """Manager counters under TaskVine's performance-log names (missing ones read as 0)."""
-
-    def __init__(self, values: dict[str, float]) -> None:
-        self._values = values
-
-    def __getattr__(self, name: str) -> float:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        v = self._values.get(name, 0)
-        return int(v) if isinstance(v, float) and v.is_integer() else v
-
-    def __repr__(self) -> str:
-        return f"Stats({self._values})"
-
-    def as_dict(self) -> dict[str, float]:
-        return dict(self._values)
-
-
-def _bind(port: Any) -> socket.socket:
-    if isinstance(port, (list, tuple)):
-        lo, hi = int(port[0]), int(port[1])
-        candidates = list(range(lo, hi + 1))
-    else:
-        from ..wire.ports import port_candidates
-
-        candidates = port_candidates(int(port))  # port 0: TCP_LOW_PORT..TCP_HIGH_PORT if set (set_port_range)
-    last: OSError | None = None
-    for p in candidates:
-        # proto=IPPROTO_TCP, not the default 0: asyncio turns Nagle's algorithm off (TCP_NODELAY)
-        # only on sockets that say they are TCP, and accepted sockets inherit this one's proto.
-        # With Nagle on, every other small frame to a worker waited ~40 ms for a delayed ACK.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("0.0.0.0", p))
-            sock.listen(512)
-            sock.setblocking(False)
-            return sock
-        except OSError as exc:
-            sock.close()
-            last = exc
-    raise ManagerError(f"cannot listen on port {port}: {last}; choose another port, or port=0 for any free one")
-
-
-class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods, WorkerControls):
+class Manager:
     """Submit tasks and wait for their results; workers connect to ``port`` (``vine_worker HOST PORT``).
 
     ``Manager(port=0)`` listens on any free port (``m.port`` tells which). With ``name=`` the
@@ -167,12 +113,12 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
     ) -> None:
         self._closed = True
         status_display_interval = check_status_interval(status_display_interval)  # before the port is bound
-        self._sock = _bind(port)
+        self._sock = bind_port(port)
         self._port = self._sock.getsockname()[1]
-        self._name = name
+        self._settings = ManagerSettings(self._port, name)  # shared with the members below
         self._shutdown = shutdown
         try:
-            self._ssl_context = self._make_ssl(ssl)
+            self._ssl_context = tls_context(ssl)
         except BaseException:
             self._sock.close()  # a bad ssl argument must not leave the port bound
             raise
@@ -181,8 +127,6 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
         os.makedirs(self._staging, exist_ok=True)
         self._state = SchedulerState()
         self._tune_values: dict[str, float] = {}
-        self._monitoring: dict[str, Any] | None = None
-        self._password: bytes | None = None
         self._properties: dict[str, str] = {}
         self._tasks: dict[int, Task] = {}
         self._next_id = 1
@@ -192,22 +136,26 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
         self._outstanding = 0
         self._done: collections.OrderedDict[int, Task] = collections.OrderedDict()
         self._cond = threading.Condition()
-        self._inbox: collections.deque[Event] = collections.deque()
-        self._kick_pending = False
         self._notify_pending = False
         self._perf_check_at = 0.0  # the tick collects stats for the performance log again from then (_performance_tick)
         self._links: dict[str, WorkerLink] = {}
-        self._fetches: dict[int, concurrent.futures.Future[bytes]] = {}
-        self._fetch_ids = iter(range(1, 1 << 62))
         self._counters: dict[str, float] = collections.defaultdict(float)
         self._catalog: CatalogRegistration | None = None
         self._metrics = ManagerMetrics()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run_loop, name=f"vine-manager-{self._port}", daemon=True)
-        started = threading.Event()
-        self._started = started
-        self._thread.start()
-        started.wait()
+        self._io = IOThread(f"vine-manager-{self._port}", self._apply, lambda: self._closed)  # started below
+        self._loop, self._thread, self._call, self._post = self._io.loop, self._io.thread, self._io.call, self._io.post
+        # Members, each lent what it needs (they share these objects with the manager, never the manager itself).
+        self._libraries = ManagerLibraries(self._state, self._logs, os.path.join(self._logs.run_dir, "library-logs"),
+                                           self._remember, self._post, self._call, self._apply)
+        self._categories = CategorySettings(self._state, self._logs, self._call, lambda: self._settings.monitoring is not None,
+                                            self.enable_monitoring)
+        self._worker_links = WorkerLinks(self._settings, self._state, self._logs, self._metrics, self._links, self._counters,
+                                         self._tasks, self._files, self._staging, self._libraries, self._categories,
+                                         apply=self._apply, call=self._call, collect_stats=self._collect_stats,
+                                         lineage=self._lineage)
+        self._worker_controls = WorkerControls(self._state, self._links, self._counters, self._tune_values, self._logs,
+                                               self._metrics, self._loop, self._call, self._apply)
+        self._io.start(self._start_io, self._io_ended)
         if status_display_interval is not None:
             self._status_display = StatusDisplay.for_manager(self, status_display_interval)
         self._closed = False
@@ -231,7 +179,7 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
 
     @property
     def name(self) -> str | None:
-        return self._name
+        return self._settings.name
 
     @property
     def prometheus_port(self) -> int | None:
@@ -262,35 +210,6 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
     @property
     def stats(self) -> Stats:
         return Stats(self._call(self._collect_stats))
-
-    def _make_ssl(self, ssl: Any) -> ssl_module.SSLContext | None:
-        """TLS for worker connections: ``(key, cert)`` PEM paths, or True for a self-signed pair made for this run.
-
-        ``None``, False and ``(None, None)`` mean plain TCP (TaskVine programs pass their optional
-        ``--ssl_key``/``--ssl_cert`` arguments straight through).
-        """
-        if not ssl:
-            return None
-        if ssl is True:
-            try:
-                # The key lives in the context only: no private key is left behind in /tmp.
-                return self_signed_server_context()
-            except TLSSetupError as exc:
-                raise ManagerError(f"ssl=True: {exc}, or pass ssl=(key_file, cert_file)") from exc
-        try:
-            key, cert = ssl
-        except (TypeError, ValueError):
-            raise ValueError("ssl must be True or a (key_file, cert_file) pair") from None
-        if key is None and cert is None:
-            return None
-        if key is None or cert is None:
-            raise ValueError(f"ssl=(key_file, cert_file) needs both files or neither; got key={key!r}, cert={cert!r}")
-        ctx = ssl_module.SSLContext(ssl_module.PROTOCOL_TLS_SERVER)
-        try:
-            ctx.load_cert_chain(cert, key)
-        except (OSError, ssl_module.SSLError) as exc:
-            raise ManagerError(f"cannot load TLS key {key} / certificate {cert}: {exc}") from exc
-        return ctx
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def __enter__(self) -> Manager:
@@ -324,7 +243,7 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
             log.debug("shutdown: %s", exc)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
-        self._logs.close(self._collect_stats(), self._name)
+        self._logs.close(self._collect_stats(), self._settings.name)
         shutil.rmtree(self._logs.staging_dir, ignore_errors=True)
         with self._cond:
             self._cond.notify_all()
@@ -333,23 +252,14 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
         """Write every buffered log record now (core.manager.exit_guard, before a program's signal handler)."""
         self._logs.flush()
 
-    def _run_loop(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._start_io())
-        self._started.set()
-        self._loop.run_forever()
-        pending = asyncio.all_tasks(self._loop)
-        for t in pending:
-            t.cancel()
-        self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        self._loop.close()
+    def _io_ended(self) -> None:
         self._metrics.busy["io_cpu"] = time.thread_time() * 1e6  # all of it, for the last performance row
 
     async def _start_io(self) -> None:
         # Not asyncio.start_server: the gated listener refuses plain TCP on a TLS port (and TLS on a
         # plain one) with a log line and a reason the client can read (core.wire.tls).
         self._server = await start_gated_server(
-            self._on_client, sock=self._sock, ssl=self._ssl_context, what="manager", log=log, limit=1 << 20,
+            self._worker_links.on_client, sock=self._sock, ssl=self._ssl_context, what="manager", log=log, limit=1 << 20,
             timeout=lambda: float(self._state.tuning.get("handshake-timeout", 30)))
         self._ticker = asyncio.create_task(self._tick_loop())
 
@@ -365,54 +275,12 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
                     pass
             link.conn.close()
 
-    def _call(self, fn: Callable[[], Any], timeout: float = 60) -> Any:
-        """Run ``fn`` in the I/O thread (where the state lives) and return its result."""
-        if self._closed or threading.current_thread() is self._thread:
-            return fn()
-        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
-
-        def run() -> None:
-            try:
-                fut.set_result(fn())
-            except BaseException as exc:  # noqa: BLE001 - handed back to the caller's thread
-                fut.set_exception(exc)
-
-        self._loop.call_soon_threadsafe(run)
-        return fut.result(timeout)
-
-    def _post(self, event: Event) -> None:
-        """Queue an event from the user's thread; the I/O thread applies queued events in one batch."""
-        self._inbox.append(event)
-        if not self._kick_pending:
-            self._kick_pending = True
-            self._loop.call_soon_threadsafe(self._drain_inbox)
-
-    def _drain_inbox(self) -> None:
-        self._kick_pending = False
-        events = []
-        while self._inbox:
-            events.append(self._inbox.popleft())
-        if events:
-            self._apply(*events)
-
     # -- configuration -----------------------------------------------------------------------------------------
     def tune(self, name: str, value: float) -> int:
         """Set a tuning parameter (REFERENCE §4). An unknown name raises :class:`TuneError`."""
-        if name not in KNOWN_TUNES:
-            raise TuneError(f"unknown tune parameter {name!r}; see the README's configuration table for the names")
-        key = TUNE_ALIASES.get(name, name)
-        value = float(value)
-        if not math.isfinite(value):  # NaN poisons every comparison made with it, infinity every rounding
-            raise ValueError(f"tune {name!r} takes a finite number, not {value}")
-        if key == "disk-proportion-available-to-task" and not 0 < value < 1:
-            raise ValueError("disk-proportion-available-to-task must be between 0 and 1")
-        if key == "category-steady-n-tasks" and not (math.isfinite(value) and value >= 1):
-            raise ValueError(f"category-steady-n-tasks must be a number of tasks >= 1, not {value}")
-        if key == "update-interval":
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"update-interval must be a positive finite number of seconds, not {value}")
-            if self._catalog is not None:
-                self._catalog.set_interval(value)
+        key, value = checked_tune(name, value)
+        if key == "update-interval" and self._catalog is not None:
+            self._catalog.set_interval(value)
         if key == "proportional-resources" and name == "proportional-resources":
             self._set_tuning("proportional-whole-tasks", 1.0 if value > 0 else 0.0)
         self._tune_values[key] = value
@@ -433,10 +301,24 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
         """Measure every task's memory, disk and cores (``t.resources_measured``); with ``watchdog``
         a task over its allocation is killed, reported as "resource exhaustion", and retried once on
         a whole worker unless the exceeded value was set on the task itself."""
-        self._monitoring = {"watchdog": bool(watchdog), "interval": float(self._tune_values.get("monitor-interval") or 1.0)}
+        self._settings.monitoring = {"watchdog": bool(watchdog), "interval": float(self._tune_values.get("monitor-interval") or 1.0)}
 
     def disable_monitoring(self) -> None:
-        self._monitoring = None
+        self._settings.monitoring = None
+
+    @property
+    def _monitoring(self) -> dict[str, Any] | None:
+        """The monitoring options sent with each task (None: off); DaskVine sets and restores it around a run."""
+        return self._settings.monitoring
+
+    @_monitoring.setter
+    def _monitoring(self, options: dict[str, Any] | None) -> None:
+        self._settings.monitoring = options
+
+    @property
+    def _password(self) -> bytes | None:
+        """The password set (None: none); a Factory hands it to the workers it starts."""
+        return self._settings.password
 
     def enable_peer_transfers(self) -> None:
         """Let workers fetch cached inputs from each other (the default)."""
@@ -453,18 +335,18 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
         return int(self._call(count))
 
     def set_password(self, password: str | bytes) -> None:
-        self._password = password.encode() if isinstance(password, str) else bytes(password)
+        self._settings.password = password.encode() if isinstance(password, str) else bytes(password)
 
     def set_password_file(self, path: str) -> None:
         with open(path, "rb") as fh:
-            self._password = fh.read().strip()
+            self._settings.password = fh.read().strip()
 
     def set_property(self, key: str, value: str) -> None:
         self._properties[key] = value
 
     def set_name(self, name: str) -> None:
         """Advertise this manager in the catalog under ``name`` (replacing any earlier name)."""
-        self._name = name
+        self._settings.name = name
         self._advertise(name)
 
     def update_catalog(self) -> None:
@@ -480,14 +362,7 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
                                             interval=interval)
 
     def _catalog_fields(self) -> dict[str, Any]:
-        """What a catalog entry tells beyond host:port: the counts vine_status shows, and the properties."""
-        fields: dict[str, Any] = dict(self._properties)
-        if not self._closed:
-            s = self._call(self._collect_stats, timeout=5)
-            for k in ("tasks_waiting", "tasks_running", "tasks_done", "workers_connected", "total_cores"):
-                fields[k] = s.get(k, 0)
-            fields["workers"] = s.get("workers_connected", 0)
-        return fields
+        return catalog_fields(self._properties, None if self._closed else self._call(self._collect_stats, timeout=5))
 
     def set_keepalive_interval(self, seconds: float) -> None:
         self.tune("keepalive-interval", seconds)
@@ -529,46 +404,14 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
         self._logs.graph_file(f.cache_name, f.source(), max(f.size, 0))
         return f
 
-    def declare_file(self, path: str, cache: Any = False, peer_transfer: bool = True, unlink_when_done: bool = False) -> File:
-        """A local file or directory, usable as a task input or output."""
-        path = check_local_path(path)
-        return self._remember(File(self, "file", os.path.abspath(path), cache=cache, peer_transfer=peer_transfer, unlink_when_done=unlink_when_done))
-
-    def declare_url(self, url: str, cache: Any = False, peer_transfer: bool = True) -> File:
-        """A file workers download themselves (http, https, ftp, file)."""
-        if not isinstance(url, str) or "://" not in url:
-            raise ValueError(f"declare_url needs a URL such as https://host/path, got {url!r}")
-        scheme = url.split("://", 1)[0].lower()
-        if scheme not in ("http", "https", "ftp", "file"):
-            raise ValueError(f"unsupported URL scheme {scheme!r} in {url!r}; use http, https, ftp or file")
-        return self._remember(File(self, "url", url, cache=cache, peer_transfer=peer_transfer))
-
-    def declare_buffer(self, buffer: bytes | str | None = None, cache: Any = False, peer_transfer: bool = True) -> File:
-        """Bytes from the manager's memory as an input; ``None`` declares an empty output buffer."""
-        data = None if buffer is None else (buffer.encode() if isinstance(buffer, str) else bytes(buffer))
-        return self._remember(File(self, "buffer", "buffer", cache=cache, peer_transfer=peer_transfer, data=data))
-
-    def declare_temp(self) -> File:
-        """A file that lives only in worker caches (e.g. an intermediate result)."""
-        return self._remember(File(self, "temp", "temp"))
-
-    def declare_minitask(self, task: Task, source: str, cache: Any = False, peer_transfer: bool = True) -> File:
-        """The file ``source`` made in the sandbox of ``task``, which the worker runs when the file is needed."""
-        if not isinstance(task, Task):
-            raise TypeError("declare_minitask needs a Task")
-        return self._remember(File(self, "minitask", source, cache=cache, peer_transfer=peer_transfer, minitask=task, minitask_output=source))
-
-    def declare_untar(self, tarball: File, cache: Any = False, peer_transfer: bool = True) -> File:
-        """A directory unpacked from ``tarball`` on the worker (tar, tar.gz, tar.bz2, tar.xz)."""
-        t = Task("mkdir output && tar -xf input -C output")
-        t.add_input(tarball, "input")
-        return self.declare_minitask(t, "output", cache=cache, peer_transfer=peer_transfer)
-
-    def declare_poncho(self, tarball: File, cache: Any = False, peer_transfer: bool = True) -> File:
-        """A conda-pack/poncho environment tarball unpacked on the worker (``bin/run_in_env`` inside)."""
-        return self.declare_untar(tarball, cache=cache, peer_transfer=peer_transfer)
-
-    declare_starch = declare_poncho
+    # Building files is plain functions over the manager (core/manager/declarations.py):
+    declare_file = declarations.declare_file
+    declare_url = declarations.declare_url
+    declare_buffer = declarations.declare_buffer
+    declare_temp = declarations.declare_temp
+    declare_minitask = declarations.declare_minitask
+    declare_untar = declarations.declare_untar
+    declare_poncho = declare_starch = declarations.declare_poncho
 
     def fetch_file(self, f: File, timeout: float = 300, binary: bool = False) -> str | bytes:
         """The contents of ``f`` as text, as TaskVine returns them; pulled from a worker if needed.
@@ -589,7 +432,7 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
             with open(f.source(), "rb") as fh:
                 return fh.read()
         fut: concurrent.futures.Future[bytes] = concurrent.futures.Future()
-        self._call(lambda: self._start_fetch(f, fut))
+        self._call(lambda: self._worker_links.start_fetch(f, fut))
         return fut.result(timeout)
 
     def enable_tasks_cache(self, cache_dir: str = "vine-cache-outputs", log_file: str = "vine-cache.txlog") -> Any:
@@ -644,7 +487,8 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
         task._submit_time = time.time()
         if task._metrics is not None:  # else task.metrics makes "time_when_submitted" from it when first read
             task._metrics["time_when_submitted"] = task._submit_time * 1e6
-        if cached is not None and self._tasks_cache.answer(self, task, cached):
+        if cached is not None and self._tasks_cache.answer(task, cached):
+            self._answered_from_cache(task, cached.key)
             return task.id
         self._tasks[task.id] = task
         with self._cond:  # wait() in another thread decrements it (Parsl submits and waits from two threads)
@@ -660,6 +504,16 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
                 self._lineage[m.file.cache_name] = task  # a lost temp's re-run is encoded from its producer
         self._post(TaskSubmitted(time.time(), spec))
         return task.id
+
+    def _answered_from_cache(self, task: Task, key: str) -> None:
+        """``task`` was finished by the tasks cache at submit: ``wait`` returns it at once."""
+        self._tasks[task.id] = task
+        self._finalize(task)
+        self._logs.debug(f"task {task.id} answered from the tasks cache (entry {key})")
+        with self._cond:
+            self._outstanding += 1
+            self._done[task.id] = task
+            self._cond.notify_all()
 
     def _prepare(self, task: Task) -> None:
         """Let the task get ready for this manager: first its ``submit_finalize()`` (TaskVine's hook,
@@ -774,6 +628,62 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
             self._execute(ins)
         if self._state.failed_events:
             self._drop_failed_events()
+    # -- the members' methods (core/manager/libraries.py, categories.py, worker_controls.py, functional.py) --
+    @property
+    def library_logging_directory(self) -> str:
+        return self._libraries.log_dir
+
+    def create_library_from_functions(self, library_name: str, *function_list: Any, **options: Any) -> LibraryTask:
+        """A LibraryTask serving ``function_list``; the options are :func:`core.manager.libraries.create_library`'s."""
+        return create_library(self, library_name, *function_list, **options)
+
+    def install_library(self, task: LibraryTask) -> None:
+        """Make ``task``'s functions callable; instances start on workers as calls need them."""
+        self._libraries.install(task, self)
+
+    remove_library = _delegate("_libraries", ManagerLibraries.remove)
+    check_library_exists = _delegate("_libraries", ManagerLibraries.exists)
+
+    def _library_templates(self) -> dict[str, LibraryTask]:
+        return self._libraries.templates
+
+    def _library_known(self, name: str) -> bool:  # FunctionCall checks it at submit
+        return name in self._libraries.templates
+
+    def _library_failure_reason(self, name: str) -> str | None:  # a failed FunctionCall's output quotes it
+        return self._libraries.failure_reason(name)
+
+    def _environment_file(self, env: Any) -> File:
+        return environment_file(self, env)
+
+    set_category_resources_max = _delegate("_categories", CategorySettings.set_category_resources_max)
+    set_category_resources_min = _delegate("_categories", CategorySettings.set_category_resources_min)
+    set_resources_max = _delegate("_categories", CategorySettings.set_resources_max)
+    set_resources_min = _delegate("_categories", CategorySettings.set_resources_min)
+    set_category_first_allocation_guess = _delegate("_categories", CategorySettings.set_category_first_allocation_guess)
+    set_category_mode = _delegate("_categories", CategorySettings.set_category_mode)
+    category_resources = _delegate("_categories", CategorySettings.category_resources)
+    set_draining_by_hostname = _delegate("_worker_controls", WorkerControls.set_draining_by_hostname)
+    enable_disconnect_slow_workers = _delegate("_worker_controls", WorkerControls.enable_disconnect_slow_workers)
+    enable_disconnect_slow_workers_category = _delegate("_worker_controls", WorkerControls.enable_disconnect_slow_workers_category)
+
+    def status(self, request: str) -> Any:
+        """``manager``, ``workers``, ``tasks`` or ``categories``: what ``vine_status`` shows, as a list of dicts."""
+        return self._call(lambda: self._worker_links.status_local(request))
+
+    def map(self, fn: Callable[[Any], Any], seq: Iterable[Any], chunksize: int = 1) -> list[Any]:
+        """``[fn(x) for x in seq]``, one PythonTask per ``chunksize`` items (core/manager/functional.py)."""
+        return functional.map_tasks(self, fn, seq, chunksize)
+
+    def pair(self, fn: Callable[[tuple[Any, Any]], Any], seq1: Iterable[Any], seq2: Iterable[Any],
+             chunksize: int = 1, env: Any = None) -> list[Any]:
+        """``[fn((a, b)) for a, b in itertools.product(seq1, seq2)]``: ``fn`` gets one tuple."""
+        return functional.pair_tasks(self, fn, seq1, seq2, chunksize, None if env is None else environment_file(self, env))
+
+    def tree_reduce(self, fn: Callable[[list[Any]], Any], seq: Iterable[Any], chunksize: int = 2) -> Any:
+        """Reduce ``seq`` by calling ``fn`` on lists of up to ``chunksize`` items, layer by layer."""
+        return functional.tree_reduce_tasks(self, fn, seq, chunksize)
+
 
     def _drop_failed_events(self) -> None:
         """A handler raised (a bug, or a value no check caught): the decisions made before it were
@@ -810,7 +720,7 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
             if link.idle and link.outbox.empty() and not isinstance(ins, SendFile):
                 # Nothing queued ahead of it: send now instead of waking the sender (saves a loop turn per task).
                 try:
-                    self._send_message(link, ins)
+                    self._worker_links.send_message(link, ins)
                 except OSError as exc:
                     self._logs.debug(f"sending to {link.id} failed: {exc}")
                     link.conn.close()
@@ -872,7 +782,7 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
             await asyncio.sleep(0.5)
             try:
                 self._apply(Tick(time.time()))
-                self._check_workers(time.time())
+                self._worker_controls.check_workers(time.time())
                 self._performance_tick(time.time())
                 self._logs.flush()
             except Exception:  # noqa: BLE001 - the ticker must never die
@@ -890,29 +800,8 @@ class Manager(WorkerLinks, FunctionalMixin, LibraryManagerMixin, CategoryMethods
             self._perf_check_at = now + (interval if len(self._state.tasks) > 10_000 else 0)
 
     def _collect_stats(self) -> dict[str, float]:
-        s = dict(self._state.stats)
-        counts = self._state.counts()
-        s.update(self._counters)
-        s["workers_connected"] = len(self._state.workers)
-        busy = sum(1 for w in self._state.workers.values() if w.tasks)
-        s["workers_busy"] = busy
-        s["workers_idle"] = len(self._state.workers) - busy
-        s["tasks_waiting"] = counts["ready"] + counts["waiting"]
-        s["tasks_on_workers"] = s["tasks_running"] = counts["dispatched"]
-        s["tasks_with_results"] = len(self._done)
-        s["tasks_successful"] = s.get("tasks_succeeded", 0)
-        for f in ("cores", "memory", "disk", "gpus"):
-            s[f"total_{f}"] = sum(max(getattr(w.total, f), 0) for w in self._state.workers.values())
-            s[f"committed_{f}"] = sum(max(getattr(w.committed, f), 0) for w in self._state.workers.values())
-        s["inuse_cache"] = sum(w.cache_bytes for w in self._state.workers.values())
-        s["time_when_started"] = self._logs.start_us
-        s["bytes_sent"] = self._counters["bytes_sent"] + sum(lk.conn.bytes_sent for lk in self._links.values())
-        s["bytes_received"] = self._counters["bytes_received"] + sum(lk.conn.bytes_received for lk in self._links.values())
-        s.update(self._logs.transfer_totals)
-        s["time_send_good"], s["time_receive_good"] = s["time_send"], s["time_receive"]  # only finished transfers are timed
-        self._metrics.busy["io_cpu"] = max(self._metrics.busy["io_cpu"], io_thread_cpu_us(self._thread))  # 0 once it ended
-        performance_columns(s, self._state, self._metrics, self._logs.start_us, int(self._counters["workers_init"]))
-        return s
+        """The stats (``m.stats``, the performance log, Prometheus), computed in the I/O thread."""
+        return manager_stats(self._state, self._counters, self._links, len(self._done), self._logs, self._metrics, self._thread)
 
 
 def __getattr__(name: str) -> Any:

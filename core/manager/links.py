@@ -2,7 +2,7 @@
 
 Frames from a worker become scheduler events (``complete`` -> TaskFinished, ``cache_update`` ->
 CacheUpdated, ...); returned outputs and fetched files are written as they stream in. Instructions
-for a worker are sent in order: files always precede the tasks that use them. Mixed into
+for a worker are sent in order: files always precede the tasks that use them. A member of
 :class:`core.manager.Manager`; everything here runs in its I/O thread.
 """
 
@@ -17,7 +17,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from .. import constants as C
 from ..wire.connection import Connection, send_bytes, send_path, server_handshake
@@ -50,6 +50,12 @@ from ..state.scheduler import (
 
 if TYPE_CHECKING:
     from ..api.task import Task
+    from ..state.scheduler import SchedulerState
+    from .categories import CategorySettings
+    from .libraries import ManagerLibraries
+    from .logs import RunLogs
+    from .metrics import ManagerMetrics
+    from .settings import ManagerSettings
 
 MEMORY_RECEIVE_MAX = 1 << 20  # a returned buffer or fetched file up to this size is received in memory, not staged
 # No single stream (or watched output) from a worker may exceed twice the disk it reported, plus this:
@@ -89,15 +95,45 @@ class WorkerLink:
 
 
 class WorkerLinks:
-    """Connections to workers and status clients (mixed into Manager, run in its I/O thread)."""
+    """Connections to workers and status clients (a member of Manager, run in its I/O thread).
 
-    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    It owns the fetches in flight; the rest it shares with the manager, which lends it at
+    construction: the settings, the scheduler state (read here; changed through ``apply``), the
+    logs and metrics, the links by worker id, the counters, the user's tasks and files by id and
+    cache name, the staging directory, the library and category members, and the manager's
+    ``apply`` (events into the state), ``call`` and ``collect_stats``.
+    """
+
+    def __init__(self, settings: ManagerSettings, state: SchedulerState, logs: RunLogs, metrics: ManagerMetrics,
+                 links: dict[str, WorkerLink], counters: dict[str, float], tasks: dict[int, Task], files: dict[str, File],
+                 staging: str, libraries: ManagerLibraries, categories: CategorySettings, *,
+                 apply: Callable[..., None], call: Callable[..., Any], collect_stats: Callable[[], dict[str, float]],
+                 lineage: dict[str, Task] | None = None) -> None:
+        self._settings = settings
+        self._state = state
+        self._logs = logs
+        self._metrics = metrics
+        self._links = links
+        self._counters = counters
+        self._tasks = tasks
+        self._files = files
+        self._staging = staging
+        self._libraries = libraries
+        self._categories = categories
+        self._apply = apply
+        self._call = call
+        self._collect_stats = collect_stats
+        self._lineage = lineage if lineage is not None else {}  # temp name -> its producer (recovery re-runs)
+        self._fetches: dict[int, concurrent.futures.Future[bytes]] = {}  # fetch request id -> the waiting caller
+        self._fetch_ids = iter(range(1, 1 << 62))
+
+    async def on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = Connection(reader, writer)
         timeout = self._state.tuning.get("handshake-timeout", 30)
         self._counters["workers_init"] += 1  # connected, not yet through the handshake (performance log)
         initializing = True
         try:
-            hello = await server_handshake(conn, self._password, timeout)
+            hello = await server_handshake(conn, self._settings.password, timeout)
             self._counters["workers_init"] -= 1
             initializing = False
             role = hello.message.role if isinstance(hello.message, M.Hello) else None
@@ -135,7 +171,7 @@ class WorkerLinks:
     def status_local(self, what: str) -> Any:
         s = self._collect_stats()
         if what == "manager":
-            return [{"project": self._name, "port": self._port, "tasks_waiting": s["tasks_waiting"], "tasks_running": s["tasks_running"],
+            return [{"project": self._settings.name, "port": self._settings.port, "tasks_waiting": s["tasks_waiting"], "tasks_running": s["tasks_running"],
                      "tasks_done": s.get("tasks_done", 0), "workers": s["workers_connected"], "hungry": self._state.hungry(),
                      "tasks_submitted": s.get("tasks_submitted", 0), "total_cores": s["total_cores"],
                      "tasks_left": 0, **self._waiting_requests()}]
@@ -146,7 +182,7 @@ class WorkerLinks:
         if what == "tasks":
             return [{"task_id": r.id, "state": r.state, "command": r.spec.command, "worker": r.worker} for r in self._state.tasks.values()]
         if what == "categories":
-            return self._category_status()  # core/manager/categories.py
+            return self._categories.status()  # core/manager/categories.py
         raise ValueError(f"unknown status request {what!r}; use manager, workers, tasks or categories")
 
     def _waiting_requests(self) -> dict[str, float]:
@@ -158,9 +194,6 @@ class WorkerLinks:
                     v = getattr(rec.spec.requested, r)
                     totals[f"tasks_total_{r}"] += v if v > 0 else (1.0 if r == "cores" else 0.0)
         return totals
-
-    def status(self, request: str) -> Any:
-        return self._call(lambda: self.status_local(request))
 
     async def _serve_worker(self, conn: Connection, ready_frame: Frame) -> None:
         ready = ready_frame.message
@@ -224,8 +257,10 @@ class WorkerLinks:
             self._logs.worker_disconnected(wid, reason)
             self._logs.debug_worker_left(link.hostname, link.addrport, wid)
             self._logs.debug(f"worker {wid} disconnected ({reason})")
-            for rid, fut in list(self._fetches.items()):
-                if getattr(fut, "_vine_worker", None) == wid and not fut.done():
+            # The fetches this worker was asked for and had not answered, or was still streaming:
+            for rid in [*link.expected_fetches, *(r for _f, r in link.incoming.values() if r is not None)]:
+                fut = self._fetches.pop(rid, None)
+                if fut is not None and not fut.done():
                     fut.set_exception(TransferError(f"worker {wid} disconnected during fetch"))
             self._counters["bytes_sent"] += conn.bytes_sent
             self._counters["bytes_received"] += conn.bytes_received
@@ -454,7 +489,7 @@ class WorkerLinks:
         if task is not None and task._output_refused is not None and result == C.VINE_RESULT_SUCCESS:
             result = C.VINE_RESULT_OUTPUT_TRANSFER_ERROR  # see _output_refused
         if tid < 0:
-            self._library_instance_ended(link, frame)  # library instances have negative ids
+            self._libraries.instance_ended(link.id, link.hostname, frame)  # library instances have negative ids
         accepted = task is not None and task._state < C.VINE_TASK_RETRIEVED and not msg.retry and result != C.VINE_RESULT_FORSAKEN
         if accepted:
             task._stdout = stdout
@@ -486,14 +521,13 @@ class WorkerLinks:
                                  tuple(msg.limits), msg.missing_input,
                                  Resources.from_dict(msg.measured) if msg.measured else None))
 
-    def _start_fetch(self, f: File, fut: concurrent.futures.Future[bytes]) -> None:
+    def start_fetch(self, f: File, fut: concurrent.futures.Future[bytes]) -> None:
         rec = self._state.files.get(f.cache_name)
         holders = [wid for wid, st in (rec.replicas.items() if rec else []) if st == "ready" and wid in self._links]
         if not holders:
             fut.set_exception(TransferError(f"{f!r} has no replica on any connected worker; was the task that makes it run?"))
             return
         rid = next(self._fetch_ids)
-        fut._vine_worker = holders[0]  # type: ignore[attr-defined]
         self._fetches[rid] = fut
         self._links[holders[0]].expected_fetches[rid] = f.cache_name
         self._links[holders[0]].conn.send(M.Get(f.cache_name, request=rid))
@@ -521,10 +555,10 @@ class WorkerLinks:
         if isinstance(ins, SendFile):
             await self._send_file(link, ins)
         else:
-            self._send_message(link, ins)
+            self.send_message(link, ins)
         await link.conn.drain()
 
-    def _send_message(self, link: WorkerLink, ins: Instruction) -> None:
+    def send_message(self, link: WorkerLink, ins: Instruction) -> None:
         """Every instruction but SendFile is one frame, written without waiting."""
         conn = link.conn
         if isinstance(ins, Dispatch):
@@ -548,8 +582,8 @@ class WorkerLinks:
             spec["resources"] = ins.allocation.to_dict()
             if ins.queued:
                 spec["queued"] = True
-            if self._monitoring:
-                spec["monitor"] = self._monitoring
+            if self._settings.monitoring:
+                spec["monitor"] = self._settings.monitoring
             spec["outputs"] = [
                 {"name": m.file.cache_name, "remote": m.remote_name, "level": m.file.level, "kind": m.file.kind,
                  "return": m.file.kind in ("file", "buffer"), "watch": m.watch, "failure_only": m.failure_only,
@@ -605,7 +639,9 @@ class WorkerLinks:
         elif isinstance(ins, Keepalive):
             conn.send(M.Keepalive())
         elif isinstance(ins, StartLibrary):
-            self._send_library_start(link, ins)
+            message = self._libraries.start_message(link.id, ins)
+            if message is not None:
+                conn.send(message)
 
     def _recovery_producer(self, record_id: int) -> Task | None:
         """The user's task a hidden recovery copy re-runs (its spec names it), found by a temp it makes."""

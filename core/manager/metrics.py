@@ -23,6 +23,8 @@ from .logs import PERFORMANCE_COLUMNS
 
 if TYPE_CHECKING:
     from ..api.task import Task
+    from ..state.scheduler import SchedulerState
+    from .logs import RunLogs
 
 # Weight of the newest task in capacity_weighted (an exponential moving average, as TaskVine keeps).
 CAPACITY_WEIGHT = 0.05
@@ -132,6 +134,36 @@ def performance_columns(s: dict[str, float], state: Any, metrics: ManagerMetrics
 
 def _fits(total: Any, need: Mapping[str, float]) -> bool:
     return all(getattr(total, k, 0) >= v for k, v in need.items() if v and v > 0)
+
+
+def manager_stats(state: SchedulerState, counters: Mapping[str, float], links: Mapping[str, Any], tasks_with_results: int,
+                  logs: RunLogs, metrics: ManagerMetrics, io_thread: threading.Thread) -> dict[str, float]:
+    """The manager's stats under TaskVine's names: the scheduler's counters and counts, the manager's
+    own ``counters``, what the connected ``links`` sent and received, the logs' transfer totals,
+    and the computed columns (:func:`performance_columns`)."""
+    s = dict(state.stats)
+    counts = state.counts()
+    s.update(counters)
+    s["workers_connected"] = len(state.workers)
+    busy = sum(1 for w in state.workers.values() if w.tasks)
+    s["workers_busy"] = busy
+    s["workers_idle"] = len(state.workers) - busy
+    s["tasks_waiting"] = counts["ready"] + counts["waiting"]
+    s["tasks_on_workers"] = s["tasks_running"] = counts["dispatched"]
+    s["tasks_with_results"] = tasks_with_results
+    s["tasks_successful"] = s.get("tasks_succeeded", 0)
+    for f in ("cores", "memory", "disk", "gpus"):
+        s[f"total_{f}"] = sum(max(getattr(w.total, f), 0) for w in state.workers.values())
+        s[f"committed_{f}"] = sum(max(getattr(w.committed, f), 0) for w in state.workers.values())
+    s["inuse_cache"] = sum(w.cache_bytes for w in state.workers.values())
+    s["time_when_started"] = logs.start_us
+    s["bytes_sent"] = counters["bytes_sent"] + sum(lk.conn.bytes_sent for lk in links.values())
+    s["bytes_received"] = counters["bytes_received"] + sum(lk.conn.bytes_received for lk in links.values())
+    s.update(logs.transfer_totals)
+    s["time_send_good"], s["time_receive_good"] = s["time_send"], s["time_receive"]  # only finished transfers are timed
+    metrics.busy["io_cpu"] = max(metrics.busy["io_cpu"], io_thread_cpu_us(io_thread))  # 0 once it ended
+    performance_columns(s, state, metrics, logs.start_us, int(counters["workers_init"]))
+    return s
 
 
 def io_thread_cpu_us(thread: threading.Thread) -> float:

@@ -60,7 +60,6 @@ from ..errors import VineError
 
 if TYPE_CHECKING:
     from ..api.files import File
-    from .facade import Manager
     from ..api.task import Task
 
 log = logging.getLogger("core.manager")
@@ -276,8 +275,9 @@ class TasksCache:
             self.hits += 1
         return True
 
-    def answer(self, manager: Manager, task: Task, entry: CacheEntry) -> bool:
-        """Return the just-submitted ``task`` through ``manager.wait`` at once, from ``entry``.
+    def answer(self, task: Task, entry: CacheEntry) -> bool:
+        """Finish the just-submitted ``task`` from ``entry`` (its outputs put back, its state retrieved);
+        the manager then hands it to ``wait`` at once.
 
         False (the task then runs) if the entry's outputs could not be put back."""
         if not self.restore(task, entry):
@@ -285,13 +285,6 @@ class TasksCache:
         task._state = C.VINE_TASK_RETRIEVED
         task._done_time = time.time()
         task.metrics["time_when_done"] = task._done_time * 1e6
-        manager._tasks[task.id] = task
-        manager._finalize(task)
-        manager._logs.debug(f"task {task.id} answered from the tasks cache (entry {entry.key})")
-        with manager._cond:
-            manager._outstanding += 1
-            manager._done[task.id] = task
-            manager._cond.notify_all()
         return True
 
     def record(self, task: Task) -> bool:

@@ -11,23 +11,43 @@ exit, DISCONNECTION EXPLICIT, counted in ``workers_released``) once its running 
 
 from __future__ import annotations
 
+import asyncio
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import ManagerError
 from ..wire import messages as M
+
+if TYPE_CHECKING:
+    from ..state.scheduler import SchedulerState
+    from .links import WorkerLink
+    from .logs import RunLogs
+    from .metrics import ManagerMetrics
 
 SLOW_MIN_SAMPLES = 3  # successful tasks of a category before its mean is trusted
 
 
 class WorkerControls:
-    """Mixed into :class:`core.Manager`; every method runs its changes on the I/O thread."""
+    """A member of :class:`core.Manager`; every method runs its changes on the I/O thread.
 
-    _state: Any
-    _links: Any
-    _counters: Any
-    _tune_values: dict[str, float]
-    _logs: Any
+    It holds the per-category slow-worker factors; the rest it is lent at construction by the
+    manager: the scheduler state, the links to workers, the counters and tune values it shares,
+    the logs, metrics and event loop, and the manager's ``call`` (into the I/O thread) and ``apply``.
+    """
+
+    def __init__(self, state: SchedulerState, links: dict[str, WorkerLink], counters: dict[str, float],
+                 tune_values: dict[str, float], logs: RunLogs, metrics: ManagerMetrics,
+                 loop: asyncio.AbstractEventLoop, call: Callable[..., Any], apply: Callable[..., None]) -> None:
+        self.slow_category_factors: dict[str, float] = {}  # category -> its enable_disconnect_slow_workers_category
+        self._state = state
+        self._links = links
+        self._counters = counters
+        self._tune_values = tune_values
+        self._logs = logs
+        self._metrics = metrics
+        self._loop = loop
+        self._call = call
+        self._apply = apply
 
     def set_draining_by_hostname(self, hostname: str, drain: bool = True) -> int:
         """Drain (``drain=True``) or stop draining the workers connected from ``hostname``.
@@ -46,9 +66,9 @@ class WorkerControls:
                     n += 1
             self._state._schedule_needed = True
             self._release_drained_workers()
-            self._apply()  # type: ignore[attr-defined]
+            self._apply()
             return n
-        return int(self._call(apply))  # type: ignore[attr-defined]
+        return int(self._call(apply))
 
     def enable_disconnect_slow_workers(self, multiplier: float) -> int:
         """Disconnect a worker whose task runs over ``multiplier`` × its category's mean time.
@@ -63,31 +83,25 @@ class WorkerControls:
         """As :meth:`enable_disconnect_slow_workers` for the tasks of ``category`` only."""
         if not isinstance(category, str) or not category:
             raise ValueError(f"a category name is needed, not {category!r}")
-        self._slow_factors()[category] = _multiplier(multiplier)
+        self.slow_category_factors[category] = _multiplier(multiplier)
         return 0
 
-    def _slow_factors(self) -> dict[str, float]:
-        factors = self.__dict__.get("_slow_category_factors")
-        if factors is None:
-            factors = self.__dict__["_slow_category_factors"] = {}
-        return factors
-
     # -- I/O thread --------------------------------------------------------------------------------
-    def _check_workers(self, now: float) -> None:
+    def check_workers(self, now: float) -> None:
         """From the manager's ticker: release drained workers, disconnect slow ones."""
         self._release_drained_workers()
         default = self._tune_values.get("disconnect-slow-worker-factor", 0)
-        factors = self._slow_factors()
+        factors = self.slow_category_factors
         if default < 1 and not factors:
             return
-        means = self._metrics.category_means(SLOW_MIN_SAMPLES)  # type: ignore[attr-defined]
+        means = self._metrics.category_means(SLOW_MIN_SAMPLES)
         for rec in list(self._state.tasks.values()):
             if rec.state != "dispatched" or rec.worker is None or rec.queued:
                 continue
             category = rec.spec.category
             factor = factors.get(category, default)
             mean = means.get(category)
-            started = self._metrics.started_at(rec.id, rec.worker, now)  # type: ignore[attr-defined]
+            started = self._metrics.started_at(rec.id, rec.worker, now)
             if factor < 1 or mean is None or now - started <= factor * mean:
                 continue
             self._disconnect_slow(rec.worker, rec.id, now - started, factor * mean)
@@ -102,7 +116,7 @@ class WorkerControls:
         block = self._tune_values.get("option-blocklist-slow-workers-timeout", 0)
         if block > 0:
             self._state.blocked_hosts.add(link.hostname)
-            self._loop.call_later(block, self._unblock_now, link.hostname)  # type: ignore[attr-defined]
+            self._loop.call_later(block, self._unblock_now, link.hostname)
         link.conn.writer.transport.abort()
 
     def _unblock_now(self, host: str) -> None:
