@@ -2,52 +2,58 @@
 
 Every file a worker has (received from the manager, a peer or a URL, made by a mini-task, or a
 task's output) lives in ``cache/<cache name>`` (or, when small, in memory; see
-``WorkerTransfers._keep_in_memory``) with its size and cache level. ``forever`` entries also get a
-record in ``cache-meta/`` holding their stamp (``worker_sandbox.entry_stamp``), so a worker started
-later on the same workspace keeps exactly those that are unchanged. Mixed into
-:class:`core.worker.Worker`.
+``keep_in_memory``) with its size and cache level. ``forever`` entries also get a
+record in ``cache-meta/`` holding their stamp (``entry_stamp``), so a worker started
+later on the same workspace keeps exactly those that are unchanged. A member of
+:class:`core.worker.Worker` (``worker.cache``), which the worker's other parts are given: it also
+owns the stamps that show whether an entry changed (``seal``, ``verify``), the small entries kept in
+memory (``keep_in_memory``, ``spill``) and the waits for names on their way (``expect``, ``gather``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
 import shutil
-from typing import TYPE_CHECKING, Any
+import stat
+import time
+from typing import Any, Callable
 
 from .. import constants as C
 from ..wire import messages as M
 from ..wire.connection import path_size
 from ..errors import ProtocolError
-from .sandbox import entry_stamp
 
 log = logging.getLogger("vine_worker")
+
+MEMORY_FILE_MAX = 1 << 20  # cached files up to this size may live in memory ...
+MEMORY_LIMIT = 256 << 20  # ... up to this much in all
 
 
 class WorkerCache:
     """The cache's bookkeeping: names, sizes, levels, stamps, and waiting for names to arrive."""
 
-    if TYPE_CHECKING:  # state owned by Worker, declared for the type checker
-        cache_dir: str
-        meta_dir: str
-        cache: dict[str, tuple[int, int]]
-        cache_stamps: dict[str, str]
-        memory: dict[str, bytes]
-        memory_bytes: int
-        pending: dict[str, asyncio.Future[bool]]
-        drop_on_arrival: set[str]
+    def __init__(self, cache_dir: str, meta_dir: str, send: Callable[..., None]) -> None:
+        self.cache_dir = cache_dir  # cache/<cache name>: the entries on disk
+        self.meta_dir = meta_dir  # cache-meta/<cache name>: a record per ``forever`` entry (level, size, stamp)
+        self.entries: dict[str, tuple[int, int]] = {}  # cache name -> (size, level)
+        self.stamps: dict[str, str] = {}  # cache name -> stamp of an on-disk entry when it arrived (see seal)
+        # Small cached files kept in memory instead of on disk (see keep_in_memory), and their total size.
+        self.memory: dict[str, bytes] = {}
+        self.memory_bytes = 0
+        self.pending: dict[str, asyncio.Future[bool]] = {}  # names on their way into the cache
+        self.drop_on_arrival: set[str] = set()  # pending names nothing here needs any more (see ready)
+        self.send = send  # a message to the manager (the worker's send)
 
-        def send(self, header: dict[str, Any], payload: bytes = b"") -> None: ...
-        def _seal_cache_entry(self, name: str) -> None: ...
-
-    def cache_path(self, name: str) -> str:
+    def path(self, name: str) -> str:
         if "/" in name or name in ("", ".", ".."):
             raise ProtocolError(f"illegal cache name {name!r}")
         return os.path.join(self.cache_dir, name)
 
-    def _load_cache(self) -> None:
+    def load(self) -> None:
         """Keep `forever` files from an earlier run on this workspace, if unchanged; drop the rest."""
         for name in os.listdir(self.cache_dir):
             meta = os.path.join(self.meta_dir, name)
@@ -62,31 +68,31 @@ class WorkerCache:
             try:
                 # Changed since it was stamped (by a task of a worker killed before its check ran, or
                 # by hand): the file no longer is what its name promises.
-                intact = entry_stamp(self.cache_path(name)) == stamp
+                intact = entry_stamp(self.path(name)) == stamp
             except (OSError, ProtocolError):
                 intact = False
             if level >= C.VINE_CACHE_LEVEL_FOREVER and intact:
-                self.cache[name] = (size, level)
-                self.cache_stamps[name] = stamp
+                self.entries[name] = (size, level)
+                self.stamps[name] = stamp
             else:
                 if level >= C.VINE_CACHE_LEVEL_FOREVER:
                     log.warning("dropping %s from the cache: changed since it was stored", name)
-                self._unlink(name)
+                self.unlink(name)
 
-    def _add_cache(self, name: str, level: int) -> int:
+    def add(self, name: str, level: int) -> int:
         data = self.memory.get(name)
-        size = len(data) if data is not None else path_size(self.cache_path(name))
-        self.cache[name] = (size, level)
+        size = len(data) if data is not None else path_size(self.path(name))
+        self.entries[name] = (size, level)
         if data is None:
-            self._seal_cache_entry(name)
+            self.seal(name)
         if level >= C.VINE_CACHE_LEVEL_FOREVER:
             with open(os.path.join(self.meta_dir, name), "w") as fh:
-                json.dump({"level": level, "size": size, "stamp": self.cache_stamps.get(name, "")}, fh)
+                json.dump({"level": level, "size": size, "stamp": self.stamps.get(name, "")}, fh)
         return size
 
-    def _unlink(self, name: str) -> None:
-        self.cache.pop(name, None)
-        self.cache_stamps.pop(name, None)
+    def unlink(self, name: str) -> None:
+        self.entries.pop(name, None)
+        self.stamps.pop(name, None)
         data = self.memory.pop(name, None)
         if data is not None:
             self.memory_bytes -= len(data)
@@ -97,26 +103,26 @@ class WorkerCache:
             elif os.path.lexists(path):
                 os.unlink(path)
 
-    def _drop_levels_below(self, level: int) -> None:
-        for name, (_size, lvl) in list(self.cache.items()):
+    def drop_levels_below(self, level: int) -> None:
+        for name, (_size, lvl) in list(self.entries.items()):
             if lvl < level:
-                self._unlink(name)
+                self.unlink(name)
 
-    def _cache_ready(self, name: str, level: int) -> None:
-        size = self._add_cache(name, level)
+    def ready(self, name: str, level: int) -> None:
+        size = self.add(name, level)
         self.send(M.CacheUpdate(name, size))
         if name in self.drop_on_arrival:
             # Unlinked by the manager, or left by a killed task, while it was on its way: it goes now,
             # not with the workflow. Announced first, so the transfer ends as a success (the source
             # is not blamed), then withdrawn.
             self.drop_on_arrival.discard(name)
-            self._unlink(name)
+            self.unlink(name)
             self.send(M.CacheInvalid(name, "arrived after it was unlinked or its task was killed; removed"))
         fut = self.pending.pop(name, None)
         if fut is not None and not fut.done():
-            fut.set_result(name in self.cache)
+            fut.set_result(name in self.entries)
 
-    def _cache_failed(self, name: str, reason: str) -> None:
+    def failed(self, name: str, reason: str) -> None:
         log.warning("could not obtain %s: %s", name, reason)
         self.drop_on_arrival.discard(name)
         self.send(M.CacheInvalid(name, reason))
@@ -124,8 +130,111 @@ class WorkerCache:
         if fut is not None and not fut.done():
             fut.set_result(False)
 
-    def _expect(self, name: str) -> asyncio.Future[bool]:
+    def seal(self, name: str) -> None:
+        """Stamp a cache entry that just arrived, so any later change to it can be seen."""
+        try:
+            self.stamps[name] = seal(self.path(name))
+        except OSError:
+            self.stamps.pop(name, None)
+
+    def verify(self, name: str, culprit: str) -> bool:
+        """Whether cache entry ``name`` is unchanged; a changed one is removed and the manager told."""
+        expected = self.stamps.get(name)
+        if expected is None or name not in self.entries or name in self.memory:
+            return True
+        try:
+            now = entry_stamp(self.path(name))
+        except OSError:
+            now = ""
+        if now == expected:
+            return True
+        reason = f"changed in the worker's cache by {culprit}; removed so nothing reads the changed copy"
+        log.warning("%s %s", name, reason)
+        self.unlink(name)
+        self.send(M.CacheInvalid(name, reason))
+        return False
+
+    def keep_in_memory(self, name: str, data: bytes) -> None:
+        """Cache ``data`` as file ``name`` in memory, or on disk once MEMORY_LIMIT is used up.
+
+        A temp of a few bytes (most graph nodes' results) would otherwise cost a file creation,
+        which on a busy ext4 disk takes up to a millisecond: more than the rest of a call. A task
+        that needs it in a sandbox gets it written out then (``_spill``); peers and the manager are
+        served from memory.
+        """
+        self.unlink(name)
+        if len(data) <= MEMORY_FILE_MAX and self.memory_bytes + len(data) <= MEMORY_LIMIT:
+            self.memory[name] = data
+            self.memory_bytes += len(data)
+            return
+        with open(self.path(name), "wb") as fh:
+            fh.write(data)
+
+    def spill(self, name: str) -> None:
+        """Write an in-memory cached file to the cache directory (it stays cached, now on disk)."""
+        data = self.memory.get(name)
+        if data is None:
+            return
+        with open(self.path(name), "wb") as fh:
+            fh.write(data)
+        del self.memory[name]
+        self.memory_bytes -= len(data)
+
+    async def gather(self, spec: dict[str, Any]) -> bool:
+        ok = True
+        for inp in list(spec["inputs"]) + [{"name": n} for n in spec.get("environments", [])]:
+            name = inp["name"]
+            if name in self.entries:
+                continue
+            fut = self.pending.get(name)
+            # Shielded: the future is shared by every task waiting for this file, and a task killed
+            # while it waits must not cancel the file's arrival for the others (they would then end
+            # as if killed too, and never be reported).
+            if fut is None or not await asyncio.shield(fut):
+                ok = False
+        return ok
+
+
+    def expect(self, name: str) -> asyncio.Future[bool]:
         fut = self.pending.get(name)
         if fut is None:
             fut = self.pending[name] = asyncio.get_running_loop().create_future()
         return fut
+
+
+def seal(path: str) -> str:
+    """Set the modification times of the files at ``path`` to a mark in the past and return its stamp.
+
+    A write by a task then moves a file's time to "now", away from the mark, even when it keeps the
+    size and lands within the file system's timestamp granularity of the file's arrival.
+    """
+    mark = (time.time_ns() // 1_000_000_000 - 1) * 1_000_000_000
+    if os.path.isdir(path) and not os.path.islink(path):
+        for root, _dirs, files in os.walk(path):
+            for f in files:
+                p = os.path.join(root, f)
+                if not os.path.islink(p):
+                    os.utime(p, ns=(mark, mark))
+    elif not os.path.islink(path):
+        os.utime(path, ns=(mark, mark))
+    return entry_stamp(path)
+
+
+def entry_stamp(path: str) -> str:
+    """What a cache entry looks like to stat: size, modification time and inode of each file, the
+    names in each directory, the target of each symlink (a directory's as a digest)."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        return f"l:{os.readlink(path)}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"f:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+    h = hashlib.blake2b(digest_size=16)
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        h.update(f"d {os.path.relpath(root, path)}\0".encode())
+        for f in sorted(files):
+            h.update(f"{f} {entry_stamp(os.path.join(root, f))}\0".encode())
+        for d in dirs:
+            if os.path.islink(os.path.join(root, d)):  # os.walk lists symlinks to directories with the directories
+                h.update(f"{d} {entry_stamp(os.path.join(root, d))}\0".encode())
+    return f"d:{h.hexdigest()}"

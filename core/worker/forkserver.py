@@ -53,6 +53,8 @@ import subprocess
 import sys
 from typing import Any, Callable
 
+from .children import kill_group, reap_child
+
 from ..wire.remote import decode_fork_reply, encode_fork_line
 
 INLINE_RESULT_LIMIT = 1 << 20  # larger results go to the task's result file
@@ -131,13 +133,14 @@ def serve(fd: int) -> int:
     def reap() -> None:
         while children:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                ended = reap_child()
             except ChildProcessError:
                 return
-            if pid == 0:
+            if ended is None:
                 return
+            pid, code = ended
             tid = children.pop(pid, None)
-            msg: dict[str, Any] = {"id": tid, "status": os.waitstatus_to_exitcode(status)}
+            msg: dict[str, Any] = {"id": tid, "status": code}
             if pid in results:
                 # The child wrote everything before it exited: what is not read yet is in the pipe.
                 got = results[pid][1]
@@ -159,10 +162,7 @@ def serve(fd: int) -> int:
                 data = sock.recv(1 << 20)
                 if not data:
                     for pid in children:
-                        try:
-                            os.killpg(pid, signal.SIGKILL)
-                        except (ProcessLookupError, PermissionError):
-                            pass
+                        kill_group(pid)
                     return 0
                 buf += data
                 while b"\n" in buf:
@@ -367,7 +367,7 @@ class ForkServer:
             pid = await asyncio.shield(started)
         except asyncio.CancelledError:
             # Killed before we knew its pid: kill it as soon as the server tells us who it is.
-            started.add_done_callback(lambda f: _killpg(f.result()))
+            started.add_done_callback(lambda f: kill_group(f.result()))
             raise
         if pid < 0:
             raise OSError("the fork server died before starting the task")
@@ -384,14 +384,6 @@ class ForkServer:
                 self._proc.wait(5)
             except subprocess.TimeoutExpired:
                 pass
-
-
-def _killpg(pid: int) -> None:
-    if pid > 0:
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 if __name__ == "__main__":

@@ -11,6 +11,10 @@
 A task's inputs are in the cache (or on their way: a URL, a peer transfer, a mini-task) before it
 starts; its outputs move into the cache when it ends, and the ones the manager wants back are
 streamed home before the ``complete`` message, so a completed task is a finished task.
+
+The Worker holds its parts as members, each given what it uses: ``cache`` (:class:`WorkerCache`),
+``sandboxes`` (:class:`WorkerSandboxes`), ``transfers`` (:class:`WorkerTransfers`) and ``python``
+(:class:`PythonRunner`, which reaches the task path through the ``WorkerTasks`` protocol).
 """
 
 from __future__ import annotations
@@ -20,19 +24,15 @@ import asyncio
 import errno
 import hashlib
 import logging
-import math
 import os
 import shutil
 import signal
 import socket
 import ssl as ssl_module
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
-import psutil
 
 from .. import constants as C
 from ..wire.connection import (
@@ -48,9 +48,12 @@ from ..wire import messages as M
 from ..wire.receive import FileReceiver, IncomingStreams
 from ..wire.protocol import CHUNK_SIZE, Frame, pages_of
 from ..wire.tls import GatedListener, TLSSetupError, client_context, self_signed_server_context, start_gated_server
-from .python import WorkerPythonMixin
+from .options import batch_job_id, build_parser, detect_resources
+from .python import PythonRunner
 from .cache import WorkerCache
+from .children import kill_group, reap_child
 from .reaper import TaskReaper
+from .running import RunningTask
 from .sandbox import WorkerSandboxes
 from .transfers import WorkerTransfers
 
@@ -63,44 +66,10 @@ _HOST_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOSPC, errno.EDQUOT
 WATCH_INTERVAL = 1.0
 
 
-def detect_resources(workdir: str, disk_percent: float = 50) -> dict[str, float]:
-    """Cores, memory (MB), disk (MB of the workspace's free space × disk_percent) and GPUs of this host."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (psutil.cpu_count() or 1)
-    memory = psutil.virtual_memory().total // (1 << 20)
-    os.makedirs(workdir, exist_ok=True)
-    disk = psutil.disk_usage(workdir).free // (1 << 20) * disk_percent / 100
-    gpus = 0
-    if shutil.which("nvidia-smi"):
-        try:
-            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
-            gpus = sum(1 for line in out.splitlines() if line.startswith("GPU"))
-        except (OSError, subprocess.SubprocessError):
-            gpus = 0
-    return {"cores": float(cores), "memory": float(memory), "disk": float(int(disk)), "gpus": float(gpus)}
+class Worker:
+    """One ``vine_worker``: its connection to the manager and its tasks; the cache, sandboxes,
+    transfers and Python runner are its members (``cache``, ``sandboxes``, ``transfers``, ``python``)."""
 
-
-@dataclass
-class RunningTask:
-    id: int
-    spec: dict[str, Any]
-    sandbox: str
-    alloc: dict[str, float]
-    pid: int = 0
-    returncode: int | None = None
-    stdout_fd: int = -1
-    stdout_size: int = -1  # bytes the task wrote to stdout (-1: not read)
-    done: asyncio.Future[int] | None = None
-    killed_for: int | None = None
-    start: float = 0.0
-    starter: asyncio.Task[None] | None = None
-    watchers: dict[str, int] = field(default_factory=dict)
-    usage: Usage | None = None  # peaks measured when the manager enabled monitoring
-    limits: dict[str, float] = field(default_factory=dict)  # what the watchdog found exceeded
-    is_minitask: bool = False
-    linked: list[str] = field(default_factory=list)  # cache entries the sandbox reaches (checked after the task)
-
-
-class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.workdir = os.path.abspath(args.workdir or f"/tmp/worker-{os.getuid()}-{os.getpid()}")
@@ -123,27 +92,23 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
         self.conn: Connection | None = None
         self.tasks: dict[int, RunningTask] = {}
         self.committed = {"cores": 0.0, "memory": 0.0, "disk": 0.0, "gpus": 0.0}
-        self.cache: dict[str, tuple[int, int]] = {}  # name -> (size, level)
-        self.cache_stamps: dict[str, str] = {}  # name -> stamp of an on-disk entry when it arrived (worker_sandbox)
         self.reaper: TaskReaper | None = None  # kills this worker's task processes if it dies (main)
-        self.pending: dict[str, asyncio.Future[bool]] = {}  # names on their way into the cache
-        self.drop_on_arrival: set[str] = set()  # pending names nothing here needs any more (WorkerCache._cache_ready)
         self.receivers = IncomingStreams()  # files streaming in from the manager
         self.last_work = time.monotonic()
         self.end_time = time.time() + args.wall_time if args.wall_time else 0.0
         self.transfer_server: GatedListener | None = None
         self.transfer_port = 0
         self._stop = asyncio.Event()
-        self._free_sandboxes: list[str] = []
-        self._stamps: dict[str, tuple[tuple[int, int], ...]] = {}  # sandbox -> directory times when known clean
         self.prefetched: list[RunningTask] = []  # tasks sent ahead, waiting for room (FIFO)
-        self.peer_failures: set[str] = set()  # inputs whose peer transfer broke: the cluster's fault
         self._base_env = dict(os.environ)
         self._background: set[asyncio.Task[Any]] = set()
-        # Small cached files kept in memory instead of on disk (see WorkerTransfers._keep_in_memory).
-        self.memory: dict[str, bytes] = {}
-        self.memory_bytes = 0
-        self._load_cache()
+        # Its parts, each given what it uses (none of them imports another's module for it):
+        self.cache = WorkerCache(self.cache_dir, self.meta_dir, self.send)
+        self.sandboxes = WorkerSandboxes(self.sandbox_dir, self.cache, self.tasks, self.prefetched)
+        self.transfers = WorkerTransfers(self.cache, self.sandboxes, self.send, lambda: self.conn, self._spawn, self.execute,
+                                         self.tls_client, self.password)
+        self.python = PythonRunner(self, self.cache, self.sandboxes)
+        self.cache.load()
 
     # -- connection ------------------------------------------------------------------------------------
     def send(self, msg: M.Message, payload: bytes = b"") -> None:
@@ -162,7 +127,7 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
         last: OSError | None = None
         for port in port_candidates(self.args.transfer_port or 0):
             try:
-                return await start_gated_server(self._serve_peer, host="0.0.0.0", port=port, ssl=tls,
+                return await start_gated_server(self.transfers.serve_peer, host="0.0.0.0", port=port, ssl=tls,
                                                 what="transfer port", log=log)
             except OSError as exc:
                 last = exc
@@ -182,11 +147,11 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
         finally:
             watchdog.cancel()
             for rt in list(self.tasks.values()):
-                self._kill(rt)
+                self.kill(rt)
             if self.reaper is not None:
                 self.reaper.close()
             self.transfer_server.close()
-            self._drop_levels_below(C.VINE_CACHE_LEVEL_WORKER + 1)
+            self.cache.drop_levels_below(C.VINE_CACHE_LEVEL_WORKER + 1)
             if not self.args.workdir and not self.args.keep_workspace:
                 shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -272,23 +237,23 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
         self.conn = None
         self.prefetched.clear()
         for rt in list(self.tasks.values()):
-            self._kill(rt)
-            self._cleanup_task(rt)
+            self.kill(rt)
+            self.sandboxes.cleanup(rt)
         self.tasks.clear()
         self.committed = dict.fromkeys(self.committed, 0.0)
         self.receivers.abort_all()
-        for fut in self.pending.values():
+        for fut in self.cache.pending.values():
             if not fut.done():
                 fut.set_result(False)
-        self.pending.clear()
-        self.drop_on_arrival.clear()
-        self._drop_levels_below(C.VINE_CACHE_LEVEL_WORKER)
+        self.cache.pending.clear()
+        self.cache.drop_on_arrival.clear()
+        self.cache.drop_levels_below(C.VINE_CACHE_LEVEL_WORKER)
 
     async def _serve_manager(self, conn: Connection) -> None:
         await client_handshake(conn, "worker", self.password, timeout=30, worker_id=self.id)
         self.conn = conn
         # A workdir of 25,000 forever files lists more than one frame holds: the rest follows in pages.
-        pages = pages_of({name: size for name, (size, _lvl) in self.cache.items()})
+        pages = pages_of({name: size for name, (size, _lvl) in self.cache.entries.items()})
         conn.send(M.Ready(
             resources=self.total, cache=pages[0], hostname=socket.gethostname(), worker_id=self.id,
             features=list(self.args.feature or []), cache_more=len(pages) > 1, transfer_port=self.transfer_port,
@@ -347,46 +312,46 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
         if isinstance(msg, M.FileChunk):  # first: most frames of a big input are its chunks
             self.receivers.chunk(frame)
         elif isinstance(msg, M.FileBegin):
-            self.drop_on_arrival.discard(msg.name)
-            self._expect(msg.name)
-            self.receivers.begin(FileReceiver(frame, self.cache_path(msg.name)))
+            self.cache.drop_on_arrival.discard(msg.name)
+            self.cache.expect(msg.name)
+            self.receivers.begin(FileReceiver(frame, self.cache.path(msg.name)))
         elif isinstance(msg, M.FileEnd):
             r = self.receivers.end(msg.name)
             try:
                 r.finish()
             except TransferError as exc:
-                self._cache_failed(r.name, str(exc))
+                self.cache.failed(r.name, str(exc))
                 return
             level = r.header.get("level")
-            self._cache_ready(r.name, level if isinstance(level, int) else C.VINE_CACHE_LEVEL_WORKFLOW)
+            self.cache.ready(r.name, level if isinstance(level, int) else C.VINE_CACHE_LEVEL_WORKFLOW)
         elif isinstance(msg, M.Task):
             self._start_task(msg.task)
         elif isinstance(msg, M.Kill):
-            self.prefetched = [p for p in self.prefetched if p.id != msg.id]
+            self.prefetched[:] = [p for p in self.prefetched if p.id != msg.id]
             rt = self.tasks.get(msg.id)
             if rt is not None:
-                self._kill(rt)
-                self._release(rt)
-                self._cleanup_task(rt)
+                self.kill(rt)
+                self.release(rt)
+                self.sandboxes.cleanup(rt)
         elif isinstance(msg, M.FetchUrl):
-            self.drop_on_arrival.discard(msg.name)
-            self._expect(msg.name)
-            self._spawn(self._fetch_url(msg.name, msg.url, msg.level))
+            self.cache.drop_on_arrival.discard(msg.name)
+            self.cache.expect(msg.name)
+            self._spawn(self.transfers.fetch_url(msg.name, msg.url, msg.level))
         elif isinstance(msg, M.FetchPeer):
-            self.drop_on_arrival.discard(msg.name)
-            self._expect(msg.name)
-            self._fetch_peer(msg.name, msg.source, msg.level)
+            self.cache.drop_on_arrival.discard(msg.name)
+            self.cache.expect(msg.name)
+            self.transfers.fetch_peer(msg.name, msg.source, msg.level)
         elif isinstance(msg, M.Minitask):
-            self.drop_on_arrival.discard(msg.name)
-            self._expect(msg.name)
-            self._spawn(self._run_minitask(msg.name, msg.task, msg.level))
+            self.cache.drop_on_arrival.discard(msg.name)
+            self.cache.expect(msg.name)
+            self._spawn(self.transfers.run_minitask(msg.name, msg.task, msg.level))
         elif isinstance(msg, M.Get):
-            self._spawn(self._send_back(msg.name, msg.request))
+            self._spawn(self.transfers.send_back(msg.name, msg.request))
         elif isinstance(msg, M.Unlink):
-            if msg.name not in self.pending:
-                self._unlink(msg.name)
+            if msg.name not in self.cache.pending:
+                self.cache.unlink(msg.name)
             else:
-                self.drop_on_arrival.add(msg.name)
+                self.cache.drop_on_arrival.add(msg.name)
         elif isinstance(msg, M.Keepalive):
             self.send(M.Alive(self.committed, len(self.tasks)))
         else:
@@ -399,8 +364,8 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
 
     def _start_task(self, spec: dict[str, Any]) -> None:
         tid = int(spec["id"])
-        if self.drop_on_arrival:
-            self.drop_on_arrival.difference_update(i["name"] for i in spec.get("inputs") or ())
+        if self.cache.drop_on_arrival:
+            self.cache.drop_on_arrival.difference_update(i["name"] for i in spec.get("inputs") or ())
         alloc = {k: float(v) for k, v in spec.get("resources", {}).items()}
         rt = RunningTask(tid, spec, "", alloc)
         if spec.get("queued") and (self.prefetched or self._fits(alloc)):
@@ -418,15 +383,15 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
             # A call the manager sends ahead may need this call's temp output: it waits for it here.
             for o in spec.get("outputs") or ():
                 if o.get("kind") == "temp":
-                    self._expect(o["name"])
+                    self.cache.expect(o["name"])
         self.last_work = time.monotonic()
-        if not self._fast_call(rt):
-            self._start_general(rt)
+        if not self.python.fast_call(rt):
+            self.start_general(rt)
 
-    def _start_general(self, rt: RunningTask) -> None:
+    def start_general(self, rt: RunningTask) -> None:
         """Run ``rt`` the ordinary way: in a sandbox of its own, by a coroutine."""
         try:
-            rt.sandbox = self._make_sandbox(f"t.{rt.id}")
+            rt.sandbox = self.sandboxes.make(f"t.{rt.id}")
         except OSError as exc:
             # Out of descriptors or disk, or an old sandbox that could not be removed: this host's
             # problem, so the task goes back to the manager (forsaken) and the connection stays.
@@ -436,16 +401,16 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
             self.send(M.Complete(rt.id, C.VINE_RESULT_FORSAKEN, -1, reason=f"worker problem: cannot make a sandbox: {exc}"))
             return
         self.tasks[rt.id] = rt
-        rt.starter = asyncio.create_task(self._task_coroutine(rt))  # libraries have their own runner
+        rt.starter = asyncio.create_task(self.python.task_coroutine(rt))  # libraries have their own runner
 
-    def _release(self, rt: RunningTask) -> None:
+    def release(self, rt: RunningTask) -> None:
         if rt.spec.get("function_call") is not None:
             for o in rt.spec.get("outputs") or ():  # tell local consumers whether it was made
-                fut = self.pending.get(o["name"]) if o.get("kind") == "temp" else None
+                fut = self.cache.pending.get(o["name"]) if o.get("kind") == "temp" else None
                 if fut is not None and o["name"] not in self.receivers:
-                    del self.pending[o["name"]]
+                    del self.cache.pending[o["name"]]
                     if not fut.done():
-                        fut.set_result(o["name"] in self.cache)
+                        fut.set_result(o["name"] in self.cache.entries)
         if self.tasks.pop(rt.id, None) is not None:
             for k in self.committed:
                 self.committed[k] = max(0.0, self.committed[k] - max(rt.alloc.get(k, 0), 0))
@@ -454,7 +419,7 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
                 head.spec["queued"] = False
                 self._start_task(head.spec)
 
-    def _task_env(self, rt: RunningTask) -> dict[str, str]:
+    def task_env(self, rt: RunningTask) -> dict[str, str]:
         env = self._base_env.copy()
         tmp = os.path.join(rt.sandbox, ".taskvine.tmp")
         cores = rt.alloc.get("cores", self.total["cores"])
@@ -480,13 +445,13 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
             cmd = f"./__vine_env_{name}/bin/run_in_env {_shell_quote(cmd)}"
         return cmd
 
-    async def _execute(self, rt: RunningTask) -> int:
+    async def execute(self, rt: RunningTask) -> int:
         """Run the command; returns its exit status (negative = killed by that signal).
 
         posix_spawn (environment converted in C, no Popen machinery) and a pidfd in the event loop
         keep the worker's own cost per task well under the cost of starting the shell.
         """
-        special = self._special_execute(rt)  # Python tasks (fork server) and function calls (library)
+        special = self.python.special_execute(rt)  # Python tasks (fork server) and function calls (library)
         if special is not None:
             return await special
         loop = asyncio.get_running_loop()
@@ -497,7 +462,7 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
         # paths (every worker path is absolute), so changing directory around the call is safe.
         os.chdir(rt.sandbox)
         try:
-            rt.pid = os.posix_spawn("/bin/sh", ["/bin/sh", "-c", self._command(rt)], self._task_env(rt), file_actions=actions, setsid=True)
+            rt.pid = os.posix_spawn("/bin/sh", ["/bin/sh", "-c", self._command(rt)], self.task_env(rt), file_actions=actions, setsid=True)
         finally:
             os.chdir(self.workdir)
         rt.start = time.time()
@@ -505,21 +470,18 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
 
         def reap() -> None:
             try:
-                pid, status = os.waitpid(rt.pid, os.WNOHANG)
+                ended = reap_child(rt.pid)
             except ChildProcessError:
-                pid, status = rt.pid, 255 << 8
-            if pid == 0:
+                ended = (rt.pid, 255)
+            if ended is None:
                 return
             if pidfd >= 0:
                 loop.remove_reader(pidfd)
                 os.close(pidfd)
-            rt.returncode = os.waitstatus_to_exitcode(status)
-            try:
-                # Whatever the task left running in the background goes with it: a finished task
-                # must not keep using the cores, memory or files it was allocated.
-                os.killpg(rt.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            rt.returncode = ended[1]
+            # Whatever the task left running in the background goes with it: a finished task
+            # must not keep using the cores, memory or files it was allocated.
+            kill_group(rt.pid)
             if not rt.done.done():  # type: ignore[union-attr]
                 rt.done.set_result(rt.returncode)  # type: ignore[union-attr]
 
@@ -531,12 +493,12 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
             loop.run_in_executor(None, lambda: (os.waitid(os.P_PID, rt.pid, os.WEXITED | os.WNOWAIT), loop.call_soon_threadsafe(reap)))
         timers = []
         if rt.spec.get("time_max"):
-            timers.append(loop.call_later(float(rt.spec["time_max"]), self._kill, rt, C.VINE_RESULT_MAX_WALL_TIME))
+            timers.append(loop.call_later(float(rt.spec["time_max"]), self.kill, rt, C.VINE_RESULT_MAX_WALL_TIME))
         if rt.spec.get("time_end"):
-            timers.append(loop.call_later(max(0.0, rt.spec["time_end"] / 1e6 - time.time()), self._kill, rt, C.VINE_RESULT_MAX_END_TIME))
+            timers.append(loop.call_later(max(0.0, rt.spec["time_end"] / 1e6 - time.time()), self.kill, rt, C.VINE_RESULT_MAX_END_TIME))
         watch = [o for o in rt.spec.get("outputs", []) if o.get("watch")]
-        watcher = asyncio.create_task(self._watch(rt, watch)) if watch else None
-        monitor = asyncio.create_task(self._monitor(rt, rt.spec["monitor"])) if rt.spec.get("monitor") else None
+        watcher = asyncio.create_task(self.watch(rt, watch)) if watch else None
+        monitor = asyncio.create_task(self.monitor(rt, rt.spec["monitor"])) if rt.spec.get("monitor") else None
         try:
             return await rt.done
         finally:
@@ -547,7 +509,7 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
             if watcher:
                 watcher.cancel()
 
-    async def _monitor(self, rt: RunningTask, options: dict[str, Any]) -> None:
+    async def monitor(self, rt: RunningTask, options: dict[str, Any]) -> None:
         """Sample the task's process tree; with the watchdog, kill it when it exceeds its allocation."""
         rt.usage = Usage(start=rt.start or time.time())
         interval = float(options.get("interval") or 1.0)
@@ -563,13 +525,13 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
                 if over:
                     rt.limits = over
                     log.info("task %s exceeded %s (allocated %s): killing it", rt.id, over, rt.alloc)
-                    self._kill(rt, C.VINE_RESULT_RESOURCE_EXHAUSTION)
+                    self.kill(rt, C.VINE_RESULT_RESOURCE_EXHAUSTION)
                     return
 
     async def _take_stdout(self, rt: RunningTask) -> tuple[bytes, bool, int | None]:
         """The task's captured output, up to the manager's ``stdout_limit`` (tune max-task-stdout-storage):
         (bytes to send inline, whether it was cut, bytes streamed ahead of ``complete`` or None)."""
-        inline = rt.__dict__.pop("inline_stdout", None)
+        inline, rt.inline_stdout = rt.inline_stdout, None
         if inline is not None:
             return inline, False, None
         fd, rt.stdout_fd = rt.stdout_fd, -1
@@ -594,10 +556,10 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
         finally:
             os.close(fd)
 
-    def _read_stdout(self, rt: RunningTask) -> tuple[bytes, bool]:
+    def read_stdout(self, rt: RunningTask) -> tuple[bytes, bool]:
         """The task's captured output (at most STDOUT_LIMIT bytes) and whether it was cut, for callers
         that send it inline only (a library's)."""
-        inline = rt.__dict__.pop("inline_stdout", None)
+        inline, rt.inline_stdout = rt.inline_stdout, None
         if inline is not None:
             return inline, False
         fd, rt.stdout_fd = rt.stdout_fd, -1
@@ -609,18 +571,15 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
         finally:
             os.close(fd)
 
-    def _kill(self, rt: RunningTask, reason: int | None = None) -> None:
+    def kill(self, rt: RunningTask, reason: int | None = None) -> None:
         if rt.pid and rt.returncode is None:
             if reason is not None and rt.killed_for is None:
                 rt.killed_for = reason
-            try:
-                os.killpg(rt.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            kill_group(rt.pid)
         if rt.starter is not None and not rt.pid:
             rt.starter.cancel()
 
-    async def _watch(self, rt: RunningTask, outputs: list[dict[str, Any]]) -> None:
+    async def watch(self, rt: RunningTask, outputs: list[dict[str, Any]]) -> None:
         while True:
             await asyncio.sleep(WATCH_INTERVAL)
             self._watch_once(rt, outputs)
@@ -639,18 +598,18 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
                 self.send(M.Watch(rt.id, o["name"], offset), data)
                 rt.watchers[o["name"]] = offset + len(data)
 
-    async def _run_task(self, rt: RunningTask) -> None:
+    async def run_task(self, rt: RunningTask) -> None:
         spec = rt.spec
         result, code, reason = C.VINE_RESULT_SUCCESS, -1, ""
         retry = False
         try:
-            if not await self._gather_inputs(spec):
-                missing = [i["name"] for i in spec["inputs"] if i["name"] not in self.cache]
+            if not await self.cache.gather(spec):
+                missing = [i["name"] for i in spec["inputs"] if i["name"] not in self.cache.entries]
                 result, reason = C.VINE_RESULT_INPUT_MISSING, f"inputs not obtained: {missing}"
                 # An input that failed to arrive from a peer is the cluster's fault, not the task's.
-                retry = any(i.get("kind") == "temp" or i["name"] in self.peer_failures for i in spec["inputs"] if i["name"] in missing)
-                self.peer_failures.difference_update(missing)
-                url_failures: dict[str, str] = self.__dict__.get("url_failures") or {}
+                retry = any(i.get("kind") == "temp" or i["name"] in self.transfers.peer_failures for i in spec["inputs"] if i["name"] in missing)
+                self.transfers.peer_failures.difference_update(missing)
+                url_failures = self.transfers.url_failures
                 unfetched = [url_failures.pop(i["name"], i["name"]) for i in spec["inputs"] if i["name"] in missing and i.get("kind") == "url"]
                 if unfetched:
                     # As TaskVine's worker does: a URL this worker could not fetch forsakes the task
@@ -658,9 +617,9 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
                     result, reason, retry = C.VINE_RESULT_FORSAKEN, "; ".join(unfetched), False
                     spec["missing_input"] = True
             else:
-                self._link_inputs(rt)
-                status = await self._execute(rt)
-                retry = rt.__dict__.get("retry", False)  # e.g. a call whose library died before it started
+                self.sandboxes.link_inputs(rt)
+                status = await self.execute(rt)
+                retry = rt.retry  # e.g. a call whose library died before it started
                 if rt.killed_for is not None:
                     result, code = rt.killed_for, 9
                 elif status < 0:
@@ -695,8 +654,8 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
                 self._watch_once(rt, watch)
             ok = result == C.VINE_RESULT_SUCCESS and code == 0
             result = await self._collect_outputs(rt, ok, result, outputs, cached)
-        unlinked = self._cleanup_task(rt)
-        self._release(rt)
+        unlinked = self.sandboxes.cleanup(rt)
+        self.release(rt)
         self.last_work = time.monotonic()
         self.send(
             M.Complete(rt.id, result, code, reason=reason, retry=retry, missing_input=bool(spec.get("missing_input")),
@@ -711,12 +670,12 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
                 pass
 
     async def _collect_outputs(self, rt: RunningTask, ok: bool, result: int, outputs: dict[str, int], cached: dict[str, int]) -> int:
-        inline: dict[str, bytes] = rt.__dict__.get("inline_outputs") or {}  # a forked PythonTask's result
+        inline = rt.inline_outputs  # a forked PythonTask's result
         for o in rt.spec.get("outputs", []):
             if (o.get("failure_only") and ok) or (o.get("success_only") and not ok):
                 continue
             if o["remote"] in inline:
-                await self._collect_inline_output(rt, o, inline.pop(o["remote"]), outputs, cached)
+                await self.python.collect_inline_output(rt, o, inline.pop(o["remote"]), outputs, cached)
                 continue
             src = os.path.join(rt.sandbox, o["remote"])
             if not os.path.lexists(src):
@@ -724,79 +683,25 @@ class Worker(WorkerCache, WorkerTransfers, WorkerSandboxes, WorkerPythonMixin):
                     result = C.VINE_RESULT_OUTPUT_MISSING
                 continue
             name = o["name"]
-            self._unlink(name)
-            os.replace(src, self.cache_path(name))
+            self.cache.unlink(name)
+            os.replace(src, self.cache.path(name))
             level = int(o.get("level", 1))
             if o.get("return"):
                 if self.conn is not None:
-                    await send_path(self.conn, name, self.cache_path(name), task=rt.id)
+                    await send_path(self.conn, name, self.cache.path(name), task=rt.id)
                 if level <= C.VINE_CACHE_LEVEL_TASK:
-                    outputs[name] = path_size(self.cache_path(name))
-                    self._unlink(name)
+                    outputs[name] = path_size(self.cache.path(name))
+                    self.cache.unlink(name)
                     continue
             # Announced in the task's "complete" message ("cached"), not in a cache_update of its own:
             # the manager then sees the file and the freed slot at once, and places a consumer here.
-            outputs[name] = cached[name] = self._add_cache(name, max(level, C.VINE_CACHE_LEVEL_WORKFLOW))
+            outputs[name] = cached[name] = self.cache.add(name, max(level, C.VINE_CACHE_LEVEL_WORKFLOW))
         return result
 
 def _shell_quote(s: str) -> str:
     import shlex
 
     return shlex.quote(s)
-
-
-def batch_job_id() -> str | None:
-    """The batch job this worker runs in, so a factory can remove exactly its idle workers' jobs.
-
-    ``$VINE_BATCH_JOB_ID`` (set by the factory's local and HTCondor queues), else the id the batch
-    system itself exports: ``$SLURM_JOB_ID`` (Slurm), ``$JOB_ID`` (SGE/UGE).
-    """
-    for var in ("VINE_BATCH_JOB_ID", "SLURM_JOB_ID", "JOB_ID"):
-        v = os.environ.get(var, "").strip()
-        if v and len(v) <= 128:
-            return v
-    return None
-
-
-def _amount(text: str) -> float:
-    """An argparse type: a finite number >= 0 (``inf``/``nan`` parse as floats but no scheduler can use them)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vine_worker", description="Run tasks for a core (TaskVine-compatible) manager.")
-    p.add_argument("manager", nargs="*", help="HOST PORT, or 'HOST:PORT[;HOST:PORT...]'")
-    p.add_argument("-M", "--manager-name", help="project name to look up in the catalog")
-    p.add_argument("--cores", type=_amount)
-    p.add_argument("--memory", type=_amount, help="MB")
-    p.add_argument("--disk", type=_amount, help="MB")
-    p.add_argument("--gpus", type=_amount)
-    p.add_argument("--disk-percent", type=_amount, default=50)
-    p.add_argument("--feature", action="append", help="a feature tasks may require (repeatable)")
-    p.add_argument("-t", "--timeout", type=_amount, default=900, help="idle and connect timeout (s)")
-    p.add_argument("--idle-timeout", type=_amount)
-    p.add_argument("--connect-timeout", type=_amount)
-    p.add_argument("--wall-time", type=_amount, default=0)
-    p.add_argument("--single-shot", action="store_true")
-    p.add_argument("-s", "--workdir", "--workspace", dest="workdir")
-    p.add_argument("--keep-workspace", action="store_true")
-    p.add_argument("-P", "--password", help="file holding the shared password")
-    p.add_argument("--transfer-port", type=int, default=0)
-    p.add_argument("--ssl", action="store_true",
-                   help="connect to the manager with TLS, and serve and fetch peer transfers with TLS "
-                        "(with -M NAME, learned from the catalog)")
-    p.add_argument("--parent-death", action="store_true")
-    p.add_argument("--from-factory", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("-d", "--debug", help="debug flags ('all')")
-    p.add_argument("-o", "--debug-file")
-    p.add_argument("-C", "--catalog", help="catalog directory or host:port")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

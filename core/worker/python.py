@@ -13,7 +13,7 @@
                               it travels home inline with the completion
 
 Everything else (sandbox, inputs, stdout capture, time_max kill, outputs) is the worker's ordinary
-task path; this mixin only replaces how the process starts and how its end is noticed.
+task path; this runner only replaces how the process starts and how its end is noticed.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import secrets
 import shlex
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Coroutine
+from typing import TYPE_CHECKING, Any, Coroutine, Protocol
 
 from .. import constants as C
 from ..wire.remote import FramingError, MessageReader, encode_library_message
@@ -36,7 +36,10 @@ from ..wire.connection import send_bytes
 from .forkserver import ForkServer
 
 if TYPE_CHECKING:
-    from .main import RunningTask
+    from ..wire.connection import Connection
+    from .cache import WorkerCache
+    from .running import RunningTask
+    from .sandbox import WorkerSandboxes
 
 log = logging.getLogger("vine_worker")
 
@@ -91,32 +94,44 @@ class LibraryProcess:
             self.writer = None
 
 
-class WorkerPythonMixin:
-    """Mixed into :class:`core.worker.Worker`."""
+class WorkerTasks(Protocol):
+    """What the Python runner uses of the worker: its task path, which it replaces or extends."""
 
     tasks: dict[int, RunningTask]
+    conn: Connection | None
+    last_work: float
 
-    # -- state ------------------------------------------------------------------------------------------
-    def _fork_server(self) -> ForkServer:
-        fs = self.__dict__.get("_vine_forkserver")
-        if fs is None:
-            fs = self.__dict__["_vine_forkserver"] = ForkServer()
-        return fs
+    def send(self, msg: Any, payload: bytes = b"") -> None: ...
+    def run_task(self, rt: RunningTask) -> Coroutine[Any, Any, None]: ...
+    def execute(self, rt: RunningTask) -> Coroutine[Any, Any, int]: ...
+    def task_env(self, rt: RunningTask) -> dict[str, str]: ...
+    def kill(self, rt: RunningTask, reason: int | None = None) -> None: ...
+    def watch(self, rt: RunningTask, outputs: list[dict[str, Any]]) -> Coroutine[Any, Any, None]: ...
+    def monitor(self, rt: RunningTask, options: dict[str, Any]) -> Coroutine[Any, Any, None]: ...
+    def start_general(self, rt: RunningTask) -> None: ...
+    def release(self, rt: RunningTask) -> None: ...
+    def read_stdout(self, rt: RunningTask) -> tuple[bytes, bool]: ...
 
-    def _libraries(self) -> dict[int, LibraryProcess]:
-        libs = self.__dict__.get("_vine_libraries")
-        if libs is None:
-            libs = self.__dict__["_vine_libraries"] = {}
-        return libs
+
+class PythonRunner:
+    """A member of :class:`core.worker.Worker` (``worker.python``): the fork server and the library
+    instances, given the worker's task path (:class:`WorkerTasks`), its cache and its sandboxes."""
+
+    def __init__(self, worker: WorkerTasks, cache: WorkerCache, sandboxes: WorkerSandboxes) -> None:
+        self._worker = worker
+        self.cache = cache
+        self.sandboxes = sandboxes
+        self.fork_server = ForkServer()  # started on the first PythonTask, restarted if it dies
+        self.libraries: dict[int, LibraryProcess] = {}  # instance id -> its process, while it runs
 
     # -- hooks called by Worker -----------------------------------------------------------------------------
-    def _task_coroutine(self, rt: RunningTask) -> Coroutine[Any, Any, None]:
+    def task_coroutine(self, rt: RunningTask) -> Coroutine[Any, Any, None]:
         """What runs a started task: a library instance, or the ordinary task path."""
         if rt.spec.get("library") is not None:
             return self._run_library(rt)
-        return self._run_task(rt)  # type: ignore[attr-defined,no-any-return]
+        return self._worker.run_task(rt)
 
-    def _special_execute(self, rt: RunningTask) -> Coroutine[Any, Any, int] | None:
+    def special_execute(self, rt: RunningTask) -> Coroutine[Any, Any, int] | None:
         """A replacement for ``sh -c command``, or None for the ordinary way."""
         spec = rt.spec
         if spec.get("function_call") is not None:
@@ -132,10 +147,10 @@ class WorkerPythonMixin:
         stdout_path = os.path.join(rt.sandbox, ".vine-stdout")
         rt.stdout_fd = os.open(stdout_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         rt.done = loop.create_future()
-        env = self._task_env(rt)  # type: ignore[attr-defined]
+        env = self._worker.task_env(rt)
         py = rt.spec["python"]
         request, fast = self._fork_request(rt, py)
-        server = self._fork_server()
+        server = self.fork_server
         try:
             pid, exited = await server.spawn(rt.id, rt.sandbox, env, stdout_path, request, **fast)
         except OSError as exc:
@@ -147,14 +162,14 @@ class WorkerPythonMixin:
             rt.stdout_fd = -1
             rt.spec["command"] = shlex.join([sys.executable, REMOTE_PATH, "task", py["function"], py["args"], py.get("output") or "-",
                                              "1" if py.get("serialize", True) else "0"])
-            return await self._execute(rt)  # type: ignore[attr-defined,no-any-return]
+            return await self._worker.execute(rt)
         rt.pid = pid
         rt.start = time.time()
 
         def finished(fut: asyncio.Future[int]) -> None:
             result = server.take_result(rt.id)
             if result is not None and py.get("output"):
-                rt.inline_outputs = {py["output"]: result}  # type: ignore[attr-defined]
+                rt.inline_outputs = {py["output"]: result}
             rt.returncode = fut.result()
             if rt.done is not None and not rt.done.done():
                 rt.done.set_result(rt.returncode)
@@ -175,9 +190,9 @@ class WorkerPythonMixin:
         for inp in rt.spec.get("inputs") or ():
             if inp.get("in_place") and inp["remote"] == py.get("function"):
                 name = inp["name"]
-                if name in self.memory:  # type: ignore[attr-defined]
-                    self._spill(name)  # type: ignore[attr-defined]  # the server reads it once, from disk
-                request["function"] = fast["function_path"] = self.cache_path(name)  # type: ignore[attr-defined]
+                if name in self.cache.memory:
+                    self.cache.spill(name)  # the server reads it once, from disk
+                request["function"] = fast["function_path"] = self.cache.path(name)
                 fast["function_key"] = name
         out = py.get("output")
         if out and py.get("result_inline"):
@@ -188,47 +203,47 @@ class WorkerPythonMixin:
         """Put what the fork server would have been handed in memory into the sandbox, as files."""
         for inp in rt.spec.get("inputs") or ():
             if inp.get("in_place"):
-                if inp["name"] in self.memory:  # type: ignore[attr-defined]
-                    self._spill(inp["name"])  # type: ignore[attr-defined]
-                os.symlink(self.cache_path(inp["name"]), os.path.join(rt.sandbox, inp["remote"]))  # type: ignore[attr-defined]
+                if inp["name"] in self.cache.memory:
+                    self.cache.spill(inp["name"])
+                os.symlink(self.cache.path(inp["name"]), os.path.join(rt.sandbox, inp["remote"]))
         if py.get("args_inline") is not None:
             with open(os.path.join(rt.sandbox, py["args"]), "wb") as fh:
                 fh.write(base64.b64decode(py.pop("args_inline")))
 
-    async def _collect_inline_output(self, rt: RunningTask, o: dict[str, Any], data: bytes, outputs: dict[str, int],
+    async def collect_inline_output(self, rt: RunningTask, o: dict[str, Any], data: bytes, outputs: dict[str, int],
                                      cached: dict[str, int]) -> None:
         """An output a forked PythonTask sent back in memory: sent home, or cached, from memory.
 
         Called by ``Worker._collect_outputs`` for the outputs named in ``rt.inline_outputs``.
         """
         name = o["name"]
-        self._unlink(name)  # type: ignore[attr-defined]
+        self.cache.unlink(name)
         level = int(o.get("level", 1))
         if o.get("return"):
-            conn = self.conn  # type: ignore[attr-defined]
+            conn = self._worker.conn
             if conn is not None:
                 await send_bytes(conn, name, data, task=rt.id)
             if level <= C.VINE_CACHE_LEVEL_TASK:
                 outputs[name] = len(data)
                 return
-        self._keep_in_memory(name, data)  # type: ignore[attr-defined]
+        self.cache.keep_in_memory(name, data)
         if level >= C.VINE_CACHE_LEVEL_FOREVER:
-            self._spill(name)  # type: ignore[attr-defined]  # outlives this worker process: it must be on disk
-        outputs[name] = cached[name] = self._add_cache(name, max(level, C.VINE_CACHE_LEVEL_WORKFLOW))  # type: ignore[attr-defined]
+            self.cache.spill(name)  # outlives this worker process: it must be on disk
+        outputs[name] = cached[name] = self.cache.add(name, max(level, C.VINE_CACHE_LEVEL_WORKFLOW))
 
     async def _supervise(self, rt: RunningTask) -> int:
         """Wait for ``rt.done`` under the task's time limits and output watches (as ``_execute`` does)."""
         loop = asyncio.get_running_loop()
-        kill = self._kill  # type: ignore[attr-defined]
+        kill = self._worker.kill
         timers = []
         if rt.spec.get("time_max"):
             timers.append(loop.call_later(float(rt.spec["time_max"]), kill, rt, C.VINE_RESULT_MAX_WALL_TIME))
         if rt.spec.get("time_end"):
             timers.append(loop.call_later(max(0.0, rt.spec["time_end"] / 1e6 - time.time()), kill, rt, C.VINE_RESULT_MAX_END_TIME))
         watch = [o for o in rt.spec.get("outputs", []) if o.get("watch")]
-        watcher = asyncio.create_task(self._watch(rt, watch)) if watch else None  # type: ignore[attr-defined]
+        watcher = asyncio.create_task(self._worker.watch(rt, watch)) if watch else None
         # Measured and watched like any task: the child is a process of its own (the fork server's child).
-        monitor = asyncio.create_task(self._monitor(rt, rt.spec["monitor"])) if rt.spec.get("monitor") else None  # type: ignore[attr-defined]
+        monitor = asyncio.create_task(self._worker.monitor(rt, rt.spec["monitor"])) if rt.spec.get("monitor") else None
         try:
             assert rt.done is not None
             return await rt.done
@@ -243,13 +258,13 @@ class WorkerPythonMixin:
     # -- function calls -----------------------------------------------------------------------------------------
     async def _fast_call_when_ready(self, rt: RunningTask, arriving: list[asyncio.Future[bool]]) -> None:
         arrived = all([await asyncio.shield(fut) for fut in arriving])  # shared futures: see _gather_inputs
-        if self.tasks.get(rt.id) is not rt:
+        if self._worker.tasks.get(rt.id) is not rt:
             return  # killed while it waited
         rt.starter = None
-        if not arrived or not self._fast_call(rt, wait_inputs=False):
-            self._start_general(rt)  # type: ignore[attr-defined]  # the ordinary path reports what is missing
+        if not arrived or not self.fast_call(rt, wait_inputs=False):
+            self._worker.start_general(rt)  # the ordinary path reports what is missing
 
-    def _fast_call(self, rt: RunningTask, wait_inputs: bool = True) -> bool:
+    def fast_call(self, rt: RunningTask, wait_inputs: bool = True) -> bool:
         """Hand a plain direct-mode call straight to its ready instance: no sandbox, no coroutine.
 
         Plain = no environment, no time limits, no monitoring, and files only of the kinds the call
@@ -264,7 +279,7 @@ class WorkerPythonMixin:
         fc = spec.get("function_call")
         if fc is None or spec.get("environments") or spec.get("time_max") or spec.get("time_end") or spec.get("monitor"):
             return False
-        cache = self.cache  # type: ignore[attr-defined]
+        cache = self.cache.entries
         paths: dict[str, str | bytes] = {}
         arriving: list[asyncio.Future[bool]] = []
         for inp in spec.get("inputs") or ():
@@ -272,31 +287,31 @@ class WorkerPythonMixin:
             if not (remote.startswith(".vine_ref_") or remote == fc.get("args_file")):
                 return False
             if inp["name"] not in cache:
-                fut_in = self.pending.get(inp["name"])  # type: ignore[attr-defined]
+                fut_in = self.cache.pending.get(inp["name"])
                 if fut_in is None or not wait_inputs:
                     return False
                 arriving.append(fut_in)
             # A file kept in memory travels to the library as bytes: nothing to open there either.
-            paths[remote] = self.memory.get(inp["name"]) or self.cache_path(inp["name"])  # type: ignore[attr-defined]
+            paths[remote] = self.cache.memory.get(inp["name"]) or self.cache.path(inp["name"])
         outputs = spec.get("outputs") or ()
         output: dict[str, Any] | None = None
         if outputs:
             if len(outputs) != 1 or outputs[0]["remote"] != fc.get("output") or outputs[0].get("kind") != "temp":
                 return False
             output = outputs[0]
-        inst = self._libraries().get(int(spec.get("library_instance") or 0))
+        inst = self.libraries.get(int(spec.get("library_instance") or 0))
         if inst is None or inst.dead or not inst.sandbox or not inst.ready.done() or not inst.ready.result():
             return False
         if (fc.get("mode") or inst.mode) != "direct":
             return False
         if arriving:
             # Inputs still on their way (peer transfers): wait for them here, then take this path.
-            self.tasks[rt.id] = rt
+            self._worker.tasks[rt.id] = rt
             rt.starter = asyncio.create_task(self._fast_call_when_ready(rt, arriving))
             return True
         result_path = os.path.join(inst.sandbox, f".vine-result-{rt.id}")  # used only for results over 1 MiB
         args_file = fc.get("args_file")
-        output_path = self.cache_path(output["name"]) if output is not None else None  # type: ignore[attr-defined]
+        output_path = self.cache.path(output["name"]) if output is not None else None
         if not inst.send({"op": "call", "id": rt.id, "function": fc["function"],
                           "args": base64.b64decode(fc["args"]) if fc.get("args") is not None else None,
                           "args_file": self._spilled_path(args_file, paths) if args_file else None, "paths": paths,
@@ -306,7 +321,7 @@ class WorkerPythonMixin:
         fut: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         inst.pending[rt.id] = fut
         rt.start = time.time()
-        self.tasks[rt.id] = rt
+        self._worker.tasks[rt.id] = rt
         fut.add_done_callback(lambda f: self._fast_call_done(rt, inst, result_path, output, f))
         return True
 
@@ -314,10 +329,10 @@ class WorkerPythonMixin:
         """The on-disk path of input ``remote`` (its bytes are written out if they were in memory)."""
         src = paths[remote]
         if isinstance(src, bytes):
-            for name, data in list(self.memory.items()):  # type: ignore[attr-defined]
+            for name, data in list(self.cache.memory.items()):
                 if data is src:
-                    self._spill(name)  # type: ignore[attr-defined]
-                    paths[remote] = src = self.cache_path(name)  # type: ignore[attr-defined]
+                    self.cache.spill(name)
+                    paths[remote] = src = self.cache.path(name)
                     break
         return str(src)
 
@@ -334,26 +349,26 @@ class WorkerPythonMixin:
             except OSError:
                 data = b""
         cached: dict[str, int] = {}
-        if self.tasks.get(rt.id) is not rt:
-            if output is not None and output["name"] not in self.cache:  # type: ignore[attr-defined]
-                self._unlink(output["name"])  # type: ignore[attr-defined]  # cancelled while it ran: drop what it wrote
+        if self._worker.tasks.get(rt.id) is not rt:
+            if output is not None and output["name"] not in self.cache.entries:
+                self.cache.unlink(output["name"])  # cancelled while it ran: drop what it wrote
             return
         result, code = (C.VINE_RESULT_LIBRARY_EXIT, 9) if status is None else (C.VINE_RESULT_SUCCESS, status)
         if output is not None:
             name = output["name"]
             if status == 0 and data:
-                self._keep_in_memory(name, data)  # type: ignore[attr-defined]  # the envelope came back inline
+                self.cache.keep_in_memory(name, data)  # the envelope came back inline
                 data = b""  # it is the temp's content, not the call's output
-            if status == 0 and (name in self.memory or os.path.lexists(self.cache_path(name))):  # type: ignore[attr-defined]
-                cached[name] = self._add_cache(name, max(int(output.get("level", 1)), C.VINE_CACHE_LEVEL_WORKFLOW))  # type: ignore[attr-defined]
+            if status == 0 and (name in self.cache.memory or os.path.lexists(self.cache.path(name))):
+                cached[name] = self.cache.add(name, max(int(output.get("level", 1)), C.VINE_CACHE_LEVEL_WORKFLOW))
             elif status == 0:
                 result = C.VINE_RESULT_OUTPUT_MISSING
             else:
-                self._unlink(name)  # type: ignore[attr-defined]  # a failed call leaves no temp behind
-        unlinked = self._cleanup_task(rt)  # type: ignore[attr-defined]  # no sandbox: only task-level inputs
-        self._release(rt)  # type: ignore[attr-defined]
-        self.last_work = time.monotonic()  # type: ignore[attr-defined]
-        self.send(  # type: ignore[attr-defined]
+                self.cache.unlink(name)  # a failed call leaves no temp behind
+        unlinked = self.sandboxes.cleanup(rt)  # no sandbox: only task-level inputs
+        self._worker.release(rt)
+        self._worker.last_work = time.monotonic()
+        self._worker.send(
             M.Complete(rt.id, result, code, reason="" if status is not None else "the library died during the call",
                        start=rt.start, end=time.time(), outputs=dict(cached), cached=cached, unlinked=unlinked),
             data or b"",
@@ -366,7 +381,7 @@ class WorkerPythonMixin:
         # which made every call wait on the disk); it becomes the call's "stdout", sent home inline.
         result_path = os.path.join(rt.sandbox, ".vine-stdout")
         rt.start = time.time()
-        libs = self._libraries()
+        libs = self.libraries
         inst = libs.get(int(rt.spec.get("library_instance") or 0))
         if inst is None:
             inst = next((i for i in libs.values() if i.name == fc["library"] and not i.dead), None)
@@ -382,7 +397,7 @@ class WorkerPythonMixin:
             # own end, so the call is not placed in the dead instance again.
             if inst is not None:
                 await inst.finished.wait()
-            rt.retry = True  # type: ignore[attr-defined]
+            rt.retry = True
             rt.killed_for = C.VINE_RESULT_MISSING_LIBRARY
             return 9
         inst.pending[rt.id] = fut
@@ -410,7 +425,7 @@ class WorkerPythonMixin:
             inst.pending.pop(rt.id, None)
         inline = inst.results.pop(rt.id, None)
         if inline is not None:
-            rt.inline_stdout = inline  # type: ignore[attr-defined]
+            rt.inline_stdout = inline
         else:
             try:
                 rt.stdout_fd = os.open(result_path, os.O_RDONLY | os.O_CLOEXEC)
@@ -460,17 +475,17 @@ class WorkerPythonMixin:
         lib = spec["library"]
         inst = LibraryProcess(rt.id, str(lib["name"]))
         inst.sandbox = rt.sandbox
-        libs = self._libraries()
+        libs = self.libraries
         libs[rt.id] = inst
         server: asyncio.AbstractServer | None = None
         status: int | None = None
         reason = ""
         try:
-            if not await self._gather_inputs(spec):  # type: ignore[attr-defined]
-                missing = [i["name"] for i in spec["inputs"] if i["name"] not in self.cache]  # type: ignore[attr-defined]
+            if not await self.cache.gather(spec):
+                missing = [i["name"] for i in spec["inputs"] if i["name"] not in self.cache.entries]
                 reason = f"the library's inputs could not be obtained: {missing}"
             else:
-                self._link_inputs(rt)  # type: ignore[attr-defined]
+                self.sandboxes.link_inputs(rt)
                 address = f"vine-lib-{os.getpid()}-{-rt.id}-{secrets.token_hex(4)}"
                 server = await asyncio.start_unix_server(functools.partial(self._library_connected, inst), path="\0" + address)
                 env = dict(spec.get("env") or {})
@@ -480,7 +495,7 @@ class WorkerPythonMixin:
                 # cloudpickle); inside one, the environment's python3.
                 env["VINE_PYTHON"] = None if spec.get("environments") else sys.executable
                 spec["env"] = env
-                status = await self._execute(rt)  # type: ignore[attr-defined]
+                status = await self._worker.execute(rt)
         except asyncio.CancelledError:
             inst.die()
             libs.pop(rt.id, None)
@@ -495,7 +510,7 @@ class WorkerPythonMixin:
         was_ready = inst.ready.done() and inst.ready.result()
         inst.die()
         libs.pop(rt.id, None)
-        if rt.id not in self.tasks:
+        if rt.id not in self._worker.tasks:
             inst.finished.set()
             return  # killed by the manager (removed, evicted) or the manager went away
         if not reason:
@@ -507,17 +522,17 @@ class WorkerPythonMixin:
                 reason = f"the library exited with status {status} before it was ready"
             else:
                 reason = f"the library exited with status {status}"
-        stdout, _cut = self._read_stdout(rt)  # type: ignore[attr-defined]
-        unlinked = self._cleanup_task(rt)  # type: ignore[attr-defined]
-        self._release(rt)  # type: ignore[attr-defined]
-        self.last_work = time.monotonic()
-        self.send(  # type: ignore[attr-defined]
+        stdout, _cut = self._worker.read_stdout(rt)
+        unlinked = self.sandboxes.cleanup(rt)
+        self._worker.release(rt)
+        self._worker.last_work = time.monotonic()
+        self._worker.send(
             M.Complete(rt.id, C.VINE_RESULT_LIBRARY_EXIT, status if status is not None else -1, reason=reason,
                        library=inst.name, start=rt.start, end=time.time(), unlinked=unlinked),
             stdout[-LIBRARY_LOG_TAIL:],
         )
         inst.finished.set()
-        conn = self.conn  # type: ignore[attr-defined]
+        conn = self._worker.conn
         if conn is not None:
             try:
                 await conn.drain()

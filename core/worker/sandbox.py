@@ -1,8 +1,8 @@
 """A worker's sandboxes: made (or reused), inputs placed in, cleaned up after the task.
 
 A task runs in ``sandbox/t.<id>/`` with its inputs under their remote names. A sandbox the task left
-clean is kept for the next task, which saves two mkdir and two rmdir per task. Mixed into
-:class:`core.worker.Worker`.
+clean is kept for the next task, which saves two mkdir and two rmdir per task. A member of
+:class:`core.worker.Worker` (``worker.sandboxes``), given the cache and the worker's task lists.
 
 The cache must hold exactly what the manager sent, whatever a task does to its sandbox:
 
@@ -22,46 +22,36 @@ The cache must hold exactly what the manager sent, whatever a task does to its s
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
 import stat
-import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .. import constants as C
-from ..wire import messages as M
 
 log = logging.getLogger("vine_worker")
 
 SANDBOX_COPY_MAX = 1 << 20  # inputs up to this size are copied into the sandbox (see the module docstring)
 
+from .cache import WorkerCache, entry_stamp, seal  # noqa: F401 - seal, entry_stamp: also used from here by tools
+
 if TYPE_CHECKING:
-    from .main import RunningTask
+    from .running import RunningTask
 
 
 class WorkerSandboxes:
     """Making, filling and recycling sandboxes."""
 
-    if TYPE_CHECKING:  # state owned by Worker, declared for the type checker
-        sandbox_dir: str
-        cache: dict[str, tuple[int, int]]
-        memory: dict[str, bytes]
-        tasks: dict[int, RunningTask]
-        _free_sandboxes: list[str]
-        _stamps: dict[str, tuple[tuple[int, int], ...]]
-        cache_stamps: dict[str, str]
-        prefetched: list[RunningTask]
-        pending: dict[str, Any]
-        drop_on_arrival: set[str]
+    def __init__(self, sandbox_dir: str, cache: WorkerCache, tasks: dict[int, RunningTask], prefetched: list[RunningTask]) -> None:
+        self.sandbox_dir = sandbox_dir  # sandbox/: t.<id> per task, m.<name> per mini-task
+        self.cache = cache
+        self.tasks = tasks  # the worker's running tasks (shared): their inputs stay while they need them
+        self.prefetched = prefetched  # the worker's tasks sent ahead (shared), likewise
+        self._free_sandboxes: list[str] = []  # clean sandboxes kept for the next tasks
+        self._stamps: dict[str, tuple[tuple[int, int], ...]] = {}  # sandbox -> directory times when known clean
 
-        def cache_path(self, name: str) -> str: ...
-        def _unlink(self, name: str) -> None: ...
-        def _spill(self, name: str) -> None: ...
-        def send(self, header: dict[str, Any], payload: bytes = b"") -> None: ...
-
-    def _make_sandbox(self, label: str) -> str:
+    def make(self, label: str) -> str:
         # Reusing a clean sandbox saves two mkdir and two rmdir per task: a third of a tiny task's cost.
         if self._free_sandboxes and label.startswith("t."):
             return self._free_sandboxes.pop()
@@ -71,23 +61,23 @@ class WorkerSandboxes:
         os.makedirs(os.path.join(path, ".taskvine.tmp"))
         return path
 
-    def _link_inputs(self, rt: RunningTask) -> None:
+    def link_inputs(self, rt: RunningTask) -> None:
         """Place the task's inputs in its sandbox: small ones copied, large ones and trees linked."""
         for inp in rt.spec["inputs"]:
             if inp.get("in_place") and rt.spec.get("python") is not None and not rt.spec.get("environments"):
-                continue  # a PythonTask's function: the fork server reads it from the cache (worker_python)
+                continue  # a PythonTask's function: the fork server reads it from the cache (core/worker/python.py)
             name = inp["name"]
             dst = os.path.join(rt.sandbox, inp["remote"])
             os.makedirs(os.path.dirname(dst), exist_ok=True)
-            data = self.memory.get(name)
+            data = self.cache.memory.get(name)
             if data is not None and not inp.get("symlink"):
                 with open(dst, "wb") as fh:  # a private copy, straight from memory: no cache file at all
                     fh.write(data)
                 continue
             if data is not None:
-                self._spill(name)  # a symlink needs a real file to point to
-                self._seal_cache_entry(name)
-            src = self.cache_path(name)
+                self.cache.spill(name)  # a symlink needs a real file to point to
+                self.cache.seal(name)
+            src = self.cache.path(name)
             if inp.get("symlink"):
                 os.symlink(src, dst)
                 rt.linked.append(name)
@@ -108,41 +98,17 @@ class WorkerSandboxes:
         for name in rt.spec.get("environments", []):
             # Not checked after the task: an environment is a run-time tree its programs may write
             # caches into (Python's __pycache__), and it would be sent again after every task.
-            os.symlink(self.cache_path(name), os.path.join(rt.sandbox, f"__vine_env_{name}"))
+            os.symlink(self.cache.path(name), os.path.join(rt.sandbox, f"__vine_env_{name}"))
 
-    def _seal_cache_entry(self, name: str) -> None:
-        """Stamp a cache entry that just arrived, so any later change to it can be seen."""
-        try:
-            self.cache_stamps[name] = seal(self.cache_path(name))
-        except OSError:
-            self.cache_stamps.pop(name, None)
-
-    def _verify_cached(self, name: str, culprit: str) -> bool:
-        """Whether cache entry ``name`` is unchanged; a changed one is removed and the manager told."""
-        expected = self.cache_stamps.get(name)
-        if expected is None or name not in self.cache or name in self.memory:
-            return True
-        try:
-            now = entry_stamp(self.cache_path(name))
-        except OSError:
-            now = ""
-        if now == expected:
-            return True
-        reason = f"changed in the worker's cache by {culprit}; removed so nothing reads the changed copy"
-        log.warning("%s %s", name, reason)
-        self._unlink(name)
-        self.send(M.CacheInvalid(name, reason))
-        return False
-
-    def _verify_linked(self, rt: RunningTask) -> None:
+    def verify_linked(self, rt: RunningTask) -> None:
         for name in dict.fromkeys(rt.linked):
-            self._verify_cached(name, f"task {rt.id}" if not rt.is_minitask else "a mini-task")
+            self.cache.verify(name, f"task {rt.id}" if not rt.is_minitask else "a mini-task")
         rt.linked.clear()
 
-    def _cleanup_task(self, rt: RunningTask) -> list[str]:
+    def cleanup(self, rt: RunningTask) -> list[str]:
         """Check what the task could reach in the cache, then remove the sandbox and the task-level
         inputs no other task here still needs."""
-        self._verify_linked(rt)
+        self.verify_linked(rt)
         if rt.sandbox:
             self._recycle_sandbox(rt.sandbox, rt.stdout_size == 0)
         still = {i["name"] for other in self.tasks.values() if other is not rt for i in other.spec["inputs"]}
@@ -151,11 +117,11 @@ class WorkerSandboxes:
         for inp in rt.spec["inputs"]:
             name = inp["name"]
             if int(inp.get("level", 0)) <= C.VINE_CACHE_LEVEL_TASK and name not in still:
-                if name in self.cache:
-                    self._unlink(name)
+                if name in self.cache.entries:
+                    self.cache.unlink(name)
                     unlinked.append(name)
-                elif name in self.pending:
-                    self.drop_on_arrival.add(name)  # still on its way (the task was killed): removed when it lands
+                elif name in self.cache.pending:
+                    self.cache.drop_on_arrival.add(name)  # still on its way (the task was killed): removed when it lands
         return unlinked
 
 
@@ -207,41 +173,4 @@ def _link_tree(src: str, dst: str) -> None:
             except OSError:
                 shutil.copy2(entry.path, target)
 
-
-def seal(path: str) -> str:
-    """Set the modification times of the files at ``path`` to a mark in the past and return its stamp.
-
-    A write by a task then moves a file's time to "now", away from the mark, even when it keeps the
-    size and lands within the file system's timestamp granularity of the file's arrival.
-    """
-    mark = (time.time_ns() // 1_000_000_000 - 1) * 1_000_000_000
-    if os.path.isdir(path) and not os.path.islink(path):
-        for root, _dirs, files in os.walk(path):
-            for f in files:
-                p = os.path.join(root, f)
-                if not os.path.islink(p):
-                    os.utime(p, ns=(mark, mark))
-    elif not os.path.islink(path):
-        os.utime(path, ns=(mark, mark))
-    return entry_stamp(path)
-
-
-def entry_stamp(path: str) -> str:
-    """What a cache entry looks like to stat: size, modification time and inode of each file, the
-    names in each directory, the target of each symlink (a directory's as a digest)."""
-    st = os.lstat(path)
-    if stat.S_ISLNK(st.st_mode):
-        return f"l:{os.readlink(path)}"
-    if not stat.S_ISDIR(st.st_mode):
-        return f"f:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
-    h = hashlib.blake2b(digest_size=16)
-    for root, dirs, files in os.walk(path):
-        dirs.sort()
-        h.update(f"d {os.path.relpath(root, path)}\0".encode())
-        for f in sorted(files):
-            h.update(f"{f} {entry_stamp(os.path.join(root, f))}\0".encode())
-        for d in dirs:
-            if os.path.islink(os.path.join(root, d)):  # os.walk lists symlinks to directories with the directories
-                h.update(f"{d} {entry_stamp(os.path.join(root, d))}\0".encode())
-    return f"d:{h.hexdigest()}"
 

@@ -6,7 +6,7 @@ manager, and over TLS when the worker uses TLS with its manager: every worker of
 so each serves its transfer port with TLS and fetches from peers with TLS), or is made by a mini-task
 in a sandbox of its own. Each lands in the cache under its
 cache name and is announced with ``cache_update``; a failure is announced with ``cache_invalid``.
-Mixed into :class:`core.worker.Worker`.
+A member of :class:`core.worker.Worker` (``worker.transfers``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import asyncio
 import logging
 import os
 import shutil
-from typing import Any
+from typing import Any, Callable, Coroutine
 
 from .. import constants as C
 from ..wire import messages as M
@@ -23,12 +23,13 @@ from ..wire.receive import FileReceiver, MemoryReceiver
 from ..wire.connection import Connection, client_handshake, open_connection, send_bytes, send_path, server_handshake
 from ..errors import AuthenticationError, ProtocolError, TransferError
 from ..wire.preauth import leave_preauth_gate
+from .cache import MEMORY_FILE_MAX, MEMORY_LIMIT, WorkerCache
+from .running import RunningTask
+from .sandbox import WorkerSandboxes
 
 log = logging.getLogger("vine_worker")
 
 PEER_BATCH = 64  # gets in flight on one peer connection
-MEMORY_FILE_MAX = 1 << 20  # cached files up to this size may live in memory ...
-MEMORY_LIMIT = 256 << 20  # ... up to this much in all
 
 
 class _PeerMissing(TransferError):
@@ -36,50 +37,43 @@ class _PeerMissing(TransferError):
 
 
 class WorkerTransfers:
-    """Fetching inputs (URL, peer, mini-task), waiting for them, and the peer transfer server."""
+    """Fetching inputs (URL, peer, mini-task) and the peer transfer server.
 
-    async def _send_back(self, name: str, request: Any) -> None:
-        path = self.cache_path(name)
-        data = self.memory.get(name)
-        if not self._verify_cached(name, "a running task") or name not in self.cache or (data is None and not os.path.lexists(path)):
+    Given the cache and the sandboxes, and from the worker: its ``send``, its manager connection
+    (``conn()``, None between managers), ``spawn`` (run a coroutine in the background, held),
+    ``execute`` (run a mini-task's command), and the TLS context and password peers share.
+    """
+
+    def __init__(self, cache: WorkerCache, sandboxes: WorkerSandboxes, send: Callable[..., None],
+                 conn: Callable[[], Connection | None], spawn: Callable[[Coroutine[Any, Any, None]], None],
+                 execute: Callable[[RunningTask], Coroutine[Any, Any, int]], tls_client: Any, password: bytes | None) -> None:
+        self.cache = cache
+        self.sandboxes = sandboxes
+        self.send = send
+        self._conn = conn
+        self._spawn = spawn
+        self._execute = execute
+        self.tls_client = tls_client
+        self.password = password
+        self.peer_failures: set[str] = set()  # inputs whose peer transfer broke: the cluster's fault, not the task's
+        self.url_failures: dict[str, str] = {}  # input -> why its URL could not be fetched (the task forsakes itself)
+        self._peer_queues: dict[str, list[tuple[str, int]]] = {}  # peer address -> (name, level) still to get from it
+
+    async def send_back(self, name: str, request: Any) -> None:
+        path = self.cache.path(name)
+        data = self.cache.memory.get(name)
+        if not self.cache.verify(name, "a running task") or name not in self.cache.entries or (data is None and not os.path.lexists(path)):
             self.send(M.CacheInvalid(name, "not in cache", request=request))
             return
-        assert self.conn is not None
+        assert self._conn() is not None
         if data is not None:
-            await send_bytes(self.conn, name, data, request=request)
+            await send_bytes(self._conn(), name, data, request=request)
         else:
-            await send_path(self.conn, name, path, request=request)
-
-    # -- small files in memory ------------------------------------------------------------------------
-    def _keep_in_memory(self, name: str, data: bytes) -> None:
-        """Cache ``data`` as file ``name`` in memory, or on disk once MEMORY_LIMIT is used up.
-
-        A temp of a few bytes (most graph nodes' results) would otherwise cost a file creation,
-        which on a busy ext4 disk takes up to a millisecond: more than the rest of a call. A task
-        that needs it in a sandbox gets it written out then (``_spill``); peers and the manager are
-        served from memory.
-        """
-        self._unlink(name)
-        if len(data) <= MEMORY_FILE_MAX and self.memory_bytes + len(data) <= MEMORY_LIMIT:
-            self.memory[name] = data
-            self.memory_bytes += len(data)
-            return
-        with open(self.cache_path(name), "wb") as fh:
-            fh.write(data)
-
-    def _spill(self, name: str) -> None:
-        """Write an in-memory cached file to the cache directory (it stays cached, now on disk)."""
-        data = self.memory.get(name)
-        if data is None:
-            return
-        with open(self.cache_path(name), "wb") as fh:
-            fh.write(data)
-        del self.memory[name]
-        self.memory_bytes -= len(data)
+            await send_path(self._conn(), name, path, request=request)
 
     # -- obtaining inputs ------------------------------------------------------------------------------
-    async def _fetch_url(self, name: str, url: str, level: int) -> None:
-        target = self.cache_path(name)
+    async def fetch_url(self, name: str, url: str, level: int) -> None:
+        target = self.cache.path(name)
         tmp = target + ".part"
         try:
             await asyncio.get_running_loop().run_in_executor(None, _download, url, tmp)
@@ -88,20 +82,20 @@ class WorkerTransfers:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             reason = f"cannot fetch {url}: {exc}"
-            # Kept for the task that needed it: it forsakes itself with this reason (Worker._run_task).
-            self.__dict__.setdefault("url_failures", {})[name] = reason
-            self._cache_failed(name, reason)
+            # Kept for the task that needed it: it forsakes itself with this reason (Worker.run_task).
+            self.url_failures[name] = reason
+            self.cache.failed(name, reason)
             return
-        self._cache_ready(name, level)
+        self.cache.ready(name, level)
 
-    def _fetch_peer(self, name: str, source: str, level: int) -> None:
+    def fetch_peer(self, name: str, source: str, level: int) -> None:
         """Queue ``name`` for fetching from peer ``source``; one connection per peer carries the queue.
 
         A fan-in task may need thousands of small files from one peer: a connection (and password
         handshake) per file cost more than the files. The queue's gets are pipelined, PEER_BATCH at
         a time, over one connection that the peer serves in order.
         """
-        queues: dict[str, list[tuple[str, int]]] = self.__dict__.setdefault("_peer_queues", {})
+        queues = self._peer_queues
         queue = queues.get(source)
         if queue is None:
             queue = queues[source] = []
@@ -109,7 +103,7 @@ class WorkerTransfers:
         queue.append((name, level))
 
     async def _peer_fetcher(self, source: str, queue: list[tuple[str, int]]) -> None:
-        queues: dict[str, list[tuple[str, int]]] = self.__dict__["_peer_queues"]
+        queues = self._peer_queues
         host, _, port = source.rpartition(":")
         conn: Connection | None = None
         batch: list[tuple[str, int]] = []
@@ -128,16 +122,16 @@ class WorkerTransfers:
                     except _PeerMissing as exc:
                         batch.pop(0)
                         self.peer_failures.add(name)
-                        self._cache_failed(name, str(exc))
+                        self.cache.failed(name, str(exc))
                         continue
                     batch.pop(0)
-                    self._cache_ready(name, level)
+                    self.cache.ready(name, level)
         except Exception as exc:  # noqa: BLE001 - every file still queued fails, and is reported
             failed = batch + queue
             queue.clear()
             for name, _level in failed:
                 self.peer_failures.add(name)
-                self._cache_failed(name, f"peer transfer from {source} failed: {exc}")
+                self.cache.failed(name, f"peer transfer from {source} failed: {exc}")
         finally:
             if queues.get(source) is queue:
                 del queues[source]
@@ -157,8 +151,8 @@ class WorkerTransfers:
         # Only files that end with the workflow may live in memory: worker- and forever-level files
         # must be on disk to outlive the connection (and, forever, the worker itself).
         in_memory = (level <= C.VINE_CACHE_LEVEL_WORKFLOW and not announced.dir and size <= MEMORY_FILE_MAX
-                     and self.memory_bytes + size <= MEMORY_LIMIT)
-        receiver = MemoryReceiver(begin) if in_memory else FileReceiver(begin, self.cache_path(name))
+                     and self.cache.memory_bytes + size <= MEMORY_LIMIT)
+        receiver = MemoryReceiver(begin) if in_memory else FileReceiver(begin, self.cache.path(name))
         try:
             while True:
                 fr = await conn.recv()
@@ -176,9 +170,9 @@ class WorkerTransfers:
             receiver.abort()
             raise
         if isinstance(receiver, MemoryReceiver):
-            self._keep_in_memory(name, receiver.data)
+            self.cache.keep_in_memory(name, receiver.data)
 
-    async def _serve_peer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def serve_peer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = Connection(reader, writer)
         try:
             await server_handshake(conn, self.password, timeout=30)
@@ -191,9 +185,9 @@ class WorkerTransfers:
                     raise ProtocolError(f"peer sent {fr.type!r}, only 'get' is served")
                 leave_preauth_gate()  # a peer asking for files, no longer counted among strangers
                 name = get.name
-                path = self.cache_path(name)
-                data = self.memory.get(name)
-                if not self._verify_cached(name, "a running task") or name not in self.cache or (data is None and not os.path.lexists(path)):
+                path = self.cache.path(name)
+                data = self.cache.memory.get(name)
+                if not self.cache.verify(name, "a running task") or name not in self.cache.entries or (data is None and not os.path.lexists(path)):
                     conn.send(M.Error(f"{name} not in cache"))
                     await conn.drain()
                     continue
@@ -206,42 +200,25 @@ class WorkerTransfers:
         finally:
             conn.close()
 
-    async def _run_minitask(self, name: str, spec: dict[str, Any], level: int) -> None:
-        from .main import RunningTask  # the worker module is loaded by then; a top-level import would be circular
-
-        rt = RunningTask(-abs(hash(name)) % (1 << 30) - 1, spec, self._make_sandbox(f"m.{name}"), {}, is_minitask=True)
+    async def run_minitask(self, name: str, spec: dict[str, Any], level: int) -> None:
+        rt = RunningTask(-abs(hash(name)) % (1 << 30) - 1, spec, self.sandboxes.make(f"m.{name}"), {}, is_minitask=True)
         try:
-            if not await self._gather_inputs(spec):
+            if not await self.cache.gather(spec):
                 raise TransferError("inputs of the mini-task are missing")
-            self._link_inputs(rt)
+            self.sandboxes.link_inputs(rt)
             code = await self._execute(rt)
             produced = os.path.join(rt.sandbox, spec["source"])
             if code != 0 or not os.path.lexists(produced):
                 out = _read_head(os.path.join(rt.sandbox, ".vine-stdout"), 2000)
                 raise TransferError(f"mini-task `{spec['command']}` exited {code}: {out}")
-            os.replace(produced, self.cache_path(name))
+            os.replace(produced, self.cache.path(name))
         except Exception as exc:  # noqa: BLE001
-            self._cache_failed(name, str(exc))
+            self.cache.failed(name, str(exc))
             return
         finally:
-            self._verify_linked(rt)
+            self.sandboxes.verify_linked(rt)
             shutil.rmtree(rt.sandbox, ignore_errors=True)
-        self._cache_ready(name, level)
-
-    async def _gather_inputs(self, spec: dict[str, Any]) -> bool:
-        ok = True
-        for inp in list(spec["inputs"]) + [{"name": n} for n in spec.get("environments", [])]:
-            name = inp["name"]
-            if name in self.cache:
-                continue
-            fut = self.pending.get(name)
-            # Shielded: the future is shared by every task waiting for this file, and a task killed
-            # while it waits must not cancel the file's arrival for the others (they would then end
-            # as if killed too, and never be reported).
-            if fut is None or not await asyncio.shield(fut):
-                ok = False
-        return ok
-
+        self.cache.ready(name, level)
 
 def _download(url: str, target: str) -> None:
     import urllib.request  # only workers that fetch URLs pay for loading it

@@ -1,6 +1,6 @@
 """Tasks waiting for the same input in transit: killing one must not fail the others.
 
-The worker keeps one future per file on its way (``Worker.pending``), shared by every task that
+The worker keeps one future per file on its way (``WorkerCache.pending``), shared by every task that
 needs it. A task killed by the manager while it waits used to cancel that shared future, so every
 other task waiting for the file ended as if killed too and was never reported (found as a hang:
 a DaskVine graph interrupted in tasks mode, then the next task on that worker never finished).
@@ -12,25 +12,22 @@ import asyncio
 
 import pytest
 
-from core.worker.transfers import WorkerTransfers
+from core.worker.cache import WorkerCache
 
 
-class _Inputs(WorkerTransfers):
-    """Just the state ``_gather_inputs`` reads: the cache and the files in transit."""
-
-    def __init__(self) -> None:
-        self.cache: dict[str, int] = {}
-        self.pending: dict[str, asyncio.Future[bool]] = {}
+def _inputs() -> WorkerCache:
+    """A cache with nothing in it yet: ``gather`` reads its entries and the files in transit."""
+    return WorkerCache("/nonexistent/cache", "/nonexistent/cache-meta", lambda *_: None)
 
 
 @pytest.mark.timeout(10)
 def test_a_killed_waiter_leaves_the_shared_arrival_to_the_others() -> None:
     async def scenario() -> tuple[bool, bool]:
-        w = _Inputs()
+        w = _inputs()
         w.pending["f"] = asyncio.get_running_loop().create_future()
         spec = {"inputs": [{"name": "f"}]}
-        killed = asyncio.create_task(w._gather_inputs(spec))
-        survivor = asyncio.create_task(w._gather_inputs(spec))
+        killed = asyncio.create_task(w.gather(spec))
+        survivor = asyncio.create_task(w.gather(spec))
         await asyncio.sleep(0)  # both now wait for "f"
         killed.cancel()
         with pytest.raises(asyncio.CancelledError):
