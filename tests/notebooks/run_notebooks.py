@@ -202,6 +202,8 @@ def run_notebook(path: str, workdir: str, timeout: float = 240.0, record: bool =
     strays = _left_behind(marked_processes(marker))
     _kill(strays)
     run.left_behind += [p for p in strays if all(p.process.pid != q.process.pid for q in run.left_behind)]
+    if run.error is not None:  # what each cell printed, to look into the failure
+        nbformat.write(nb, os.path.join(workdir, "executed-" + os.path.basename(path)))
     if record:
         RUN_SUMMARIES.append(run.summary())
     return run

@@ -71,7 +71,7 @@ def test_notebook_uses_only_the_public_api(name):
 @pytest.mark.parametrize("name", _names())
 def test_notebook_runs_and_cleans_up(name, tmp_path):
     run = run_notebook(os.path.join(NOTEBOOK_DIR, name), str(tmp_path), timeout=BUDGET_S)
-    kept = f"(its files and logs: {tmp_path}/vine-run-info)"
+    kept = f"(its files and logs: {tmp_path}/vine-run-info; its outputs on failure: {tmp_path}/executed-{name})"
     assert run.error is None, f"{run.summary()} {kept}\n{str(run.error)[-6000:]}"
     assert os.path.realpath(run.kernel_executable) == os.path.realpath(sys.executable), "the kernel is not this venv's Python"
     assert len(run.workers_seen) >= MIN_WORKERS.get(name, 1), \
