@@ -10,14 +10,11 @@ uses it (made again only if the file's mode changed since).
 from __future__ import annotations
 
 from ..state.resources import Resources
-from ..state.spec import UNSET, FileSpec, MinitaskSpec, MountSpec, TaskKind, TaskSpec
+from ..state.spec import NO_OPTIONS, UNSET, FileSpec, MinitaskSpec, MountSpec, TaskKind, TaskOptions, TaskSpec
 from .files import File
 from .library import FunctionCall, LibraryTask
 from .python_task import PythonTask
 from .task import Mount, Task
-
-_NO_RESOURCES = {"cores": -1.0, "memory": -1.0, "disk": -1.0, "gpus": -1.0}
-
 
 def file_spec(f: File) -> FileSpec:
     """The frozen spec of ``f``: made once and kept on the File while its mode and peer-transfer
@@ -55,10 +52,45 @@ def task_kind(task: Task) -> TaskKind:
     return "command"
 
 
+# Request boxes and option sets are shared between the specs that have the same ones (a run's tasks
+# come in a few shapes); the tables stop growing at this many entries (then each spec has its own).
+_SHARED_MAX = 4096
+_boxes: dict[tuple[float, float, float, float], Resources] = {}
+_options: dict[TaskOptions, TaskOptions] = {}
+
+
+def _box(requested: dict[str, float]) -> Resources:
+    key = (requested.get("cores", -1.0), requested.get("memory", -1.0), requested.get("disk", -1.0), requested.get("gpus", -1.0))
+    box = _boxes.get(key)
+    if box is None:
+        box = UNSET if key == (-1.0, -1.0, -1.0, -1.0) else Resources.from_dict(requested)
+        if len(_boxes) < _SHARED_MAX:
+            _boxes[key] = box
+    return box
+
+
+def _task_options(task: Task) -> TaskOptions:
+    options = TaskOptions(
+        max_retries=task.max_retries,
+        max_forsaken=task.max_forsaken,
+        time_start=task.time_start / 1e6 if task.time_start else 0.0,  # the API's microseconds, as seconds
+        time_end=task.time_end / 1e6 if task.time_end else 0.0,
+        time_min=float(task.time_min) if task.time_min else 0.0,
+        time_max=float(task.time_max) if task.time_max else 0.0,
+        scheduler=task.scheduler,
+        exec_mode=str(getattr(task, "exec_mode", "fork")),
+        function_slots=int(getattr(task, "function_slots", 0) or 0),
+    )
+    if options == NO_OPTIONS:
+        return NO_OPTIONS
+    shared = _options.get(options)
+    if shared is None and len(_options) < _SHARED_MAX:
+        shared = _options[options] = options
+    return shared or options
+
+
 def task_spec(task: Task) -> TaskSpec:
     """``task`` frozen as the scheduler sees it, under its current id."""
-    requested = task.requested
-    resources = UNSET if requested == _NO_RESOURCES else Resources.from_dict(requested)
     return TaskSpec(
         id=task.id,
         kind=task_kind(task),
@@ -66,21 +98,13 @@ def task_spec(task: Task) -> TaskSpec:
         inputs=tuple(_mount(m) for m in task.inputs) if task.inputs else (),
         outputs=tuple(_mount(m) for m in task.outputs) if task.outputs else (),
         environments=tuple(file_spec(f) for f in task.environments) if task.environments else (),
-        requested=resources,
+        requested=_box(task.requested),
         features=tuple(task.features) if task.features else (),
         category=task.category,
         priority=task.priority,
         library_required=task.library_required,
         library_provided=task.library_provided,
-        max_retries=task.max_retries,
-        max_forsaken=task.max_forsaken,
-        time_start=task.time_start / 1e6 if task.time_start else 0.0,
-        time_end=task.time_end / 1e6 if task.time_end else 0.0,
-        time_min=float(task.time_min),
-        time_max=float(task.time_max),
-        scheduler=task.scheduler,
-        exec_mode=str(getattr(task, "exec_mode", "fork")),
-        function_slots=int(getattr(task, "function_slots", 0) or 0),
+        options=_task_options(task),
     )
 
 

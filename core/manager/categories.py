@@ -10,11 +10,14 @@ A category groups tasks with similar needs (``Task.set_category``, default ``"de
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from .. import constants as C
 from ..state.categories import Category, mode_name, mode_number, parse_resources
+from ..state.events import CategoryBoxSet, CategoryModeSet
+from ..state.resources import Resources
 from .logs import _res_json
 
 if TYPE_CHECKING:
@@ -31,8 +34,10 @@ class CategorySettings:
     """
 
     def __init__(self, state: SchedulerState, logs: RunLogs, call: Callable[..., Any],
-                 monitoring_on: Callable[[], bool], enable_monitoring: Callable[[], None]) -> None:
+                 monitoring_on: Callable[[], bool], enable_monitoring: Callable[[], None],
+                 *, apply: Callable[..., None]) -> None:
         self._state = state
+        self._apply = apply  # the manager's: events into the state (the only way to change it)
         self._logs = logs
         self._call = call
         self._monitoring_on = monitoring_on
@@ -46,12 +51,12 @@ class CategorySettings:
         ``{}`` (or None) removes the maximum.
         """
         box = parse_resources("set_category_resources_max", rmd)
-        self._with_category(category, lambda cat: setattr(cat, "maximum", box), "MAX", box.to_dict())
+        self._with_category(category, "maximum", box, "MAX", box.to_dict())
 
     def set_category_resources_min(self, category: str, rmd: Mapping[str, float] | None) -> None:
         """The least a task of ``category`` is given, whatever it asks for or was measured at."""
         box = parse_resources("set_category_resources_min", rmd)
-        self._with_category(category, lambda cat: setattr(cat, "minimum", box), "MIN", box.to_dict())
+        self._with_category(category, "minimum", box, "MIN", box.to_dict())
 
     def set_resources_max(self, rmd: Mapping[str, float] | None) -> None:
         """:meth:`set_category_resources_max` of the ``"default"`` category."""
@@ -65,7 +70,7 @@ class CategorySettings:
         """In an automatic mode, run the category's first tasks with this box instead of whole
         workers, until ``category-steady-n-tasks`` were measured. None removes the guess."""
         box = parse_resources("set_category_first_allocation_guess", rmd) if rmd is not None else None
-        self._with_category(category, lambda cat: setattr(cat, "guess", box), "FIRST", {} if box is None else box.to_dict())
+        self._with_category(category, "guess", box, "FIRST", {} if box is None else box.to_dict())
 
     def set_category_mode(self, category: str | None, mode: str | int) -> int:
         """How ``category``'s tasks are sized: ``"fixed"`` (the default), ``"max"``, ``"min waste"``
@@ -82,10 +87,7 @@ class CategorySettings:
             self.enable_monitoring()
             self._logs.debug(f"category mode {mode_name(number)!r} measures tasks: monitoring turned on")
 
-        def apply() -> None:
-            self._state.categories.set_mode(category, number)
-            self._state._schedule_needed = True
-        self._call(apply)
+        self._call(lambda: self._apply(CategoryModeSet(time.time(), category, number)))
         if category is not None:  # as TaskVine: the default mode itself is no category's record
             self._logs.transaction(f"CATEGORY {category} FIRST {mode_name(number).upper().replace(' ', '_')} {{}}")
         return 1
@@ -116,15 +118,15 @@ class CategorySettings:
             out.append({**cat.describe(book.mode_of(cat), steady_n), **counts[name]})
         return out
 
-    def _with_category(self, category: str, change: Callable[[Any], None], what: str, box: dict[str, float]) -> None:
+    def _with_category(self, category: str, which: Literal["maximum", "minimum", "guess"], resources: Resources | None,
+                       what: str, box: dict[str, float]) -> None:
         if not isinstance(category, str):
             raise TypeError(f"category must be a name (str), not {category!r}")
 
         def apply() -> str:
-            cat = self._state.categories.ensure(category)
-            change(cat)
-            self._state._schedule_needed = True
-            return mode_name(self._state.categories.mode_of(cat))
+            self._apply(CategoryBoxSet(time.time(), category, which, resources))
+            book = self._state.categories
+            return mode_name(book.mode_of(book.categories.get(category) or Category(category)))
         mode = self._call(apply)
         if what == "FIRST":  # TaskVine's record: CATEGORY name FIRST (FIXED|MAX|MIN_WASTE|MAX_THROUGHPUT) {resources}
             what = f"FIRST {mode.upper().replace(' ', '_')}"

@@ -51,16 +51,23 @@ from .settings import ManagerSettings, Stats, bind_port, catalog_fields, checked
 from .status_display import StatusDisplay, check_status_interval
 from ..state.scheduler import (
     Event,
+    EventFailed,
     FileUndeclared,
+    HostBlocked,
+    HostUnblocked,
     Instruction,
+    PolicyChanged,
     RemoveWorker,
     ReturnTask,
     SchedulerState,
     SendFile,
     TaskCancelled,
+    TasksRetrieved,
     TaskSubmitted,
     Tick,
+    TuneChanged,
     Warn,
+    WorkerHeard,
     policy_name,
 )
 from ..api.specs import task_spec
@@ -132,6 +139,7 @@ class Manager:
         self._next_id = 1
         self._files: dict[str, File] = {}
         self._lineage: dict[str, Task] = {}  # temp cache name -> the task that makes it, while it is declared
+        self._retrieved: list[int] = []  # task ids returned in the current I/O step (TasksRetrieved)
         self._finalized_temps: set[str] = set()  # temps made by tasks with a __del__ of their own (undeclare_file)
         self._outstanding = 0
         self._done: collections.OrderedDict[int, Task] = collections.OrderedDict()
@@ -148,7 +156,7 @@ class Manager:
         self._libraries = ManagerLibraries(self._state, self._logs, os.path.join(self._logs.run_dir, "library-logs"),
                                            self._remember, self._post, self._call, self._apply)
         self._categories = CategorySettings(self._state, self._logs, self._call, lambda: self._settings.monitoring is not None,
-                                            self.enable_monitoring)
+                                            self.enable_monitoring, apply=self._apply)
         self._worker_links = WorkerLinks(self._settings, self._state, self._logs, self._metrics, self._links, self._counters,
                                          self._tasks, self._files, self._staging, self._libraries, self._categories,
                                          apply=self._apply, call=self._call, collect_stats=self._collect_stats,
@@ -288,14 +296,11 @@ class Manager:
         return 0
 
     def _set_tuning(self, key: str, value: float) -> None:
-        def apply() -> None:
-            self._state.tuning[key] = value
-            self._state._schedule_needed = True
-        self._call(apply)
+        self._call(lambda: self._apply(TuneChanged(time.time(), key, value)))
 
     def set_scheduler(self, scheduler: str | int) -> None:
         name = policy_name(scheduler)
-        self._call(lambda: setattr(self._state, "policy", name))
+        self._call(lambda: self._apply(PolicyChanged(time.time(), name)))
 
     def enable_monitoring(self, watchdog: bool = True, time_series: bool = False) -> None:
         """Measure every task's memory, disk and cores (``t.resources_measured``); with ``watchdog``
@@ -372,18 +377,14 @@ class Manager:
 
     def block_host(self, host: str) -> None:
         """Send no more tasks to workers on ``host`` (running ones finish)."""
-        self._call(lambda: self._state.blocked_hosts.add(host))
+        self._call(lambda: self._apply(HostBlocked(time.time(), host)))
 
     def block_host_with_timeout(self, host: str, timeout: float) -> None:
         self.block_host(host)
         self._loop.call_soon_threadsafe(lambda: self._loop.call_later(timeout, self.unblock_host, host))
 
     def unblock_host(self, host: str) -> None:
-        def apply() -> None:
-            self._state.blocked_hosts.discard(host)
-            self._state._schedule_needed = True
-            self._apply()
-        self._call(apply)
+        self._call(lambda: self._apply(HostUnblocked(time.time(), host)))
 
     def workers_shutdown(self, n: int = 0) -> int:
         """Tell ``n`` workers (0 = all), idle ones first, to exit. Returns how many were told."""
@@ -626,8 +627,9 @@ class Manager:
         self._metrics.busy["scheduling"] += (time.thread_time() - began) * 1e6
         for ins in instructions:
             self._execute(ins)
-        if self._state.failed_events:
-            self._drop_failed_events()
+        if self._retrieved:  # the user's tasks handed back in this step: the scheduler lets them go
+            retrieved, self._retrieved = tuple(self._retrieved), []
+            self._apply(TasksRetrieved(time.time(), retrieved))
     # -- the members' methods (core/manager/libraries.py, categories.py, worker_controls.py, functional.py) --
     @property
     def library_logging_directory(self) -> str:
@@ -685,24 +687,25 @@ class Manager:
         return functional.tree_reduce_tasks(self, fn, seq, chunksize)
 
 
-    def _drop_failed_events(self) -> None:
+    def _event_failed(self, ins: EventFailed) -> None:
         """A handler raised (a bug, or a value no check caught): the decisions made before it were
-        carried out above; the event is logged and dropped, and the worker it came from disconnected,
+        carried out; the event is logged and dropped, and the worker it came from disconnected,
         so one bad peer cannot stop the manager serving everyone else."""
-        failed, self._state.failed_events = self._state.failed_events, []
-        for ev, exc in failed:
-            wid = getattr(ev, "worker", None)
-            what = type(ev).__name__ if ev is not None else "a scheduling pass"
-            log.error("dropped %s%s: %s: %s", what, f" from worker {wid}" if wid else "", type(exc).__name__, exc)
-            self._logs.debug(f"dropped {what} ({ev!r}): {type(exc).__name__}: {exc}")
-            link = self._links.get(wid) if isinstance(wid, str) else None
-            if link is not None:
-                link.disconnect_reason = "FAILURE"
-                link.conn.writer.transport.abort()
+        ev, exc = ins.event, ins.error
+        wid = getattr(ev, "worker", None)
+        what = type(ev).__name__ if ev is not None else "a scheduling pass"
+        log.error("dropped %s%s: %s: %s", what, f" from worker {wid}" if wid else "", type(exc).__name__, exc)
+        self._logs.debug(f"dropped {what} ({ev!r}): {type(exc).__name__}: {exc}")
+        link = self._links.get(wid) if isinstance(wid, str) else None
+        if link is not None:
+            link.disconnect_reason = "FAILURE"
+            link.conn.writer.transport.abort()
 
     def _execute(self, ins: Instruction) -> None:
         if isinstance(ins, ReturnTask):
             self._return_task(ins)
+        elif isinstance(ins, EventFailed):
+            self._event_failed(ins)
         elif isinstance(ins, RemoveWorker):
             link = self._links.get(ins.worker)
             if link is not None:
@@ -729,7 +732,7 @@ class Manager:
 
     def _return_task(self, ins: ReturnTask) -> None:
         task = self._tasks.get(ins.task_id)
-        self._state.forget_task(ins.task_id)
+        self._retrieved.append(ins.task_id)
         self._logs.debug_task_retrieved(ins.task_id, done=task is None)  # None: a recovery task, never waited for
         if task is None:
             return
@@ -777,11 +780,21 @@ class Manager:
         if hook is not None:
             hook(self)
 
+    def _heard_events(self) -> list[WorkerHeard]:
+        """Workers heard from since the last tick (each frame's arrival is noted on its link), as
+        events: one per worker per tick instead of one per frame, before the keepalive check."""
+        heard = []
+        for link in self._links.values():
+            if link.heard_at > link.heard_told:
+                link.heard_told = link.heard_at
+                heard.append(WorkerHeard(link.heard_at, link.id))
+        return heard
+
     async def _tick_loop(self) -> None:
         while True:
             await asyncio.sleep(0.5)
             try:
-                self._apply(Tick(time.time()))
+                self._apply(*self._heard_events(), Tick(time.time()))
                 self._worker_controls.check_workers(time.time())
                 self._performance_tick(time.time())
                 self._logs.flush()

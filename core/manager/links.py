@@ -92,6 +92,8 @@ class WorkerLink:
     idle: bool = True  # the sender coroutine is not in the middle of an instruction
     batch_job_id: str | None = None  # the batch job the worker says it runs in (for a factory's scale-down)
     disconnect_reason: str | None = None  # the transactions log's reason when the manager ends the link on purpose
+    heard_at: float = 0.0  # when its last frame arrived
+    heard_told: float = 0.0  # the last heard_at the scheduler was told of (a WorkerHeard event)
 
 
 class WorkerLinks:
@@ -233,10 +235,7 @@ class WorkerLinks:
                 frame = await conn.recv()
                 if frame is None:
                     break
-                w = self._state.workers.get(wid)
-                if w is not None:
-                    w.last_heard = time.time()
-                    w.check_sent = None
+                link.heard_at = time.time()  # told to the scheduler at the next tick (Manager._heard_events)
                 # CPU time of the handling, less the scheduling it set off (time_scheduling counts that).
                 began, scheduling = time.thread_time(), self._metrics.busy["scheduling"]
                 self._on_worker_frame(link, frame)

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import ManagerError
+from ..state.events import HostBlocked, HostDraining, HostUnblocked
 from ..wire import messages as M
 
 if TYPE_CHECKING:
@@ -59,12 +61,8 @@ class WorkerControls:
             raise ValueError(f"set_draining_by_hostname needs a host name, not {hostname!r}")
 
         def apply() -> int:
-            n = 0
-            for w in self._state.workers.values():
-                if w.hostname == hostname:
-                    w.draining = bool(drain)
-                    n += 1
-            self._state._schedule_needed = True
+            n = sum(1 for w in self._state.workers.values() if w.hostname == hostname)
+            self._apply(HostDraining(time.time(), hostname, bool(drain)))
             self._release_drained_workers()
             self._apply()
             return n
@@ -115,13 +113,12 @@ class WorkerControls:
         self._logs.debug(f"worker {wid} ({link.addrport}) is slow: task {tid} ran {ran:.1f}s, over {limit:.1f}s; disconnecting it")
         block = self._tune_values.get("option-blocklist-slow-workers-timeout", 0)
         if block > 0:
-            self._state.blocked_hosts.add(link.hostname)
+            self._apply(HostBlocked(time.time(), link.hostname))
             self._loop.call_later(block, self._unblock_now, link.hostname)
         link.conn.writer.transport.abort()
 
     def _unblock_now(self, host: str) -> None:
-        self._state.blocked_hosts.discard(host)
-        self._state._schedule_needed = True
+        self._apply(HostUnblocked(time.time(), host))
 
     def _release_drained_workers(self) -> None:
         for w in list(self._state.workers.values()):

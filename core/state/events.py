@@ -1,13 +1,18 @@
 """Events the scheduler takes and instructions it gives: small frozen dataclasses.
 
-Events carry the time they happened (``now``, seconds); instructions name a worker and say what to
-do there. The manager's I/O thread makes the events and carries out the instructions.
+Events carry the time they happened (``now``, seconds) and an ``id`` (unique in the process, in the
+order they were made), so a task's story (:meth:`core.state.scheduler.SchedulerState.story`) names
+the event behind each of its transitions. Instructions name a worker and say what to do there. The
+manager's I/O thread makes the events and carries out the instructions; nothing else changes the
+state (settings too arrive as events: :class:`TuneChanged`, :class:`HostBlocked`, ...).
 """
 
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+
+from typing import Literal
 
 from .resources import Resources
 from .spec import TaskSpec
@@ -17,9 +22,14 @@ from .spec import TaskSpec
 _event_ids = itertools.count(1)
 
 
+def _next_event_id() -> int:
+    return next(_event_ids)
+
+
 @dataclass(frozen=True)
 class Event:
     now: float
+    id: int = field(default_factory=_next_event_id, kw_only=True, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -95,7 +105,66 @@ class FileUndeclared(Event):
 
 @dataclass(frozen=True)
 class Tick(Event):
-    pass
+    """Time passed: deadlines, keepalives and start times are looked at."""
+
+
+@dataclass(frozen=True)
+class TasksRetrieved(Event):
+    """The user has these finished tasks back: the scheduler lets their records go."""
+
+    task_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TuneChanged(Event):
+    """``Manager.tune``: a scheduler setting (``DEFAULT_TUNING``'s names, and any other the manager keeps)."""
+
+    key: str
+    value: float
+
+
+@dataclass(frozen=True)
+class PolicyChanged(Event):
+    """``Manager.set_scheduler``: how a worker is chosen (a name from ``POLICY_NAMES``)."""
+
+    policy: str
+
+
+@dataclass(frozen=True)
+class HostBlocked(Event):
+    """No new task goes to a worker on ``host`` (``block_host``, or a slow worker's host)."""
+
+    host: str
+
+
+@dataclass(frozen=True)
+class HostUnblocked(Event):
+    host: str
+
+
+@dataclass(frozen=True)
+class HostDraining(Event):
+    """``set_draining_by_hostname``: the workers on ``host`` take no new task (``drain``) or take them again."""
+
+    host: str
+    drain: bool = True
+
+
+@dataclass(frozen=True)
+class CategoryModeSet(Event):
+    """``set_category_mode``: ``category`` None sets the default mode."""
+
+    category: str | None
+    mode: int
+
+
+@dataclass(frozen=True)
+class CategoryBoxSet(Event):
+    """``set_category_resources_max/min``, ``set_category_first_allocation_guess`` (``box`` None: no guess)."""
+
+    category: str
+    which: Literal["maximum", "minimum", "guess"]
+    box: Resources | None
 
 
 # --- instructions ----------------------------------------------------------------------------------
@@ -174,3 +243,12 @@ class ReturnTask(Instruction):
 @dataclass(frozen=True)
 class Warn(Instruction):
     message: str
+
+
+@dataclass(frozen=True)
+class EventFailed(Instruction):
+    """Handling ``event`` raised (a bug, or a value no check caught); ``event`` None: a scheduling
+    pass. The decisions made before it stand; the manager logs it and drops the worker that sent it."""
+
+    event: Event | None
+    error: BaseException

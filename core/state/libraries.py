@@ -21,37 +21,55 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import constants as C
+from .events import Event, Instruction, Kill, TaskFinished
 from .records import TaskRecord
 from .resources import Resources
 from .spec import TaskSpec
 
 if TYPE_CHECKING:
-    from .scheduler import Instruction, SchedulerState, TaskFinished, WorkerRecord
+    from .records import WorkerRecord
+    from .spec import FileSpec
+
+
+class SchedulerState(Protocol):
+    """What the book uses of :class:`core.state.scheduler.SchedulerState` (named here, not imported:
+    the scheduler imports this module)."""
+
+    tasks: dict[int, TaskRecord]
+    workers: dict[str, WorkerRecord]
+    tuning: dict[str, float]
+    stats: dict[str, float]
+    _schedule_needed: bool
+
+    def _finish(self, rec: TaskRecord, result: int, exit_code: int, out: list[Instruction]) -> None: ...
+    def _eligible(self, rec: TaskRecord, w: WorkerRecord, now: float) -> Resources | None: ...
+    def _open_to(self, spec: TaskSpec, w: WorkerRecord, now: float) -> bool: ...
+    def _choose_worker(self, rec: TaskRecord, now: float) -> tuple[WorkerRecord, Resources] | None: ...
+    def _stage(self, f: FileSpec, w: WorkerRecord, out: list[Instruction], placing: bool = False) -> None: ...
 
 DEFAULT_MAX_LIBRARY_RETRIES = 15
 
 
 @dataclass(frozen=True)
-class LibraryInstalled:
+class LibraryInstalled(Event):
     """``Manager.install_library``: calls may now name this library."""
 
-    now: float
     spec: TaskSpec  # the LibraryTask's spec; ``library_provided`` names the library
 
 
 @dataclass(frozen=True)
-class LibraryRemoved:
+class LibraryRemoved(Event):
     """``Manager.remove_library``: stop its instances; its waiting calls end with ``missing library``."""
 
-    now: float
     name: str
 
 
 @dataclass(frozen=True)
-class StartLibrary:
+class StartLibrary(Instruction):
     """Start an instance of library ``name`` on ``worker`` as task ``instance_id`` with ``slots`` slots."""
 
     worker: str
@@ -117,7 +135,7 @@ class LibraryBook:
         self.depth = DEFAULT_QUEUE_DEPTH  # tune "library-queue-depth": calls per slot an instance may hold
 
     # -- events -------------------------------------------------------------------------------------
-    def handlers(self, s: SchedulerState) -> dict[type, Any]:
+    def handlers(self, s: SchedulerState) -> dict[type, Callable[[Any, list[Instruction]], None]]:
         return {
             LibraryInstalled: lambda ev, out: self.install(s, ev, out),
             LibraryRemoved: lambda ev, out: self.remove(s, ev.name, out, "removed by remove_library"),
@@ -131,8 +149,6 @@ class LibraryBook:
         s._schedule_needed = True
 
     def remove(self, s: SchedulerState, name: str, out: list[Instruction], reason: str) -> None:
-        from .scheduler import Kill
-
         self.templates.pop(name, None)
         self.removed_reason[name] = reason
         for inst in [i for i in self.instances.values() if i.name == name]:
@@ -209,7 +225,7 @@ class LibraryBook:
             s._finish(rec, C.VINE_RESULT_MISSING_LIBRARY, -1, out)
             return None
         if not self._could_start_or_evict(s):
-            return self._queue_for(s, rec)  # every core is taken and nothing is idle: skip the search
+            return self._queue_for(s, rec, now)  # every core is taken and nothing is idle: skip the search
         lib_spec = tmpl.spec
         if rec.spec.features:  # an instance starts where the call may run: the call's features added
             lib_spec = dataclasses.replace(lib_spec, features=tuple(dict.fromkeys(lib_spec.features + rec.spec.features)))
@@ -218,7 +234,7 @@ class LibraryBook:
         if choice is None and self._evict_for(s, lambda w: s._eligible(lib_rec, w, now), name, out):
             choice = self._best_worker_for(s, lib_rec, now)
         if choice is None:
-            return self._queue_for(s, rec)
+            return self._queue_for(s, rec, now)
         w, alloc = choice
         self.start(s, tmpl, w, alloc, out)
         return w, Resources.zero()
@@ -230,14 +246,13 @@ class LibraryBook:
             return True
         return any(not i.calls and not i.dead for i in self.instances.values())
 
-    def _queue_for(self, s: SchedulerState, rec: TaskRecord) -> tuple[WorkerRecord, Resources] | None:
+    def _queue_for(self, s: SchedulerState, rec: TaskRecord, now: float) -> tuple[WorkerRecord, Resources] | None:
         """No free slot and no room for another instance: queue the call in the least busy instance."""
         name = rec.spec.library_required
-        feats = set(rec.spec.features)
         best = None
         for inst in self.instances.values():
             w = s.workers.get(inst.worker)
-            if inst.name != name or w is None or inst.queue_room(self.depth_for(name)) <= 0 or not feats <= w.features:
+            if inst.name != name or w is None or inst.queue_room(self.depth_for(name)) <= 0 or not s._open_to(rec.spec, w, now):
                 continue
             if best is None or len(inst.calls) < len(best[0].calls):
                 best = (inst, w)
@@ -256,8 +271,6 @@ class LibraryBook:
 
     def _evict_for(self, s: SchedulerState, eligible: Any, keep: str | None, out: list[Instruction]) -> bool:
         """Kill idle instances on one worker until ``eligible(w)`` holds there; True if it worked."""
-        from .scheduler import Kill
-
         for w in s.workers.values():
             idle = [i for i in self.instances.values() if i.worker == w.id and not i.calls and not i.dead and i.name != keep]
             if not idle:

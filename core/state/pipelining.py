@@ -18,6 +18,7 @@ from .resources import Resources
 if TYPE_CHECKING:
     from .libraries import LibraryBook
     from .records import FileRecord, TaskRecord, WorkerRecord
+    from .spec import TaskSpec
 
 
 class CallPipelining:
@@ -35,6 +36,7 @@ class CallPipelining:
         def _has_ready_replica(self, name: str) -> bool: ...
         def _push_ready(self, rec: TaskRecord) -> None: ...
         def _eligible(self, rec: TaskRecord, w: WorkerRecord, now: float) -> Resources | None: ...
+        def _open_to(self, spec: TaskSpec, w: WorkerRecord, now: float) -> bool: ...
 
     def _maker_of(self, name: str) -> str | None:
         """The worker where a dispatched function call is making temp ``name`` (else None)."""
@@ -67,7 +69,7 @@ class CallPipelining:
         if alloc is not None:
             return w, alloc
         name = rec.spec.library_required
-        if w.draining or w.hostname in self.blocked_hosts or name is None:
+        if name is None or not self._open_to(rec.spec, w, now):
             return None
         depth = self.libs.depth_for(name)
         if any(i.worker == w.id and i.name == name and i.queue_room(depth) > 0 for i in self.libs.instances.values()):

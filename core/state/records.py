@@ -18,12 +18,13 @@ from .resources import Resources
 from .spec import UNSET, FileSpec, TaskSpec
 
 TaskState = Literal["waiting", "ready", "dispatched", "done"]
+RecordState = Literal["new", "waiting", "ready", "dispatched", "done"]  # "new": made, not yet decided on
 ReplicaState = Literal["creating", "ready"]
 
 TASK_STATES: tuple[TaskState, ...] = ("waiting", "ready", "dispatched", "done")
 
-# (from, to) pairs a task may take; "new" is a record just made (submitted, or a recovery copy).
-TRANSITIONS: frozenset[tuple[str, TaskState]] = frozenset({
+# (start, finish) pairs a task may take; "new" is a record just made (submitted, or a recovery copy).
+TRANSITIONS: frozenset[tuple[str, str]] = frozenset({
     ("new", "waiting"), ("new", "ready"), ("new", "done"),
     ("waiting", "waiting"), ("waiting", "ready"), ("waiting", "done"),
     ("ready", "waiting"), ("ready", "ready"), ("ready", "dispatched"), ("ready", "done"),
@@ -69,12 +70,12 @@ class TaskRecord:
     id: int
     spec: TaskSpec
     seq: int
-    state: TaskState = "ready"
+    state: RecordState = "new"
     worker: str | None = None
     allocation: Resources = UNSET
     attempts: int = 0  # dispatches so far
     forsaken: int = 0
-    heap_key: tuple[float, float, int] | None = None
+    heap_key: tuple[int, float, int, int] | None = None  # its entry in the ready heap (see SchedulerState.ready)
     warned_unfit: bool = False
     recovery: bool = False
     exhaustions: int = 0  # times killed for exceeding its allocation; the retry gets a whole worker

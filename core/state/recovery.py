@@ -36,9 +36,8 @@ class RecoveryPlanner:
         waiting_on: dict[str, set[int]]
         _recovery_ids: Iterator[int]
         _seq: Iterator[int]
-        _pending_out: list[Instruction]
 
-        def _make_ready(self, rec: TaskRecord) -> None: ...
+        def _make_ready(self, rec: TaskRecord, out: list[Instruction]) -> None: ...
         def _finish(self, rec: TaskRecord, result: int, exit_code: int, out: list[Instruction]) -> None: ...
 
     def _producer_active(self, name: str) -> bool:
@@ -51,14 +50,14 @@ class RecoveryPlanner:
                 return True
         return False
 
-    def _recover(self, name: str) -> None:
+    def _recover(self, name: str, out: list[Instruction]) -> None:
         """Re-run the producer of lost temp ``name`` as a hidden, top-priority recovery task."""
         producer = self.lineage.get(name)
         if producer is None:
             return  # nobody has promised to make it yet; consumers wait for a producer
         limit = int(self.tuning["max-task-attempts"])
         if self.recoveries[name] >= limit:
-            self._fail_waiters(name, f"temp file {name} was lost and its producer (task {producer.id}) was re-run {limit} times without success")
+            self._fail_waiters(name, f"temp file {name} was lost and its producer (task {producer.id}) was re-run {limit} times without success", out)
             return
         self.recoveries[name] += 1
         # The producer's own spec runs again under an id of its own: the record is new, the spec is shared.
@@ -68,11 +67,11 @@ class RecoveryPlanner:
             if m.file.kind == "temp":
                 self.recovering[m.file.cache_name] = rid
         self.stats["tasks_recovery"] += 1
-        self._make_ready(rec)
+        self._make_ready(rec, out)
 
-    def _fail_waiters(self, name: str, reason: str, out: list[Instruction] | None = None) -> None:
+    def _fail_waiters(self, name: str, reason: str, out: list[Instruction]) -> None:
         """Consumers of a temp that can no longer be made end with "input missing" instead of waiting forever."""
-        sink = out if out is not None else self._pending_out
+        sink = out
         waiters = self.waiting_on.pop(name, set())
         if waiters:
             sink.append(Warn(f"{reason}; failing {len(waiters)} task(s) that need it"))

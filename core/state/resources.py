@@ -47,7 +47,7 @@ def _vals(box: Resources) -> tuple[float, float, float, float]:
     return (box.cores, box.memory, box.disk, box.gpus)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Resources:
     """A box of resources: ``cores``, ``memory`` (MB), ``disk`` (MB) and ``gpus``.
 

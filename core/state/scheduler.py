@@ -21,7 +21,10 @@ import heapq
 import itertools
 import math
 import random
-from collections import defaultdict
+from collections import defaultdict, deque
+from collections.abc import Callable
+from typing import Any
+
 from .. import constants as C
 
 # Events, instructions and records live in their own modules; they are re-exported here because
@@ -29,22 +32,31 @@ from .. import constants as C
 from .events import (  # noqa: F401 - re-exported
     CacheInvalid,
     CacheUpdated,
+    CategoryBoxSet,
+    CategoryModeSet,
     Dispatch,
     Event,
+    EventFailed,
     FetchPeer,
     FetchUrl,
     FileUndeclared,
+    HostBlocked,
+    HostDraining,
+    HostUnblocked,
     Instruction,
     Keepalive,
     Kill,
+    PolicyChanged,
     RemoveWorker,
     ReturnTask,
     RunMinitask,
     SendFile,
     TaskCancelled,
     TaskFinished,
+    TasksRetrieved,
     TaskSubmitted,
     Tick,
+    TuneChanged,
     Unlink,
     Warn,
     WorkerHeard,
@@ -52,11 +64,15 @@ from .events import (  # noqa: F401 - re-exported
     WorkerLost,
 )
 from .categories import CategoryBook
+from .invariants import Invariants
 from .libraries import DEFAULT_QUEUE_DEPTH, LibraryBook
-from .records import FileRecord, ReplicaState, TaskRecord, TaskState, WorkerRecord  # noqa: F401 - re-exported
+from .records import FileRecord, RecordState, ReplicaState, TaskRecord, TaskState, WorkerRecord  # noqa: F401 - re-exported
 from .pipelining import CallPipelining
+from .prefetch import PREFETCH_SAMPLES, SHORT_TASK, PrefetchPlanner  # noqa: F401 - re-exported
 from .recovery import RecoveryPlanner
 from .resources import AllocationPolicy, Resources, allocate_resources, fits, hungry_count
+from .settings import SettingsHandlers
+from .story import TaskStory, Transition
 from .spec import UNSET, FileSpec, MountSpec, TaskSpec  # noqa: F401 - re-exported
 from .transfers import TransferPlanner, _origin  # noqa: F401 - re-exported
 
@@ -104,17 +120,16 @@ DEFAULT_TUNING: dict[str, float] = {
     "category-steady-n-tasks": 25,  # measured tasks before an automatic category mode sizes its tasks
 }
 
-SHORT_TASK = 1.0  # s: categories whose tasks take less than this on average may be prefetched
-PREFETCH_SAMPLES = 5
 
 RECOVERY_ID_BASE = 1 << 40  # hidden recovery copies of tasks get ids above every user task id
 
 
-class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
+class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining, PrefetchPlanner, SettingsHandlers, Invariants):
     """Tasks, files, replicas and workers, and every decision about them.
 
-    Feed events with :meth:`handle`; it returns the instructions to carry out. Call
-    :meth:`validate` in tests to check the invariants.
+    Feed events with :meth:`handle`, the only way to change it; it returns the instructions to
+    carry out. :meth:`story` replays a task's transitions. Call :meth:`validate` in tests to check
+    the invariants.
     """
 
     def __init__(self, tuning: dict[str, float] | None = None, policy: str = "files", seed: int | None = None) -> None:
@@ -126,19 +141,22 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
         self.tasks: dict[int, TaskRecord] = {}
         self.workers: dict[str, WorkerRecord] = {}
         self.files: dict[str, FileRecord] = {}
-        self.ready: list[tuple[tuple[float, float, int], int]] = []
+        # Entries are (class, -priority, submission order, task id); the record keeps its own entry
+        # (heap_key) so a stale one is told by identity, with no second tuple per task.
+        self.ready: list[tuple[int, float, int, int]] = []
         # Ready tasks a pass looked at but could not place. Like the cursor TaskVine keeps in its
         # ready list, the next pass goes on from where this one stopped instead of re-reading the
         # head of the queue, so unplaceable tasks at the front cannot starve the ones behind them.
-        self._passed: list[tuple[tuple[float, float, int], int]] = []
+        self._passed: list[tuple[int, float, int, int]] = []
         self.waiting_on: dict[str, set[int]] = defaultdict(set)  # temp name -> consumer task ids
         self.blocked_hosts: set[str] = set()
         self._seq = itertools.count()
         self.stats: dict[str, float] = defaultdict(float)
         self._schedule_needed = False
-        self._pending_out: list[Instruction] = []
-        # (event or None for a scheduling pass, exception) of handlers that raised; drained by the manager.
-        self.failed_events: list[tuple[Event | None, Exception]] = []
+        # (event or None for a scheduling pass, exception) of the last handlers that raised; each is
+        # also handed to the manager as an EventFailed instruction.
+        self.failed_events: deque[tuple[Event | None, Exception]] = deque(maxlen=64)
+        self._story = TaskStory()
         self.forsaken_on: dict[int, str] = {}  # task id -> the worker that last gave it back
         self._now = 0.0
         self.deadlines: list[tuple[float, int]] = []
@@ -152,7 +170,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
         self.recovering: dict[str, int] = {}  # temp name -> id of the recovery task re-making it
         self.recoveries: dict[str, int] = defaultdict(int)
         self._recovery_ids = itertools.count(RECOVERY_ID_BASE)
-        self._handlers = {
+        self._handlers: dict[type, Callable[[Any, list[Instruction]], None]] = {
             TaskSubmitted: self._on_submitted,
             TaskCancelled: self._on_cancelled,
             WorkerJoined: self._on_worker_joined,
@@ -163,43 +181,64 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
             TaskFinished: self._on_task_finished,
             FileUndeclared: self._on_file_undeclared,
             Tick: self._on_tick,
+            TasksRetrieved: self._on_tasks_retrieved,
         }
         self.libs = LibraryBook()  # libraries and function calls (core/state/libraries.py)
+        self.libs.depth = int(self.tuning.get("library-queue-depth", DEFAULT_QUEUE_DEPTH))
         self.categories = CategoryBook()  # category maxima, modes and measured peaks (core/state/categories.py)
         self._handlers.update(self.libs.handlers(self))
+        self._handlers.update(self.settings_handlers())  # core/state/settings.py
 
     # -- entry point ---------------------------------------------------------------------------------
     def handle(self, *events: Event) -> list[Instruction]:
-        """Apply events in order, then schedule what became possible."""
+        """Apply events in order, then schedule what became possible; the only way to change the state."""
         out: list[Instruction] = []
-        self._pending_out = out
         now = 0.0
+        story = self._story
         for ev in events:
-            now = self._now = ev.now
+            now = self._now = story.now = ev.now
+            story.event, story.event_id = type(ev).__name__, ev.id
             try:
-                self._handlers[type(ev)](ev, out)  # type: ignore[operator]
+                self._handlers[type(ev)](ev, out)
             except Exception as exc:  # noqa: BLE001 - any bug in one handler: see below
                 # The instructions already in ``out`` are decisions this state has recorded (a task
                 # marked running, a transfer counted): they must still be carried out, or the state
-                # waits forever for them. So a failing event is set aside for the manager to act on
+                # waits forever for them. So a failing event is handed to the manager to act on
                 # (log it, drop the peer that sent it) and the other events still apply.
                 self.failed_events.append((ev, exc))
+                out.append(EventFailed(ev, exc))
         if self._schedule_needed:
             self._schedule_needed = False
+            story.event = "schedule"
             try:
                 self._schedule(now, out)
             except Exception as exc:  # noqa: BLE001 - as above: keep what was placed before the failure
                 self._requeue_ready()  # the task the pass had popped when it failed
                 self._schedule_needed = True  # try again on the next event
                 self.failed_events.append((None, exc))
+                out.append(EventFailed(None, exc))
         return out
+
+    @staticmethod
+    def _is_done(rec: TaskRecord) -> bool:
+        return rec.state == "done"
+
+    def _transition(self, rec: TaskRecord, finish: RecordState) -> None:
+        """Every change of a task's state comes through here: checked and logged (see core/state/story.py)."""
+        self._story.record(rec.id, rec.state, finish)
+        rec.state = finish
+
+    def story(self, task_id: int) -> list[Transition]:
+        """What happened to task ``task_id``: each transition (event name and id, start and finish
+        state, time) still in the bounded log, oldest first."""
+        return self._story.story(task_id)
 
     def _requeue_ready(self) -> None:
         """Put back in the ready queue every ready task a failed pass left out of it."""
-        queued = {tid for _key, tid in self.ready} | {tid for _key, tid in self._passed}
+        queued = {key[3] for key in self.ready} | {key[3] for key in self._passed}
         for tid, rec in self.tasks.items():
             if rec.state == "ready" and tid not in queued and rec.heap_key is not None:
-                self._passed.append((rec.heap_key, tid))
+                self._passed.append(rec.heap_key)
 
     @property
     def allocation_policy(self) -> AllocationPolicy:
@@ -242,17 +281,17 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
             frec.producer = t.id
             if m.file.kind == "temp":
                 self.lineage[m.file.cache_name] = t
-        self._make_ready(rec)
+        self._make_ready(rec, out)
 
     def _push_ready(self, rec: TaskRecord) -> None:
         t = rec.spec
-        rec.state = "ready"
+        self._transition(rec, "ready")
         # Recovery first, then retries after resource exhaustion, then the user's priority and order.
-        rec.heap_key = (0 if rec.recovery else 1 if rec.exhaustions else 2, -t.priority, rec.seq)
-        heapq.heappush(self.ready, (rec.heap_key, rec.id))
+        rec.heap_key = (0 if rec.recovery else 1 if rec.exhaustions else 2, -t.priority if t.priority else 0.0, rec.seq, rec.id)
+        heapq.heappush(self.ready, rec.heap_key)
         self._schedule_needed = True
 
-    def _make_ready(self, rec: TaskRecord) -> None:
+    def _make_ready(self, rec: TaskRecord, out: list[Instruction]) -> None:
         """Ready if every temp input exists somewhere; otherwise wait for the first missing one.
 
         A temp whose producer already finished but which has no replica left was lost with a
@@ -266,7 +305,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
         for m in rec.spec.inputs:
             name = m.file.cache_name
             if m.file.kind == "temp" and not self._has_ready_replica(name):
-                rec.state = "waiting"
+                self._transition(rec, "waiting")
                 rec.heap_key = None
                 self.waiting_on[name].add(rec.id)
                 if not self._producer_active(name):
@@ -274,9 +313,9 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
                     producer = self.lineage.get(name)
                     if frec is not None and frec.size < 0 and producer is not None and producer.id in self.tasks:
                         # Its producer ended without ever making it: nothing to recover.
-                        self._fail_waiters(name, f"temp file {name} was never made: its producer (task {producer.id}) did not produce it")
+                        self._fail_waiters(name, f"temp file {name} was never made: its producer (task {producer.id}) did not produce it", out)
                     else:
-                        self._recover(name)
+                        self._recover(name, out)
                 return
         self._push_ready(rec)
 
@@ -329,7 +368,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
                     lost_only_copy.append(name)
         for (dest, name), source in list(self.transfers.items()):
             if dest == w.id or source == w.id:
-                self._end_transfer(dest, name)
+                self._end_transfer(dest, name, out)
         self.libs.worker_lost(self, w.id)
         for tid in sorted(w.tasks):
             rec = self.tasks[tid]
@@ -344,7 +383,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
         if self.tuning["immediate-recovery"]:
             for name in lost_only_copy:
                 if not self._producer_active(name):
-                    self._recover(name)
+                    self._recover(name, out)
         self._schedule_needed = True
 
     def _on_cache_updated(self, ev: CacheUpdated, out: list[Instruction]) -> None:
@@ -360,7 +399,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
         if w.replicas.get(ev.name) != "ready":
             w.cache_bytes += max(ev.size, 0)
         w.replicas[ev.name] = "ready"
-        self._end_transfer(w.id, ev.name, ev.size)
+        self._end_transfer(w.id, ev.name, out, ev.size)
         frec.replicas[w.id] = "ready"
         frec.size = ev.size
         if frec.spec.kind == "temp":
@@ -368,10 +407,10 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
         for tid in self.waiting_on.pop(ev.name, ()):  # consumers of a temp that now exists
             rec = self.tasks.get(tid)
             if rec is not None and rec.state == "waiting":
-                self._make_ready(rec)
+                self._make_ready(rec, out)
 
     def _on_cache_invalid(self, ev: CacheInvalid, out: list[Instruction]) -> None:
-        self._end_transfer(ev.worker, ev.name, failed=True)
+        self._end_transfer(ev.worker, ev.name, out, failed=True)
         w = self.workers.get(ev.worker)
         if w is not None and self._drop_replica(w, ev.name):
             self._schedule_needed = True
@@ -443,7 +482,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
             if w is not None:
                 self._drop_replica(w, ev.name)
                 out.append(Unlink(wid, ev.name))
-            self._end_transfer(wid, ev.name)  # else its source would count a transfer that never ends
+            self._end_transfer(wid, ev.name, out)  # else its source would count a transfer that never ends
         frec.replicas.clear()
         if ev.forget:
             del self.files[ev.name]
@@ -497,67 +536,15 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
         rec.queued = False
         self._schedule_needed = True
 
-    def _promote(self, w: WorkerRecord) -> None:
-        """Mirror the worker: it starts its prefetched tasks in order while the head fits."""
-        while w.queue:
-            head = self.tasks[w.queue[0]]
-            if not fits(head.allocation, w.total, w.committed):
-                return
-            w.queue.pop(0)
-            head.queued = False
-            w.committed = w.committed + head.allocation
-
-    def _prefetch_limit(self, w: WorkerRecord) -> int:
-        per_core = self.tuning["worker-prefetch"]
-        return 0 if per_core <= 0 else max(1, math.ceil(max(w.total.cores, 1) * per_core))
-
-    def _prefetch_worker(self, rec: TaskRecord, now: float) -> tuple[WorkerRecord, Resources] | None:
-        """A worker to queue ``rec`` on when none can start it now: only for categories measured
-        short (queued long tasks could wait behind each other while another worker idles), only
-        with every input already cached there, at most ``worker-prefetch`` per core."""
-        t = rec.spec
-        if self.tuning["worker-prefetch"] <= 0 or t.library_required is not None or t.environments or t.time_start:
-            return None
-        n, mean = self.category_time.get(t.category, (0, 0.0))
-        if n < PREFETCH_SAMPLES or mean > SHORT_TASK:
-            return None
-        best: tuple[int, WorkerRecord, Resources] | None = None
-        for w in self.workers.values():
-            if len(w.queue) >= self._prefetch_limit(w):
-                continue
-            if w.draining or w.hostname in self.blocked_hosts or not w.features.issuperset(t.features):
-                continue
-            if any(w.replicas.get(m.file.cache_name) != "ready" for m in t.inputs):
-                continue
-            alloc = self._allocation(rec, w)
-            if not fits(alloc, w.total, Resources(0, 0, 0, 0)):
-                continue
-            if best is None or len(w.queue) < best[0]:
-                best = (len(w.queue), w, alloc)
-        return None if best is None else (best[1], best[2])
-
-    def _place_queued(self, rec: TaskRecord, w: WorkerRecord, alloc: Resources, out: list[Instruction]) -> None:
-        rec.state = "dispatched"
-        rec.heap_key = None
-        rec.worker = w.id
-        rec.allocation = alloc
-        rec.attempts += 1
-        rec.queued = True
-        w.tasks.add(rec.id)
-        w.queue.append(rec.id)
-        self.stats["tasks_dispatched"] += 1
-        self.stats["tasks_prefetched"] += 1
-        out.append(Dispatch(w.id, rec.id, alloc, queued=True))
-
     def _retry_or_fail(self, rec: TaskRecord, result_if_exhausted: int, out: list[Instruction]) -> None:
         limit = int(self.tuning["max-task-attempts"])
         if rec.attempts >= limit:
             self._finish(rec, result_if_exhausted if result_if_exhausted != C.VINE_RESULT_SUCCESS else C.VINE_RESULT_MAX_RETRIES, -1, out)
         else:
-            self._make_ready(rec)
+            self._make_ready(rec, out)
 
     def _finish(self, rec: TaskRecord, result: int, exit_code: int, out: list[Instruction]) -> None:
-        rec.state = "done"
+        self._transition(rec, "done")
         self.forsaken_on.pop(rec.id, None)
         rec.heap_key = None
         self.stats["tasks_done"] += 1
@@ -578,11 +565,12 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
                 self._fail_waiters(name, f"temp file {name} cannot be made: its producer ({what} {rec.id}) ended with '{C.result_string(result)}'"
                                   + (f" (exit code {exit_code})" if result == C.VINE_RESULT_SUCCESS else ""), out)
 
-    def forget_task(self, task_id: int) -> None:
-        """Drop a finished task's record once the user has it (keeps memory flat on long runs)."""
-        rec = self.tasks.get(task_id)
-        if rec is not None and rec.state == "done":
-            del self.tasks[task_id]
+    def _on_tasks_retrieved(self, ev: TasksRetrieved, out: list[Instruction]) -> None:
+        """Drop finished tasks' records once the user has them (keeps memory flat on long runs)."""
+        for task_id in ev.task_ids:
+            rec = self.tasks.get(task_id)
+            if rec is not None and rec.state == "done":
+                del self.tasks[task_id]
 
     # -- scheduling ----------------------------------------------------------------------------------------
     def _allocation(self, rec: TaskRecord, w: WorkerRecord) -> Resources:
@@ -596,13 +584,19 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
             req = Resources(req.cores, w.total.memory, -1, req.gpus)  # memory = total -> the whole-worker rule
         return allocate_resources(req, w.total, policy=self.allocation_policy, function_call=rec.spec.library_required is not None)
 
+    def _open_to(self, spec: TaskSpec, w: WorkerRecord, now: float) -> bool:
+        """Whether ``w`` takes ``spec`` at all, whatever its room: not draining, not on a blocked
+        host, with the task's features, staying long enough (``time_min``). The one eligibility
+        rule: placement, prefetching, pinned calls and calls queued in libraries all ask it."""
+        if w.draining or w.hostname in self.blocked_hosts:
+            return False
+        if spec.features and not w.features.issuperset(spec.features):
+            return False
+        return not spec.outlasts(w.end_time, now)
+
     def _eligible(self, rec: TaskRecord, w: WorkerRecord, now: float) -> Resources | None:
         t = rec.spec
-        if w.draining or w.hostname in self.blocked_hosts:
-            return None
-        if t.features and not w.features.issuperset(t.features):
-            return None
-        if t.time_min and w.end_time and w.end_time - now < t.time_min:
+        if not self._open_to(t, w, now):
             return None
         if t.library_required is not None:
             return self.libs.slot_for(t.library_required, w)  # a call needs a free slot, no resources
@@ -662,14 +656,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
                 w.committed.cores < math.ceil(w.total.cores * mult) or w.total.cores <= 0 or w.committed.gpus < math.ceil(w.total.gpus * mult)
             ):
                 return True
-        self.libs.depth = int(self.tuning.get("library-queue-depth", DEFAULT_QUEUE_DEPTH))
         return self.libs.has_room(self.libs.depth)
-
-    def _prefetch_room(self) -> bool:
-        """Some worker can queue more, and some category's tasks are short enough to be worth it."""
-        if not any(n >= PREFETCH_SAMPLES and m <= SHORT_TASK for n, m in self.category_time.values()):
-            return False
-        return any(len(w.queue) < self._prefetch_limit(w) for w in self.workers.values())
 
     def _schedule(self, now: float, out: list[Instruction]) -> None:
         if not self.workers or len(self.workers) < self.tuning["wait-for-workers"]:
@@ -686,31 +673,32 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
             prefetch_only = not self._has_room()
             if prefetch_only and not self._prefetch_room():
                 break
-            key, tid = heapq.heappop(self.ready)
+            key = heapq.heappop(self.ready)
+            tid = key[3]
             rec = self.tasks.get(tid)
-            if rec is None or rec.state != "ready" or rec.heap_key != key:
+            if rec is None or rec.state != "ready" or rec.heap_key is not key:
                 continue  # stale heap entry (lazy deletion)
             if prefetch_only:
-                target = None if rec.spec.time_end and now > rec.spec.time_end else self._prefetch_worker(rec, now)
+                target = None if rec.spec.past_end(now) else self._prefetch_worker(rec, now)
                 if target is None or not self._inputs_exist_quiet(rec):
-                    self._passed.append((key, tid))
+                    self._passed.append(key)
                     break
-                self._place_queued(rec, target[0], target[1], out)
+                self._place(rec, target[0], target[1], out, queued=True)
                 continue
             t = rec.spec
-            if t.time_end and now > t.time_end:
+            if t.past_end(now):
                 self._finish(rec, C.VINE_RESULT_MAX_END_TIME, -1, out)
                 continue
-            if t.time_start and now < t.time_start:
-                self._passed.append((key, tid))
+            if t.before_start(now):
+                self._passed.append(key)
                 misses += 1
                 continue
-            if not self._inputs_exist(rec):
+            if not self._inputs_exist(rec, out):
                 continue  # parked as waiting on a missing temp
             if rec.pinned is not None:
                 choice = self._pinned_choice(rec, now)
                 if choice is None:
-                    self._passed.append((key, tid))  # no room there yet; its inputs will come to exist
+                    self._passed.append(key)  # no room there yet; its inputs will come to exist
                     misses += 1
                     continue
                 w, alloc = choice
@@ -719,18 +707,18 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
             choice = self._choose_worker(rec, now)
             if choice is None:
                 choice = self.libs.make_room(self, rec, now, out)  # start a library, or evict idle ones
-                if rec.state == "done":
+                if self._is_done(rec):  # make_room ended it (its library is gone)
                     continue
             if choice is None:
                 queue_on = self._prefetch_worker(rec, now)
                 if queue_on is not None:
-                    self._place_queued(rec, queue_on[0], queue_on[1], out)
+                    self._place(rec, queue_on[0], queue_on[1], out, queued=True)
                     continue
             if choice is None:
                 if not rec.warned_unfit and not self._could_ever_fit(rec):
                     rec.warned_unfit = True
                     out.append(Warn(self._unfit_message(rec)))
-                self._passed.append((key, tid))
+                self._passed.append(key)
                 misses += 1
                 continue
             w, alloc = choice
@@ -748,7 +736,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
     def _inputs_exist_quiet(self, rec: TaskRecord) -> bool:
         return all(m.file.kind != "temp" or self._has_ready_replica(m.file.cache_name) for m in rec.spec.inputs)
 
-    def _inputs_exist(self, rec: TaskRecord) -> bool:
+    def _inputs_exist(self, rec: TaskRecord, out: list[Instruction]) -> bool:
         """True when ``rec`` may be placed: its temp inputs exist, or are being made where it is pinned."""
         missing = False
         for m in rec.spec.inputs:
@@ -757,35 +745,43 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
                     missing = True
                     continue
                 rec.pinned = None
-                self._make_ready(rec)  # parks it as waiting on that temp (or pins it where it is made now)
+                self._make_ready(rec, out)  # parks it as waiting on that temp (or pins it where it is made now)
                 return False
         if not missing:
             rec.pinned = None  # everything exists now: any worker will do
         return True
 
-    def _place(self, rec: TaskRecord, w: WorkerRecord, alloc: Resources, out: list[Instruction]) -> None:
+    def _place(self, rec: TaskRecord, w: WorkerRecord, alloc: Resources, out: list[Instruction], queued: bool = False) -> None:
+        """Send ``rec`` to ``w``, to start there now or (``queued``) to wait in its prefetch queue,
+        committing nothing until it starts (core/state/prefetch.py). The one place a task is placed."""
         for f in rec.spec.environments:
             self._stage(f, w, out, placing=True)
         for m in rec.spec.inputs:
             self._stage(m.file, w, out, placing=True)
-        rec.state = "dispatched"
+        self._transition(rec, "dispatched")
         rec.heap_key = None
         rec.worker = w.id
         rec.allocation = alloc
         rec.attempts += 1
-        w.committed = w.committed + alloc
+        rec.queued = queued
         w.tasks.add(rec.id)
-        self.libs.placed(rec, w)
+        if queued:
+            w.queue.append(rec.id)
+            self.stats["tasks_prefetched"] += 1
+        else:
+            w.committed = w.committed + alloc
+            self.libs.placed(rec, w)
         self.stats["tasks_dispatched"] += 1
-        out.append(Dispatch(w.id, rec.id, alloc))
-        if rec.spec.library_required is not None and self.tuning["call-pipelining"] > 0:
+        out.append(Dispatch(w.id, rec.id, alloc, queued=queued))
+        if not queued and rec.spec.library_required is not None and self.tuning["call-pipelining"] > 0:
             self._pin_consumers(rec)
 
     # -- queries ---------------------------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
         c = {"waiting": 0, "ready": 0, "dispatched": 0, "done": 0}
         for rec in self.tasks.values():
-            c[rec.state] += 1
+            if rec.state != "new":  # only while a handler that raised left it half-made
+                c[rec.state] += 1
         return c
 
     def hungry(self) -> int:
@@ -807,30 +803,3 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining):
             minimum=int(self.tuning["hungry-minimum"]),
             factor=self.tuning["hungry-minimum-factor"],
         )
-
-    # -- invariants --------------------------------------------------------------------------------------------
-    def validate(self) -> None:
-        """Check invariants; raises AssertionError naming the broken one."""
-        assert not self.failed_events, f"handlers raised: {self.failed_events!r}"
-        mult = self.tuning["resource-submit-multiplier"]
-        for w in self.workers.values():
-            committed = self.libs.committed_on(w.id)
-            for tid in w.tasks:
-                rec = self.tasks[tid]
-                assert rec.state == "dispatched" and rec.worker == w.id, f"task {tid} on {w.id} is {rec.state}"
-                assert rec.queued == (tid in w.queue), f"task {tid} queued={rec.queued} but queue is {w.queue}"
-                if not rec.queued:
-                    committed = committed + rec.allocation
-            for f in ("cores", "memory", "disk", "gpus"):
-                got, want = getattr(w.committed, f), getattr(committed, f)
-                assert math.isclose(max(got, 0), max(want, 0), abs_tol=1e-6), f"{w.id} committed {f} {got} != {want}"
-                cap = getattr(w.total, f)
-                if cap > 0:
-                    limit = cap if f == "disk" else math.ceil(cap * mult)
-                    assert want <= limit + 1e-6, f"{w.id} over-committed {f}: {want} > {limit}"
-        for name, frec in self.files.items():
-            for wid in frec.replicas:
-                assert wid in self.workers, f"replica of {name} on disconnected worker {wid}"
-        for rec in self.tasks.values():
-            if rec.state == "dispatched":
-                assert rec.worker in self.workers, f"task {rec.id} dispatched to missing worker {rec.worker}"

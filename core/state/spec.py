@@ -73,14 +73,35 @@ class MountSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class TaskOptions:
+    """The parts of a task's spec most tasks leave at their defaults (shared: :data:`NO_OPTIONS`).
+
+    ``time_start``/``time_end`` are epoch seconds (0: none), ``time_min``/``time_max`` seconds.
+    ``max_retries`` bounds the retries after resource exhaustion (<= 0: the manager's own bound),
+    ``max_forsaken`` the times workers may give it back (-1: no limit). ``scheduler`` is the task's
+    own placement policy (None: the manager's). ``exec_mode`` and ``function_slots`` are a library's.
+    """
+
+    max_retries: int = 0
+    max_forsaken: int = -1
+    time_start: float = 0.0
+    time_end: float = 0.0
+    time_min: float = 0.0
+    time_max: float = 0.0
+    scheduler: str | None = None
+    exec_mode: str = "fork"
+    function_slots: int = 0
+
+
+NO_OPTIONS = TaskOptions()
+
+
+@dataclass(frozen=True, slots=True)
 class TaskSpec:
     """All the scheduler ever reads of a task. Made once at submit; never changed afterwards.
 
-    ``requested`` holds the task's own values (-1: unset). ``time_start``/``time_end`` are epoch
-    seconds (0: none), ``time_min``/``time_max`` seconds. ``max_retries`` bounds the retries after
-    resource exhaustion (<= 0: the manager's own bound), ``max_forsaken`` the times workers may give
-    it back (-1: no limit). ``scheduler`` is the task's own placement policy (None: the manager's).
-    ``exec_mode`` and ``function_slots`` matter for libraries only.
+    ``requested`` holds the task's own values (-1: unset). The rarely set parts are in ``options``
+    (:class:`TaskOptions`), also readable as attributes of the spec (``spec.time_end``, ...).
     """
 
     id: int
@@ -95,15 +116,7 @@ class TaskSpec:
     priority: float = 0.0
     library_required: str | None = None
     library_provided: str | None = None
-    max_retries: int = 0
-    max_forsaken: int = -1
-    time_start: float = 0.0
-    time_end: float = 0.0
-    time_min: float = 0.0
-    time_max: float = 0.0
-    scheduler: str | None = None
-    exec_mode: str = "fork"
-    function_slots: int = 0
+    options: TaskOptions = NO_OPTIONS
 
     def __post_init__(self) -> None:
         if self.kind not in TASK_KINDS:
@@ -113,3 +126,56 @@ class TaskSpec:
     def is_call(self) -> bool:
         """A function call: it runs in a library instance's slot and holds no resources of its own."""
         return self.library_required is not None
+
+    # -- the options, read through the spec -----------------------------------------------------------
+    @property
+    def max_retries(self) -> int:
+        return self.options.max_retries
+
+    @property
+    def max_forsaken(self) -> int:
+        return self.options.max_forsaken
+
+    @property
+    def time_start(self) -> float:
+        return self.options.time_start
+
+    @property
+    def time_end(self) -> float:
+        return self.options.time_end
+
+    @property
+    def time_min(self) -> float:
+        return self.options.time_min
+
+    @property
+    def time_max(self) -> float:
+        return self.options.time_max
+
+    @property
+    def scheduler(self) -> str | None:
+        return self.options.scheduler
+
+    @property
+    def exec_mode(self) -> str:
+        return self.options.exec_mode
+
+    @property
+    def function_slots(self) -> int:
+        return self.options.function_slots
+
+    # -- the task's timers, in one place (seconds; the worker alone enforces time_max) --------------
+    def past_end(self, now: float) -> bool:
+        """Its end time (``set_time_end``) has passed: it may no longer start."""
+        end = self.options.time_end
+        return bool(end) and now > end
+
+    def before_start(self, now: float) -> bool:
+        """Its start time (``set_time_start``) has not come yet."""
+        start = self.options.time_start
+        return bool(start) and now < start
+
+    def outlasts(self, worker_end: float, now: float) -> bool:
+        """A worker leaving at ``worker_end`` (0: no end) has less than its ``time_min`` left."""
+        need = self.options.time_min
+        return bool(need and worker_end) and worker_end - now < need

@@ -30,7 +30,6 @@ class TransferPlanner:
         url_active: dict[str, int]
         manager_sending: dict[str, int]
         _now: float
-        _pending_out: list[Instruction]
         _schedule_needed: bool
 
         def _file(self, f: FileSpec) -> FileRecord: ...
@@ -138,7 +137,7 @@ class TransferPlanner:
         else:
             self.workers[source].outgoing += 1
 
-    def _end_transfer(self, dest: str, name: str, size: int = -1, failed: bool = False) -> None:
+    def _end_transfer(self, dest: str, name: str, out: list[Instruction], size: int = -1, failed: bool = False) -> None:
         source = self.transfers.pop((dest, name), None)
         if source is None:
             return
@@ -151,7 +150,7 @@ class TransferPlanner:
             if src is not None:
                 src.outgoing -= 1
                 if failed:
-                    self._source_failed(src)
+                    self._source_failed(src, out)
                 elif size >= 0:
                     src.xfer_good += 1
             if size >= 0 and not failed:
@@ -159,12 +158,11 @@ class TransferPlanner:
                 self.stats["bytes_peer"] += size
         self._schedule_needed = True
 
-    def _source_failed(self, src: WorkerRecord) -> None:
+    def _source_failed(self, src: WorkerRecord, out: list[Instruction]) -> None:
         """A copy from ``src`` broke: skip it as a source for a while; drop it if it keeps failing."""
         src.xfer_failed_at = self._now
         src.xfer_bad += 1
         if src.xfer_bad >= 5 and src.xfer_bad >= src.xfer_good:
-            out = self._pending_out
             out.append(RemoveWorker(src.id, "XFER_ERRORS"))
             self._on_worker_lost(WorkerLost(self._now, src.id, "XFER_ERRORS"), out)
 

@@ -35,6 +35,7 @@ from typing import Any
 
 
 from .. import constants as C
+from ..state.prefetch import start_in_order, waits_in_queue
 from ..wire.connection import (
     Connection,
     client_handshake,
@@ -368,7 +369,7 @@ class Worker:
             self.cache.drop_on_arrival.difference_update(i["name"] for i in spec.get("inputs") or ())
         alloc = {k: float(v) for k, v in spec.get("resources", {}).items()}
         rt = RunningTask(tid, spec, "", alloc)
-        if spec.get("queued") and (self.prefetched or self._fits(alloc)):
+        if spec.get("queued") and waits_in_queue(self.prefetched, not self._fits(alloc)):
             # Prefetched: starts, in order, the moment its allocation fits (the manager mirrors this).
             self.prefetched.append(rt)
             self.last_work = time.monotonic()
@@ -414,10 +415,12 @@ class Worker:
         if self.tasks.pop(rt.id, None) is not None:
             for k in self.committed:
                 self.committed[k] = max(0.0, self.committed[k] - max(rt.alloc.get(k, 0), 0))
-            while self.prefetched and not self._fits(self.prefetched[0].alloc):
-                head = self.prefetched.pop(0)
+            def start(head: RunningTask) -> None:
                 head.spec["queued"] = False
                 self._start_task(head.spec)
+
+            # The rule the manager's scheduler mirrors (core/state/prefetch.py), so both agree on what runs.
+            start_in_order(self.prefetched, lambda queued: not self._fits(queued.alloc), start)
 
     def task_env(self, rt: RunningTask) -> dict[str, str]:
         env = self._base_env.copy()

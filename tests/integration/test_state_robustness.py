@@ -27,7 +27,7 @@ import core as vine
 from core.wire.protocol import PREFIX, PROTOCOL_VERSION, FrameDecoder, encode_frame, new_nonce
 from core.state.resources import Resources
 from core.api.specs import task_spec
-from core.state.scheduler import Dispatch, SchedulerState, TaskSubmitted, Tick, WorkerJoined
+from core.state.scheduler import Dispatch, EventFailed, SchedulerState, TaskSubmitted, Tick, WorkerJoined
 from core.state.spec import TaskSpec
 from tests.conftest import ROOT, run, wait_for_workers
 
@@ -185,7 +185,7 @@ def test_a_failed_scheduling_pass_loses_no_ready_task():
     good = s.workers["w"].total
     s.workers["w"].total = Resources(INF, 1000, 1000, 0)  # a state corrupted past every check
     out = s.handle(TaskSubmitted(2.0, _task(1)))
-    assert out == [] and [ev for ev, _ in s.failed_events] == [None]
+    assert [type(i) for i in out] == [EventFailed] and [ev for ev, _ in s.failed_events] == [None]
     s.failed_events.clear()
     s.workers["w"].total = good
     out = s.handle(Tick(3.0))

@@ -31,6 +31,7 @@ from core.state.scheduler import (
     SendFile,
     TaskFinished,
     TaskSubmitted,
+    TasksRetrieved,
     Tick,
     Unlink,
     WorkerHeard,
@@ -707,7 +708,7 @@ def test_pruned_chain_keeps_replica_table_bounded():
         c.run_to_end(d, sizes=MB)
         if prev is not None:
             c.handle(FileUndeclared(c.now, prev.cache_name, forget=True))
-        c.s.forget_task(t.id)
+        c.handle(TasksRetrieved(c.now, (t.id,)))
         prev = x
         assert len(c.s.workers["w1"].replicas) <= 2
     c.s.validate()

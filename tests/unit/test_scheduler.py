@@ -27,9 +27,12 @@ from core.state.scheduler import (
     Event,
     FetchPeer,
     FetchUrl,
+    HostBlocked,
+    HostUnblocked,
     Instruction,
     Keepalive,
     Kill,
+    PolicyChanged,
     RemoveWorker,
     ReturnTask,
     RunMinitask,
@@ -807,7 +810,7 @@ def test_time_policy_prefers_the_fastest_worker() -> None:
     assert placed(sim.submit(timed)) == {timed.id: "fast"}
     untimed = Task("untimed", cores=1)
     assert placed(sim.submit(untimed)) == {untimed.id: "slow"}  # files: more free cores
-    sim.state.policy = "time"
+    sim.handle(PolicyChanged(sim.now, "time"))
     later = Task("later", cores=1)
     assert placed(sim.submit(later)) == {later.id: "fast"}
 
@@ -874,15 +877,14 @@ def test_blocked_hosts_get_no_tasks() -> None:
     sim = Sim()
     sim.join("a", hostname="host-a")
     sim.join("b", hostname="host-b")
-    sim.state.blocked_hosts.add("host-a")
+    sim.handle(HostBlocked(sim.now, "host-a"))
     tasks = [Task(f"t{i}", cores=1) for i in range(3)]
     assert set(placed(sim.submit(*tasks)).values()) == {"b"}
-    sim.state.blocked_hosts.add("host-b")
+    sim.handle(HostBlocked(sim.now, "host-b"))
     late = Task("late", cores=1)
     out = sim.submit(late)
     assert out == []  # no dispatch, and no "too big" warning either: it fits, just not now
-    sim.state.blocked_hosts.discard("host-a")
-    assert placed(sim.tick(1)) == {late.id: "a"}
+    assert placed(sim.handle(HostUnblocked(sim.now, "host-a"))) == {late.id: "a"}
 
 
 def test_wait_for_workers_holds_dispatch() -> None:
@@ -973,7 +975,7 @@ def test_100k_ready_tasks_cost_at_most_depth_per_pass(counting: dict[str, Any]) 
         assert heap.pops <= depth and considered["n"] <= depth
 
     # A worker with room where no task may go: each pass gives up after attempt-schedule-depth tasks.
-    sim.state.blocked_hosts.add("blocked-host")
+    sim.handle(HostBlocked(sim.now, "blocked-host"))
     sim.join("w2", hostname="blocked-host")
     for _ in range(3):
         heap.pops = considered["n"] = 0

@@ -32,6 +32,13 @@ def test_mypy_on_the_pure_modules():
 
 
 @pytest.mark.timeout(240)
+def test_mypy_strict_on_the_state():
+    """The scheduler state, every module of it, passes ``mypy --strict`` (issue 11 point 7)."""
+    out = _run("mypy", "--strict", "core/state")
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.timeout(240)
 def test_mypy_strict_on_the_wire():
     """The wire package (messages, codec, handshake, receiving, the remote framings) passes
     ``mypy --strict`` (issue 11 point 7)."""
