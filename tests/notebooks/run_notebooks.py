@@ -18,6 +18,11 @@ notebook: the run reports it, then kills it, so neither a failing nor a leaky no
 processes on the machine. The kernel's environment also carries ``VINE_NOTEBOOK_RUN=<id>``; once
 the kernel has shut down, any process still carrying it (one that left the kernel's tree by a
 double fork, say) is left behind too, and killed.
+
+A cell that is still running when the notebook has used two thirds of its budget, and again
+just before the deadline interrupts it, gets a ``py-spy dump`` of the kernel (every thread's
+Python stack): the dumps are in ``NotebookRun.stack_dumps``, which ``main`` prints and the
+tests put in their failure message, so a stalled CI run shows where it was stuck.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -43,6 +50,12 @@ NOTEBOOK_DIR = os.path.join(REPO, "notebooks")
 # A process the notebook's last cell told to stop may take a moment to be gone (a worker that
 # was told to exit finishes its frame and removes its workspace). Past this it was left behind.
 EXIT_GRACE_S = 5.0
+
+# A cell still running at this share of the notebook's budget is looked into (py-spy dump), and
+# again this many seconds before the deadline interrupts it.
+FIRST_DUMP_SHARE = 2 / 3
+LAST_DUMP_BEFORE_S = 3.0
+PY_SPY_TIMEOUT_S = 20.0
 
 # The environment variable that marks the kernel and everything it starts.
 MARKER_VARIABLE = "VINE_NOTEBOOK_RUN"
@@ -117,6 +130,80 @@ class DescendantWatcher(threading.Thread):
             return list(self.seen.values())
 
 
+def py_spy_dump(pid: int) -> str:
+    """Every thread's Python stack in process ``pid`` (``py-spy dump``), or why there is none."""
+    exe = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    if not os.path.exists(exe):
+        exe = shutil.which("py-spy") or ""
+    if not exe:
+        return "(no stack: py-spy is not installed next to this Python nor on PATH)"
+    try:
+        out = subprocess.run([exe, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=PY_SPY_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return f"(no stack: py-spy dump --pid {pid} took longer than {PY_SPY_TIMEOUT_S:.0f} s)"
+    text = out.stdout.strip()
+    if out.returncode != 0 or not text:
+        text = f"{text}\n(py-spy dump --pid {pid} exited {out.returncode}: {out.stderr.strip()})".strip()
+    return text
+
+
+class StallDumper(threading.Thread):
+    """Dumps the kernel's stacks when one cell runs into the last third of the notebook's budget.
+
+    ``cell_started(index)`` arms it for a cell, ``cell_ended()`` disarms it. A dump is taken once
+    the notebook has used ``FIRST_DUMP_SHARE`` of its budget during the cell, and once more
+    ``LAST_DUMP_BEFORE_S`` before the deadline (nbclient interrupts the cell at the deadline).
+    """
+
+    def __init__(self, pid: int, start: float, deadline: float) -> None:
+        super().__init__(name=f"stall-dump-{pid}", daemon=True)
+        self.pid = pid
+        self.notebook_start = start
+        self.moments = sorted([start + FIRST_DUMP_SHARE * (deadline - start), deadline - LAST_DUMP_BEFORE_S])
+        self.dumps: list[str] = []
+        self._cell: int | None = None
+        self._taken = 0  # how many of self.moments are behind us
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._stopped = False
+
+    def cell_started(self, index: int) -> None:
+        with self._changed:
+            self._cell = index
+            self._changed.notify()
+
+    def cell_ended(self) -> None:
+        with self._changed:
+            self._cell = None
+            self._changed.notify()
+
+    def stop(self) -> None:
+        with self._changed:
+            self._stopped = True
+            self._changed.notify()
+        self.join(PY_SPY_TIMEOUT_S + 5)
+
+    def run(self) -> None:
+        with self._changed:
+            while not self._stopped and self._taken < len(self.moments):
+                now = time.monotonic()
+                due = self.moments[self._taken]
+                if now < due:
+                    self._changed.wait(due - now)
+                    continue
+                self._taken += 1
+                cell = self._cell
+                if cell is None:
+                    continue  # between cells at that moment: nothing is stuck
+                self._lock.release()  # py-spy takes a while; cell_ended must not wait for it
+                try:
+                    stack = py_spy_dump(self.pid)
+                finally:
+                    self._lock.acquire()
+                self.dumps.append(f"--- py-spy dump of the kernel (pid {self.pid}) {due - self.notebook_start:.0f} s into the notebook, "
+                                  f"cell {cell} still running:\n{stack}")
+
+
 @dataclass
 class NotebookRun:
     """What one execution of a notebook did."""
@@ -128,6 +215,7 @@ class NotebookRun:
     seen: list[SeenProcess] = field(default_factory=list)
     left_behind: list[SeenProcess] = field(default_factory=list)
     kernel_executable: str = ""
+    stack_dumps: list[str] = field(default_factory=list)  # the kernel's stacks while a cell ran long (StallDumper)
     notebook: nbformat.NotebookNode | None = None
 
     @property
@@ -174,6 +262,8 @@ def run_notebook(path: str, workdir: str, timeout: float = 240.0, record: bool =
         run.kernel_executable = psutil.Process(pid).cmdline()[0]
         watcher = DescendantWatcher(pid)
         watcher.start()
+        dumper = StallDumper(pid, start, deadline)
+        dumper.start()
         try:
             for index, cell in enumerate(nb.cells):
                 left = deadline - time.monotonic()
@@ -181,6 +271,7 @@ def run_notebook(path: str, workdir: str, timeout: float = 240.0, record: bool =
                     raise TimeoutError(f"{os.path.basename(path)} ran past its {timeout:.0f} s budget before cell {index}")
                 client.timeout = max(1, math.ceil(left))
                 cell_start = time.monotonic()
+                dumper.cell_started(index)
                 try:
                     client.execute_cell(cell, index)
                 except CellExecutionError as exc:
@@ -188,12 +279,16 @@ def run_notebook(path: str, workdir: str, timeout: float = 240.0, record: bool =
                     if exc.ename == "KeyboardInterrupt" and time.monotonic() - cell_start >= client.timeout:
                         raise TimeoutError(f"{os.path.basename(path)}: cell {index} ran past the notebook's {timeout:.0f} s budget") from exc
                     raise
+                finally:
+                    dumper.cell_ended()
                 watcher.sample()
         except (CellExecutionError, TimeoutError, RuntimeError) as exc:
             # nbclient's cell timeout is a TimeoutError; a dead kernel is a DeadKernelError (RuntimeError).
             run.error = exc
         finally:
             run.seconds = time.monotonic() - start
+            dumper.stop()
+            run.stack_dumps = list(dumper.dumps)
             watcher.stop()
             run.seen = watcher.snapshot()
             run.left_behind = _left_behind(run.seen)
@@ -259,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         print(run.summary())
         if run.error is not None:
             print(str(run.error)[-3000:], file=sys.stderr)
+        for dump in run.stack_dumps:
+            print(dump, file=sys.stderr)
         for p in run.left_behind:
             print(f"  left behind: {p.describe()}", file=sys.stderr)
         failures += run.error is not None or bool(run.left_behind)
