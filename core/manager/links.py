@@ -353,8 +353,10 @@ class WorkerLinks:
     def _begin_stdout(self, link: WorkerLink, frame: Frame, name: str, size: int) -> None:
         """A task's stdout too big to travel in its ``complete`` message: once per dispatch, up to the
         tune max-task-stdout-storage, kept in memory as TaskVine does (staged on disk while it arrives)."""
-        tid = frame.get("task")
-        limit = link.expected_stdout.pop(tid, None) if isinstance(tid, int) else None
+        begin = frame.message
+        assert isinstance(begin, M.FileBegin)  # see _begin_receive
+        tid = begin.task
+        limit = link.expected_stdout.pop(tid, None) if tid is not None else None
         if limit is None:
             raise RemoteProtocolError(f"sent stdout {name!r} for task {tid!r}, which it is not running (or sent it twice)")
         if size > limit:
@@ -426,12 +428,14 @@ class WorkerLinks:
     def _on_watch(self, link: WorkerLink, frame: Frame) -> None:
         """Append a watched output's new bytes, only from the worker running that task, only where
         the previous piece ended (or before: the file may have been rewritten), within the size bound."""
-        tid, name, offset = frame["id"], str(frame["name"]), frame["offset"]
-        watched = link.watched.get((tid, name)) if isinstance(tid, int) else None
+        watch = frame.message
+        assert isinstance(watch, M.Watch)  # dispatched by type: id and offset are integers (decoded)
+        tid, name, offset = watch.id, watch.name, watch.offset
+        watched = link.watched.get((tid, name))
         if watched is None:
             raise RemoteProtocolError(f"sent watch data for {name!r} of task {tid!r}, which it was not asked to watch")
         f, written = watched
-        if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= written:
+        if not 0 <= offset <= written:
             raise RemoteProtocolError(f"sent watch data for {name!r} at offset {offset!r}, but only {written} bytes were sent so far")
         end = offset + len(frame.payload)
         if end > link.stream_limit:

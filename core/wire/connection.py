@@ -102,13 +102,16 @@ class Connection:
         return self._frames.pop(0) if self._frames else None
 
     async def expect(self, mtype: str, timeout: float | None = None) -> Frame:
+        """The next frame, which must be a message of type ``mtype`` (its ``message`` decoded and
+        checked); RemoteProtocolError for anything else, an ``error`` saying why, or the end."""
         frame = await asyncio.wait_for(self.recv(), timeout)
         if frame is None:
             raise RemoteProtocolError(f"connection closed while waiting for {mtype!r}")
-        if frame.type == "error":
-            raise RemoteProtocolError(f"peer reported: {frame['reason']}")
-        if frame.type != mtype:
-            raise RemoteProtocolError(f"expected {mtype!r}, got {frame.type!r}")
+        msg = frame.message
+        if isinstance(msg, M.Error):
+            raise RemoteProtocolError(f"peer reported: {msg.reason}")
+        if msg.TYPE != mtype:
+            raise RemoteProtocolError(f"expected {mtype!r}, got {msg.TYPE!r}")
         return frame
 
     def close(self) -> None:
