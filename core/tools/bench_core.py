@@ -54,7 +54,8 @@ def _chain_floor(length: int) -> float:
 
 def chain_rate(length: int = 300) -> dict[str, Any]:
     """A chain of ``length`` temp-linked command tasks against its sequential ``sh -c`` floor."""
-    from core.tools.benchmark import _drain, local_cluster
+    from core.tools.bench_cluster import drain as _drain
+    from core.tools.bench_cluster import local_cluster
 
     with local_cluster(1, cores=1) as m:
         start = time.perf_counter()

@@ -219,7 +219,7 @@ def install_core_calls(m: vine.Manager) -> CoreCallsGet:
 
 @contextmanager
 def _core_calls() -> Iterator[Callable[..., Any]]:
-    from core.tools.benchmark import local_cluster
+    from core.tools.bench_cluster import local_cluster
 
     with local_cluster(WORKERS, cores=CORES_EACH) as m:
         yield install_core_calls(m)
@@ -227,7 +227,7 @@ def _core_calls() -> Iterator[Callable[..., Any]]:
 
 @contextmanager
 def _daskvine(mode: str | None) -> Iterator[Callable[..., Any]]:
-    from core.tools.benchmark import local_cluster
+    from core.tools.bench_cluster import local_cluster
 
     from daskvine import DaskVine  # type: ignore[attr-defined]
 

@@ -36,7 +36,7 @@ def _cores() -> int:
 
 
 def _cluster(workers: int, cores_each: int) -> Any:
-    from core.tools.benchmark import local_cluster
+    from core.tools.bench_cluster import local_cluster
 
     return local_cluster(workers, cores=cores_each)
 

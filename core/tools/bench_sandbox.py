@@ -78,7 +78,7 @@ def bench_ops(base: str) -> list[dict[str, Any]]:
 
 def bench_tasks(n: int, size: int, base: str) -> dict[str, Any]:
     import core as vine
-    from core.tools.benchmark import local_cluster
+    from core.tools.bench_cluster import local_cluster
 
     path = os.path.join(base, f"input-{size}")
     with open(path, "wb") as fh:

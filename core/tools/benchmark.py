@@ -27,53 +27,14 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import core as vine
 from core.state.resources import Resources
 from core.api.specs import task_spec
 from core.state.scheduler import Dispatch, SchedulerState, TaskFinished, TasksRetrieved, TaskSubmitted, WorkerJoined
-
-
-@contextmanager
-def local_cluster(n_workers: int = 1, cores: int = 2, manager_class: type[vine.Manager] = vine.Manager,
-                  **manager_kw: Any) -> Iterator[vine.Manager]:
-    """A manager (of ``manager_class``, e.g. DaskVine) plus ``n_workers`` real worker processes, reaped on exit."""
-    tmp = tempfile.mkdtemp(prefix="vine-bench-")
-    m = manager_class(port=0, run_info_path=os.path.join(tmp, "vine-run-info"), **manager_kw)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "core.worker", "--cores", str(cores), "--memory", "4000", "--disk", "8000",
-             "--workdir", os.path.join(tmp, f"w{i}"), "--single-shot", "--parent-death", "localhost", str(m.port)],
-            stdout=subprocess.DEVNULL,
-        )
-        for i in range(n_workers)
-    ]
-    try:
-        deadline = time.monotonic() + 30
-        while m.stats.workers_connected < n_workers:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"benchmark workers did not connect within 30 s ({m.stats.workers_connected} of {n_workers})")
-            time.sleep(0.02)
-        yield m
-    finally:
-        m.close()
-        for p in procs:
-            p.kill()
-            p.wait()
-        subprocess.run(["rm", "-rf", tmp], check=False)
-
-
-def _drain(m: vine.Manager) -> int:
-    n = 0
-    while not m.empty():
-        t = m.wait(10)
-        if t is not None:
-            n += 1
-            if t.result != "success":
-                raise RuntimeError(f"benchmark task {t.id} ended with {t.result}")
-    return n
+from core.tools.bench_cluster import drain as _drain
+from core.tools.bench_cluster import local_cluster
 
 
 def bench_std(n: int) -> dict[str, Any]:
