@@ -147,6 +147,18 @@ def py_spy_dump(pid: int) -> str:
     return text
 
 
+def main_thread_idle(stack: str) -> bool:
+    """True when a ``py-spy dump`` of a kernel shows its main thread running no cell code.
+
+    The kernel runs a cell's code on its main thread under IPython's ``run_cell``; without it the
+    main thread waits in its event loop: the cell has ended in the kernel even if the client is
+    still waiting for its reply.
+    """
+    blocks = stack.split("\nThread ")
+    main = [b for b in blocks if '"MainThread"' in b.split("\n", 1)[0]]
+    return bool(main) and "run_cell" not in main[0]
+
+
 class StallDumper(threading.Thread):
     """Dumps the kernel's stacks when one cell runs into the last third of the notebook's budget.
 
@@ -200,8 +212,10 @@ class StallDumper(threading.Thread):
                     stack = py_spy_dump(self.pid)
                 finally:
                     self._lock.acquire()
+                idle = (" -- BUT THE KERNEL IS IDLE (no cell code on its main thread): the cell ended in the kernel "
+                        "and its reply has not reached this client") if main_thread_idle(stack) else ""
                 self.dumps.append(f"--- py-spy dump of the kernel (pid {self.pid}) {due - self.notebook_start:.0f} s into the notebook, "
-                                  f"cell {cell} still running:\n{stack}")
+                                  f"cell {cell} still running{idle}:\n{stack}")
 
 
 @dataclass

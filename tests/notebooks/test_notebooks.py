@@ -19,7 +19,7 @@ import time
 import nbformat
 import pytest
 
-from tests.notebooks.run_notebooks import NOTEBOOK_DIR, notebook_paths, run_notebook
+from tests.notebooks.run_notebooks import NOTEBOOK_DIR, main_thread_idle, notebook_paths, run_notebook
 
 # Each notebook is meant to run in well under 2 minutes on 2 cores; the budget leaves room for a loaded CI machine.
 BUDGET_S = 180
@@ -147,7 +147,35 @@ def test_runner_enforces_the_notebook_budget(tmp_path):
     assert isinstance(run.error, TimeoutError) and time.monotonic() - start < 40
     # The stuck cell was looked into before the interrupt: at 2/3 of the budget and just before the deadline.
     assert len(run.stack_dumps) == 2, run.stack_dumps
-    assert all("cell 0 still running" in d and "run_cell" in d for d in run.stack_dumps), run.stack_dumps
+    assert all("cell 0 still running:" in d and "run_cell" in d for d in run.stack_dumps), run.stack_dumps
+    assert not any("KERNEL IS IDLE" in d for d in run.stack_dumps)
+
+
+# The main thread of a kernel whose cell had ended while the client still waited for its reply
+# (notebook 02, cell 7, seen by the runner at 80 s and 117 s of a 120 s budget; other threads cut).
+IDLE_KERNEL_DUMP = """Process 3827: /work/main/.venv/bin/python -m ipykernel_launcher -f /tmp/tmp97fnenp_.json
+Python v3.11.7 (/root/.pyenv/versions/3.11.7/bin/python3.11)
+
+Thread 3827 (idle): "MainThread"
+    EpollSelector.select (selectors.py:468)
+    BaseEventLoop._run_once (asyncio/base_events.py:1884)
+    BaseEventLoop.run_forever (asyncio/base_events.py:607)
+    BaseAsyncIOLoop.start (tornado/platform/asyncio.py:203)
+    IPKernelApp.start (ipykernel/kernelapp.py:768)
+    Application.launch_instance (traitlets/config/application.py:1080)
+    <module> (ipykernel_launcher.py:18)
+Thread 4007 (idle): "vine-manager-41313"
+    EpollSelector.select (selectors.py:468)
+    IOThread._run (core/manager/io_thread.py:48)
+"""
+
+
+def test_an_idle_kernel_is_told_from_a_busy_one():
+    assert main_thread_idle(IDLE_KERNEL_DUMP)
+    busy = IDLE_KERNEL_DUMP.replace("    <module> (ipykernel_launcher.py:18)",
+                                    "    run_cell (IPython/core/interactiveshell.py:3077)\n    <module> (ipykernel_launcher.py:18)")
+    assert not main_thread_idle(busy)
+    assert not main_thread_idle("(no stack: py-spy is not installed next to this Python nor on PATH)")
 
 
 @pytest.mark.notebooks
