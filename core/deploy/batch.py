@@ -117,7 +117,7 @@ class LocalQueue(BatchQueue):
                 continue
             del self.jobs[jid]
             if rc != 0:
-                log.warning("worker pid %s exited with status %s: %s", jid, rc, _tail(job.stderr_path))
+                log.warning("worker pid %s exited with status %s: %s", jid, rc, file_tail(job.stderr_path))
             else:
                 log.info("worker pid %s exited", jid)
             self._clean(job)
@@ -156,7 +156,7 @@ def _signal(proc: subprocess.Popen[bytes], sig: int) -> None:
             pass
 
 
-def _tail(path: str, limit: int = 2000) -> str:
+def file_tail(path: str, limit: int = 2000) -> str:
     try:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
@@ -240,8 +240,8 @@ class ExternalQueue(BatchQueue):
 
     @staticmethod
     def _forget(script: str) -> None:
-        _unlink(script)
-        _unlink(script[: -len(".sh")] + ".submit")  # condor's submit description, if any
+        unlink_quietly(script)
+        unlink_quietly(script[: -len(".sh")] + ".submit")  # condor's submit description, if any
 
     # the batch-system-specific parts
     def submit_argv(self, name: str, script: str, settings: Settings) -> list[str]:
@@ -257,7 +257,7 @@ class ExternalQueue(BatchQueue):
         raise NotImplementedError
 
 
-def _unlink(path: str) -> None:
+def unlink_quietly(path: str) -> None:
     try:
         os.unlink(path)
     except OSError:

@@ -41,7 +41,7 @@ import threading
 import time
 from typing import Any
 
-from .batch import REMOVE_GRACE, SUPPORTED_TYPES, BatchQueue, WorkerSpec, _tail, _unlink, make_queue
+from .batch import REMOVE_GRACE, SUPPORTED_TYPES, BatchQueue, WorkerSpec, file_tail, unlink_quietly, make_queue
 from .settings import Settings
 from ..errors import FactoryError
 
@@ -109,7 +109,7 @@ class FactoryRunner:
         self.settings = settings
         self.queue = queue
         self.stop = threading.Event()
-        self.password = _read_password(args.password)
+        self.password = read_password_file(args.password)
         self.parent = os.getppid()
         self._config_stamp = _stamp(args.config_file)
         self._config_changed: float | None = None
@@ -327,7 +327,7 @@ def _stamp(path: str | None) -> tuple[int, int, int] | None:
     return (st.st_mtime_ns, st.st_ino, st.st_size)
 
 
-def _read_password(path: str | None) -> bytes | None:
+def read_password_file(path: str | None) -> bytes | None:
     if not path:
         return None
     with open(path, "rb") as fh:
@@ -448,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = settings_from_args(args)
         if args.password:
-            _read_password(args.password)
+            read_password_file(args.password)
     except (OSError, ValueError) as exc:
         print(f"vine_factory: {exc}", file=sys.stderr)
         return 1
@@ -688,7 +688,7 @@ class Factory:
         if self._proc.poll() is not None:
             status = self._proc.returncode
             self._output.flush()
-            output = _tail(self._log_file) if not quiet else self._read_output()
+            output = file_tail(self._log_file) if not quiet else self._read_output()
             self._proc = None
             self._output.close()
             self._output = None
@@ -757,7 +757,7 @@ class Factory:
     def _forget_password(self) -> None:
         """Remove the copy of the manager's password written for this run (a fresh one is written by start())."""
         if self._written_password:
-            _unlink(self._written_password)
+            unlink_quietly(self._written_password)
             if self._opts.get("password") == self._written_password:
                 del self._opts["password"]
             self._written_password = None

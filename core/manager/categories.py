@@ -18,7 +18,7 @@ from .. import constants as C
 from ..state.categories import Category, mode_name, mode_number, parse_resources
 from ..state.events import CategoryBoxSet, CategoryModeSet
 from ..state.resources import Resources
-from .logs import _res_json
+from .logs import resources_json
 
 if TYPE_CHECKING:
     from .logs import RunLogs
@@ -130,4 +130,4 @@ class CategorySettings:
         mode = self._call(apply)
         if what == "FIRST":  # TaskVine's record: CATEGORY name FIRST (FIXED|MAX|MIN_WASTE|MAX_THROUGHPUT) {resources}
             what = f"FIRST {mode.upper().replace(' ', '_')}"
-        self._logs.transaction(f"CATEGORY {category} {what} {_res_json(box)}")
+        self._logs.transaction(f"CATEGORY {category} {what} {resources_json(box)}")

@@ -50,7 +50,7 @@ PERFORMANCE_COLUMNS = (
 UNITS = {"cores": "cores", "memory": "MB", "disk": "MB", "gpus": "gpus", "wall_time": "s", "cpu_time": "s", "max_concurrent_processes": "procs"}
 
 
-def _res_json(res: dict[str, float]) -> str:
+def resources_json(res: dict[str, float]) -> str:
     return _res_json_items(tuple(res.items()))
 
 
@@ -371,7 +371,7 @@ class RunLogs:
 
     def worker_connected(self, wid: str, addr: str, resources: dict[str, float]) -> None:
         self.transaction(f"WORKER {wid} CONNECTION {addr}")
-        self.transaction(f"WORKER {wid} RESOURCES {_res_json(resources)}")
+        self.transaction(f"WORKER {wid} RESOURCES {resources_json(resources)}")
 
     def worker_disconnected(self, wid: str, reason: str) -> None:
         self.transaction(f"WORKER {wid} DISCONNECTION {reason}")
@@ -399,17 +399,17 @@ class RunLogs:
         self._receiving[(wid, name)] = time.time()
 
     def task_ready(self, tid: int, category: str, attempt: int, requested: dict[str, float]) -> None:
-        self.transaction(f"TASK {tid} READY {category} FIRST_RESOURCES {attempt} {_res_json(requested)}")
+        self.transaction(f"TASK {tid} READY {category} FIRST_RESOURCES {attempt} {resources_json(requested)}")
         self._debug_line(self._state_line(tid, C.VINE_TASK_READY))
 
     def task_running(self, tid: int, wid: str, alloc: dict[str, float]) -> None:
-        self.transaction(f"TASK {tid} RUNNING {wid} FIRST_RESOURCES {_res_json(alloc)}")
+        self.transaction(f"TASK {tid} RUNNING {wid} FIRST_RESOURCES {resources_json(alloc)}")
 
     def task_retrieved(self, tid: int, result: str, exit_code: int, measured: dict[str, float], wid: str = "",
                        limits: dict[str, float] | None = None) -> None:
         self.transaction(f"TASK {tid} WAITING_RETRIEVAL {wid}" if wid else f"TASK {tid} WAITING_RETRIEVAL")
-        exceeded = _res_json(limits) if limits else "{}"
-        self.transaction(f"TASK {tid} RETRIEVED {result} {exit_code} {exceeded} {_res_json(measured)}")
+        exceeded = resources_json(limits) if limits else "{}"
+        self.transaction(f"TASK {tid} RETRIEVED {result} {exit_code} {exceeded} {resources_json(measured)}")
 
     def task_done(self, tid: int, result: str, exit_code: int) -> None:
         self.transaction(f"TASK {tid} DONE {result} {exit_code}")

@@ -74,7 +74,7 @@ from .resources import AllocationPolicy, Resources, allocate_resources, fits, hu
 from .settings import SettingsHandlers
 from .story import TaskStory, Transition
 from .spec import UNSET, FileSpec, MountSpec, TaskSpec  # noqa: F401 - re-exported
-from .transfers import TransferPlanner, _origin  # noqa: F401 - re-exported
+from .transfers import TransferPlanner, url_origin  # noqa: F401 - re-exported
 
 POLICIES = {
     C.VINE_SCHEDULE_FCFS: "rand",

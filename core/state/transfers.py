@@ -75,7 +75,7 @@ class TransferPlanner:
         if f.kind == "temp":
             return None
         if f.kind == "url":
-            origin = _origin(f.source)
+            origin = url_origin(f.source)
             if self.url_active[origin] < self.tuning["file-source-max-transfers"] and not busy:
                 return f"url:{origin}"
             return None
@@ -123,7 +123,7 @@ class TransferPlanner:
         if holders:
             return min(holders, key=lambda h: (h.xfer_failed_at, h.outgoing)).id
         if f.kind == "url":
-            return f"url:{_origin(f.source)}"
+            return f"url:{url_origin(f.source)}"
         if f.kind in ("file", "buffer"):
             return "manager"
         return None  # a temp with no ready copy elsewhere, or a mini-task: wait as before
@@ -187,7 +187,7 @@ class TransferPlanner:
             frec.replicas[dest.id] = "creating"
 
 
-def _origin(url: str) -> str:
+def url_origin(url: str) -> str:
     """scheme://host:port of a URL: transfers are limited per origin, compared by value."""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}"

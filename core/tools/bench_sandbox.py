@@ -7,7 +7,7 @@ Prints one JSON line per measurement:
 - ``op``: microseconds per call (median of many) of what the worker does per input, by size: a hard
   link, a copy (``shutil.copyfile``), stamping an entry when it arrives (``seal``) and checking it
   after a task (``entry_stamp``); for a directory of 1,000 files, rebuilding it as links
-  (``_link_tree``) against one symlink, and its stamp.
+  (``link_tree``) against one symlink, and its stamp.
 - ``tasks``: tasks/s for N tasks on one 2-core worker, each reading one cached input (small and
   copied, or large and linked). Run it with ``PYTHONPATH`` pointing at another checkout to compare.
 """
@@ -34,7 +34,7 @@ def _median_us(fn: Callable[[], None], n: int) -> float:
 
 
 def bench_ops(base: str) -> list[dict[str, Any]]:
-    from core.worker.sandbox import _link_tree, entry_stamp, seal
+    from core.worker.sandbox import link_tree, entry_stamp, seal
 
     rows = []
     for size in (4 << 10, 64 << 10, 1 << 20, 2 << 20, 64 << 20):
@@ -63,15 +63,15 @@ def bench_ops(base: str) -> list[dict[str, Any]]:
             fh.write(b"x" * 100)
     farm = os.path.join(base, "farm")
 
-    def link_tree() -> None:
-        _link_tree(tree, farm)
+    def hard_links() -> None:
+        link_tree(tree, farm)
         shutil.rmtree(farm)
 
     def symlink() -> None:
         os.symlink(tree, farm)
         os.unlink(farm)
 
-    rows.append({"op": "directory of 1000 files", "link_tree_us": _median_us(link_tree, 20), "symlink_us": _median_us(symlink, 20),
+    rows.append({"op": "directory of 1000 files", "link_tree_us": _median_us(hard_links, 20), "symlink_us": _median_us(symlink, 20),
                  "check_us": _median_us(lambda: (entry_stamp(tree), None)[1], 20)})
     return rows
 

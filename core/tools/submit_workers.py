@@ -19,7 +19,7 @@ import tempfile
 
 from ..deploy.batch import SUPPORTED_TYPES, make_queue
 from ..errors import FactoryError
-from ..deploy.factory import FactoryRunner, _read_password, settings_from_args
+from ..deploy.factory import FactoryRunner, read_password_file, settings_from_args
 from ..deploy.factory import build_parser as factory_parser
 
 
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = settings_from_args(fargs)
         if a.password:
-            _read_password(a.password)
+            read_password_file(a.password)
         scratch = os.path.abspath(a.scratch_dir or os.path.join(tempfile.gettempdir(), f"vine-submit-{os.getuid()}"))
         os.makedirs(scratch, exist_ok=True)
         queue = make_queue(a.batch_type, scratch, fargs)

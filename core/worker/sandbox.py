@@ -84,7 +84,7 @@ class WorkerSandboxes:
                 continue
             st = os.lstat(src)
             if stat.S_ISDIR(st.st_mode):
-                _link_tree(src, dst)
+                link_tree(src, dst)
                 rt.linked.append(name)
             elif st.st_size <= SANDBOX_COPY_MAX:
                 shutil.copyfile(src, dst)
@@ -156,7 +156,7 @@ def _dir_stamp(*paths: str) -> tuple[tuple[int, int], ...]:
     return tuple((st.st_mtime_ns, st.st_mode) for st in map(os.stat, paths))
 
 
-def _link_tree(src: str, dst: str) -> None:
+def link_tree(src: str, dst: str) -> None:
     """Rebuild directory ``src`` at ``dst``: real directories, hard links to its files, its symlinks."""
     os.mkdir(dst)
     with os.scandir(src) as entries:
@@ -166,7 +166,7 @@ def _link_tree(src: str, dst: str) -> None:
         if entry.is_symlink():
             os.symlink(os.readlink(entry.path), target)
         elif entry.is_dir():
-            _link_tree(entry.path, target)
+            link_tree(entry.path, target)
         else:
             try:
                 os.link(entry.path, target)

@@ -167,3 +167,17 @@ def test_every_module_says_what_it_owns():
         if not ast.get_docstring(tree):
             missing.append(module)
     assert missing == [], "modules without a docstring: " + ", ".join(missing)
+
+
+def test_no_private_name_is_imported_from_another_module():
+    """A leading underscore says "only this module uses it": another module importing it is a rule in two places."""
+    found = []
+    for module, path in sorted(MODULES.items()):
+        with open(path, encoding="utf-8") as fh:
+            tree = ast.parse(fh.read(), path)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("core")):
+                private = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+                if private:
+                    found.append(f"{module}:{node.lineno} imports {', '.join(private)}")
+    assert found == [], "private names imported across modules:\n" + "\n".join(found)
