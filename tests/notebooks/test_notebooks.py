@@ -184,3 +184,14 @@ def test_runner_takes_no_stack_dump_of_a_quick_notebook(tmp_path):
     path = _write_notebook(tmp_path / "quick.ipynb", ["x = 1"])
     run = run_notebook(path, str(tmp_path), timeout=60, record=False)
     assert run.error is None and run.stack_dumps == []
+
+
+@pytest.mark.notebooks
+@pytest.mark.timeout(60)
+def test_runner_waits_across_receive_slices_for_a_long_cell(tmp_path):
+    # The client polls the kernel's sockets a second at a time (SlicedReceive): a cell longer than a
+    # slice, silent meanwhile, must still be waited for, and its output read, not cut at the first slice.
+    path = _write_notebook(tmp_path / "long.ipynb", ["import time\ntime.sleep(3.5)\nprint('slept')", "x = 2"])
+    run = run_notebook(path, str(tmp_path), timeout=40, record=False)
+    assert run.error is None, str(run.error)
+    assert run.notebook is not None and run.notebook.cells[0].outputs[0]["text"] == "slept\n"
