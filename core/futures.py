@@ -30,11 +30,11 @@ from collections.abc import Iterable, Iterator
 from typing import Any, Callable
 
 from . import constants as C
-from .wire.remote import encode_result
-from .errors import ManagerError, TaskError
 from .api.files import File
 from .api.library import FunctionCall, FunctionCallNoResult
 from .api.python_task import PythonTask, PythonTaskNoResult, content_buffer
+from .errors import ManagerError, TaskError
+from .wire.remote import encode_result
 
 ALL_COMPLETED = concurrent.futures.ALL_COMPLETED
 FIRST_COMPLETED = concurrent.futures.FIRST_COMPLETED

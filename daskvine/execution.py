@@ -360,7 +360,7 @@ class GraphRun:
             runtime = (end - start) / 1e6
             self.category_time[t.category] = (n + 1, runtime if n == 0 else 0.8 * mean + 0.2 * runtime)
 
-    def _key_done(self, key: Any, worker: Any) -> None:
+    def _key_done(self, key: Any, worker: Any) -> None:  # noqa: C901 - the bookkeeping of one finished key, which must stay in one pass
         st = self.state
         st["running"].discard(key)
         st["finished"].add(key)

@@ -135,7 +135,7 @@ class GraphPlan:
         return key
 
 
-def plan_graph(graph: dict[Key, GraphNode], keys: Any, keep: Iterable[Key] = ()) -> GraphPlan:
+def plan_graph(graph: dict[Key, GraphNode], keys: Any, keep: Iterable[Key] = ()) -> GraphPlan:  # noqa: C901 - one pass over the graph that classifies every node
     """Cull ``graph`` to the ancestors of ``keys`` and decide each key's kind.
 
     ``keep``: further keys whose values must come back to the manager (``checkpoint_fn``).

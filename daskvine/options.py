@@ -85,7 +85,7 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
     return str(value)
 
 
-def parse_options(kwargs: Mapping[str, Any]) -> GetOptions:
+def parse_options(kwargs: Mapping[str, Any]) -> GetOptions:  # noqa: C901 - one branch per get() keyword
     """A :class:`GetOptions` from ``get``'s keywords; unknown names are ignored."""
     o = GetOptions()
     kw = dict(kwargs)

@@ -67,7 +67,7 @@ def _staged_path(f: File) -> str | None:
     return None if os.path.isabs(path) else path
 
 
-def plan_staging(args: tuple[Any, ...], kwargs: dict[str, Any], shared_fs: bool) -> StagingPlan:
+def plan_staging(args: tuple[Any, ...], kwargs: dict[str, Any], shared_fs: bool) -> StagingPlan:  # noqa: C901 - one branch per Parsl File scheme and direction
     """The staging plan of one app call (see the module docstring for the rules)."""
     plan = StagingPlan()
     in_files: list[File] = [f for f in kwargs.get("inputs", None) or () if isinstance(f, File)]

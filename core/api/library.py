@@ -37,9 +37,9 @@ import pickle
 from typing import TYPE_CHECKING, Any
 
 from .. import constants as C
+from ..errors import TaskError, TransferError, VineError
 from ..wire.remote import decode_result
 from ..wire.remote import load_variable_from_library as _load_variable
-from ..errors import TaskError, TransferError, VineError
 from .files import File
 from .python_task import ARGS_NAME, RESULT_NAME, attach_traceback, extract_references, serialize
 from .task import Task

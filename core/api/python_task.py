@@ -43,8 +43,8 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 
 from .. import constants as C
-from ..wire.remote import decode_result
 from ..errors import TaskError, TransferError, VineError
+from ..wire.remote import decode_result
 from .files import File
 from .task import Task
 

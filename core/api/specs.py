@@ -16,6 +16,7 @@ from .library import FunctionCall, LibraryTask
 from .python_task import PythonTask
 from .task import Mount, Task
 
+
 def file_spec(f: File) -> FileSpec:
     """The frozen spec of ``f``: made once and kept on the File while its mode and peer-transfer
     flag (the only parts a user may still change) stay the same."""

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from .. import constants as C
 from ..errors import TaskError
-from .files import File, warn_if_missing
 from ..state.resources import Resources
+from .files import File, warn_if_missing
 
 if TYPE_CHECKING:
     from .files import TaskHost

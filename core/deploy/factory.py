@@ -41,9 +41,9 @@ import threading
 import time
 from typing import Any
 
-from .batch import REMOVE_GRACE, SUPPORTED_TYPES, BatchQueue, WorkerSpec, file_tail, unlink_quietly, make_queue
-from .settings import Settings
 from ..errors import FactoryError
+from .batch import REMOVE_GRACE, SUPPORTED_TYPES, BatchQueue, WorkerSpec, file_tail, make_queue, unlink_quietly
+from .settings import Settings
 
 log = logging.getLogger("vine_factory")
 

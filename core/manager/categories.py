@@ -21,8 +21,8 @@ from ..state.resources import Resources
 from .logs import resources_json
 
 if TYPE_CHECKING:
-    from .logs import RunLogs
     from ..state.scheduler import SchedulerState
+    from .logs import RunLogs
 
 
 class CategorySettings:

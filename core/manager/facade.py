@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import concurrent.futures
+import functools
 import logging
 import os
 import shutil
@@ -33,22 +33,13 @@ from collections.abc import Iterable
 from typing import Any, Callable
 
 from .. import constants as C
-from ..wire import messages as M
-from . import exit_guard
-from ..deploy.catalog import DEFAULT_INTERVAL as CATALOG_UPDATE_INTERVAL
-from ..deploy.catalog import Registration as CatalogRegistration
-from .categories import CategorySettings
-from ..errors import ManagerError, TaskError
 from ..api.files import File
 from ..api.library import LibraryTask
-from . import declarations, functional
-from .io_thread import IOThread
-from .libraries import ManagerLibraries, create_library, environment_file
-from .links import WorkerLink, WorkerLinks
-from .logs import RunLogs
-from .metrics import ManagerMetrics, manager_stats
-from .settings import ManagerSettings, Stats, bind_port, catalog_fields, checked_tune, tls_context
-from .status_display import StatusDisplay, check_status_interval
+from ..api.specs import task_spec
+from ..api.task import Task
+from ..deploy.catalog import DEFAULT_INTERVAL as CATALOG_UPDATE_INTERVAL
+from ..deploy.catalog import Registration as CatalogRegistration
+from ..errors import ManagerError, TaskError
 from ..state.scheduler import (
     Event,
     EventFailed,
@@ -70,9 +61,17 @@ from ..state.scheduler import (
     WorkerHeard,
     policy_name,
 )
-from ..api.specs import task_spec
-from ..api.task import Task
+from ..wire import messages as M
 from ..wire.tls import start_gated_server
+from . import declarations, exit_guard, functional
+from .categories import CategorySettings
+from .io_thread import IOThread
+from .libraries import ManagerLibraries, create_library, environment_file
+from .links import WorkerLink, WorkerLinks
+from .logs import RunLogs
+from .metrics import ManagerMetrics, manager_stats
+from .settings import ManagerSettings, Stats, bind_port, catalog_fields, checked_tune, tls_context
+from .status_display import StatusDisplay, check_status_interval
 from .worker_controls import WorkerControls
 
 log = logging.getLogger("core.manager")

@@ -15,13 +15,13 @@ import types
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from .. import constants as C
-from ..wire import messages as M
 from ..api.files import File, TaskHost
 from ..api.library import EXEC_MODES, LIBRARY_CONFIG_NAME, LibraryTask
 from ..api.python_task import RUNNER_NAME, content_buffer, runner_file, serialize
 from ..api.specs import task_spec
 from ..state.libraries import LibraryInstalled, LibraryRemoved, StartLibrary
 from ..state.scheduler import TaskFinished
+from ..wire import messages as M
 
 if TYPE_CHECKING:
     from ..state.events import Event

@@ -20,15 +20,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from .. import constants as C
-from ..wire.connection import Connection, send_bytes, send_path, server_handshake
-from ..wire.receive import DiscardingReceiver, FileReceiver, IncomingStreams, MemoryReceiver, StreamReceiver
-from ..errors import AuthenticationError, ProtocolError, RemoteProtocolError, TransferError
 from ..api.files import File
-from .output_targets import OutputWriter
+from ..errors import AuthenticationError, ProtocolError, RemoteProtocolError, TransferError
 from ..state.libraries import StartLibrary
-from ..wire.preauth import leave_preauth_gate
-from ..wire import messages as M
-from ..wire.protocol import Frame
 from ..state.resources import Resources
 from ..state.scheduler import (
     CacheInvalid,
@@ -47,6 +41,12 @@ from ..state.scheduler import (
     WorkerJoined,
     WorkerLost,
 )
+from ..wire import messages as M
+from ..wire.connection import Connection, send_bytes, send_path, server_handshake
+from ..wire.preauth import leave_preauth_gate
+from ..wire.protocol import Frame
+from ..wire.receive import DiscardingReceiver, FileReceiver, IncomingStreams, MemoryReceiver, StreamReceiver
+from .output_targets import OutputWriter
 
 if TYPE_CHECKING:
     from ..api.task import Task
@@ -561,7 +561,7 @@ class WorkerLinks:
             self.send_message(link, ins)
         await link.conn.drain()
 
-    def send_message(self, link: WorkerLink, ins: Instruction) -> None:
+    def send_message(self, link: WorkerLink, ins: Instruction) -> None:  # noqa: C901 - one branch per instruction type, each a few lines
         """Every instruction but SendFile is one frame, written without waiting."""
         conn = link.conn
         if isinstance(ins, Dispatch):

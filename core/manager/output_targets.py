@@ -24,7 +24,6 @@ import shutil
 import stat
 import tarfile
 import tempfile
-
 from typing import IO
 
 from ..wire.protocol import Frame

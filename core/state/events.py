@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-
 from typing import Literal
 
 from .resources import Resources

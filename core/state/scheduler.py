@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import constants as C
+from .categories import CategoryBook
 
 # Events, instructions and records live in their own modules; they are re-exported here because
 # "the scheduler's vocabulary" is what other modules and the tests import.
@@ -63,17 +64,16 @@ from .events import (  # noqa: F401 - re-exported
     WorkerJoined,
     WorkerLost,
 )
-from .categories import CategoryBook
 from .invariants import Invariants
 from .libraries import DEFAULT_QUEUE_DEPTH, LibraryBook
-from .records import FileRecord, RecordState, ReplicaState, TaskRecord, TaskState, WorkerRecord  # noqa: F401 - re-exported
 from .pipelining import CallPipelining
 from .prefetch import PREFETCH_SAMPLES, SHORT_TASK, PrefetchPlanner  # noqa: F401 - re-exported
+from .records import FileRecord, RecordState, ReplicaState, TaskRecord, TaskState, WorkerRecord  # noqa: F401 - re-exported
 from .recovery import RecoveryPlanner
 from .resources import AllocationPolicy, Resources, allocate_resources, fits, hungry_count
 from .settings import SettingsHandlers
-from .story import TaskStory, Transition
 from .spec import UNSET, FileSpec, MountSpec, TaskSpec  # noqa: F401 - re-exported
+from .story import TaskStory, Transition
 from .transfers import TransferPlanner, url_origin  # noqa: F401 - re-exported
 
 POLICIES = {
@@ -658,7 +658,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining, PrefetchP
                 return True
         return self.libs.has_room(self.libs.depth)
 
-    def _schedule(self, now: float, out: list[Instruction]) -> None:
+    def _schedule(self, now: float, out: list[Instruction]) -> None:  # noqa: C901 - the scheduling pass: its order of checks is the policy, kept in one place
         if not self.workers or len(self.workers) < self.tuning["wait-for-workers"]:
             return
         depth = int(self.tuning["attempt-schedule-depth"])

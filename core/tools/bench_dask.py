@@ -124,7 +124,7 @@ class CoreCallsGet:
         self.m = manager
         self.library = library
 
-    def __call__(self, dsk: Any, keys: Any, **_kwargs: Any) -> Any:
+    def __call__(self, dsk: Any, keys: Any, **_kwargs: Any) -> Any:  # noqa: C901 - one branch per benchmark peer
         from dask._task_spec import Alias, DataNode, convert_legacy_graph
         from dask.utils import ensure_dict
 
@@ -228,7 +228,6 @@ def _core_calls() -> Iterator[Callable[..., Any]]:
 @contextmanager
 def _daskvine(mode: str | None) -> Iterator[Callable[..., Any]]:
     from core.tools.bench_cluster import local_cluster
-
     from daskvine import DaskVine  # type: ignore[attr-defined]
 
     kw: dict[str, Any] = {"progress_disable": True}

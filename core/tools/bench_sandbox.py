@@ -34,7 +34,7 @@ def _median_us(fn: Callable[[], None], n: int) -> float:
 
 
 def bench_ops(base: str) -> list[dict[str, Any]]:
-    from core.worker.sandbox import link_tree, entry_stamp, seal
+    from core.worker.sandbox import entry_stamp, link_tree, seal
 
     rows = []
     for size in (4 << 10, 64 << 10, 1 << 20, 2 << 20, 64 << 20):

@@ -30,8 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import core as vine
-from core.state.resources import Resources
 from core.api.specs import task_spec
+from core.state.resources import Resources
 from core.state.scheduler import Dispatch, SchedulerState, TaskFinished, TasksRetrieved, TaskSubmitted, WorkerJoined
 from core.tools.bench_cluster import drain as _drain
 from core.tools.bench_cluster import local_cluster

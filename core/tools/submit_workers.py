@@ -18,9 +18,9 @@ import sys
 import tempfile
 
 from ..deploy.batch import SUPPORTED_TYPES, make_queue
-from ..errors import FactoryError
 from ..deploy.factory import FactoryRunner, read_password_file, settings_from_args
 from ..deploy.factory import build_parser as factory_parser
+from ..errors import FactoryError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,8 @@ import tarfile
 import tempfile
 
 from ..errors import LocalProtocolError, RemoteProtocolError
+from . import messages as M
+from .handshake import ClientHandshake, ServerHandshake
 from .protocol import (
     CHUNK_SIZE,
     MAX_HEADER,
@@ -26,8 +28,6 @@ from .protocol import (
     FrameDecoder,
     encode_message,
 )
-from . import messages as M
-from .handshake import ClientHandshake, ServerHandshake
 from .receive import FileReceiver, MemoryReceiver  # noqa: F401 - re-exported: receiving lives in core.wire.receive
 from .tls import close_stream
 

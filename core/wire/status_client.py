@@ -10,8 +10,8 @@ import asyncio
 import ssl as ssl_module
 from typing import Any
 
-from . import messages as M
 from ..errors import RemoteProtocolError
+from . import messages as M
 from .connection import Connection, client_handshake, open_connection
 
 WHAT = {"manager", "workers", "tasks"}

@@ -26,8 +26,8 @@ import tempfile
 from collections.abc import Awaitable, Callable
 
 from ..errors import VineError
-from .preauth import PreAuthGate, RateLimitedLog
 from . import messages as M
+from .preauth import PreAuthGate, RateLimitedLog
 from .protocol import encode_message
 
 TLS_HANDSHAKE_RECORD = 0x16

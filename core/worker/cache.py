@@ -23,9 +23,9 @@ import time
 from typing import Any, Callable
 
 from .. import constants as C
+from ..errors import ProtocolError
 from ..wire import messages as M
 from ..wire.connection import path_size
-from ..errors import ProtocolError
 
 log = logging.getLogger("vine_worker")
 

@@ -53,9 +53,8 @@ import subprocess
 import sys
 from typing import Any, Callable
 
-from .children import kill_group, reap_child
-
 from ..wire.remote import decode_fork_reply, encode_fork_line
+from .children import kill_group, reap_child
 
 INLINE_RESULT_LIMIT = 1 << 20  # larger results go to the task's result file
 FUNCTION_CACHE_MAX = 128  # functions kept unpickled in the server (least recently used dropped first)
@@ -65,7 +64,7 @@ _CHANNEL_LIMIT = 4 * INLINE_RESULT_LIMIT  # longest line on the channel (a base6
 # --- the server process ------------------------------------------------------------------------------
 
 
-def serve(fd: int) -> int:
+def serve(fd: int) -> int:  # noqa: C901 - the fork server's select loop: one branch per request and child event
     """Fork server loop over the inherited socket ``fd``; returns when the worker hangs up."""
     from ..wire import remote as _remote
 

@@ -33,9 +33,10 @@ import sys
 import time
 from typing import Any
 
-
 from .. import constants as C
+from ..errors import AuthenticationError, ProtocolError, TransferError
 from ..state.prefetch import start_in_order, waits_in_queue
+from ..wire import messages as M
 from ..wire.connection import (
     Connection,
     client_handshake,
@@ -43,16 +44,14 @@ from ..wire.connection import (
     path_size,
     send_path,
 )
-from ..errors import AuthenticationError, ProtocolError, TransferError
-from .monitor import Usage, exceeded, sample
-from ..wire import messages as M
-from ..wire.receive import FileReceiver, IncomingStreams
 from ..wire.protocol import CHUNK_SIZE, Frame, pages_of
+from ..wire.receive import FileReceiver, IncomingStreams
 from ..wire.tls import GatedListener, TLSSetupError, client_context, self_signed_server_context, start_gated_server
-from .options import batch_job_id, build_parser, detect_resources
-from .python import PythonRunner
 from .cache import WorkerCache
 from .children import kill_group, reap_child
+from .monitor import Usage, exceeded, sample
+from .options import batch_job_id, build_parser, detect_resources
+from .python import PythonRunner
 from .reaper import TaskReaper
 from .running import RunningTask
 from .sandbox import WorkerSandboxes

@@ -30,9 +30,9 @@ import time
 from typing import TYPE_CHECKING, Any, Coroutine, Protocol
 
 from .. import constants as C
-from ..wire.remote import FramingError, MessageReader, encode_library_message
 from ..wire import messages as M
 from ..wire.connection import send_bytes
+from ..wire.remote import FramingError, MessageReader, encode_library_message
 from .forkserver import ForkServer
 
 if TYPE_CHECKING:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 import sys
 
-
 # The guardian's whole program (run with -I -S: no site, no environment, no import of core).
 _GUARDIAN = r"""
 import os, signal, sys

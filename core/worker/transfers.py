@@ -18,11 +18,11 @@ import shutil
 from typing import Any, Callable, Coroutine
 
 from .. import constants as C
-from ..wire import messages as M
-from ..wire.receive import FileReceiver, MemoryReceiver
-from ..wire.connection import Connection, client_handshake, open_connection, send_bytes, send_path, server_handshake
 from ..errors import AuthenticationError, ProtocolError, TransferError
+from ..wire import messages as M
+from ..wire.connection import Connection, client_handshake, open_connection, send_bytes, send_path, server_handshake
 from ..wire.preauth import leave_preauth_gate
+from ..wire.receive import FileReceiver, MemoryReceiver
 from .cache import MEMORY_FILE_MAX, MEMORY_LIMIT, WorkerCache
 from .running import RunningTask
 from .sandbox import WorkerSandboxes

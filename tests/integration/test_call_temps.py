@@ -9,8 +9,8 @@ import cloudpickle
 import pytest
 
 import core as vine
-from core.errors import TaskError
 from core.api.library import FunctionCallNoResult
+from core.errors import TaskError
 from tests.conftest import drain, run, wait_for_workers, wait_until
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

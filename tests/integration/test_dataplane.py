@@ -15,8 +15,8 @@ import time
 import pytest
 
 import core as vine
-from core.wire.connection import client_handshake, open_connection
 from core.errors import AuthenticationError
+from core.wire.connection import client_handshake, open_connection
 from core.wire.protocol import PROTOCOL_VERSION, FrameDecoder, encode_frame, new_nonce
 from tests.conftest import drain, run, wait_for_workers, wait_until
 from tests.integration.conftest import records

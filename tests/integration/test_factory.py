@@ -13,8 +13,8 @@ import psutil
 import pytest
 
 import core as vine
-from core.errors import FactoryError
 from core.deploy.factory import Factory
+from core.errors import FactoryError
 from tests.conftest import ROOT, drain, wait_for_workers, wait_until
 
 

@@ -9,8 +9,8 @@ import cloudpickle
 import pytest
 
 import core as vine
-from core.errors import TaskError
 from core.api.python_task import RemoteTraceback
+from core.errors import TaskError
 from tests.conftest import drain, run, wait_until
 from tests.integration.conftest import records
 

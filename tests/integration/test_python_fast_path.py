@@ -17,8 +17,8 @@ import cloudpickle
 import pytest
 
 import core as vine
-from core.worker.forkserver import INLINE_RESULT_LIMIT
 from core.api.python_task import ARGS_NAME, INLINE_ARGS_LIMIT
+from core.worker.forkserver import INLINE_RESULT_LIMIT
 from tests.conftest import drain, wait_until
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

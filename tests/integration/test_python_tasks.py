@@ -11,8 +11,8 @@ import cloudpickle
 import pytest
 
 import core as vine
-from core.errors import TaskError
 from core.api.python_task import RemoteTraceback
+from core.errors import TaskError
 from tests.conftest import drain, run
 
 # Ship this module's functions by value: a fork-server child then need not import the test module.

@@ -24,11 +24,11 @@ from typing import Any
 import pytest
 
 import core as vine
-from core.wire.protocol import PREFIX, PROTOCOL_VERSION, FrameDecoder, encode_frame, new_nonce
-from core.state.resources import Resources
 from core.api.specs import task_spec
+from core.state.resources import Resources
 from core.state.scheduler import Dispatch, EventFailed, SchedulerState, TaskSubmitted, Tick, WorkerJoined
 from core.state.spec import TaskSpec
+from core.wire.protocol import PREFIX, PROTOCOL_VERSION, FrameDecoder, encode_frame, new_nonce
 from tests.conftest import ROOT, run, wait_for_workers
 
 NAN, INF = float("nan"), float("inf")

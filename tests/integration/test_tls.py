@@ -28,11 +28,11 @@ import pytest
 
 import core as vine
 from core.deploy import catalog
+from core.errors import AuthenticationError, RemoteProtocolError
+from core.tools.status import query_status
 from core.wire.connection import client_handshake, open_connection
 from core.wire.messages import Get
-from core.errors import AuthenticationError, RemoteProtocolError
 from core.wire.tls import client_context, self_signed_server_context
-from core.tools.status import query_status
 from tests.conftest import ROOT, WorkerProcess, drain, wait_for_workers, wait_until
 
 ETH_P_ALL = 0x0003

@@ -134,8 +134,8 @@ def test_function_call_plain_arguments_skip_the_reference_walk_only_when_nothing
 
     import cloudpickle
 
-    from core.wire.remote import unpack_arguments
     from core.api.library import _plain
+    from core.wire.remote import unpack_arguments
 
     call = (b"\x00fn", b"args", {"in.txt": "in.txt"}, ["out/x"], 3, 2.5, None, True)
     assert _plain(call) and _plain({"k": call})

@@ -3,12 +3,11 @@ daemons on this machine, so these are their only tests; Slurm also runs for real
 
 from __future__ import annotations
 
-
 import pytest
 
 from core.deploy.batch import CondorQueue, SgeQueue, SlurmQueue
-from core.errors import FactoryError
 from core.deploy.factory import Settings
+from core.errors import FactoryError
 from core.tools import submit_workers
 
 

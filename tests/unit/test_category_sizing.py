@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from core import constants as C
+from core.api.task import Task
 from core.state.categories import (
     CategoryBook,
     Histogram,
@@ -20,7 +21,6 @@ from core.state.categories import (
 )
 from core.state.resources import AllocationPolicy, Resources
 from core.state.scheduler import Dispatch, ReturnTask
-from core.api.task import Task
 from tests.unit.test_scheduler import MANUAL, Sim, box, of
 
 # A worker that makes the arithmetic easy to follow: 4 cores, 2000 MB memory, 2000 MB disk.

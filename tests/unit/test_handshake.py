@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from core.errors import AuthenticationError, RemoteProtocolError
 from core.wire import messages as M
 from core.wire.connection import Connection, client_handshake, server_handshake
-from core.errors import AuthenticationError, RemoteProtocolError
 from core.wire.protocol import PROTOCOL_VERSION, auth_proof, new_nonce
 
 TIMEOUT = 5.0

@@ -5,10 +5,10 @@ from __future__ import annotations
 from core import constants as C
 from core.api.library import FunctionCall, LibraryTask
 from core.api.specs import task_spec
+from core.api.task import Task
 from core.state.libraries import LibraryInstalled, LibraryRemoved, StartLibrary, library_slots
 from core.state.resources import Resources
 from core.state.scheduler import Dispatch, Kill, ReturnTask
-from core.api.task import Task
 from tests.unit.test_scheduler import Sim as _Sim
 from tests.unit.test_scheduler import box, of, placed
 

@@ -17,8 +17,10 @@ from typing import Any, TypeVar
 import pytest
 
 from core import constants as C
-from core.state import scheduler as S
 from core.api.files import File
+from core.api.specs import task_spec
+from core.api.task import Task
+from core.state import scheduler as S
 from core.state.resources import Resources
 from core.state.scheduler import (
     CacheInvalid,
@@ -47,8 +49,6 @@ from core.state.scheduler import (
     WorkerJoined,
     WorkerLost,
 )
-from core.api.specs import task_spec
-from core.api.task import Task
 from core.state.spec import TaskSpec
 
 I = TypeVar("I", bound=Instruction)
@@ -1017,9 +1017,9 @@ def test_hungry_counts_from_the_state() -> None:
 
 
 def test_time_end_expires_on_tick_even_without_workers():
-    from core.state.scheduler import ReturnTask, SchedulerState, TaskSubmitted, Tick
     from core.api.specs import task_spec
     from core.api.task import Task
+    from core.state.scheduler import ReturnTask, SchedulerState, TaskSubmitted, Tick
 
     state = SchedulerState()
     t = Task("true")
