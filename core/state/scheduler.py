@@ -588,11 +588,16 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining, PrefetchP
         """Whether ``w`` takes ``spec`` at all, whatever its room: not draining, not on a blocked
         host, with the task's features, staying long enough (``time_min``). The one eligibility
         rule: placement, prefetching, pinned calls and calls queued in libraries all ask it."""
-        if w.draining or w.hostname in self.blocked_hosts:
+        if not self.takes_work(w):
             return False
         if spec.features and not w.features.issuperset(spec.features):
             return False
         return not spec.outlasts(w.end_time, now)
+
+    def takes_work(self, w: WorkerRecord) -> bool:
+        """Whether ``w`` takes any new task: not draining, not on a blocked host (the half of
+        :meth:`_open_to` that does not depend on the task; the performance log counts it too)."""
+        return not w.draining and w.hostname not in self.blocked_hosts
 
     def _eligible(self, rec: TaskRecord, w: WorkerRecord, now: float) -> Resources | None:
         t = rec.spec
