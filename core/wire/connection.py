@@ -17,7 +17,7 @@ import tempfile
 
 from ..errors import LocalProtocolError, RemoteProtocolError
 from . import messages as M
-from .handshake import ClientHandshake, ServerHandshake
+from .handshake import ClientHandshake, ServerHandshake, Step
 from .protocol import (
     CHUNK_SIZE,
     MAX_HEADER,
@@ -160,13 +160,7 @@ async def client_handshake(conn: Connection, role: str, password: bytes | None, 
     step = machine.start()
     welcome: Frame | None = None
     while True:
-        for msg in step.send:
-            conn.send(msg)
-        if step.send:
-            await _drain_quietly(conn, step.error is not None)
-        if step.error is not None:
-            raise step.error
-        if step.done:
+        if await _carry_out(conn, step):
             break
         frame = await asyncio.wait_for(conn.recv(), timeout)
         welcome = welcome or frame
@@ -174,6 +168,18 @@ async def client_handshake(conn: Connection, role: str, password: bytes | None, 
     conn.authenticated()
     assert welcome is not None
     return welcome
+
+
+async def _carry_out(conn: Connection, step: Step) -> bool:
+    """Send what a handshake step says to send; raise its error, if any (after sending its reason).
+    True once the handshake is complete."""
+    for msg in step.send:
+        conn.send(msg)
+    if step.send:
+        await _drain_quietly(conn, step.error is not None)
+    if step.error is not None:
+        raise step.error
+    return step.done
 
 
 async def _drain_quietly(conn: Connection, failing: bool) -> None:
@@ -202,13 +208,7 @@ async def server_handshake(conn: Connection, password: bytes | None, timeout: fl
         except RemoteProtocolError as exc:  # bytes that are not a frame, or a frame that is not a message
             frame, step = None, machine.refused(exc)
         hello = hello or frame
-        for msg in step.send:
-            conn.send(msg)
-        if step.send:
-            await _drain_quietly(conn, step.error is not None)
-        if step.error is not None:
-            raise step.error
-        if step.done:
+        if await _carry_out(conn, step):
             break
     conn.authenticated()
     assert hello is not None
