@@ -493,6 +493,13 @@ class Worker:
         except (AttributeError, OSError):
             pidfd = -1
             loop.run_in_executor(None, lambda: (os.waitid(os.P_PID, rt.pid, os.WEXITED | os.WNOWAIT), loop.call_soon_threadsafe(reap)))
+        return await self.supervise(rt)
+
+    async def supervise(self, rt: RunningTask) -> int:
+        """Wait for ``rt.done`` under the task's time limits, output watches and monitoring; the one
+        supervision of a running task, whether the worker spawned it or the fork server forked it."""
+        assert rt.done is not None
+        loop = asyncio.get_running_loop()
         timers = []
         if rt.spec.get("time_max"):
             timers.append(loop.call_later(float(rt.spec["time_max"]), self.kill, rt, C.VINE_RESULT_MAX_WALL_TIME))

@@ -108,6 +108,7 @@ class WorkerTasks(Protocol):
     def kill(self, rt: RunningTask, reason: int | None = None) -> None: ...
     def watch(self, rt: RunningTask, outputs: list[dict[str, Any]]) -> Coroutine[Any, Any, None]: ...
     def monitor(self, rt: RunningTask, options: dict[str, Any]) -> Coroutine[Any, Any, None]: ...
+    def supervise(self, rt: RunningTask) -> Coroutine[Any, Any, int]: ...
     def start_general(self, rt: RunningTask) -> None: ...
     def release(self, rt: RunningTask) -> None: ...
     def read_stdout(self, rt: RunningTask) -> tuple[bytes, bool]: ...
@@ -175,7 +176,7 @@ class PythonRunner:
                 rt.done.set_result(rt.returncode)
 
         exited.add_done_callback(finished)
-        return await self._supervise(rt)
+        return await self._worker.supervise(rt)  # measured and watched like any task
 
     def _fork_request(self, rt: RunningTask, py: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """The fork-server request for PythonTask ``rt``: what the child finds ready instead of as files.
@@ -230,30 +231,6 @@ class PythonRunner:
         if level >= C.VINE_CACHE_LEVEL_FOREVER:
             self.cache.spill(name)  # outlives this worker process: it must be on disk
         outputs[name] = cached[name] = self.cache.add(name, max(level, C.VINE_CACHE_LEVEL_WORKFLOW))
-
-    async def _supervise(self, rt: RunningTask) -> int:
-        """Wait for ``rt.done`` under the task's time limits and output watches (as ``_execute`` does)."""
-        loop = asyncio.get_running_loop()
-        kill = self._worker.kill
-        timers = []
-        if rt.spec.get("time_max"):
-            timers.append(loop.call_later(float(rt.spec["time_max"]), kill, rt, C.VINE_RESULT_MAX_WALL_TIME))
-        if rt.spec.get("time_end"):
-            timers.append(loop.call_later(max(0.0, rt.spec["time_end"] / 1e6 - time.time()), kill, rt, C.VINE_RESULT_MAX_END_TIME))
-        watch = [o for o in rt.spec.get("outputs", []) if o.get("watch")]
-        watcher = asyncio.create_task(self._worker.watch(rt, watch)) if watch else None
-        # Measured and watched like any task: the child is a process of its own (the fork server's child).
-        monitor = asyncio.create_task(self._worker.monitor(rt, rt.spec["monitor"])) if rt.spec.get("monitor") else None
-        try:
-            assert rt.done is not None
-            return await rt.done
-        finally:
-            if monitor:
-                monitor.cancel()
-            for tm in timers:
-                tm.cancel()
-            if watcher:
-                watcher.cancel()
 
     # -- function calls -----------------------------------------------------------------------------------------
     async def _fast_call_when_ready(self, rt: RunningTask, arriving: list[asyncio.Future[bool]]) -> None:
