@@ -16,6 +16,9 @@ from core.constants import VINE_DEFAULT_PORT
 from .errors import ParslVineConfigError
 
 AUTOLABEL_ALGORITHMS = ("max-xput", "bucketing", "max")
+# What each autolabel algorithm is in core's category modes (Manager.set_category_mode). Core has no
+# bucketing modes, so "bucketing" is refused at start, with the two that work named.
+AUTOLABEL_MODES = {"max-xput": "max throughput", "max": "max"}
 LIBRARY_CONFIG_KEYS = ("num_slots", "cores", "memory", "disk")
 
 
@@ -45,9 +48,9 @@ class TaskVineManagerConfig:
 
     # Performance-specific settings
     shared_fs: bool = False
-    autolabel: bool = False  # needs core's automatic category sizing, not there yet: True raises
-    autolabel_algorithm: str = "max-xput"
-    autolabel_window: int | None = None
+    autolabel: bool = False  # every category sized from measured peaks (set_category_mode); monitoring on
+    autolabel_algorithm: str = "max-xput"  # "max-xput" or "max"; "bucketing" raises (core has no bucketing)
+    autolabel_window: int | None = None  # tasks measured before sizing (tune category-steady-n-tasks; default 25)
     autocategory: bool = True
     enable_peer_transfers: bool = True
     wait_for_workers: int | None = None
@@ -102,10 +105,13 @@ def check_manager_config(config: Any) -> None:
     if config.autolabel_algorithm not in AUTOLABEL_ALGORITHMS:
         raise ParslVineConfigError(f"manager_config.autolabel_algorithm must be one of {AUTOLABEL_ALGORITHMS}, "
                                    f"not {config.autolabel_algorithm!r}")
-    if config.autolabel:
-        raise ParslVineConfigError("manager_config.autolabel=True needs automatic category sizing "
-                                   "(Manager.set_category_mode), which core does not provide yet; give each app its "
-                                   "resources in parsl_resource_specification instead")
+    if config.autolabel and config.autolabel_algorithm not in AUTOLABEL_MODES:
+        raise ParslVineConfigError(f"manager_config.autolabel_algorithm={config.autolabel_algorithm!r} needs a bucketing "
+                                   f"category mode, which core does not provide; use one of {tuple(AUTOLABEL_MODES)}")
+    if config.autolabel_window is not None and (isinstance(config.autolabel_window, bool)
+                                                 or not isinstance(config.autolabel_window, int) or config.autolabel_window < 1):
+        raise ParslVineConfigError(f"manager_config.autolabel_window must be a number of tasks >= 1 or None, "
+                                   f"not {config.autolabel_window!r}")
     if config.library_config is not None:
         if not isinstance(config.library_config, dict):
             raise ParslVineConfigError(f"manager_config.library_config must be a dict, not {config.library_config!r}")

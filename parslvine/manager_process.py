@@ -418,7 +418,10 @@ class _ManagerServer:
 
 
 def configure_manager(m: Any, config: Any) -> None:
-    """Apply a TaskVineManagerConfig's manager settings (password, tuning, peer transfers, framework)."""
+    """Apply a TaskVineManagerConfig's manager settings (password, tuning, peer transfers, framework,
+    autolabel)."""
+    from .configs import AUTOLABEL_MODES
+
     if config.project_password_file:
         m.set_password_file(config.project_password_file)
     if config.wait_for_workers:
@@ -429,6 +432,13 @@ def configure_manager(m: Any, config: Any) -> None:
         m.disable_peer_transfers()
     if config.project_name:
         m.set_property("framework", "parsl")
+    if config.autolabel:
+        # Every category (None: those not given a mode of their own, which is all of them here) is
+        # sized from the peaks monitoring measures, as Parsl's executor sets each task's category.
+        m.enable_monitoring()
+        if config.autolabel_window is not None:
+            m.tune("category-steady-n-tasks", config.autolabel_window)
+        m.set_category_mode(None, AUTOLABEL_MODES[config.autolabel_algorithm])
     for key, value in (config.tune_parameters or {}).items():
         m.tune(key, value)
 

@@ -93,15 +93,7 @@ def make_task(m: Any, config: TaskVineManagerConfig, settings: TaskSettings, run
         task.disable_output_serialization()  # the runner returns bytes already Parsl-serialized
         task.set_warm_imports(warm_imports)
     if settings.exec_mode == "regular":
-        requested = {key: getattr(settings, key) for key in ("cores", "memory", "disk", "gpus") if getattr(settings, key) is not None}
-        # A call that asks for nothing takes one core (as HTEX runs one app per core), not the
-        # whole worker (TaskVine's rule for tasks without resources), so calls run side by side.
-        for key, value in (requested or {"cores": DEFAULT_CORES}).items():
-            getattr(task, f"set_{key}")(value)
-        if config.env_pack:
-            task.add_environment(environment_file(m, config.env_pack))
-        for name, value in (config.env_vars or {}).items():
-            task.set_env_var(str(name), str(value))
+        _regular_settings(m, task, config, settings)
     if settings.priority is not None:
         task.set_priority(settings.priority)
     if settings.running_time_min is not None:
@@ -123,6 +115,22 @@ def make_task(m: Any, config: TaskVineManagerConfig, settings: TaskSettings, run
         task.add_output(m.declare_file(local, cache=False), remote)
     task._parslvine_outputs = {remote: local for local, remote in plan.outputs}
     return task
+
+
+def _regular_settings(m: Any, task: Any, config: TaskVineManagerConfig, settings: TaskSettings) -> None:
+    """A regular-mode task's resources, environment and environment variables."""
+    requested = {key: getattr(settings, key) for key in ("cores", "memory", "disk", "gpus") if getattr(settings, key) is not None}
+    # A call that asks for nothing takes one core (as HTEX runs one app per core), not the
+    # whole worker (TaskVine's rule for tasks without resources), so calls run side by side;
+    # under autolabel its category sizes it instead.
+    if not requested and not config.autolabel:
+        requested = {"cores": DEFAULT_CORES}
+    for key, value in requested.items():
+        getattr(task, f"set_{key}")(value)
+    if config.env_pack:
+        task.add_environment(environment_file(m, config.env_pack))
+    for name, value in (config.env_vars or {}).items():
+        task.set_env_var(str(name), str(value))
 
 
 def unpack_result(task: Any, data: bytes) -> bytes:

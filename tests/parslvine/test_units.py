@@ -30,7 +30,9 @@ def test_config_defaults_match_parsls():
     ({"app_pack": True}, "app_pack"),
     ({"extra_pkgs": ["numpy"]}, "extra_pkgs"),
     ({"autolabel_algorithm": "guess"}, "autolabel_algorithm"),
-    ({"autolabel": True}, "set_category_mode"),
+    ({"autolabel": True, "autolabel_algorithm": "bucketing"}, "bucketing"),
+    ({"autolabel_window": 0}, "autolabel_window"),
+    ({"autolabel_window": 2.5}, "autolabel_window"),
     ({"library_config": {"slots": 2}}, "num_slots"),
     ({"max_retries": -2}, "max_retries"),
 ])
