@@ -13,7 +13,8 @@ Sockets belong to one I/O thread, so workers are served (keepalives, results, tr
 user's thread is busy; every decision is made by the pure :class:`SchedulerState`.
 
 The Manager is the public API over members, each lent what it uses when it is made: ``_io``
-(:class:`IOThread`: the loop, ``call``, ``post``), ``_worker_links`` (:class:`WorkerLinks`: the
+(:class:`IOThread`: the loop, ``call``, ``post``), ``_shell`` (:class:`StateShell`: events into the
+state, its instructions carried out, finished tasks to ``wait``, the ticker), ``_worker_links`` (:class:`WorkerLinks`: the
 connections), ``_libraries`` (:class:`ManagerLibraries`), ``_categories`` (:class:`CategorySettings`),
 ``_worker_controls`` (:class:`WorkerControls`), sharing one ``_settings`` (:class:`ManagerSettings`).
 """
@@ -42,23 +43,14 @@ from ..deploy.catalog import Registration as CatalogRegistration
 from ..errors import ManagerError, TaskError
 from ..state.scheduler import (
     Event,
-    EventFailed,
     FileUndeclared,
     HostBlocked,
     HostUnblocked,
-    Instruction,
     PolicyChanged,
-    RemoveWorker,
-    ReturnTask,
     SchedulerState,
-    SendFile,
     TaskCancelled,
-    TasksRetrieved,
     TaskSubmitted,
-    Tick,
     TuneChanged,
-    Warn,
-    WorkerHeard,
     policy_name,
 )
 from ..wire import messages as M
@@ -71,6 +63,7 @@ from .links import WorkerLink, WorkerLinks
 from .logs import RunLogs
 from .metrics import ManagerMetrics, manager_stats
 from .settings import ManagerSettings, Stats, bind_port, catalog_fields, checked_tune, tls_context
+from .state_shell import StateShell
 from .status_display import StatusDisplay, check_status_interval
 from .worker_controls import WorkerControls
 
@@ -138,19 +131,20 @@ class Manager:
         self._next_id = 1
         self._files: dict[str, File] = {}
         self._lineage: dict[str, Task] = {}  # temp cache name -> the task that makes it, while it is declared
-        self._retrieved: list[int] = []  # task ids returned in the current I/O step (TasksRetrieved)
         self._finalized_temps: set[str] = set()  # temps made by tasks with a __del__ of their own (undeclare_file)
         self._outstanding = 0
         self._done: collections.OrderedDict[int, Task] = collections.OrderedDict()
         self._cond = threading.Condition()
-        self._notify_pending = False
-        self._perf_check_at = 0.0  # the tick collects stats for the performance log again from then (_performance_tick)
         self._links: dict[str, WorkerLink] = {}
         self._counters: dict[str, float] = collections.defaultdict(float)
         self._catalog: CatalogRegistration | None = None
         self._metrics = ManagerMetrics()
         self._io = IOThread(f"vine-manager-{self._port}", self._apply, lambda: self._closed)  # started below
         self._loop, self._thread, self._call, self._post = self._io.loop, self._io.thread, self._io.call, self._io.post
+        self._shell = StateShell(self._state, self._logs, self._metrics, self._links, self._tasks, self._files, self._done,
+                                 self._cond, self._loop, worker_links=lambda: self._worker_links,
+                                 worker_controls=lambda: self._worker_controls, tasks_cache=lambda: self._tasks_cache,
+                                 collect_stats=self._collect_stats, finalize=self._finalize)
         # Members, each lent what it needs (they share these objects with the manager, never the manager itself).
         self._libraries = ManagerLibraries(self._state, self._logs, os.path.join(self._logs.run_dir, "library-logs"),
                                            self._remember, self._post, self._call, self._apply)
@@ -268,7 +262,7 @@ class Manager:
         self._server = await start_gated_server(
             self._worker_links.on_client, sock=self._sock, ssl=self._ssl_context, what="manager", log=log, limit=1 << 20,
             timeout=lambda: float(self._state.tuning.get("handshake-timeout", 30)))
-        self._ticker = asyncio.create_task(self._tick_loop())
+        self._ticker = asyncio.create_task(self._shell.tick_loop())
 
     async def _shutdown_io(self) -> None:
         self._ticker.cancel()
@@ -619,16 +613,11 @@ class Manager:
     def log_debug_app(self, text: str) -> None:
         self._logs.debug(text, flag="app")
 
-    # -- I/O thread: events and instructions --------------------------------------------------------------------
+    # -- I/O thread: events and instructions (core/manager/state_shell.py) -----------------------------------
     def _apply(self, *events: Event) -> None:
-        began = time.thread_time()  # CPU time, as time_internal is (metrics.performance_columns)
-        instructions = self._state.handle(*events)
-        self._metrics.busy["scheduling"] += (time.thread_time() - began) * 1e6
-        for ins in instructions:
-            self._execute(ins)
-        if self._retrieved:  # the user's tasks handed back in this step: the scheduler lets them go
-            retrieved, self._retrieved = tuple(self._retrieved), []
-            self._apply(TasksRetrieved(time.time(), retrieved))
+        """Events into the state, its instructions carried out (the I/O thread's :class:`StateShell`)."""
+        self._shell.apply(*events)
+
     # -- the members' methods (core/manager/libraries.py, categories.py, worker_controls.py, functional.py) --
     @property
     def library_logging_directory(self) -> str:
@@ -685,131 +674,11 @@ class Manager:
         """Reduce ``seq`` by calling ``fn`` on lists of up to ``chunksize`` items, layer by layer."""
         return functional.tree_reduce_tasks(self, fn, seq, chunksize)
 
-
-    def _event_failed(self, ins: EventFailed) -> None:
-        """A handler raised (a bug, or a value no check caught): the decisions made before it were
-        carried out; the event is logged and dropped, and the worker it came from disconnected,
-        so one bad peer cannot stop the manager serving everyone else."""
-        ev, exc = ins.event, ins.error
-        wid = getattr(ev, "worker", None)
-        what = type(ev).__name__ if ev is not None else "a scheduling pass"
-        log.error("dropped %s%s: %s: %s", what, f" from worker {wid}" if wid else "", type(exc).__name__, exc)
-        self._logs.debug(f"dropped {what} ({ev!r}): {type(exc).__name__}: {exc}")
-        link = self._links.get(wid) if isinstance(wid, str) else None
-        if link is not None:
-            link.disconnect_reason = "FAILURE"
-            link.conn.writer.transport.abort()
-
-    def _execute(self, ins: Instruction) -> None:
-        if isinstance(ins, ReturnTask):
-            self._return_task(ins)
-        elif isinstance(ins, EventFailed):
-            self._event_failed(ins)
-        elif isinstance(ins, RemoveWorker):
-            link = self._links.get(ins.worker)
-            if link is not None:
-                self._logs.debug(f"removing worker {ins.worker} ({link.addrport}): {ins.reason}")
-                # Abort, not close: close() waits to flush unsent bytes, which a hung worker never
-                # reads, so its link (and DISCONNECTION record) would linger until it woke up.
-                link.conn.writer.transport.abort()
-        elif isinstance(ins, Warn):
-            log.warning("%s", ins.message)
-            self._logs.debug(f"warning: {ins.message}")
-        else:
-            link = self._links.get(getattr(ins, "worker", ""))
-            if link is None:
-                return
-            if link.idle and link.outbox.empty() and not isinstance(ins, SendFile):
-                # Nothing queued ahead of it: send now instead of waking the sender (saves a loop turn per task).
-                try:
-                    self._worker_links.send_message(link, ins)
-                except OSError as exc:
-                    self._logs.debug(f"sending to {link.id} failed: {exc}")
-                    link.conn.close()
-            else:
-                link.outbox.put_nowait(ins)
-
-    def _return_task(self, ins: ReturnTask) -> None:
-        task = self._tasks.get(ins.task_id)
-        self._retrieved.append(ins.task_id)
-        self._logs.debug_task_retrieved(ins.task_id, done=task is None)  # None: a recovery task, never waited for
-        if task is None:
-            return
-        task._result = ins.result
-        if ins.result not in (C.VINE_RESULT_SUCCESS, C.VINE_RESULT_OUTPUT_MISSING, C.VINE_RESULT_SIGNAL, C.VINE_RESULT_STDOUT_MISSING, C.VINE_RESULT_MAX_WALL_TIME):
-            task._exit_code = ins.exit_code if ins.exit_code != -1 else task._exit_code
-        task._state = C.VINE_TASK_RETRIEVED
-        task._done_time = time.time()
-        task.metrics["time_when_done"] = task._done_time * 1e6
-        if self._tasks_cache is not None:
-            self._tasks_cache.record(task)  # before _finalize: a PythonTask then lets its buffers go
-        self._unlink_undeclared_inputs(task)
-        self._finalize(task)
-        totals = self._logs.transfer_totals
-        self._metrics.task_returned(task, ins.result, (totals["time_send"] + totals["time_receive"]) / (self._metrics.times.tasks + 1))
-        result_name = C.result_enum_name(ins.result)
-        self._logs.task_done(task.id, result_name, task._exit_code)
-        self._logs.graph_task(task.id, task.command, [m.file.cache_name for m in task.inputs], [m.file.cache_name for m in task.outputs])
-        with self._cond:
-            self._done[task.id] = task
-        # One wake-up of the user's thread per loop turn, however many tasks finished in it.
-        if not self._notify_pending:
-            self._notify_pending = True
-            self._loop.call_soon(self._notify_waiters)
-
-    def _unlink_undeclared_inputs(self, task: Task) -> None:
-        """Inputs the user undeclared while ``task`` still needed them were sent to workers all the
-        same; once no unfinished task needs them, workers delete them now, not with the workflow."""
-        gone = {m.file.cache_name for m in task.inputs if m.file.cache_name not in self._files}
-        if not gone:
-            return
-        gone.difference_update(m.file.cache_name for t in self._tasks.values()
-                               if t is not task and t._state < C.VINE_TASK_RETRIEVED for m in t.inputs)
-        for name in gone:
-            self._loop.call_soon(self._apply, FileUndeclared(time.time(), name, forget=True))
-
-    def _notify_waiters(self) -> None:
-        self._notify_pending = False
-        with self._cond:
-            self._cond.notify_all()
-
     def _finalize(self, task: Task) -> None:
         """Let the task take its outcome in (FunctionCall notes why it failed) before it reaches the user."""
         hook = getattr(task, "_finalize_done", None)
         if hook is not None:
             hook(self)
-
-    def _heard_events(self) -> list[WorkerHeard]:
-        """Workers heard from since the last tick (each frame's arrival is noted on its link), as
-        events: one per worker per tick instead of one per frame, before the keepalive check."""
-        heard = []
-        for link in self._links.values():
-            if link.heard_at > link.heard_told:
-                link.heard_told = link.heard_at
-                heard.append(WorkerHeard(link.heard_at, link.id))
-        return heard
-
-    async def _tick_loop(self) -> None:
-        while True:
-            await asyncio.sleep(0.5)
-            try:
-                self._apply(*self._heard_events(), Tick(time.time()))
-                self._worker_controls.check_workers(time.time())
-                self._performance_tick(time.time())
-                self._logs.flush()
-            except Exception:  # noqa: BLE001 - the ticker must never die
-                log.exception("tick failed")
-
-    def _performance_tick(self, now: float) -> None:
-        """A performance-log line when one is due. Collecting the stats walks every task, so they
-        are only collected when a line could be written; with many tasks known, a row found
-        unchanged is looked at again after a whole interval rather than at every tick."""
-        interval = self._state.tuning.get("perf-log-interval", 5)
-        if now < self._perf_check_at or not self._logs.performance_due(now, interval):
-            return
-        self._logs.performance(self._collect_stats(), now, interval)
-        if self._logs.performance_due(now, interval):  # nothing written: the row had not changed
-            self._perf_check_at = now + (interval if len(self._state.tasks) > 10_000 else 0)
 
     def _collect_stats(self) -> dict[str, float]:
         """The stats (``m.stats``, the performance log, Prometheus), computed in the I/O thread."""

@@ -99,7 +99,7 @@ def performance_columns(s: dict[str, float], state: Any, metrics: ManagerMetrics
     ws = list(workers.values())
     s["workers_init"] = pending_links
     s["workers_blocked"] = sum(1 for w in ws if w.hostname in blocked_hosts)
-    s["workers_able"] = sum(1 for w in ws if state.takes_work(w) and (waiting_min is None or _fits(w.total, waiting_min)))
+    s["workers_able"] = sum(1 for w in ws if state.placement.takes_work(w) and (waiting_min is None or _fits(w.total, waiting_min)))
     for f in ("cores", "memory", "disk"):
         values = [max(getattr(w.total, f), 0) for w in ws]
         s[f"max_{f}"] = max(values) if values else 0

@@ -31,6 +31,7 @@ from .resources import Resources
 from .spec import TaskSpec
 
 if TYPE_CHECKING:
+    from .placement import Placement
     from .records import WorkerRecord
     from .spec import FileSpec
 
@@ -44,11 +45,9 @@ class SchedulerState(Protocol):
     tuning: dict[str, float]
     stats: dict[str, float]
     _schedule_needed: bool
+    placement: Placement
 
     def _finish(self, rec: TaskRecord, result: int, exit_code: int, out: list[Instruction]) -> None: ...
-    def _eligible(self, rec: TaskRecord, w: WorkerRecord, now: float) -> Resources | None: ...
-    def _open_to(self, spec: TaskSpec, w: WorkerRecord, now: float) -> bool: ...
-    def _choose_worker(self, rec: TaskRecord, now: float) -> tuple[WorkerRecord, Resources] | None: ...
     def _stage(self, f: FileSpec, w: WorkerRecord, out: list[Instruction], placing: bool = False) -> None: ...
 
 DEFAULT_MAX_LIBRARY_RETRIES = 15
@@ -217,8 +216,8 @@ class LibraryBook:
         """
         name = rec.spec.library_required
         if name is None:
-            if self._evict_for(s, lambda w: s._eligible(rec, w, now), None, out):
-                return s._choose_worker(rec, now)
+            if self._evict_for(s, lambda w: s.placement.eligible(rec, w, now), None, out):
+                return s.placement.choose_worker(rec, now)
             return None
         tmpl = self.templates.get(name)
         if tmpl is None:
@@ -231,7 +230,7 @@ class LibraryBook:
             lib_spec = dataclasses.replace(lib_spec, features=tuple(dict.fromkeys(lib_spec.features + rec.spec.features)))
         lib_rec = TaskRecord(lib_spec.id, lib_spec, -1)
         choice = self._best_worker_for(s, lib_rec, now)
-        if choice is None and self._evict_for(s, lambda w: s._eligible(lib_rec, w, now), name, out):
+        if choice is None and self._evict_for(s, lambda w: s.placement.eligible(lib_rec, w, now), name, out):
             choice = self._best_worker_for(s, lib_rec, now)
         if choice is None:
             return self._queue_for(s, rec, now)
@@ -252,7 +251,7 @@ class LibraryBook:
         best = None
         for inst in self.instances.values():
             w = s.workers.get(inst.worker)
-            if inst.name != name or w is None or inst.queue_room(self.depth_for(name)) <= 0 or not s._open_to(rec.spec, w, now):
+            if inst.name != name or w is None or inst.queue_room(self.depth_for(name)) <= 0 or not s.placement.open_to(rec.spec, w, now):
                 continue
             if best is None or len(inst.calls) < len(best[0].calls):
                 best = (inst, w)
@@ -261,7 +260,7 @@ class LibraryBook:
     def _best_worker_for(self, s: SchedulerState, lib_rec: TaskRecord, now: float) -> tuple[WorkerRecord, Resources] | None:
         best = None
         for w in s.workers.values():
-            alloc = s._eligible(lib_rec, w, now)
+            alloc = s.placement.eligible(lib_rec, w, now)
             if alloc is None:
                 continue
             score = (-sum(1 for i in self.instances.values() if i.worker == w.id), max(w.total.cores, 0) - max(w.committed.cores, 0))

@@ -17,8 +17,8 @@ from .resources import Resources
 
 if TYPE_CHECKING:
     from .libraries import LibraryBook
+    from .placement import Placement
     from .records import FileRecord, TaskRecord, WorkerRecord
-    from .spec import TaskSpec
 
 
 class CallPipelining:
@@ -32,11 +32,10 @@ class CallPipelining:
         waiting_on: dict[str, set[int]]
         blocked_hosts: set[str]
         libs: LibraryBook
+        placement: Placement
 
         def _has_ready_replica(self, name: str) -> bool: ...
         def _push_ready(self, rec: TaskRecord) -> None: ...
-        def _eligible(self, rec: TaskRecord, w: WorkerRecord, now: float) -> Resources | None: ...
-        def _open_to(self, spec: TaskSpec, w: WorkerRecord, now: float) -> bool: ...
 
     def _maker_of(self, name: str) -> str | None:
         """The worker where a dispatched function call is making temp ``name`` (else None)."""
@@ -65,11 +64,11 @@ class CallPipelining:
         w = self.workers.get(rec.pinned or "")
         if w is None:
             return None
-        alloc = self._eligible(rec, w, now)
+        alloc = self.placement.eligible(rec, w, now)
         if alloc is not None:
             return w, alloc
         name = rec.spec.library_required
-        if name is None or not self._open_to(rec.spec, w, now):
+        if name is None or not self.placement.open_to(rec.spec, w, now):
             return None
         depth = self.libs.depth_for(name)
         if any(i.worker == w.id and i.name == name and i.queue_room(depth) > 0 for i in self.libs.instances.values()):

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, TypeVar
 from .resources import Resources, fits
 
 if TYPE_CHECKING:
+    from .placement import Placement
     from .records import TaskRecord, WorkerRecord
-    from .spec import TaskSpec
 
 T = TypeVar("T")
 
@@ -50,9 +50,7 @@ class PrefetchPlanner:
         workers: dict[str, WorkerRecord]
         tuning: dict[str, float]
         category_time: dict[str, tuple[int, float]]
-
-        def _open_to(self, spec: TaskSpec, w: WorkerRecord, now: float) -> bool: ...
-        def _allocation(self, rec: TaskRecord, w: WorkerRecord) -> Resources: ...
+        placement: Placement
 
     def _promote(self, w: WorkerRecord) -> None:
         """Mirror the worker: it starts its prefetched tasks by the same rule (core/state/prefetch.py)."""
@@ -81,11 +79,11 @@ class PrefetchPlanner:
         for w in self.workers.values():
             if len(w.queue) >= self._prefetch_limit(w):
                 continue
-            if not self._open_to(rec.spec, w, now):
+            if not self.placement.open_to(rec.spec, w, now):
                 continue
             if any(w.replicas.get(m.file.cache_name) != "ready" for m in t.inputs):
                 continue
-            alloc = self._allocation(rec, w)
+            alloc = self.placement.allocation(rec, w)
             if not fits(alloc, w.total, Resources(0, 0, 0, 0)):
                 continue
             if best is None or len(w.queue) < best[0]:

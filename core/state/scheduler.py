@@ -67,10 +67,11 @@ from .events import (  # noqa: F401 - re-exported
 from .invariants import Invariants
 from .libraries import DEFAULT_QUEUE_DEPTH, LibraryBook
 from .pipelining import CallPipelining
+from .placement import Placement
 from .prefetch import PREFETCH_SAMPLES, SHORT_TASK, PrefetchPlanner  # noqa: F401 - re-exported
 from .records import FileRecord, RecordState, ReplicaState, TaskRecord, TaskState, WorkerRecord  # noqa: F401 - re-exported
 from .recovery import RecoveryPlanner
-from .resources import AllocationPolicy, Resources, allocate_resources, fits, hungry_count
+from .resources import Resources, hungry_count
 from .settings import SettingsHandlers
 from .spec import UNSET, FileSpec, MountSpec, TaskSpec  # noqa: F401 - re-exported
 from .story import TaskStory, Transition
@@ -136,7 +137,6 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining, PrefetchP
         self.tuning = dict(DEFAULT_TUNING)
         if tuning:
             self.tuning.update(tuning)
-        self.policy = policy
         self.rng = random.Random(seed)
         self.tasks: dict[int, TaskRecord] = {}
         self.workers: dict[str, WorkerRecord] = {}
@@ -186,8 +186,20 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining, PrefetchP
         self.libs = LibraryBook()  # libraries and function calls (core/state/libraries.py)
         self.libs.depth = int(self.tuning.get("library-queue-depth", DEFAULT_QUEUE_DEPTH))
         self.categories = CategoryBook()  # category maxima, modes and measured peaks (core/state/categories.py)
+        # Whether a worker takes a task, what it gets there, the best worker (core/state/placement.py).
+        self.placement = Placement(self.workers, self.files, self.tuning, self.blocked_hosts, self.forsaken_on, self.libs,
+                                   self.categories, self._source, self.rng, policy)
         self._handlers.update(self.libs.handlers(self))
         self._handlers.update(self.settings_handlers())  # core/state/settings.py
+
+    @property
+    def policy(self) -> str:
+        """The placement policy for tasks that name none (set by a PolicyChanged event)."""
+        return self.placement.policy
+
+    @policy.setter
+    def policy(self, name: str) -> None:
+        self.placement.policy = name
 
     # -- entry point ---------------------------------------------------------------------------------
     def handle(self, *events: Event) -> list[Instruction]:
@@ -239,15 +251,6 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining, PrefetchP
         for tid, rec in self.tasks.items():
             if rec.state == "ready" and tid not in queued and rec.heap_key is not None:
                 self._passed.append(rec.heap_key)
-
-    @property
-    def allocation_policy(self) -> AllocationPolicy:
-        return AllocationPolicy(
-            proportional=bool(self.tuning["proportional-resources"]),
-            whole_tasks=bool(self.tuning["proportional-whole-tasks"]),
-            disk_proportion=float(self.tuning["disk-proportion-available-to-task"]),
-            exact_task_values=bool(self.tuning["exact-task-resources"]),
-        )
 
     # -- files ------------------------------------------------------------------------------------------
     def _file(self, f: FileSpec) -> FileRecord:
@@ -444,7 +447,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining, PrefetchP
             self.categories.record(rec.spec.category, ev.measured, ev.runtime)
         if ev.result == C.VINE_RESULT_FORSAKEN:
             rec.forsaken += 1
-            self.forsaken_on[rec.id] = ev.worker  # tried elsewhere first (see _choose_worker)
+            self.forsaken_on[rec.id] = ev.worker  # tried elsewhere first (see Placement.choose_worker)
             if rec.spec.max_forsaken >= 0 and rec.forsaken > rec.spec.max_forsaken:
                 self._finish(rec, C.VINE_RESULT_FORSAKEN, ev.exit_code, out)
             else:
@@ -573,96 +576,6 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining, PrefetchP
                 del self.tasks[task_id]
 
     # -- scheduling ----------------------------------------------------------------------------------------
-    def _allocation(self, rec: TaskRecord, w: WorkerRecord) -> Resources:
-        cat = self.categories.active(rec.spec.category) if rec.spec.library_required is None else None
-        if cat is not None:
-            return self.categories.allocation(cat, rec.spec.requested, rec.exhaustions > 0, w.total, self.allocation_policy,
-                                              int(self.tuning["category-steady-n-tasks"]))
-        req = rec.spec.requested
-        if rec.exhaustions:
-            # It outgrew its proportional share: give it the whole worker, keeping the user's own values.
-            req = Resources(req.cores, w.total.memory, -1, req.gpus)  # memory = total -> the whole-worker rule
-        return allocate_resources(req, w.total, policy=self.allocation_policy, function_call=rec.spec.library_required is not None)
-
-    def _open_to(self, spec: TaskSpec, w: WorkerRecord, now: float) -> bool:
-        """Whether ``w`` takes ``spec`` at all, whatever its room: not draining, not on a blocked
-        host, with the task's features, staying long enough (``time_min``). The one eligibility
-        rule: placement, prefetching, pinned calls and calls queued in libraries all ask it."""
-        if not self.takes_work(w):
-            return False
-        if spec.features and not w.features.issuperset(spec.features):
-            return False
-        return not spec.outlasts(w.end_time, now)
-
-    def takes_work(self, w: WorkerRecord) -> bool:
-        """Whether ``w`` takes any new task: not draining, not on a blocked host (the half of
-        :meth:`_open_to` that does not depend on the task; the performance log counts it too)."""
-        return not w.draining and w.hostname not in self.blocked_hosts
-
-    def _eligible(self, rec: TaskRecord, w: WorkerRecord, now: float) -> Resources | None:
-        t = rec.spec
-        if not self._open_to(t, w, now):
-            return None
-        if t.library_required is not None:
-            return self.libs.slot_for(t.library_required, w)  # a call needs a free slot, no resources
-        alloc = self._allocation(rec, w)
-        if not fits(alloc, w.total, w.committed, multiplier=self.tuning["resource-submit-multiplier"]):
-            return None
-        for f in rec.spec.environments:
-            if self._source(f, w) is None:
-                return None
-        for m in rec.spec.inputs:
-            if self._source(m.file, w) is None:
-                return None
-        return alloc
-
-    def _score(self, rec: TaskRecord, w: WorkerRecord, alloc: Resources) -> float:
-        policy = rec.spec.scheduler or self.policy
-        free_cores = max(w.total.cores, 0) - max(w.committed.cores, 0)
-        if policy == "files":
-            cached = 0
-            for m in rec.spec.inputs:
-                if m.file.cache_name in w.replicas:
-                    frec = self.files.get(m.file.cache_name)
-                    cached += max(frec.size if frec else 0, 0) + 1
-            return cached * 1e6 + free_cores
-        if policy == "disk":
-            return max(w.total.disk, 0) - max(w.committed.disk, 0) - w.cache_bytes / 1e6
-        if policy == "worst":
-            return free_cores
-        if policy == "time":
-            return -(w.busy_time / w.completed) if w.completed else 0.0
-        return self.rng.random()
-
-    def _choose_worker(self, rec: TaskRecord, now: float) -> tuple[WorkerRecord, Resources] | None:
-        best: tuple[float, WorkerRecord, Resources] | None = None
-        for w in self.workers.values():
-            alloc = self._eligible(rec, w, now)
-            if alloc is None:
-                continue
-            score = self._score(rec, w, alloc)
-            if self.forsaken_on and self.forsaken_on.get(rec.id) == w.id:
-                score -= 1e18  # it gave this task back (out of descriptors, disk, ...): any other worker first
-            if best is None or score > best[0]:
-                best = (score, w, alloc)
-        return None if best is None else (best[1], best[2])
-
-    def _could_ever_fit(self, rec: TaskRecord) -> bool:
-        for w in self.workers.values():
-            alloc = self._allocation(rec, w)
-            if fits(alloc, w.total, Resources(0, 0, 0, 0)) and w.features.issuperset(rec.spec.features):
-                return True
-        return False
-
-    def _has_room(self) -> bool:
-        mult = self.tuning["resource-submit-multiplier"]  # cores and gpus may be overcommitted up to this
-        for w in self.workers.values():
-            if not w.draining and (
-                w.committed.cores < math.ceil(w.total.cores * mult) or w.total.cores <= 0 or w.committed.gpus < math.ceil(w.total.gpus * mult)
-            ):
-                return True
-        return self.libs.has_room(self.libs.depth)
-
     def _schedule(self, now: float, out: list[Instruction]) -> None:  # noqa: C901 - the scheduling pass: its order of checks is the policy, kept in one place
         if not self.workers or len(self.workers) < self.tuning["wait-for-workers"]:
             return
@@ -675,7 +588,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining, PrefetchP
         while self.ready and misses < depth:
             # With no free room anywhere, only prefetching is left: it stops at the first task it
             # cannot queue, so a pass costs little when the queue is full of such tasks.
-            prefetch_only = not self._has_room()
+            prefetch_only = not self.placement.has_room()
             if prefetch_only and not self._prefetch_room():
                 break
             key = heapq.heappop(self.ready)
@@ -709,7 +622,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining, PrefetchP
                 w, alloc = choice
                 self._place(rec, w, alloc, out)
                 continue
-            choice = self._choose_worker(rec, now)
+            choice = self.placement.choose_worker(rec, now)
             if choice is None:
                 choice = self.libs.make_room(self, rec, now, out)  # start a library, or evict idle ones
                 if self._is_done(rec):  # make_room ended it (its library is gone)
@@ -720,23 +633,14 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining, PrefetchP
                     self._place(rec, queue_on[0], queue_on[1], out, queued=True)
                     continue
             if choice is None:
-                if not rec.warned_unfit and not self._could_ever_fit(rec):
+                if not rec.warned_unfit and not self.placement.could_ever_fit(rec):
                     rec.warned_unfit = True
-                    out.append(Warn(self._unfit_message(rec)))
+                    out.append(Warn(self.placement.unfit_message(rec)))
                 self._passed.append(key)
                 misses += 1
                 continue
             w, alloc = choice
             self._place(rec, w, alloc, out)
-
-    def _unfit_message(self, rec: TaskRecord) -> str:
-        biggest = max(self.workers.values(), key=lambda w: (w.total.cores, w.total.memory))
-        req = {k: v for k, v in rec.spec.requested.to_dict().items() if v >= 0}
-        return (
-            f"task {rec.id} requests {req or 'a whole worker'}{' with features ' + str(list(rec.spec.features)) if rec.spec.features else ''}, "
-            f"but no connected worker can ever hold it (largest: {biggest.total.to_dict()}); it waits for a larger worker. "
-            "Lower the request or start workers with more resources (vine_worker --cores/--memory/--disk)."
-        )
 
     def _inputs_exist_quiet(self, rec: TaskRecord) -> bool:
         return all(m.file.kind != "temp" or self._has_ready_replica(m.file.cache_name) for m in rec.spec.inputs)

@@ -21,6 +21,7 @@ from core.api.files import File
 from core.api.specs import task_spec
 from core.api.task import Task
 from core.state import scheduler as S
+from core.state.placement import Placement
 from core.state.resources import Resources
 from core.state.scheduler import (
     CacheInvalid,
@@ -948,13 +949,13 @@ def counting(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     heap = _CountingHeap()
     monkeypatch.setattr(S, "heapq", heap)
     considered = {"n": 0}
-    real = SchedulerState._choose_worker
+    real = Placement.choose_worker
 
-    def choose(self: SchedulerState, rec: Any, now: float) -> Any:
+    def choose(self: Placement, rec: Any, now: float) -> Any:
         considered["n"] += 1
         return real(self, rec, now)
 
-    monkeypatch.setattr(SchedulerState, "_choose_worker", choose)
+    monkeypatch.setattr(Placement, "choose_worker", choose)
     return {"heap": heap, "considered": considered}
 
 

@@ -191,6 +191,6 @@ def test_one_eligibility_rule_for_placing_and_for_pinned_calls() -> None:
     t.set_time_min(100)
     assert placed(sim.submit(t)) == {t.id: "long"}
     spec = task_spec(t)
-    assert not sim.state._open_to(spec, sim.state.workers["short"], sim.now)
+    assert not sim.state.placement.open_to(spec, sim.state.workers["short"], sim.now)
     sim.handle(HostDraining(sim.now, "host-long"))
-    assert not sim.state._open_to(spec, sim.state.workers["long"], sim.now)
+    assert not sim.state.placement.open_to(spec, sim.state.workers["long"], sim.now)
