@@ -31,8 +31,9 @@ decoder here, used by both ends; what is cut short or is not a record raises :cl
 (a ValueError: this module cannot import core.errors) saying what was wrong.
 
 - **fork-server channel** (worker <-> core/worker/forkserver.py, a socketpair): one JSON object
-  per line, ``\n``-terminated. Worker -> server: a request ``{"id", "sandbox", "env", "stdout",
-  "python", ...}`` (:func:`decode_fork_request`). Server -> worker: ``{"id", "pid"}`` once forked,
+  per line, ``\n``-terminated. Worker -> server: a request ``{"id", "sandbox", "env", "unset",
+  "stdout", "python", ...}`` (:func:`decode_fork_request`; ``env`` and ``unset`` are the task's
+  environment as its difference to the server's: variables to set, names to remove). Server -> worker: ``{"id", "pid"}`` once forked,
   then ``{"id", "status"[, "result": base64]}`` when it ended (:func:`decode_fork_reply`).
   :func:`encode_fork_line` writes either.
 - **child result pipe** (fork-server child -> server): ``b"R"`` + uint64 big-endian length + the
@@ -292,14 +293,12 @@ def forked_child_main(request: dict[str, Any]) -> int:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    # Only what differs from the server's environment changes (os.environ.clear() costs a
-    # quadratic walk of the mapping: most of a small task's own Python time in the child, profiled).
-    env = request["env"]
-    for key in [k for k in os.environ if k not in env]:
-        del os.environ[key]
-    for key, value in env.items():
-        if os.environ.get(key) != value:
-            os.environ[key] = value
+    # The request holds only what differs from the server's environment (which is this process's
+    # now): no walk of os.environ, whose every touched page would be a copy-on-write fault here.
+    for key in request["unset"]:
+        os.environ.pop(key, None)
+    for key, value in request["env"].items():
+        os.environ[key] = value
     sys.argv = [".vine_runner.py"]
     if sys.path and sys.path[0] != sandbox:
         sys.path.insert(0, sandbox)
@@ -472,7 +471,7 @@ def _fork_line(line: bytes, what: str) -> dict[str, Any]:
     return msg
 
 
-_REQUEST_FIELDS = {"sandbox": str, "env": dict, "stdout": str, "python": dict}
+_REQUEST_FIELDS = {"sandbox": str, "env": dict, "unset": list, "stdout": str, "python": dict}
 
 
 def decode_fork_request(line: bytes) -> dict[str, Any]:

@@ -116,7 +116,7 @@ def test_the_lenient_reader_keeps_a_whole_result_and_waits_for_the_real_status()
 
 # --- the fork-server channel ------------------------------------------------------------------------------
 
-REQUEST = {"id": 3, "sandbox": "/w/sandbox/t.3", "env": {"PATH": "/bin", "MULTI": "a\nb"}, "stdout": "/w/sandbox/t.3/.vine-stdout",
+REQUEST = {"id": 3, "sandbox": "/w/sandbox/t.3", "env": {"PATH": "/bin", "MULTI": "a\nb"}, "unset": ["HOME"], "stdout": "/w/sandbox/t.3/.vine-stdout",
            "python": {"function": "f.pkl", "args": "a.pkl", "args_inline": base64.b64encode(b"args").decode()},
            "function_key": "file-md5-x", "result_inline": True}
 
@@ -151,6 +151,7 @@ def test_bad_fork_replies_are_named(line: bytes, complaint: str) -> None:
 @pytest.mark.parametrize("change, complaint", [
     ({"sandbox": None}, "sandbox None, not a str"),
     ({"env": ["PATH"]}, "env \\['PATH'\\], not a dict"),
+    ({"unset": "HOME"}, "unset 'HOME', not a list"),
     ({"python": "f"}, "python 'f', not a dict"),
     ({"id": None}, "id None, not an integer"),
 ])
