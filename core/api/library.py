@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import constants as C
 from ..errors import TaskError, TransferError, VineError
+from ..wire.messages import CallRef, TaskDefinition
 from ..wire.remote import decode_result
 from ..wire.remote import load_variable_from_library as _load_variable
 from .files import File
@@ -95,11 +96,6 @@ class LibraryTask(Task):
         self.exec_mode = mode
 
     set_exec_mode = set_function_exec_mode_from_string
-
-    def _task_spec(self) -> dict[str, Any]:
-        spec = super()._task_spec()
-        spec["library"] = {"name": self.name, "mode": self.exec_mode}
-        return spec
 
 
 class FunctionCall(Task):
@@ -185,12 +181,10 @@ class FunctionCall(Task):
             # success_only: a call that raised leaves no temp, so no consumer runs on its exception.
             self.add_output(self._output_file, RESULT_NAME, success_only=True)
 
-    def _task_spec(self) -> dict[str, Any]:
-        spec = super()._task_spec()
-        spec["function_call"] = {"library": self.library_name, "function": self._fn_name, "args": self._inline_args,
-                                 "args_file": None if self._inline_args is not None else ARGS_NAME, "mode": self._exec_method,
-                                 "output": RESULT_NAME if self._output_file is not None else None}
-        return spec
+    def _task_spec(self, **decided: Any) -> TaskDefinition:
+        call = CallRef(self.library_name, self._fn_name, self._inline_args, None if self._inline_args is not None else ARGS_NAME,
+                       self._exec_method, RESULT_NAME if self._output_file is not None else None)
+        return super()._task_spec(function_call=call, **decided)
 
     def _finalize_done(self, manager: TaskHost) -> None:
         if self._result != C.VINE_RESULT_SUCCESS:

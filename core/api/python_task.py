@@ -44,6 +44,7 @@ import cloudpickle
 
 from .. import constants as C
 from ..errors import TaskError, TransferError, VineError
+from ..wire.messages import PythonRun, TaskDefinition
 from ..wire.remote import decode_result
 from .files import File
 from .task import Task
@@ -248,21 +249,14 @@ class PythonTask(Task):
         if self._output_file is not None and self._output_file.kind == "buffer":
             manager.undeclare_file(self._output_file)
 
-    def _task_spec(self) -> dict[str, Any]:
-        spec = super()._task_spec()
-        spec["python"] = {"function": FUNCTION_NAME, "args": ARGS_NAME, "output": RESULT_NAME, "serialize": self._serialize_output}
-        if self._warm_imports:
-            spec["python"]["warm_imports"] = self._warm_imports
-        if not self.environments:
-            # The fork server fast path (core/worker/forkserver.py): the function is read from the worker's
-            # cache (and kept unpickled there), the result comes back through the server's channel.
-            spec["python"]["result_inline"] = True
-            if self._inline_args is not None:
-                spec["python"]["args_inline"] = self._inline_args
-            for inp in spec["inputs"]:
-                if inp["remote"] == FUNCTION_NAME:
-                    inp["in_place"] = True
-        return spec
+    def _task_spec(self, **decided: Any) -> TaskDefinition:
+        # Without an environment, the fork server fast path (core/worker/forkserver.py): the function is
+        # read from the worker's cache (and kept unpickled there), the result comes back through the
+        # server's channel.
+        fast = not self.environments
+        python = PythonRun(FUNCTION_NAME, ARGS_NAME, RESULT_NAME, bool(self._serialize_output), tuple(self._warm_imports),
+                           result_inline=fast, args_inline=self._inline_args if fast else None)
+        return super()._task_spec(python=python, in_place=FUNCTION_NAME if fast else None, **decided)
 
     # -- the tasks cache (core/manager/tasks_cache.py) ----------------------------------------------------------
     _cache_result_name = RESULT_NAME  # kept in the cache as <key>.output, the pickled value itself

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from .. import constants as C
 from ..errors import TaskError
 from ..state.resources import Resources
+from ..wire.messages import InputRef, TaskDefinition
 from .files import File, warn_if_missing
 
 if TYPE_CHECKING:
@@ -472,16 +473,21 @@ class Task:
     def _wire_command(self) -> str:
         return self._command
 
-    def _task_spec(self) -> dict[str, Any]:
-        return {
-            "id": self._id,
-            "command": self._wire_command(),
-            "env": self.env,
-            "inputs": [{**m.file.spec(), "remote": m.remote_name, "symlink": bool(m.flags & C.VINE_MOUNT_SYMLINK)} for m in self.inputs],
-            "environments": [f.cache_name for f in self.environments],
-            "time_max": self.time_max,
-            "time_end": self.time_end,
-        }
+    def _task_spec(self, *, in_place: str | None = None, **decided: Any) -> TaskDefinition:
+        """This task as a worker runs it; ``decided``: the TaskDefinition fields the manager fills in
+        when it sends the task (id, resources, outputs, ...: core/manager/links.py). Subclasses
+        add theirs (``python``, ``function_call``; ``in_place``: the remote name of the input the
+        worker reads straight from its cache, not linked into the sandbox) and call this."""
+        return TaskDefinition(
+            command=self._wire_command(),
+            env=self.env,
+            inputs=tuple([InputRef(m.file.cache_name, m.remote_name, m.file.level, m.file.kind, m.file.mode,
+                                   bool(m.flags & C.VINE_MOUNT_SYMLINK), m.remote_name == in_place) for m in self.inputs]),
+            environments=tuple([f.cache_name for f in self.environments]),
+            time_max=self.time_max,
+            time_end=self.time_end,
+            **decided,
+        )
 
     def _now_us(self) -> int:
         return int(time.time() * 1e6)

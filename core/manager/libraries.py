@@ -179,11 +179,8 @@ class ManagerLibraries:
         if task is None:
             self._apply(TaskFinished(time.time(), worker_id, ins.instance_id, C.VINE_RESULT_FORSAKEN))
             return None
-        spec = task._task_spec()
-        spec["id"] = ins.instance_id
-        spec["resources"] = ins.allocation.to_dict()
-        spec["outputs"] = []
-        spec["library"] = {"name": ins.name, "mode": getattr(task, "exec_mode", "fork"), "slots": ins.slots}
+        spec = task._task_spec(id=ins.instance_id, resources=ins.allocation.to_dict(),
+                               library=M.LibraryStart(ins.name, getattr(task, "exec_mode", "fork"), ins.slots))
         self._logs.transaction(f"LIBRARY {ins.instance_id} SENT {worker_id}")
         self._logs.debug(f"starting library {ins.name!r} as instance {ins.instance_id} on {worker_id} with {ins.slots} slot(s)")
         return M.Task(spec)

@@ -51,6 +51,7 @@ from .output_targets import OutputWriter
 if TYPE_CHECKING:
     from ..api.task import Task
     from ..state.scheduler import SchedulerState
+    from ..state.spec import MinitaskSpec
     from .categories import CategorySettings
     from .libraries import ManagerLibraries
     from .logs import RunLogs
@@ -578,36 +579,25 @@ class WorkerLinks:
                 self._logs.debug(f"task {tid}: input missing: {missing}")
                 self._apply(TaskFinished(time.time(), link.id, tid, C.VINE_RESULT_INPUT_MISSING, -1))
                 return
-            spec = task._task_spec()
-            spec["id"] = tid
-            if task.library_required is not None:
-                spec["library_instance"] = self._state.libs.instance_of(tid)
-            spec["resources"] = ins.allocation.to_dict()
-            if ins.queued:
-                spec["queued"] = True
-            if self._settings.monitoring:
-                spec["monitor"] = self._settings.monitoring
-            spec["outputs"] = [
-                {"name": m.file.cache_name, "remote": m.remote_name, "level": m.file.level, "kind": m.file.kind,
-                 "return": m.file.kind in ("file", "buffer"), "watch": m.watch, "failure_only": m.failure_only,
-                 "success_only": m.success_only}
-                for m in task.outputs
-            ]
             self._forget_expected(link, tid)
             # Clamped: a negative tune keeps nothing, and no frame may carry an integer over 2**64.
             storage = min(max(0, int(self._state.tuning.get("max-task-stdout-storage", STDOUT_STORAGE))), 1 << 62)
-            spec["stdout_limit"] = link.expected_stdout[tid] = storage
+            link.expected_stdout[tid] = storage
+            spec = task._task_spec(
+                id=tid, resources=ins.allocation.to_dict(), outputs=output_refs(task), stdout_limit=storage, queued=ins.queued,
+                monitor=monitor_options(self._settings.monitoring) if self._settings.monitoring else None,
+                library_instance=self._state.libs.instance_of(tid) if task.library_required is not None else None)
             for m in task.outputs:
-                if m.file.kind in ("file", "buffer"):  # the outputs sent back ("return" above)
+                if m.file.kind in ("file", "buffer"):  # the outputs sent back (OutputRef.send_back)
                     link.expected_outputs[(tid, m.file.cache_name)] = m.file
                     if m.watch and m.file.kind == "file":
                         link.watched[(tid, m.file.cache_name)] = (m.file, 0)
             if not recovery:
                 task._allocated = ins.allocation
                 task._state = C.VINE_TASK_RUNNING
-            self._logs.task_running(tid, link.id, spec["resources"])
+            self._logs.task_running(tid, link.id, spec.resources)
             recreates = [m.file.cache_name for m in task.outputs if self._state.recovering.get(m.file.cache_name) == tid]
-            self._logs.debug_task_sent(link.hostname, link.addrport, task, spec["resources"], task.library_required, recreates, task_id=tid)
+            self._logs.debug_task_sent(link.hostname, link.addrport, task, spec.resources, task.library_required, recreates, task_id=tid)
             conn.send(M.Task(spec))
         elif isinstance(ins, FetchUrl):
             frec = self._state.files[ins.name]
@@ -627,10 +617,8 @@ class WorkerLinks:
             frec = self._state.files[ins.name]
             f, t = frec.spec, frec.spec.minitask
             assert t is not None
-            spec = {"command": t.command, "env": dict(t.env), "source": t.output,
-                    "inputs": [{**m.file.wire(), "remote": m.remote_name} for m in t.inputs]}
             self._logs.debug_mini_task(link.hostname, link.addrport, t.output, f.cache_name, f.level, frec.size, f.mode or 0o755)
-            conn.send(M.Minitask(f.cache_name, spec, f.level))
+            conn.send(M.Minitask(f.cache_name, minitask_definition(t), f.level))
         elif isinstance(ins, Kill):
             # Its expected outputs stay until the link ends or the task is sent again: the worker may
             # already be sending them (or a watch piece) when the kill arrives, and that is honest.
@@ -693,6 +681,30 @@ class WorkerLinks:
 
 STATUS_PAGE_BYTES = 256 << 10  # a status reply's rows go in frames of about this much JSON (the limit is MAX_HEADER)
 STATUS_FIELD_CHARS = 4096  # a longer string in a status row (a task's command) is cut to this
+
+
+# -- what a worker is told to run: the manager's parts of a task's definition ---------------------------
+# A task's own part (command, environment, inputs, limits, its Python run or function call) is
+# Task._task_spec; the manager adds what it decides when it sends the task: the id it runs under,
+# the allocation, the outputs it expects back, the stdout limit, queueing, monitoring, the library
+# instance (send_message's Dispatch branch) or the library start (ManagerLibraries.start_message).
+
+
+def output_refs(task: Task) -> tuple[M.OutputRef, ...]:
+    """The outputs of ``task`` as the worker is told of them; file and buffer outputs are sent back."""
+    return tuple([M.OutputRef(m.file.cache_name, m.remote_name, m.file.level, m.file.kind, m.file.kind in ("file", "buffer"),
+                              m.watch, m.failure_only, m.success_only) for m in task.outputs])
+
+
+def monitor_options(monitoring: dict[str, Any]) -> M.MonitorOptions:
+    """The manager's monitoring setting (``enable_monitoring``) as sent with each task."""
+    return M.MonitorOptions(bool(monitoring.get("watchdog")), float(monitoring.get("interval") or 1.0))
+
+
+def minitask_definition(minitask: MinitaskSpec) -> M.MinitaskDefinition:
+    """The definition of the mini-task that makes a file: its command, environment and inputs."""
+    inputs = tuple([M.InputRef(m.file.cache_name, m.remote_name, m.file.level, m.file.kind, m.file.mode) for m in minitask.inputs])
+    return M.MinitaskDefinition(minitask.command, minitask.output, inputs, dict(minitask.env))
 
 
 def status_pages(data: Any) -> list[Any]:

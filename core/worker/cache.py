@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import logging
 import os
 import shutil
 import stat
 import time
-from typing import Any, Callable
+from typing import Callable
 
 from .. import constants as C
 from ..errors import ProtocolError
@@ -180,10 +181,10 @@ class WorkerCache:
         del self.memory[name]
         self.memory_bytes -= len(data)
 
-    async def gather(self, spec: dict[str, Any]) -> bool:
+    async def gather(self, spec: M.TaskDefinition) -> bool:
+        """Wait for every input and environment of ``spec`` to be in the cache; False if one did not arrive."""
         ok = True
-        for inp in list(spec["inputs"]) + [{"name": n} for n in spec.get("environments", [])]:
-            name = inp["name"]
+        for name in itertools.chain((i.name for i in spec.inputs), spec.environments):
             if name in self.entries:
                 continue
             fut = self.pending.get(name)

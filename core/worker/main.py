@@ -362,13 +362,14 @@ class Worker:
         """Resources ``alloc`` would push over this worker's total (empty if it fits now)."""
         return [k for k in self.committed if max(alloc.get(k, 0), 0) + self.committed[k] > self.total[k] + 1e-9 and self.total[k] >= 0]
 
-    def _start_task(self, spec: dict[str, Any]) -> None:
-        tid = int(spec["id"])
+    def _start_task(self, spec: M.TaskDefinition, queued: bool | None = None) -> None:
+        """Start the task ``spec`` defines, or queue it (``queued``: may it wait here? default: as the manager said)."""
+        tid = spec.id
         if self.cache.drop_on_arrival:
-            self.cache.drop_on_arrival.difference_update(i["name"] for i in spec.get("inputs") or ())
-        alloc = {k: float(v) for k, v in spec.get("resources", {}).items()}
+            self.cache.drop_on_arrival.difference_update(i.name for i in spec.inputs)
+        alloc = {k: float(v) for k, v in spec.resources.items()}
         rt = RunningTask(tid, spec, "", alloc)
-        if spec.get("queued") and waits_in_queue(self.prefetched, not self._fits(alloc)):
+        if (spec.queued if queued is None else queued) and waits_in_queue(self.prefetched, not self._fits(alloc)):
             # Prefetched: starts, in order, the moment its allocation fits (the manager mirrors this).
             self.prefetched.append(rt)
             self.last_work = time.monotonic()
@@ -379,11 +380,11 @@ class Worker:
             return
         for k in self.committed:
             self.committed[k] += max(alloc.get(k, 0), 0)
-        if spec.get("function_call") is not None:
+        if spec.function_call is not None:
             # A call the manager sends ahead may need this call's temp output: it waits for it here.
-            for o in spec.get("outputs") or ():
-                if o.get("kind") == "temp":
-                    self.cache.expect(o["name"])
+            for o in spec.outputs:
+                if o.kind == "temp":
+                    self.cache.expect(o.name)
         self.last_work = time.monotonic()
         if not self.python.fast_call(rt):
             self.start_general(rt)
@@ -404,19 +405,18 @@ class Worker:
         rt.starter = asyncio.create_task(self.python.task_coroutine(rt))  # libraries have their own runner
 
     def release(self, rt: RunningTask) -> None:
-        if rt.spec.get("function_call") is not None:
-            for o in rt.spec.get("outputs") or ():  # tell local consumers whether it was made
-                fut = self.cache.pending.get(o["name"]) if o.get("kind") == "temp" else None
-                if fut is not None and o["name"] not in self.receivers:
-                    del self.cache.pending[o["name"]]
+        if rt.spec.function_call is not None:
+            for o in rt.spec.outputs:  # tell local consumers whether it was made
+                fut = self.cache.pending.get(o.name) if o.kind == "temp" else None
+                if fut is not None and o.name not in self.receivers:
+                    del self.cache.pending[o.name]
                     if not fut.done():
-                        fut.set_result(o["name"] in self.cache.entries)
+                        fut.set_result(o.name in self.cache.entries)
         if self.tasks.pop(rt.id, None) is not None:
             for k in self.committed:
                 self.committed[k] = max(0.0, self.committed[k] - max(rt.alloc.get(k, 0), 0))
             def start(head: RunningTask) -> None:
-                head.spec["queued"] = False
-                self._start_task(head.spec)
+                self._start_task(head.spec, queued=False)
 
             # The rule the manager's scheduler mirrors (core/state/prefetch.py), so both agree on what runs.
             start_in_order(self.prefetched, lambda queued: not self._fits(queued.alloc), start)
@@ -434,16 +434,17 @@ class Worker:
             "OMP_NUM_THREADS": str(max(1, int(cores))),
             "TMPDIR": tmp, "TMP": tmp, "TEMP": tmp,
         })
-        for k, v in (rt.spec.get("env") or {}).items():
-            if v is None:
-                env.pop(k, None)
-            else:
-                env[k] = str(v)
+        for extra in (rt.spec.env, rt.extra_env or {}):
+            for k, v in extra.items():
+                if v is None:
+                    env.pop(k, None)
+                else:
+                    env[k] = v
         return env
 
     def _command(self, rt: RunningTask) -> str:
-        cmd = rt.spec["command"]
-        for name in reversed(rt.spec.get("environments", [])):
+        cmd = rt.fallback_command or rt.spec.command
+        for name in reversed(rt.spec.environments):
             cmd = f"./__vine_env_{name}/bin/run_in_env {_shell_quote(cmd)}"
         return cmd
 
@@ -501,13 +502,14 @@ class Worker:
         assert rt.done is not None
         loop = asyncio.get_running_loop()
         timers = []
-        if rt.spec.get("time_max"):
-            timers.append(loop.call_later(float(rt.spec["time_max"]), self.kill, rt, C.VINE_RESULT_MAX_WALL_TIME))
-        if rt.spec.get("time_end"):
-            timers.append(loop.call_later(max(0.0, rt.spec["time_end"] / 1e6 - time.time()), self.kill, rt, C.VINE_RESULT_MAX_END_TIME))
-        watch = [o for o in rt.spec.get("outputs", []) if o.get("watch")]
+        spec = rt.spec
+        if spec.time_max:
+            timers.append(loop.call_later(float(spec.time_max), self.kill, rt, C.VINE_RESULT_MAX_WALL_TIME))
+        if spec.time_end:
+            timers.append(loop.call_later(max(0.0, spec.time_end / 1e6 - time.time()), self.kill, rt, C.VINE_RESULT_MAX_END_TIME))
+        watch = [o for o in spec.outputs if o.watch]
         watcher = asyncio.create_task(self.watch(rt, watch)) if watch else None
-        monitor = asyncio.create_task(self.monitor(rt, rt.spec["monitor"])) if rt.spec.get("monitor") else None
+        monitor = asyncio.create_task(self.monitor(rt, spec.monitor)) if spec.monitor is not None else None
         try:
             return await rt.done
         finally:
@@ -518,10 +520,10 @@ class Worker:
             if watcher:
                 watcher.cancel()
 
-    async def monitor(self, rt: RunningTask, options: dict[str, Any]) -> None:
+    async def monitor(self, rt: RunningTask, options: M.MonitorOptions) -> None:
         """Sample the task's process tree; with the watchdog, kill it when it exceeds its allocation."""
         rt.usage = Usage(start=rt.start or time.time())
-        interval = float(options.get("interval") or 1.0)
+        interval = float(options.interval or 1.0)
         delay = min(0.1, interval)  # catch fast-growing tasks early, then settle to the interval
         n = 0
         while rt.returncode is None:
@@ -529,7 +531,7 @@ class Worker:
             delay = min(delay * 2, interval)
             n += 1
             sample(rt.usage, rt.pid, rt.sandbox, with_disk=(n % 3 == 1))
-            if options.get("watchdog"):
+            if options.watchdog:
                 over = exceeded(rt.usage, rt.alloc)
                 if over:
                     rt.limits = over
@@ -546,7 +548,7 @@ class Worker:
         fd, rt.stdout_fd = rt.stdout_fd, -1
         if fd < 0:
             return b"", False, None
-        limit = max(0, int(rt.spec.get("stdout_limit", STDOUT_LIMIT)))
+        limit = STDOUT_LIMIT if rt.spec.stdout_limit is None else rt.spec.stdout_limit
         try:
             size = rt.stdout_size = os.fstat(fd).st_size
             keep = min(size, limit)
@@ -588,15 +590,15 @@ class Worker:
         if rt.starter is not None and not rt.pid:
             rt.starter.cancel()
 
-    async def watch(self, rt: RunningTask, outputs: list[dict[str, Any]]) -> None:
+    async def watch(self, rt: RunningTask, outputs: list[M.OutputRef]) -> None:
         while True:
             await asyncio.sleep(WATCH_INTERVAL)
             self._watch_once(rt, outputs)
 
-    def _watch_once(self, rt: RunningTask, outputs: list[dict[str, Any]]) -> None:
+    def _watch_once(self, rt: RunningTask, outputs: list[M.OutputRef]) -> None:
         for o in outputs:
-            path = os.path.join(rt.sandbox, o["remote"])
-            offset = rt.watchers.get(o["name"], 0)
+            path = os.path.join(rt.sandbox, o.remote)
+            offset = rt.watchers.get(o.name, 0)
             try:
                 with open(path, "rb") as fh:
                     fh.seek(offset)
@@ -604,27 +606,27 @@ class Worker:
             except OSError:
                 continue
             if data:
-                self.send(M.Watch(rt.id, o["name"], offset), data)
-                rt.watchers[o["name"]] = offset + len(data)
+                self.send(M.Watch(rt.id, o.name, offset), data)
+                rt.watchers[o.name] = offset + len(data)
 
     async def run_task(self, rt: RunningTask) -> None:
         spec = rt.spec
         result, code, reason = C.VINE_RESULT_SUCCESS, -1, ""
-        retry = False
+        retry = missing_input = False
         try:
             if not await self.cache.gather(spec):
-                missing = [i["name"] for i in spec["inputs"] if i["name"] not in self.cache.entries]
+                missing = [i.name for i in spec.inputs if i.name not in self.cache.entries]
                 result, reason = C.VINE_RESULT_INPUT_MISSING, f"inputs not obtained: {missing}"
                 # An input that failed to arrive from a peer is the cluster's fault, not the task's.
-                retry = any(i.get("kind") == "temp" or i["name"] in self.transfers.peer_failures for i in spec["inputs"] if i["name"] in missing)
+                retry = any(i.kind == "temp" or i.name in self.transfers.peer_failures for i in spec.inputs if i.name in missing)
                 self.transfers.peer_failures.difference_update(missing)
                 url_failures = self.transfers.url_failures
-                unfetched = [url_failures.pop(i["name"], i["name"]) for i in spec["inputs"] if i["name"] in missing and i.get("kind") == "url"]
+                unfetched = [url_failures.pop(i.name, i.name) for i in spec.inputs if i.name in missing and i.kind == "url"]
                 if unfetched:
                     # As TaskVine's worker does: a URL this worker could not fetch forsakes the task
                     # here, so the manager tries it again without counting a try (set_max_forsaken).
                     result, reason, retry = C.VINE_RESULT_FORSAKEN, "; ".join(unfetched), False
-                    spec["missing_input"] = True
+                    missing_input = True
             else:
                 self.sandboxes.link_inputs(rt)
                 status = await self.execute(rt)
@@ -658,7 +660,7 @@ class Worker:
         outputs: dict[str, int] = {}
         cached: dict[str, int] = {}
         if result != C.VINE_RESULT_INPUT_MISSING:
-            watch = [o for o in spec.get("outputs", []) if o.get("watch")]
+            watch = [o for o in spec.outputs if o.watch]
             if watch:
                 self._watch_once(rt, watch)
             ok = result == C.VINE_RESULT_SUCCESS and code == 0
@@ -667,7 +669,7 @@ class Worker:
         self.release(rt)
         self.last_work = time.monotonic()
         self.send(
-            M.Complete(rt.id, result, code, reason=reason, retry=retry, missing_input=bool(spec.get("missing_input")),
+            M.Complete(rt.id, result, code, reason=reason, retry=retry, missing_input=missing_input,
                        start=rt.start, end=end, outputs=outputs, cached=cached, unlinked=unlinked,
                        measured=rt.usage.measured() if rt.usage else {}, limits=rt.limits, stdout_streamed=streamed),
             stdout,
@@ -680,22 +682,22 @@ class Worker:
 
     async def _collect_outputs(self, rt: RunningTask, ok: bool, result: int, outputs: dict[str, int], cached: dict[str, int]) -> int:
         inline = rt.inline_outputs  # a forked PythonTask's result
-        for o in rt.spec.get("outputs", []):
-            if (o.get("failure_only") and ok) or (o.get("success_only") and not ok):
+        for o in rt.spec.outputs:
+            if (o.failure_only and ok) or (o.success_only and not ok):
                 continue
-            if o["remote"] in inline:
-                await self.python.collect_inline_output(rt, o, inline.pop(o["remote"]), outputs, cached)
+            if o.remote in inline:
+                await self.python.collect_inline_output(rt, o, inline.pop(o.remote), outputs, cached)
                 continue
-            src = os.path.join(rt.sandbox, o["remote"])
+            src = os.path.join(rt.sandbox, o.remote)
             if not os.path.lexists(src):
                 if result == C.VINE_RESULT_SUCCESS:
                     result = C.VINE_RESULT_OUTPUT_MISSING
                 continue
-            name = o["name"]
+            name = o.name
             self.cache.unlink(name)
             os.replace(src, self.cache.path(name))
-            level = int(o.get("level", 1))
-            if o.get("return"):
+            level = o.level
+            if o.send_back:
                 if self.conn is not None:
                     await send_path(self.conn, name, self.cache.path(name), task=rt.id)
                 if level <= C.VINE_CACHE_LEVEL_TASK:

@@ -2,8 +2,8 @@
 
 ::
 
-    task spec                 how it runs
-    ─────────                 ───────────
+    task definition           how it runs
+    ───────────────           ───────────
     "python" (no env)         fork server child (core/worker/forkserver.py): no interpreter start
     "python" + environment    `python3 .vine_runner.py task ...` through the env's run_in_env
     "library"                 `python3 .vine_runner.py library ...` as a long task; it connects back on an
@@ -106,8 +106,8 @@ class WorkerTasks(Protocol):
     def execute(self, rt: RunningTask) -> Coroutine[Any, Any, int]: ...
     def task_env(self, rt: RunningTask) -> dict[str, str]: ...
     def kill(self, rt: RunningTask, reason: int | None = None) -> None: ...
-    def watch(self, rt: RunningTask, outputs: list[dict[str, Any]]) -> Coroutine[Any, Any, None]: ...
-    def monitor(self, rt: RunningTask, options: dict[str, Any]) -> Coroutine[Any, Any, None]: ...
+    def watch(self, rt: RunningTask, outputs: list[M.OutputRef]) -> Coroutine[Any, Any, None]: ...
+    def monitor(self, rt: RunningTask, options: M.MonitorOptions) -> Coroutine[Any, Any, None]: ...
     def supervise(self, rt: RunningTask) -> Coroutine[Any, Any, int]: ...
     def start_general(self, rt: RunningTask) -> None: ...
     def release(self, rt: RunningTask) -> None: ...
@@ -128,28 +128,26 @@ class PythonRunner:
     # -- hooks called by Worker -----------------------------------------------------------------------------
     def task_coroutine(self, rt: RunningTask) -> Coroutine[Any, Any, None]:
         """What runs a started task: a library instance, or the ordinary task path."""
-        if rt.spec.get("library") is not None:
+        if rt.spec.library is not None:
             return self._run_library(rt)
         return self._worker.run_task(rt)
 
     def special_execute(self, rt: RunningTask) -> Coroutine[Any, Any, int] | None:
         """A replacement for ``sh -c command``, or None for the ordinary way."""
         spec = rt.spec
-        if spec.get("function_call") is not None:
-            return self._execute_call(rt)
-        py = spec.get("python")
-        if py is not None and not spec.get("environments") and not py.get("fallback"):
-            return self._execute_forked(rt)
+        if spec.function_call is not None:
+            return self._execute_call(rt, spec.function_call)
+        if spec.python is not None and not spec.environments and rt.fallback_command is None:
+            return self._execute_forked(rt, spec.python)
         return None
 
     # -- Python tasks through the fork server -------------------------------------------------------------
-    async def _execute_forked(self, rt: RunningTask) -> int:
+    async def _execute_forked(self, rt: RunningTask, py: M.PythonRun) -> int:
         loop = asyncio.get_running_loop()
         stdout_path = os.path.join(rt.sandbox, ".vine-stdout")
         rt.stdout_fd = os.open(stdout_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         rt.done = loop.create_future()
         env = self._worker.task_env(rt)
-        py = rt.spec["python"]
         request, fast = self._fork_request(rt, py)
         server = self.fork_server
         try:
@@ -158,19 +156,18 @@ class PythonRunner:
             # No fork server: run the same code in a fresh interpreter of the worker's own Python.
             log.warning("fork server unavailable (%s); task %s runs in a new interpreter", exc, rt.id)
             self._place_fast_inputs(rt, py)
-            py["fallback"] = True
             os.close(rt.stdout_fd)
             rt.stdout_fd = -1
-            rt.spec["command"] = shlex.join([sys.executable, REMOTE_PATH, "task", py["function"], py["args"], py.get("output") or "-",
-                                             "1" if py.get("serialize", True) else "0"])
+            rt.fallback_command = shlex.join([sys.executable, REMOTE_PATH, "task", py.function, py.args, py.output or "-",
+                                              "1" if py.serialize else "0"])
             return await self._worker.execute(rt)
         rt.pid = pid
         rt.start = time.time()
 
         def finished(fut: asyncio.Future[int]) -> None:
             result = server.take_result(rt.id)
-            if result is not None and py.get("output"):
-                rt.inline_outputs = {py["output"]: result}
+            if result is not None and py.output:
+                rt.inline_outputs = {py.output: result}
             rt.returncode = fut.result()
             if rt.done is not None and not rt.done.done():
                 rt.done.set_result(rt.returncode)
@@ -178,7 +175,7 @@ class PythonRunner:
         exited.add_done_callback(finished)
         return await self._worker.supervise(rt)  # measured and watched like any task
 
-    def _fork_request(self, rt: RunningTask, py: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _fork_request(self, rt: RunningTask, py: M.PythonRun) -> tuple[dict[str, Any], dict[str, Any]]:
         """The fork-server request for PythonTask ``rt``: what the child finds ready instead of as files.
 
         The function input (marked ``in_place`` by PythonTask, so not linked into the sandbox) is
@@ -186,41 +183,40 @@ class PythonRunner:
         inline whenever the task's result is an ordinary output (not watched, not written where
         the task's own files go).
         """
-        request = dict(py)
+        request = py.to_wire()  # the fork server's "python" object (core.wire.remote.forked_child_main reads it)
         fast: dict[str, Any] = {}
-        for inp in rt.spec.get("inputs") or ():
-            if inp.get("in_place") and inp["remote"] == py.get("function"):
-                name = inp["name"]
+        for inp in rt.spec.inputs:
+            if inp.in_place and inp.remote == py.function:
+                name = inp.name
                 if name in self.cache.memory:
                     self.cache.spill(name)  # the server reads it once, from disk
                 request["function"] = fast["function_path"] = self.cache.path(name)
                 fast["function_key"] = name
-        out = py.get("output")
-        if out and py.get("result_inline"):
+        if py.output and py.result_inline:
             fast["result_inline"] = True
         return request, fast
 
-    def _place_fast_inputs(self, rt: RunningTask, py: dict[str, Any]) -> None:
+    def _place_fast_inputs(self, rt: RunningTask, py: M.PythonRun) -> None:
         """Put what the fork server would have been handed in memory into the sandbox, as files."""
-        for inp in rt.spec.get("inputs") or ():
-            if inp.get("in_place"):
-                if inp["name"] in self.cache.memory:
-                    self.cache.spill(inp["name"])
-                os.symlink(self.cache.path(inp["name"]), os.path.join(rt.sandbox, inp["remote"]))
-        if py.get("args_inline") is not None:
-            with open(os.path.join(rt.sandbox, py["args"]), "wb") as fh:
-                fh.write(base64.b64decode(py.pop("args_inline")))
+        for inp in rt.spec.inputs:
+            if inp.in_place:
+                if inp.name in self.cache.memory:
+                    self.cache.spill(inp.name)
+                os.symlink(self.cache.path(inp.name), os.path.join(rt.sandbox, inp.remote))
+        if py.args_inline is not None:
+            with open(os.path.join(rt.sandbox, py.args), "wb") as fh:
+                fh.write(base64.b64decode(py.args_inline))
 
-    async def collect_inline_output(self, rt: RunningTask, o: dict[str, Any], data: bytes, outputs: dict[str, int],
+    async def collect_inline_output(self, rt: RunningTask, o: M.OutputRef, data: bytes, outputs: dict[str, int],
                                      cached: dict[str, int]) -> None:
         """An output a forked PythonTask sent back in memory: sent home, or cached, from memory.
 
         Called by ``Worker._collect_outputs`` for the outputs named in ``rt.inline_outputs``.
         """
-        name = o["name"]
+        name = o.name
         self.cache.unlink(name)
-        level = int(o.get("level", 1))
-        if o.get("return"):
+        level = o.level
+        if o.send_back:
             conn = self._worker.conn
             if conn is not None:
                 await send_bytes(conn, name, data, task=rt.id)
@@ -253,33 +249,33 @@ class PythonRunner:
         sandbox. Returns whether the fast path was taken.
         """
         spec = rt.spec
-        fc = spec.get("function_call")
-        if fc is None or spec.get("environments") or spec.get("time_max") or spec.get("time_end") or spec.get("monitor"):
+        fc = spec.function_call
+        if fc is None or spec.environments or spec.time_max or spec.time_end or spec.monitor is not None:
             return False
         cache = self.cache.entries
         paths: dict[str, str | bytes] = {}
         arriving: list[asyncio.Future[bool]] = []
-        for inp in spec.get("inputs") or ():
-            remote = inp["remote"]
-            if not (remote.startswith(".vine_ref_") or remote == fc.get("args_file")):
+        for inp in spec.inputs:
+            remote = inp.remote
+            if not (remote.startswith(".vine_ref_") or remote == fc.args_file):
                 return False
-            if inp["name"] not in cache:
-                fut_in = self.cache.pending.get(inp["name"])
+            if inp.name not in cache:
+                fut_in = self.cache.pending.get(inp.name)
                 if fut_in is None or not wait_inputs:
                     return False
                 arriving.append(fut_in)
             # A file kept in memory travels to the library as bytes: nothing to open there either.
-            paths[remote] = self.cache.memory.get(inp["name"]) or self.cache.path(inp["name"])
-        outputs = spec.get("outputs") or ()
-        output: dict[str, Any] | None = None
+            paths[remote] = self.cache.memory.get(inp.name) or self.cache.path(inp.name)
+        outputs = spec.outputs
+        output: M.OutputRef | None = None
         if outputs:
-            if len(outputs) != 1 or outputs[0]["remote"] != fc.get("output") or outputs[0].get("kind") != "temp":
+            if len(outputs) != 1 or outputs[0].remote != fc.output or outputs[0].kind != "temp":
                 return False
             output = outputs[0]
-        inst = self.libraries.get(int(spec.get("library_instance") or 0))
+        inst = self.libraries.get(spec.library_instance or 0)
         if inst is None or inst.dead or not inst.sandbox or not inst.ready.done() or not inst.ready.result():
             return False
-        if (fc.get("mode") or inst.mode) != "direct":
+        if (fc.mode or inst.mode) != "direct":
             return False
         if arriving:
             # Inputs still on their way (peer transfers): wait for them here, then take this path.
@@ -287,10 +283,10 @@ class PythonRunner:
             rt.starter = asyncio.create_task(self._fast_call_when_ready(rt, arriving))
             return True
         result_path = os.path.join(inst.sandbox, f".vine-result-{rt.id}")  # used only for results over 1 MiB
-        args_file = fc.get("args_file")
-        output_path = self.cache.path(output["name"]) if output is not None else None
-        if not inst.send({"op": "call", "id": rt.id, "function": fc["function"],
-                          "args": base64.b64decode(fc["args"]) if fc.get("args") is not None else None,
+        args_file = fc.args_file
+        output_path = self.cache.path(output.name) if output is not None else None
+        if not inst.send({"op": "call", "id": rt.id, "function": fc.function,
+                          "args": base64.b64decode(fc.args) if fc.args is not None else None,
                           "args_file": self._spilled_path(args_file, paths) if args_file else None, "paths": paths,
                           "sandbox": inst.sandbox, "result": result_path, "output": output_path, "output_inline": True,
                           "mode": "direct"}):
@@ -313,7 +309,7 @@ class PythonRunner:
                     break
         return str(src)
 
-    def _fast_call_done(self, rt: RunningTask, inst: LibraryProcess, result_path: str, output: dict[str, Any] | None,
+    def _fast_call_done(self, rt: RunningTask, inst: LibraryProcess, result_path: str, output: M.OutputRef | None,
                         fut: asyncio.Future[int | None]) -> None:
         inst.pending.pop(rt.id, None)
         data = inst.results.pop(rt.id, None)
@@ -327,17 +323,17 @@ class PythonRunner:
                 data = b""
         cached: dict[str, int] = {}
         if self._worker.tasks.get(rt.id) is not rt:
-            if output is not None and output["name"] not in self.cache.entries:
-                self.cache.unlink(output["name"])  # cancelled while it ran: drop what it wrote
+            if output is not None and output.name not in self.cache.entries:
+                self.cache.unlink(output.name)  # cancelled while it ran: drop what it wrote
             return
         result, code = (C.VINE_RESULT_LIBRARY_EXIT, 9) if status is None else (C.VINE_RESULT_SUCCESS, status)
         if output is not None:
-            name = output["name"]
+            name = output.name
             if status == 0 and data:
                 self.cache.keep_in_memory(name, data)  # the envelope came back inline
                 data = b""  # it is the temp's content, not the call's output
             if status == 0 and (name in self.cache.memory or os.path.lexists(self.cache.path(name))):
-                cached[name] = self.cache.add(name, max(int(output.get("level", 1)), C.VINE_CACHE_LEVEL_WORKFLOW))
+                cached[name] = self.cache.add(name, max(output.level, C.VINE_CACHE_LEVEL_WORKFLOW))
             elif status == 0:
                 result = C.VINE_RESULT_OUTPUT_MISSING
             else:
@@ -351,23 +347,22 @@ class PythonRunner:
             data or b"",
         )
 
-    async def _execute_call(self, rt: RunningTask) -> int:
+    async def _execute_call(self, rt: RunningTask, fc: M.CallRef) -> int:
         loop = asyncio.get_running_loop()
-        fc = rt.spec["function_call"]
         # The library creates this file (new, never truncated: ext4 flushes truncated files at close,
         # which made every call wait on the disk); it becomes the call's "stdout", sent home inline.
         result_path = os.path.join(rt.sandbox, ".vine-stdout")
         rt.start = time.time()
         libs = self.libraries
-        inst = libs.get(int(rt.spec.get("library_instance") or 0))
+        inst = libs.get(rt.spec.library_instance or 0)
         if inst is None:
-            inst = next((i for i in libs.values() if i.name == fc["library"] and not i.dead), None)
+            inst = next((i for i in libs.values() if i.name == fc.library and not i.dead), None)
         fut: asyncio.Future[int | None] = loop.create_future()
         if inst is None or inst.dead or not await inst.wait_ready() or not inst.send({
-            "op": "call", "id": rt.id, "function": fc["function"],
-            "args": base64.b64decode(fc["args"]) if fc.get("args") is not None else None,
-            "args_file": fc.get("args_file"), "sandbox": rt.sandbox, "result": result_path, "mode": fc.get("mode"),
-            "output": os.path.join(rt.sandbox, fc["output"]) if fc.get("output") else None,
+            "op": "call", "id": rt.id, "function": fc.function,
+            "args": base64.b64decode(fc.args) if fc.args is not None else None,
+            "args_file": fc.args_file, "sandbox": rt.sandbox, "result": result_path, "mode": fc.mode,
+            "output": os.path.join(rt.sandbox, fc.output) if fc.output else None,
         }):
             # The call never started: the manager puts it back in the queue (a new instance, or
             # "missing library" once the library has failed too often). Report after the instance's
@@ -387,10 +382,10 @@ class PythonRunner:
                 fut.set_result(-9)
 
         timers = []
-        if rt.spec.get("time_max"):
-            timers.append(loop.call_later(float(rt.spec["time_max"]), expire, C.VINE_RESULT_MAX_WALL_TIME))
-        if rt.spec.get("time_end"):
-            timers.append(loop.call_later(max(0.0, rt.spec["time_end"] / 1e6 - time.time()), expire, C.VINE_RESULT_MAX_END_TIME))
+        if rt.spec.time_max:
+            timers.append(loop.call_later(float(rt.spec.time_max), expire, C.VINE_RESULT_MAX_WALL_TIME))
+        if rt.spec.time_end:
+            timers.append(loop.call_later(max(0.0, rt.spec.time_end / 1e6 - time.time()), expire, C.VINE_RESULT_MAX_END_TIME))
         try:
             status = await fut
         except asyncio.CancelledError:
@@ -449,8 +444,9 @@ class PythonRunner:
 
     async def _run_library(self, rt: RunningTask) -> None:
         spec = rt.spec
-        lib = spec["library"]
-        inst = LibraryProcess(rt.id, str(lib["name"]))
+        lib = spec.library
+        assert lib is not None  # task_coroutine sends only library instances here
+        inst = LibraryProcess(rt.id, lib.name)
         inst.sandbox = rt.sandbox
         libs = self.libraries
         libs[rt.id] = inst
@@ -459,19 +455,16 @@ class PythonRunner:
         reason = ""
         try:
             if not await self.cache.gather(spec):
-                missing = [i["name"] for i in spec["inputs"] if i["name"] not in self.cache.entries]
+                missing = [i.name for i in spec.inputs if i.name not in self.cache.entries]
                 reason = f"the library's inputs could not be obtained: {missing}"
             else:
                 self.sandboxes.link_inputs(rt)
                 address = f"vine-lib-{os.getpid()}-{-rt.id}-{secrets.token_hex(4)}"
                 server = await asyncio.start_unix_server(functools.partial(self._library_connected, inst), path="\0" + address)
-                env = dict(spec.get("env") or {})
-                env["VINE_LIBRARY_SOCKET"] = "@" + address
-                env["VINE_LIBRARY_SLOTS"] = str(lib.get("slots", 1))
                 # Without an environment the library uses the worker's own interpreter (which has
                 # cloudpickle); inside one, the environment's python3.
-                env["VINE_PYTHON"] = None if spec.get("environments") else sys.executable
-                spec["env"] = env
+                rt.extra_env = {"VINE_LIBRARY_SOCKET": "@" + address, "VINE_LIBRARY_SLOTS": str(lib.slots),
+                                "VINE_PYTHON": None if spec.environments else sys.executable}
                 status = await self._worker.execute(rt)
         except asyncio.CancelledError:
             inst.die()

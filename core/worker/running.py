@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
 
+from ..wire.messages import TaskDefinition
 from .monitor import Usage
 
 
@@ -18,7 +18,7 @@ class RunningTask:
     """One task (or mini-task, or library instance) on this worker, from its message to its ``complete``."""
 
     id: int
-    spec: dict[str, Any]  # the task message's "task" object
+    spec: TaskDefinition  # what the manager sent (frozen: what changes while it runs is below)
     sandbox: str  # its directory ("" until made; a direct-mode call never gets one)
     alloc: dict[str, float]  # the resources the manager allocated it
     pid: int = 0
@@ -38,3 +38,6 @@ class RunningTask:
     inline_stdout: bytes | None = None  # a call's result that came back from its library in memory (its "stdout")
     inline_outputs: dict[str, bytes] = field(default_factory=dict)  # remote name -> bytes a forked PythonTask sent back
     retry: bool = False  # never started (its library died first): the manager sends it again without counting a try
+    fallback_command: str | None = None  # a PythonTask run as a command: the fork server is gone (core/worker/python.py)
+    # Set for a library instance (core/worker/python.py): its socket and slots, over the definition's env.
+    extra_env: dict[str, str | None] | None = None

@@ -63,14 +63,15 @@ class WorkerSandboxes:
 
     def link_inputs(self, rt: RunningTask) -> None:
         """Place the task's inputs in its sandbox: small ones copied, large ones and trees linked."""
-        for inp in rt.spec["inputs"]:
-            if inp.get("in_place") and rt.spec.get("python") is not None and not rt.spec.get("environments"):
+        spec = rt.spec
+        for inp in spec.inputs:
+            if inp.in_place and spec.python is not None and not spec.environments:
                 continue  # a PythonTask's function: the fork server reads it from the cache (core/worker/python.py)
-            name = inp["name"]
-            dst = os.path.join(rt.sandbox, inp["remote"])
+            name = inp.name
+            dst = os.path.join(rt.sandbox, inp.remote)
             os.makedirs(os.path.dirname(dst), exist_ok=True)
             data = self.cache.memory.get(name)
-            if data is not None and not inp.get("symlink"):
+            if data is not None and not inp.symlink:
                 with open(dst, "wb") as fh:  # a private copy, straight from memory: no cache file at all
                     fh.write(data)
                 continue
@@ -78,7 +79,7 @@ class WorkerSandboxes:
                 self.cache.spill(name)  # a symlink needs a real file to point to
                 self.cache.seal(name)
             src = self.cache.path(name)
-            if inp.get("symlink"):
+            if inp.symlink:
                 os.symlink(src, dst)
                 rt.linked.append(name)
                 continue
@@ -95,7 +96,7 @@ class WorkerSandboxes:
                     rt.linked.append(name)
                 except OSError:
                     shutil.copy2(src, dst)  # another file system: a private copy needs no check
-        for name in rt.spec.get("environments", []):
+        for name in spec.environments:
             # Not checked after the task: an environment is a run-time tree its programs may write
             # caches into (Python's __pycache__), and it would be sent again after every task.
             os.symlink(self.cache.path(name), os.path.join(rt.sandbox, f"__vine_env_{name}"))
@@ -111,12 +112,12 @@ class WorkerSandboxes:
         self.verify_linked(rt)
         if rt.sandbox:
             self._recycle_sandbox(rt.sandbox, rt.stdout_size == 0)
-        still = {i["name"] for other in self.tasks.values() if other is not rt for i in other.spec["inputs"]}
-        still.update(i["name"] for other in self.prefetched for i in other.spec["inputs"])
+        still = {i.name for other in self.tasks.values() if other is not rt for i in other.spec.inputs}
+        still.update(i.name for other in self.prefetched for i in other.spec.inputs)
         unlinked = []
-        for inp in rt.spec["inputs"]:
-            name = inp["name"]
-            if int(inp.get("level", 0)) <= C.VINE_CACHE_LEVEL_TASK and name not in still:
+        for inp in rt.spec.inputs:
+            name = inp.name
+            if inp.level <= C.VINE_CACHE_LEVEL_TASK and name not in still:
                 if name in self.cache.entries:
                     self.cache.unlink(name)
                     unlinked.append(name)

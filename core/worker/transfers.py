@@ -200,17 +200,18 @@ class WorkerTransfers:
         finally:
             conn.close()
 
-    async def run_minitask(self, name: str, spec: dict[str, Any], level: int) -> None:
-        rt = RunningTask(-abs(hash(name)) % (1 << 30) - 1, spec, self.sandboxes.make(f"m.{name}"), {}, is_minitask=True)
+    async def run_minitask(self, name: str, mini: M.MinitaskDefinition, level: int) -> None:
+        spec = mini.as_task(-abs(hash(name)) % (1 << 30) - 1)
+        rt = RunningTask(spec.id, spec, self.sandboxes.make(f"m.{name}"), {}, is_minitask=True)
         try:
             if not await self.cache.gather(spec):
                 raise TransferError("inputs of the mini-task are missing")
             self.sandboxes.link_inputs(rt)
             code = await self._execute(rt)
-            produced = os.path.join(rt.sandbox, spec["source"])
+            produced = os.path.join(rt.sandbox, mini.source)
             if code != 0 or not os.path.lexists(produced):
                 out = _read_head(os.path.join(rt.sandbox, ".vine-stdout"), 2000)
-                raise TransferError(f"mini-task `{spec['command']}` exited {code}: {out}")
+                raise TransferError(f"mini-task `{mini.command}` exited {code}: {out}")
             os.replace(produced, self.cache.path(name))
         except Exception as exc:  # noqa: BLE001
             self.cache.failed(name, str(exc))

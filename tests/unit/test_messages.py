@@ -14,11 +14,13 @@ from core.errors import RemoteProtocolError
 from core.wire import messages as M
 from core.wire.protocol import MESSAGES, FrameDecoder, encode_message
 
-# A value of each declared kind, and one of the wrong kind for it.
+# A value of each declared kind, and one of the wrong kind for it (records: tests/unit/test_task_definition.py).
 GOOD: dict[str, Any] = {"an integer": 7, "a byte count": 4096, "a number": 2.5, "a string": "s", "true or false": True,
-                        "an object": {}, "a list": [], "any value": {"rows": [1]}}
+                        "an object": {}, "a list": [], "any value": {"rows": [1]},
+                        "a task definition": M.TaskDefinition(3, "true", inputs=(M.InputRef("f", "in"),)),
+                        "a mini-task definition": M.MinitaskDefinition("tar xf a.tar", "a", (M.InputRef("u", "a.tar", kind="url"),))}
 BAD: dict[str, Any] = {"an integer": "7", "a byte count": -1, "a number": "2.5", "a string": 5, "true or false": 1,
-                       "an object": [], "a list": {}, "any value": None}
+                       "an object": [], "a list": {}, "any value": None, "a task definition": [], "a mini-task definition": "x"}
 
 
 def _good(f: M.WireField) -> Any:
@@ -56,7 +58,7 @@ def test_optional_fields_at_their_default_are_not_sent_and_come_back(cls: type[M
     required = {f.name: _good(f) for f in cls.FIELDS if f.required}
     msg = cls(**required)
     header = msg.to_header()
-    assert header == {"type": cls.TYPE, **required}
+    assert header == {"type": cls.TYPE, **{k: v.to_wire() if isinstance(v, M.WireRecord) else v for k, v in required.items()}}
     back = M.decode(json.loads(json.dumps(header)))
     assert back == msg
 
@@ -105,7 +107,7 @@ def test_null_is_taken_only_where_declared() -> None:
     ({"type": "file_begin", "name": "x", "size": "5"}, "'size' is '5', not a byte count"),
     ({"type": "complete", "id": 1, "result": 0, "exit_code": 0, "stdout_streamed": -5}, "'stdout_streamed' is -5, not a byte count"),
 ])
-def test_nested_values_are_checked_one_level_down(header: dict[str, Any], complaint: str) -> None:
+def test_container_values_are_checked_one_level_down(header: dict[str, Any], complaint: str) -> None:
     with pytest.raises(RemoteProtocolError, match=complaint):
         M.decode(header)
 

@@ -12,6 +12,7 @@ import asyncio
 
 import pytest
 
+from core.wire.messages import InputRef, TaskDefinition
 from core.worker.cache import WorkerCache
 
 
@@ -25,7 +26,7 @@ def test_a_killed_waiter_leaves_the_shared_arrival_to_the_others() -> None:
     async def scenario() -> tuple[bool, bool]:
         w = _inputs()
         w.pending["f"] = asyncio.get_running_loop().create_future()
-        spec = {"inputs": [{"name": "f"}]}
+        spec = TaskDefinition(1, "true", inputs=(InputRef("f", "f"),))
         killed = asyncio.create_task(w.gather(spec))
         survivor = asyncio.create_task(w.gather(spec))
         await asyncio.sleep(0)  # both now wait for "f"
