@@ -70,7 +70,14 @@ def _box(requested: dict[str, float]) -> Resources:
     return box
 
 
+# A plain Task's rare options as read from it when it set none of them (the class defaults).
+_DEFAULT_OPTION_VALUES = (NO_OPTIONS.max_retries, NO_OPTIONS.max_forsaken, 0, 0, 0, 0, NO_OPTIONS.scheduler)
+
+
 def _task_options(task: Task) -> TaskOptions:
+    if type(task) is Task and (task.max_retries, task.max_forsaken, task.time_start, task.time_end, task.time_min,
+                               task.time_max, task.scheduler) == _DEFAULT_OPTION_VALUES:
+        return NO_OPTIONS  # most tasks: no TaskOptions made, compared and looked up per submit
     options = TaskOptions(
         max_retries=task.max_retries,
         max_forsaken=task.max_forsaken,
@@ -92,20 +99,26 @@ def _task_options(task: Task) -> TaskOptions:
 
 def task_spec(task: Task) -> TaskSpec:
     """``task`` frozen as the scheduler sees it, under its current id."""
+    if type(task) is Task:  # most tasks: its own fields, no properties or kind tests
+        kind: TaskKind = "command"
+        command, category, priority = task._command, task._category, task._priority
+    else:  # a subclass may define what these properties return
+        kind, command, category, priority = task_kind(task), task.command, task.category, task.priority
+    # Positional, in TaskSpec's field order: a submit burst makes one per task (keywords cost more).
     return TaskSpec(
-        id=task.id,
-        kind=task_kind(task),
-        command=task.command,
-        inputs=tuple(_mount(m) for m in task.inputs) if task.inputs else (),
-        outputs=tuple(_mount(m) for m in task.outputs) if task.outputs else (),
-        environments=tuple(file_spec(f) for f in task.environments) if task.environments else (),
-        requested=_box(task.requested),
-        features=tuple(task.features) if task.features else (),
-        category=task.category,
-        priority=task.priority,
-        library_required=task.library_required,
-        library_provided=task.library_provided,
-        options=_task_options(task),
+        task.id,
+        kind,
+        command,
+        tuple([_mount(m) for m in task.inputs]) if task.inputs else (),
+        tuple([_mount(m) for m in task.outputs]) if task.outputs else (),
+        tuple([file_spec(f) for f in task.environments]) if task.environments else (),
+        _box(task.requested),
+        tuple(task.features) if task.features else (),
+        category,
+        priority,
+        task.library_required,
+        task.library_provided,
+        _task_options(task),
     )
 
 

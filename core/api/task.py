@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 def _finite_number(setter: str, value: Any) -> float:
     """``value`` as a float, refusing NaN and infinity: one such number in a task's request would
     poison every comparison and rounding the scheduler makes with it."""
+    if type(value) is int:
+        return float(value)  # finite; a huge one raises OverflowError, as float() does
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -108,7 +110,7 @@ def _check_remote_name(remote_name: Any) -> str:
     return remote_name
 
 
-def _check_mount_conflict(mounts: list[Mount], file: File, remote_name: str, what: str) -> bool:
+def _check_mount_conflict(mounts: list[Mount] | tuple[()], file: File, remote_name: str, what: str) -> bool:
     """Whether ``(file, remote_name)`` is already among ``mounts``; a clash with another mount raises.
 
     Two different files under one name, or one under the other (``d`` and ``d/x``), cannot both be
@@ -161,16 +163,18 @@ class Task:
     _output_refused: str | None = None  # why an output was not written at its path (core/manager/output_targets.py)
 
     def __init__(self, command: str, **task_info: Any) -> None:
-        if isinstance(command, dict):
-            raise TypeError("Task(command) takes a command string; pass options as keyword arguments")
         if not isinstance(command, str):
+            if isinstance(command, dict):
+                raise TypeError("Task(command) takes a command string; pass options as keyword arguments")
             raise TypeError(f"Task command must be a str, got {type(command).__name__}")
         self._command = command
-        self.inputs: list[Mount] = []
-        self.outputs: list[Mount] = []
+        # Empty tuples (shared, not tracked by the collector) until the first one is added: a queued
+        # task's lists were two of the five objects per task the cyclic collector kept walking
+        # through in a burst of submits. Read them as sequences; add with add_input/add_output.
+        self.inputs: list[Mount] | tuple[()] = ()
+        self.outputs: list[Mount] | tuple[()] = ()
         self.env: dict[str, str | None] = {}
-        # Few tasks have features or environments: an empty tuple (shared, not tracked by the
-        # collector) until the first one is added.
+        # Few tasks have features or environments either.
         self.features: list[str] | tuple[()] = ()
         self.environments: list[File] | tuple[()] = ()
         self.requested = {"cores": -1.0, "memory": -1.0, "disk": -1.0, "gpus": -1.0}
@@ -178,7 +182,15 @@ class Task:
         self._category = "default"
         self._priority = 0.0
         self.max_retries = 0  # <=0: TaskVine's "unlimited" for exhaustion retries; bounded by the manager
-        self._reset_outcome()
+        # The outcome, until a worker reports one (the shared defaults: nothing made per task).
+        self._result = C.VINE_RESULT_UNKNOWN
+        self._exit_code = -1
+        self._stdout = b""
+        self._hostname: str | None = None
+        self._addrport: str | None = None
+        self._allocated = _UNSET_RESOURCES
+        self._measured = _UNSET_RESOURCES
+        self._limits: dict[str, Any] = _NO_LIMITS
         self._manager: TaskHost | None = None
         self._id = 0
         self._state = C.VINE_TASK_INITIAL
@@ -186,6 +198,11 @@ class Task:
         self._done_time = 0.0
         self._metrics: dict[str, float] | None = None  # made on first use (see ``metrics``)
 
+        if task_info:
+            self._apply_keywords(task_info)
+
+    def _apply_keywords(self, task_info: dict[str, Any]) -> None:
+        """``Task(cmd, cores=1, inputs={...})``: each keyword through its setter."""
         for key, value in task_info.items():
             if key in _SETTER_KEYWORDS:
                 getattr(self, f"set_{key}")(value)
@@ -204,16 +221,6 @@ class Task:
                     self.set_env_var(k, v)
             else:
                 raise TypeError(f"Task() got an unknown keyword {key!r}")
-
-    def _reset_outcome(self) -> None:
-        self._result = C.VINE_RESULT_UNKNOWN
-        self._exit_code = -1
-        self._stdout = b""
-        self._hostname: str | None = None
-        self._addrport: str | None = None
-        self._allocated = _UNSET_RESOURCES
-        self._measured = _UNSET_RESOURCES
-        self._limits: dict[str, Any] = _NO_LIMITS
 
     # -- setters -------------------------------------------------------------------------------------
     def _mutable(self) -> None:
@@ -331,6 +338,8 @@ class Task:
         if _check_mount_conflict(self.inputs, file, remote_name, "input remote_name"):
             return  # the same file under the same name: already there
         warn_if_missing(file, remote_name)
+        if isinstance(self.inputs, tuple):
+            self.inputs = list(self.inputs)
         self.inputs.append(Mount(file, remote_name, flags))
 
     def add_output(self, file: File, remote_name: str, watch: bool = False, failure_only: bool | None = None, success_only: bool | None = None) -> None:
@@ -346,6 +355,8 @@ class Task:
         flags = (C.VINE_WATCH if watch else 0) | (C.VINE_FAILURE_ONLY if failure_only else 0) | (C.VINE_SUCCESS_ONLY if success_only else 0)
         if _check_mount_conflict(self.outputs, file, remote_name, "output remote_name"):
             raise ValueError(f"output {file!r} is already collected from {remote_name!r} in this task")
+        if isinstance(self.outputs, tuple):
+            self.outputs = list(self.outputs)
         self.outputs.append(Mount(file, remote_name, flags))
 
     # -- properties --------------------------------------------------------------------------------------

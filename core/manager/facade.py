@@ -134,7 +134,8 @@ class Manager:
         self._finalized_temps: set[str] = set()  # temps made by tasks with a __del__ of their own (undeclare_file)
         self._outstanding = 0
         self._done: collections.OrderedDict[int, Task] = collections.OrderedDict()
-        self._cond = threading.Condition()
+        self._done_lock = threading.RLock()  # the condition's own lock, taken directly where nothing is notified
+        self._cond = threading.Condition(self._done_lock)
         self._links: dict[str, WorkerLink] = {}
         self._counters: dict[str, float] = collections.defaultdict(float)
         self._catalog: CatalogRegistration | None = None
@@ -265,6 +266,7 @@ class Manager:
         self._ticker = asyncio.create_task(self._shell.tick_loop())
 
     async def _shutdown_io(self) -> None:
+        self._io.flush()  # events posted just before close are applied, as they were before the drain was batched
         self._ticker.cancel()
         self._server.close()
         for link in list(self._links.values()):
@@ -485,19 +487,22 @@ class Manager:
             self._answered_from_cache(task, cached.key)
             return task.id
         self._tasks[task.id] = task
-        with self._cond:  # wait() in another thread decrements it (Parsl submits and waits from two threads)
+        with self._done_lock:  # wait() in another thread decrements it (Parsl submits and waits from two threads)
             self._outstanding += 1
-        for m in task.inputs + task.outputs:
-            self._remember(m.file)
-        if type(task).__del__ is not Task.__del__:
-            self._finalized_temps.update(m.file.cache_name for m in task.outputs if m.file.kind == "temp")
-        self._logs.task_ready(task.id, task.category, 1, task.requested)
+        if task.inputs or task.outputs:
+            for m in task.inputs:
+                self._remember(m.file)
+            for m in task.outputs:
+                self._remember(m.file)
+            if type(task).__del__ is not Task.__del__:
+                self._finalized_temps.update(m.file.cache_name for m in task.outputs if m.file.kind == "temp")
         spec = task_spec(task)  # all the scheduler will ever read of it (core/state/spec.py)
+        self._logs.task_ready(task._id, spec.category, 1, spec.requested)
         for m in spec.outputs:
             if m.file.kind == "temp":
                 self._lineage[m.file.cache_name] = task  # a lost temp's re-run is encoded from its producer
-        self._post(TaskSubmitted(time.time(), spec))
-        return task.id
+        self._post(TaskSubmitted(task._submit_time, spec))
+        return task._id
 
     def _answered_from_cache(self, task: Task, key: str) -> None:
         """``task`` was finished by the tasks cache at submit: ``wait`` returns it at once."""

@@ -144,7 +144,7 @@ class ManagerLibraries:
         if not isinstance(task, LibraryTask):
             raise TypeError(f"install_library takes a LibraryTask, got {type(task).__name__}")
         name = task.name
-        for mount in task.inputs + task.outputs:
+        for mount in (*task.inputs, *task.outputs):
             mount.file = self._remember(mount.file)
         task.environments = [self._remember(f) for f in task.environments]
         task._state = C.VINE_TASK_READY  # a template: its definition no longer changes

@@ -32,6 +32,7 @@ from .. import constants as C
 if TYPE_CHECKING:
     from ..api.files import File
     from ..api.task import Task
+    from ..state.resources import Resources
 
 PERFORMANCE_COLUMNS = (
     "timestamp workers_connected workers_init workers_idle workers_busy workers_able workers_joined workers_removed "
@@ -52,6 +53,12 @@ UNITS = {"cores": "cores", "memory": "MB", "disk": "MB", "gpus": "gpus", "wall_t
 
 def resources_json(res: dict[str, float]) -> str:
     return _res_json_items(tuple(res.items()))
+
+
+@functools.lru_cache(maxsize=1024)
+def _box_json(box: Resources) -> str:
+    # A task's requested box as resources_json writes its dict: a run's tasks share a few boxes.
+    return resources_json(box.to_dict())
 
 
 @functools.lru_cache(maxsize=1024)
@@ -147,7 +154,10 @@ class RunLogs:
         self._debug = self._open("debug")
         # Debug lines wait here until the ticker's flush: a deque append needs no lock and no write
         # call, and a task's life writes five blocks of them.
-        self._debug_queue: collections.deque[str] = collections.deque()
+        self._debug_queue: collections.deque[str | tuple[float, int, int]] = collections.deque()
+        # Submitted tasks' READY transaction records, (time, id, category, attempt, requested), until
+        # the next transaction line or flush formats them (task_ready).
+        self._ready_tx: collections.deque[tuple[float, int, str, int, Resources]] = collections.deque()
         self._tx = self._open("transactions")
         self._perf = self._open("performance")
         self._graph = self._open("taskgraph")
@@ -188,10 +198,13 @@ class RunLogs:
         # The I/O thread and the user's threads (declarations, log_*_app) both write: one lock.
         with self._lock:
             if not fh.closed:
+                if fh is self._tx and self._ready_tx:
+                    self._write_ready_tx()  # submitted tasks' READY lines come before anything later
                 fh.write(text)
 
     def flush(self) -> None:
         with self._lock:
+            self._write_ready_tx()
             self._drain_debug_queue()
             for fh in (self._debug, self._tx, self._perf, self._graph):
                 if not fh.closed:
@@ -202,13 +215,17 @@ class RunLogs:
         # either taken now or at the next flush, never lost.
         queue, chunk = self._debug_queue, []
         while queue:
-            chunk.append(queue.popleft())
+            item = queue.popleft()
+            # A tuple is a submitted task's READY line, formatted only now (see task_ready).
+            chunk.append(item if type(item) is str else f"{self._prefix(item[0])}vine: Task {item[1]}{_STATE_CHANGES[item[2]][C.VINE_TASK_READY]}\n")
         if chunk and not self._debug.closed:
             self._debug.write("".join(chunk))
 
-    def _prefix(self) -> str:
-        """``2026/12/01 13:02:54.01 vine_manager[PID]``: formatted once per hundredth of a second."""
-        t = time.time()
+    def _prefix(self, t: float | None = None) -> str:
+        """``2026/12/01 13:02:54.01 vine_manager[PID]`` for now (or time ``t``): formatted once per
+        hundredth of a second."""
+        if t is None:
+            t = time.time()
         tick = int(t * 100)
         cached = self._stamp
         if cached[0] == tick:
@@ -398,9 +415,28 @@ class RunLogs:
         """Worker ``wid`` began sending ``name``: its OUTPUT record gets the wall time from here."""
         self._receiving[(wid, name)] = time.time()
 
-    def task_ready(self, tid: int, category: str, attempt: int, requested: dict[str, float]) -> None:
-        self.transaction(f"TASK {tid} READY {category} FIRST_RESOURCES {attempt} {resources_json(requested)}")
-        self._debug_line(self._state_line(tid, C.VINE_TASK_READY))
+    def task_ready(self, tid: int, category: str, attempt: int, requested: Resources) -> None:
+        """A submitted task: its READY transaction and debug lines. Called in the submitting thread,
+        so it only notes what the lines say (time included); they are formatted in a batch at the
+        next transaction line or flush, in their place in both logs. A burst of submits then costs
+        the user's thread a tuple per task, not two formatted lines."""
+        t = time.time()
+        old = self._task_states.get(tid, C.VINE_TASK_INITIAL)
+        self._task_states[tid] = C.VINE_TASK_READY
+        self._ready_tx.append((t, tid, category, attempt, requested))
+        self._debug_queue.append((t, tid, old))
+
+    def _write_ready_tx(self) -> None:
+        # Under self._lock: the READY records task_ready noted, popleft until empty (a record
+        # appended meanwhile by the submitting thread is taken now or next time, never lost).
+        pending = self._ready_tx
+        if not pending or self._tx.closed:
+            return
+        pid, lines = self.pid, []
+        while pending:
+            t, tid, category, attempt, requested = pending.popleft()
+            lines.append(f"{int(t * 1e6)} {pid} TASK {tid} READY {category} FIRST_RESOURCES {attempt} {_box_json(requested)}\n")
+        self._tx.write("".join(lines))
 
     def task_running(self, tid: int, wid: str, alloc: dict[str, float]) -> None:
         self.transaction(f"TASK {tid} RUNNING {wid} FIRST_RESOURCES {resources_json(alloc)}")

@@ -10,7 +10,10 @@ the floor is sequential. The last temp is fetched and checked.
 no workers, in a fresh interpreter: manager memory per queued task (RSS growth, and what
 ``tracemalloc`` counts when asked) and submits per second (the user's loop: ``Task()``,
 ``set_cores``, ``submit``). Its floor is the same loop appending ``(id, "true", 1.0)`` tuples to a
-dict: what holding a command and a number per task costs in Python at all.
+dict: what holding a command and a number per task costs in Python at all. The row also gives
+the CPU each task cost the submitting thread and the manager's I/O thread (``submit_cpu_us``,
+``io_cpu_us``: on a shared machine the rates follow the load, these much less) and the time the
+cyclic garbage collector took in both (``gc_us``).
 
 Run ``python -m core.tools.bench_core chain|queue-mem [-n N]``; ``vine_benchmark`` runs them too.
 """
@@ -113,14 +116,26 @@ def _queue_child(n: int, trace: bool) -> dict[str, Any]:
         base = _rss()
         if trace:
             tracemalloc.start()
-        start = time.perf_counter()
+        io_cpu = m._call(time.thread_time)  # the I/O thread's CPU clock, read in that thread
+        collections = {"n": 0, "s": 0.0, "at": 0.0}
+
+        def collector(phase: str, info: dict[str, Any]) -> None:  # the cyclic collector's time, in both threads
+            if phase == "start":
+                collections["at"] = time.perf_counter()
+            else:
+                collections["n"] += 1
+                collections["s"] += time.perf_counter() - collections["at"]
+
+        gc.callbacks.append(collector)
+        start, cpu = time.perf_counter(), time.thread_time()
         for _ in range(n):
             t = vine.Task("true")
             t.set_cores(1)
             m.submit(t)
-        submit_s = time.perf_counter() - start
-        m._call(lambda: None, timeout=600)  # every TaskSubmitted applied by the I/O thread
+        submit_s, submit_cpu = time.perf_counter() - start, time.thread_time() - cpu
+        io_cpu = m._call(time.thread_time, timeout=600) - io_cpu  # after every TaskSubmitted was applied
         absorbed_s = time.perf_counter() - start
+        gc.callbacks.remove(collector)
         traced = tracemalloc.get_traced_memory()[0] / n if trace else None
         if trace:
             tracemalloc.stop()
@@ -135,6 +150,11 @@ def _queue_child(n: int, trace: bool) -> dict[str, Any]:
     row: dict[str, Any] = {
         "workload": "queue-mem", "tasks": n, "bytes_per_task": round(per_task), "submits_per_s": round(n / submit_s),
         "queued_per_s": round(n / absorbed_s),
+        # CPU per task, which a busy machine does not inflate as it does the rates: the submitting
+        # thread (Task, set_cores, submit), the I/O thread (applying TaskSubmitted), and the wall
+        # time the cyclic collector took in both (included in the two).
+        "submit_cpu_us": round(submit_cpu / n * 1e6, 2), "io_cpu_us": round(io_cpu / n * 1e6, 2),
+        "gc_us": round(collections["s"] / n * 1e6, 2), "gc_runs": collections["n"],
         "floor": "dict of (id, command, cores) tuples", "floor_bytes_per_task": round(floor_bytes),
         "floor_per_s": round(floor_rate),
     }
