@@ -240,7 +240,7 @@ class ManagerMetrics:
         self.times = TaskTimes()
         self.busy: dict[str, float] = {"scheduling": 0.0, "polling": 0.0, "io_cpu": 0.0}
         self._category_runs: dict[str, list[float]] = {}  # category -> [successful runs, total seconds]
-        self._seen_running: dict[tuple[int, str], float] = {}
+        self._seen_running: dict[int, dict[str, float]] = {}  # task id -> worker id -> first seen running there
         self._waiting: dict[int, float] = {}  # thread id -> perf_counter() when its wait began
         self.exporter: PrometheusExporter | None = None
 
@@ -269,8 +269,7 @@ class ManagerMetrics:
                 runs = self._category_runs.setdefault(task.category, [0, 0.0])
                 runs[0] += 1
                 runs[1] += last
-        for key in [k for k in self._seen_running if k[0] == task.id]:
-            del self._seen_running[key]
+        self._seen_running.pop(task.id, None)  # by id: a scan of every running task per return cost O(running)
 
     def category_means(self, min_samples: int) -> dict[str, float]:
         """Mean execution time (s) of each category with at least ``min_samples`` successful tasks."""
@@ -278,7 +277,7 @@ class ManagerMetrics:
 
     def started_at(self, tid: int, wid: str, now: float) -> float:
         """When task ``tid`` was first seen running on ``wid`` (at the ticker's resolution)."""
-        return self._seen_running.setdefault((tid, wid), now)
+        return self._seen_running.setdefault(tid, {}).setdefault(wid, now)
 
     def start_exporter(self, port: int, collect: Callable[[], Mapping[str, Any]]) -> None:
         self.exporter = PrometheusExporter(port, collect)

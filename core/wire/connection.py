@@ -10,6 +10,7 @@ authenticates and streams files the same way.
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import ssl as ssl_module
 import tarfile
@@ -49,12 +50,15 @@ class Connection:
         self.is_authenticated = False
         self._read_size = PREAUTH_READ_SIZE
         self._closed = False
-        self._frames: list[Frame] = []
+        self._frames: collections.deque[Frame] = collections.deque()
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.bytes_sent = 0
         self.bytes_received = 0
         self._outgoing: list[bytes] | None = None
+        # The loop this connection's streams belong to, found at the first send: asking asyncio for
+        # the running loop costs a getpid() system call per call on Python 3.11.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def send(self, msg: M.Message, payload: bytes = b"") -> None:
         """Queue a message (and its payload) as a frame. Frames queued in one event-loop turn leave in
@@ -65,7 +69,10 @@ class Connection:
         self.bytes_sent += len(data)
         if self._outgoing is None:
             self._outgoing = [data]
-            asyncio.get_running_loop().call_soon(self.flush)
+            loop = self._loop
+            if loop is None:
+                loop = self._loop = asyncio.get_running_loop()
+            loop.call_soon(self.flush)
         else:
             self._outgoing.append(data)
 
@@ -95,11 +102,11 @@ class Connection:
                 return None
             self.bytes_received += len(data)
             self._frames.extend(self.decoder.feed(data))
-        return self._frames.pop(0)
+        return self._frames.popleft()
 
     def recv_nowait(self) -> Frame | None:
         """The next frame already received and decoded, or None without waiting."""
-        return self._frames.pop(0) if self._frames else None
+        return self._frames.popleft() if self._frames else None
 
     async def expect(self, mtype: str, timeout: float | None = None) -> Frame:
         """The next frame, which must be a message of type ``mtype`` (its ``message`` decoded and

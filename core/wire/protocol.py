@@ -93,8 +93,10 @@ class Frame:
 
 
 def encode_message(msg: Message, payload: bytes = b"") -> bytes:
-    """Serialise one message (and payload) as a frame: how our side builds every frame it sends."""
-    return encode_frame(msg.to_header(), payload)
+    """Serialise one message (and payload) as a frame: how our side builds every frame it sends.
+    Its header is complete by construction (``to_header`` writes the type and every required
+    field), so only what a message object cannot guarantee is checked: JSON and the size bounds."""
+    return _frame(msg.TYPE, msg.to_header(), payload)
 
 
 def encode_frame(header: dict[str, Any], payload: bytes = b"") -> bytes:
@@ -108,9 +110,20 @@ def encode_frame(header: dict[str, Any], payload: bytes = b"") -> bytes:
     missing = [k for k in MESSAGES[mtype] if k not in header]
     if missing:
         raise LocalProtocolError(f"message {mtype!r} lacks field(s) {', '.join(missing)}")
+    return _frame(mtype, header, payload)
+
+
+# One encoder and one decoder for every frame: json.dumps/json.loads given any option build a new
+# JSONEncoder/JSONDecoder (and its C scanner) per call, which cost more than the frame's own JSON
+# (~12 us of a ~20 us header decode). Both are safe to share between threads: neither keeps state
+# across calls (the decoder's key memo is only an interning cache, cleared after each document).
+# allow_nan=False: the peer refuses NaN/Infinity (see validate_header), so refuse them here first.
+_HEADER_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
+def _frame(mtype: str, header: dict[str, Any], payload: bytes) -> bytes:
     try:
-        # allow_nan=False: the peer refuses NaN/Infinity (see validate_header), so refuse them here first.
-        head = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+        head = _HEADER_ENCODER.encode(header).encode()
     except (TypeError, ValueError, RecursionError) as exc:
         raise LocalProtocolError(f"message {mtype!r} is not JSON-serialisable: {exc}") from exc
     if len(head) > MAX_HEADER:
@@ -147,10 +160,13 @@ def _bounded_int(text: str) -> int:
     return value
 
 
-def validate_header(raw: bytes) -> dict[str, Any]:
+_HEADER_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_bounded_int)
+
+
+def validate_header(raw: bytes | bytearray) -> dict[str, Any]:
     """Parse and check a header; every failure is the remote side's fault."""
     try:
-        header = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_bounded_int)
+        header = _HEADER_DECODER.decode(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." nesting
         raise RemoteProtocolError(f"frame header is not UTF-8 JSON: {exc}") from None
     if not isinstance(header, dict):
@@ -194,14 +210,16 @@ class FrameDecoder:
     def feed(self, data: bytes) -> list[Frame]:
         if self._broken:
             raise RemoteProtocolError("stream already failed to decode")
-        self._buf += data
+        buf = self._buf
+        buf += data
         frames: list[Frame] = []
+        pos = 0  # what is decoded is cut from the buffer once, after the loop, not frame by frame
         try:
             while True:
                 if self._need is None:
-                    if len(self._buf) < PREFIX.size:
+                    if len(buf) - pos < PREFIX.size:
                         break
-                    hlen, plen = PREFIX.unpack_from(self._buf)
+                    hlen, plen = PREFIX.unpack_from(buf, pos)
                     if hlen == 0 or hlen > self.max_header:
                         raise RemoteProtocolError(f"frame header length {hlen} is out of range (1..{self.max_header})"
                                                   + _preauth_note(self.max_header < MAX_HEADER))
@@ -209,18 +227,21 @@ class FrameDecoder:
                         raise RemoteProtocolError(f"frame payload length {plen} is over {self.max_payload}"
                                                   + _preauth_note(self.max_payload < MAX_PAYLOAD))
                     self._need = (hlen, plen)
-                    del self._buf[: PREFIX.size]
+                    pos += PREFIX.size
                 hlen, plen = self._need
-                if len(self._buf) < hlen + plen:
+                if len(buf) - pos < hlen + plen:
                     break
-                header = validate_header(bytes(self._buf[:hlen]))
-                payload = bytes(self._buf[hlen : hlen + plen])
-                del self._buf[: hlen + plen]
+                header = validate_header(buf[pos : pos + hlen])
+                payload = bytes(buf[pos + hlen : pos + hlen + plen]) if plen else b""
+                pos += hlen + plen
                 self._need = None
                 frames.append(Frame(header, payload))
         except RemoteProtocolError:
             self._broken = True
             raise
+        finally:
+            if pos:
+                del buf[:pos]
         return frames
 
     @property
