@@ -242,10 +242,6 @@ class File:
         self._data = data
         self.size = len(data)
 
-    def spec(self) -> dict[str, Any]:
-        """What a worker needs to know about this file besides its bytes."""
-        return {"name": self.cache_name, "level": self.level, "kind": self.kind, "mode": self.mode}
-
 
 class MissingInputWarning(UserWarning):
     """A local file used as a task input does not exist; the task will end with 'input missing'."""

@@ -58,10 +58,6 @@ class FileSpec:
         if self.kind == "minitask" and self.minitask is None:
             raise ValueError(f"mini-task file {self.cache_name!r} needs the spec of the task that makes it")
 
-    def wire(self) -> dict[str, object]:
-        """What a worker is told of this file besides its bytes (the same as ``File.spec()``)."""
-        return {"name": self.cache_name, "level": self.level, "kind": self.kind, "mode": self.mode}
-
 
 @dataclass(frozen=True, slots=True)
 class MountSpec:
