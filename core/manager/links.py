@@ -84,6 +84,7 @@ class WorkerLink:
     expected_outputs: dict[tuple[int, str], File] = field(default_factory=dict)  # (task id, cache name) -> output
     expected_fetches: dict[int, str] = field(default_factory=dict)  # fetch request id -> cache name
     watched: dict[tuple[int, str], tuple[File, int]] = field(default_factory=dict)  # (task, name) -> (file, bytes so far)
+    sent_back: dict[int, list[str]] = field(default_factory=dict)  # task id -> the names of its outputs in the two above
     incoming: dict[str, tuple[File | None, int | None]] = field(default_factory=dict)  # streams begun: (output file, fetch id)
     expected_stdout: dict[int, int] = field(default_factory=dict)  # task id -> most bytes of its stdout kept (the tune)
     stdout_streams: dict[str, int] = field(default_factory=dict)  # stream name -> task id, for a stdout streamed back
@@ -461,10 +462,11 @@ class WorkerLinks:
 
     def _forget_expected(self, link: WorkerLink, task_id: int) -> None:
         """The task ended on ``link`` (or is sent there again): its earlier outputs may no longer be sent or watched."""
-        for key in [k for k in link.expected_outputs if k[0] == task_id]:
-            del link.expected_outputs[key]
-        for key in [k for k in link.watched if k[0] == task_id]:
-            del link.watched[key]
+        # By the task's own names (every end and every dispatch comes here: a scan of all that
+        # is expected from the worker cost O(its tasks) each time).
+        for name in link.sent_back.pop(task_id, ()):
+            link.expected_outputs.pop((task_id, name), None)
+            link.watched.pop((task_id, name), None)
         link.expected_stdout.pop(task_id, None)
         link.stdout_received.pop(task_id, None)
 
@@ -481,6 +483,7 @@ class WorkerLinks:
         msg = frame.message
         assert isinstance(msg, M.Complete)  # dispatched by type in _on_worker_frame
         tid = msg.id
+        measured_box = Resources.from_dict(msg.measured) if msg.measured else None  # the task's and the scheduler's (immutable)
         streamed = msg.stdout_streamed
         stdout = link.stdout_received.pop(tid, None) if streamed is not None else frame.payload
         self._forget_expected(link, tid)  # its outputs were sent before this message
@@ -504,7 +507,7 @@ class WorkerLinks:
             task.metrics["time_workers_execute_last"] = (end - start) * 1e6 if start else 0
             task.metrics["time_workers_execute_all"] = task.metrics.get("time_workers_execute_all", 0) + task.metrics["time_workers_execute_last"]
             measured = msg.measured
-            task._measured = Resources.from_dict(measured)
+            task._measured = measured_box or Resources()
             task._limits = dict(msg.limits)
             self._logs.task_retrieved(tid, C.result_enum_name(result), code, measured, link.id, task._limits)
         elif msg.reason:
@@ -522,8 +525,7 @@ class WorkerLinks:
             arrived.append(CacheUpdated(now, link.id, name, size))
         self._apply(*arrived, TaskFinished(now, link.id, tid, result, code, msg.retry,
                                  tuple(msg.unlinked), max(0.0, end - start) if start else 0.0,
-                                 tuple(msg.limits), msg.missing_input,
-                                 Resources.from_dict(msg.measured) if msg.measured else None))
+                                 tuple(msg.limits), msg.missing_input, measured_box))
 
     def start_fetch(self, f: File, fut: concurrent.futures.Future[bytes]) -> None:
         rec = self._state.files.get(f.cache_name)
@@ -587,16 +589,21 @@ class WorkerLinks:
                 id=tid, resources=ins.allocation.to_dict(), outputs=output_refs(task), stdout_limit=storage, queued=ins.queued,
                 monitor=monitor_options(self._settings.monitoring) if self._settings.monitoring else None,
                 library_instance=self._state.libs.instance_of(tid) if task.library_required is not None else None)
+            sent_back = []
             for m in task.outputs:
                 if m.file.kind in ("file", "buffer"):  # the outputs sent back (OutputRef.send_back)
                     link.expected_outputs[(tid, m.file.cache_name)] = m.file
+                    sent_back.append(m.file.cache_name)
                     if m.watch and m.file.kind == "file":
                         link.watched[(tid, m.file.cache_name)] = (m.file, 0)
+            if sent_back:
+                link.sent_back[tid] = sent_back
             if not recovery:
                 task._allocated = ins.allocation
                 task._state = C.VINE_TASK_RUNNING
             self._logs.task_running(tid, link.id, spec.resources)
-            recreates = [m.file.cache_name for m in task.outputs if self._state.recovering.get(m.file.cache_name) == tid]
+            recovering = self._state.recovering
+            recreates = [m.file.cache_name for m in task.outputs if recovering.get(m.file.cache_name) == tid] if recovering else []
             self._logs.debug_task_sent(link.hostname, link.addrport, task, spec.resources, task.library_required, recreates, task_id=tid)
             conn.send(M.Task(spec))
         elif isinstance(ins, FetchUrl):

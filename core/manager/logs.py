@@ -117,8 +117,11 @@ def _url_encoded(name: str) -> str:
 class RunLogs:
     """Open log files of one manager run.
 
-    Writes are buffered and flushed by the manager's ticker (every 0.5 s) and at close: a
-    line-buffered log costs a write system call per record, a third of a tiny task's manager time.
+    Records are queued and written by the manager's ticker (every 0.5 s, :meth:`flush`) and at
+    close: a line-buffered log cost a write system call per record, a third of a tiny task's manager
+    time, and even a buffered one a lock and a file write per record. A queued record is a string
+    appended to a deque (no lock: ``deque.append`` is atomic, and keeps the order they happened in),
+    or a tuple formatted when it is written.
     """
 
     def __init__(self, run_info_path: str, template: str | None = None) -> None:
@@ -155,9 +158,10 @@ class RunLogs:
         # Debug lines wait here until the ticker's flush: a deque append needs no lock and no write
         # call, and a task's life writes five blocks of them.
         self._debug_queue: collections.deque[str | tuple[float, int, int]] = collections.deque()
-        # Submitted tasks' READY transaction records, (time, id, category, attempt, requested), until
-        # the next transaction line or flush formats them (task_ready).
-        self._ready_tx: collections.deque[tuple[float, int, str, int, Resources]] = collections.deque()
+        # Transaction records likewise, in order: a line, or a submitted task's READY record as
+        # (time, id, category, attempt, requested), formatted when written (task_ready).
+        self._tx_queue: collections.deque[str | tuple[float, int, str, int, Resources]] = collections.deque()
+        self._graph_queue: collections.deque[str] = collections.deque()  # taskgraph lines
         self._tx = self._open("transactions")
         self._perf = self._open("performance")
         self._graph = self._open("taskgraph")
@@ -198,17 +202,38 @@ class RunLogs:
         # The I/O thread and the user's threads (declarations, log_*_app) both write: one lock.
         with self._lock:
             if not fh.closed:
-                if fh is self._tx and self._ready_tx:
-                    self._write_ready_tx()  # submitted tasks' READY lines come before anything later
                 fh.write(text)
 
     def flush(self) -> None:
         with self._lock:
-            self._write_ready_tx()
-            self._drain_debug_queue()
+            self._drain_queues()
             for fh in (self._debug, self._tx, self._perf, self._graph):
                 if not fh.closed:
                     fh.flush()
+
+    def _drain_queues(self) -> None:
+        # Under self._lock: every queued record into its file (still buffered: flush() pushes them out).
+        self._drain_tx_queue()
+        self._drain_debug_queue()
+        queue, chunk = self._graph_queue, []
+        while queue:
+            chunk.append(queue.popleft())
+        if chunk and not self._graph.closed:
+            self._graph.write("".join(chunk))
+
+    def _drain_tx_queue(self) -> None:
+        # Under self._lock; popleft until empty, as _drain_debug_queue (a record appended meanwhile by
+        # another thread is taken now or next time, never lost). A READY tuple is formatted here.
+        queue, pid, chunk = self._tx_queue, self.pid, []
+        while queue:
+            item = queue.popleft()
+            if type(item) is str:
+                chunk.append(item)
+            else:
+                t, tid, category, attempt, requested = item
+                chunk.append(f"{int(t * 1e6)} {pid} TASK {tid} READY {category} FIRST_RESOURCES {attempt} {_box_json(requested)}\n")
+        if chunk and not self._tx.closed:
+            self._tx.write("".join(chunk))
 
     def _drain_debug_queue(self) -> None:
         # Under self._lock. popleft until empty: a line appended meanwhile by another thread is
@@ -384,7 +409,7 @@ class RunLogs:
         self._debug_line(f"tx to {host} ({addr}): kill {tid}")
 
     def transaction(self, record: str) -> None:
-        self._write(self._tx, f"{_now_us()} {self.pid} {record}\n")
+        self._tx_queue.append(f"{_now_us()} {self.pid} {record}\n")
 
     def worker_connected(self, wid: str, addr: str, resources: dict[str, float]) -> None:
         self.transaction(f"WORKER {wid} CONNECTION {addr}")
@@ -418,34 +443,23 @@ class RunLogs:
     def task_ready(self, tid: int, category: str, attempt: int, requested: Resources) -> None:
         """A submitted task: its READY transaction and debug lines. Called in the submitting thread,
         so it only notes what the lines say (time included); they are formatted in a batch at the
-        next transaction line or flush, in their place in both logs. A burst of submits then costs
-        the user's thread a tuple per task, not two formatted lines."""
+        flush, in their place in both logs. A burst of submits then costs the user's thread a tuple
+        per task, not two formatted lines."""
         t = time.time()
         old = self._task_states.get(tid, C.VINE_TASK_INITIAL)
         self._task_states[tid] = C.VINE_TASK_READY
-        self._ready_tx.append((t, tid, category, attempt, requested))
+        self._tx_queue.append((t, tid, category, attempt, requested))
         self._debug_queue.append((t, tid, old))
-
-    def _write_ready_tx(self) -> None:
-        # Under self._lock: the READY records task_ready noted, popleft until empty (a record
-        # appended meanwhile by the submitting thread is taken now or next time, never lost).
-        pending = self._ready_tx
-        if not pending or self._tx.closed:
-            return
-        pid, lines = self.pid, []
-        while pending:
-            t, tid, category, attempt, requested = pending.popleft()
-            lines.append(f"{int(t * 1e6)} {pid} TASK {tid} READY {category} FIRST_RESOURCES {attempt} {_box_json(requested)}\n")
-        self._tx.write("".join(lines))
 
     def task_running(self, tid: int, wid: str, alloc: dict[str, float]) -> None:
         self.transaction(f"TASK {tid} RUNNING {wid} FIRST_RESOURCES {resources_json(alloc)}")
 
     def task_retrieved(self, tid: int, result: str, exit_code: int, measured: dict[str, float], wid: str = "",
                        limits: dict[str, float] | None = None) -> None:
-        self.transaction(f"TASK {tid} WAITING_RETRIEVAL {wid}" if wid else f"TASK {tid} WAITING_RETRIEVAL")
+        head = f"{_now_us()} {self.pid} TASK {tid} "  # both records at one time: they happen together
         exceeded = resources_json(limits) if limits else "{}"
-        self.transaction(f"TASK {tid} RETRIEVED {result} {exit_code} {exceeded} {resources_json(measured)}")
+        self._tx_queue.append(f"{head}WAITING_RETRIEVAL {wid}\n" if wid else f"{head}WAITING_RETRIEVAL\n")
+        self._tx_queue.append(f"{head}RETRIEVED {result} {exit_code} {exceeded} {resources_json(measured)}\n")
 
     def task_done(self, tid: int, result: str, exit_code: int) -> None:
         self.transaction(f"TASK {tid} DONE {result} {exit_code}")
@@ -453,17 +467,18 @@ class RunLogs:
     def graph_file(self, name: str, source: str, size: int) -> None:
         """A declared file: a node named by its cache name, labelled with its source's last part."""
         label = os.path.basename(source.rstrip("/")) or source
-        self._write(self._graph, f'{_dot_id(name)} [shape=box,color=lightblue,label={_dot_id(label)},'
+        self._graph_queue.append(f'{_dot_id(name)} [shape=box,color=lightblue,label={_dot_id(label)},'
                                  f'tooltip={_dot_id(f"{source} ({size} bytes)")}];\n')
 
     def graph_task(self, tid: int, command: str, inputs: list[str], outputs: list[str]) -> None:
         """A finished task: a node ``task-N`` labelled with its program, an edge from each input, one to each output."""
-        words = command.split()
         node = f'"task-{tid}"'
-        lines = [f"{node} [color=green,label={_dot_id(os.path.basename(words[0]) if words else '')}];"]
-        lines += [f"{_dot_id(name)} -> {node};" for name in inputs]
-        lines += [f"{node} -> {_dot_id(name)};" for name in outputs]
-        self._write(self._graph, "\n".join(lines) + "\n")
+        text = f"{node} [color=green,label={_program_label(command)}];\n"
+        if inputs or outputs:
+            lines = [f"{_dot_id(name)} -> {node};" for name in inputs]
+            lines += [f"{node} -> {_dot_id(name)};" for name in outputs]
+            text += "\n".join(lines) + "\n"
+        self._graph_queue.append(text)
 
     def performance_due(self, now: float, interval: float) -> bool:
         """Whether :meth:`performance` would consider writing a line at ``now``."""
@@ -485,11 +500,11 @@ class RunLogs:
         self.closed = True
         self.performance(stats, time.time(), 0, force=True)
         self.transaction(f"MANAGER {self.pid} END {_now_us() - self.start_us}")
-        self._write(self._graph, "}\n")
+        self._graph_queue.append("}\n")
         self._debug_line("manager end")
         self._write_workflow_info(name)
         with self._lock:
-            self._drain_debug_queue()
+            self._drain_queues()
             for fh in (self._debug, self._tx, self._perf, self._graph):
                 fh.close()
 
@@ -510,6 +525,13 @@ class RunLogs:
                 json.dump(crate, fh, indent=2)
         except OSError:  # a removed run directory or a full disk must not stop the manager's close
             pass
+
+
+@functools.lru_cache(maxsize=256)
+def _program_label(command: str) -> str:
+    # A task node's label: its program's name (a run's tasks share a few commands, or none).
+    words = command.split()
+    return _dot_id(os.path.basename(words[0]) if words else "")
 
 
 def _dot_id(text: str) -> str:
