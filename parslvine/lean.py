@@ -87,6 +87,50 @@ class _WholeParslFirst(importlib.abc.MetaPathFinder):
                 mod._parslvine_run_init()
 
 
+class _MockCheck(type):
+    """``isinstance(x, Mock)`` for typeguard's ``Mock`` name: true only for the real one's instances."""
+
+    def __instancecheck__(cls, value: Any) -> bool:
+        real = sys.modules.get("unittest.mock")
+        # A real Mock exists only once the real unittest.mock has been imported (in this process).
+        return real is not None and not isinstance(real, _MockFreeModule) and isinstance(value, real.Mock)
+
+
+class _MockFreeModule(types.ModuleType):
+    """Stands in for ``unittest.mock`` while typeguard imports (see :func:`import_typeguard`)."""
+
+
+def _patch(*args: Any, **kwargs: Any) -> Any:
+    """``unittest.mock.patch``, imported when typeguard first uses it (its import hook)."""
+    return importlib.import_module("unittest.mock").patch(*args, **kwargs)
+
+
+def import_typeguard() -> None:
+    """Import ``typeguard`` (which Parsl's ``File`` and app errors need) without ``unittest.mock``.
+
+    typeguard imports ``Mock`` and ``patch`` from ``unittest.mock`` at import, which loads asyncio:
+    ~10 MB of the lean server's ~30, which every fork maps and every child's exit unmaps. It only
+    ever asks ``isinstance(value, Mock)`` (true only for instances of the real class, which exist
+    only once the real module is imported: :class:`_MockCheck` checks exactly that) and calls
+    ``patch`` in its import hook (:func:`_patch` imports the real module then). The stand-in is
+    in ``sys.modules`` only during typeguard's import, so any later ``import unittest.mock`` is the
+    real one.
+    """
+    if "typeguard" in sys.modules or "unittest.mock" in sys.modules:
+        return
+    stand_in = _MockFreeModule("unittest.mock")
+    stand_in.Mock = _MockCheck("Mock", (), {})  # type: ignore[attr-defined]
+    stand_in.patch = _patch  # type: ignore[attr-defined]
+    sys.modules["unittest.mock"] = stand_in
+    try:
+        importlib.import_module("typeguard")
+    except ImportError:
+        pass  # no typeguard here: Parsl's own import reports it
+    finally:
+        if sys.modules.get("unittest.mock") is stand_in:
+            del sys.modules["unittest.mock"]
+
+
 def is_lazy() -> bool:
     """True when ``parsl`` in this process is the lazy package and its ``__init__`` has not run."""
     mod = sys.modules.get("parsl")
@@ -110,6 +154,7 @@ def install() -> bool:
     sys.meta_path.insert(0, _WholeParslFirst())
     # What parsl/__init__ does for logging, so a call's Parsl modules log as they would.
     logging.getLogger("parsl").addHandler(logging.NullHandler())
+    import_typeguard()
     return True
 
 

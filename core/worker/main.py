@@ -412,14 +412,27 @@ class Worker:
                     del self.cache.pending[o.name]
                     if not fut.done():
                         fut.set_result(o.name in self.cache.entries)
-        if self.tasks.pop(rt.id, None) is not None:
-            for k in self.committed:
-                self.committed[k] = max(0.0, self.committed[k] - max(rt.alloc.get(k, 0), 0))
-            def start(head: RunningTask) -> None:
-                self._start_task(head.spec, queued=False)
+        self.free_slot(rt)
 
-            # The rule the manager's scheduler mirrors (core/state/prefetch.py), so both agree on what runs.
-            start_in_order(self.prefetched, lambda queued: not self._fits(queued.alloc), start)
+    def free_slot(self, rt: RunningTask) -> int:
+        """Give back ``rt``'s resources (once) and start the prefetched tasks that now fit; how many started.
+
+        The manager's mirror of this worker's queue frees the slot when ``rt``'s ``complete``
+        arrives and then starts the same tasks by the same rule, so it may free it later than this
+        worker (a PythonTask frees it when its process has ended, before its outputs are collected):
+        until then the manager sees those tasks as still queued here, and a queued task whose own
+        ``complete`` comes first simply leaves that queue (core/state/scheduler.py ``_release``).
+        """
+        if self.tasks.pop(rt.id, None) is None:
+            return 0
+        for k in self.committed:
+            self.committed[k] = max(0.0, self.committed[k] - max(rt.alloc.get(k, 0), 0))
+
+        def start(head: RunningTask) -> None:
+            self._start_task(head.spec, queued=False)
+
+        # The rule the manager's scheduler mirrors (core/state/prefetch.py), so both agree on what runs.
+        return start_in_order(self.prefetched, lambda queued: not self._fits(queued.alloc), start)
 
     def task_env(self, rt: RunningTask) -> dict[str, str]:
         env = self._base_env.copy()
@@ -654,6 +667,7 @@ class Worker:
         if rt.id not in self.tasks:
             return  # killed by the manager
         end = time.time()
+        await self._pass_slot_on(rt)
         stdout, cut, streamed = await self._take_stdout(rt)
         if cut and result == C.VINE_RESULT_SUCCESS:
             result = C.VINE_RESULT_STDOUT_MISSING
@@ -679,6 +693,16 @@ class Worker:
                 await self.conn.drain()
             except ConnectionError:
                 pass
+
+    async def _pass_slot_on(self, rt: RunningTask) -> None:
+        """A PythonTask whose process has ended gives its slot to the next prefetched task now.
+
+        That task's fork request leaves (one turn of the loop) before this task's outputs and
+        complete are sent, so its fork overlaps this task's wrapping up (with small tasks, about
+        half of a slot's time went there). The sandbox and the outputs stay this task's.
+        """
+        if rt.spec.python is not None and rt.spec.function_call is None and self.free_slot(rt):
+            await asyncio.sleep(0)
 
     async def _collect_outputs(self, rt: RunningTask, ok: bool, result: int, outputs: dict[str, int], cached: dict[str, int]) -> int:
         inline = rt.inline_outputs  # a forked PythonTask's result

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Coroutine, Protocol
 
 from .. import constants as C
 from ..wire import messages as M
-from ..wire.connection import send_bytes
+from ..wire.connection import queue_bytes
 from ..wire.remote import FramingError, MessageReader, encode_library_message
 from .forkserver import ForkServer
 
@@ -219,7 +219,9 @@ class PythonRunner:
         if o.send_back:
             conn = self._worker.conn
             if conn is not None:
-                await send_bytes(conn, name, data, task=rt.id)
+                # Queued, not drained: it leaves in one write with the task's complete (at most
+                # 1 MiB, in memory already), not in two writes of its own before it.
+                queue_bytes(conn, name, data, task=rt.id)
             if level <= C.VINE_CACHE_LEVEL_TASK:
                 outputs[name] = len(data)
                 return

@@ -66,6 +66,32 @@ def test_a_heavy_parsl_module_imported_first_loads_the_package_in_parsls_own_ord
     assert out.strip() == "ok"
 
 
+def test_the_lean_set_imports_neither_unittest_mock_nor_asyncio_and_mocks_still_pass_typeguard():
+    out = _fresh_python("""
+        import sys
+        import core.worker.forkserver       # what the fork server process itself imports, then its warm imports
+        import parslvine.lean
+        from parslvine.runner import WARM_IMPORTS
+        for name in WARM_IMPORTS:
+            __import__(name)
+        loaded = sorted(m for m in ("unittest.mock", "unittest", "asyncio") if m in sys.modules)
+        assert not loaded, f"the lean fork server imported {loaded}"
+        from typeguard import TypeCheckError, check_type
+        check_type(3, int)
+        try:
+            check_type("3", int)
+        except TypeCheckError:
+            pass
+        else:
+            raise AssertionError("typeguard stopped checking types")
+        from unittest import mock           # the real module, imported later by a call
+        assert type(sys.modules["unittest.mock"]).__name__ == "module" and mock.patch.__module__ == "unittest.mock"
+        check_type(mock.Mock(), int)        # typeguard lets a real Mock through, as it always did
+        print("ok")
+    """)
+    assert out.strip() == "ok"
+
+
 def test_lean_install_leaves_an_imported_parsl_alone():
     out = _fresh_python("""
         import parsl
