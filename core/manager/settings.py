@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import ManagerError, TuneError
 from ..state.scheduler import DEFAULT_TUNING
-from ..wire.tls import TLSSetupError, self_signed_server_context
+from ..wire.tls import TLSSetupError, self_signed_server_context, server_context
 
 
 @dataclass(slots=True)
@@ -156,9 +156,7 @@ def tls_context(ssl: Any) -> ssl_module.SSLContext | None:
         return None
     if key is None or cert is None:
         raise ValueError(f"ssl=(key_file, cert_file) needs both files or neither; got key={key!r}, cert={cert!r}")
-    ctx = ssl_module.SSLContext(ssl_module.PROTOCOL_TLS_SERVER)
     try:
-        ctx.load_cert_chain(cert, key)
-    except (OSError, ssl_module.SSLError) as exc:
-        raise ManagerError(f"cannot load TLS key {key} / certificate {cert}: {exc}") from exc
-    return ctx
+        return server_context(key, cert)
+    except TLSSetupError as exc:
+        raise ManagerError(str(exc)) from exc

@@ -15,6 +15,7 @@ import os
 import ssl as ssl_module
 import tarfile
 import tempfile
+from collections.abc import Iterator
 
 from ..errors import LocalProtocolError, RemoteProtocolError
 from . import messages as M
@@ -284,29 +285,34 @@ async def send_path(conn: Connection, name: str, path: str, *, level: int | None
             os.unlink(src)
 
 
+def _bytes_frames(name: str, data: bytes, begin: M.FileBegin) -> Iterator[tuple[M.Message, bytes]]:
+    """The frames of file ``name`` held in memory: ``begin``, its chunks, the end."""
+    yield begin, b""
+    piece = M.FileChunk(name)
+    for i in range(0, len(data), CHUNK_SIZE):
+        yield piece, data[i : i + CHUNK_SIZE]
+    yield M.FileEnd(name), b""
+
+
 def queue_bytes(conn: Connection, name: str, data: bytes, *, task: int | None = None) -> int:
     """Queue ``data`` as file ``name`` (the frames :func:`send_bytes` sends), without waiting for
     the socket: they leave with the next write, in one with whatever follows them in this turn
     (a small task's result and its ``complete``). For data already in memory and at most a few
     chunks long, where waiting between chunks would only add writes. Returns its length."""
-    conn.send(M.FileBegin(name, len(data), mode=0o644, task=task))
-    piece = M.FileChunk(name)
-    for i in range(0, len(data), CHUNK_SIZE):
-        conn.send(piece, data[i : i + CHUNK_SIZE])
-    conn.send(M.FileEnd(name))
+    for msg, payload in _bytes_frames(name, data, M.FileBegin(name, len(data), mode=0o644, task=task)):
+        conn.send(msg, payload)
     return len(data)
 
 
 async def send_bytes(conn: Connection, name: str, data: bytes, mode: int = 0o644, *, level: int | None = None,
                      task: int | None = None, request: int | None = None) -> int:
-    """Stream ``data`` as file ``name`` (as :func:`send_path` does). Returns its length."""
-    conn.send(M.FileBegin(name, len(data), mode=mode, level=level, task=task, request=request))
-    piece = M.FileChunk(name)
-    for i in range(0, len(data), CHUNK_SIZE):
-        conn.send(piece, data[i : i + CHUNK_SIZE])
-        await conn.drain()
-    conn.send(M.FileEnd(name))
-    await conn.drain()
+    """Stream ``data`` as file ``name`` (as :func:`send_path` does), waiting for the socket after
+    each chunk and the end. Returns its length."""
+    begin = M.FileBegin(name, len(data), mode=mode, level=level, task=task, request=request)
+    for msg, payload in _bytes_frames(name, data, begin):
+        conn.send(msg, payload)
+        if msg is not begin:
+            await conn.drain()
     return len(data)
 
 

@@ -67,14 +67,20 @@ def self_signed_server_context(common_name: str | None = None) -> ssl_module.SSL
         except (OSError, subprocess.SubprocessError) as exc:
             detail = getattr(exc, "stderr", b"") or b""
             raise TLSSetupError(f"openssl could not make a self-signed certificate: {exc} {detail.decode(errors='replace')}") from exc
-        ctx = ssl_module.SSLContext(ssl_module.PROTOCOL_TLS_SERVER)
-        try:
-            ctx.load_cert_chain(cert, key)
-        except (OSError, ssl_module.SSLError) as exc:
-            raise TLSSetupError(f"cannot load the self-signed certificate openssl made: {exc}") from exc
-        return ctx
+        return server_context(key, cert)
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def server_context(key: str, cert: str) -> ssl_module.SSLContext:
+    """A server-side TLS context holding the PEM key and certificate at these paths (TLSSetupError
+    naming both if they cannot be loaded)."""
+    ctx = ssl_module.SSLContext(ssl_module.PROTOCOL_TLS_SERVER)
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl_module.SSLError) as exc:
+        raise TLSSetupError(f"cannot load TLS key {key} / certificate {cert}: {exc}") from exc
+    return ctx
 
 
 def looks_like_tls(first: bytes) -> bool:
