@@ -45,6 +45,7 @@ left for the child to import, which then reports the real error as the task's ow
 
 from __future__ import annotations
 
+import _signal
 import base64
 import gc
 import importlib
@@ -197,7 +198,7 @@ def serve(fd: int) -> int:  # noqa: C901 - the fork server's select loop: one br
                         request["result_limit"] = INLINE_RESULT_LIMIT
                         os.set_blocking(result_fd, False)
                     try:
-                        pid = _fork_task(request, sock, rfd, wfd, _remote.forked_child_main, result_fd)
+                        pid = _fork_task(request, sock, rfd, wfd, _remote.forked_child_main, result_fd, _remote.fork_lean)
                     finally:
                         if result_fd >= 0:
                             os.close(request["result_fd"])  # the child's end; ours reads
@@ -273,11 +274,11 @@ def _load_function(request: dict[str, Any], functions: dict[str, Any]) -> Any:
 
 
 def _fork_task(request: dict[str, Any], sock: socket.socket, rfd: int, wfd: int, body: Callable[[dict[str, Any]], int],
-               result_fd: int = -1) -> int:
+               result_fd: int = -1, fork: Callable[[], int] = os.fork) -> int:
     # Everything the server holds so far moves to the collector's permanent generation: a child's
     # collections then skip it instead of touching (and so copying) every page of the warm heap.
     gc.freeze()
-    pid = os.fork()
+    pid = fork()
     if pid:
         try:
             os.setpgid(pid, pid)  # also done by the child: whichever runs first wins the race
@@ -287,10 +288,12 @@ def _fork_task(request: dict[str, Any], sock: socket.socket, rfd: int, wfd: int,
     code = 1
     try:
         os.setpgid(0, 0)
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        sock.close()
+        # The C functions, not signal.signal's and socket.close's Python wrappers: every line of
+        # Python a child runs writes to (so copies) the pages of the code it runs.
+        _signal.set_wakeup_fd(-1)
+        _signal.signal(signal.SIGCHLD, _signal.SIG_DFL)
+        _signal.signal(signal.SIGINT, _signal.SIG_DFL)
+        os.close(sock.fileno())  # the socket object is never used again here
         os.close(rfd)
         os.close(wfd)
         if result_fd >= 0:
