@@ -320,7 +320,8 @@ class _ManagerServer:
                     task._parslvine_id = executor_id
                     with self._cond:
                         self._outstanding += 1
-                        self._cond.notify_all()  # the collector (the parent watcher waits on it too)
+                        if self._outstanding == 1:  # the collector waits only while nothing is outstanding
+                            self._cond.notify_all()
                     try:
                         self.m.submit(task)
                     except BaseException:

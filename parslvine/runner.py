@@ -143,6 +143,10 @@ class BoundParslCall:
     for an app defined in an importable module, imports that module anew in every call).
     """
 
+    # Its pickle is its app's bytes and nothing else: a PythonTask pickles and content-hashes it once
+    # (core.api.python_task.function_file), not per call, when calls share one BoundParslCall.
+    vine_pickle_once = True
+
     def __init__(self, function: bytes) -> None:
         self.function = function
         self.app: Any = None  # the deserialized app, once unpickled (None: deserialize in the call)

@@ -89,7 +89,7 @@ def make_task(m: Any, config: TaskVineManagerConfig, settings: TaskSettings, run
         task.set_env_var("PYTHONPATH", PACKAGE_ROOT + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else ""))
     else:
         # The app's function is bound into the task's function, so the worker deserializes it once.
-        task = vine.PythonTask(BoundParslCall(function), arguments, plan.names, outputs)
+        task = vine.PythonTask(bound_call(function), arguments, plan.names, outputs)
         task.disable_output_serialization()  # the runner returns bytes already Parsl-serialized
         task.set_warm_imports(warm_imports)
     if settings.exec_mode == "regular":
@@ -115,6 +115,21 @@ def make_task(m: Any, config: TaskVineManagerConfig, settings: TaskSettings, run
         task.add_output(m.declare_file(local, cache=False), remote)
     task._parslvine_outputs = {remote: local for local, remote in plan.outputs}
     return task
+
+
+def bound_call(function: bytes) -> BoundParslCall:
+    """The one :class:`BoundParslCall` of an app's serialized function, shared by all its calls, so the
+    PythonTasks pickle and content-hash it once per app instead of once per call."""
+    bound = _bound_calls.get(function)
+    if bound is None:
+        if len(_bound_calls) >= MAX_BOUND_CALLS:
+            _bound_calls.clear()  # many distinct apps (or closures): start over rather than grow without end
+        bound = _bound_calls[function] = BoundParslCall(function)
+    return bound
+
+
+MAX_BOUND_CALLS = 512
+_bound_calls: dict[bytes, BoundParslCall] = {}
 
 
 def _regular_settings(m: Any, task: Any, config: TaskVineManagerConfig, settings: TaskSettings) -> None:

@@ -42,7 +42,7 @@ from ..wire.messages import CallRef, TaskDefinition
 from ..wire.remote import decode_result
 from ..wire.remote import load_variable_from_library as _load_variable
 from .files import File
-from .python_task import ARGS_NAME, RESULT_NAME, attach_traceback, extract_references, serialize
+from .python_task import ARGS_NAME, RESULT_NAME, attach_traceback, extract_references, plain_values, serialize
 from .task import Task
 
 if TYPE_CHECKING:
@@ -162,7 +162,7 @@ class FunctionCall(Task):
         if not manager._library_known(self.library_name):
             raise TaskError(f"library {self.library_name!r} is not installed; create it with create_library_from_functions "
                             "and install_library before submitting calls to it")
-        if _plain(self._raw_args) and _plain(self._raw_kwargs):
+        if plain_values(self._raw_args) and plain_values(self._raw_kwargs):
             # Nothing in them can be a reference to another task's output, and the C pickler
             # writes them as cloudpickle would: skip the walk and cloudpickle's own set-up (about
             # a tenth of a small call's cost in the submitting thread, profiled under parsl-perf).
@@ -232,23 +232,3 @@ class FunctionCall(Task):
         except ValueError as exc:
             return FunctionCallNoResult(f"call {self.id}: unreadable result ({exc})")
         return value if ok else attach_traceback(value, tb)
-
-
-_PLAIN_SCALARS = frozenset({bytes, str, int, float, bool, type(None)})
-
-
-def _plain(obj: Any, depth: int = 0) -> bool:
-    """True for scalars (bytes, str, numbers, None) and small lists/tuples/dicts of them, nested a little.
-
-    Exact types only: a subclass may pickle by its own rules or carry a task reference.
-    """
-    t = type(obj)
-    if t in _PLAIN_SCALARS:
-        return True
-    if depth >= 3:
-        return False
-    if t is list or t is tuple:
-        return len(obj) <= 64 and all(_plain(x, depth + 1) for x in obj)
-    if t is dict:
-        return len(obj) <= 64 and all(type(k) in _PLAIN_SCALARS and _plain(v, depth + 1) for k, v in obj.items())
-    return False

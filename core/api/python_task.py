@@ -37,6 +37,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import pickle
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -88,10 +89,45 @@ def attach_traceback(exc: Any, tb: str | None) -> Any:
     return exc
 
 
-def content_buffer(manager: TaskHost, data: bytes) -> File:
-    """A workflow-level buffer named by its content, so identical bytes travel to a worker once."""
-    f = File(manager, "buffer", "buffer", cache="workflow", data=data, cache_name=f"buffer-md5-{hashlib.md5(data).hexdigest()}")
+def content_buffer(manager: TaskHost, data: bytes, name: str | None = None) -> File:
+    """A workflow-level buffer named by its content, so identical bytes travel to a worker once
+    (``name``: that name, already computed by :func:`_content_name` from ``data``)."""
+    f = File(manager, "buffer", "buffer", cache="workflow", data=data, cache_name=name or _content_name(data))
     return manager._remember(f)
+
+
+def _content_name(data: bytes) -> str:
+    return f"buffer-md5-{hashlib.md5(data).hexdigest()}"
+
+
+def function_file(manager: TaskHost, func: Any) -> File:
+    """The content-named buffer holding ``func`` pickled, for a PythonTask's ``.vine_function`` input.
+
+    A function is pickled (and its bytes hashed) for every task, since its pickle may change between
+    submits (a closure's cells, a ``__main__`` function's globals). A callable whose class sets
+    ``vine_pickle_once = True`` promises that its pickle never changes (an object holding only
+    immutable data, such as parslvine's bound app call): it is pickled and hashed once, and every
+    PythonTask given the same object names the same bytes.
+    """
+    if getattr(type(func), "vine_pickle_once", False) is not True:
+        return content_buffer(manager, serialize(func, _function_what(func)))
+    try:
+        known = _PICKLED_ONCE.get(func)
+        if known is None:
+            data = serialize(func, _function_what(func))
+            known = _PICKLED_ONCE[func] = (data, _content_name(data))
+    except TypeError:  # not weak-referenceable or not hashable: pickled per task after all
+        return content_buffer(manager, serialize(func, _function_what(func)))
+    return content_buffer(manager, *known)
+
+
+def _function_what(func: Any) -> str:
+    return f"function {getattr(func, '__qualname__', func)!r}"
+
+
+# Function objects that promised a fixed pickle (vine_pickle_once) -> (their pickle, its content name).
+# Only bytes, no File: a File holds its manager, which must not outlive its user.
+_PICKLED_ONCE: weakref.WeakKeyDictionary[Any, tuple[bytes, str]] = weakref.WeakKeyDictionary()
 
 
 def runner_file(manager: TaskHost) -> File:
@@ -146,6 +182,27 @@ def extract_references(
     return new_args, new_kwargs, refs, inputs
 
 
+_PLAIN_SCALARS = frozenset({bytes, str, int, float, bool, type(None)})
+
+
+def plain_values(obj: Any, depth: int = 0) -> bool:
+    """True for scalars (bytes, str, numbers, None) and small lists/tuples/dicts of them, nested a little.
+
+    Exact types only: a subclass may pickle by its own rules or carry a task reference. Such
+    arguments need no reference walk, and the C pickler writes them as cloudpickle would.
+    """
+    t = type(obj)
+    if t in _PLAIN_SCALARS:
+        return True
+    if depth >= 3:
+        return False
+    if t is list or t is tuple:
+        return len(obj) <= 64 and all(plain_values(x, depth + 1) for x in obj)
+    if t is dict:
+        return len(obj) <= 64 and all(type(k) in _PLAIN_SCALARS and plain_values(v, depth + 1) for k, v in obj.items())
+    return False
+
+
 def serialize(obj: Any, what: str) -> bytes:
     try:
         return cloudpickle.dumps(obj)
@@ -157,6 +214,8 @@ class PythonTask(Task):
     """Run ``func(*args, **kwargs)`` on a worker; ``output`` is its return value (or exception).
 
     Resources and other options are set as on any :class:`Task` (``set_cores``, ``set_tag``, ...).
+    ``func`` is pickled at every submit, unless its class sets ``vine_pickle_once = True`` (its
+    pickle never changes; see :func:`function_file`).
     """
 
     def __init__(self, func: Any, *args: Any, **kwargs: Any) -> None:
@@ -212,12 +271,17 @@ class PythonTask(Task):
 
     # -- submission -----------------------------------------------------------------------------------------
     def _prepare_submit(self, manager: TaskHost) -> None:
-        fn_data = serialize(self._func, f"function {getattr(self._func, '__qualname__', self._func)!r}")
-        call_args, call_kwargs, refs, ref_inputs = extract_references(self._raw_args, self._raw_kwargs)
-        args_data = serialize((call_args, call_kwargs, refs), "arguments")
-        for f, remote in ref_inputs:
-            self.add_input(f, remote)
-        self.add_input(content_buffer(manager, fn_data), FUNCTION_NAME)
+        fn_file = function_file(manager, self._func)
+        if plain_values(self._raw_args) and plain_values(self._raw_kwargs):
+            # Scalars and small containers of them: no task reference can be among them, and the C
+            # pickler writes the same bytes cloudpickle would, without the walk and cloudpickle's set-up.
+            args_data = pickle.dumps((list(self._raw_args), dict(self._raw_kwargs), []), protocol=pickle.HIGHEST_PROTOCOL)
+        else:
+            call_args, call_kwargs, refs, ref_inputs = extract_references(self._raw_args, self._raw_kwargs)
+            args_data = serialize((call_args, call_kwargs, refs), "arguments")
+            for f, remote in ref_inputs:
+                self.add_input(f, remote)
+        self.add_input(fn_file, FUNCTION_NAME)
         # Small arguments travel inside the task message: no buffer to declare, send, cache and link.
         # In an environment the runner script reads them from a file, as before.
         self._inline_args = None

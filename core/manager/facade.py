@@ -571,8 +571,11 @@ class Manager:
                     if display.tick_released(self._cond):  # a refresh was due: look at _done again
                         continue
                     remaining = display.wait_limit(remaining)  # wake for the next refresh
-                with self._metrics.polling():
+                key = self._metrics.polling_began()
+                try:
                     self._cond.wait(remaining)
+                finally:
+                    self._metrics.polling_ended(key)
 
     def empty(self) -> bool:
         """True when every submitted task has been returned by ``wait``."""

@@ -42,6 +42,7 @@ class IOThread:
         self._inline = inline
         self._inbox: collections.deque[Event] = collections.deque()
         self._kick_pending = False
+        self._ident: int | None = None  # the I/O thread's, once it runs
         self._started = threading.Event()
         self._start_io: Callable[[], Awaitable[None]] | None = None
         self._ended: Callable[[], None] | None = None
@@ -55,6 +56,7 @@ class IOThread:
 
     def _run(self) -> None:
         assert self._start_io is not None and self._ended is not None
+        self._ident = threading.get_ident()
         asyncio.set_event_loop(self.loop)
         self.loop.run_until_complete(self._start_io())
         self._started.set()
@@ -90,7 +92,12 @@ class IOThread:
         self._inbox.append(event)
         if not self._kick_pending:
             self._kick_pending = True
-            self.loop.call_soon_threadsafe(self._drain_inbox)
+            if threading.get_ident() == self._ident:
+                # Posted by the I/O thread itself (a finalizer undeclaring a finished task's buffer):
+                # the loop is running, so no wake-up through its self-pipe (a write and a read) is needed.
+                self.loop.call_soon(self._drain_inbox)
+            else:
+                self.loop.call_soon_threadsafe(self._drain_inbox)
 
     def _take_inbox(self) -> list[Event]:
         # popleft until empty: an event appended meanwhile by another thread is taken now or by the

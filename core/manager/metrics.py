@@ -9,7 +9,6 @@ serves every numeric stat as a ``vine_<stat>`` gauge (``Manager(prometheus_port=
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
 import threading
@@ -244,17 +243,18 @@ class ManagerMetrics:
         self._waiting: dict[int, float] = {}  # thread id -> perf_counter() when its wait began
         self.exporter: PrometheusExporter | None = None
 
-    @contextlib.contextmanager
-    def polling(self) -> Iterator[None]:
-        """Around the program's waits in ``wait()``: time_polling, counted while it lasts too."""
+    def polling_began(self) -> int:
+        """Before one of the program's waits in ``wait()``: time_polling, counted while it lasts too.
+        Returns the key to give :meth:`polling_ended` after it (in a ``finally``). Two plain calls,
+        not a context manager: a generator-based one cost a few µs per wait, once per finished task."""
         key = threading.get_ident()
         self._waiting[key] = time.perf_counter()
-        try:
-            yield
-        finally:
-            began = self._waiting.pop(key, None)
-            if began is not None:
-                self.busy["polling"] += (time.perf_counter() - began) * 1e6
+        return key
+
+    def polling_ended(self, key: int) -> None:
+        began = self._waiting.pop(key, None)
+        if began is not None:
+            self.busy["polling"] += (time.perf_counter() - began) * 1e6
 
     def polling_us(self) -> float:
         """µs spent in ``wait()`` so far, including waits still going on."""

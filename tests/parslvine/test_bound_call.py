@@ -12,6 +12,7 @@ import cloudpickle
 from parsl.app.errors import RemoteExceptionWrapper
 from parsl.serialize import serialize
 
+from parslvine import tasks
 from parslvine.runner import BoundParslCall, decode_data, encode_data
 
 
@@ -37,3 +38,21 @@ def test_an_app_that_cannot_be_deserialized_fails_in_the_call_with_its_own_error
     result, _ = pickle.loads(loaded(encode_data({"args": [], "kwargs": {}}), {}, []))
     wrapped = decode_data(result)
     assert isinstance(wrapped, RemoteExceptionWrapper)
+
+
+def test_calls_of_one_app_share_one_bound_call_so_it_is_pickled_once(monkeypatch):
+    monkeypatch.setattr(tasks, "_bound_calls", {})
+    first = tasks.bound_call(serialize(double))
+    again = tasks.bound_call(bytes(bytearray(serialize(double))))  # equal bytes, another object
+    assert again is first and first.vine_pickle_once is True
+    other = tasks.bound_call(serialize(len))
+    assert other is not first and other.function == serialize(len)
+
+
+def test_the_bound_calls_kept_are_bounded(monkeypatch):
+    monkeypatch.setattr(tasks, "_bound_calls", {})
+    monkeypatch.setattr(tasks, "MAX_BOUND_CALLS", 3)
+    made = [tasks.bound_call(b"app-%d" % i) for i in range(7)]
+    assert len(tasks._bound_calls) <= 3
+    assert tasks.bound_call(b"app-6") is made[6]  # the newest is still known
+    assert all(b.function == b"app-%d" % i for i, b in enumerate(made))

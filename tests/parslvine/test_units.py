@@ -136,7 +136,7 @@ def test_function_call_plain_arguments_skip_the_reference_walk_only_when_nothing
 
     import cloudpickle
 
-    from core.api.library import _plain
+    from core.api.python_task import plain_values as _plain
     from core.wire.remote import unpack_arguments
 
     call = (b"\x00fn", b"args", {"in.txt": "in.txt"}, ["out/x"], 3, 2.5, None, True)
