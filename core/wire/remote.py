@@ -46,6 +46,7 @@ decoder here, used by both ends; what is cut short or is not a record raises :cl
 
 from __future__ import annotations
 
+import _signal
 import base64
 import binascii
 import json
@@ -514,9 +515,29 @@ def encode_fork_line(msg: dict[str, Any]) -> bytes:
     return json.dumps(msg, separators=(",", ":")).encode() + b"\n"
 
 
+def fork_started_line(task_id: int, pid: int) -> bytes:
+    """``encode_fork_line({"id": task_id, "pid": pid})``, byte for byte, without the JSON encoder's Python."""
+    return b'{"id":%d,"pid":%d}\n' % (task_id, pid)
+
+
+def fork_ended_line(task_id: int, status: int, result: bytes | None) -> bytes:
+    """``encode_fork_line({"id", "status"[, "result": base64]})``, byte for byte (see fork_started_line)."""
+    if result is None:
+        return b'{"id":%d,"status":%d}\n' % (task_id, status)
+    return b'{"id":%d,"status":%d,"result":"%s"}\n' % (task_id, status, binascii.b2a_base64(result, newline=False))
+
+
+_JSON_SCAN = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # the C scanner: json.loads without its Python layers
+
+
 def _fork_line(line: bytes, what: str) -> dict[str, Any]:
     try:
-        msg = json.loads(line)
+        text = line.decode().strip()
+        msg, end = _JSON_SCAN(text, 0)
+        if end != len(text):
+            raise ValueError(f"extra data at character {end}")
+    except StopIteration:
+        raise FramingError(f"fork-server {what} is not JSON: {line[:60]!r}") from None
     except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise FramingError(f"fork-server {what} is not JSON: {exc}") from None
     if type(msg) is not dict:
@@ -738,9 +759,11 @@ def _fork_call(sock: socket.socket, functions: dict[str, Any], msg: dict[str, An
         return pid
     code = 1
     try:
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        sock.close()
+        # The C functions, not signal.signal's and socket.close's Python wrappers: each line of Python
+        # a child runs writes to (so copies) the pages of its code (see fork_lean).
+        _signal.set_wakeup_fd(-1)
+        _signal.signal(signal.SIGCHLD, _signal.SIG_DFL)
+        os.close(sock.fileno())  # the socket object is never used again here
         os.close(rfd)
         os.close(wfd)
         os.chdir(msg["sandbox"])

@@ -46,11 +46,10 @@ left for the child to import, which then reports the real error as the task's ow
 from __future__ import annotations
 
 import _signal
-import base64
 import gc
 import importlib
 import os
-import selectors
+import select
 import signal
 import socket
 import sys
@@ -75,74 +74,153 @@ _CHANNEL_LIMIT = 4 * INLINE_RESULT_LIMIT  # longest line on the channel (a base6
 # --- the server process ------------------------------------------------------------------------------
 
 
-def serve(fd: int) -> int:  # noqa: C901 - the fork server's select loop: one branch per request and child event
+def serve(fd: int) -> int:
     """Fork server loop over the inherited socket ``fd``; returns when the worker hangs up."""
-    from ..wire import remote as _remote
+    return _Server(fd).run()
 
-    sock = socket.socket(fileno=fd)
-    rfd, wfd = os.pipe()
-    os.set_blocking(rfd, False)
-    os.set_blocking(wfd, False)
-    signal.set_wakeup_fd(wfd)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when we stop
-    sel = selectors.DefaultSelector()
-    sel.register(sock, selectors.EVENT_READ)
-    sel.register(rfd, selectors.EVENT_READ)
-    children: dict[int, Any] = {}
-    base_env = dict(os.environ)  # requests' env is a difference to this (module docstring)
-    warmed: set[str] = set()
-    functions: dict[str, Any] = {}  # function_key -> the unpickled function (insertion order = recency)
-    results: dict[int, tuple[int, bytearray]] = {}  # child pid -> (read end of its result pipe, bytes so far)
-    at_eof: set[int] = set()  # result pipes read to their end (no longer watched), until their child is reaped
-    reported: set[int] = set()  # children whose end was reported from their pipe (their reap sends nothing)
-    buf = b""
-    outgoing: list[bytes] = []  # replies of one select round, sent in one write (one wake-up of the worker)
 
-    def reply(msg: dict[str, Any]) -> None:
-        outgoing.append(_remote.encode_fork_line(msg))
+class _Server:
+    """The fork server's state and its epoll loop.
 
-    def read_result(pid: int, final: bool) -> None:
-        fd, got = results[pid]
+    Lean on purpose: after every fork, each page this process writes is a copy-on-write fault (the
+    child still maps it), so the Python run per task here costs in proportion to the code and
+    objects it touches. Hence epoll itself rather than ``selectors``, one read per readable pipe
+    rather than reading until ``BlockingIOError``, and replies formatted by ``fork_started_line`` /
+    ``fork_ended_line`` rather than ``json.dumps`` (the same bytes).
+    """
+
+    def __init__(self, fd: int) -> None:
+        from ..wire import remote
+
+        self.remote = remote
+        self.sock = socket.socket(fileno=fd)
+        self.sock_fd = fd
+        self.rfd, self.wfd = os.pipe()
+        os.set_blocking(self.rfd, False)
+        os.set_blocking(self.wfd, False)
+        signal.set_wakeup_fd(self.wfd)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when we stop
+        self.poll = select.epoll()
+        self.poll.register(fd, select.EPOLLIN)
+        self.poll.register(self.rfd, select.EPOLLIN)
+        self.children: dict[int, int] = {}  # child pid -> task id
+        self.base_env = dict(os.environ)  # requests' env is a difference to this (module docstring)
+        self.warmed: set[str] = set()
+        self.functions: dict[str, Any] = {}  # function_key -> the unpickled function (insertion order = recency)
+        self.pipes: dict[int, int] = {}  # read end of a child's result pipe (still open) -> child pid
+        self.got: dict[int, bytearray] = {}  # child pid -> what its pipe has given so far
+        self.reported: set[int] = set()  # children whose end was reported from their pipe (the reap sends nothing)
+        self.buf = b""
+        self.outgoing: list[bytes] = []  # replies of one round, sent in one write (one wake-up of the worker)
+
+    def run(self) -> int:
+        rfd, sock_fd = self.rfd, self.sock_fd
+        while True:
+            requests = False
+            # Ends first, the worker's requests last: the ends seen in this round are sent before its
+            # forks (each a millisecond or more), so the worker frees those slots while this forks.
+            for fd, _ in self.poll.poll():
+                if fd == sock_fd:
+                    requests = True
+                elif fd == rfd:
+                    try:
+                        os.read(rfd, 4096)
+                    except BlockingIOError:
+                        pass
+                    self.reap()
+                elif fd in self.pipes:  # (a reap earlier in this round may have closed it)
+                    self.read_pipe(fd)
+            if requests:
+                self.flush()
+                data = self.sock.recv(1 << 20)
+                if not data:
+                    for pid in self.children:
+                        kill_group(pid)
+                    return 0
+                self.take_requests(data)
+            self.flush()
+
+    def flush(self) -> None:
+        if self.outgoing:
+            self.sock.sendall(b"".join(self.outgoing))
+            self.outgoing.clear()
+
+    def take_requests(self, data: bytes) -> None:
+        buf = self.buf + data
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            self.start(self.remote.decode_fork_request(line))  # a bad line ends the server (FramingError)
+        self.buf = buf
+
+    def start(self, request: dict[str, Any]) -> None:
+        """Fork one request's child (after its warm imports and function are loaded here)."""
+        loaded = len(self.warmed), len(self.functions)
+        _warm_imports(request.get("python") or {}, self.warmed)
+        request["function_object"] = _load_function(request, self.functions)
+        if loaded != (len(self.warmed), len(self.functions)):
+            _restore_environ(self.base_env)  # an import may have set variables: children start from base_env
+        result_fd = -1
+        if request.get("result_inline"):
+            result_fd, request["result_fd"] = os.pipe()
+            request["result_limit"] = INLINE_RESULT_LIMIT
+            os.set_blocking(result_fd, False)
+        try:
+            pid = _fork_task(request, self.sock, self.rfd, self.wfd, self.remote.forked_child_main, result_fd,
+                             self.remote.fork_lean)
+        finally:
+            if result_fd >= 0:
+                os.close(request["result_fd"])  # the child's end; ours reads
+        tid = request["id"]
+        self.children[pid] = tid
+        if result_fd >= 0:
+            self.pipes[result_fd] = pid
+            self.got[pid] = bytearray()
+            self.poll.register(result_fd, select.EPOLLIN)
+        self.outgoing.append(self.remote.fork_started_line(tid, pid))
+
+    def read_pipe(self, fd: int) -> None:
+        """One read of a child's result pipe; at its end, report the child if it said how it ended."""
+        try:
+            chunk = os.read(fd, 1 << 20)
+        except BlockingIOError:
+            return
+        pid = self.pipes[fd]
+        if chunk:
+            self.got[pid] += chunk
+            return
+        # The child closed its end (it is exiting): a child whose exit record is there has finished
+        # (output flushed, result sent), so it is reported now, not after the kernel has torn it down.
+        self.close_pipe(fd)
+        result, code = self.remote.read_child_pipe(bytes(self.got[pid]))
+        tid = self.children.get(pid)
+        if code is not None and tid is not None:
+            self.reported.add(pid)
+            self.got.pop(pid, None)
+            self.outgoing.append(self.remote.fork_ended_line(tid, code, result))
+
+    def close_pipe(self, fd: int) -> None:
+        self.poll.unregister(fd)
+        os.close(fd)
+        del self.pipes[fd]
+
+    def drain_pipe(self, pid: int) -> None:
+        """Read what an ended child left in its pipe (it wrote everything before it exited)."""
+        fd = next((f for f, p in self.pipes.items() if p == pid), None)
+        if fd is None:
+            return
         while True:
             try:
                 chunk = os.read(fd, 1 << 20)
             except BlockingIOError:
-                break
+                break  # something the child started still holds the write end: what is there is all
             if not chunk:
-                # The child closed its end (it is exiting): stop watching the pipe now. Left
-                # registered, an at-EOF pipe is readable on every select until the SIGCHLD is
-                # reaped, and the loop spun on empty reads meanwhile (seen with strace).
-                if fd not in at_eof:
-                    at_eof.add(fd)
-                    sel.unregister(fd)
-                    if not final:
-                        report_early(pid, got)
                 break
-            got += chunk
-        if final:
-            if fd in at_eof:
-                at_eof.discard(fd)
-            else:
-                sel.unregister(fd)
-            os.close(fd)
-            del results[pid]
+            self.got[pid] += chunk
+        self.close_pipe(fd)
 
-    def report_early(pid: int, got: bytearray) -> None:
-        # A child that closed its pipe after its exit record has finished (output flushed, result
-        # sent): report it now, not after the kernel has torn it down; the reap is then silent.
-        result, code = _remote.read_child_pipe(bytes(got))
-        tid = children.get(pid)
-        if code is None or tid is None:
-            return
-        reported.add(pid)
-        msg: dict[str, Any] = {"id": tid, "status": code}
-        if result is not None:
-            msg["result"] = base64.b64encode(result).decode()
-        reply(msg)
-
-    def reap() -> None:
-        while children:
+    def reap(self) -> None:
+        while self.children:
             try:
                 ended = reap_child()
             except ChildProcessError:
@@ -150,70 +228,15 @@ def serve(fd: int) -> int:  # noqa: C901 - the fork server's select loop: one br
             if ended is None:
                 return
             pid, code = ended
-            tid = children.pop(pid, None)
-            msg: dict[str, Any] = {"id": tid, "status": code}
-            if pid in results:
-                # The child wrote everything before it exited: what is not read yet is in the pipe.
-                got = results[pid][1]
-                read_result(pid, final=True)
-                result, _ = _remote.read_child_pipe(bytes(got))
-                if result is not None:
-                    msg["result"] = base64.b64encode(result).decode()
-            if pid in reported:
-                reported.discard(pid)
-            elif tid is not None:
-                reply(msg)
-
-    def flush() -> None:
-        if outgoing:
-            sock.sendall(b"".join(outgoing))
-            outgoing.clear()
-
-    while True:
-        # The worker's requests last: the ends seen in this round are sent before its forks (each
-        # a millisecond or more), so the worker frees those slots while this process forks.
-        for key, _ in sorted(sel.select(), key=lambda event: event[0].fileobj is sock):
-            if key.data is not None:
-                if key.data in results:  # (a reap earlier in this batch may have closed it)
-                    read_result(key.data, final=False)
-            elif key.fileobj is sock:
-                flush()
-                data = sock.recv(1 << 20)
-                if not data:
-                    for pid in children:
-                        kill_group(pid)
-                    return 0
-                buf += data
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    request = _remote.decode_fork_request(line)  # a bad line ends the server (FramingError)
-                    loaded = len(warmed), len(functions)
-                    _warm_imports(request.get("python") or {}, warmed)
-                    request["function_object"] = _load_function(request, functions)
-                    if loaded != (len(warmed), len(functions)):
-                        _restore_environ(base_env)  # an import may have set variables: children start from base_env
-                    result_fd = -1
-                    if request.get("result_inline"):
-                        result_fd, request["result_fd"] = os.pipe()
-                        request["result_limit"] = INLINE_RESULT_LIMIT
-                        os.set_blocking(result_fd, False)
-                    try:
-                        pid = _fork_task(request, sock, rfd, wfd, _remote.forked_child_main, result_fd, _remote.fork_lean)
-                    finally:
-                        if result_fd >= 0:
-                            os.close(request["result_fd"])  # the child's end; ours reads
-                    children[pid] = request["id"]
-                    if result_fd >= 0:
-                        results[pid] = (result_fd, bytearray())
-                        sel.register(result_fd, selectors.EVENT_READ, pid)
-                    reply({"id": request["id"], "pid": pid})
-            else:
-                try:
-                    os.read(rfd, 4096)
-                except BlockingIOError:
-                    pass
-                reap()
-        flush()
+            tid = self.children.pop(pid, None)
+            if pid in self.reported:
+                self.reported.discard(pid)
+                continue
+            self.drain_pipe(pid)
+            got = self.got.pop(pid, None)
+            result = self.remote.read_child_pipe(bytes(got))[0] if got else None
+            if tid is not None:
+                self.outgoing.append(self.remote.fork_ended_line(tid, code, result))
 
 
 def _warm_imports(python: dict[str, Any], warmed: set[str]) -> None:
