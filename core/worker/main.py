@@ -44,7 +44,7 @@ from ..wire.connection import (
     path_size,
     send_path,
 )
-from ..wire.protocol import CHUNK_SIZE, Frame, pages_of
+from ..wire.protocol import Frame, pages_of
 from ..wire.receive import FileReceiver, IncomingStreams
 from ..wire.tls import GatedListener, TLSSetupError, client_context, self_signed_server_context, start_gated_server
 from .cache import WorkerCache
@@ -53,14 +53,12 @@ from .monitor import Usage, exceeded, sample
 from .options import batch_job_id, build_parser, detect_resources
 from .python import PythonRunner
 from .reaper import TaskReaper
-from .running import RunningTask
+from .running import RunningTask, read_stdout, take_stdout
 from .sandbox import WorkerSandboxes
 from .transfers import WorkerTransfers
 
 log = logging.getLogger("vine_worker")
 
-STDOUT_LIMIT = 32 << 20  # a task's stdout kept when the manager does not say (it sends max-task-stdout-storage)
-STDOUT_INLINE = 4 << 20  # up to this much travels in the task's complete message; more is streamed before it
 # Errors of this host, not of a task: a task that meets one is given back to the manager to run again.
 _HOST_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOSPC, errno.EDQUOT, errno.ENOMEM})
 WATCH_INTERVAL = 1.0
@@ -264,27 +262,20 @@ class Worker:
             conn.send(M.CachePage(page, n < len(pages)))
         await conn.drain()
         self.last_work = time.monotonic()
-        recv = asyncio.create_task(conn.recv())
+        # One task reads and handles the manager's frames for the whole connection, awaiting the
+        # connection itself: a read costs one wake-up of it (a task per read, waited for with
+        # asyncio.wait, took four turns of the loop per frame). This coroutine waits for that
+        # task's end, a stop, or the idle timeout.
+        reading = asyncio.create_task(self._read_frames(conn))
         stop = asyncio.create_task(self._stop.wait())
         try:
             while True:
-                done, _ = await asyncio.wait({recv, stop}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait({reading, stop}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+                if reading in done:
+                    reading.result()  # the connection's end, or the ProtocolError / OSError that ended it
+                    return
                 if stop in done:
                     return
-                if recv in done:
-                    frame: Frame | None = recv.result()
-                    # Handle every frame that arrived in the same read before flushing, so the
-                    # replies (and messages to libraries) of one batch leave in one write.
-                    while frame is not None:
-                        if isinstance(frame.message, M.Exit):
-                            self._stop.set()
-                            return
-                        self._handle(frame)
-                        frame = conn.recv_nowait()
-                    if recv.result() is None:
-                        return
-                    await conn.drain()
-                    recv = asyncio.create_task(conn.recv())
                 if self.args.timeout and not self.tasks and time.monotonic() - self.last_work > self.args.timeout:
                     log.info("idle for %ss; exiting", self.args.timeout)
                     # Say why (as TaskVine's worker does), so the manager logs IDLE_OUT, not a loss.
@@ -296,8 +287,24 @@ class Worker:
                     self._stop.set()
                     return
         finally:
-            recv.cancel()
+            reading.cancel()
             stop.cancel()
+
+    async def _read_frames(self, conn: Connection) -> None:
+        """Handle the manager's frames until the connection ends or it says ``exit``."""
+        while True:
+            frame = await conn.recv()
+            if frame is None:
+                return
+            # Handle every frame that arrived in the same read before flushing, so the replies
+            # (and messages to libraries) of one batch leave in one write.
+            while frame is not None:
+                if isinstance(frame.message, M.Exit):
+                    self._stop.set()
+                    return
+                self._handle(frame)
+                frame = conn.recv_nowait()
+            await conn.drain()
 
     def _spawn(self, coro: Any) -> None:
         """Run ``coro`` in the background, holding it: the event loop keeps only weak references to
@@ -369,12 +376,12 @@ class Worker:
             self.cache.drop_on_arrival.difference_update(i.name for i in spec.inputs)
         alloc = {k: float(v) for k, v in spec.resources.items()}
         rt = RunningTask(tid, spec, "", alloc)
-        if (spec.queued if queued is None else queued) and waits_in_queue(self.prefetched, not self._fits(alloc)):
+        over = self._fits(alloc)
+        if (spec.queued if queued is None else queued) and waits_in_queue(self.prefetched, not over):
             # Prefetched: starts, in order, the moment its allocation fits (the manager mirrors this).
             self.prefetched.append(rt)
             self.last_work = time.monotonic()
             return
-        over = self._fits(alloc)
         if over:
             self.send(M.Complete(tid, C.VINE_RESULT_FORSAKEN, -1, reason=f"no room for {over}"))
             return
@@ -552,48 +559,9 @@ class Worker:
                     self.kill(rt, C.VINE_RESULT_RESOURCE_EXHAUSTION)
                     return
 
-    async def _take_stdout(self, rt: RunningTask) -> tuple[bytes, bool, int | None]:
-        """The task's captured output, up to the manager's ``stdout_limit`` (tune max-task-stdout-storage):
-        (bytes to send inline, whether it was cut, bytes streamed ahead of ``complete`` or None)."""
-        inline, rt.inline_stdout = rt.inline_stdout, None
-        if inline is not None:
-            return inline, False, None
-        fd, rt.stdout_fd = rt.stdout_fd, -1
-        if fd < 0:
-            return b"", False, None
-        limit = STDOUT_LIMIT if rt.spec.stdout_limit is None else rt.spec.stdout_limit
-        try:
-            size = rt.stdout_size = os.fstat(fd).st_size
-            keep = min(size, limit)
-            if keep <= STDOUT_INLINE or self.conn is None:
-                return (os.pread(fd, min(keep, STDOUT_INLINE), 0) if keep else b""), size > min(keep, STDOUT_INLINE), None
-            # Too big for one frame: streamed in chunks, read from the file as they go (never held whole).
-            name = f".stdout.{rt.id}"
-            conn = self.conn
-            conn.send(M.FileBegin(name, keep, task=rt.id, stdout=True))
-            piece = M.FileChunk(name)
-            for offset in range(0, keep, CHUNK_SIZE):
-                conn.send(piece, os.pread(fd, min(CHUNK_SIZE, keep - offset), offset))
-                await conn.drain()
-            conn.send(M.FileEnd(name))
-            return b"", size > keep, keep
-        finally:
-            os.close(fd)
-
     def read_stdout(self, rt: RunningTask) -> tuple[bytes, bool]:
-        """The task's captured output (at most STDOUT_LIMIT bytes) and whether it was cut, for callers
-        that send it inline only (a library's)."""
-        inline, rt.inline_stdout = rt.inline_stdout, None
-        if inline is not None:
-            return inline, False
-        fd, rt.stdout_fd = rt.stdout_fd, -1
-        if fd < 0:
-            return b"", False
-        try:
-            size = rt.stdout_size = os.fstat(fd).st_size
-            return (os.pread(fd, min(size, STDOUT_LIMIT), 0) if size else b""), size > STDOUT_LIMIT
-        finally:
-            os.close(fd)
+        """The task's captured output (at most STDOUT_LIMIT bytes) and whether it was cut (a library's)."""
+        return read_stdout(rt)
 
     def kill(self, rt: RunningTask, reason: int | None = None) -> None:
         if rt.pid and rt.returncode is None:
@@ -668,7 +636,7 @@ class Worker:
             return  # killed by the manager
         end = time.time()
         await self._pass_slot_on(rt)
-        stdout, cut, streamed = await self._take_stdout(rt)
+        stdout, cut, streamed = await take_stdout(rt, self.conn)
         if cut and result == C.VINE_RESULT_SUCCESS:
             result = C.VINE_RESULT_STDOUT_MISSING
         outputs: dict[str, int] = {}
@@ -688,9 +656,23 @@ class Worker:
                        measured=rt.usage.measured() if rt.usage else {}, limits=rt.limits, stdout_streamed=streamed),
             stdout,
         )
-        if self.conn is not None:
+        await self._drain_if_backed_up()
+
+    async def _drain_if_backed_up(self) -> None:
+        """Wait while the manager reads less than this worker sends.
+
+        A ``complete`` is not flushed at once: the connection writes what was queued in one turn of
+        the loop at its end, so the completes of tasks that end together leave in one write (a
+        drain per task wrote each at once and left an empty flush to run in the next turn). A task
+        waits here only when the socket's buffer is over its high-water mark.
+        """
+        conn = self.conn
+        if conn is None:
+            return
+        transport = conn.writer.transport
+        if transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]:
             try:
-                await self.conn.drain()
+                await conn.drain()
             except ConnectionError:
                 pass
 
@@ -732,6 +714,7 @@ class Worker:
             # the manager then sees the file and the freed slot at once, and places a consumer here.
             outputs[name] = cached[name] = self.cache.add(name, max(level, C.VINE_CACHE_LEVEL_WORKFLOW))
         return result
+
 
 def _shell_quote(s: str) -> str:
     import shlex

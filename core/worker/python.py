@@ -143,10 +143,9 @@ class PythonRunner:
 
     # -- Python tasks through the fork server -------------------------------------------------------------
     async def _execute_forked(self, rt: RunningTask, py: M.PythonRun) -> int:
-        loop = asyncio.get_running_loop()
-        stdout_path = os.path.join(rt.sandbox, ".vine-stdout")
-        rt.stdout_fd = os.open(stdout_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        rt.done = loop.create_future()
+        # The child creates its stdout file (appending to the empty one a recycled sandbox keeps):
+        # the worker opens it only at the end, and only when something was written (core/worker/running.py).
+        stdout_path = rt.stdout_at = os.path.join(rt.sandbox, ".vine-stdout")
         env = self._worker.task_env(rt)
         request, fast = self._fork_request(rt, py)
         server = self.fork_server
@@ -156,24 +155,20 @@ class PythonRunner:
             # No fork server: run the same code in a fresh interpreter of the worker's own Python.
             log.warning("fork server unavailable (%s); task %s runs in a new interpreter", exc, rt.id)
             self._place_fast_inputs(rt, py)
-            os.close(rt.stdout_fd)
-            rt.stdout_fd = -1
+            rt.stdout_at = ""
             rt.fallback_command = shlex.join([sys.executable, REMOTE_PATH, "task", py.function, py.args, py.output or "-",
                                               "1" if py.serialize else "0"])
             return await self._worker.execute(rt)
         rt.pid = pid
         rt.start = time.time()
-
-        def finished(fut: asyncio.Future[int]) -> None:
-            result = server.take_result(rt.id)
-            if result is not None and py.output:
-                rt.inline_outputs = {py.output: result}
-            rt.returncode = fut.result()
-            if rt.done is not None and not rt.done.done():
-                rt.done.set_result(rt.returncode)
-
-        exited.add_done_callback(finished)
-        return await self._worker.supervise(rt)  # measured and watched like any task
+        rt.done = exited  # supervised like any task: time limits, watches, monitoring
+        try:
+            status = rt.returncode = await self._worker.supervise(rt)
+        finally:
+            result = server.take_result(rt.id)  # taken even when cancelled, so none is left behind
+        if result is not None and py.output:
+            rt.inline_outputs = {py.output: result}
+        return status
 
     def _fork_request(self, rt: RunningTask, py: M.PythonRun) -> tuple[dict[str, Any], dict[str, Any]]:
         """The fork-server request for PythonTask ``rt``: what the child finds ready instead of as files.
@@ -214,7 +209,8 @@ class PythonRunner:
         Called by ``Worker._collect_outputs`` for the outputs named in ``rt.inline_outputs``.
         """
         name = o.name
-        self.cache.unlink(name)
+        if name in self.cache.entries or name in self.cache.memory:
+            self.cache.unlink(name)  # an older copy (looking for one on disk costs four stat calls)
         level = o.level
         if o.send_back:
             conn = self._worker.conn

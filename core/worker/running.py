@@ -1,16 +1,33 @@
-"""A task as the worker runs it: :class:`RunningTask`, shared by the worker's parts.
+"""A task as the worker runs it: :class:`RunningTask`, shared by the worker's parts, and its stdout.
 
 The worker (``main``), its sandboxes, transfers (mini-tasks) and Python runner all handle running
 tasks; the record lives here, below all of them, so none imports another for it.
+
+A task's stdout and stderr go to ``.vine-stdout`` in its sandbox. The worker opens that file before
+a command starts (the shell inherits it); a forked PythonTask's child creates it itself, so the
+worker only looks at it at the end (``RunningTask.stdout_at``) and opens it only if it is not empty:
+most small tasks print nothing, and an open, fstat and close per task were a measurable part of the
+worker's time. Up to ``STDOUT_INLINE`` bytes travel inside the ``complete`` (:func:`take_stdout`);
+more (up to the manager's ``stdout_limit``) are streamed ahead of it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from ..wire import messages as M
 from ..wire.messages import TaskDefinition
+from ..wire.protocol import CHUNK_SIZE
 from .monitor import Usage
+
+if TYPE_CHECKING:
+    from ..wire.connection import Connection
+
+STDOUT_LIMIT = 32 << 20  # a task's stdout kept when the manager does not say (it sends max-task-stdout-storage)
+STDOUT_INLINE = 4 << 20  # up to this much travels in the task's complete message; more is streamed before it
 
 
 @dataclass(slots=True, eq=False)
@@ -24,6 +41,7 @@ class RunningTask:
     pid: int = 0
     returncode: int | None = None
     stdout_fd: int = -1
+    stdout_at: str = ""  # its stdout file when the worker did not open it (a forked PythonTask's child makes it)
     stdout_size: int = -1  # bytes the task wrote to stdout (-1: not read)
     done: asyncio.Future[int] | None = None
     killed_for: int | None = None
@@ -41,3 +59,63 @@ class RunningTask:
     fallback_command: str | None = None  # a PythonTask run as a command: the fork server is gone (core/worker/python.py)
     # Set for a library instance (core/worker/python.py): its socket and slots, over the definition's env.
     extra_env: dict[str, str | None] | None = None
+
+
+async def take_stdout(rt: RunningTask, conn: Connection | None) -> tuple[bytes, bool, int | None]:
+    """The task's captured output, up to the manager's ``stdout_limit`` (tune max-task-stdout-storage):
+    (bytes to send inline, whether it was cut, bytes streamed ahead of ``complete`` or None)."""
+    inline, rt.inline_stdout = rt.inline_stdout, None
+    if inline is not None:
+        return inline, False, None
+    fd = _take_fd(rt)
+    if fd < 0:
+        return b"", False, None
+    limit = STDOUT_LIMIT if rt.spec.stdout_limit is None else rt.spec.stdout_limit
+    try:
+        size = rt.stdout_size = os.fstat(fd).st_size
+        keep = min(size, limit)
+        if keep <= STDOUT_INLINE or conn is None:
+            return (os.pread(fd, min(keep, STDOUT_INLINE), 0) if keep else b""), size > min(keep, STDOUT_INLINE), None
+        # Too big for one frame: streamed in chunks, read from the file as they go (never held whole).
+        name = f".stdout.{rt.id}"
+        conn.send(M.FileBegin(name, keep, task=rt.id, stdout=True))
+        piece = M.FileChunk(name)
+        for offset in range(0, keep, CHUNK_SIZE):
+            conn.send(piece, os.pread(fd, min(CHUNK_SIZE, keep - offset), offset))
+            await conn.drain()
+        conn.send(M.FileEnd(name))
+        return b"", size > keep, keep
+    finally:
+        os.close(fd)
+
+
+def read_stdout(rt: RunningTask) -> tuple[bytes, bool]:
+    """The task's captured output (at most STDOUT_LIMIT bytes) and whether it was cut, for callers
+    that send it inline only (a library's)."""
+    inline, rt.inline_stdout = rt.inline_stdout, None
+    if inline is not None:
+        return inline, False
+    fd = _take_fd(rt)
+    if fd < 0:
+        return b"", False
+    try:
+        size = rt.stdout_size = os.fstat(fd).st_size
+        return (os.pread(fd, min(size, STDOUT_LIMIT), 0) if size else b""), size > STDOUT_LIMIT
+    finally:
+        os.close(fd)
+
+
+def _take_fd(rt: RunningTask) -> int:
+    """The task's stdout file, open for reading and now the caller's to close; -1 when there is
+    nothing to read (then ``rt.stdout_size`` is 0 for a file the task's process made itself)."""
+    fd, rt.stdout_fd = rt.stdout_fd, -1
+    if fd >= 0 or not rt.stdout_at:
+        return fd
+    path, rt.stdout_at = rt.stdout_at, ""
+    try:
+        if os.stat(path).st_size:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        pass  # the process never started, or wrote nothing and never opened it
+    rt.stdout_size = 0
+    return -1

@@ -112,12 +112,14 @@ class WorkerSandboxes:
         self.verify_linked(rt)
         if rt.sandbox:
             self._recycle_sandbox(rt.sandbox, rt.stdout_size == 0)
+        unlinked: list[str] = []
+        dropped = [inp.name for inp in rt.spec.inputs if inp.level <= C.VINE_CACHE_LEVEL_TASK]
+        if not dropped:
+            return unlinked  # the usual case: nothing of this task's goes with it
         still = {i.name for other in self.tasks.values() if other is not rt for i in other.spec.inputs}
         still.update(i.name for other in self.prefetched for i in other.spec.inputs)
-        unlinked = []
-        for inp in rt.spec.inputs:
-            name = inp.name
-            if inp.level <= C.VINE_CACHE_LEVEL_TASK and name not in still:
+        for name in dropped:
+            if name not in still:
                 if name in self.cache.entries:
                     self.cache.unlink(name)
                     unlinked.append(name)
