@@ -318,16 +318,16 @@ class _ManagerServer:
                         self._install_library()
                     task = make_task(self.m, self.config, settings, run_parsl_call, function, arguments, plan, WARM_IMPORTS)
                     task._parslvine_id = executor_id
+                    self.m.submit(task)
+                    # Counted once the manager has it: counted before, the collector's wait() could find
+                    # the manager with nothing to wait for and return at once, again and again, taking
+                    # the interpreter lock from this very submit (seen with one call at a time). The
+                    # collector may take the task first (the count dips below zero): it waits only while
+                    # the count is not positive, so neither order loses a wake-up.
                     with self._cond:
                         self._outstanding += 1
                         if self._outstanding == 1:  # the collector waits only while nothing is outstanding
                             self._cond.notify_all()
-                    try:
-                        self.m.submit(task)
-                    except BaseException:
-                        with self._cond:
-                            self._outstanding -= 1
-                        raise
                 except Exception as exc:  # noqa: BLE001 - this call's failure, reported to its future
                     self.send([("done", executor_id, False, _picklable(exc), None)])
             elif kind == "flush":
@@ -350,7 +350,7 @@ class _ManagerServer:
         m = self.m
         while True:
             with self._cond:
-                while not self._stopping and self._outstanding == 0:
+                while not self._stopping and self._outstanding <= 0:
                     self._cond.wait()
                 if self._stopping:
                     return
