@@ -663,14 +663,14 @@ class Worker:
 
         A ``complete`` is not flushed at once: the connection writes what was queued in one turn of
         the loop at its end, so the completes of tasks that end together leave in one write (a
-        drain per task wrote each at once and left an empty flush to run in the next turn). A task
-        waits here only when the socket's buffer is over its high-water mark.
+        drain per task wrote each at once and left an empty flush to run in the next turn). Only
+        when the socket already holds unsent bytes does a task drain, which waits while they are
+        over the transport's high-water mark.
         """
         conn = self.conn
         if conn is None:
             return
-        transport = conn.writer.transport
-        if transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]:
+        if conn.writer.transport.get_write_buffer_size():
             try:
                 await conn.drain()
             except ConnectionError:
