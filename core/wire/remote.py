@@ -512,7 +512,10 @@ class MessageReader:
 
 def encode_fork_line(msg: dict[str, Any]) -> bytes:
     """One line of the fork-server channel (module docstring). JSON never holds a raw newline."""
-    return json.dumps(msg, separators=(",", ":")).encode() + b"\n"
+    return _FORK_ENCODER.encode(msg).encode() + b"\n"
+
+
+_FORK_ENCODER = json.JSONEncoder(separators=(",", ":"))  # json.dumps with separators makes a new one per call
 
 
 def fork_started_line(task_id: int, pid: int) -> bytes:

@@ -334,13 +334,48 @@ def _fork_task(request: dict[str, Any], sock: socket.socket, rfd: int, wfd: int,
 # --- the worker's side ---------------------------------------------------------------------------------
 
 
+class _Replies:
+    """The worker's end of the channel as an asyncio protocol: each reply line is handled in the
+    loop turn that reads it (a StreamReader and a listening task took two turns per reply)."""
+
+    def __init__(self, server: ForkServer) -> None:
+        self.server = server
+        self.transport: Any = None
+        self.buf = b""
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        lines = (self.buf + data).split(b"\n")
+        self.buf = lines.pop()
+        try:
+            for line in lines:
+                self.server._reply(*decode_fork_reply(line))
+            if len(self.buf) > _CHANNEL_LIMIT:
+                raise ValueError(f"fork-server reply line over {_CHANNEL_LIMIT} bytes")
+        except ValueError:  # FramingError is one: the channel is lost
+            self.transport.abort()
+
+    def eof_received(self) -> None:
+        return None  # the transport closes, connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server._channel_lost(self)
+
+    def pause_writing(self) -> None:
+        pass  # requests are small and the server reads them promptly; nothing waits on a drain
+
+    def resume_writing(self) -> None:
+        pass
+
+
 class ForkServer:
     """The worker's handle on its fork server (started on first use, restarted if it dies)."""
 
     def __init__(self) -> None:
         self._proc: subprocess.Popen[bytes] | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._listener: asyncio.Task[None] | None = None
+        self._channel: _Replies | None = None
         self._started: dict[int, asyncio.Future[int]] = {}
         self._exited: dict[int, asyncio.Future[int]] = {}
         self._results: dict[int, bytes] = {}  # inline results (output file bytes) of exited tasks, until taken
@@ -349,7 +384,7 @@ class ForkServer:
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None and self._writer is not None
+        return self._proc is not None and self._proc.poll() is None and self._channel is not None
 
     async def _start(self) -> None:
         import asyncio
@@ -368,46 +403,43 @@ class ForkServer:
             )
         finally:
             child.close()
-        reader, self._writer = await asyncio.open_unix_connection(sock=parent, limit=_CHANNEL_LIMIT)
-        self._listener = asyncio.create_task(self._listen(reader))
+        loop = asyncio.get_running_loop()
+        _, self._channel = await loop.create_unix_connection(lambda: _Replies(self), sock=parent)
 
-    async def _listen(self, reader: asyncio.StreamReader) -> None:
-        import asyncio
+    def _reply(self, tid: int, pid: int | None, status: int | None, result: bytes | None) -> None:
+        if pid is not None:
+            fut = self._started.pop(tid, None)
+            if fut is not None:
+                if fut.cancelled():
+                    kill_group(pid)  # its spawn was cancelled before it knew the pid
+                elif not fut.done():
+                    fut.set_result(pid)
+            return
+        fut = self._exited.pop(tid, None)
+        if fut is not None and not fut.done():
+            if result is not None:
+                self._results[tid] = result
+            assert status is not None
+            fut.set_result(status)
+
+    def _channel_lost(self, channel: _Replies) -> None:
         import subprocess
 
-        try:
-            while True:
-                line = await reader.readline()
-                if not line:
-                    break
-                tid, pid, status, result = decode_fork_reply(line)  # FramingError (a ValueError) ends the channel
-                if pid is not None:
-                    fut = self._started.pop(tid, None)
-                    if fut is not None and not fut.done():
-                        fut.set_result(pid)
-                else:
-                    fut = self._exited.pop(tid, None)
-                    if fut is not None and not fut.done():
-                        if result is not None:
-                            self._results[tid] = result
-                        assert status is not None
-                        fut.set_result(status)
-        except (OSError, ValueError, asyncio.CancelledError):
-            pass
-        finally:
-            self._writer = None
-            for futs in (self._started, self._exited):
-                for fut in futs.values():
-                    if not fut.done():
-                        fut.set_result(-signal.SIGKILL)
-                futs.clear()
-            if self._proc is not None and self._proc.poll() is None:
-                self._proc.kill()
-            if self._proc is not None:
-                try:
-                    self._proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    pass
+        if channel is not self._channel:
+            return
+        self._channel = None
+        for futs in (self._started, self._exited):
+            for fut in futs.values():
+                if not fut.done():
+                    fut.set_result(-signal.SIGKILL)
+            futs.clear()
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+        if self._proc is not None:
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
 
     def take_result(self, task_id: int) -> bytes | None:
         """The result bytes an exited task sent inline (None: it wrote its result file, or none)."""
@@ -426,9 +458,10 @@ class ForkServer:
 
         if self._lock is None:
             self._lock = asyncio.Lock()
-        async with self._lock:
-            if not self.running:
-                await self._start()
+        if not self.running:
+            async with self._lock:
+                if not self.running:
+                    await self._start()
         loop = asyncio.get_running_loop()
         started: asyncio.Future[int] = loop.create_future()
         exited: asyncio.Future[int] = loop.create_future()
@@ -436,14 +469,11 @@ class ForkServer:
         self._exited[task_id] = exited
         changed, unset = env_difference(self._base_env, env)
         request = {"id": task_id, "sandbox": sandbox, "env": changed, "unset": unset, "stdout": stdout, "python": python, **fast}
-        assert self._writer is not None
-        self._writer.write(encode_fork_line(request))
-        try:
-            pid = await asyncio.shield(started)
-        except asyncio.CancelledError:
-            # Killed before we knew its pid: kill it as soon as the server tells us who it is.
-            started.add_done_callback(lambda f: kill_group(f.result()))
-            raise
+        assert self._channel is not None
+        self._channel.transport.write(encode_fork_line(request))
+        # Cancelled while waiting (the task was killed before its pid came), the future is cancelled
+        # too, and _reply kills the child as soon as the server names it.
+        pid = await started
         if pid < 0:
             raise OSError("the fork server died before starting the task")
         return pid, exited
@@ -451,10 +481,8 @@ class ForkServer:
     def close(self) -> None:
         import subprocess
 
-        if self._writer is not None:
-            self._writer.close()
-        if self._listener is not None:
-            self._listener.cancel()
+        if self._channel is not None:
+            self._channel.transport.close()
         if self._proc is not None and self._proc.poll() is None:
             self._proc.kill()
             try:
