@@ -108,8 +108,13 @@ def performance_columns(s: dict[str, float], state: Any, metrics: ManagerMetrics
     s["time_execute_exhaustion"] = times.execute_exhaustion
     s["time_scheduling"] = busy.get("scheduling", 0)
     s["time_polling"] = metrics.polling_us()
-    # The manager's own thread, less the scheduling and message handling counted on their own.
-    s["time_internal"] = max(busy.get("io_cpu", 0) - s["time_scheduling"] - s.get("time_status_msgs", 0), 0)
+    # The manager's own thread (its CPU time), less the scheduling and message handling counted on
+    # their own (wall-clock times). A difference of two clocks' totals can fall between two rows
+    # (the thread descheduled inside a timed section), and a total never goes back: so the largest
+    # value so far.
+    internal = max(busy.get("io_cpu", 0) - s["time_scheduling"] - s.get("time_status_msgs", 0), 0)
+    busy["internal"] = max(busy["internal"], internal)
+    s["time_internal"] = busy["internal"]
     elapsed = max(time.time() * 1e6 - started_us, 0)
     s["time_application"] = max(elapsed - s["time_polling"], 0)
     moved = s.get("bytes_sent_files", 0) + s.get("bytes_received_files", 0)
@@ -237,7 +242,7 @@ class ManagerMetrics:
 
     def __init__(self) -> None:
         self.times = TaskTimes()
-        self.busy: dict[str, float] = {"scheduling": 0.0, "polling": 0.0, "io_cpu": 0.0}
+        self.busy: dict[str, float] = {"scheduling": 0.0, "polling": 0.0, "io_cpu": 0.0, "internal": 0.0}
         self._category_runs: dict[str, list[float]] = {}  # category -> [successful runs, total seconds]
         self._seen_running: dict[int, dict[str, float]] = {}  # task id -> worker id -> first seen running there
         self._waiting: dict[int, float] = {}  # thread id -> perf_counter() when its wait began
