@@ -9,7 +9,8 @@ interpreter per PythonTask).
 instance per core (``exec_mode="fork"`` is available too), against a warm
 ``ProcessPoolExecutor(max_workers=cores)``: the same number of processes, already started.
 
-Both return a dict with the two rates and their ratio. Run ``python -m core.tools.bench_python``.
+Both return a dict with the two rates and their ratio. ``python_cpu(n)`` (``vine_benchmark
+python-cpu``) is CPU per PythonTask by process and the fork server's and a child's minor faults. Run ``python -m core.tools.bench_python``.
 Figures from a shared machine are noisy: compare ratios measured in the same run.
 """
 
@@ -150,6 +151,66 @@ def python_rate(n: int = 300, workers: int = 1) -> dict[str, Any]:
             "fork_floor_tasks_per_s": round(floor, 1), "fork_floor_ratio": round(rate / floor, 3)}
 
 
+def _proc_totals(worker: Any) -> dict[str, float]:
+    """CPU seconds and minor faults of a worker, its fork server(s) and what they reaped (psutil, /proc)."""
+    import psutil
+
+    c = worker.cpu_times()
+    out = {"worker": c.user + c.system, "fork server": 0.0, "forked children": 0.0, "server_faults": 0.0, "child_faults": 0.0}
+    for ch in worker.children():
+        try:
+            if "core.worker.forkserver" not in " ".join(ch.cmdline()):
+                continue
+            cc = ch.cpu_times()
+            with open(f"/proc/{ch.pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except (psutil.Error, OSError):
+            continue
+        out["fork server"] += cc.user + cc.system
+        out["forked children"] += cc.children_user + cc.children_system
+        out["server_faults"] += int(fields[7])  # minflt: this process's own minor faults
+        out["child_faults"] += int(fields[8])  # cminflt: its reaped children's
+    return out
+
+
+def python_cpu(n: int = 600) -> dict[str, Any]:
+    """CPU per PythonTask by process (manager, worker, fork server, forked children) and the minor
+    (copy-on-write) faults per task of the fork server and of a child, on one worker x all cores.
+
+    CPU per task is steadier than a rate on a shared machine; the faults are what a fork costs on
+    top of its page tables (each page the child or the server writes after a fork is copied).
+    """
+    import resource
+
+    import psutil
+
+    def own_cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    with _cluster(1, _cores()) as m:
+        warm = [vine.PythonTask(noop, i) for i in range(4)]  # starts the fork server
+        for t in warm:
+            m.submit(t)
+        _drain(m, len(warm))
+        workers = [p for p in psutil.Process().children() if "core.worker" in " ".join(p.cmdline())]
+        if len(workers) != 1:
+            raise RuntimeError(f"expected one worker process, found {len(workers)}")
+        before, mgr0, start = _proc_totals(workers[0]), own_cpu(), time.perf_counter()
+        for i in range(n):
+            m.submit(vine.PythonTask(noop, i))
+        _drain(m, n)
+        elapsed = time.perf_counter() - start
+        after, mgr1 = _proc_totals(workers[0]), own_cpu()
+    per = {k: (after[k] - before[k]) / n for k in before}
+    ms = {"manager process": round((mgr1 - mgr0) / n * 1e3, 3)}
+    ms.update({k: round(per[k] * 1e3, 3) for k in ("worker", "fork server", "forked children")})
+    ms["total"] = round(sum(ms.values()), 3)
+    return {"workload": "python-cpu", "tasks": n, "tasks_per_s": round(n / elapsed, 1), "cpu_ms_per_task": ms,
+            "minor_faults_per_task": {"fork server": round(per["server_faults"], 1), "child": round(per["child_faults"], 1)},
+            "load_1min": round(os.getloadavg()[0], 2)}
+
+
 def funcall_rate(n: int = 3000, workers: int = 1, exec_mode: str = "direct") -> dict[str, Any]:
     """FunctionCalls per second vs a warm ProcessPoolExecutor with as many processes as library slots."""
     cores = _cores()
@@ -182,7 +243,7 @@ def funcall_rate(n: int = 3000, workers: int = 1, exec_mode: str = "direct") -> 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench_python", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("workloads", nargs="*", default=["python", "funcall"], help="python, funcall, funcall-fork")
+    p.add_argument("workloads", nargs="*", default=["python", "funcall"], help="python, python-cpu, funcall, funcall-fork")
     p.add_argument("-n", type=int, default=0, help="tasks or calls (default 300 python, 3000 funcall)")
     p.add_argument("--workers", type=int, default=1)
     args = p.parse_args(argv)
@@ -193,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
             out = funcall_rate(args.n or 3000, args.workers)
         elif w == "funcall-fork":
             out = funcall_rate(args.n or 1000, args.workers, exec_mode="fork")
+        elif w == "python-cpu":
+            out = python_cpu(args.n or 600)
         else:
             p.error(f"unknown workload {w!r}")
         print(json.dumps(out), flush=True)

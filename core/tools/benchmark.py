@@ -9,6 +9,8 @@ Workloads:
   chain-append  the older chain row: 200 tasks appending to the previous output (checks the content).
   python   PythonTasks (fork server) next to ProcessPoolExecutor(max_tasks_per_child=1) and the bare
            fork-per-call floor.
+  python-cpu  600 PythonTasks: CPU ms per task by process (manager, worker, fork server, forked
+           children) and the minor (copy-on-write) faults per task of the fork server and of a child.
   funcall  FunctionCalls to a warm direct-mode library next to a warm ProcessPoolExecutor
            (funcall-fork: fork mode, also next to the fork-per-call floor).
   queue-mem  --queue-tasks (200,000) Task("true") queued with no worker: manager bytes per task and
@@ -157,7 +159,7 @@ def bench_chain(length: int = 200, workers: int = 1) -> dict[str, Any]:
                 "manager_bytes_sent": m.stats.bytes_sent}
 
 
-WORKLOADS = ("std", "queue", "queue-mem", "fanout", "chain", "chain-append", "python", "funcall", "funcall-fork")
+WORKLOADS = ("std", "queue", "queue-mem", "fanout", "chain", "chain-append", "python", "python-cpu", "funcall", "funcall-fork")
 # Adapter workloads live next to their peers: core/tools/bench_dask.py and bench_parsl.py each define
 # WORKLOADS (names starting "dask" / "parsl") and run(name, args) -> list of JSON-able dicts.
 ADAPTER_MODULES = {"dask": "core.tools.bench_dask", "parsl": "core.tools.bench_parsl"}
@@ -186,11 +188,13 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if w == "std":
             out.append(bench_std(args.tasks))
-        elif w in ("python", "funcall", "funcall-fork"):
+        elif w in ("python", "python-cpu", "funcall", "funcall-fork"):
             from core.tools import bench_python
 
             if w == "python":
                 out.append(bench_python.python_rate(300))
+            elif w == "python-cpu":
+                out.append(bench_python.python_cpu(600))
             else:
                 out.append(bench_python.funcall_rate(4000 if w == "funcall" else 1000, exec_mode="fork" if w == "funcall-fork" else "direct"))
         elif w == "fanout":
