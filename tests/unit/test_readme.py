@@ -522,6 +522,7 @@ RUN_HERE: tuple[RunHere, ...] = (
     RunHere(("vine_benchmark", "parsl-quick", "--vs", "htex"), 240, r'"workload": "parsl-quick"'),
     RunHere(("vine_benchmark", "parsl-cpu", "-n", "60", "--vs", "parslvine-serverless"), 240, r'"workload": "parsl-cpu"'),
     RunHere(("vine_benchmark", "python"), 240, r'"workload": "python"'),
+    RunHere(("vine_benchmark", "python-cpu"), 120, r'"workload": "python-cpu"'),
     RunHere(("vine_benchmark", "dask-sum", "dask-chain", "dask-array", "--vs", "threaded", "--repeat", "1"), 180, r"dask-array"),
     RunHere(("python", "-m", "core.tools.bench_sandbox", "--tasks", "20"), 180, r'"op": "tasks"'),
     RunHere(("python", "-m", "core.tools.quickstart"), 180, r"done in [\d.]+s with \d+ workers, 0 failures", json_rows=False),
