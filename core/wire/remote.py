@@ -337,6 +337,20 @@ def fork_lean() -> int:
             hook.__code__ = body
 
 
+def leave_parent_loop(sock: socket.socket, *fds: int) -> None:
+    """In a forked child (of the fork server or a library): let go of the parent's loop, that is its
+    signal wake-up pipe, its SIGCHLD handler, its socket and the given descriptors.
+
+    The C functions, not ``signal.signal``'s and ``socket.close``'s Python wrappers: each line of
+    Python a child runs writes to (so copies) the pages of its code (see :func:`fork_lean`).
+    """
+    _signal.set_wakeup_fd(-1)
+    _signal.signal(signal.SIGCHLD, _signal.SIG_DFL)
+    os.close(sock.fileno())  # the socket object is never used again here
+    for fd in fds:
+        os.close(fd)
+
+
 def forked_child_main(request: dict[str, Any]) -> int:
     """The body of a fork-server child: become the task's process, in its sandbox, and run it."""
     sandbox = request["sandbox"]
@@ -762,13 +776,7 @@ def _fork_call(sock: socket.socket, functions: dict[str, Any], msg: dict[str, An
         return pid
     code = 1
     try:
-        # The C functions, not signal.signal's and socket.close's Python wrappers: each line of Python
-        # a child runs writes to (so copies) the pages of its code (see fork_lean).
-        _signal.set_wakeup_fd(-1)
-        _signal.signal(signal.SIGCHLD, _signal.SIG_DFL)
-        os.close(sock.fileno())  # the socket object is never used again here
-        os.close(rfd)
-        os.close(wfd)
+        leave_parent_loop(sock, rfd, wfd)
         os.chdir(msg["sandbox"])
         code = _run_call(functions, msg)[0]
     except BaseException:  # noqa: BLE001 - a child must never return into the library's loop

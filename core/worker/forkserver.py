@@ -55,7 +55,7 @@ import socket
 import sys
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..wire.remote import decode_fork_reply, encode_fork_line
+from ..wire.remote import decode_fork_reply, encode_fork_line, leave_parent_loop
 from .children import kill_group, reap_child
 
 if TYPE_CHECKING:
@@ -311,16 +311,9 @@ def _fork_task(request: dict[str, Any], sock: socket.socket, rfd: int, wfd: int,
     code = 1
     try:
         os.setpgid(0, 0)
-        # The C functions, not signal.signal's and socket.close's Python wrappers: every line of
-        # Python a child runs writes to (so copies) the pages of the code it runs.
-        _signal.set_wakeup_fd(-1)
-        _signal.signal(signal.SIGCHLD, _signal.SIG_DFL)
-        _signal.signal(signal.SIGINT, _signal.SIG_DFL)
-        os.close(sock.fileno())  # the socket object is never used again here
-        os.close(rfd)
-        os.close(wfd)
-        if result_fd >= 0:
-            os.close(result_fd)  # the server's end of this child's result pipe
+        # (result_fd: the server's end of this child's result pipe)
+        leave_parent_loop(sock, rfd, wfd, *((result_fd,) if result_fd >= 0 else ()))
+        _signal.signal(signal.SIGINT, _signal.SIG_DFL)  # the server ignores it; a task does not
         code = body(request)
     except BaseException:  # noqa: BLE001 - a child must never return into the server loop
         import traceback

@@ -158,3 +158,15 @@ def test_bad_fork_replies_are_named(line: bytes, complaint: str) -> None:
 def test_bad_fork_requests_are_named(change: dict[str, object], complaint: str) -> None:
     with pytest.raises(FramingError, match=complaint):
         decode_fork_request(encode_fork_line({**REQUEST, **change}))
+
+
+def test_the_fork_servers_formatted_replies_are_encode_fork_lines_byte_for_byte():
+    from core.wire.remote import fork_ended_line, fork_started_line
+
+    result = bytes(range(256)) * 5
+    assert fork_started_line(7, 4242) == encode_fork_line({"id": 7, "pid": 4242})
+    assert fork_ended_line(7, -9, None) == encode_fork_line({"id": 7, "status": -9})
+    assert fork_ended_line(7, 0, result) == encode_fork_line(
+        {"id": 7, "status": 0, "result": base64.b64encode(result).decode()})
+    assert decode_fork_reply(fork_ended_line(7, 0, result)) == (7, None, 0, result)
+    assert decode_fork_reply(fork_started_line(7, 4242)) == (7, 4242, None, None)
