@@ -32,6 +32,7 @@ log = logging.getLogger("vine_worker")
 
 MEMORY_FILE_MAX = 1 << 20  # cached files up to this size may live in memory ...
 MEMORY_LIMIT = 256 << 20  # ... up to this much in all
+OUTPUT_MEMORY_MAX = 64 << 10  # a task's output up to this size may move from its sandbox into memory (adopt_small_output)
 
 
 class WorkerCache:
@@ -48,6 +49,11 @@ class WorkerCache:
         self.pending: dict[str, asyncio.Future[bool]] = {}  # names on their way into the cache
         self.drop_on_arrival: set[str] = set()  # pending names nothing here needs any more (see ready)
         self.send = send  # a message to the manager (the worker's send)
+        # The mode a file written from memory gets (open's 0o666 under the umask): an output with any
+        # other mode (an executable script, a private 0600 file) stays a file, so it keeps its mode.
+        umask = os.umask(0o022)
+        os.umask(umask)
+        self.plain_mode = 0o666 & ~umask
 
     def path(self, name: str) -> str:
         if "/" in name or name in ("", ".", ".."):
@@ -170,6 +176,38 @@ class WorkerCache:
             return
         with open(self.path(name), "wb") as fh:
             fh.write(data)
+
+    def adopt_small_output(self, name: str, src: str, level: int) -> bool:
+        """Move a task's small output file ``src`` into memory as cache entry ``name``; False (and
+        ``src`` untouched) when it is not a plain small file, its level outlives the workflow, or
+        the memory budget is used up.
+
+        A chain's link reads its input from the previous link's output: from memory it is written
+        into the next sandbox in one open and write, where a file in the cache was moved, stamped,
+        copied and checked (``seal``, ``shutil.copyfile``, ``chmod``). Only a regular file with one
+        link and the plain mode qualifies: written back from memory it is the same file.
+        """
+        if level > C.VINE_CACHE_LEVEL_WORKFLOW:
+            return False  # worker- and forever-level files stay on disk (as transfers.py keeps them)
+        try:
+            fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return False  # a symlink, or unreadable: moved as a file
+        try:
+            st = os.fstat(fd)
+            if (not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or stat.S_IMODE(st.st_mode) != self.plain_mode
+                    or st.st_size > OUTPUT_MEMORY_MAX or self.memory_bytes + st.st_size > MEMORY_LIMIT):
+                return False
+            data = os.read(fd, st.st_size + 1)
+        finally:
+            os.close(fd)
+        if len(data) != st.st_size:
+            return False  # still changing (a process the task left behind): moved as a file
+        os.unlink(src)
+        self.unlink(name)
+        self.memory[name] = data
+        self.memory_bytes += len(data)
+        return True
 
     def spill(self, name: str) -> None:
         """Write an in-memory cached file to the cache directory (it stays cached, now on disk)."""

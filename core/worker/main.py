@@ -700,9 +700,13 @@ class Worker:
                     result = C.VINE_RESULT_OUTPUT_MISSING
                 continue
             name = o.name
+            level = o.level
+            if not o.send_back and self.cache.adopt_small_output(name, src, max(level, C.VINE_CACHE_LEVEL_WORKFLOW)):
+                # In memory now (a chain's next link gets it written from there): announced as any cached output.
+                outputs[name] = cached[name] = self.cache.add(name, max(level, C.VINE_CACHE_LEVEL_WORKFLOW))
+                continue
             self.cache.unlink(name)
             os.replace(src, self.cache.path(name))
-            level = o.level
             if o.send_back:
                 if self.conn is not None:
                     await send_path(self.conn, name, self.cache.path(name), task=rt.id)
