@@ -177,7 +177,7 @@ class TaskVineExecutor(BlockProviderExecutor, RepresentationMixin):
             self._tasks[executor_id] = future
             self._outstanding += 1
         try:
-            self._client.send(("call", executor_id, settings, function, arguments, plan))  # type: ignore[union-attr]  # set by start()
+            self._client.send(("call", executor_id, settings.to_wire(), function, arguments, plan.to_wire()))  # type: ignore[union-attr]  # set by start()
         except BaseException:
             with self._lock:
                 self._tasks.pop(executor_id, None)

@@ -306,14 +306,17 @@ class _ManagerServer:
             collector.join(STOP_TIMEOUT)
 
     def _handle(self, items: list[Any]) -> bool:
+        from .resources import TaskSettings
         from .runner import WARM_IMPORTS, run_parsl_call
+        from .staging import StagingPlan
         from .tasks import make_task
 
         for item in items:
             kind = item[0]
             if kind == "call":
-                _k, executor_id, settings, function, arguments, plan = item
+                _k, executor_id, settings_fields, function, arguments, plan_fields = item
                 try:
+                    settings, plan = TaskSettings.from_wire(settings_fields), StagingPlan.from_wire(plan_fields)
                     if settings.exec_mode == "serverless" and not self._library_installed:
                         self._install_library()
                     task = make_task(self.m, self.config, settings, run_parsl_call, function, arguments, plan, WARM_IMPORTS)

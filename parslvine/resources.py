@@ -35,6 +35,17 @@ class TaskSettings:
     running_time_min: float | None = None
     category: str | None = None
 
+    def to_wire(self) -> tuple[Any, ...]:
+        """The fields in order, as a tuple: what goes to the manager process with each call (a
+        dataclass pickles by its class and ``__dict__``, ~9 µs more per call on each side)."""
+        return (self.exec_mode, self.cores, self.memory, self.disk, self.gpus, self.priority, self.running_time_min,
+                self.category)
+
+    @classmethod
+    def from_wire(cls, fields: tuple[Any, ...]) -> TaskSettings:
+        """The inverse of :meth:`to_wire`."""
+        return cls(*fields)
+
 
 def settings_from_spec(spec: Any, default_mode: str, warn_unknown: Callable[[str], None]) -> TaskSettings:
     """``TaskSettings`` from a resource specification; a bad value raises with the key's name."""

@@ -26,11 +26,20 @@ import pickle
 import sys
 from typing import Any
 
+# The lean parsl first (see parslvine.lean): a serverless library imports this module when it
+# unpickles its function, before any of its own imports, and a fresh ``python -m parslvine.runner``
+# starts with it; either would otherwise load all of Parsl (~60 MB, 1-2 s) for what a call needs.
+# Where Parsl is already imported (the user's process) this changes nothing.
+from . import lean  # noqa: F401
+
+# isort: split
+
 # Imported when this module is: on workers the fork server (warm imports) or the library has
 # already paid for them, so a call never imports Parsl itself.
 from parsl.app.errors import RemoteExceptionWrapper
 from parsl.data_provider.files import File
 from parsl.serialize import deserialize, serialize
+from parsl.serialize.facade import methods_for_data as _methods_for_data
 from parsl.utils import get_std_fname_mode
 
 PICKLE_TAG = b"parslvine-pickle\n"
@@ -62,9 +71,9 @@ def decode_data(data: bytes) -> Any:
 
 
 def _default_data_methods() -> bool:
-    from parsl.serialize.facade import methods_for_data
-
-    return len(methods_for_data) == 1 and b"02" in methods_for_data
+    # Parsl's own registry (a dict it changes in place when a plugin registers): read, not re-imported,
+    # per call.
+    return len(_methods_for_data) == 1 and b"02" in _methods_for_data
 
 
 # What a worker imports once so that calls skip it (PythonTask.set_warm_imports, library imports).
@@ -120,6 +129,10 @@ def run_parsl_call(function: bytes, arguments: bytes, names: dict[str, str], out
     so a missing output stays missing, as on a shared filesystem. ``app`` is the function already
     deserialized from ``function`` (by :class:`BoundParslCall`).
     """
+    # (Every line here runs in a fresh fork per regular call, where each object it touches costs a
+    # copy-on-write fault: the common case, no files, does nothing it does not need.)
+    if not outputs:
+        return pickle.dumps((_call(function, arguments, names, app), []), protocol=pickle.HIGHEST_PROTOCOL)
     for name in outputs:  # the app writes its outputs where it expects them, directories included
         parent = os.path.dirname(name)
         if parent:
@@ -171,8 +184,9 @@ def _call(function: bytes, arguments: bytes, names: dict[str, str], app: Any = N
     try:
         func = app if app is not None else deserialize(function)
         call = decode_data(arguments)
-        args, kwargs = list(call["args"]), dict(call["kwargs"])
-        remap_files(args, kwargs, names)
+        args, kwargs = call["args"], call["kwargs"]  # fresh from the unpickling: ours to change
+        if names:
+            remap_files(args, kwargs, names)
         result: Any = func(*args, **kwargs)
     except BaseException:  # noqa: BLE001 - even SystemExit is the app's outcome, reported to the user
         result = RemoteExceptionWrapper(*sys.exc_info())

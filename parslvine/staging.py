@@ -35,6 +35,18 @@ class StagingPlan:
     outputs: list[tuple[str, str]] = field(default_factory=list)
     names: dict[str, str] = field(default_factory=dict)
 
+    def to_wire(self) -> tuple[Any, ...] | None:
+        """``(inputs, outputs, names)``, or None when the call moves nothing (most calls): what goes
+        to the manager process with each call, cheaper to pickle than the dataclass."""
+        if not (self.inputs or self.outputs or self.names):
+            return None
+        return (self.inputs, self.outputs, self.names)
+
+    @classmethod
+    def from_wire(cls, fields: tuple[Any, ...] | None) -> StagingPlan:
+        """The inverse of :meth:`to_wire`."""
+        return cls() if fields is None else cls(*fields)
+
     def _sandbox_name(self, path: str) -> str:
         known = self.names.get(path)
         if known is not None:

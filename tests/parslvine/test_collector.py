@@ -52,8 +52,8 @@ def test_one_call_at_a_time_does_not_make_the_collector_spin(tmp_path, start_wor
         for i in range(CALLS):
             settings = settings_from_spec({}, "regular", lambda key: None)
             settings.category = "parsl-default"
-            send_frame(ours, [("call", i, settings, function, encode_data({"args": (i,), "kwargs": {}}),
-                               plan_staging((i,), {}, False))])
+            send_frame(ours, [("call", i, settings.to_wire(), function, encode_data({"args": (i,), "kwargs": {}}),
+                               plan_staging((i,), {}, False).to_wire())])
             (kind, executor_id, ok, payload, _code), = recv_frame(ours)
             assert (kind, executor_id, ok) == ("done", i, True)
             assert decode_data(payload) == 3 * i

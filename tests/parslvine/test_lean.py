@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import make_executor
+from .conftest import make_executor, start_executor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -149,3 +149,28 @@ def test_regular_calls_fork_from_a_lean_server_and_parsl_names_still_work(regula
     with open(os.path.join(in_tmp, "out.txt")) as fh:
         assert fh.read().strip() == "lean-bash"
     assert version_and_dflow().result(60) == (VERSION, True)
+
+
+def _parsl_in_this_process() -> tuple[bool, str]:
+    import sys
+
+    return "parsl.dataflow.dflow" in sys.modules, type(sys.modules["parsl"]).__name__
+
+
+@pytest.mark.timeout(120)
+def test_serverless_library_stays_lean(tmp_path, executors):
+    # The library unpickles its function (parslvine.runner) before its own imports: the runner puts
+    # the lean package in place first, or that unpickling would load all of Parsl into every library.
+    ex = start_executor(tmp_path, make_executor("serverless"))
+    executors.append(ex)
+    assert ex.submit(_parsl_in_this_process, {}).result(60) == (False, "LazyParslPackage")
+
+
+def test_a_fresh_runner_starts_lean():
+    # ``python -m parslvine.runner`` (init_command tasks) and a library both start with the runner.
+    out = _fresh_python("""
+        import sys
+        import parslvine.runner
+        print("parsl.dataflow.dflow" in sys.modules, type(sys.modules["parsl"]).__name__)
+    """)
+    assert out.split() == ["False", "LazyParslPackage"]

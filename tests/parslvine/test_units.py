@@ -69,6 +69,23 @@ def test_resource_specification_mapping():
         settings_from_spec({"exec_mode": "fast"}, "regular", unknown.append)
 
 
+def test_settings_and_plans_cross_to_the_manager_process_as_plain_tuples():
+    import dataclasses
+
+    from parslvine.resources import TaskSettings
+    from parslvine.staging import StagingPlan
+
+    s = settings_from_spec({"cores": 2, "memory": 1000, "disk": 500, "gpus": 1, "running_time_min": 10, "priority": 3,
+                            "category": "x"}, "serverless", print)
+    wire = s.to_wire()
+    assert wire == dataclasses.astuple(s) and len(wire) == len(dataclasses.fields(TaskSettings))  # every field, in order
+    assert TaskSettings.from_wire(pickle.loads(pickle.dumps(wire))) == s
+    plan = StagingPlan(inputs=[("a", "a")], outputs=[("o", "o")], names={"a": "a", "o": "o"})
+    assert StagingPlan.from_wire(pickle.loads(pickle.dumps(plan.to_wire()))) == plan
+    assert StagingPlan().to_wire() is None and StagingPlan.from_wire(None) == StagingPlan()
+    assert len(dataclasses.fields(StagingPlan)) == 3  # to_wire sends these three
+
+
 def test_staging_plan_follows_parsls_rule(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "in.txt").write_text("x")
