@@ -79,8 +79,11 @@ class StartLibrary(Instruction):
 
 
 # Calls per slot a library instance may hold (tune "library-queue-depth"). The one place this default
-# lives: the scheduler reads it from here (it used to fall back to 4 on its own while this said 8).
-DEFAULT_QUEUE_DEPTH = 4
+# lives: the scheduler reads it from here. 8, not 4: with twice the calls in flight, the messages of
+# a loop turn (the manager's tasks, the worker's completes, the library's replies) carry twice the
+# calls, and a short call's CPU summed over the manager, worker and library fell by about a fifth
+# (issue 13, session 21). Only calls measured short (SHORT_CALL) queue at all.
+DEFAULT_QUEUE_DEPTH = 8
 SHORT_CALL = 0.05  # s: calls shorter than this on average may queue inside an instance
 
 
@@ -181,8 +184,18 @@ class LibraryBook:
         return max(1, self.depth)
 
     def has_room(self, depth: int = 1) -> bool:
-        """Some instance has a free slot or queue room, or is idle and could give its room away."""
-        return any(i.queue_room(self.depth_for(i.name)) > 0 or (not i.calls and not i.dead) for i in self.instances.values())
+        """Some instance has a free slot or queue room, or is idle and could give its room away.
+
+        (``depth`` is not used: each instance's own ``depth_for`` decides. Asked once or twice per
+        scheduling step, hence a plain loop with the idle test first.)
+        """
+        for i in self.instances.values():
+            if i.dead:
+                continue
+            held = len(i.calls)
+            if not held or held < i.slots * self.depth_for(i.name):
+                return True
+        return False
 
     def slot_for(self, name: str, w: WorkerRecord) -> Resources | None:
         """All-zero allocation if ``w`` runs an instance of ``name`` with a free slot, else None."""
@@ -197,8 +210,11 @@ class LibraryBook:
         if name is None:
             return
         depth = self.depth_for(name)
-        best = max((i for i in self.instances.values() if i.worker == w.id and i.name == name and i.queue_room(depth) > 0),
-                   key=lambda i: (i.free, -len(i.calls)), default=None)
+        best: LibraryInstance | None = None  # the one with the most free slots, then the fewest calls
+        for i in self.instances.values():
+            if i.worker == w.id and i.name == name and i.queue_room(depth) > 0 and (
+                    best is None or (i.free, -len(i.calls)) > (best.free, -len(best.calls))):
+                best = i
         assert best is not None, f"call {rec.id} placed on {w.id} without a free slot of {name}"
         best.calls.add(rec.id)
         self.call_instance[rec.id] = best.id
@@ -248,10 +264,14 @@ class LibraryBook:
     def _queue_for(self, s: SchedulerState, rec: TaskRecord, now: float) -> tuple[WorkerRecord, Resources] | None:
         """No free slot and no room for another instance: queue the call in the least busy instance."""
         name = rec.spec.library_required
+        assert name is not None  # only calls queue in instances
+        depth = self.depth_for(name)
         best = None
         for inst in self.instances.values():
+            if inst.name != name or inst.queue_room(depth) <= 0:
+                continue
             w = s.workers.get(inst.worker)
-            if inst.name != name or w is None or inst.queue_room(self.depth_for(name)) <= 0 or not s.placement.open_to(rec.spec, w, now):
+            if w is None or not s.placement.open_to(rec.spec, w, now):
                 continue
             if best is None or len(inst.calls) < len(best[0].calls):
                 best = (inst, w)

@@ -11,7 +11,7 @@ where ``core`` may not be installed. The worker's fork server imports it as ``co
     fork server child, or                        library process (one per worker, warm imports)
     `python3 .vine_runner.py task F A O S`         ├─ direct: the call runs in the library process
       load F (function), A (args),                 └─ fork:   the call runs in a fork of it
-      run, write O (result envelope)             the envelope goes to the path the worker names
+      run, write O (result envelope)             the envelope comes back in the library's "done"
 
 A PythonTask's output file holds exactly ``cloudpickle.dumps(return_value)``, as TaskVine's does, so
 a consumer written for TaskVine ``cloudpickle.load()``s it. When the function raised (or returned a
@@ -36,12 +36,14 @@ decoder here, used by both ends; what is cut short or is not a record raises :cl
   environment as its difference to the server's: variables to set, names to remove). Server -> worker: ``{"id", "pid"}`` once forked,
   then ``{"id", "status"[, "result": base64]}`` when it ended (:func:`decode_fork_reply`).
   :func:`encode_fork_line` writes either.
-- **child result pipe** (fork-server child -> server): ``b"R"`` + uint64 big-endian length + the
-  result bytes (optional), then ``b"X"`` + int32 big-endian exit status, the last thing the child
-  writes (:func:`pipe_result`, :func:`pipe_exit`, :func:`parse_child_pipe`).
+- **child result pipe** (fork-server child -> server, fork-mode call -> its library): ``b"R"`` +
+  uint64 big-endian length + the result bytes (optional), then ``b"X"`` + int32 big-endian exit
+  status, the last thing the child writes (:func:`pipe_result`, :func:`pipe_exit`, :func:`parse_child_pipe`).
 - **library socket** (worker <-> library process, a unix socket): uint32 big-endian length + a
   pickled dict with a string ``"op"``: worker -> library ``call`` / ``kill``, library -> worker
-  ``ready`` / ``failed`` / ``done`` (:func:`encode_library_message`, :class:`MessageReader`).
+  ``ready`` / ``failed`` / ``done`` (:func:`encode_library_message`, :class:`MessageReader`); a
+  ``done`` carries the call's result envelope (``"result"``) unless it was over INLINE_RESULT bytes
+  and went to the call's result file.
 """
 
 from __future__ import annotations
@@ -49,10 +51,11 @@ from __future__ import annotations
 import _signal
 import base64
 import binascii
+import collections
 import json
 import os
 import pickle
-import selectors
+import select
 import signal
 import socket
 import struct
@@ -703,62 +706,167 @@ def library_main(config_path: str) -> int:
     return _serve_calls(sock, functions, mode)
 
 
-def _serve_calls(sock: socket.socket, functions: dict[str, Any], mode: str) -> int:  # noqa: C901 - the library's serve loop: one branch per framing case, in this shipped script
-    home = os.getcwd()
-    rfd, wfd = os.pipe()
-    os.set_blocking(rfd, False)
-    os.set_blocking(wfd, False)
-    signal.set_wakeup_fd(wfd)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    sel = selectors.DefaultSelector()
-    sel.register(sock, selectors.EVENT_READ)
-    sel.register(rfd, selectors.EVENT_READ)
-    reader = MessageReader()
-    children: dict[int, int] = {}  # pid -> call id
-    while True:
-        for key, _ in sel.select():
-            if key.fileobj is sock:
-                data = sock.recv(1 << 20)
-                if not data:
-                    for pid in children:
-                        _kill_quietly(pid)
-                    return 0
-                replies: list[dict[str, Any]] = []  # sent together once this batch of calls is done
-                for msg in reader.feed(data):
-                    op = msg.get("op")
-                    if op == "call":
-                        if (msg.get("mode") or mode) == "direct":
-                            os.chdir(msg["sandbox"])
-                            try:
-                                outcome = _run_call(functions, msg, inline=True)
-                            finally:
-                                os.chdir(home)
-                                sys.stdout.flush()
-                            status, inline_result = outcome
-                            replies.append({"op": "done", "id": msg["id"], "status": status, "result": inline_result})
-                        else:
-                            pid = _fork_call(sock, functions, msg, rfd, wfd)
-                            children[pid] = msg["id"]
-                    elif op == "kill":
-                        for pid, cid in children.items():
-                            if cid == msg["id"]:
-                                _kill_quietly(pid)
-                if replies:
-                    sock.sendall(b"".join(_frame(r) for r in replies))
-            else:
-                try:
-                    os.read(rfd, 4096)
-                except BlockingIOError:
-                    pass
-                while children:
+def _serve_calls(sock: socket.socket, functions: dict[str, Any], mode: str) -> int:
+    return _CallLoop(sock, functions, mode).run()
+
+
+class _CallLoop:
+    """A library's serve loop: calls from the worker's socket, run here (direct) or in a fork each.
+
+    A forked call sends its result back through a pipe of its own (the child result pipe's framing,
+    :func:`pipe_result` / :func:`pipe_exit`): no file to create, write, read and remove per call.
+    Once the child has flushed its output it writes the result and its exit record in one piece,
+    and that is when its ``done`` goes to the worker, with the result inline: not when the kernel
+    has torn the child down, which is most of what a fork costs. A child that dies without the
+    record (killed, ``os._exit``) is reported from ``waitpid`` with its real status. The replies of
+    one round leave in one write.
+
+    At most ``VINE_LIBRARY_SLOTS`` (the instance's function slots, set by the worker) forked calls
+    run at once; the calls the manager queued in the instance beyond them wait here, and the next
+    is forked in the round that reported the one before it, not a manager round trip later.
+
+    Lean on purpose, as the fork server (core/worker/forkserver.py): after a fork every page this
+    process writes is a copy-on-write fault, so it polls with epoll itself, not ``selectors``.
+    """
+
+    def __init__(self, sock: socket.socket, functions: dict[str, Any], mode: str) -> None:
+        self.sock = sock
+        self.functions = functions
+        self.mode = mode
+        self.home = os.getcwd()
+        self.rfd, self.wfd = os.pipe()
+        os.set_blocking(self.rfd, False)
+        os.set_blocking(self.wfd, False)
+        signal.set_wakeup_fd(self.wfd)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        self.poll = select.epoll()
+        self.poll.register(sock.fileno(), select.EPOLLIN)
+        self.poll.register(self.rfd, select.EPOLLIN)
+        self.reader = MessageReader()
+        self.children: dict[int, int] = {}  # pid -> call id, until reaped
+        self.pipes: dict[int, int] = {}  # read end of a forked call's result pipe (still open) -> its pid
+        self.got: dict[int, bytes] = {}  # pid -> what its pipe gave while its records were not whole yet
+        self.reported: set[int] = set()  # pids whose "done" went from their pipe: the reap sends nothing
+        self.replies: list[bytes] = []  # framed, sent together at the end of a round
+        self.slots = max(0, int(os.environ.get("VINE_LIBRARY_SLOTS") or 0))  # 0: no limit (started by hand)
+        self.waiting: collections.deque[dict[str, Any]] = collections.deque()  # forked calls beyond the slots
+
+    def run(self) -> int:
+        sock, sock_fd, rfd, pipes = self.sock, self.sock.fileno(), self.rfd, self.pipes
+        while True:
+            for fd, _ in self.poll.poll():
+                if fd == sock_fd:
+                    data = sock.recv(1 << 20)
+                    if not data:
+                        for pid in self.children:
+                            _kill_quietly(pid)
+                        return 0
+                    for msg in self.reader.feed(data):
+                        self.take(msg)
+                elif fd == rfd:
                     try:
-                        pid, status = os.waitpid(-1, os.WNOHANG)
-                    except ChildProcessError:
-                        break
-                    if pid == 0:
-                        break
-                    if pid in children:
-                        send_message(sock, {"op": "done", "id": children.pop(pid), "status": os.waitstatus_to_exitcode(status)})
+                        os.read(rfd, 4096)
+                    except BlockingIOError:
+                        pass
+                    self.reap()
+                elif fd in pipes:  # (a reap earlier in this round may have closed it)
+                    self.read_pipe(fd)
+            if self.replies:
+                sock.sendall(b"".join(self.replies))
+                self.replies.clear()
+
+    def take(self, msg: dict[str, Any]) -> None:
+        op = msg.get("op")
+        if op == "call":
+            if (msg.get("mode") or self.mode) == "direct":
+                os.chdir(msg["sandbox"])
+                try:
+                    status, inline_result = _run_call(self.functions, msg, inline=True)
+                finally:
+                    os.chdir(self.home)
+                    sys.stdout.flush()
+                self.done(msg["id"], status, inline_result)
+            elif self.slots and len(self.children) - len(self.reported) >= self.slots:
+                self.waiting.append(msg)
+            else:
+                self.fork(msg)
+        elif op == "kill":
+            for pid, cid in self.children.items():
+                if cid == msg["id"]:
+                    _kill_quietly(pid)
+            for queued in self.waiting:
+                if queued["id"] == msg["id"]:
+                    self.waiting.remove(queued)
+                    self.done(queued["id"], -signal.SIGKILL, None)  # never started
+                    break
+
+    def fork(self, msg: dict[str, Any]) -> None:
+        pid, pipe_fd = _fork_call(self.sock, self.functions, msg, (self.rfd, self.wfd, *self.pipes))
+        self.children[pid] = msg["id"]
+        self.pipes[pipe_fd] = pid
+        self.poll.register(pipe_fd, select.EPOLLIN)
+
+    def done(self, call_id: int, status: int, result: bytes | None) -> None:
+        self.replies.append(_frame({"op": "done", "id": call_id, "status": status, "result": result}))
+
+    def call_ended(self) -> None:
+        """A forked call was reported: its slot takes the next waiting call."""
+        while self.waiting and len(self.children) - len(self.reported) < self.slots:
+            self.fork(self.waiting.popleft())
+
+    def read_pipe(self, fd: int) -> None:
+        """One read of a forked call's result pipe: the call is reported once its records are whole."""
+        try:
+            chunk = os.read(fd, 1 << 20)
+        except BlockingIOError:
+            return
+        pid = self.pipes[fd]
+        got = self.got.pop(pid, b"") + chunk
+        try:
+            result, code = parse_child_pipe(got)
+        except FramingError:
+            if chunk:
+                self.got[pid] = got  # more to come
+            else:
+                self.got[pid] = got  # ended without its exit record: the reap reports it
+                self.close_pipe(fd)
+            return
+        self.close_pipe(fd)  # whole: what the child does now is exit
+        self.reported.add(pid)
+        self.done(self.children[pid], code, result)
+        self.call_ended()
+
+    def close_pipe(self, fd: int) -> None:
+        self.poll.unregister(fd)
+        os.close(fd)
+        del self.pipes[fd]
+
+    def reap(self) -> None:
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            cid = self.children.pop(pid, None)
+            if pid in self.reported:
+                self.reported.discard(pid)
+                continue
+            fd = next((f for f, p in self.pipes.items() if p == pid), None)
+            while fd is not None:  # what the child left in its pipe: it wrote everything before it exited
+                try:
+                    chunk = os.read(fd, 1 << 20)
+                except BlockingIOError:
+                    chunk = b""  # something the call started still holds the write end: what is there is all
+                if not chunk:
+                    self.close_pipe(fd)
+                    break
+                self.got[pid] = self.got.get(pid, b"") + chunk
+            result = read_child_pipe(self.got.pop(pid, b""))[0]
+            if cid is not None:
+                self.done(cid, os.waitstatus_to_exitcode(status), result)
+                self.call_ended()
 
 
 def _kill_quietly(pid: int) -> None:
@@ -768,17 +876,26 @@ def _kill_quietly(pid: int) -> None:
         pass
 
 
-def _fork_call(sock: socket.socket, functions: dict[str, Any], msg: dict[str, Any], rfd: int, wfd: int) -> int:
+def _fork_call(sock: socket.socket, functions: dict[str, Any], msg: dict[str, Any], fds: tuple[int, ...]) -> tuple[int, int]:
+    """Fork a child that runs call ``msg``: ``(its pid, the read end of its result pipe)``.
+
+    ``fds``: the library's descriptors the child lets go of (its loop's wake-up pipe, the other
+    children's result pipes). The child sends its result (up to INLINE_RESULT bytes; a larger one
+    goes to the call's result file) and its exit status through the pipe (see _CallLoop).
+    """
     sys.stdout.flush()
     sys.stderr.flush()
+    rfd, wfd = os.pipe()
     pid = fork_lean()
     if pid:
-        return pid
-    code = 1
+        os.close(wfd)
+        os.set_blocking(rfd, False)
+        return pid, rfd
+    code, data = 1, None
     try:
-        leave_parent_loop(sock, rfd, wfd)
+        leave_parent_loop(sock, rfd, *fds)
         os.chdir(msg["sandbox"])
-        code = _run_call(functions, msg)[0]
+        code, data = _run_call(functions, msg, inline=True)
     except BaseException:  # noqa: BLE001 - a child must never return into the library's loop
         traceback.print_exc()
     finally:
@@ -786,8 +903,13 @@ def _fork_call(sock: socket.socket, functions: dict[str, Any], msg: dict[str, An
             sys.stdout.flush()
             sys.stderr.flush()
         finally:
+            try:  # flushed: the result and the exit record in one write, so one read has both
+                _write_all(wfd, (pipe_result(data) if data is not None else b"") + pipe_exit(code))
+                os.close(wfd)
+            except OSError:
+                pass
             os._exit(code)
-    return 0  # not reached
+    return 0, 0  # not reached
 
 
 def main(argv: list[str]) -> int:

@@ -9,8 +9,9 @@
     "library"                 `python3 .vine_runner.py library ...` as a long task; it connects back on an
                               abstract unix socket, says "ready", then serves calls
     "function_call"           sent to its library instance over that socket; the library (or a fork
-                              of it) writes the result envelope where the task's stdout would be, so
-                              it travels home inline with the completion
+                              of it, through a pipe) sends the result envelope back in its "done",
+                              and it travels home inline with the completion. A plain call (no
+                              files of the user's, no limits) needs no sandbox (``fast_call``).
 
 Everything else (sandbox, inputs, stdout capture, time_max kill, outputs) is the worker's ordinary
 task path; this runner only replaces how the process starts and how its end is noticed.
@@ -236,7 +237,7 @@ class PythonRunner:
             self._worker.start_general(rt)  # the ordinary path reports what is missing
 
     def fast_call(self, rt: RunningTask, wait_inputs: bool = True) -> bool:
-        """Hand a plain direct-mode call straight to its ready instance: no sandbox, no coroutine.
+        """Hand a plain call straight to its ready instance: no sandbox, no coroutine.
 
         Plain = no environment, no time limits, no monitoring, and files only of the kinds the call
         machinery makes itself, all already in the cache: arguments that are other tasks' results
@@ -244,7 +245,8 @@ class PythonRunner:
         straight from the cache and writes the output straight into it, so nothing is linked,
         created or removed per call. Anything else (a user's input file the function opens by name,
         an input still on its way, an instance not ready yet) takes the general path with a
-        sandbox. Returns whether the fast path was taken.
+        sandbox. A forked call (fork mode) runs in the instance's sandbox as a direct one does,
+        in a process of its own. Returns whether the fast path was taken.
         """
         spec = rt.spec
         fc = spec.function_call
@@ -273,8 +275,6 @@ class PythonRunner:
         inst = self.libraries.get(spec.library_instance or 0)
         if inst is None or inst.dead or not inst.sandbox or not inst.ready.done() or not inst.ready.result():
             return False
-        if (fc.mode or inst.mode) != "direct":
-            return False
         if arriving:
             # Inputs still on their way (peer transfers): wait for them here, then take this path.
             self._worker.tasks[rt.id] = rt
@@ -283,16 +283,22 @@ class PythonRunner:
         result_path = os.path.join(inst.sandbox, f".vine-result-{rt.id}")  # used only for results over 1 MiB
         args_file = fc.args_file
         output_path = self.cache.path(output.name) if output is not None else None
+        mode = fc.mode or inst.mode
         if not inst.send({"op": "call", "id": rt.id, "function": fc.function,
                           "args": base64.b64decode(fc.args) if fc.args is not None else None,
                           "args_file": self._spilled_path(args_file, paths) if args_file else None, "paths": paths,
                           "sandbox": inst.sandbox, "result": result_path, "output": output_path, "output_inline": True,
-                          "mode": "direct"}):
+                          "mode": mode}):
             return False
         fut: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         inst.pending[rt.id] = fut
         rt.start = time.time()
         self._worker.tasks[rt.id] = rt
+        if mode != "direct":
+            # Worker.kill cancels a task's starter: for a forked call that cancels this future,
+            # and _fast_call_done then has the library kill the child (a direct call cannot be
+            # stopped without its library, so it runs to its end and its result is dropped).
+            rt.starter = fut  # type: ignore[assignment]
         fut.add_done_callback(lambda f: self._fast_call_done(rt, inst, result_path, output, f))
         return True
 
@@ -311,6 +317,11 @@ class PythonRunner:
                         fut: asyncio.Future[int | None]) -> None:
         inst.pending.pop(rt.id, None)
         data = inst.results.pop(rt.id, None)
+        if fut.cancelled():  # a forked call killed (cancelled by the manager, or the worker is stopping)
+            inst.send({"op": "kill", "id": rt.id})
+            if output is not None and output.name not in self.cache.entries:
+                self.cache.unlink(output.name)  # a result it wrote already
+            return
         status = fut.result()
         if data is None and status is not None:
             try:
