@@ -9,8 +9,11 @@ uses it (made again only if the file's mode changed since).
 
 from __future__ import annotations
 
+import types
+from collections.abc import Mapping
+
 from ..state.resources import Resources
-from ..state.spec import NO_OPTIONS, UNSET, FileSpec, MinitaskSpec, MountSpec, TaskKind, TaskOptions, TaskSpec
+from ..state.spec import NO_OPTIONS, UNSET, FileSpec, MinitaskSpec, MountSpec, TaskKind, TaskOptions, TaskSpec, task_spec_unchecked
 from .files import File
 from .library import FunctionCall, LibraryTask
 from .python_task import PythonTask
@@ -60,13 +63,24 @@ _boxes: dict[tuple[float, float, float, float], Resources] = {}
 _options: dict[TaskOptions, TaskOptions] = {}
 
 
-def _box(requested: dict[str, float]) -> Resources:
+# A task's ``requested`` is one of a few shared read-only mappings (core/api/task.py): its box is
+# found by the mapping's identity, without reading the four values (the entry keeps the mapping alive,
+# so its id is not reused while the entry exists).
+_boxes_by_request: dict[int, tuple[Mapping[str, float], Resources]] = {}
+
+
+def _box(requested: Mapping[str, float]) -> Resources:
+    known = _boxes_by_request.get(id(requested))
+    if known is not None and known[0] is requested:
+        return known[1]
     key = (requested.get("cores", -1.0), requested.get("memory", -1.0), requested.get("disk", -1.0), requested.get("gpus", -1.0))
     box = _boxes.get(key)
     if box is None:
         box = UNSET if key == (-1.0, -1.0, -1.0, -1.0) else Resources.from_dict(requested)
         if len(_boxes) < _SHARED_MAX:
             _boxes[key] = box
+    if type(requested) is types.MappingProxyType and len(_boxes_by_request) < _SHARED_MAX:
+        _boxes_by_request[id(requested)] = (requested, box)  # read-only: its values cannot change under the entry
     return box
 
 
@@ -104,22 +118,23 @@ def task_spec(task: Task) -> TaskSpec:
         command, category, priority = task._command, task._category, task._priority
     else:  # a subclass may define what these properties return
         kind, command, category, priority = task_kind(task), task.command, task.category, task.priority
-    # Positional, in TaskSpec's field order: a submit burst makes one per task (keywords cost more).
-    return TaskSpec(
-        task.id,
+    inputs, outputs, environments, features = task.inputs, task.outputs, task.environments, task.features
+    # In TaskSpec's field order, built as one tuple (the kind comes from task_kind: no check needed).
+    return task_spec_unchecked((
+        task._id,
         kind,
         command,
-        tuple([_mount(m) for m in task.inputs]) if task.inputs else (),
-        tuple([_mount(m) for m in task.outputs]) if task.outputs else (),
-        tuple([file_spec(f) for f in task.environments]) if task.environments else (),
+        tuple([_mount(m) for m in inputs]) if inputs else (),
+        tuple([_mount(m) for m in outputs]) if outputs else (),
+        tuple([file_spec(f) for f in environments]) if environments else (),
         _box(task.requested),
-        tuple(task.features) if task.features else (),
+        tuple(features) if features else (),
         category,
         priority,
         task.library_required,
         task.library_provided,
         _task_options(task),
-    )
+    ))
 
 
 __all__ = ["file_spec", "task_kind", "task_spec"]

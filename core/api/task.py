@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 import time
 import types
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from .. import constants as C
 from ..errors import TaskError
@@ -131,6 +132,32 @@ def _check_mount_conflict(mounts: list[Mount] | tuple[()], file: File, remote_na
 # (the manager replaces ``_limits`` when a worker reports, it never fills it in place).
 _UNSET_RESOURCES = Resources()
 _NO_LIMITS: Any = types.MappingProxyType({})
+_NO_ENV: Any = types.MappingProxyType({})  # a task's environment until set_env_var gives it its own
+
+# A task's requested resources: one read-only mapping per combination of values, shared by every
+# task that asks for the same (a run's tasks come in a few shapes), so a queued task holds no dict
+# of its own; a setter replaces the task's with the one for its new values. The table stops growing
+# at _SHARED_REQUESTS_MAX shapes (then a task gets a mapping of its own, which is only bigger).
+_REQUEST_FIELDS = ("cores", "memory", "disk", "gpus")
+_REQUEST_INDEX = {name: i for i, name in enumerate(_REQUEST_FIELDS)}
+_SHARED_REQUESTS_MAX = 4096
+_shared_requests: dict[tuple[float, ...], Any] = {}
+_request_values: dict[int, tuple[float, ...]] = {}  # id of a shared mapping (kept forever) -> its values
+_request_after: dict[tuple[int, str, float], Any] = {}  # (id of a shared mapping, field, value) -> the mapping it becomes
+
+
+def _shared_request(values: tuple[float, ...]) -> Any:
+    """The read-only ``requested`` mapping for ``values`` (cores, memory, disk, gpus; -1: unset)."""
+    request = _shared_requests.get(values)
+    if request is None:
+        request = types.MappingProxyType(dict(zip(_REQUEST_FIELDS, values)))
+        if len(_shared_requests) < _SHARED_REQUESTS_MAX:
+            _shared_requests[values] = request
+            _request_values[id(request)] = values
+    return request
+
+
+_UNSET_REQUEST = _shared_request((-1.0, -1.0, -1.0, -1.0))
 
 
 class Task:
@@ -140,16 +167,22 @@ class Task:
     arguments, each calling the same-named setter.
     """
 
-    # A million queued tasks must fit in memory: what every task sets lives in slots. "__dict__" keeps
-    # attributes a user or a subclass adds working (the dict is only made when one is set).
-    __slots__ = (
-        "_command", "inputs", "outputs", "env", "features", "environments", "requested", "_tag", "_category",
-        "_priority", "max_retries", "_result", "_exit_code", "_stdout", "_hostname", "_addrport", "_allocated",
-        "_measured", "_limits", "_manager", "_id", "_state", "_submit_time", "_done_time", "_metrics", "__dict__",
-        "__weakref__",
-    )
+    # A million queued tasks must fit in memory, and a burst of submits must not be slowed by the
+    # cyclic collector walking them: a queued task holds only what every task sets, in slots. Each
+    # field left at its class default below costs a queued task nothing (no slot to store, none to
+    # walk); a setter or the task's outcome stores its own value in the instance's ``__dict__``
+    # (made when the first one is set, so a finished task carries its outcome there).
+    __slots__ = ("_command", "inputs", "outputs", "requested", "_manager", "_id", "_state", "_submit_time", "__dict__",
+                 "__weakref__")
 
     # Options few plain tasks set: read from these class defaults until a setter stores the task's own.
+    env: dict[str, str | None] = _NO_ENV  # read-only until set_env_var makes the task its own dict
+    features: list[str] | tuple[()] = ()
+    environments: list[File] | tuple[()] = ()
+    _tag: str | None = None
+    _category = "default"
+    _priority = 0.0
+    max_retries = 0  # <=0: TaskVine's "unlimited" for exhaustion retries; bounded by the manager
     max_forsaken = -1
     time_start = 0  # epoch microseconds
     time_end = 0
@@ -161,6 +194,20 @@ class Task:
     monitor_output: str | None = None
     snapshot_file: str | None = None
     _output_refused: str | None = None  # why an output was not written at its path (core/manager/output_targets.py)
+    # A subclass's own preparation at submit, after submit_finalize (PythonTask serialises its
+    # function there); None: nothing (a class attribute, so the manager's lookup needs no getattr miss).
+    _prepare_submit: Callable[[TaskHost], None] | None = None
+    # The outcome, until a worker reports one (the manager sets each on the finished task).
+    _result = C.VINE_RESULT_UNKNOWN
+    _exit_code = -1
+    _stdout = b""
+    _hostname: str | None = None
+    _addrport: str | None = None
+    _allocated = _UNSET_RESOURCES
+    _measured = _UNSET_RESOURCES
+    _limits: dict[str, Any] = _NO_LIMITS
+    _done_time = 0.0
+    _metrics: dict[str, float] | None = None  # made on first use (see ``metrics``)
 
     def __init__(self, command: str, **task_info: Any) -> None:
         if not isinstance(command, str):
@@ -168,36 +215,16 @@ class Task:
                 raise TypeError("Task(command) takes a command string; pass options as keyword arguments")
             raise TypeError(f"Task command must be a str, got {type(command).__name__}")
         self._command = command
-        # Empty tuples (shared, not tracked by the collector) until the first one is added: a queued
-        # task's lists were two of the five objects per task the cyclic collector kept walking
-        # through in a burst of submits. Read them as sequences; add with add_input/add_output.
+        # Empty tuples (shared, not tracked by the collector) until the first one is added. Read
+        # them as sequences; add with add_input/add_output.
         self.inputs: list[Mount] | tuple[()] = ()
         self.outputs: list[Mount] | tuple[()] = ()
-        self.env: dict[str, str | None] = {}
-        # Few tasks have features or environments either.
-        self.features: list[str] | tuple[()] = ()
-        self.environments: list[File] | tuple[()] = ()
-        self.requested = {"cores": -1.0, "memory": -1.0, "disk": -1.0, "gpus": -1.0}
-        self._tag: str | None = None
-        self._category = "default"
-        self._priority = 0.0
-        self.max_retries = 0  # <=0: TaskVine's "unlimited" for exhaustion retries; bounded by the manager
-        # The outcome, until a worker reports one (the shared defaults: nothing made per task).
-        self._result = C.VINE_RESULT_UNKNOWN
-        self._exit_code = -1
-        self._stdout = b""
-        self._hostname: str | None = None
-        self._addrport: str | None = None
-        self._allocated = _UNSET_RESOURCES
-        self._measured = _UNSET_RESOURCES
-        self._limits: dict[str, Any] = _NO_LIMITS
+        # Read-only and shared (see _shared_request): change it with set_cores/memory/disk/gpus.
+        self.requested: Mapping[str, float] = _UNSET_REQUEST
         self._manager: TaskHost | None = None
         self._id = 0
         self._state = C.VINE_TASK_INITIAL
         self._submit_time = 0.0
-        self._done_time = 0.0
-        self._metrics: dict[str, float] | None = None  # made on first use (see ``metrics``)
-
         if task_info:
             self._apply_keywords(task_info)
 
@@ -236,11 +263,20 @@ class Task:
         self._category = str(category)
 
     def _set_resource(self, name: str, value: float) -> None:
-        if value is None:
-            self.requested[name] = -1.0
-            return
-        number = _finite_number(f"set_{name}", value)
-        self.requested[name] = number if number >= 0 else -1.0
+        number = -1.0 if value is None else _finite_number(f"set_{name}", value)
+        if number < 0:
+            number = -1.0
+        requested = self.requested
+        step = (id(requested), name, number)
+        after = _request_after.get(step)
+        if after is None:
+            shared = _request_values.get(id(requested))
+            values = list(shared) if shared is not None else [float(requested.get(n, -1.0)) for n in _REQUEST_FIELDS]
+            values[_REQUEST_INDEX[name]] = number
+            after = _shared_request(tuple(values))
+            if shared is not None and id(after) in _request_values and len(_request_after) < _SHARED_REQUESTS_MAX:
+                _request_after[step] = after  # both shared, kept forever: the ids stay theirs
+        self.requested = after
 
     def set_cores(self, cores: float) -> None:
         self._mutable()
@@ -288,7 +324,10 @@ class Task:
 
     def set_env_var(self, name: str, value: str | None = None) -> None:
         self._mutable()
-        self.env[str(name)] = None if value is None else str(value)
+        env = self.env
+        if type(env) is not dict:  # the shared empty one: this task's own from now on
+            env = self.env = dict(env)
+        env[str(name)] = None if value is None else str(value)
 
     def add_feature(self, name: str) -> None:
         self._mutable()
@@ -491,7 +530,7 @@ class Task:
         worker reads straight from its cache, not linked into the sandbox) and call this."""
         return TaskDefinition(
             command=self._wire_command(),
-            env=self.env,
+            env=self.env if type(self.env) is dict else dict(self.env),
             inputs=tuple([InputRef(m.file.cache_name, m.remote_name, m.file.level, m.file.kind, m.file.mode,
                                    bool(m.flags & C.VINE_MOUNT_SYMLINK), m.remote_name == in_place) for m in self.inputs]),
             environments=tuple([f.cache_name for f in self.environments]),

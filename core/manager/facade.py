@@ -497,7 +497,7 @@ class Manager:
             if type(task).__del__ is not Task.__del__:
                 self._finalized_temps.update(m.file.cache_name for m in task.outputs if m.file.kind == "temp")
         spec = task_spec(task)  # all the scheduler will ever read of it (core/state/spec.py)
-        self._logs.task_ready(task._id, spec.category, 1, spec.requested)
+        self._logs.task_ready(task._id, spec.category, 1, spec.requested, task._submit_time)
         for m in spec.outputs:
             if m.file.kind == "temp":
                 self._lineage[m.file.cache_name] = task  # a lost temp's re-run is encoded from its producer
@@ -521,7 +521,7 @@ class Manager:
         task._manager = self
         try:
             task.submit_finalize()
-            hook = getattr(task, "_prepare_submit", None)
+            hook = task._prepare_submit  # None unless a subclass prepares itself (core/api/task.py)
             if hook is not None:
                 hook(self)
         except BaseException:

@@ -61,6 +61,22 @@ def _box_json(box: Resources) -> str:
     return resources_json(box.to_dict())
 
 
+# The same, looked up by the box's identity (core/api/specs.py shares one box per shape), which costs
+# less per submit than hashing a Resources; an entry keeps its box, so an id is never reused meanwhile.
+_BOX_JSON_MAX = 4096
+_box_json_by_id: dict[int, tuple[Resources, str]] = {}
+
+
+def _box_json_shared(box: Resources) -> str:
+    entry = _box_json_by_id.get(id(box))
+    if entry is not None and entry[0] is box:
+        return entry[1]
+    text = _box_json(box)
+    if len(_box_json_by_id) < _BOX_JSON_MAX:
+        _box_json_by_id[id(box)] = (box, text)
+    return text
+
+
 @functools.lru_cache(maxsize=1024)
 def _res_json_items(items: tuple[tuple[str, float | None], ...]) -> str:
     # Most tasks of a run ask for the same few shapes: format each shape once (unset ones left out).
@@ -157,10 +173,11 @@ class RunLogs:
         self._debug = self._open("debug")
         # Debug lines wait here until the ticker's flush: a deque append needs no lock and no write
         # call, and a task's life writes five blocks of them.
-        self._debug_queue: collections.deque[str | tuple[float, int, int]] = collections.deque()
+        self._debug_queue: collections.deque[str | tuple[float, int, str, int, str, int]] = collections.deque()
         # Transaction records likewise, in order: a line, or a submitted task's READY record as
-        # (time, id, category, attempt, requested), formatted when written (task_ready).
-        self._tx_queue: collections.deque[str | tuple[float, int, str, int, Resources]] = collections.deque()
+        # (time, id, category, attempt, requested box as JSON, previous state), formatted when
+        # written (task_ready; the debug queue holds the same tuple for the task's debug line).
+        self._tx_queue: collections.deque[str | tuple[float, int, str, int, str, int]] = collections.deque()
         self._graph_queue: collections.deque[str] = collections.deque()  # taskgraph lines
         self._tx = self._open("transactions")
         self._perf = self._open("performance")
@@ -230,8 +247,8 @@ class RunLogs:
             if type(item) is str:
                 chunk.append(item)
             else:
-                t, tid, category, attempt, requested = item
-                chunk.append(f"{int(t * 1e6)} {pid} TASK {tid} READY {category} FIRST_RESOURCES {attempt} {_box_json(requested)}\n")
+                t, tid, category, attempt, requested, _ = item
+                chunk.append(f"{int(t * 1e6)} {pid} TASK {tid} READY {category} FIRST_RESOURCES {attempt} {requested}\n")
         if chunk and not self._tx.closed:
             self._tx.write("".join(chunk))
 
@@ -242,7 +259,7 @@ class RunLogs:
         while queue:
             item = queue.popleft()
             # A tuple is a submitted task's READY line, formatted only now (see task_ready).
-            chunk.append(item if type(item) is str else f"{self._prefix(item[0])}vine: Task {item[1]}{_STATE_CHANGES[item[2]][C.VINE_TASK_READY]}\n")
+            chunk.append(item if type(item) is str else f"{self._prefix(item[0])}vine: Task {item[1]}{_STATE_CHANGES[item[5]][C.VINE_TASK_READY]}\n")
         if chunk and not self._debug.closed:
             self._debug.write("".join(chunk))
 
@@ -440,16 +457,21 @@ class RunLogs:
         """Worker ``wid`` began sending ``name``: its OUTPUT record gets the wall time from here."""
         self._receiving[(wid, name)] = time.time()
 
-    def task_ready(self, tid: int, category: str, attempt: int, requested: Resources) -> None:
-        """A submitted task: its READY transaction and debug lines. Called in the submitting thread,
-        so it only notes what the lines say (time included); they are formatted in a batch at the
-        flush, in their place in both logs. A burst of submits then costs the user's thread a tuple
-        per task, not two formatted lines."""
-        t = time.time()
-        old = self._task_states.get(tid, C.VINE_TASK_INITIAL)
-        self._task_states[tid] = C.VINE_TASK_READY
-        self._tx_queue.append((t, tid, category, attempt, requested))
-        self._debug_queue.append((t, tid, old))
+    def task_ready(self, tid: int, category: str, attempt: int, requested: Resources, now: float | None = None) -> None:
+        """A submitted task: its READY transaction and debug lines (``now``: its submit time, read
+        by the caller; else the clock is read here). Called in the submitting thread, so it only
+        notes what the lines say; they are formatted in a batch at the flush, in their place in both
+        logs. A burst of submits then costs the user's thread a tuple per task, not two formatted
+        lines. Both tuples hold only numbers and strings (the box as its JSON, shared), so the
+        cyclic collector stops tracking them at its first look instead of carrying one tracked
+        tuple per queued task until the flush (each counts toward the next full collection)."""
+        t = time.time() if now is None else now
+        states = self._task_states
+        old = states.get(tid, C.VINE_TASK_INITIAL)
+        states[tid] = C.VINE_TASK_READY
+        record = (t, tid, category, attempt, _box_json_shared(requested), old)  # one tuple for both lines
+        self._tx_queue.append(record)
+        self._debug_queue.append(record)
 
     def task_running(self, tid: int, wid: str, alloc: dict[str, float]) -> None:
         self.transaction(f"TASK {tid} RUNNING {wid} FIRST_RESOURCES {resources_json(alloc)}")

@@ -18,7 +18,6 @@ another library needs it. Everything here is pure: no sockets, no clocks; the
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -243,7 +242,7 @@ class LibraryBook:
             return self._queue_for(s, rec, now)  # every core is taken and nothing is idle: skip the search
         lib_spec = tmpl.spec
         if rec.spec.features:  # an instance starts where the call may run: the call's features added
-            lib_spec = dataclasses.replace(lib_spec, features=tuple(dict.fromkeys(lib_spec.features + rec.spec.features)))
+            lib_spec = lib_spec._replace(features=tuple(dict.fromkeys(lib_spec.features + rec.spec.features)))
         lib_rec = TaskRecord(lib_spec.id, lib_spec, -1)
         choice = self._best_worker_for(s, lib_rec, now)
         if choice is None and self._evict_for(s, lambda w: s.placement.eligible(lib_rec, w, now), name, out):

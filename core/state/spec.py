@@ -15,8 +15,8 @@ tuple) are shared, not copied.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import FrozenInstanceError, dataclass
+from typing import Any, Literal, NamedTuple
 
 from .resources import Resources
 
@@ -27,6 +27,8 @@ FILE_KINDS: frozenset[str] = frozenset(("file", "url", "temp", "buffer", "minita
 TASK_KINDS: frozenset[str] = frozenset(("command", "python", "function_call", "library"))
 
 UNSET = Resources()  # a task that asked for nothing (shared by every such spec; Resources is frozen)
+
+_tuple_new = tuple.__new__
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,14 +94,7 @@ class TaskOptions:
 NO_OPTIONS = TaskOptions()
 
 
-@dataclass(frozen=True, slots=True)
-class TaskSpec:
-    """All the scheduler ever reads of a task. Made once at submit; never changed afterwards.
-
-    ``requested`` holds the task's own values (-1: unset). The rarely set parts are in ``options``
-    (:class:`TaskOptions`), also readable as attributes of the spec (``spec.time_end``, ...).
-    """
-
+class _TaskSpecFields(NamedTuple):
     id: int
     kind: TaskKind = "command"
     command: str = ""
@@ -114,9 +109,37 @@ class TaskSpec:
     library_provided: str | None = None
     options: TaskOptions = NO_OPTIONS
 
-    def __post_init__(self) -> None:
-        if self.kind not in TASK_KINDS:
-            raise ValueError(f"task {self.id} has kind {self.kind!r}; use one of {', '.join(sorted(TASK_KINDS))}")
+
+class TaskSpec(_TaskSpecFields):
+    """All the scheduler ever reads of a task. Made once at submit; never changed afterwards.
+
+    ``requested`` holds the task's own values (-1: unset). The rarely set parts are in ``options``
+    (:class:`TaskOptions`), also readable as attributes of the spec (``spec.time_end``, ...).
+
+    An immutable tuple with named fields rather than a frozen dataclass: a burst of submits makes
+    one per task, and a tuple is built in one step (a frozen dataclass sets each of its 13 fields
+    through ``object.__setattr__``, most of what freezing a plain task cost). ``spec._replace(...)``
+    makes a changed copy (its ``kind`` is the checked one it had, or give a valid one); assigning a
+    field raises ``dataclasses.FrozenInstanceError``.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, id: int, kind: TaskKind = "command", command: str = "", inputs: tuple[MountSpec, ...] = (),
+                outputs: tuple[MountSpec, ...] = (), environments: tuple[FileSpec, ...] = (), requested: Resources = UNSET,
+                features: tuple[str, ...] = (), category: str = "default", priority: float = 0.0,
+                library_required: str | None = None, library_provided: str | None = None,
+                options: TaskOptions = NO_OPTIONS) -> TaskSpec:
+        if kind not in TASK_KINDS:
+            raise ValueError(f"task {id} has kind {kind!r}; use one of {', '.join(sorted(TASK_KINDS))}")
+        return _tuple_new(cls, (id, kind, command, inputs, outputs, environments, requested, features, category,
+                                priority, library_required, library_provided, options))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}: a task's spec never changes")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}: a task's spec never changes")
 
     @property
     def is_call(self) -> bool:
@@ -175,3 +198,10 @@ class TaskSpec:
         """A worker leaving at ``worker_end`` (0: no end) has less than its ``time_min`` left."""
         need = self.options.time_min
         return bool(need and worker_end) and worker_end - now < need
+
+
+def task_spec_unchecked(values: tuple[Any, ...]) -> TaskSpec:
+    """A :class:`TaskSpec` from its 13 field values in order, without the check of ``kind``: for
+    ``core.api.specs.task_spec``, whose kind comes from ``task_kind`` and is always one of
+    :data:`TASK_KINDS` (a submit burst makes one spec per task; this is one C call)."""
+    return _tuple_new(TaskSpec, values)

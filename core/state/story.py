@@ -36,18 +36,22 @@ class TaskStory:
     """The bounded transition log and the invalid transitions seen."""
 
     def __init__(self, length: int | None = None) -> None:
-        self.log: deque[Transition] = deque(maxlen=STORY_LENGTH if length is None else length)
+        # Plain tuples in Transition's field order, made Transitions only when read (story()): a
+        # plain tuple of numbers and strings is dropped from the cyclic collector's lists at its
+        # first look, where a Transition stays tracked, and one more long-lived tracked object per
+        # submit brings every full collection nearer in a burst of submits.
+        self.log: deque[tuple[int, str, int, str, str, float]] = deque(maxlen=STORY_LENGTH if length is None else length)
         self.invalid: deque[Transition] = deque(maxlen=INVALID_KEPT)
         self.event = "none"  # what the scheduler is handling now (set by SchedulerState.handle)
         self.event_id = 0
         self.now = 0.0
 
     def record(self, task_id: int, start: str, finish: str) -> None:
-        entry = Transition(task_id, self.event, self.event_id, start, finish, self.now)
+        entry = (task_id, self.event, self.event_id, start, finish, self.now)
         self.log.append(entry)
         if (start, finish) not in TRANSITIONS:
-            self.invalid.append(entry)
+            self.invalid.append(Transition._make(entry))
 
     def story(self, task_id: int) -> list[Transition]:
         """The transitions of ``task_id`` still in the log, oldest first."""
-        return [t for t in self.log if t.task_id == task_id]
+        return [Transition._make(t) for t in self.log if t[0] == task_id]
