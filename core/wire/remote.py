@@ -110,9 +110,17 @@ def encode_outcome(ok: bool, value: Any, tb: str | None = None) -> tuple[bool, b
         return False, cloudpickle.dumps((MAGIC, False, err, traceback.format_exc()))
 
 
+# Types the C pickler writes itself, before it would ask cloudpickle's reducer_override: for a value
+# of exactly one of these, ``pickle.dumps`` gives ``cloudpickle.dumps``'s bytes without the Python of
+# cloudpickle's Pickler (its class, __init__ and dump: ~30 copy-on-write faults in a forked child).
+_PLAIN_TYPES = frozenset({type(None), bool, int, float, str, bytes})
+
+
 def encode_value(value: Any) -> tuple[bool, bytes]:
     """What a PythonTask's output file holds: ``(True, cloudpickle.dumps(value))``, or, for a value
     that cannot be pickled, ``(False, failure record)`` naming why."""
+    if type(value) in _PLAIN_TYPES:
+        return True, pickle.dumps(value, cloudpickle.DEFAULT_PROTOCOL)
     try:
         return True, cloudpickle.dumps(value)
     except Exception as exc:  # noqa: BLE001 - an unpicklable return value becomes the failure
@@ -222,8 +230,8 @@ def unpack_arguments(payload: Any, paths: dict[str, Any] | None = None) -> tuple
 
 
 def run_python_task(function_path: str, args_path: str, output_path: str | None, serialize: bool = True, *,
-                    func: Any = None, args_data: bytes | None = None, result_fd: int = -1,
-                    result_limit: int = 0) -> int:
+                    func: Any = None, args_data: bytes | None = None,
+                    result_records: list[bytes] | None = None, result_limit: int = 0) -> int:
     """Run one PythonTask in the current directory (its sandbox); returns the exit status.
 
     0: the function returned and ``output_path`` holds exactly its pickled value. 1: it raised (or
@@ -231,17 +239,10 @@ def run_python_task(function_path: str, args_path: str, output_path: str | None,
     exception and its traceback, module docstring) and the traceback is on stderr.
 
     A fork-server child may have its function already loaded (``func``), its pickled arguments in
-    memory (``args_data``) and a pipe for the result (``result_fd``): a result of at most
-    ``result_limit`` bytes is written there (see :func:`pipe_result`) instead of to ``output_path``.
-    The pipe stays open: :func:`forked_child_main` ends it with the exit status.
+    memory (``args_data``) and a pipe for the result: a result of at most ``result_limit`` bytes
+    becomes its pipe record (see :func:`pipe_result`), appended to ``result_records``, instead of
+    going to ``output_path``; :func:`forked_child_main` writes it with the exit status.
     """
-
-    def deliver(data: bytes) -> None:
-        if result_fd >= 0 and len(data) <= result_limit:
-            _write_all(result_fd, pipe_result(data))
-        else:
-            with open(output_path, "wb") as fh:  # type: ignore[arg-type]
-                fh.write(data)
 
     try:
         if func is None:
@@ -256,14 +257,14 @@ def run_python_task(function_path: str, args_path: str, output_path: str | None,
         tb = traceback.format_exc()
         sys.stderr.write(tb)
         if output_path and serialize:
-            deliver(encode_result(False, exc, tb))
+            _deliver(encode_result(False, exc, tb), output_path, result_records, result_limit)
         return 1
     if not output_path:
         return 0
     if serialize:
         ok, data = encode_value(value)
         if not ok:
-            deliver(data)
+            _deliver(data, output_path, result_records, result_limit)
             sys.stderr.write(cloudpickle.loads(data)[3])
             return 1
     else:
@@ -272,8 +273,18 @@ def run_python_task(function_path: str, args_path: str, output_path: str | None,
         except TypeError:
             sys.stderr.write(traceback.format_exc())
             return 1
-    deliver(data)
+    _deliver(data, output_path, result_records, result_limit)
     return 0
+
+
+def _deliver(data: bytes, output_path: str | None, records: list[bytes] | None, limit: int) -> None:
+    """A PythonTask's output: a pipe record when there is a pipe and it fits, else its file.
+    (A module function, not a closure in run_python_task: that made a function object per task.)"""
+    if records is not None and len(data) <= limit:
+        records.append(pipe_result(data))
+    else:
+        with open(output_path, "wb") as fh:  # type: ignore[arg-type]
+            fh.write(data)
 
 
 def exit_status(exc: SystemExit) -> int:
@@ -348,7 +359,7 @@ def leave_parent_loop(sock: socket.socket, *fds: int) -> None:
     Python a child runs writes to (so copies) the pages of its code (see :func:`fork_lean`).
     """
     _signal.set_wakeup_fd(-1)
-    _signal.signal(signal.SIGCHLD, _signal.SIG_DFL)
+    _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)  # (_signal's plain int: signal.SIGCHLD is an enum member)
     os.close(sock.fileno())  # the socket object is never used again here
     for fd in fds:
         os.close(fd)
@@ -378,11 +389,12 @@ def forked_child_main(request: dict[str, Any]) -> int:
     py = request["python"]
     inline_args = py.get("args_inline")
     result_fd = int(request.get("result_fd", -1))
+    records: list[bytes] | None = [] if result_fd >= 0 else None
     try:
         code = run_python_task(py["function"], py["args"], py.get("output"), bool(py.get("serialize", True)),
                                func=request.get("function_object"),
                                args_data=binascii.a2b_base64(inline_args) if inline_args is not None else None,
-                               result_fd=result_fd, result_limit=int(request.get("result_limit", 0)))
+                               result_records=records, result_limit=int(request.get("result_limit", 0)))
     except SystemExit as exc:  # sys.exit() in the function: exit as a fresh interpreter would
         code = exit_status(exc)
     finally:
@@ -391,12 +403,14 @@ def forked_child_main(request: dict[str, Any]) -> int:
             sys.stderr.flush()
         except Exception:  # noqa: BLE001 - a closed stdout must not hide the exit status
             pass
-    if result_fd >= 0:
+    if records is not None:
         # Done: the output is flushed and nothing but the exit is left. Saying so lets the server
         # report the task now instead of after the kernel has torn this process down (an exit of
         # a fork costs milliseconds, all of it in a small task's latency, measured with strace).
+        # One write, the result and the status: the server has both at one wake-up.
+        records.append(pipe_exit(code))
         try:
-            _write_all(result_fd, pipe_exit(code))
+            _write_all(result_fd, b"".join(records))
             os.close(result_fd)
         except OSError:
             pass  # the server is gone or stopped reading: it learns the status from waitpid
@@ -445,6 +459,19 @@ def parse_child_pipe(data: bytes) -> tuple[bytes | None, int]:
         raise FramingError(f"exit record of {len(rest)} bytes, not {_EXIT.size}"
                            + (" (cut short)" if len(rest) < _EXIT.size else " (bytes follow it)"))
     return result, _EXIT.unpack(rest)[1]
+
+
+def child_pipe_ended(data: bytes | bytearray) -> bool:
+    """Whether what a child's pipe has given so far reaches past where its exit record must end (an
+    ``R`` record's head says where that is): then nothing but the child's exit is left to wait for,
+    and :func:`read_child_pipe` says whether the records are right. Its own framing's lengths only,
+    no copy: the server asks this after every read of a result that may come in many."""
+    end = _EXIT.size
+    if data[:1] == b"R":
+        if len(data) < _RESULT_HEAD.size:
+            return False
+        end += _RESULT_HEAD.size + _RESULT_HEAD.unpack_from(data)[1]
+    return len(data) >= end
 
 
 def read_child_pipe(data: bytes) -> tuple[bytes | None, int | None]:

@@ -27,9 +27,10 @@ What makes a small task cost about a fork (all optional in a request, each falli
 - with ``result_inline`` the child sends its result (the output file's bytes) back through a pipe the server reads,
   and the server hands it to the worker with the exit status (``"result"``, base64), so no result
   file is written (a result over ``INLINE_RESULT_LIMIT`` still goes to the file). The child's last
-  record on that pipe is the status it is about to exit with, once its output is flushed: the
-  server reports the task then, instead of after the kernel has torn the child down (a few ms of
-  every small task's latency); a child that dies without that record is reported from ``waitpid``.
+  record on that pipe is the status it is about to exit with, once its output is flushed, written
+  with the result in one write: the server reports the task as soon as that record is in, instead
+  of after the kernel has torn the child down (a few ms of every small task's latency); a child
+  that dies without that record is reported from ``waitpid``.
 
 The channel is a socketpair inherited by the server (never its stdout, which children reuse); its
 framing (a JSON object per line) and that of the child's result pipe are described, encoded and
@@ -74,8 +75,21 @@ _CHANNEL_LIMIT = 4 * INLINE_RESULT_LIMIT  # longest line on the channel (a base6
 # --- the server process ------------------------------------------------------------------------------
 
 
-def serve(fd: int) -> int:
-    """Fork server loop over the inherited socket ``fd``; returns when the worker hangs up."""
+# Set by the worker for the server's own start only: the dynamic linker then binds every symbol at
+# exec, so a child never runs its lazy binding (each first call of a C function through the PLT writes
+# the GOT, a copy-on-write fault in every child: ~14 of a small task's ~300). The server removes it
+# from its environment at once, so neither a task nor what it runs sees it.
+BIND_NOW = "LD_BIND_NOW"
+
+
+def serve(fd: int, started_with: tuple[str, ...] | list[str] = ()) -> int:
+    """Fork server loop over the inherited socket ``fd``; returns when the worker hangs up.
+
+    ``started_with``: environment variables the worker added for this process's start only (see
+    BIND_NOW), removed here before anything records or forks the environment.
+    """
+    for name in started_with:
+        os.environ.pop(name, None)
     return _Server(fd).run()
 
 
@@ -120,7 +134,7 @@ class _Server:
             requests = False
             # Ends first, the worker's requests last: the ends seen in this round are sent before its
             # forks (each a millisecond or more), so the worker frees those slots while this forks.
-            for fd, _ in self.poll.poll():
+            for fd, events in self.poll.poll():
                 if fd == sock_fd:
                     requests = True
                 elif fd == rfd:
@@ -130,7 +144,7 @@ class _Server:
                         pass
                     self.reap()
                 elif fd in self.pipes:  # (a reap earlier in this round may have closed it)
-                    self.read_pipe(fd)
+                    self.read_pipe(fd, events & select.EPOLLHUP)
             if requests:
                 self.flush()
                 data = self.sock.recv(1 << 20)
@@ -179,18 +193,29 @@ class _Server:
             self.poll.register(result_fd, select.EPOLLIN)
         self.outgoing.append(self.remote.fork_started_line(tid, pid))
 
-    def read_pipe(self, fd: int) -> None:
-        """One read of a child's result pipe; at its end, report the child if it said how it ended."""
+    def read_pipe(self, fd: int, hung_up: int = 0) -> None:
+        """One read of a child's result pipe; once its exit record is in (or the pipe is at its end),
+        report the child if it said how it ended.
+
+        ``hung_up`` (epoll's HUP: every writer has closed its end): read to the end now, which never
+        blocks, rather than in more rounds of the loop.
+        """
         try:
             chunk = os.read(fd, 1 << 20)
         except BlockingIOError:
             return
         pid = self.pipes[fd]
-        if chunk:
-            self.got[pid] += chunk
-            return
-        # The child closed its end (it is exiting): a child whose exit record is there has finished
-        # (output flushed, result sent), so it is reported now, not after the kernel has torn it down.
+        got = self.got[pid]
+        while chunk:
+            got += chunk
+            if self.remote.child_pipe_ended(got):
+                break  # its last record is in: the end of the pipe is not waited for
+            if not hung_up:
+                return
+            chunk = os.read(fd, 1 << 20)
+        # A child whose exit record is there has finished (output flushed, result sent), so it is
+        # reported now, not after the kernel has torn it down. (Closing our end first is harmless:
+        # the child writes nothing after that record.)
         self.close_pipe(fd)
         result, code = self.remote.read_child_pipe(bytes(self.got[pid]))
         tid = self.children.get(pid)
@@ -313,7 +338,7 @@ def _fork_task(request: dict[str, Any], sock: socket.socket, rfd: int, wfd: int,
         os.setpgid(0, 0)
         # (result_fd: the server's end of this child's result pipe)
         leave_parent_loop(sock, rfd, wfd, *((result_fd,) if result_fd >= 0 else ()))
-        _signal.signal(signal.SIGINT, _signal.SIG_DFL)  # the server ignores it; a task does not
+        _signal.signal(_signal.SIGINT, _signal.SIG_DFL)  # the server ignores it; a task does not
         code = body(request)
     except BaseException:  # noqa: BLE001 - a child must never return into the server loop
         import traceback
@@ -388,11 +413,12 @@ class ForkServer:
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self._base_env = env
+        added = [] if BIND_NOW in env else [BIND_NOW]  # (a user's own setting stays, and stays theirs)
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "core.worker.forkserver", str(child.fileno())],
-                pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env,
-                start_new_session=True,
+                [sys.executable, "-m", "core.worker.forkserver", str(child.fileno()), *added],
+                pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                env={**env, **{name: "1" for name in added}}, start_new_session=True,
             )
         finally:
             child.close()
@@ -485,4 +511,4 @@ class ForkServer:
 
 
 if __name__ == "__main__":
-    sys.exit(serve(int(sys.argv[1])))
+    sys.exit(serve(int(sys.argv[1]), sys.argv[2:]))
