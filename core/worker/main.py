@@ -48,7 +48,7 @@ from ..wire.protocol import Frame, pages_of
 from ..wire.receive import FileReceiver, IncomingStreams
 from ..wire.tls import GatedListener, TLSSetupError, client_context, self_signed_server_context, start_gated_server
 from .cache import WorkerCache
-from .children import kill_group, reap_child
+from .children import Spawner, kill_group, reap_child
 from .monitor import Usage, exceeded, sample
 from .options import batch_job_id, build_parser, detect_resources
 from .python import PythonRunner
@@ -99,6 +99,7 @@ class Worker:
         self._stop = asyncio.Event()
         self.prefetched: list[RunningTask] = []  # tasks sent ahead, waiting for room (FIFO)
         self._base_env = dict(os.environ)
+        self._plain_envs: dict[tuple[Any, ...], dict[str, str]] = {}  # see task_env
         self._background: set[asyncio.Task[Any]] = set()
         # Its parts, each given what it uses (none of them imports another's module for it):
         self.cache = WorkerCache(self.cache_dir, self.meta_dir, self.send)
@@ -106,6 +107,8 @@ class Worker:
         self.transfers = WorkerTransfers(self.cache, self.sandboxes, self.send, lambda: self.conn, self._spawn, self.execute,
                                          self.tls_client, self.password)
         self.python = PythonRunner(self, self.cache, self.sandboxes)
+        # Two or more cores: task shells start from threads, so their spawns overlap (children.py).
+        self.spawner = Spawner(min(4, os.cpu_count() or 1, int(self.total["cores"])))
         self.cache.load()
 
     # -- connection ------------------------------------------------------------------------------------
@@ -146,6 +149,7 @@ class Worker:
             watchdog.cancel()
             for rt in list(self.tasks.values()):
                 self.kill(rt)
+            self.spawner.close()
             if self.reaper is not None:
                 self.reaper.close()
             self.transfer_server.close()
@@ -442,6 +446,16 @@ class Worker:
         return start_in_order(self.prefetched, lambda queued: not self._fits(queued.alloc), start)
 
     def task_env(self, rt: RunningTask) -> dict[str, str]:
+        """The task's whole environment (the caller only reads it: a plain task's may be shared)."""
+        alloc = rt.alloc
+        plain = not rt.spec.env and not rt.extra_env
+        if plain:
+            # Sandboxes are reused and most tasks of a run have one allocation: the same few
+            # environments come back, so they are built once (a copy of ~40 variables per task).
+            key = (rt.sandbox, alloc.get("cores"), alloc.get("memory"), alloc.get("disk"), alloc.get("gpus"))
+            env = self._plain_envs.get(key)
+            if env is not None:
+                return env
         env = self._base_env.copy()
         tmp = os.path.join(rt.sandbox, ".taskvine.tmp")
         cores = rt.alloc.get("cores", self.total["cores"])
@@ -460,6 +474,10 @@ class Worker:
                     env.pop(k, None)
                 else:
                     env[k] = v
+        if plain:
+            if len(self._plain_envs) >= 256:
+                self._plain_envs.clear()
+            self._plain_envs[key] = env
         return env
 
     def _command(self, rt: RunningTask) -> str:
@@ -481,13 +499,24 @@ class Worker:
         fd = os.open(os.path.join(rt.sandbox, ".vine-stdout"), os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         rt.stdout_fd = fd
         actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0), (os.POSIX_SPAWN_DUP2, fd, 1), (os.POSIX_SPAWN_DUP2, fd, 2)]
-        # posix_spawn has no cwd argument: this thread is the only one that spawns or uses relative
-        # paths (every worker path is absolute), so changing directory around the call is safe.
-        os.chdir(rt.sandbox)
+        argv = ["/bin/sh", "-c", self._command(rt)]
+        env = self.task_env(rt)
         try:
-            rt.pid = os.posix_spawn("/bin/sh", ["/bin/sh", "-c", self._command(rt)], self.task_env(rt), file_actions=actions, setsid=True)
-        finally:
-            os.chdir(self.workdir)
+            pid = await self.spawner.spawn(rt.sandbox, argv, env, actions)  # from a spawner thread (children.py)
+        except BaseException:  # killed while starting: the spawner ends the shell; its stdout file closes here
+            os.close(fd)
+            rt.stdout_fd = -1
+            raise
+        if pid < 0:
+            # posix_spawn has no cwd argument: this thread is the only one that spawns from the
+            # process's directory or uses relative paths (every worker path is absolute), so
+            # changing directory around the call is safe.
+            os.chdir(rt.sandbox)
+            try:
+                pid = os.posix_spawn("/bin/sh", argv, env, file_actions=actions, setsid=True)
+            finally:
+                os.chdir(self.workdir)
+        rt.pid = pid
         rt.start = time.time()
         rt.done = loop.create_future()
 

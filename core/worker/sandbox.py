@@ -69,11 +69,11 @@ class WorkerSandboxes:
                 continue  # a PythonTask's function: the fork server reads it from the cache (core/worker/python.py)
             name = inp.name
             dst = os.path.join(rt.sandbox, inp.remote)
-            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            if "/" in inp.remote:  # a top-level name's directory is the sandbox itself
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
             data = self.cache.memory.get(name)
             if data is not None and not inp.symlink:
-                with open(dst, "wb") as fh:  # a private copy, straight from memory: no cache file at all
-                    fh.write(data)
+                _write_file(dst, data)  # a private copy, straight from memory: no cache file at all
                 continue
             if data is not None:
                 self.cache.spill(name)  # a symlink needs a real file to point to
@@ -176,6 +176,17 @@ class WorkerSandboxes:
             pass
         self._stamps.pop(path, None)
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _write_file(path: str, data: bytes) -> None:
+    """Create ``path`` holding ``data`` (open's 0666 under the umask), with three system calls."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
 
 
 def _dir_stamp(*paths: str) -> tuple[tuple[int, int], ...]:
