@@ -44,6 +44,7 @@ FRAME_HEADER = struct.Struct("!Q")
 PARENT_CHECK_INTERVAL = 1.0  # s
 COLLECT_INTERVAL = 0.5  # s
 MAX_RESULTS_PER_FRAME = 2000
+READ_SIZE = 1 << 20  # bytes asked of one recv: a burst of frames arrives in one read
 START_TIMEOUT = 120.0  # s: the manager process imports Parsl and binds its port
 STOP_TIMEOUT = 30.0  # s
 
@@ -52,10 +53,15 @@ class ManagerProcessError(ParslVineError):
     """The manager process could not be started or talked to (the message says why)."""
 
 
-def send_frame(sock: socket.socket, items: list[Any]) -> None:
-    """One length-prefixed pickle of ``items``: one ``sendall`` per batch."""
+def frame(items: list[Any]) -> bytes:
+    """The bytes of one frame: the length-prefixed pickle of ``items``."""
     data = pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)
-    sock.sendall(FRAME_HEADER.pack(len(data)) + data)
+    return FRAME_HEADER.pack(len(data)) + data
+
+
+def send_frame(sock: socket.socket, items: list[Any]) -> None:
+    """One frame of ``items``: one ``sendall`` per batch."""
+    sock.sendall(frame(items))
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
@@ -79,6 +85,39 @@ def recv_frame(sock: socket.socket) -> list[Any] | None:
     if data is None:
         return None
     return pickle.loads(data)
+
+
+class FrameReader:
+    """The frames arriving on a stream socket, read in as few ``recv`` calls as the data allows.
+
+    :func:`recv_frame` reads a frame's header and its body with a call each, and every call lets
+    go of the interpreter lock and takes it back: twice per frame, in the user's process, whose
+    lock the DFK needs. This reads whatever has arrived (up to :data:`READ_SIZE` at once) and hands
+    out every whole frame in it, calling ``recv`` again only when no whole frame is left.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buf = bytearray()
+
+    def next(self) -> list[Any] | None:
+        """The next frame's items, or None at EOF (a partial frame at EOF is dropped: its sender died)."""
+        header = FRAME_HEADER.size
+        while True:
+            if len(self._buf) >= header:
+                (size,) = FRAME_HEADER.unpack_from(self._buf)
+                end = header + size
+                if len(self._buf) >= end:
+                    data = bytes(self._buf[header:end])
+                    del self._buf[:end]
+                    return pickle.loads(data) if data else []
+                want = max(READ_SIZE, end - len(self._buf))
+            else:
+                want = READ_SIZE
+            chunk = self._sock.recv(want)
+            if not chunk:
+                return None
+            self._buf += chunk
 
 
 @dataclasses.dataclass
@@ -191,9 +230,10 @@ class ManagerProcessClient:
 
     def _read(self) -> None:
         assert self._sock is not None
+        frames = FrameReader(self._sock)
         while True:
             try:
-                items = recv_frame(self._sock)
+                items = frames.next()
             except (OSError, pickle.PickleError, EOFError) as exc:
                 items = None
                 logger.warning("%s: reading from the manager process failed: %s", self.label, exc)
@@ -293,10 +333,11 @@ class _ManagerServer:
         collector.start()
         watcher = threading.Thread(target=self._watch_parent, args=(os.getppid(),), name="parslvine-mp-parent", daemon=True)
         watcher.start()
+        frames = FrameReader(self.sock)
         try:
             while True:
                 try:
-                    items = recv_frame(self.sock)
+                    items = frames.next()
                 except OSError:
                     items = None
                 if items is None or not self._handle(items):

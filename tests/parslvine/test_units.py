@@ -173,3 +173,36 @@ def test_function_call_plain_arguments_skip_the_reference_walk_only_when_nothing
     assert not _plain(([WithReference()],))
     assert not _plain({1: {2: {3: {4: "deep"}}}})  # deep nesting: the walk decides
     assert not _plain(list(range(65)))
+
+
+def test_frame_reader_hands_out_every_whole_frame_of_one_read_and_waits_for_split_ones():
+    import socket
+    import threading
+
+    from parslvine.manager_process import FrameReader, frame
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    reads = []
+
+    class CountingSocket:
+        def recv(self, n):
+            data = theirs.recv(n)
+            reads.append(len(data))
+            return data
+
+    try:
+        frames = FrameReader(CountingSocket())
+        ours.sendall(frame([1]) + frame([("done", 2, True, b"x" * 100, None)]) + frame([]))
+        assert frames.next() == [1] and frames.next() == [("done", 2, True, b"x" * 100, None)] and frames.next() == []
+        assert len(reads) == 1  # three frames, one recv
+        big = frame([b"y" * 3_000_000])  # more than one read and than the socket's buffer: sent in pieces
+        sender = threading.Thread(target=lambda: [ours.sendall(big[i:i + 100_000]) for i in range(0, len(big), 100_000)])
+        sender.start()
+        assert frames.next() == [b"y" * 3_000_000]
+        sender.join(30)
+        ours.sendall(frame([3])[:5])  # a partial frame, then the sender goes away
+        ours.close()
+        assert frames.next() is None
+    finally:
+        ours.close()
+        theirs.close()
