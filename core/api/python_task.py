@@ -4,11 +4,13 @@
 
     PythonTask(fn, *args, **kwargs)           worker
     ───────────────────────────────           ──────
-    submit: cloudpickle fn ─► .vine_function   (content-named, so sent once per worker)
+    submit: cloudpickle fn ─► .vine_function   (content-named, so sent once per worker; pickled
+              once while fn is unchanged)
             cloudpickle args ─► in the task     fork server child runs fn(*args, **kwargs)
               message (.vine_args if > 48 KiB)
     .output ◄── .vine_result ◄──────────────── cloudpickle.dumps(value) (exit 0), or the
-                                               failure record: exception + traceback (exit 1)
+                in memory                      failure record: exception + traceback (exit 1);
+                                               up to 64 KiB inside the task's ``complete``
 
 Without an environment the worker's fork server runs the task in a fresh fork of a warm interpreter:
 the server unpickles the function once per worker (so its module is imported once, not by every
@@ -36,12 +38,17 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import os
 import pickle
+import secrets
+import sys
+import types
 import weakref
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
+from cloudpickle import cloudpickle as _cloudpickle_impl
 
 from .. import constants as C
 from ..errors import TaskError, TransferError, VineError
@@ -59,6 +66,7 @@ ARGS_NAME = ".vine_args"
 RESULT_NAME = ".vine_result"
 RUNNER_NAME = ".vine_runner.py"
 INLINE_ARGS_LIMIT = 48 << 10  # larger pickled arguments travel as an input file (as FunctionCall's do)
+RESULT_IN_COMPLETE_LIMIT = 64 << 10  # a result up to this size comes back inside the task's complete message
 
 _UNSET: Any = object()
 
@@ -91,43 +99,193 @@ def attach_traceback(exc: Any, tb: str | None) -> Any:
 
 def content_buffer(manager: TaskHost, data: bytes, name: str | None = None) -> File:
     """A workflow-level buffer named by its content, so identical bytes travel to a worker once
-    (``name``: that name, already computed by :func:`_content_name` from ``data``)."""
-    f = File(manager, "buffer", "buffer", cache="workflow", data=data, cache_name=name or _content_name(data))
+    (``name``: that name, already computed by :func:`content_name` from ``data``)."""
+    f = File(manager, "buffer", "buffer", cache="workflow", data=data, cache_name=name or content_name(data))
     return manager._remember(f)
-
-
-def _content_name(data: bytes) -> str:
-    return f"buffer-md5-{hashlib.md5(data).hexdigest()}"
 
 
 def function_file(manager: TaskHost, func: Any) -> File:
     """The content-named buffer holding ``func`` pickled, for a PythonTask's ``.vine_function`` input.
 
-    A function is pickled (and its bytes hashed) for every task, since its pickle may change between
-    submits (a closure's cells, a ``__main__`` function's globals). A callable whose class sets
+    The pickle is made once and reused for as long as nothing it was made from has changed
+    (checked at every submit: see :func:`pickled_function`); a callable whose class sets
     ``vine_pickle_once = True`` promises that its pickle never changes (an object holding only
-    immutable data, such as parslvine's bound app call): it is pickled and hashed once, and every
-    PythonTask given the same object names the same bytes.
+    immutable data, such as parslvine's bound app call) and is pickled once per object. Every
+    PythonTask given the same bytes names the same buffer, so a worker receives it once.
     """
-    if getattr(type(func), "vine_pickle_once", False) is not True:
-        return content_buffer(manager, serialize(func, _function_what(func)))
+    return content_buffer(manager, *pickled_function(func))
+
+
+# --- the function, pickled once while unchanged ------------------------------------------------------------
+# A PythonTask's function pickled once and reused while nothing its pickle reads has changed.
+#
+# cloudpickle writes a function defined in ``__main__`` (or in a notebook) by value: its code, its
+# defaults, its closure's cells, the globals its code names, a few module-level names. Any of those
+# may change between two submits of the same function object (a global rebound, a list mutated), so
+# a pickle cannot simply be kept per function. What is kept here is a pickle together with a
+# *snapshot* of everything it was made from, and it is reused only when, at the next submit:
+#
+# - the function's code, defaults, keyword defaults, annotations, name, qualified name, module and
+#   docstring are the very objects they were (compared by identity), and its ``__dict__`` is empty;
+# - every global its code names (each name in ``co_names``, nested code objects included, that the
+#   function's globals hold) and every closure cell holds the very object it held, and each such
+#   object is one whose pickle cannot change while it stays the same object: an int, float,
+#   complex, str, bytes, bool or None, a tuple of those, a module, or a function or class that
+#   cloudpickle writes by reference (by its importable name);
+# - when a module is among them, no module was imported since (cloudpickle also writes the
+#   submodules then imported that the code names); and as many modules are registered with
+#   ``cloudpickle.register_pickle_by_value`` as then.
+#
+# Anything else (a mutable global such as a list or dict, a global that is itself a ``__main__``
+# function, a callable that is not a plain function) is pickled at every submit, as before. A
+# function importable from a module is written by reference anyway, and its snapshot is trivially
+# stable. A callable whose class sets ``vine_pickle_once = True`` promises a fixed pickle and is
+# pickled once per object without any snapshot (parslvine's bound app call).
+
+# The modules cloudpickle was told to write by value (cloudpickle.register_pickle_by_value).
+_BY_VALUE: Any = getattr(_cloudpickle_impl, "_PICKLE_BY_VALUE_MODULES", ())
+_SCALARS = frozenset({int, float, complex, str, bytes, bool, type(None)})
+_MAX_NAMES = 64  # a function naming more globals than this is not worth checking per submit
+
+
+def serialize(obj: Any, what: str) -> bytes:
+    """``cloudpickle.dumps(obj)``, or a TaskError naming ``what`` could not be pickled."""
     try:
-        known = _PICKLED_ONCE.get(func)
-        if known is None:
-            data = serialize(func, _function_what(func))
-            known = _PICKLED_ONCE[func] = (data, _content_name(data))
-    except TypeError:  # not weak-referenceable or not hashable: pickled per task after all
-        return content_buffer(manager, serialize(func, _function_what(func)))
-    return content_buffer(manager, *known)
+        return cloudpickle.dumps(obj)
+    except Exception as exc:
+        raise TaskError(f"cannot serialize the {what} with cloudpickle: {type(exc).__name__}: {exc}") from exc
 
 
-def _function_what(func: Any) -> str:
+def content_name(data: bytes) -> str:
+    """The cache name of a buffer holding ``data``, by its content."""
+    return f"buffer-md5-{hashlib.md5(data).hexdigest()}"
+
+
+def pickled_function(func: Any) -> tuple[bytes, str]:
+    """``func`` pickled, and the content name of those bytes; reused when the notes above allow."""
+    if getattr(type(func), "vine_pickle_once", False) is True:
+        try:
+            known = _PICKLED_ONCE.get(func)
+            if known is None:
+                data = serialize(func, _what(func))
+                known = _PICKLED_ONCE[func] = (data, content_name(data))
+            return known
+        except TypeError:  # not weak-referenceable or not hashable: pickled per task after all
+            data = serialize(func, _what(func))
+            return data, content_name(data)
+    if type(func) is not types.FunctionType:
+        data = serialize(func, _what(func))
+        return data, content_name(data)
+    entry = _SNAPSHOTS.get(func)
+    if entry is not None and _unchanged(func, entry[0]):
+        return entry[1], entry[2]
+    data = serialize(func, _what(func))
+    name = content_name(data)
+    snapshot = _snapshot(func)
+    if snapshot is not None:
+        _SNAPSHOTS[func] = (snapshot, data, name)
+    elif entry is not None:
+        del _SNAPSHOTS[func]
+    return data, name
+
+
+def _what(func: Any) -> str:
     return f"function {getattr(func, '__qualname__', func)!r}"
 
 
-# Function objects that promised a fixed pickle (vine_pickle_once) -> (their pickle, its content name).
-# Only bytes, no File: a File holds its manager, which must not outlive its user.
+# Promised-fixed callables -> (their pickle, its content name). Only bytes: nothing that holds a manager.
 _PICKLED_ONCE: weakref.WeakKeyDictionary[Any, tuple[bytes, str]] = weakref.WeakKeyDictionary()
+# Plain functions -> (the snapshot their pickle was made from, the pickle, its content name).
+_SNAPSHOTS: weakref.WeakKeyDictionary[types.FunctionType, tuple[tuple[Any, ...], bytes, str]] = weakref.WeakKeyDictionary()
+# Code object -> the names it (and the code nested in it) loads, which may be globals.
+_CODE_NAMES: weakref.WeakKeyDictionary[types.CodeType, tuple[str, ...]] = weakref.WeakKeyDictionary()
+
+
+def _names(code: types.CodeType) -> tuple[str, ...]:
+    known = _CODE_NAMES.get(code)
+    if known is None:
+        found: dict[str, None] = {}
+        stack = [code]
+        while stack:
+            co = stack.pop()
+            found.update(dict.fromkeys(co.co_names))
+            stack.extend(c for c in co.co_consts if type(c) is types.CodeType)
+        known = _CODE_NAMES[code] = tuple(found)
+    return known
+
+
+def _stable(value: Any, depth: int = 0) -> bool:
+    """Whether ``value``'s pickle stays the same as long as it is the same object."""
+    t = type(value)
+    if t in _SCALARS or t is types.ModuleType:
+        return True
+    if t is tuple:
+        return depth < 2 and len(value) <= 32 and all(_stable(v, depth + 1) for v in value)
+    if t is types.FunctionType or isinstance(value, type):
+        try:
+            return bool(_cloudpickle_impl._should_pickle_by_reference(value))
+        except Exception:  # noqa: BLE001 - whatever cloudpickle cannot look up is simply not reused
+            return False
+    return False
+
+
+def _parts(func: types.FunctionType) -> tuple[list[Any], list[Any]] | None:
+    """The objects ``func``'s pickle is made from, in a fixed order, and which of them are values
+    (globals, closure cells, defaults) that must be stable; None if its ``__dict__`` is not empty."""
+    if func.__dict__:
+        return None
+    code = func.__code__
+    names = _names(code)
+    if len(names) > _MAX_NAMES:
+        return None
+    g = func.__globals__
+    kwdefaults = func.__kwdefaults__
+    annotations = func.__annotations__
+    parts: list[Any] = [code, func.__name__, func.__qualname__, func.__module__, func.__doc__,
+                        g.get("__name__"), g.get("__package__"), g.get("__file__"), g.get("__path__"),
+                        len(_BY_VALUE)]  # a module registered for pickling by value changes what is written
+    values: list[Any] = []
+    if func.__defaults__ is not None:
+        values.append(func.__defaults__)
+    if kwdefaults:
+        parts.extend(kwdefaults)  # the keys
+        values.extend(kwdefaults.values())
+    if annotations:
+        parts.extend(annotations)
+        values.extend(annotations.values())
+    closure = func.__closure__
+    if closure is not None:
+        try:
+            values.extend(cell.cell_contents for cell in closure)
+        except ValueError:  # an empty cell
+            return None
+    values.extend(g[n] for n in names if n in g)
+    parts.extend(values)
+    if any(type(v) is types.ModuleType for v in values):
+        parts.append(len(sys.modules))
+    return parts, values
+
+
+def _snapshot(func: types.FunctionType) -> tuple[Any, ...] | None:
+    found = _parts(func)
+    if found is None or not all(_stable(v) for v in found[1]):
+        return None
+    return tuple(found[0])
+
+
+def _unchanged(func: types.FunctionType, snapshot: tuple[Any, ...]) -> bool:
+    """The same objects as when ``snapshot`` was taken (checked stable then): by identity, or for
+    ints (the count of imported modules, a global rebound to an equal int) by equal value."""
+    found = _parts(func)
+    if found is None:
+        return False
+    parts = found[0]
+    if len(parts) != len(snapshot):
+        return False
+    for a, b in zip(parts, snapshot):
+        if a is not b and not (type(a) is int and type(b) is int and a == b):
+            return False
+    return True
 
 
 def runner_file(manager: TaskHost) -> File:
@@ -203,19 +361,32 @@ def plain_values(obj: Any, depth: int = 0) -> bool:
     return False
 
 
-def serialize(obj: Any, what: str) -> bytes:
-    try:
-        return cloudpickle.dumps(obj)
-    except Exception as exc:
-        raise TaskError(f"cannot serialize the {what} with cloudpickle: {type(exc).__name__}: {exc}") from exc
+def _new_result_prefix() -> None:
+    global _RESULT_PREFIX, _RESULT_IDS
+    _RESULT_PREFIX, _RESULT_IDS = f"buffer-rnd-{secrets.token_hex(8)}-", itertools.count(1)
+
+
+_RESULT_PREFIX = ""
+_RESULT_IDS = itertools.count(1)
+_new_result_prefix()
+os.register_at_fork(after_in_child=_new_result_prefix)  # a forked process draws its own
+
+
+def _result_name() -> str:
+    """A fresh name for a result buffer: a random prefix drawn once per process, then a count
+    (a random draw per task, secrets.token_hex, was a system call and a release of the
+    interpreter lock in every submit). As unique as the random names of other buffers."""
+    return f"{_RESULT_PREFIX}{next(_RESULT_IDS):x}"
 
 
 class PythonTask(Task):
     """Run ``func(*args, **kwargs)`` on a worker; ``output`` is its return value (or exception).
 
     Resources and other options are set as on any :class:`Task` (``set_cores``, ``set_tag``, ...).
-    ``func`` is pickled at every submit, unless its class sets ``vine_pickle_once = True`` (its
-    pickle never changes; see :func:`function_file`).
+    ``func`` is pickled once and reused while nothing its pickle reads has changed (see
+    :func:`pickled_function`; a callable whose class sets ``vine_pickle_once = True`` is
+    pickled once per object). Arguments of 48 KiB or less travel inside the task's message, and a
+    result of 64 KiB or less comes back inside the task's ``complete`` (kept in memory here).
     """
 
     def __init__(self, func: Any, *args: Any, **kwargs: Any) -> None:
@@ -292,7 +463,8 @@ class PythonTask(Task):
         if self._temp_output:
             out = manager.declare_temp()
         else:
-            out = manager.declare_buffer(None, cache=self._output_cache)
+            # A buffer named without a random draw per task (see _result_name).
+            out = manager._remember(File(manager, "buffer", "buffer", cache=self._output_cache, cache_name=_result_name()))
         self._output_file = out
         self.add_output(out, RESULT_NAME)
         if self.environments:
@@ -319,7 +491,8 @@ class PythonTask(Task):
         # server's channel.
         fast = not self.environments
         python = PythonRun(FUNCTION_NAME, ARGS_NAME, RESULT_NAME, bool(self._serialize_output), tuple(self._warm_imports),
-                           result_inline=fast, args_inline=self._inline_args if fast else None)
+                           result_inline=fast, args_inline=self._inline_args if fast else None,
+                           result_in_complete=RESULT_IN_COMPLETE_LIMIT if fast else 0)
         return super()._task_spec(python=python, in_place=FUNCTION_NAME if fast else None, **decided)
 
     # -- the tasks cache (core/manager/tasks_cache.py) ----------------------------------------------------------

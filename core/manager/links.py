@@ -432,6 +432,33 @@ class WorkerLinks:
         elif f is not None and f.kind == "buffer":
             f.set_buffer_data(data)
 
+    def _complete_result(self, link: WorkerLink, msg: M.Complete, payload: bytes) -> bytes:
+        """Take the result a ``complete`` carries ahead of its stdout (``Complete.result_name``) as its
+        stream would have been taken: only an output this worker was asked to send back for this
+        task, once; a buffer keeps the bytes in memory, a declared file is written at its path (by
+        the rules of core.manager.output_targets). Returns the rest of the payload: the stdout."""
+        tid, name, size = msg.id, msg.result_name, msg.result_size
+        assert name is not None  # the caller looked
+        if size > len(payload):
+            raise RemoteProtocolError(f"announced {size} bytes of {name!r} in a complete of task {tid} that carries "
+                                      f"{len(payload)} bytes")
+        f = link.expected_outputs.pop((tid, name), None)
+        if f is None:
+            raise RemoteProtocolError(f"sent {name!r} inside the complete of task {tid}, which is not an output of a "
+                                      "task this worker was given (or was sent already)")
+        data = payload[:size]
+        self._logs.transfer(link.id, "OUTPUT", name, size, 0, 0)
+        if f.kind == "buffer":
+            f.set_buffer_data(data)
+        elif f.kind == "file":
+            writer = OutputWriter(Frame(M.FileBegin(name, size, mode=0o644, task=tid).to_header()), f.source())
+            if writer.refused is None:
+                writer.chunk(Frame({"type": "file_chunk", "name": name}, data))
+                writer.finish()
+            if writer.refused is not None:
+                self._output_refused(link, writer)
+        return payload[size:] if size else payload
+
     def _on_watch(self, link: WorkerLink, frame: Frame) -> None:
         """Append a watched output's new bytes, only from the worker running that task, only where
         the previous piece ended (or before: the file may have been rewritten), within the size bound."""
@@ -490,7 +517,10 @@ class WorkerLinks:
         tid = msg.id
         measured_box = Resources.from_dict(msg.measured) if msg.measured else None  # the task's and the scheduler's (immutable)
         streamed = msg.stdout_streamed
-        stdout = link.stdout_received.pop(tid, None) if streamed is not None else frame.payload
+        payload = frame.payload
+        if msg.result_name is not None:  # a small result ahead of the stdout (before its outputs are forgotten)
+            payload = self._complete_result(link, msg, payload)
+        stdout = link.stdout_received.pop(tid, None) if streamed is not None else payload
         self._forget_expected(link, tid)  # its outputs were sent before this message
         task = self._tasks.get(tid)
         result, code = msg.result, msg.exit_code

@@ -89,24 +89,58 @@ class Resources:
             raise ValueError(f"unknown resource {field!r}; use one of {', '.join(FIELDS)}")
         return bool(getattr(self, field) >= 0)
 
+    # The arithmetic below is written out field by field: the scheduler runs it several times per
+    # task (placement, the committed tally, prefetching), and a zip of generators with a call per
+    # field was most of its cost. Every field reads "unset or negative counts as 0" as before.
     def fits_in(self, free: Resources) -> bool:
         """True when every field of this box is at most that field of ``free`` (unset counts as 0)."""
-        return all(
-            _nonneg(mine) <= _nonneg(room) + _EPS for mine, room in zip(_vals(self), _vals(free))
-        )
+        a, b = self.cores, free.cores
+        if (a if a > 0 else 0.0) > (b if b > 0 else 0.0) + _EPS:
+            return False
+        a, b = self.memory, free.memory
+        if (a if a > 0 else 0.0) > (b if b > 0 else 0.0) + _EPS:
+            return False
+        a, b = self.disk, free.disk
+        if (a if a > 0 else 0.0) > (b if b > 0 else 0.0) + _EPS:
+            return False
+        a, b = self.gpus, free.gpus
+        return not (a if a > 0 else 0.0) > (b if b > 0 else 0.0) + _EPS
 
     def __add__(self, other: Resources) -> Resources:
         if not isinstance(other, Resources):
             return NotImplemented
-        return Resources(*(_nonneg(a) + _nonneg(b) for a, b in zip(_vals(self), _vals(other))))
+        a, b, c, d = self.cores, self.memory, self.disk, self.gpus
+        e, f, g, h = other.cores, other.memory, other.disk, other.gpus
+        return _box((a if a > 0 else 0.0) + (e if e > 0 else 0.0), (b if b > 0 else 0.0) + (f if f > 0 else 0.0),
+                    (c if c > 0 else 0.0) + (g if g > 0 else 0.0), (d if d > 0 else 0.0) + (h if h > 0 else 0.0))
 
     def __sub__(self, other: Resources) -> Resources:
         if not isinstance(other, Resources):
             return NotImplemented
         # Clamped at zero: float noise from fractional function-call cores must not leave a tally at
         # -1e-17, which would read as "unset".
-        pairs = zip(_vals(self), _vals(other))
-        return Resources(*(max(0.0, _nonneg(a) - _nonneg(b)) for a, b in pairs))
+        a, b, c, d = self.cores, self.memory, self.disk, self.gpus
+        e, f, g, h = other.cores, other.memory, other.disk, other.gpus
+        return _box(max(0.0, (a if a > 0 else 0.0) - (e if e > 0 else 0.0)), max(0.0, (b if b > 0 else 0.0) - (f if f > 0 else 0.0)),
+                    max(0.0, (c if c > 0 else 0.0) - (g if g > 0 else 0.0)), max(0.0, (d if d > 0 else 0.0) - (h if h > 0 else 0.0)))
+
+
+_NEW = object.__new__
+_SET_CORES = Resources.__dict__["cores"].__set__
+_SET_MEMORY = Resources.__dict__["memory"].__set__
+_SET_DISK = Resources.__dict__["disk"].__set__
+_SET_GPUS = Resources.__dict__["gpus"].__set__
+
+
+def _box(cores: float, memory: float, disk: float, gpus: float) -> Resources:
+    """``Resources(cores, memory, disk, gpus)`` through the slots' own setters (the frozen
+    dataclass's ``__init__`` goes through ``object.__setattr__`` once per field)."""
+    box: Resources = _NEW(Resources)
+    _SET_CORES(box, cores)
+    _SET_MEMORY(box, memory)
+    _SET_DISK(box, disk)
+    _SET_GPUS(box, gpus)
+    return box
 
 
 @dataclass
@@ -136,10 +170,14 @@ DEFAULT_POLICY = AllocationPolicy()
 
 def _proportion(box: Resources, denominators: tuple[float, ...]) -> float:
     """The largest share of the worker that ``box`` asks for, over fields the worker has."""
-    return max(
-        (v / d for v, d in zip(_vals(box), denominators) if _asked(v) and d > 0),
-        default=0.0,
-    )
+    best = 0.0
+    found = False
+    for v, d in zip(_vals(box), denominators):
+        if v > 0 and d > 0:
+            share = v / d
+            if not found or share > best:
+                best, found = share, True
+    return best
 
 
 def allocate_resources(
@@ -169,7 +207,8 @@ def allocate_resources(
     req = request
     floor_box = minimum if minimum is not None else Resources()
     disk_room = _nonneg(worker_total.disk if available_disk is None else available_disk)
-    w_cores, w_memory, _, w_gpus = (_nonneg(v) for v in _vals(worker_total))
+    w_cores, w_memory, w_gpus = worker_total.cores, worker_total.memory, worker_total.gpus
+    w_cores, w_memory, w_gpus = (w_cores if w_cores > 0 else 0.0), (w_memory if w_memory > 0 else 0.0), (w_gpus if w_gpus > 0 else 0.0)
     # The margin applies to disk we compute; a value the user asked for is kept as asked.
     whole_disk = _floor(disk_room * policy.disk_proportion)
 
@@ -200,12 +239,19 @@ def allocate_resources(
             disk = max(1.0, req.disk, _floor(_floor(disk_room * p) * policy.disk_proportion))
         gpus = _nonneg(req.gpus)
 
-    values = (cores, memory, disk, gpus)
-    box = tuple(max(v, lo) for v, lo in zip(values, _vals(floor_box)))
+    cores, memory = max(cores, floor_box.cores), max(memory, floor_box.memory)
+    disk, gpus = max(disk, floor_box.disk), max(gpus, floor_box.gpus)
     if policy.exact_task_values:
         # As TaskVine's C code does last: what the task asked for replaces the computed value.
-        box = tuple(r if _asked(r) else v for v, r in zip(box, _vals(req)))
-    return Resources(*box)
+        r = req.cores
+        cores = r if r > 0 else cores
+        r = req.memory
+        memory = r if r > 0 else memory
+        r = req.disk
+        disk = r if r > 0 else disk
+        r = req.gpus
+        gpus = r if r > 0 else gpus
+    return _box(cores, memory, disk, gpus)
 
 
 def fits(
@@ -221,19 +267,22 @@ def fits(
     be at most the worker's total, and committed + allocation at most ceil(total * ``multiplier``)
     (tune ``resource-submit-multiplier``). Unset fields count as zero.
     """
-    want = [_nonneg(v) for v in _vals(allocation)]
-    have = [_nonneg(v) for v in _vals(worker_total)]
-    used = [_nonneg(v) for v in _vals(committed)]
-    for i, name in enumerate(FIELDS):
-        if name == "disk":
-            if used[i] + want[i] > have[i] + _EPS:
-                return False
-            continue
-        if want[i] > have[i] + _EPS:
-            return False
-        if used[i] + want[i] > math.ceil(have[i] * multiplier) + _EPS:
-            return False
-    return True
+    ceil = math.ceil
+    w, h, u = allocation.cores, worker_total.cores, committed.cores
+    w, h, u = (w if w > 0 else 0.0), (h if h > 0 else 0.0), (u if u > 0 else 0.0)
+    if w > h + _EPS or u + w > ceil(h * multiplier) + _EPS:
+        return False
+    w, h, u = allocation.memory, worker_total.memory, committed.memory
+    w, h, u = (w if w > 0 else 0.0), (h if h > 0 else 0.0), (u if u > 0 else 0.0)
+    if w > h + _EPS or u + w > ceil(h * multiplier) + _EPS:
+        return False
+    w, h, u = allocation.disk, worker_total.disk, committed.disk
+    w, h, u = (w if w > 0 else 0.0), (h if h > 0 else 0.0), (u if u > 0 else 0.0)
+    if u + w > h + _EPS:  # disk is never overcommitted
+        return False
+    w, h, u = allocation.gpus, worker_total.gpus, committed.gpus
+    w, h, u = (w if w > 0 else 0.0), (h if h > 0 else 0.0), (u if u > 0 else 0.0)
+    return not (w > h + _EPS or u + w > ceil(h * multiplier) + _EPS)
 
 
 def _tasks_that_fit(avail: Sequence[float], per_task: Sequence[float]) -> int:

@@ -496,6 +496,9 @@ class PythonRun(WireRecord):
     warm_imports: tuple[str, ...] = ()  # modules the fork server imports before forking
     result_inline: bool = False  # the result may come back through the fork server's channel
     args_inline: str | None = None  # the pickled arguments (base64), instead of the ``args`` file
+    # A result (sent back, from the fork server's channel) of at most this many bytes travels inside
+    # the task's ``complete`` (Complete.result_name), not as a stream before it; 0: always a stream.
+    result_in_complete: ByteCount = 0
 
 
 @record("a function call")
@@ -682,7 +685,9 @@ class CacheInvalid(Message):
 @dataclass(slots=True)
 class Complete(Message):
     """Task ``id`` ended. Its stdout is the frame's payload unless ``stdout_streamed`` says how many
-    bytes of it were streamed before this message; its returned outputs were streamed before too."""
+    bytes of it were streamed before this message; its returned outputs were streamed before too,
+    except one small result the manager allowed inline (``PythonRun.result_in_complete``): then
+    the payload begins with output ``result_name``'s ``result_size`` bytes, and its stdout follows."""
 
     id: int
     result: int
@@ -699,6 +704,8 @@ class Complete(Message):
     limits: dict[str, float] = field(default_factory=dict)  # what the watchdog found exceeded
     library: str | None = None  # a library instance's name, when one ended
     stdout_streamed: ByteCount | None = None
+    result_name: str | None = None  # the output (cache name) whose bytes open the payload
+    result_size: ByteCount = 0  # how many bytes of the payload are that output's
 
 
 @message("watch")

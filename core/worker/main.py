@@ -679,11 +679,13 @@ class Worker:
         unlinked = self.sandboxes.cleanup(rt)
         self.release(rt)
         self.last_work = time.monotonic()
+        result_name, result_data = rt.complete_result or (None, b"")  # a small result inline (core/worker/python.py)
         self.send(
             M.Complete(rt.id, result, code, reason=reason, retry=retry, missing_input=missing_input,
                        start=rt.start, end=end, outputs=outputs, cached=cached, unlinked=unlinked,
-                       measured=rt.usage.measured() if rt.usage else {}, limits=rt.limits, stdout_streamed=streamed),
-            stdout,
+                       measured=rt.usage.measured() if rt.usage else {}, limits=rt.limits, stdout_streamed=streamed,
+                       result_name=result_name, result_size=len(result_data)),
+            result_data + stdout if result_data else stdout,
         )
         await self._drain_if_backed_up()
 

@@ -207,7 +207,10 @@ class PythonRunner:
                                      cached: dict[str, int]) -> None:
         """An output a forked PythonTask sent back in memory: sent home, or cached, from memory.
 
-        Called by ``Worker._collect_outputs`` for the outputs named in ``rt.inline_outputs``.
+        Sent home inside the task's ``complete`` when the manager allows a result of its size there
+        (``PythonRun.result_in_complete``: ``rt.complete_result``, which Worker puts ahead of the
+        stdout), else as a stream queued before it. Called by ``Worker._collect_outputs`` for the
+        outputs named in ``rt.inline_outputs``.
         """
         name = o.name
         if name in self.cache.entries or name in self.cache.memory:
@@ -215,7 +218,11 @@ class PythonRunner:
         level = o.level
         if o.send_back:
             conn = self._worker.conn
-            if conn is not None:
+            py = rt.spec.python
+            if py is not None and len(data) <= py.result_in_complete and rt.complete_result is None:
+                # Small, and the manager reads it there: inside the complete, ahead of the stdout.
+                rt.complete_result = (name, data)
+            elif conn is not None:
                 # Queued, not drained: it leaves in one write with the task's complete (at most
                 # 1 MiB, in memory already), not in two writes of its own before it.
                 queue_bytes(conn, name, data, task=rt.id)

@@ -8,7 +8,8 @@ a command starts (the shell inherits it); a forked PythonTask's child creates it
 worker only looks at it at the end (``RunningTask.stdout_at``) and opens it only if it is not empty:
 most small tasks print nothing, and an open, fstat and close per task were a measurable part of the
 worker's time. Up to ``STDOUT_INLINE`` bytes travel inside the ``complete`` (:func:`take_stdout`);
-more (up to the manager's ``stdout_limit``) are streamed ahead of it.
+more (up to the manager's ``stdout_limit``) are streamed ahead of it. A forked PythonTask's small
+result may travel in the same ``complete``, ahead of the stdout (``RunningTask.complete_result``).
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ class RunningTask:
     # Set by the Python runner (core/worker/python.py):
     inline_stdout: bytes | None = None  # a call's result that came back from its library in memory (its "stdout")
     inline_outputs: dict[str, bytes] = field(default_factory=dict)  # remote name -> bytes a forked PythonTask sent back
+    # (cache name, bytes) of a small sent-back result that travels inside the task's complete, the
+    # stdout after it (PythonRun.result_in_complete): one frame, not a stream of three before it.
+    complete_result: tuple[str, bytes] | None = None
     retry: bool = False  # never started (its library died first): the manager sends it again without counting a try
     fallback_command: str | None = None  # a PythonTask run as a command: the fork server is gone (core/worker/python.py)
     # Set for a library instance (core/worker/python.py): its socket and slots, over the definition's env.
