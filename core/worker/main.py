@@ -48,13 +48,14 @@ from ..wire.protocol import Frame, pages_of
 from ..wire.receive import FileReceiver, IncomingStreams
 from ..wire.tls import GatedListener, TLSSetupError, client_context, self_signed_server_context, start_gated_server
 from .cache import WorkerCache
-from .children import Spawner, kill_group, reap_child
+from .children import kill_group, reap_child
 from .monitor import Usage, exceeded, sample
 from .options import batch_job_id, build_parser, detect_resources
 from .python import PythonRunner
 from .reaper import TaskReaper
 from .running import RunningTask, read_stdout, take_stdout
 from .sandbox import WorkerSandboxes
+from .spawner import Spawner
 from .transfers import WorkerTransfers
 
 log = logging.getLogger("vine_worker")
@@ -107,7 +108,7 @@ class Worker:
         self.transfers = WorkerTransfers(self.cache, self.sandboxes, self.send, lambda: self.conn, self._spawn, self.execute,
                                          self.tls_client, self.password)
         self.python = PythonRunner(self, self.cache, self.sandboxes)
-        # Two or more cores: task shells start from threads, so their spawns overlap (children.py).
+        # Two or more cores: task shells start from threads, so their spawns overlap (spawner.py).
         self.spawner = Spawner(min(4, os.cpu_count() or 1, int(self.total["cores"])))
         self.cache.load()
 
@@ -502,7 +503,7 @@ class Worker:
         argv = ["/bin/sh", "-c", self._command(rt)]
         env = self.task_env(rt)
         try:
-            pid = await self.spawner.spawn(rt.sandbox, argv, env, actions)  # from a spawner thread (children.py)
+            pid = await self.spawner.spawn(rt.sandbox, argv, env, actions)  # from a spawner thread (spawner.py)
         except BaseException:  # killed while starting: the spawner ends the shell; its stdout file closes here
             os.close(fd)
             rt.stdout_fd = -1

@@ -7,7 +7,7 @@ output file with the plain mode moves into memory and is written into the next l
 there (core/worker/cache.py ``adopt_small_output``). These tests run real chains on real workers
 and check what every link saw: only its own input, the right contents and modes, and an output
 that a peer worker and the manager still get whole. The last test checks the spawner threads of a
-worker with several cores (core/worker/children.py ``Spawner``): each task starts in its own sandbox.
+worker with several cores (core/worker/spawner.py ``Spawner``): each task starts in its own sandbox.
 """
 
 from __future__ import annotations
