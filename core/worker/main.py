@@ -50,7 +50,7 @@ from ..wire.tls import GatedListener, TLSSetupError, client_context, self_signed
 from .cache import WorkerCache
 from .children import kill_group, reap_child
 from .monitor import Usage, exceeded, sample
-from .options import batch_job_id, build_parser, detect_resources
+from .options import batch_job_id, build_parser, detect_resources, spawn_threads
 from .python import PythonRunner
 from .reaper import TaskReaper
 from .running import RunningTask, read_stdout, take_stdout
@@ -108,8 +108,8 @@ class Worker:
         self.transfers = WorkerTransfers(self.cache, self.sandboxes, self.send, lambda: self.conn, self._spawn, self.execute,
                                          self.tls_client, self.password)
         self.python = PythonRunner(self, self.cache, self.sandboxes)
-        # Two or more cores: task shells start from threads, so their spawns overlap (spawner.py).
-        self.spawner = Spawner(min(4, os.cpu_count() or 1, int(self.total["cores"])))
+        # Task shells start from threads where cores are free for it, so their spawns overlap (spawner.py).
+        self.spawner = Spawner(spawn_threads(getattr(args, "spawn_threads", None), self.total["cores"]))
         self.cache.load()
 
     # -- connection ------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ class Spawner:
 
     def __init__(self, threads: int) -> None:
         self._requests: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
-        self._threads = [threading.Thread(target=self._serve, name=f"vine-spawn-{n}", daemon=True) for n in range(threads if threads > 1 else 0)]
+        self._threads = [threading.Thread(target=self._serve, name=f"vine-spawn-{n}", daemon=True) for n in range(threads)]
         for t in self._threads:
             t.start()
 

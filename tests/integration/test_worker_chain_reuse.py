@@ -122,9 +122,9 @@ def test_small_temp_output_reaches_a_task_on_another_worker(manager, start_worke
 @pytest.mark.timeout(120)
 def test_concurrent_tasks_each_start_in_their_own_sandbox(manager, start_worker):
     """A worker with cores to spare starts its shells from several threads at once (each thread
-    with a working directory of its own, core/worker/children.py): no task may start in another's
+    with a working directory of its own, core/worker/spawner.py): no task may start in another's
     sandbox, or in the worker's directory."""
-    start_worker(manager, cores=4)
+    start_worker(manager, cores=4, extra=["--spawn-threads", "4"])
     tasks = []
     for i in range(60):
         # Each task leaves a file named for itself and lists what its starting directory holds.
