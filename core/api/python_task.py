@@ -217,11 +217,13 @@ def _names(code: types.CodeType) -> tuple[str, ...]:
 def _stable(value: Any, depth: int = 0) -> bool:
     """Whether ``value``'s pickle stays the same as long as it is the same object."""
     t = type(value)
-    if t in _SCALARS or t is types.ModuleType:
+    if t in _SCALARS:
         return True
     if t is tuple:
         return depth < 2 and len(value) <= 32 and all(_stable(v, depth + 1) for v in value)
-    if t is types.FunctionType or isinstance(value, type):
+    # A module is written by name unless it is dynamic or registered by value (then its whole
+    # namespace is written, and that can change while it stays the same object).
+    if t is types.FunctionType or t is types.ModuleType or isinstance(value, type):
         try:
             return bool(_cloudpickle_impl._should_pickle_by_reference(value))
         except Exception:  # noqa: BLE001 - whatever cloudpickle cannot look up is simply not reused

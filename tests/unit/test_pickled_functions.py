@@ -152,3 +152,20 @@ def test_registering_a_module_for_pickling_by_value_gives_a_fresh_pickle(tmp_pat
             cloudpickle.unregister_pickle_by_value(probe)
     finally:
         sys.modules.pop("vine_by_value_probe", None)
+
+
+DYNAMIC = types.ModuleType("vine_dynamic_probe")  # not importable: cloudpickle writes its namespace
+DYNAMIC.LIMIT = 1
+
+
+def uses_a_dynamic_module(x: int) -> int:
+    return x + DYNAMIC.LIMIT
+
+
+def test_a_module_written_by_value_is_pickled_at_every_submit():
+    first, _ = pickled_function(uses_a_dynamic_module)
+    DYNAMIC.LIMIT = 5  # the same module object, a changed namespace
+    second, _ = pickled_function(uses_a_dynamic_module)
+    assert second is not first
+    assert _run(second, 1) == 6
+    DYNAMIC.LIMIT = 1
