@@ -128,7 +128,6 @@ class WorkerSandboxes:
                     self.cache.drop_on_arrival.add(name)  # still on its way (the task was killed): removed when it lands
         return unlinked
 
-
     def _remove_placed_inputs(self, rt: RunningTask) -> None:
         """Remove what the worker itself put in the sandbox at the top level (input copies, links,
         rebuilt trees, environment links), so a sandbox that held only those can be reused.
