@@ -21,6 +21,6 @@ def load_variable_from_library(name: str) -> Any:
     Raises NameError (saying where such variables come from) anywhere else, or for a name the
     context did not set.
     """
-    from .wire.remote import load_variable_from_library as load  # the worker-side context lives there
+    from .wire.library_runner import load_variable_from_library as load  # the library-side context lives there
 
     return load(name)

@@ -5,7 +5,7 @@
     m.create_library_from_functions("lib", f, g, import_modules=[numpy], exec_mode="fork")
           │ functions, hoisted modules and context cloudpickled into one content-named buffer
     m.install_library(lib) ──► scheduler template ──► an instance per worker, started on demand:
-                                                       `python3 .vine_runner.py library .vine_library`
+                                                       `python3 .vine_library_runner.py .vine_library`
     m.submit(FunctionCall("lib", "f", 1, 2)) ──► allocated nothing, takes one of the instance's slots
           └──► worker ──(unix socket)──► library: f(1, 2) in-process (direct) or in a fork (fork)
     call.output ◄── result envelope, returned inline with the completion (no file transfer)
@@ -33,14 +33,16 @@ Print output of calls goes to the library's log (``library_logging_directory``),
 from __future__ import annotations
 
 import base64
+import os
 import pickle
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from .. import constants as C
 from ..errors import TaskError, TransferError, VineError
+from ..wire.library_runner import load_variable_from_library as _load_variable
 from ..wire.messages import CallRef, TaskDefinition
 from ..wire.remote import decode_result
-from ..wire.remote import load_variable_from_library as _load_variable
 from .files import File
 from .python_task import ARGS_NAME, RESULT_NAME, attach_traceback, extract_references, plain_values, serialize
 from .task import Task
@@ -49,6 +51,9 @@ if TYPE_CHECKING:
     from .files import TaskHost
 
 LIBRARY_CONFIG_NAME = ".vine_library"
+# The library process's script (core/wire/library_runner.py); it runs beside .vine_runner.py, which it imports.
+LIBRARY_RUNNER_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "wire", "library_runner.py")
+LIBRARY_RUNNER_NAME = ".vine_library_runner.py"
 INLINE_ARGS_LIMIT = 48 << 10  # larger arguments travel as an input file instead of inside the task message
 EXEC_MODES = ("fork", "direct")
 
@@ -64,6 +69,18 @@ class LibraryError(VineError):
 def load_variable_from_library(name: str) -> Any:
     """Inside a FunctionCall: a variable from the dict the library's context function returned."""
     return _load_variable(name)
+
+
+def library_runner_file(manager: TaskHost) -> File:
+    """The library process's script (core/wire/library_runner.py), cached on workers for good."""
+    f = _LIBRARY_RUNNER_FILES.get(manager)
+    if f is None:
+        f = _LIBRARY_RUNNER_FILES[manager] = manager.declare_file(LIBRARY_RUNNER_PATH, cache="worker")
+    return f
+
+
+# One declared library runner per manager, forgotten with the manager.
+_LIBRARY_RUNNER_FILES: weakref.WeakKeyDictionary[TaskHost, File] = weakref.WeakKeyDictionary()
 
 
 class LibraryTask(Task):

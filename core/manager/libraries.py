@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from .. import constants as C
 from ..api.files import File, TaskHost
-from ..api.library import EXEC_MODES, LIBRARY_CONFIG_NAME, LibraryTask
+from ..api.library import EXEC_MODES, LIBRARY_CONFIG_NAME, LIBRARY_RUNNER_NAME, LibraryTask, library_runner_file
 from ..api.python_task import RUNNER_NAME, content_buffer, runner_file, serialize
 from ..api.specs import task_spec
 from ..state.libraries import LibraryInstalled, LibraryRemoved, StartLibrary
@@ -96,9 +96,10 @@ def create_library(
     }
     data = serialize(config, f"functions of library {library_name!r}")
     prefix = f"{init_command} " if init_command else ""
-    task = LibraryTask(f'{prefix}"${{VINE_PYTHON:-python3}}" {RUNNER_NAME} library {LIBRARY_CONFIG_NAME}', library_name)
+    task = LibraryTask(f'{prefix}"${{VINE_PYTHON:-python3}}" {LIBRARY_RUNNER_NAME} {LIBRARY_CONFIG_NAME}', library_name)
     task.set_function_exec_mode_from_string(exec_mode)
-    task.add_input(runner_file(manager), RUNNER_NAME)
+    task.add_input(library_runner_file(manager), LIBRARY_RUNNER_NAME)
+    task.add_input(runner_file(manager), RUNNER_NAME)  # remote.py: the library runner imports it from beside itself
     task.add_input(content_buffer(manager, data), LIBRARY_CONFIG_NAME)
     if poncho_env is not None:
         task.add_environment(environment_file(manager, poncho_env))

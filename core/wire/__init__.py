@@ -8,6 +8,8 @@ Modules here import only the floor (``core.errors``, ``core.constants``) and eac
   file streaming.
 - ``tls``, ``preauth``: TLS contexts and the listener that tells TLS from plain; limits on
   connections that have not authenticated yet.
-- ``remote``: the script run on workers for Python tasks and libraries (standard library and
-  cloudpickle only), with the result and argument framings both sides use.
+- ``remote``: the script run on workers for Python tasks (standard library and cloudpickle only),
+  with the result and argument framings both sides use.
+- ``library_runner``: the script a library instance runs on a worker (the library loop, its direct
+  and forked calls), shipped beside ``remote`` and built on it.
 """

@@ -6,7 +6,7 @@
     ───────────────           ───────────
     "python" (no env)         fork server child (core/worker/forkserver.py): no interpreter start
     "python" + environment    `python3 .vine_runner.py task ...` through the env's run_in_env
-    "library"                 `python3 .vine_runner.py library ...` as a long task; it connects back on an
+    "library"                 `python3 .vine_library_runner.py ...` as a long task; it connects back on an
                               abstract unix socket, says "ready", then serves calls
     "function_call"           sent to its library instance over that socket; the library (or a fork
                               of it, through a pipe) sends the result envelope back in its "done",

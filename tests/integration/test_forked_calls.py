@@ -1,6 +1,6 @@
 """Fork-mode calls: the library's own loop (results through each child's pipe) and the worker's fast path.
 
-The first tests drive a real library process (``python core/wire/remote.py library CONFIG``) over
+The first tests drive a real library process (``python core/wire/library_runner.py CONFIG``) over
 its unix socket directly, as the worker does, so what they see is the library socket's framing
 itself: a forked call's result comes back inside its ``done`` (no result file), a result over
 INLINE_RESULT still goes to the file, a child that dies without its exit record is reported with
@@ -24,12 +24,15 @@ import cloudpickle
 import pytest
 
 import core as vine
-from core.wire.remote import INLINE_RESULT, MessageReader, decode_result, encode_library_message
+from core.wire.library_runner import INLINE_RESULT
+from core.wire.remote import MessageReader, decode_result, encode_library_message
 from tests.conftest import run, wait_until
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-REMOTE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "core", "wire", "remote.py")
+# Run from the source tree, the library runner loads remote.py from beside itself (in a sandbox: .vine_runner.py).
+LIBRARY_RUNNER = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "core", "wire",
+                              "library_runner.py")
 
 
 # --- library functions ----------------------------------------------------------------------------------
@@ -101,7 +104,7 @@ class Library:
         self.server.bind("\0" + address)
         self.server.listen(1)
         self.server.settimeout(30)
-        self.proc = subprocess.Popen([sys.executable, REMOTE, "library", config], cwd=workdir,
+        self.proc = subprocess.Popen([sys.executable, LIBRARY_RUNNER, config], cwd=workdir,
                                      env=dict(os.environ, VINE_LIBRARY_SOCKET="@" + address, VINE_LIBRARY_SLOTS=str(slots)))
         self.conn, _ = self.server.accept()
         self.conn.settimeout(30)
