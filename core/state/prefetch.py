@@ -3,15 +3,18 @@
 A worker may be sent a short task before it has room for it (``Dispatch(queued=True)``); it keeps
 such tasks in a first-in, first-out queue. The worker (core/worker/main.py) and the manager's
 scheduler (which mirrors every worker's queue to know what is committed where) must apply the very
-same rule, or they disagree about what runs: so both call :func:`waits_in_queue` and
-:func:`start_in_order`. :class:`PrefetchPlanner` (mixed into
-:class:`core.state.scheduler.SchedulerState`) decides which tasks are sent ahead, and where.
+same rule, or they disagree about what runs: so both call :func:`waits_in_queue`,
+:func:`start_in_order` and :func:`inputs_being_made`. A queued task starts when its allocation fits
+and no task started on that worker is still making one of its inputs (a pipelined task sent ahead to
+the worker making its temp inputs: core/state/pipelining.py, core/worker/pipelined.py).
+:class:`PrefetchPlanner` (mixed into :class:`core.state.scheduler.SchedulerState`) decides which
+tasks are sent ahead, and where.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Container, Iterable
 from typing import TYPE_CHECKING, TypeVar
 
 from .resources import Resources, fits
@@ -30,6 +33,13 @@ def waits_in_queue(queue: list[T], fits_now: bool) -> bool:
     """Whether a task sent ahead joins the queue instead of starting: something is queued before
     it (order is kept), or its allocation does not fit now."""
     return bool(queue) or not fits_now
+
+
+def inputs_being_made(inputs: Iterable[str], making: Container[str]) -> bool:
+    """Whether a queued task with these input cache names must wait: one of them is a temp that a
+    task started on its worker (not a function call) is still making. The second half of the start
+    rule; the maker stops counting when the worker releases it, after its outputs were collected."""
+    return any(name in making for name in inputs)
 
 
 def start_in_order(queue: list[T], fits: Callable[[T], bool], start: Callable[[T], None]) -> int:
@@ -54,12 +64,39 @@ class PrefetchPlanner:
 
     def _promote(self, w: WorkerRecord) -> None:
         """Mirror the worker: it starts its prefetched tasks by the same rule (core/state/prefetch.py)."""
+        if not w.queue:
+            return
+        making: set[str] | None = None  # temps being made on w, worked out only for a head with inputs
+
+        def may_start(tid: int) -> bool:
+            nonlocal making
+            head = self.tasks[tid]
+            if not fits(head.allocation, w.total, w.committed):
+                return False
+            if not head.spec.inputs:
+                return True
+            if making is None:
+                making = self._temps_made_on(w)
+            return not inputs_being_made((m.file.cache_name for m in head.spec.inputs), making)
+
         def start(tid: int) -> None:
+            nonlocal making
             head = self.tasks[tid]
             head.queued = False
             w.committed = w.committed + head.allocation
+            making = None  # the head just started may be making the next one's input
 
-        start_in_order(w.queue, lambda tid: fits(self.tasks[tid].allocation, w.total, w.committed), start)
+        start_in_order(w.queue, may_start, start)
+
+    def _temps_made_on(self, w: WorkerRecord) -> set[str]:
+        """The temps being made by the tasks started on ``w`` that are not function calls: the
+        makers the worker counts (core/worker/pipelined.py), as this state last heard of them."""
+        making: set[str] = set()
+        for tid in w.tasks:
+            rec = self.tasks[tid]
+            if not rec.queued and rec.spec.library_required is None:
+                making.update(m.file.cache_name for m in rec.spec.outputs if m.file.kind == "temp")
+        return making
 
     def _prefetch_limit(self, w: WorkerRecord) -> int:
         per_core = self.tuning["worker-prefetch"]

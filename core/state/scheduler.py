@@ -66,7 +66,7 @@ from .events import (  # noqa: F401 - re-exported
 )
 from .invariants import Invariants
 from .libraries import DEFAULT_QUEUE_DEPTH, LibraryBook
-from .pipelining import CallPipelining
+from .pipelining import Pipelining
 from .placement import Placement
 from .prefetch import PREFETCH_SAMPLES, SHORT_TASK, PrefetchPlanner  # noqa: F401 - re-exported
 from .records import FileRecord, RecordState, ReplicaState, TaskRecord, TaskState, WorkerRecord  # noqa: F401 - re-exported
@@ -100,6 +100,7 @@ def policy_name(policy: str | int) -> str:
 DEFAULT_TUNING: dict[str, float] = {
     "attempt-schedule-depth": 100,
     "call-pipelining": 1,  # a call may go to the worker still making its temp inputs (0: wait for them)
+    "task-pipelining": 0,  # tasks per core queued on the worker still making their temp inputs (0: wait for them; on with the worker side)
     "hungry-minimum": 10,
     "hungry-minimum-factor": 2,
     "keepalive-interval": 30,
@@ -125,7 +126,7 @@ DEFAULT_TUNING: dict[str, float] = {
 RECOVERY_ID_BASE = 1 << 40  # hidden recovery copies of tasks get ids above every user task id
 
 
-class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining, PrefetchPlanner, SettingsHandlers, Invariants):
+class SchedulerState(TransferPlanner, RecoveryPlanner, Pipelining, PrefetchPlanner, SettingsHandlers, Invariants):
     """Tasks, files, replicas and workers, and every decision about them.
 
     Feed events with :meth:`handle`, the only way to change it; it returns the instructions to
@@ -168,6 +169,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining, PrefetchP
         # Lineage: the task that makes each temp file, kept after the user has the task back.
         self.lineage: dict[str, TaskSpec] = {}
         self.recovering: dict[str, int] = {}  # temp name -> id of the recovery task re-making it
+        self.pinned_for: defaultdict[str, set[int]] = defaultdict(set)  # temp name -> tasks sent ahead for it (pipelining.py)
         self.recoveries: dict[str, int] = defaultdict(int)
         self._recovery_ids = itertools.count(RECOVERY_ID_BASE)
         self._handlers: dict[type, Callable[[Any, list[Instruction]], None]] = {
@@ -300,11 +302,8 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining, PrefetchP
         A temp whose producer already finished but which has no replica left was lost with a
         worker: its producer runs again (lineage recovery).
         """
-        if rec.spec.library_required is not None and self.tuning["call-pipelining"] > 0:
-            rec.pinned = self._pin_target(rec)
-            if rec.pinned is not None:
-                self._push_ready(rec)  # its inputs are being made on that worker: it may go there now
-                return
+        if rec.spec.inputs and self._pipelines(rec.spec) and self._pin(rec):
+            return  # its inputs are being made on one worker: it may go there now (pipelining.py)
         for m in rec.spec.inputs:
             name = m.file.cache_name
             if m.file.kind == "temp" and not self._has_ready_replica(name):
@@ -565,8 +564,12 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining, PrefetchP
                 del self.recovering[name]
             if m.file.kind == "temp" and not self._has_ready_replica(name):
                 what = "recovery copy of task" if rec.recovery else "task"
-                self._fail_waiters(name, f"temp file {name} cannot be made: its producer ({what} {rec.id}) ended with '{C.result_string(result)}'"
-                                  + (f" (exit code {exit_code})" if result == C.VINE_RESULT_SUCCESS else ""), out)
+                reason = (f"temp file {name} cannot be made: its producer ({what} {rec.id}) ended with '{C.result_string(result)}'"
+                          + (f" (exit code {exit_code})" if result == C.VINE_RESULT_SUCCESS else ""))
+                self._fail_waiters(name, reason, out)
+                self._fail_pinned(name, reason, out)  # and the tasks sent ahead for it (pipelining.py)
+            elif self.pinned_for:
+                self.pinned_for.pop(name, None)
 
     def _on_tasks_retrieved(self, ev: TasksRetrieved, out: list[Instruction]) -> None:
         """Drop finished tasks' records once the user has them (keeps memory flat on long runs)."""
@@ -589,7 +592,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining, PrefetchP
             # With no free room anywhere, only prefetching is left: it stops at the first task it
             # cannot queue, so a pass costs little when the queue is full of such tasks.
             prefetch_only = not self.placement.has_room()
-            if prefetch_only and not self._prefetch_room():
+            if prefetch_only and not self._prefetch_room() and not self._pipelining_room():
                 break
             key = heapq.heappop(self.ready)
             tid = key[3]
@@ -597,6 +600,11 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining, PrefetchP
             if rec is None or rec.state != "ready" or rec.heap_key is not key:
                 continue  # stale heap entry (lazy deletion)
             if prefetch_only:
+                if rec.pinned is not None and rec.spec.library_required is None and self._place_pinned_task(rec, now, out):
+                    continue
+                if not self._prefetch_room():
+                    heapq.heappush(self.ready, key)  # only a pinned task could have gone: the head keeps its place
+                    break
                 target = None if rec.spec.past_end(now) else self._prefetch_worker(rec, now)
                 if target is None or not self._inputs_exist_quiet(rec):
                     self._passed.append(key)
@@ -620,7 +628,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining, PrefetchP
                     misses += 1
                     continue
                 w, alloc = choice
-                self._place(rec, w, alloc, out)
+                self._place_pinned(rec, w, alloc, out)
                 continue
             choice = self.placement.choose_worker(rec, now)
             if choice is None:
@@ -650,7 +658,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining, PrefetchP
         missing = False
         for m in rec.spec.inputs:
             if m.file.kind == "temp" and not self._has_ready_replica(m.file.cache_name):
-                if rec.pinned is not None and self._maker_of(m.file.cache_name) == rec.pinned:
+                if rec.pinned is not None and self._maker_of(m.file.cache_name, rec.spec.library_required is not None) == rec.pinned:
                     missing = True
                     continue
                 rec.pinned = None
@@ -682,7 +690,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, CallPipelining, PrefetchP
             self.libs.placed(rec, w)
         self.stats["tasks_dispatched"] += 1
         out.append(Dispatch(w.id, rec.id, alloc, queued=queued))
-        if not queued and rec.spec.library_required is not None and self.tuning["call-pipelining"] > 0:
+        if rec.spec.outputs and self._pins_consumers(rec, queued):
             self._pin_consumers(rec)
 
     # -- queries ---------------------------------------------------------------------------------------------
