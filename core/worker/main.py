@@ -13,7 +13,8 @@ starts; its outputs move into the cache when it ends, and the ones the manager w
 streamed home before the ``complete`` message, so a completed task is a finished task.
 
 The Worker holds its parts as members, each given what it uses: ``cache`` (:class:`WorkerCache`),
-``sandboxes`` (:class:`WorkerSandboxes`), ``transfers`` (:class:`WorkerTransfers`) and ``python``
+``sandboxes`` (:class:`WorkerSandboxes`), ``transfers`` (:class:`WorkerTransfers`), ``commands``
+(:class:`CommandProcesses`: a command task's process, started, supervised and reaped) and ``python``
 (:class:`PythonRunner`, which reaches the task path through the ``WorkerTasks`` protocol).
 """
 
@@ -31,7 +32,7 @@ import socket
 import ssl as ssl_module
 import sys
 import time
-from typing import Any
+from typing import Any, Coroutine
 
 from .. import constants as C
 from ..errors import AuthenticationError, ProtocolError, TransferError
@@ -48,12 +49,11 @@ from ..wire.protocol import Frame, pages_of
 from ..wire.receive import FileReceiver, IncomingStreams
 from ..wire.tls import GatedListener, TLSSetupError, client_context, self_signed_server_context, start_gated_server
 from .cache import WorkerCache
-from .children import kill_group, reap_child
-from .monitor import Usage, exceeded, sample
+from .commands import CommandProcesses
 from .options import batch_job_id, build_parser, detect_resources, spawn_threads
 from .python import PythonRunner
 from .reaper import TaskReaper
-from .running import RunningTask, read_stdout, take_stdout
+from .running import RunningTask, close_stdout, read_stdout, stdout_now, take_stdout
 from .sandbox import WorkerSandboxes
 from .spawner import Spawner
 from .transfers import WorkerTransfers
@@ -62,12 +62,12 @@ log = logging.getLogger("vine_worker")
 
 # Errors of this host, not of a task: a task that meets one is given back to the manager to run again.
 _HOST_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOSPC, errno.EDQUOT, errno.ENOMEM})
-WATCH_INTERVAL = 1.0
 
 
 class Worker:
     """One ``vine_worker``: its connection to the manager and its tasks; the cache, sandboxes,
-    transfers and Python runner are its members (``cache``, ``sandboxes``, ``transfers``, ``python``)."""
+    transfers, command processes and Python runner are its members (``cache``, ``sandboxes``,
+    ``transfers``, ``commands``, ``python``)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -99,8 +99,6 @@ class Worker:
         self.transfer_port = 0
         self._stop = asyncio.Event()
         self.prefetched: list[RunningTask] = []  # tasks sent ahead, waiting for room (FIFO)
-        self._base_env = dict(os.environ)
-        self._plain_envs: dict[tuple[Any, ...], dict[str, str]] = {}  # see task_env
         self._background: set[asyncio.Task[Any]] = set()
         # Its parts, each given what it uses (none of them imports another's module for it):
         self.cache = WorkerCache(self.cache_dir, self.meta_dir, self.send)
@@ -110,6 +108,7 @@ class Worker:
         self.python = PythonRunner(self, self.cache, self.sandboxes)
         # Task shells start from threads where cores are free for it, so their spawns overlap (spawner.py).
         self.spawner = Spawner(spawn_threads(getattr(args, "spawn_threads", None), self.total["cores"]))
+        self.commands = CommandProcesses(self.workdir, self.total, self.spawner, self.send, self.sandboxes.kept_stdout)
         self.cache.load()
 
     # -- connection ------------------------------------------------------------------------------------
@@ -150,6 +149,7 @@ class Worker:
             watchdog.cancel()
             for rt in list(self.tasks.values()):
                 self.kill(rt)
+            self.commands.exits.close()
             self.spawner.close()
             if self.reaper is not None:
                 self.reaper.close()
@@ -242,6 +242,7 @@ class Worker:
         for rt in list(self.tasks.values()):
             self.kill(rt)
             self.sandboxes.cleanup(rt)
+            close_stdout(rt)  # never read now: its coroutine or its pidfd's callback finds it gone
         self.tasks.clear()
         self.committed = dict.fromkeys(self.committed, 0.0)
         self.receivers.abort_all()
@@ -345,6 +346,7 @@ class Worker:
                 self.kill(rt)
                 self.release(rt)
                 self.sandboxes.cleanup(rt)
+                close_stdout(rt)  # never read now: its coroutine or its pidfd's callback finds it gone
         elif isinstance(msg, M.FetchUrl):
             self.cache.drop_on_arrival.discard(msg.name)
             self.cache.expect(msg.name)
@@ -372,15 +374,29 @@ class Worker:
     # -- running tasks ----------------------------------------------------------------------------------
     def _fits(self, alloc: dict[str, float]) -> list[str]:
         """Resources ``alloc`` would push over this worker's total (empty if it fits now)."""
-        return [k for k in self.committed if max(alloc.get(k, 0), 0) + self.committed[k] > self.total[k] + 1e-9 and self.total[k] >= 0]
+        # Plain loops, no max(): this runs for every task, twice for a prefetched one.
+        over = []
+        total = self.total
+        for k, used in self.committed.items():
+            want = alloc.get(k, 0)
+            if (want if want > 0 else 0) + used > total[k] + 1e-9 and total[k] >= 0:
+                over.append(k)
+        return over
+
+    def _commit(self, alloc: dict[str, float], sign: float) -> None:
+        """Add (``sign`` 1) or give back (-1) ``alloc`` to the resources committed here (never below 0)."""
+        committed = self.committed
+        for k, used in committed.items():
+            want = alloc.get(k, 0)
+            used += sign * (want if want > 0 else 0)
+            committed[k] = used if used > 0 else 0.0
 
     def _start_task(self, spec: M.TaskDefinition, queued: bool | None = None) -> None:
         """Start the task ``spec`` defines, or queue it (``queued``: may it wait here? default: as the manager said)."""
-        tid = spec.id
         if self.cache.drop_on_arrival:
             self.cache.drop_on_arrival.difference_update(i.name for i in spec.inputs)
         alloc = {k: float(v) for k, v in spec.resources.items()}
-        rt = RunningTask(tid, spec, "", alloc)
+        rt = RunningTask(spec.id, spec, "", alloc)
         over = self._fits(alloc)
         if (spec.queued if queued is None else queued) and waits_in_queue(self.prefetched, not over):
             # Prefetched: starts, in order, the moment its allocation fits (the manager mirrors this).
@@ -388,10 +404,19 @@ class Worker:
             self.last_work = time.monotonic()
             return
         if over:
-            self.send(M.Complete(tid, C.VINE_RESULT_FORSAKEN, -1, reason=f"no room for {over}"))
+            self.send(M.Complete(spec.id, C.VINE_RESULT_FORSAKEN, -1, reason=f"no room for {over}"))
             return
-        for k in self.committed:
-            self.committed[k] += max(alloc.get(k, 0), 0)
+        self._start_now(rt)
+
+    def _start_queued(self, rt: RunningTask) -> None:
+        """Start prefetched task ``rt``, whose allocation now fits."""
+        if self.cache.drop_on_arrival:
+            self.cache.drop_on_arrival.difference_update(i.name for i in rt.spec.inputs)
+        self._start_now(rt)
+
+    def _start_now(self, rt: RunningTask) -> None:
+        spec = rt.spec
+        self._commit(rt.alloc, 1)
         if spec.function_call is not None:
             # A call the manager sends ahead may need this call's temp output: it waits for it here.
             for o in spec.outputs:
@@ -409,12 +434,55 @@ class Worker:
             # Out of descriptors or disk, or an old sandbox that could not be removed: this host's
             # problem, so the task goes back to the manager (forsaken) and the connection stays.
             log.warning("task %s: cannot make its sandbox: %s", rt.id, exc)
-            for k in self.committed:
-                self.committed[k] = max(0.0, self.committed[k] - max(rt.alloc.get(k, 0), 0))
+            self._commit(rt.alloc, -1)
             self.send(M.Complete(rt.id, C.VINE_RESULT_FORSAKEN, -1, reason=f"worker problem: cannot make a sandbox: {exc}"))
             return
         self.tasks[rt.id] = rt
-        rt.starter = asyncio.create_task(self.python.task_coroutine(rt))  # libraries have their own runner
+        if self._plain_command(rt):
+            self._start_command(rt)
+        else:
+            rt.starter = asyncio.create_task(self.python.task_coroutine(rt))  # libraries have their own runner
+
+    def _plain_command(self, rt: RunningTask) -> bool:
+        """A command task with every input here and nothing to supervise but its time limits: it runs
+        with no coroutine (``_start_command``)."""
+        spec = rt.spec
+        if spec.python is not None or spec.function_call is not None or spec.library is not None or spec.environments:
+            return False
+        if spec.monitor is not None or any(o.watch for o in spec.outputs):
+            return False
+        entries = self.cache.entries
+        return all(i.name in entries for i in spec.inputs)
+
+    def _start_command(self, rt: RunningTask) -> None:
+        """Start a plain command task from callbacks alone: its inputs placed, its shell spawned, its
+        end seen by the shell's pidfd (``_command_ended``), its completion sent from there. The
+        coroutine of ``run_task`` cost several loop turns and frames per task (task creation, its
+        first step, the wake-up on the shell's end), a measurable part of a short task's cost
+        (README, issue 13 session 22); the steps and the results are the same."""
+        try:
+            self.sandboxes.link_inputs(rt)
+            self.commands.start(rt, self._command_ended)
+        except Exception as exc:  # noqa: BLE001 - the worker must survive any single task
+            self._command_ended(rt, exc)
+
+    def _command_ended(self, rt: RunningTask, error: BaseException | None) -> None:
+        """A plain command task's end (its shell reaped), or its failure to start (``error``)."""
+        if error is None:
+            result, code, reason = self._exit_result(rt, rt.returncode if rt.returncode is not None else 255)
+        else:
+            (result, reason), code = self._task_error(rt, error), -1
+        if self.tasks.get(rt.id) is not rt:
+            return  # killed by the manager
+        end = time.time()
+        try:
+            if not self._wrap_up_now(rt, result, code, reason, False, False, end):
+                self._spawn(self._wrap_up(rt, result, code, reason, False, False, end))
+        except Exception as exc:  # noqa: BLE001 - a callback's error must not end the connection or lose the task
+            log.exception("task %s: wrapping up failed", rt.id)
+            if self.tasks.get(rt.id) is rt:
+                self.release(rt)
+                self.send(M.Complete(rt.id, C.VINE_RESULT_UNKNOWN, code, reason=f"worker error: {exc}", start=rt.start, end=end))
 
     def release(self, rt: RunningTask) -> None:
         if rt.spec.function_call is not None:
@@ -437,188 +505,40 @@ class Worker:
         """
         if self.tasks.pop(rt.id, None) is None:
             return 0
-        for k in self.committed:
-            self.committed[k] = max(0.0, self.committed[k] - max(rt.alloc.get(k, 0), 0))
-
-        def start(head: RunningTask) -> None:
-            self._start_task(head.spec, queued=False)
-
+        self._commit(rt.alloc, -1)
+        if not self.prefetched:
+            return 0
         # The rule the manager's scheduler mirrors (core/state/prefetch.py), so both agree on what runs.
-        return start_in_order(self.prefetched, lambda queued: not self._fits(queued.alloc), start)
+        return start_in_order(self.prefetched, lambda queued: not self._fits(queued.alloc), self._start_queued)
 
+    # -- a task's process (core/worker/commands.py), as the Python runner and transfers use it -----------
     def task_env(self, rt: RunningTask) -> dict[str, str]:
         """The task's whole environment (the caller only reads it: a plain task's may be shared)."""
-        alloc = rt.alloc
-        plain = not rt.spec.env and not rt.extra_env
-        if plain:
-            # Sandboxes are reused and most tasks of a run have one allocation: the same few
-            # environments come back, so they are built once (a copy of ~40 variables per task).
-            key = (rt.sandbox, alloc.get("cores"), alloc.get("memory"), alloc.get("disk"), alloc.get("gpus"))
-            env = self._plain_envs.get(key)
-            if env is not None:
-                return env
-        env = self._base_env.copy()
-        tmp = os.path.join(rt.sandbox, ".taskvine.tmp")
-        cores = rt.alloc.get("cores", self.total["cores"])
-        env.update({
-            "VINE_SANDBOX": rt.sandbox,
-            "CORES": str(int(cores)) if float(cores).is_integer() else str(cores),
-            "MEMORY": str(int(rt.alloc.get("memory", self.total["memory"]))),
-            "DISK": str(int(rt.alloc.get("disk", self.total["disk"]))),
-            "GPUS": str(int(rt.alloc.get("gpus", 0))),
-            "OMP_NUM_THREADS": str(max(1, int(cores))),
-            "TMPDIR": tmp, "TMP": tmp, "TEMP": tmp,
-        })
-        for extra in (rt.spec.env, rt.extra_env or {}):
-            for k, v in extra.items():
-                if v is None:
-                    env.pop(k, None)
-                else:
-                    env[k] = v
-        if plain:
-            if len(self._plain_envs) >= 256:
-                self._plain_envs.clear()
-            self._plain_envs[key] = env
-        return env
-
-    def _command(self, rt: RunningTask) -> str:
-        cmd = rt.fallback_command or rt.spec.command
-        for name in reversed(rt.spec.environments):
-            cmd = f"./__vine_env_{name}/bin/run_in_env {_shell_quote(cmd)}"
-        return cmd
+        return self.commands.env(rt)
 
     async def execute(self, rt: RunningTask) -> int:
-        """Run the command; returns its exit status (negative = killed by that signal).
-
-        posix_spawn (environment converted in C, no Popen machinery) and a pidfd in the event loop
-        keep the worker's own cost per task well under the cost of starting the shell.
-        """
+        """Run the task's process; its exit status (negative = killed by that signal)."""
         special = self.python.special_execute(rt)  # Python tasks (fork server) and function calls (library)
         if special is not None:
             return await special
-        loop = asyncio.get_running_loop()
-        fd = os.open(os.path.join(rt.sandbox, ".vine-stdout"), os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        rt.stdout_fd = fd
-        actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0), (os.POSIX_SPAWN_DUP2, fd, 1), (os.POSIX_SPAWN_DUP2, fd, 2)]
-        argv = ["/bin/sh", "-c", self._command(rt)]
-        env = self.task_env(rt)
-        try:
-            pid = await self.spawner.spawn(rt.sandbox, argv, env, actions)  # from a spawner thread (spawner.py)
-        except BaseException:  # killed while starting: the spawner ends the shell; its stdout file closes here
-            os.close(fd)
-            rt.stdout_fd = -1
-            raise
-        if pid < 0:
-            # posix_spawn has no cwd argument: this thread is the only one that spawns from the
-            # process's directory or uses relative paths (every worker path is absolute), so
-            # changing directory around the call is safe.
-            os.chdir(rt.sandbox)
-            try:
-                pid = os.posix_spawn("/bin/sh", argv, env, file_actions=actions, setsid=True)
-            finally:
-                os.chdir(self.workdir)
-        rt.pid = pid
-        rt.start = time.time()
-        rt.done = loop.create_future()
+        return await self.commands.run(rt)
 
-        def reap() -> None:
-            try:
-                ended = reap_child(rt.pid)
-            except ChildProcessError:
-                ended = (rt.pid, 255)
-            if ended is None:
-                return
-            if pidfd >= 0:
-                loop.remove_reader(pidfd)
-                os.close(pidfd)
-            rt.returncode = ended[1]
-            # Whatever the task left running in the background goes with it: a finished task
-            # must not keep using the cores, memory or files it was allocated.
-            kill_group(rt.pid)
-            if not rt.done.done():  # type: ignore[union-attr]
-                rt.done.set_result(rt.returncode)  # type: ignore[union-attr]
+    def supervise(self, rt: RunningTask) -> Coroutine[Any, Any, int]:
+        """Wait for ``rt.done`` under the task's limits, watches and monitoring (CommandProcesses.supervise)."""
+        return self.commands.supervise(rt)
 
-        try:
-            pidfd = os.pidfd_open(rt.pid)
-            loop.add_reader(pidfd, reap)
-        except (AttributeError, OSError):
-            pidfd = -1
-            loop.run_in_executor(None, lambda: (os.waitid(os.P_PID, rt.pid, os.WEXITED | os.WNOWAIT), loop.call_soon_threadsafe(reap)))
-        return await self.supervise(rt)
+    def watch(self, rt: RunningTask, outputs: list[M.OutputRef]) -> Coroutine[Any, Any, None]:
+        return self.commands.watch(rt, outputs)
 
-    async def supervise(self, rt: RunningTask) -> int:
-        """Wait for ``rt.done`` under the task's time limits, output watches and monitoring; the one
-        supervision of a running task, whether the worker spawned it or the fork server forked it."""
-        assert rt.done is not None
-        loop = asyncio.get_running_loop()
-        timers = []
-        spec = rt.spec
-        if spec.time_max:
-            timers.append(loop.call_later(float(spec.time_max), self.kill, rt, C.VINE_RESULT_MAX_WALL_TIME))
-        if spec.time_end:
-            timers.append(loop.call_later(max(0.0, spec.time_end / 1e6 - time.time()), self.kill, rt, C.VINE_RESULT_MAX_END_TIME))
-        watch = [o for o in spec.outputs if o.watch]
-        watcher = asyncio.create_task(self.watch(rt, watch)) if watch else None
-        monitor = asyncio.create_task(self.monitor(rt, spec.monitor)) if spec.monitor is not None else None
-        try:
-            return await rt.done
-        finally:
-            if monitor:
-                monitor.cancel()
-            for tm in timers:
-                tm.cancel()
-            if watcher:
-                watcher.cancel()
-
-    async def monitor(self, rt: RunningTask, options: M.MonitorOptions) -> None:
-        """Sample the task's process tree; with the watchdog, kill it when it exceeds its allocation."""
-        rt.usage = Usage(start=rt.start or time.time())
-        interval = float(options.interval or 1.0)
-        delay = min(0.1, interval)  # catch fast-growing tasks early, then settle to the interval
-        n = 0
-        while rt.returncode is None:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, interval)
-            n += 1
-            sample(rt.usage, rt.pid, rt.sandbox, with_disk=(n % 3 == 1))
-            if options.watchdog:
-                over = exceeded(rt.usage, rt.alloc)
-                if over:
-                    rt.limits = over
-                    log.info("task %s exceeded %s (allocated %s): killing it", rt.id, over, rt.alloc)
-                    self.kill(rt, C.VINE_RESULT_RESOURCE_EXHAUSTION)
-                    return
+    def monitor(self, rt: RunningTask, options: M.MonitorOptions) -> Coroutine[Any, Any, None]:
+        return self.commands.monitor(rt, options)
 
     def read_stdout(self, rt: RunningTask) -> tuple[bytes, bool]:
         """The task's captured output (at most STDOUT_LIMIT bytes) and whether it was cut (a library's)."""
         return read_stdout(rt)
 
     def kill(self, rt: RunningTask, reason: int | None = None) -> None:
-        if rt.pid and rt.returncode is None:
-            if reason is not None and rt.killed_for is None:
-                rt.killed_for = reason
-            kill_group(rt.pid)
-        if rt.starter is not None and not rt.pid:
-            rt.starter.cancel()
-
-    async def watch(self, rt: RunningTask, outputs: list[M.OutputRef]) -> None:
-        while True:
-            await asyncio.sleep(WATCH_INTERVAL)
-            self._watch_once(rt, outputs)
-
-    def _watch_once(self, rt: RunningTask, outputs: list[M.OutputRef]) -> None:
-        for o in outputs:
-            path = os.path.join(rt.sandbox, o.remote)
-            offset = rt.watchers.get(o.name, 0)
-            try:
-                with open(path, "rb") as fh:
-                    fh.seek(offset)
-                    data = fh.read(1 << 20)
-            except OSError:
-                continue
-            if data:
-                self.send(M.Watch(rt.id, o.name, offset), data)
-                rt.watchers[o.name] = offset + len(data)
+        self.commands.kill(rt, reason)
 
     async def run_task(self, rt: RunningTask) -> None:
         spec = rt.spec
@@ -642,41 +562,85 @@ class Worker:
                 self.sandboxes.link_inputs(rt)
                 status = await self.execute(rt)
                 retry = rt.retry  # e.g. a call whose library died before it started
-                if rt.killed_for is not None:
-                    result, code = rt.killed_for, 9
-                elif status < 0:
-                    result, code = C.VINE_RESULT_SIGNAL, -status
-                else:
-                    code = status
+                result, code, reason = self._exit_result(rt, status)
         except asyncio.CancelledError:
             return
-        except OSError as exc:
-            if exc.errno not in _HOST_ERRNOS:
-                log.exception("task %s failed inside the worker", rt.id)
-                result, reason = C.VINE_RESULT_UNKNOWN, f"worker error: {exc}"
-            else:
-                # This host is out of descriptors, disk or memory: the task did nothing wrong, so it
-                # is forsaken (the manager sends it again without counting a try), not failed.
-                log.warning("task %s could not be run here: %s", rt.id, exc)
-                result, reason = C.VINE_RESULT_FORSAKEN, f"worker problem: {exc}"
         except Exception as exc:  # noqa: BLE001 - the worker must survive any single task
-            log.exception("task %s failed inside the worker", rt.id)
-            result, reason = C.VINE_RESULT_UNKNOWN, f"worker error: {exc}"
-        if rt.id not in self.tasks:
+            result, reason = self._task_error(rt, exc)
+        if self.tasks.get(rt.id) is not rt:
             return  # killed by the manager
         end = time.time()
         await self._pass_slot_on(rt)
+        if not self._wrap_up_now(rt, result, code, reason, retry, missing_input, end):
+            await self._wrap_up(rt, result, code, reason, retry, missing_input, end)
+        await self._drain_if_backed_up()
+
+    @staticmethod
+    def _exit_result(rt: RunningTask, status: int) -> tuple[int, int, str]:
+        """(result, exit code, reason) of a task whose process ended with ``status``."""
+        if rt.killed_for is not None:
+            return rt.killed_for, 9, ""
+        if status < 0:
+            return C.VINE_RESULT_SIGNAL, -status, ""
+        return C.VINE_RESULT_SUCCESS, status, ""
+
+    @staticmethod
+    def _task_error(rt: RunningTask, exc: BaseException) -> tuple[int, str]:
+        """(result, reason) of a task the worker could not run: this host's fault (forsaken: the
+        manager sends it again without counting a try) or the worker's (an unknown failure)."""
+        if isinstance(exc, OSError) and exc.errno in _HOST_ERRNOS:
+            # This host is out of descriptors, disk or memory: the task did nothing wrong.
+            log.warning("task %s could not be run here: %s", rt.id, exc)
+            return C.VINE_RESULT_FORSAKEN, f"worker problem: {exc}"
+        log.exception("task %s failed inside the worker", rt.id, exc_info=exc)
+        return C.VINE_RESULT_UNKNOWN, f"worker error: {exc}"
+
+    def _wrap_up_now(self, rt: RunningTask, result: int, code: int, reason: str, retry: bool, missing_input: bool,
+                     end: float) -> bool:
+        """Collect the task's stdout and outputs and send its ``complete``, when none of it waits:
+        no output sent back, no stdout to stream (the usual small task). False, with nothing done,
+        otherwise (``_wrap_up`` then does it)."""
+        if rt.inline_outputs or any(o.send_back for o in rt.spec.outputs):
+            return False
+        now = stdout_now(rt, self.conn)
+        if now is None:
+            return False
+        stdout, cut = now
+        if cut and result == C.VINE_RESULT_SUCCESS:
+            result = C.VINE_RESULT_STDOUT_MISSING
+        outputs: dict[str, int] = {}
+        cached: dict[str, int] = {}
+        if result != C.VINE_RESULT_INPUT_MISSING:
+            ok = self._watched_last(rt, result, code)
+            for o in rt.spec.outputs:
+                if not ((o.failure_only and ok) or (o.success_only and not ok)):
+                    result = self._keep_output(rt, o, result, outputs, cached)
+        self._complete(rt, result, code, reason, retry, missing_input, end, outputs, cached, stdout, None)
+        return True
+
+    async def _wrap_up(self, rt: RunningTask, result: int, code: int, reason: str, retry: bool, missing_input: bool,
+                       end: float) -> None:
+        """``_wrap_up_now`` for a task whose outputs are sent back or whose stdout is streamed."""
         stdout, cut, streamed = await take_stdout(rt, self.conn)
         if cut and result == C.VINE_RESULT_SUCCESS:
             result = C.VINE_RESULT_STDOUT_MISSING
         outputs: dict[str, int] = {}
         cached: dict[str, int] = {}
         if result != C.VINE_RESULT_INPUT_MISSING:
-            watch = [o for o in spec.outputs if o.watch]
-            if watch:
-                self._watch_once(rt, watch)
-            ok = result == C.VINE_RESULT_SUCCESS and code == 0
+            ok = self._watched_last(rt, result, code)
             result = await self._collect_outputs(rt, ok, result, outputs, cached)
+        self._complete(rt, result, code, reason, retry, missing_input, end, outputs, cached, stdout, streamed)
+
+    def _watched_last(self, rt: RunningTask, result: int, code: int) -> bool:
+        """Send the watched outputs' last bytes; whether the task succeeded (which outputs it keeps)."""
+        watch = [o for o in rt.spec.outputs if o.watch]
+        if watch:
+            self.commands.watch_once(rt, watch)
+        return result == C.VINE_RESULT_SUCCESS and code == 0
+
+    def _complete(self, rt: RunningTask, result: int, code: int, reason: str, retry: bool, missing_input: bool, end: float,
+                  outputs: dict[str, int], cached: dict[str, int], stdout: bytes, streamed: int | None) -> None:
+        """The task's end: its sandbox cleaned up, its resources given back, its ``complete`` queued."""
         unlinked = self.sandboxes.cleanup(rt)
         self.release(rt)
         self.last_work = time.monotonic()
@@ -688,7 +652,6 @@ class Worker:
                        result_name=result_name, result_size=len(result_data)),
             result_data + stdout if result_data else stdout,
         )
-        await self._drain_if_backed_up()
 
     async def _drain_if_backed_up(self) -> None:
         """Wait while the manager reads less than this worker sends.
@@ -726,36 +689,41 @@ class Worker:
             if o.remote in inline:
                 await self.python.collect_inline_output(rt, o, inline.pop(o.remote), outputs, cached)
                 continue
+            if not o.send_back:
+                result = self._keep_output(rt, o, result, outputs, cached)
+                continue
             src = os.path.join(rt.sandbox, o.remote)
             if not os.path.lexists(src):
                 if result == C.VINE_RESULT_SUCCESS:
                     result = C.VINE_RESULT_OUTPUT_MISSING
                 continue
             name = o.name
-            level = o.level
-            if not o.send_back and self.cache.adopt_small_output(name, src, max(level, C.VINE_CACHE_LEVEL_WORKFLOW)):
-                # In memory now (a chain's next link gets it written from there): announced as any cached output.
-                outputs[name] = cached[name] = self.cache.add(name, max(level, C.VINE_CACHE_LEVEL_WORKFLOW))
-                continue
             self.cache.unlink(name)
             os.replace(src, self.cache.path(name))
-            if o.send_back:
-                if self.conn is not None:
-                    await send_path(self.conn, name, self.cache.path(name), task=rt.id)
-                if level <= C.VINE_CACHE_LEVEL_TASK:
-                    outputs[name] = path_size(self.cache.path(name))
-                    self.cache.unlink(name)
-                    continue
-            # Announced in the task's "complete" message ("cached"), not in a cache_update of its own:
-            # the manager then sees the file and the freed slot at once, and places a consumer here.
-            outputs[name] = cached[name] = self.cache.add(name, max(level, C.VINE_CACHE_LEVEL_WORKFLOW))
+            if self.conn is not None:
+                await send_path(self.conn, name, self.cache.path(name), task=rt.id)
+            if o.level <= C.VINE_CACHE_LEVEL_TASK:
+                outputs[name] = path_size(self.cache.path(name))
+                self.cache.unlink(name)
+                continue
+            outputs[name] = cached[name] = self.cache.add(name, max(o.level, C.VINE_CACHE_LEVEL_WORKFLOW))
         return result
 
-
-def _shell_quote(s: str) -> str:
-    import shlex
-
-    return shlex.quote(s)
+    def _keep_output(self, rt: RunningTask, o: M.OutputRef, result: int, outputs: dict[str, int], cached: dict[str, int]) -> int:
+        """Move output ``o`` (not sent back) from the sandbox into the cache; the task's result after it."""
+        src = os.path.join(rt.sandbox, o.remote)
+        if not os.path.lexists(src):
+            return C.VINE_RESULT_OUTPUT_MISSING if result == C.VINE_RESULT_SUCCESS else result
+        name = o.name
+        level = max(o.level, C.VINE_CACHE_LEVEL_WORKFLOW)
+        if not self.cache.adopt_small_output(name, src, level):
+            # In memory now when adopted (a chain's next link gets it written from there); else a file.
+            self.cache.unlink(name)
+            os.replace(src, self.cache.path(name))
+        # Announced in the task's "complete" message ("cached"), not in a cache_update of its own:
+        # the manager then sees the file and the freed slot at once, and places a consumer here.
+        outputs[name] = cached[name] = self.cache.add(name, level)
+        return result
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,8 @@ The worker (``main``), its sandboxes, transfers (mini-tasks) and Python runner a
 tasks; the record lives here, below all of them, so none imports another for it.
 
 A task's stdout and stderr go to ``.vine-stdout`` in its sandbox. The worker opens that file before
-a command starts (the shell inherits it); a forked PythonTask's child creates it itself, so the
+a command starts (the shell inherits it), or reuses the descriptor it kept of the empty one a
+recycled sandbox holds; a forked PythonTask's child creates it itself, so the
 worker only looks at it at the end (``RunningTask.stdout_at``) and opens it only if it is not empty:
 most small tasks print nothing, and an open, fstat and close per task were a measurable part of the
 worker's time. Up to ``STDOUT_INLINE`` bytes travel inside the ``complete`` (:func:`take_stdout`);
@@ -17,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..wire import messages as M
 from ..wire.messages import TaskDefinition
@@ -47,7 +48,8 @@ class RunningTask:
     done: asyncio.Future[int] | None = None
     killed_for: int | None = None
     start: float = 0.0
-    starter: asyncio.Task[None] | None = None
+    starter: asyncio.Future[Any] | None = None  # the coroutine running it, or its shell's start by a spawner thread
+    timers: list[asyncio.TimerHandle] | None = None  # its time limits, when it runs without a coroutine (commands.py)
     watchers: dict[str, int] = field(default_factory=dict)
     usage: Usage | None = None  # peaks measured when the manager enabled monitoring
     limits: dict[str, float] = field(default_factory=dict)  # what the watchdog found exceeded
@@ -65,21 +67,46 @@ class RunningTask:
     extra_env: dict[str, str | None] | None = None
 
 
-async def take_stdout(rt: RunningTask, conn: Connection | None) -> tuple[bytes, bool, int | None]:
-    """The task's captured output, up to the manager's ``stdout_limit`` (tune max-task-stdout-storage):
-    (bytes to send inline, whether it was cut, bytes streamed ahead of ``complete`` or None)."""
+def stdout_now(rt: RunningTask, conn: Connection | None) -> tuple[bytes, bool] | None:
+    """The task's captured output when it fits in the ``complete`` (bytes to send inline, whether it
+    was cut at the manager's ``stdout_limit``), or None when it must be streamed ahead of it
+    (:func:`take_stdout` does that; the file stays the task's until then). The worker's descriptor
+    of an empty stdout file stays open in ``rt.stdout_fd``: the sandbox's cleanup keeps it for the
+    sandbox's next task or closes it (core/worker/sandbox.py)."""
     inline, rt.inline_stdout = rt.inline_stdout, None
     if inline is not None:
-        return inline, False, None
+        return inline, False
     fd = _take_fd(rt)
     if fd < 0:
-        return b"", False, None
+        return b"", False
     limit = STDOUT_LIMIT if rt.spec.stdout_limit is None else rt.spec.stdout_limit
     try:
         size = rt.stdout_size = os.fstat(fd).st_size
+        if not size:  # (only the worker's own descriptor can be of an empty file: see _take_fd)
+            rt.stdout_fd, fd = fd, -1  # left open: the recycled sandbox keeps it for its next task (sandbox.py)
+            return b"", False
         keep = min(size, limit)
-        if keep <= STDOUT_INLINE or conn is None:
-            return (os.pread(fd, min(keep, STDOUT_INLINE), 0) if keep else b""), size > min(keep, STDOUT_INLINE), None
+        if keep > STDOUT_INLINE and conn is not None:
+            rt.stdout_fd, fd = fd, -1  # too big for one frame: left for take_stdout to stream
+            return None
+        keep = min(keep, STDOUT_INLINE)
+        return (os.pread(fd, keep, 0) if keep else b""), size > keep
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+async def take_stdout(rt: RunningTask, conn: Connection | None) -> tuple[bytes, bool, int | None]:
+    """The task's captured output, up to the manager's ``stdout_limit`` (tune max-task-stdout-storage):
+    (bytes to send inline, whether it was cut, bytes streamed ahead of ``complete`` or None)."""
+    now = stdout_now(rt, conn)
+    if now is not None:
+        return now[0], now[1], None
+    assert conn is not None
+    fd = _take_fd(rt)
+    try:
+        size = rt.stdout_size
+        keep = min(size, STDOUT_LIMIT if rt.spec.stdout_limit is None else rt.spec.stdout_limit)
         # Too big for one frame: streamed in chunks, read from the file as they go (never held whole).
         name = f".stdout.{rt.id}"
         conn.send(M.FileBegin(name, keep, task=rt.id, stdout=True))
@@ -106,6 +133,14 @@ def read_stdout(rt: RunningTask) -> tuple[bytes, bool]:
         size = rt.stdout_size = os.fstat(fd).st_size
         return (os.pread(fd, min(size, STDOUT_LIMIT), 0) if size else b""), size > STDOUT_LIMIT
     finally:
+        os.close(fd)
+
+
+def close_stdout(rt: RunningTask) -> None:
+    """Close the worker's descriptor of the task's stdout file, if it holds one (a task killed by the
+    manager, or one whose shell never started, is never read)."""
+    fd, rt.stdout_fd = rt.stdout_fd, -1
+    if fd >= 0:
         os.close(fd)
 
 

@@ -49,7 +49,9 @@ class WorkerSandboxes:
         self.tasks = tasks  # the worker's running tasks (shared): their inputs stay while they need them
         self.prefetched = prefetched  # the worker's tasks sent ahead (shared), likewise
         self._free_sandboxes: list[str] = []  # clean sandboxes kept for the next tasks
-        self._stamps: dict[str, tuple[tuple[int, int], ...]] = {}  # sandbox -> directory times when known clean
+        self._stamps: dict[str, tuple[int, int, int, int]] = {}  # sandbox -> directory times when known clean
+        self._tmp_dirs: dict[str, str] = {}  # sandbox -> its .taskvine.tmp (the path, built once)
+        self._kept_stdout: dict[str, int] = {}  # sandbox -> open descriptor of its empty .vine-stdout
 
     def make(self, label: str) -> str:
         # Reusing a clean sandbox saves two mkdir and two rmdir per task: a third of a tiny task's cost.
@@ -101,6 +103,17 @@ class WorkerSandboxes:
             # caches into (Python's __pycache__), and it would be sent again after every task.
             os.symlink(self.cache.path(name), os.path.join(rt.sandbox, f"__vine_env_{name}"))
 
+    def kept_stdout(self, sandbox: str) -> int:
+        """The open descriptor of the empty stdout file the last task in ``sandbox`` left, now the
+        caller's (positioned at 0 and empty), or -1. A command task reuses it instead of opening
+        and truncating the file again (an open, a truncate, a close per task on ext4)."""
+        fd = self._kept_stdout.pop(sandbox, -1)
+        if fd >= 0:
+            if os.lseek(fd, 0, os.SEEK_END):  # written since (by something a task left behind)
+                os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+        return fd
+
     def verify_linked(self, rt: RunningTask) -> None:
         for name in dict.fromkeys(rt.linked):
             self.cache.verify(name, f"task {rt.id}" if not rt.is_minitask else "a mini-task")
@@ -109,12 +122,20 @@ class WorkerSandboxes:
     def cleanup(self, rt: RunningTask) -> list[str]:
         """Check what the task could reach in the cache, then remove the sandbox and the task-level
         inputs no other task here still needs."""
-        self.verify_linked(rt)
+        if rt.linked:
+            self.verify_linked(rt)
+        spec = rt.spec
         if rt.sandbox:
-            self._remove_placed_inputs(rt)
-            self._recycle_sandbox(rt.sandbox, rt.stdout_size == 0)
+            if spec.inputs or spec.environments:
+                self._remove_placed_inputs(rt)
+            self._recycle_sandbox(rt.sandbox, rt)
+        elif rt.stdout_fd >= 0:
+            os.close(rt.stdout_fd)
+            rt.stdout_fd = -1
         unlinked: list[str] = []
-        dropped = [inp.name for inp in rt.spec.inputs if inp.level <= C.VINE_CACHE_LEVEL_TASK]
+        if not spec.inputs:
+            return unlinked
+        dropped = [inp.name for inp in spec.inputs if inp.level <= C.VINE_CACHE_LEVEL_TASK]
         if not dropped:
             return unlinked  # the usual case: nothing of this task's goes with it
         still = {i.name for other in self.tasks.values() if other is not rt for i in other.spec.inputs}
@@ -150,30 +171,47 @@ class WorkerSandboxes:
             except OSError:
                 pass  # gone already (moved out as an output, or removed by the task), or left for _recycle_sandbox to judge
 
-    def _recycle_sandbox(self, path: str, stdout_empty: bool = False) -> None:
+    def _recycle_sandbox(self, path: str, rt: RunningTask) -> None:
         """Keep a sandbox the task left clean for the next task; delete anything else.
 
         A sandbox whose directory times are unchanged since it was last known clean holds nothing
         new (creating, removing or renaming an entry changes them): two stats instead of listing
-        both directories. An empty stdout file stays to be truncated; a non-empty one is removed
-        (truncating written files makes ext4 flush them at close).
+        both directories. An empty stdout file stays, and so does the worker's open descriptor of it
+        (``kept_stdout``); a non-empty one is removed (truncating written files makes ext4 flush them
+        at close).
         """
-        tmp = os.path.join(path, ".taskvine.tmp")
+        stdout_empty = rt.stdout_size == 0
+        fd, rt.stdout_fd = rt.stdout_fd, -1  # the worker's descriptor of the task's stdout, if still open
+        stale = self._kept_stdout.pop(path, -1)  # kept by an earlier task and not taken (a PythonTask ran here)
+        if stale >= 0 and stale != fd:
+            os.close(stale)
+        tmp = self._tmp_dirs.get(path)
+        if tmp is None:
+            tmp = self._tmp_dirs[path] = os.path.join(path, ".taskvine.tmp")
         try:
             if len(self._free_sandboxes) < 64:
                 if stdout_empty and self._stamps.get(path) == _dir_stamp(path, tmp):
                     self._free_sandboxes.append(path)
+                    if fd >= 0:  # unchanged directory: the file it opened is still the sandbox's .vine-stdout
+                        self._kept_stdout[path] = fd
                     return
                 entries = os.listdir(path)
                 if set(entries) <= {".taskvine.tmp", ".vine-stdout"} and not os.listdir(tmp):
+                    stdout = os.path.join(path, ".vine-stdout")
                     if ".vine-stdout" in entries and not stdout_empty:
-                        os.unlink(os.path.join(path, ".vine-stdout"))
+                        os.unlink(stdout)
+                    elif fd >= 0 and stdout_empty and ".vine-stdout" in entries and os.stat(stdout).st_ino == os.fstat(fd).st_ino:
+                        self._kept_stdout[path], fd = fd, -1
                     self._stamps[path] = _dir_stamp(path, tmp)
                     self._free_sandboxes.append(path)
                     return
         except OSError:
             pass
+        finally:
+            if fd >= 0 and self._kept_stdout.get(path) != fd:
+                os.close(fd)
         self._stamps.pop(path, None)
+        self._tmp_dirs.pop(path, None)
         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -188,8 +226,9 @@ def _write_file(path: str, data: bytes) -> None:
         os.close(fd)
 
 
-def _dir_stamp(*paths: str) -> tuple[tuple[int, int], ...]:
-    return tuple((st.st_mtime_ns, st.st_mode) for st in map(os.stat, paths))
+def _dir_stamp(path: str, tmp: str) -> tuple[int, int, int, int]:
+    top, inner = os.stat(path), os.stat(tmp)
+    return top.st_mtime_ns, top.st_mode, inner.st_mtime_ns, inner.st_mode
 
 
 def link_tree(src: str, dst: str) -> None:

@@ -52,6 +52,11 @@ class Spawner:
         for t in self._threads:
             t.start()
 
+    @property
+    def threads(self) -> int:
+        """How many spawner threads there are (0: the worker spawns from its own thread)."""
+        return len(self._threads)
+
     def spawn(self, cwd: str, argv: list[str], env: dict[str, str], actions: list[tuple[Any, ...]]) -> asyncio.Future[int]:
         """Start ``argv`` in ``cwd`` as the leader of a new session: a future of its pid, or of -1
         (no spawner thread: spawn it yourself). Cancelling the future kills the shell once started."""

@@ -24,7 +24,7 @@ from ..wire.connection import Connection, client_handshake, open_connection, sen
 from ..wire.preauth import leave_preauth_gate
 from ..wire.receive import FileReceiver, MemoryReceiver
 from .cache import MEMORY_FILE_MAX, MEMORY_LIMIT, WorkerCache
-from .running import RunningTask
+from .running import RunningTask, close_stdout
 from .sandbox import WorkerSandboxes
 
 log = logging.getLogger("vine_worker")
@@ -218,6 +218,7 @@ class WorkerTransfers:
             return
         finally:
             self.sandboxes.verify_linked(rt)
+            close_stdout(rt)  # (a mini-task's stdout is read by path, above, if at all)
             shutil.rmtree(rt.sandbox, ignore_errors=True)
         self.cache.ready(name, level)
 
