@@ -3,7 +3,8 @@
 Importing any ``parsl.*`` module first runs ``parsl/__init__.py``, which loads all of Parsl: the
 DataFlowKernel, every executor, monitoring (SQLAlchemy), providers — about 60 MB and 1–2 s, none
 of which a call needs. What a call needs is small: ``parsl.serialize`` (dill), ``parsl.app.errors``
-(``RemoteExceptionWrapper``), ``parsl.data_provider.files`` (``File``) and ``parsl.utils``.
+(``RemoteExceptionWrapper``), ``parsl.data_provider.files`` (``File``) and, only for the std streams
+of a bash app, ``parsl.utils`` (imported when used, see ``parslvine.runner.remap_files``).
 
 Importing this module (it is the first of the regular mode's warm imports) puts a *lazy* ``parsl``
 package in ``sys.modules`` when Parsl is not loaded yet: its submodules import as usual (each
@@ -29,10 +30,11 @@ import types
 from typing import Any
 
 # The modules a call needs, imported through the lazy package (``parslvine.runner`` imports them too).
-CALL_MODULES = ("parsl.serialize", "parsl.app.errors", "parsl.data_provider.files", "parsl.utils")
+CALL_MODULES = ("parsl.serialize", "parsl.app.errors", "parsl.data_provider.files")
 
 
-# The parsl modules that load without the package's __init__ (measured: what CALL_MODULES import).
+# The parsl modules that load without the package's __init__ (measured: what CALL_MODULES and
+# parsl.utils import).
 # Importing any other parsl module first runs the real __init__, so Parsl's own import order (and
 # its circular imports, which rely on that order) is what it always is.
 LEAN_MODULES = frozenset({

@@ -40,7 +40,6 @@ from parsl.app.errors import RemoteExceptionWrapper
 from parsl.data_provider.files import File
 from parsl.serialize import deserialize, serialize
 from parsl.serialize.facade import methods_for_data as _methods_for_data
-from parsl.utils import get_std_fname_mode
 
 PICKLE_TAG = b"parslvine-pickle\n"
 
@@ -81,7 +80,7 @@ def _default_data_methods() -> bool:
 # not all of Parsl (see that module; a fork costs in proportion to the memory the server maps). An
 # app whose function needs more (a bash app's lives in ``parsl.app.bash``) loads it when the server
 # first unpickles that function, once per worker.
-WARM_IMPORTS = ["parslvine.lean", "parsl.app.errors", "parsl.data_provider.files", "parsl.serialize", "parsl.utils",
+WARM_IMPORTS = ["parslvine.lean", "parsl.app.errors", "parsl.data_provider.files", "parsl.serialize",
                 "parslvine.runner"]
 
 
@@ -110,6 +109,11 @@ def remap_files(args: Any, kwargs: dict[str, Any], names: dict[str, str]) -> Non
                 _remap(f, names)
         elif key in ("stdout", "stderr"):
             if value:
+                # Imported here, not with the rest: parsl.utils (subprocess, setproctitle, ...) is 1.1 MB
+                # and 21 mappings more in every fork server, for the std streams of bash apps, whose
+                # function (parsl.app.bash) has loaded all of Parsl in that process anyway.
+                from parsl.utils import get_std_fname_mode
+
                 fname, mode = get_std_fname_mode(key, value)
                 if fname in names:
                     kwargs[key] = (names[fname], mode)
@@ -117,8 +121,30 @@ def remap_files(args: Any, kwargs: dict[str, Any], names: dict[str, str]) -> Non
             _remap(value, names)
 
 
+# A call's reply without placeholders (the common case) is this tag and its result's bytes: one
+# concatenation in the call's fork, where a pickle of the pair cost a pickler's set-up.
+REPLY_TAG = b"parslvine-reply\n"
+
+
+def encode_reply(result: bytes, placeholders: list[str]) -> bytes:
+    """What :func:`run_parsl_call` returns for ``result`` and the placeholder outputs it made."""
+    if not placeholders:
+        return REPLY_TAG + result
+    return pickle.dumps((result, placeholders), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def decode_reply(data: bytes) -> tuple[bytes, list[str]]:
+    """``(result, placeholders)`` from a reply of :func:`run_parsl_call` (or of an older runner,
+    which always pickled the pair)."""
+    if data.startswith(REPLY_TAG):
+        return data[len(REPLY_TAG):], []
+    result, placeholders = pickle.loads(data)
+    return result, placeholders
+
+
 def run_parsl_call(function: bytes, arguments: bytes, names: dict[str, str], outputs: list[str], app: Any = None) -> bytes:
-    """Run one app call in the current directory; returns ``pickle((result, placeholders))``.
+    """Run one app call in the current directory; returns its reply (:func:`encode_reply`, read by
+    :func:`decode_reply`): the result and the placeholders made.
 
     ``result`` is the Parsl-serialized value, or a ``RemoteExceptionWrapper`` of what the call
     raised. Never raises: any failure, including one to deserialize the function, is wrapped so
@@ -132,7 +158,7 @@ def run_parsl_call(function: bytes, arguments: bytes, names: dict[str, str], out
     # (Every line here runs in a fresh fork per regular call, where each object it touches costs a
     # copy-on-write fault: the common case, no files, does nothing it does not need.)
     if not outputs:
-        return pickle.dumps((_call(function, arguments, names, app), []), protocol=pickle.HIGHEST_PROTOCOL)
+        return REPLY_TAG + _call(function, arguments, names, app)
     for name in outputs:  # the app writes its outputs where it expects them, directories included
         parent = os.path.dirname(name)
         if parent:
@@ -144,7 +170,7 @@ def run_parsl_call(function: bytes, arguments: bytes, names: dict[str, str], out
             with open(name, "wb"):
                 pass
             placeholders.append(name)
-    return pickle.dumps((result, placeholders), protocol=pickle.HIGHEST_PROTOCOL)
+    return encode_reply(result, placeholders)
 
 
 class BoundParslCall:

@@ -25,7 +25,7 @@ import core as vine
 
 from .configs import TaskVineManagerConfig
 from .resources import TaskSettings
-from .runner import BoundParslCall
+from .runner import BoundParslCall, decode_reply
 from .staging import StagingPlan
 
 logger = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ def _regular_settings(m: Any, task: Any, config: TaskVineManagerConfig, settings
 
 def unpack_result(task: Any, data: bytes) -> bytes:
     """The Parsl-serialized result from the runner's reply; removes the placeholder outputs it made."""
-    result, placeholders = pickle.loads(data)
+    result, placeholders = decode_reply(data)
     outputs = getattr(task, "_parslvine_outputs", {})
     for remote in placeholders:
         local = outputs.get(remote)

@@ -7,7 +7,11 @@ Workloads (``vine_benchmark parsl [--vs PEERS] [--repeat N]``):
   parsl-quick  the same with ``--time 5``
   parsl-cpu    CPU per call of each parslvine peer, by process (and by thread in the user's
                process): ``-n`` no-op app calls (default 2000; regular mode a third of that)
-               submitted at once after a warm-up, CPU times from psutil before and after
+               submitted at once after a warm-up, CPU times from psutil before and after, and
+               how many of the machine's cores were busy meanwhile (``machine_busy_cores``, from
+               /proc/stat: everything that ran, ours and anything else); regular mode also
+               reports the fork server's and a forked child's minor (copy-on-write) faults per
+               call (``minor_faults_per_call``), steadier than CPU on a shared machine
 
 Peers, each a config file written here, all on this machine's cores (2 on the CI machine):
 
@@ -97,7 +101,7 @@ def perf(peer: str, seconds: float, workdir: str) -> dict[str, Any]:
 
 # Run in a process of its own (parsl.load once per process): prints one JSON object, ms of CPU per call by role.
 _CPU_PROGRAM = r"""
-import importlib.util, json, threading, time
+import importlib.util, json, os, threading, time
 import parsl, psutil
 spec = importlib.util.spec_from_file_location("peer_config", {config!r})
 mod = importlib.util.module_from_spec(spec)
@@ -110,7 +114,7 @@ def noop(x=0):
 
 def role(cmd):
     for key, name in (("parslvine.manager_process", "manager process"), ("core.worker.forkserver", "fork server"),
-                      ("core.deploy.factory", "factory"), (".vine_runner.py library", "library"),
+                      ("core.deploy.factory", "factory"), (".vine_library_runner.py", "library"),
                       ("-m core.worker", "worker")):
         if key in cmd:
             return name
@@ -126,8 +130,10 @@ def thread_role(name):
     return "user: other threads"
 
 me = psutil.Process()
+faults = {{}}
 def snapshot():
     out = {{}}
+    faults.clear()
     names = {{t.native_id: t.name for t in threading.enumerate()}}
     for t in me.threads():
         key = thread_role(names.get(t.id, ""))
@@ -141,19 +147,41 @@ def snapshot():
         out[key] = out.get(key, 0.0) + c.user + c.system
         if key == "fork server":
             out["forked children"] = out.get("forked children", 0.0) + c.children_user + c.children_system
+            try:  # minor (copy-on-write) faults: the server's own, and those of the children it reaped
+                with open(f"/proc/{{p.pid}}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+                faults["fork server"] = faults.get("fork server", 0) + int(fields[7])
+                faults["child"] = faults.get("child", 0) + int(fields[8])
+            except OSError:
+                pass
     return out
+
+def machine():
+    # (all CPUs' time since boot, of it idle + iowait) from /proc/stat: how busy the whole machine was
+    with open("/proc/stat") as fh:
+        v = [int(x) for x in fh.readline().split()[1:]]
+    return sum(v), v[3] + v[4]
 
 [noop(i).result() for i in range(200)]
 before = snapshot()
+faults0 = dict(faults)
+m0 = machine()
 t0 = time.perf_counter()
 futures = [noop(i) for i in range({calls})]
 [f.result() for f in futures]
 wall = time.perf_counter() - t0
+m1 = machine()
 after = snapshot()
 rows = {{k: round(1000 * (after[k] - before.get(k, 0.0)) / {calls}, 3) for k in after}}
 rows = {{k: v for k, v in sorted(rows.items()) if v > 0.0005}}
 rows["total"] = round(sum(rows.values()), 3)
-print(json.dumps({{"calls": {calls}, "tasks_per_s": round({calls} / wall, 1), "cpu_ms_per_call": rows}}), flush=True)
+ticks = m1[0] - m0[0]
+busy = round((os.cpu_count() or 1) * (ticks - (m1[1] - m0[1])) / ticks, 2) if ticks else None
+extra = {{}}
+if faults0 and faults:
+    extra["minor_faults_per_call"] = {{k: round((faults[k] - faults0.get(k, 0)) / {calls}, 1) for k in faults}}
+print(json.dumps({{"calls": {calls}, "tasks_per_s": round({calls} / wall, 1), "machine_busy_cores": busy,
+                  "cpu_ms_per_call": rows, **extra}}), flush=True)
 parsl.dfk().cleanup()
 """
 

@@ -21,9 +21,10 @@ What makes a small task cost about a fork (all optional in a request, each falli
   imported (a by-reference function's module used to be imported again by every child);
 - small arguments come inside the request (``args_inline``, base64) instead of as a sandbox file;
 - the task's environment travels as its difference to the server's own (``env``: what to set,
-  ``unset``: what to remove), which the server keeps as it started: a child changes a few
-  variables instead of walking all of ``os.environ`` (every page such a walk touches is a
-  copy-on-write fault in the child, ~5 µs each on the CI VM);
+  ``unset``: what to remove), which the server keeps as it started; the server makes the whole
+  environment once per distinct difference (``PreparedEnvironments``) and a child adopts it with
+  two stores instead of setting each variable (every page a child writes is a copy-on-write
+  fault, ~5 µs each on the CI VM, and a glibc ``setenv`` per variable wrote ~5 of them);
 - with ``result_inline`` the child sends its result (the output file's bytes) back through a pipe the server reads,
   and the server hands it to the worker with the exit status (``"result"``, base64), so no result
   file is written (a result over ``INLINE_RESULT_LIMIT`` still goes to the file). The child's last
@@ -120,10 +121,11 @@ class _Server:
         self.poll.register(self.rfd, select.EPOLLIN)
         self.children: dict[int, int] = {}  # child pid -> task id
         self.base_env = dict(os.environ)  # requests' env is a difference to this (module docstring)
+        self.environments = PreparedEnvironments(self.base_env)
         self.warmed: set[str] = set()
         self.functions: dict[str, Any] = {}  # function_key -> the unpickled function (insertion order = recency)
         self.pipes: dict[int, int] = {}  # read end of a child's result pipe (still open) -> child pid
-        self.got: dict[int, bytearray] = {}  # child pid -> what its pipe has given so far
+        self.got: dict[int, bytes | bytearray] = {}  # child pid -> what its pipe has given so far
         self.reported: set[int] = set()  # children whose end was reported from their pipe (the reap sends nothing)
         self.buf = b""
         self.outgoing: list[bytes] = []  # replies of one round, sent in one write (one wake-up of the worker)
@@ -174,6 +176,7 @@ class _Server:
         request["function_object"] = _load_function(request, self.functions)
         if loaded != (len(self.warmed), len(self.functions)):
             _restore_environ(self.base_env)  # an import may have set variables: children start from base_env
+        request["environ"] = self.environments.get(request["env"], request["unset"])
         result_fd = -1
         if request.get("result_inline"):
             result_fd, request["result_fd"] = os.pipe()
@@ -189,7 +192,7 @@ class _Server:
         self.children[pid] = tid
         if result_fd >= 0:
             self.pipes[result_fd] = pid
-            self.got[pid] = bytearray()
+            self.got[pid] = b""
             self.poll.register(result_fd, select.EPOLLIN)
         self.outgoing.append(self.remote.fork_started_line(tid, pid))
 
@@ -207,17 +210,25 @@ class _Server:
         pid = self.pipes[fd]
         got = self.got[pid]
         while chunk:
-            got += chunk
+            if type(got) is bytearray:
+                got += chunk
+            elif got:
+                got = bytearray(got)  # a result in many reads gathers in one buffer
+                got += chunk
+            else:
+                got = chunk  # the usual case, everything in one read: kept as it is, no copy
             if self.remote.child_pipe_ended(got):
                 break  # its last record is in: the end of the pipe is not waited for
             if not hung_up:
+                self.got[pid] = got
                 return
             chunk = os.read(fd, 1 << 20)
+        self.got[pid] = got
         # A child whose exit record is there has finished (output flushed, result sent), so it is
         # reported now, not after the kernel has torn it down. (Closing our end first is harmless:
         # the child writes nothing after that record.)
         self.close_pipe(fd)
-        result, code = self.remote.read_child_pipe(bytes(self.got[pid]))
+        result, code = self.remote.read_child_pipe(bytes(got) if type(got) is bytearray else got)
         tid = self.children.get(pid)
         if code is not None and tid is not None:
             self.reported.add(pid)
@@ -262,6 +273,85 @@ class _Server:
             result = self.remote.read_child_pipe(bytes(got))[0] if got else None
             if tid is not None:
                 self.outgoing.append(self.remote.fork_ended_line(tid, code, result))
+
+
+class PreparedEnvironments:
+    """Each distinct task environment the server is asked for, made once, for children to adopt whole.
+
+    A child used to apply its request's difference itself (``env``, ``unset``): ten variables for
+    a plain task (``CORES``, ``TMPDIR``, ...), each an ``os.environ`` store and a glibc ``setenv``,
+    whose mallocs write to the heap the child shares with the server: ~50 copy-on-write faults,
+    more than the call's own work. Here the whole environment (the server's starting one, less
+    ``unset``, plus ``env``) is built once per distinct request: a NUL-terminated ``char *`` array
+    for libc's ``environ`` and the bytes dict ``os.environ`` and ``os.environb`` share. A child
+    points ``environ`` at the array and gives both the dict: two stores, no allocation. What the
+    child changes later (a task's own ``os.environ[...] = ...``: glibc copies an ``environ`` it did
+    not allocate before it grows it) is its own copy-on-write copy; the server's never changes.
+
+    :meth:`get` returns ``(pointer, address, dict)`` for ``core.wire.remote.forked_child_main``, or
+    None (the child applies the difference itself) where this cannot be done exactly: no ctypes,
+    an ``os`` whose environ is not laid out as CPython's POSIX one, or a name or value the C
+    environment cannot hold as given (a NUL, an ``=`` in a name, an empty name), so that such a
+    task fails in its child as it always has.
+    """
+
+    MAX = 16  # kept (oldest dropped first); a worker's tasks have a few allocations and sandboxes
+
+    def __init__(self, base: dict[str, str]) -> None:
+        self.base = base
+        self.entries: dict[tuple[Any, ...], tuple[Any, int, dict[bytes, bytes]] | None] = {}
+        self.arrays: dict[tuple[Any, ...], Any] = {}  # the ctypes array behind each entry's address
+        self.pointer: Any = None
+        environb = getattr(os, "environb", None)
+        if environb is None or getattr(os.environ, "_data", None) is not getattr(environb, "_data", 0) \
+                or type(os.environ._data) is not dict:  # type: ignore[attr-defined]
+            return
+        try:
+            import ctypes
+
+            self.pointer = ctypes.c_void_p.in_dll(ctypes.CDLL(None), "environ")
+        except (ImportError, OSError, ValueError):
+            self.pointer = None
+
+    def get(self, env: dict[str, str], unset: list[str]) -> tuple[Any, int, dict[bytes, bytes]] | None:
+        if self.pointer is None:
+            return None
+        key = (*env.items(), None, *unset)
+        try:
+            return self.entries[key]
+        except KeyError:
+            pass
+        while len(self.entries) >= self.MAX:
+            oldest = next(iter(self.entries))
+            del self.entries[oldest]
+            self.arrays.pop(oldest, None)
+        made = self._make(env, unset)
+        if made is None:
+            self.entries[key] = None
+            return None
+        array, address, data = made
+        self.arrays[key] = array
+        entry = self.entries[key] = (self.pointer, address, data)
+        return entry
+
+    def _make(self, env: dict[str, str], unset: list[str]) -> tuple[Any, int, dict[bytes, bytes]] | None:
+        import ctypes
+
+        gone = set(unset)
+        whole = {k: v for k, v in self.base.items() if k not in gone}
+        whole.update(env)
+        encodekey, encodevalue = os.environ.encodekey, os.environ.encodevalue  # type: ignore[attr-defined]
+        data: dict[bytes, bytes] = {}
+        try:
+            for k, v in whole.items():
+                if type(k) is not str or type(v) is not str or not k or "=" in k or "\0" in k or "\0" in v:
+                    return None
+                data[encodekey(k)] = encodevalue(v)
+        except UnicodeError:
+            return None  # (putenv in the child raises the same, as the task's own failure)
+        strings = [k + b"=" + v for k, v in data.items()]
+        array = (ctypes.c_char_p * (len(strings) + 1))(*strings)  # (the last is NULL; the array keeps the strings)
+        return array, ctypes.addressof(array), data
 
 
 def _warm_imports(python: dict[str, Any], warmed: set[str]) -> None:
@@ -399,10 +489,17 @@ class ForkServer:
         self._results: dict[int, bytes] = {}  # inline results (output file bytes) of exited tasks, until taken
         self._lock: asyncio.Lock | None = None
         self._base_env: dict[str, str] = {}  # the environment the server was started with
+        # The last environment asked for and its difference to _base_env: a worker hands the same
+        # (read-only, shared) dict to its plain tasks of one sandbox and allocation, so most tasks
+        # skip the walk over all its variables.
+        self._last_env: tuple[dict[str, str] | None, dict[str, str], list[str]] = (None, {}, [])
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None and self._channel is not None
+        # The channel is dropped (_channel_lost) when the server's end closes, which its death does:
+        # no waitpid per task to ask the same. (A death not seen yet fails the request's spawn,
+        # whose task then runs in a fresh interpreter, as it would have after the waitpid.)
+        return self._channel is not None and self._proc is not None and self._proc.returncode is None
 
     async def _start(self) -> None:
         import asyncio
@@ -413,6 +510,7 @@ class ForkServer:
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self._base_env = env
+        self._last_env = (None, {}, [])
         added = [] if BIND_NOW in env else [BIND_NOW]  # (a user's own setting stays, and stays theirs)
         try:
             self._proc = subprocess.Popen(
@@ -486,7 +584,10 @@ class ForkServer:
         exited: asyncio.Future[int] = loop.create_future()
         self._started[task_id] = started
         self._exited[task_id] = exited
-        changed, unset = env_difference(self._base_env, env)
+        last, changed, unset = self._last_env
+        if env is not last:
+            changed, unset = env_difference(self._base_env, env)
+            self._last_env = (env, changed, unset)
         request = {"id": task_id, "sandbox": sandbox, "env": changed, "unset": unset, "stdout": stdout, "python": python, **fast}
         assert self._channel is not None
         self._channel.transport.write(encode_fork_line(request))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 import pytest
 
@@ -20,6 +21,10 @@ def test_parsl_cpu_reports_each_process_of_a_regular_run():
     for role in ("manager process", "worker", "fork server", "forked children", "user: DFK launch + executor.submit"):
         assert cpu.get(role, 0) > 0, f"no CPU counted for {role!r}: {cpu}"
     assert cpu["total"] == pytest.approx(sum(v for k, v in cpu.items() if k != "total"), abs=0.01)
+    # The whole machine's busy cores meanwhile: some, and at most all of them.
+    assert 0 < row["machine_busy_cores"] <= (os.cpu_count() or 1)
+    # A fork writes pages the server and the child then share: both take copy-on-write faults.
+    assert row["minor_faults_per_call"]["fork server"] > 0 and row["minor_faults_per_call"]["child"] > 0
 
 
 def test_parsl_cpu_refuses_peers_it_cannot_measure():

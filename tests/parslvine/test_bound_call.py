@@ -6,14 +6,12 @@ is what makes the app's deserialization (and the import of its module) happen on
 
 from __future__ import annotations
 
-import pickle
-
 import cloudpickle
 from parsl.app.errors import RemoteExceptionWrapper
 from parsl.serialize import serialize
 
 from parslvine import tasks
-from parslvine.runner import BoundParslCall, decode_data, encode_data
+from parslvine.runner import BoundParslCall, decode_data, decode_reply, encode_data
 
 
 def double(x):
@@ -26,7 +24,7 @@ def test_unpickling_deserializes_the_app_once_and_calls_use_it():
     loaded = cloudpickle.loads(cloudpickle.dumps(bound))
     assert loaded.app is not None and loaded.app(5) == 10
     for x in (1, 21):
-        result, placeholders = pickle.loads(loaded(encode_data({"args": [x], "kwargs": {}}), {}, []))
+        result, placeholders = decode_reply(loaded(encode_data({"args": [x], "kwargs": {}}), {}, []))
         assert decode_data(result) == 2 * x and placeholders == []
     # Identical apps pickle to identical bytes: the worker's cache key (content-named buffer).
     assert cloudpickle.dumps(BoundParslCall(serialize(double))) == cloudpickle.dumps(bound)
@@ -35,7 +33,7 @@ def test_unpickling_deserializes_the_app_once_and_calls_use_it():
 def test_an_app_that_cannot_be_deserialized_fails_in_the_call_with_its_own_error():
     loaded = cloudpickle.loads(cloudpickle.dumps(BoundParslCall(b"not a parsl serialization")))
     assert loaded.app is None
-    result, _ = pickle.loads(loaded(encode_data({"args": [], "kwargs": {}}), {}, []))
+    result, _ = decode_reply(loaded(encode_data({"args": [], "kwargs": {}}), {}, []))
     wrapped = decode_data(result)
     assert isinstance(wrapped, RemoteExceptionWrapper)
 

@@ -27,7 +27,7 @@ def test_lean_package_loads_only_what_a_call_needs_and_the_rest_on_first_use():
     out = _fresh_python("""
         import pickle, sys
         import parslvine.lean as lean
-        from parslvine.runner import WARM_IMPORTS, decode_data, run_parsl_call
+        from parslvine.runner import WARM_IMPORTS, decode_data, decode_reply, run_parsl_call
         for name in WARM_IMPORTS:
             __import__(name)
         assert lean.is_lazy(), "parsl was loaded whole by the warm imports"
@@ -36,7 +36,7 @@ def test_lean_package_loads_only_what_a_call_needs_and_the_rest_on_first_use():
         from parslvine.runner import encode_data
         import operator
         reply = run_parsl_call(serialize(operator.add), encode_data({"args": (2, 3), "kwargs": {}}), {}, [])
-        value, placeholders = pickle.loads(reply)
+        value, placeholders = decode_reply(reply)
         assert decode_data(value) == 5 and placeholders == []
         assert lean.is_lazy(), "running a call loaded all of parsl"
         from parsl import python_app        # a name of the package itself: the real __init__ runs

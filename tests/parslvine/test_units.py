@@ -14,7 +14,7 @@ from parslvine import TaskVineExecutor, TaskVineFactoryConfig, TaskVineManagerCo
 from parslvine.configs import check_manager_config
 from parslvine.errors import ParslVineConfigError
 from parslvine.resources import settings_from_spec
-from parslvine.runner import decode_data, encode_data, remap_files, run_parsl_call
+from parslvine.runner import decode_data, decode_reply, encode_data, encode_reply, remap_files, run_parsl_call
 from parslvine.staging import plan_staging
 
 
@@ -117,15 +117,15 @@ def _boom(x):
 
 def test_runner_returns_values_and_wrapped_exceptions(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result, placeholders = pickle.loads(run_parsl_call(serialize(divmod), serialize({"args": (7, 2), "kwargs": {}}), {}, []))
+    result, placeholders = decode_reply(run_parsl_call(serialize(divmod), serialize({"args": (7, 2), "kwargs": {}}), {}, []))
     assert decode_data(result) == (3, 1) and placeholders == []
-    result, placeholders = pickle.loads(run_parsl_call(serialize(_boom), serialize({"args": ("key",), "kwargs": {}}), {},
+    result, placeholders = decode_reply(run_parsl_call(serialize(_boom), serialize({"args": ("key",), "kwargs": {}}), {},
                                                        ["never/written.txt"]))
     wrapper = decode_data(result)
     assert isinstance(wrapper, RemoteExceptionWrapper) and isinstance(wrapper.get_exception(), KeyError)
     assert placeholders == ["never/written.txt"] and os.path.exists("never/written.txt")
     # A function that cannot even be deserialized is the call's exception, not a crash.
-    result, _ = pickle.loads(run_parsl_call(b"garbage", serialize({"args": (), "kwargs": {}}), {}, []))
+    result, _ = decode_reply(run_parsl_call(b"garbage", serialize({"args": (), "kwargs": {}}), {}, []))
     assert isinstance(decode_data(result), RemoteExceptionWrapper)
 
 
@@ -206,3 +206,11 @@ def test_frame_reader_hands_out_every_whole_frame_of_one_read_and_waits_for_spli
     finally:
         ours.close()
         theirs.close()
+
+
+def test_reply_without_placeholders_is_the_tag_and_the_result():
+    assert encode_reply(b"\x80\x05K\x07.", []) == b"parslvine-reply\n\x80\x05K\x07."
+    assert decode_reply(encode_reply(b"value", [])) == (b"value", [])
+    assert decode_reply(encode_reply(b"value", ["out/a.txt"])) == (b"value", ["out/a.txt"])
+    # An older runner's reply (the pair, always pickled) still reads.
+    assert decode_reply(pickle.dumps((b"parslvine-reply\n", []))) == (b"parslvine-reply\n", [])
