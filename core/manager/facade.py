@@ -154,7 +154,7 @@ class Manager:
         self._worker_links = WorkerLinks(self._settings, self._state, self._logs, self._metrics, self._links, self._counters,
                                          self._tasks, self._files, self._staging, self._libraries, self._categories,
                                          apply=self._apply, call=self._call, collect_stats=self._collect_stats,
-                                         lineage=self._lineage)
+                                         lineage=self._lineage, frames_answered=self._shell.notify_now)
         self._worker_controls = WorkerControls(self._state, self._links, self._counters, self._tune_values, self._logs,
                                                self._metrics, self._loop, self._call, self._apply)
         self._io.start(self._start_io, self._io_ended)

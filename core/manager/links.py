@@ -42,16 +42,16 @@ from ..state.scheduler import (
     WorkerLost,
 )
 from ..wire import messages as M
-from ..wire.connection import Connection, send_bytes, send_path, server_handshake
+from ..wire.connection import Connection, WriteBatch, send_bytes, send_path, server_handshake
 from ..wire.preauth import leave_preauth_gate
 from ..wire.protocol import Frame
 from ..wire.receive import DiscardingReceiver, FileReceiver, IncomingStreams, MemoryReceiver, StreamReceiver
+from .definitions import minitask_definition, monitor_options, output_refs  # noqa: F401 - also imported from here
 from .output_targets import OutputWriter
 
 if TYPE_CHECKING:
     from ..api.task import Task
     from ..state.scheduler import SchedulerState
-    from ..state.spec import MinitaskSpec
     from .categories import CategorySettings
     from .libraries import ManagerLibraries
     from .logs import RunLogs
@@ -112,7 +112,7 @@ class WorkerLinks:
                  links: dict[str, WorkerLink], counters: dict[str, float], tasks: dict[int, Task], files: dict[str, File],
                  staging: str, libraries: ManagerLibraries, categories: CategorySettings, *,
                  apply: Callable[..., None], call: Callable[..., Any], collect_stats: Callable[[], dict[str, float]],
-                 lineage: dict[str, Task] | None = None) -> None:
+                 lineage: dict[str, Task] | None = None, frames_answered: Callable[[], None] | None = None) -> None:
         self._settings = settings
         self._state = state
         self._logs = logs
@@ -130,9 +130,14 @@ class WorkerLinks:
         self._lineage = lineage if lineage is not None else {}  # temp name -> its producer (recovery re-runs)
         self._fetches: dict[int, concurrent.futures.Future[bytes]] = {}  # fetch request id -> the waiting caller
         self._fetch_ids = iter(range(1, 1 << 62))
+        self._write_batch: WriteBatch | None = None  # made in the loop, at the first connection
+        self._frames_answered = frames_answered  # after the answers to a read's frames are written (wakes wait())
 
     async def on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = Connection(reader, writer)
+        if self._write_batch is None:
+            self._write_batch = WriteBatch(asyncio.get_running_loop())
+        conn.write_batch = self._write_batch  # one write per connection per loop turn, all in one callback
         timeout = self._state.tuning.get("handshake-timeout", 30)
         self._counters["workers_init"] += 1  # connected, not yet through the handshake (performance log)
         initializing = True
@@ -233,20 +238,9 @@ class WorkerLinks:
         try:
             self._apply(WorkerJoined(time.time(), wid, link.hostname, conn.peer, res, frozenset(ready.features),
                                      cache, link.transfer_addr, ready.end_time))
-            while True:
-                # A frame one read already brought is taken without a coroutine round trip.
-                frame = conn.recv_nowait()
-                if frame is None:
-                    frame = await conn.recv()
-                    if frame is None:
-                        break
-                link.heard_at = time.time()  # told to the scheduler at the next tick (Manager._heard_events)
-                # Time of the handling, less the scheduling it set off (time_scheduling counts that).
-                # Wall-clock, as TaskVine's time_status_msgs is: time.thread_time() is a system call
-                # on this VM (3.2 us, and a point where the thread gets descheduled), twice per frame.
-                began, scheduling = time.perf_counter(), self._metrics.busy["scheduling"]
-                self._on_worker_frame(link, frame)
-                self._counters["time_status_msgs"] += (time.perf_counter() - began) * 1e6 - (self._metrics.busy["scheduling"] - scheduling)
+            # Each frame is handled as its bytes arrive, in the socket's read callback (no coroutine
+            # wake-up and loop turn per read): this returns at the worker's end, or raises what ended it.
+            await conn.deliver_frames(lambda frame: self._on_frame(link, frame), self._answered)
         except (ProtocolError, TransferError, ValueError, KeyError, TypeError) as exc:
             reason = "FAILURE"
             self._logs.debug(f"worker {wid} ({conn.peer}) sent a bad message, disconnecting: {type(exc).__name__}: {exc}")
@@ -271,6 +265,24 @@ class WorkerLinks:
             self._counters["bytes_sent"] += conn.bytes_sent
             self._counters["bytes_received"] += conn.bytes_received
             self._apply(WorkerLost(time.time(), wid, reason))
+
+    def _answered(self) -> None:
+        """The frames of a read are handled: their answers (the next tasks) are written first, then
+        the user's threads waiting for the tasks that finished are woken, in this loop turn."""
+        if self._write_batch is not None:
+            self._write_batch.flush()
+        if self._frames_answered is not None:
+            self._frames_answered()
+
+    def _on_frame(self, link: WorkerLink, frame: Frame) -> None:
+        link.heard_at = time.time()  # told to the scheduler at the next tick (Manager._heard_events)
+        # Time of the handling, less the scheduling it set off (time_scheduling counts that).
+        # Wall-clock, as TaskVine's time_status_msgs is: time.thread_time() is a system call
+        # on this VM (3.2 us, and a point where the thread gets descheduled), twice per frame.
+        busy = self._metrics.busy
+        began, scheduling = time.perf_counter(), busy["scheduling"]
+        self._on_worker_frame(link, frame)
+        self._counters["time_status_msgs"] += (time.perf_counter() - began) * 1e6 - (busy["scheduling"] - scheduling)
 
     def _on_worker_frame(self, link: WorkerLink, frame: Frame) -> None:
         msg = frame.message  # decoded and checked here: a bad field ends this worker's connection
@@ -539,8 +551,9 @@ class WorkerLinks:
             task._hostname = link.hostname
             task._addrport = link.addrport
             start, end = msg.start, msg.end
-            task.metrics["time_workers_execute_last"] = (end - start) * 1e6 if start else 0
-            task.metrics["time_workers_execute_all"] = task.metrics.get("time_workers_execute_all", 0) + task.metrics["time_workers_execute_last"]
+            metrics = task.metrics
+            last = metrics["time_workers_execute_last"] = (end - start) * 1e6 if start else 0
+            metrics["time_workers_execute_all"] = metrics.get("time_workers_execute_all", 0) + last
             measured = msg.measured
             task._measured = measured_box or Resources()
             task._limits = dict(msg.limits)
@@ -611,7 +624,7 @@ class WorkerLinks:
             if task is None or (not recovery and task._state >= C.VINE_TASK_RETRIEVED):
                 self._apply(TaskFinished(time.time(), link.id, tid, C.VINE_RESULT_CANCELLED))
                 return
-            missing = [m.file.source() for m in task.inputs if m.file.kind == "file" and not m.file.exists_locally()]
+            missing = [m.file.source() for m in task.inputs if m.file.kind == "file" and not m.file.exists_locally()] if task.inputs else None
             if missing:
                 self._logs.debug(f"task {tid}: input missing: {missing}")
                 self._apply(TaskFinished(time.time(), link.id, tid, C.VINE_RESULT_INPUT_MISSING, -1))
@@ -620,25 +633,27 @@ class WorkerLinks:
             # Clamped: a negative tune keeps nothing, and no frame may carry an integer over 2**64.
             storage = min(max(0, int(self._state.tuning.get("max-task-stdout-storage", STDOUT_STORAGE))), 1 << 62)
             link.expected_stdout[tid] = storage
+            outputs = task.outputs
             spec = task._task_spec(
-                id=tid, resources=ins.allocation.to_dict(), outputs=output_refs(task), stdout_limit=storage, queued=ins.queued,
-                monitor=monitor_options(self._settings.monitoring) if self._settings.monitoring else None,
+                id=tid, resources=ins.allocation.to_dict(), outputs=output_refs(task) if outputs else (), stdout_limit=storage,
+                queued=ins.queued, monitor=monitor_options(self._settings.monitoring) if self._settings.monitoring else None,
                 library_instance=self._state.libs.instance_of(tid) if task.library_required is not None else None)
-            sent_back = []
-            for m in task.outputs:
-                if m.file.kind in ("file", "buffer"):  # the outputs sent back (OutputRef.send_back)
-                    link.expected_outputs[(tid, m.file.cache_name)] = m.file
-                    sent_back.append(m.file.cache_name)
-                    if m.watch and m.file.kind == "file":
-                        link.watched[(tid, m.file.cache_name)] = (m.file, 0)
-            if sent_back:
-                link.sent_back[tid] = sent_back
+            if outputs:
+                sent_back = []
+                for m in outputs:
+                    if m.file.kind in ("file", "buffer"):  # the outputs sent back (OutputRef.send_back)
+                        link.expected_outputs[(tid, m.file.cache_name)] = m.file
+                        sent_back.append(m.file.cache_name)
+                        if m.watch and m.file.kind == "file":
+                            link.watched[(tid, m.file.cache_name)] = (m.file, 0)
+                if sent_back:
+                    link.sent_back[tid] = sent_back
             if not recovery:
                 task._allocated = ins.allocation
                 task._state = C.VINE_TASK_RUNNING
             self._logs.task_running(tid, link.id, spec.resources)
             recovering = self._state.recovering
-            recreates = [m.file.cache_name for m in task.outputs if recovering.get(m.file.cache_name) == tid] if recovering else []
+            recreates = [m.file.cache_name for m in outputs if recovering.get(m.file.cache_name) == tid] if recovering else ()
             self._logs.debug_task_sent(link.hostname, link.addrport, task, spec.resources, task.library_required, recreates, task_id=tid)
             conn.send(M.Task(spec))
         elif isinstance(ins, FetchUrl):
@@ -723,30 +738,6 @@ class WorkerLinks:
 
 STATUS_PAGE_BYTES = 256 << 10  # a status reply's rows go in frames of about this much JSON (the limit is MAX_HEADER)
 STATUS_FIELD_CHARS = 4096  # a longer string in a status row (a task's command) is cut to this
-
-
-# -- what a worker is told to run: the manager's parts of a task's definition ---------------------------
-# A task's own part (command, environment, inputs, limits, its Python run or function call) is
-# Task._task_spec; the manager adds what it decides when it sends the task: the id it runs under,
-# the allocation, the outputs it expects back, the stdout limit, queueing, monitoring, the library
-# instance (send_message's Dispatch branch) or the library start (ManagerLibraries.start_message).
-
-
-def output_refs(task: Task) -> tuple[M.OutputRef, ...]:
-    """The outputs of ``task`` as the worker is told of them; file and buffer outputs are sent back."""
-    return tuple([M.OutputRef(m.file.cache_name, m.remote_name, m.file.level, m.file.kind, m.file.kind in ("file", "buffer"),
-                              m.watch, m.failure_only, m.success_only) for m in task.outputs])
-
-
-def monitor_options(monitoring: dict[str, Any]) -> M.MonitorOptions:
-    """The manager's monitoring setting (``enable_monitoring``) as sent with each task."""
-    return M.MonitorOptions(bool(monitoring.get("watchdog")), float(monitoring.get("interval") or 1.0))
-
-
-def minitask_definition(minitask: MinitaskSpec) -> M.MinitaskDefinition:
-    """The definition of the mini-task that makes a file: its command, environment and inputs."""
-    inputs = tuple([M.InputRef(m.file.cache_name, m.remote_name, m.file.level, m.file.kind, m.file.mode) for m in minitask.inputs])
-    return M.MinitaskDefinition(minitask.command, minitask.output, inputs, dict(minitask.env))
 
 
 def status_pages(data: Any) -> list[Any]:

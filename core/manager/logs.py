@@ -108,6 +108,7 @@ def tool_safe(text: str) -> str:
 # " state change: READY (1) to RUNNING (2)" for every pair of states, indexed [old][new].
 _STATE_CHANGES = [[f" state change: {C.TASK_STATE_NAMES[a]} ({a}) to {C.TASK_STATE_NAMES[b]} ({b})" for b in range(6)]
                   for a in range(6)]
+_TO_READY = [row[C.VINE_TASK_READY] for row in _STATE_CHANGES]  # the READY lines' ends, by the state before
 
 
 @functools.lru_cache(maxsize=1024)
@@ -241,14 +242,21 @@ class RunLogs:
     def _drain_tx_queue(self) -> None:
         # Under self._lock; popleft until empty, as _drain_debug_queue (a record appended meanwhile by
         # another thread is taken now or next time, never lost). A READY tuple is formatted here.
-        queue, pid, chunk = self._tx_queue, self.pid, []
+        queue, chunk = self._tx_queue, []
+        pid_task = f" {self.pid} TASK "
+        # A burst's READY lines differ in time and id only: their ends are formatted once per box
+        # (with the category and attempt they were made for) in this drain.
+        ends: dict[str, tuple[str, int, str]] = {}
         while queue:
             item = queue.popleft()
             if type(item) is str:
                 chunk.append(item)
             else:
                 t, tid, category, attempt, requested, _ = item
-                chunk.append(f"{int(t * 1e6)} {pid} TASK {tid} READY {category} FIRST_RESOURCES {attempt} {requested}\n")
+                end = ends.get(requested)
+                if end is None or end[0] != category or end[1] != attempt:
+                    end = ends[requested] = (category, attempt, f" READY {category} FIRST_RESOURCES {attempt} {requested}\n")
+                chunk.append(f"{int(t * 1e6)}{pid_task}{tid}{end[2]}")
         if chunk and not self._tx.closed:
             self._tx.write("".join(chunk))
 
@@ -256,10 +264,16 @@ class RunLogs:
         # Under self._lock. popleft until empty: a line appended meanwhile by another thread is
         # either taken now or at the next flush, never lost.
         queue, chunk = self._debug_queue, []
+        tick, stamp = -1, ""  # the prefix of the last READY line's hundredth of a second
         while queue:
             item = queue.popleft()
+            if type(item) is str:
+                chunk.append(item)
+                continue
             # A tuple is a submitted task's READY line, formatted only now (see task_ready).
-            chunk.append(item if type(item) is str else f"{self._prefix(item[0])}vine: Task {item[1]}{_STATE_CHANGES[item[5]][C.VINE_TASK_READY]}\n")
+            if int(item[0] * 100) != tick:
+                tick, stamp = int(item[0] * 100), self._prefix(item[0])
+            chunk.append(f"{stamp}vine: Task {item[1]}{_TO_READY[item[5]]}\n")
         if chunk and not self._debug.closed:
             self._debug.write("".join(chunk))
 

@@ -188,7 +188,15 @@ class StateShell:
         for name in gone:
             self._loop.call_soon(self.apply, FileUndeclared(time.time(), name, forget=True))
 
+    def notify_now(self) -> None:
+        """Wake the user's threads now for the tasks handed back so far in this loop turn (called
+        once the frames of a read have been answered); the wake-up queued for later has nothing left to do."""
+        if self._notify_pending:
+            self._notify_waiters()
+
     def _notify_waiters(self) -> None:
+        if not self._notify_pending:
+            return  # done already in this turn (notify_now)
         self._notify_pending = False
         with self._cond:
             self._cond.notify_all()

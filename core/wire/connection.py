@@ -15,7 +15,7 @@ import os
 import ssl as ssl_module
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from ..errors import LocalProtocolError, RemoteProtocolError
 from . import messages as M
@@ -60,6 +60,7 @@ class Connection:
         # The loop this connection's streams belong to, found at the first send: asking asyncio for
         # the running loop costs a getpid() system call per call on Python 3.11.
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.write_batch: WriteBatch | None = None  # shared with the other connections of its loop (set by the owner)
 
     def send(self, msg: M.Message, payload: bytes = b"") -> None:
         """Queue a message (and its payload) as a frame. Frames queued in one event-loop turn leave in
@@ -70,6 +71,10 @@ class Connection:
         self.bytes_sent += len(data)
         if self._outgoing is None:
             self._outgoing = [data]
+            batch = self.write_batch
+            if batch is not None:
+                batch.add(self)
+                return
             loop = self._loop
             if loop is None:
                 loop = self._loop = asyncio.get_running_loop()
@@ -109,6 +114,44 @@ class Connection:
         """The next frame already received and decoded, or None without waiting."""
         return self._frames.popleft() if self._frames else None
 
+    async def deliver_frames(self, handle: Callable[[Frame], None], answered: Callable[[], None] | None = None) -> None:
+        """From now on, hand each frame to ``handle`` as soon as its bytes arrive, in the transport's
+        read callback, instead of through :meth:`recv` (which the caller must not use any more);
+        return at the peer's clean end (or our own close), or raise what ended the stream (a frame
+        cut off at EOF, a connection error) or what ``handle`` raised: then no further frame is
+        handed over, and the caller closes the connection. ``answered`` runs once the frames of a
+        read have been handled; without it, this connection's write batch is flushed then (the
+        answers to those frames leave before anything else the loop does: see WriteBatch).
+
+        For a long-lived peer whose frames are all handled the same way (the manager's workers):
+        a frame read through ``recv`` costs a future, a wake-up of the waiting coroutine and a turn
+        of the event loop before it is handled, which per small task cost more than decoding it.
+        Frames and bytes already received are handed over first."""
+        transport = self.writer.transport
+        # The stream reader's buffer is not public: without it (another asyncio), frames are read as before.
+        held = getattr(self.reader, "_buffer", None)
+        if not isinstance(held, bytearray) or not isinstance(transport, asyncio.Transport):
+            while True:
+                frame = self.recv_nowait() or await self.recv()
+                if frame is None:
+                    return
+                handle(frame)
+        ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        delivery = _FrameDelivery(self, handle, answered, ended, transport.get_protocol())
+        frames, self._frames = list(self._frames), collections.deque()
+        data = bytes(held)  # bytes read with the last frames and not yet decoded
+        held.clear()
+        transport.set_protocol(delivery)
+        if getattr(self.reader, "_paused", False):  # the reader paused reading on a full buffer, emptied now
+            setattr(self.reader, "_paused", False)
+            transport.resume_reading()
+        delivery.handle_frames(frames)
+        if data and not ended.done():
+            delivery.data_received(data)
+        if self.reader.at_eof() and not ended.done():
+            delivery.end_of_stream(self.reader.exception())
+        await ended
+
     async def expect(self, mtype: str, timeout: float | None = None) -> Frame:
         """The next frame, which must be a message of type ``mtype`` (its ``message`` decoded and
         checked); RemoteProtocolError for anything else, an ``error`` saying why, or the end."""
@@ -145,6 +188,110 @@ class Connection:
         self._closed = True
         self.decoder.release()
         self._frames.clear()
+
+
+class WriteBatch:
+    """The connections of one event loop that have frames queued: written once per loop turn, in
+    one callback for all of them (not one per connection), or sooner by :meth:`flush`.
+
+    A connection delivering its frames (Connection.deliver_frames) flushes its batch once it has
+    handled the frames of a read: the answers (a worker's next task) leave before the callbacks
+    queued meanwhile run, such as the wake-up of a thread waiting for a finished task. Woken
+    first, that thread took the interpreter lock as soon as the write let go of it, and the I/O
+    thread then waited for it to hand the lock back, once per task."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._queued: list[Connection] = []
+        self._scheduled = False
+
+    def add(self, conn: Connection) -> None:
+        self._queued.append(conn)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush_turn)
+
+    def _flush_turn(self) -> None:
+        self._scheduled = False
+        self.flush()
+
+    def flush(self) -> None:
+        """Write what every queued connection holds (a connection flushed meanwhile has nothing left)."""
+        queued, self._queued = self._queued, []
+        for conn in queued:
+            conn.flush()
+
+
+class _FrameDelivery(asyncio.Protocol):
+    """The transport's protocol once a connection delivers its frames (Connection.deliver_frames):
+    decodes what arrives and hands each frame on at once. Flow control of writing and the end of
+    the connection are passed on to the stream protocol it replaced, so the connection's writer
+    (``drain``, ``close``, ``wait_closed``) works as before."""
+
+    def __init__(self, conn: Connection, handle: Callable[[Frame], None], answered: Callable[[], None] | None,
+                 ended: asyncio.Future[None], streams: asyncio.BaseProtocol | None) -> None:
+        self._conn = conn
+        self._handle = handle
+        self._answered = answered
+        self._ended = ended
+        self._streams = streams
+
+    def handle_frames(self, frames: list[Frame]) -> None:
+        handle = self._handle
+        try:
+            for frame in frames:
+                if self._ended.done():
+                    return
+                handle(frame)
+        except Exception as exc:  # noqa: BLE001 - the caller's to judge (a bad frame, a bug): the stream ends with it
+            self._finish(exc)
+
+    def data_received(self, data: bytes) -> None:
+        conn = self._conn
+        if self._ended.done() or conn._closed:
+            return  # ended: the caller is closing the connection; nothing more is taken from it
+        conn.bytes_received += len(data)
+        try:
+            frames = conn.decoder.feed(data)
+        except RemoteProtocolError as exc:
+            self._finish(exc)
+            return
+        self.handle_frames(frames)
+        if self._answered is not None:
+            self._answered()
+        elif conn.write_batch is not None:
+            conn.write_batch.flush()  # the answers to these frames, before anything else (see WriteBatch)
+
+    def end_of_stream(self, exc: BaseException | None) -> None:
+        conn = self._conn
+        if exc is None and conn.decoder.pending and not conn._closed:
+            exc = RemoteProtocolError(f"connection closed in the middle of a frame ({conn.decoder.pending} bytes)")
+        self._finish(exc)
+
+    def _finish(self, exc: BaseException | None) -> None:
+        if not self._ended.done():
+            if exc is None:
+                self._ended.set_result(None)
+            else:
+                self._ended.set_exception(exc)
+
+    def eof_received(self) -> bool | None:
+        keep_open = self._streams.eof_received() if isinstance(self._streams, asyncio.Protocol) else None
+        self.end_of_stream(None)
+        return keep_open
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._streams is not None:
+            self._streams.connection_lost(exc)
+        self.end_of_stream(exc)
+
+    def pause_writing(self) -> None:
+        if self._streams is not None:
+            self._streams.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._streams is not None:
+            self._streams.resume_writing()
 
 
 async def open_connection(host: str, port: int, ssl: ssl_module.SSLContext | None = None, timeout: float = 10) -> Connection:
