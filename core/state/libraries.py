@@ -77,13 +77,16 @@ class StartLibrary(Instruction):
     slots: int
 
 
-# Calls per slot a library instance may hold (tune "library-queue-depth"). The one place this default
-# lives: the scheduler reads it from here. 8, not 4: with twice the calls in flight, the messages of
-# a loop turn (the manager's tasks, the worker's completes, the library's replies) carry twice the
-# calls, and a short call's CPU summed over the manager, worker and library fell by about a fifth
-# (issue 13, session 21). Only calls measured short (SHORT_CALL) queue at all.
-DEFAULT_QUEUE_DEPTH = 8
+# Calls per slot a library instance may hold at most (tune "library-queue-depth"). The one place this
+# default lives: the scheduler reads it from here. The more calls in flight, the more calls each
+# message batch of a loop turn carries (the manager's tasks, the worker's completes, the library's
+# replies): summed over manager, worker and library a trivial direct call cost 0.59-0.62 ms of CPU
+# at depth 8, 0.52-0.58 at 16, 0.49-0.50 at 32, 0.45-0.48 at 64 (issue 13, session 22; 32 is
+# where the gain flattens). Only calls measured short (SHORT_CALL) queue at all, and no more of
+# them than QUEUE_BUDGET seconds of calls per slot, so a slow-ish call is not stuck behind 31 others.
+DEFAULT_QUEUE_DEPTH = 32
 SHORT_CALL = 0.05  # s: calls shorter than this on average may queue inside an instance
+QUEUE_BUDGET = 0.2  # s: the calls queued per slot take about this long at most (mean_call each)
 
 
 @dataclass
@@ -176,23 +179,25 @@ class LibraryBook:
     def depth_for(self, name: str) -> int:
         """Calls per slot an instance of ``name`` may hold. Queueing inside instances only pays for
         short calls (it saves a manager round trip per call); long calls would wait behind each
-        other while another worker's slot sits free, so they get exactly one call per slot."""
+        other while another worker's slot sits free, so they get exactly one call per slot, and
+        short ones as many as take QUEUE_BUDGET seconds (at most ``library-queue-depth``)."""
         tmpl = self.templates.get(name)
         if tmpl is None or tmpl.calls_seen < 4 or tmpl.mean_call > SHORT_CALL:
             return 1
-        return max(1, self.depth)
+        mean = tmpl.mean_call
+        return max(1, min(self.depth, int(QUEUE_BUDGET / mean) if mean > 0 else self.depth))
 
     def has_room(self, depth: int = 1) -> bool:
         """Some instance has a free slot or queue room, or is idle and could give its room away.
 
         (``depth`` is not used: each instance's own ``depth_for`` decides. Asked once or twice per
-        scheduling step, hence a plain loop with the idle test first.)
+        scheduling step, hence a plain loop with the cheap tests first: a free slot needs no depth.)
         """
         for i in self.instances.values():
             if i.dead:
                 continue
             held = len(i.calls)
-            if not held or held < i.slots * self.depth_for(i.name):
+            if held < i.slots or held < i.slots * self.depth_for(i.name):
                 return True
         return False
 

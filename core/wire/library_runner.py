@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import os
+import pickle
 import select
 import signal
 import socket
@@ -61,6 +62,7 @@ def _load_runner_beside() -> None:
 
 if TYPE_CHECKING or __package__:
     from .remote import (
+        MAGIC,
         FramingError,
         MessageReader,
         encode_library_message,
@@ -78,6 +80,7 @@ if TYPE_CHECKING or __package__:
 else:
     _load_runner_beside()
     from vine_runner import (  # the same names, from the file beside this one
+        MAGIC,
         FramingError,
         MessageReader,
         encode_library_message,
@@ -94,6 +97,11 @@ else:
     )
 
 _frame = encode_library_message  # the library process's own name for it
+
+# Types the C pickler writes itself, before it would ask cloudpickle's reducer_override: the envelope
+# of a return value of exactly one of these is cloudpickle.dumps's bytes from pickle.dumps, without
+# the Python of cloudpickle's Pickler (its class, __init__ and dump) per call.
+_PLAIN_TYPES = frozenset({type(None), bool, int, float, str, bytes})
 
 CONTEXT_MODULE = "vine_library_context"  # the module load_variable_from_library reads a library's context from
 
@@ -149,7 +157,10 @@ def _run_call(functions: dict[str, Any], msg: dict[str, Any], inline: bool = Fal
         value = func(*args, **kwargs)
     except Exception as exc:  # noqa: BLE001 - the exception is the call's result
         ok, value, tb = False, exc, traceback.format_exc()
-    ok, data = encode_outcome(ok, value, tb)
+    if ok and type(value) in _PLAIN_TYPES:
+        data = pickle.dumps((MAGIC, True, value, None), cloudpickle.DEFAULT_PROTOCOL)
+    else:
+        ok, data = encode_outcome(ok, value, tb)
     output = msg.get("output")
     if output:
         if ok:
@@ -284,12 +295,19 @@ class _CallLoop:
         op = msg.get("op")
         if op == "call":
             if (msg.get("mode") or self.mode) == "direct":
-                os.chdir(msg["sandbox"])
-                try:
-                    status, inline_result = _run_call(self.functions, msg, inline=True)
-                finally:
-                    os.chdir(self.home)
-                    sys.stdout.flush()
+                sandbox = msg["sandbox"]
+                if sandbox == self.home:  # a call on the worker's fast path runs in the instance's own sandbox
+                    try:
+                        status, inline_result = _run_call(self.functions, msg, inline=True)
+                    finally:
+                        sys.stdout.flush()
+                else:
+                    os.chdir(sandbox)
+                    try:
+                        status, inline_result = _run_call(self.functions, msg, inline=True)
+                    finally:
+                        os.chdir(self.home)
+                        sys.stdout.flush()
                 self.done(msg["id"], status, inline_result)
             elif self.slots and len(self.children) - len(self.reported) >= self.slots:
                 self.waiting.append(msg)

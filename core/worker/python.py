@@ -65,6 +65,9 @@ class LibraryProcess:
         self.error = ""
         self.pid = 0
         self.finished = asyncio.Event()  # set once the instance's end has been reported
+        # When the last direct-mode call sent on the fast path came back: the library runs those one
+        # at a time, in the order sent, so the next one started no earlier (see _fast_call_done).
+        self.direct_end = 0.0
 
     async def wait_ready(self) -> bool:
         return await asyncio.shield(self.ready)
@@ -306,7 +309,8 @@ class PythonRunner:
             # and _fast_call_done then has the library kill the child (a direct call cannot be
             # stopped without its library, so it runs to its end and its result is dropped).
             rt.starter = fut  # type: ignore[assignment]
-        fut.add_done_callback(lambda f: self._fast_call_done(rt, inst, result_path, output, f))
+        direct = mode == "direct"
+        fut.add_done_callback(lambda f: self._fast_call_done(rt, inst, result_path, output, f, direct))
         return True
 
     def _spilled_path(self, remote: str, paths: dict[str, str | bytes]) -> str:
@@ -321,7 +325,7 @@ class PythonRunner:
         return str(src)
 
     def _fast_call_done(self, rt: RunningTask, inst: LibraryProcess, result_path: str, output: M.OutputRef | None,
-                        fut: asyncio.Future[int | None]) -> None:
+                        fut: asyncio.Future[int | None], direct: bool = False) -> None:
         inst.pending.pop(rt.id, None)
         data = inst.results.pop(rt.id, None)
         if fut.cancelled():  # a forked call killed (cancelled by the manager, or the worker is stopping)
@@ -357,9 +361,16 @@ class PythonRunner:
         unlinked = self.sandboxes.cleanup(rt)  # no sandbox: only task-level inputs
         self._worker.release(rt)
         self._worker.last_work = time.monotonic()
+        end = time.time()
+        start = rt.start
+        if direct:
+            # A direct call queued in the instance (library-queue-depth) starts when the one sent
+            # before it ends: its runtime is its own, not its wait, and the manager's measure of
+            # how long the library's calls take (which decides how many may queue) stays honest.
+            start, inst.direct_end = max(start, inst.direct_end), end
         self._worker.send(
             M.Complete(rt.id, result, code, reason="" if status is not None else "the library died during the call",
-                       start=rt.start, end=time.time(), outputs=dict(cached), cached=cached, unlinked=unlinked),
+                       start=start, end=end, outputs=dict(cached), cached=cached, unlinked=unlinked),
             data or b"",
         )
 

@@ -6,7 +6,7 @@ from core import constants as C
 from core.api.library import FunctionCall, LibraryTask
 from core.api.specs import task_spec
 from core.api.task import Task
-from core.state.libraries import LibraryInstalled, LibraryRemoved, StartLibrary, library_slots
+from core.state.libraries import QUEUE_BUDGET, LibraryInstalled, LibraryRemoved, StartLibrary, library_slots
 from core.state.resources import Resources
 from core.state.scheduler import Dispatch, Kill, ReturnTask
 from tests.unit.test_scheduler import Sim as _Sim
@@ -88,7 +88,9 @@ def test_long_or_unmeasured_calls_do_not_queue_inside_instances():
     out = sim.submit(*[call() for _ in range(5)])
     assert len(of(out, Dispatch)) == 2
     tmpl.mean_call = 0.001
-    assert sim.state.libs.depth_for("lib") == 8
+    assert sim.state.libs.depth_for("lib") == 8  # short: as deep as the tune allows
+    tmpl.mean_call = 0.04  # short, but 8 of them would take 0.32 s: as many as take QUEUE_BUDGET
+    assert sim.state.libs.depth_for("lib") == int(QUEUE_BUDGET / 0.04) == 5
     sim.state.validate()
 
 
