@@ -100,7 +100,7 @@ def policy_name(policy: str | int) -> str:
 DEFAULT_TUNING: dict[str, float] = {
     "attempt-schedule-depth": 100,
     "call-pipelining": 1,  # a call may go to the worker still making its temp inputs (0: wait for them)
-    "task-pipelining": 0,  # tasks per core queued on the worker still making their temp inputs (0: wait for them; on with the worker side)
+    "task-pipelining": 1,  # tasks per core queued on the worker still making their temp inputs (0: wait for them)
     "hungry-minimum": 10,
     "hungry-minimum-factor": 2,
     "keepalive-interval": 30,

@@ -51,6 +51,7 @@ from ..wire.tls import GatedListener, TLSSetupError, client_context, self_signed
 from .cache import WorkerCache
 from .commands import CommandProcesses
 from .options import batch_job_id, build_parser, detect_resources, spawn_threads
+from .pipelined import LocalMakers
 from .python import PythonRunner
 from .reaper import TaskReaper
 from .running import RunningTask, close_stdout, read_stdout, stdout_now, take_stdout
@@ -99,6 +100,7 @@ class Worker:
         self.transfer_port = 0
         self._stop = asyncio.Event()
         self.prefetched: list[RunningTask] = []  # tasks sent ahead, waiting for room (FIFO)
+        self.makers = LocalMakers()  # temps the started tasks are making: queued consumers wait for them (pipelined.py)
         self._background: set[asyncio.Task[Any]] = set()
         # Its parts, each given what it uses (none of them imports another's module for it):
         self.cache = WorkerCache(self.cache_dir, self.meta_dir, self.send)
@@ -239,6 +241,7 @@ class Worker:
     def _manager_gone(self) -> None:
         self.conn = None
         self.prefetched.clear()
+        self.makers.clear()
         for rt in list(self.tasks.values()):
             self.kill(rt)
             self.sandboxes.cleanup(rt)
@@ -340,7 +343,7 @@ class Worker:
         elif isinstance(msg, M.Task):
             self._start_task(msg.task)
         elif isinstance(msg, M.Kill):
-            self.prefetched[:] = [p for p in self.prefetched if p.id != msg.id]
+            self.unqueue(msg.id)
             rt = self.tasks.get(msg.id)
             if rt is not None:
                 self.kill(rt)
@@ -398,7 +401,7 @@ class Worker:
         alloc = {k: float(v) for k, v in spec.resources.items()}
         rt = RunningTask(spec.id, spec, "", alloc)
         over = self._fits(alloc)
-        if (spec.queued if queued is None else queued) and waits_in_queue(self.prefetched, not over):
+        if (spec.queued if queued is None else queued) and waits_in_queue(self.prefetched, not over and not self.makers.blocks(spec)):
             # Prefetched: starts, in order, the moment its allocation fits (the manager mirrors this).
             self.prefetched.append(rt)
             self.last_work = time.monotonic()
@@ -438,6 +441,7 @@ class Worker:
             self.send(M.Complete(rt.id, C.VINE_RESULT_FORSAKEN, -1, reason=f"worker problem: cannot make a sandbox: {exc}"))
             return
         self.tasks[rt.id] = rt
+        self.makers.started(rt.spec)
         if self._plain_command(rt):
             self._start_command(rt)
         else:
@@ -492,6 +496,8 @@ class Worker:
                     del self.cache.pending[o.name]
                     if not fut.done():
                         fut.set_result(o.name in self.cache.entries)
+        elif self.makers.ended(rt.spec) and rt.id not in self.tasks:
+            self.start_queued()  # its slot went before its outputs were in (a PythonTask's): its consumers start now
         self.free_slot(rt)
 
     def free_slot(self, rt: RunningTask) -> int:
@@ -506,10 +512,22 @@ class Worker:
         if self.tasks.pop(rt.id, None) is None:
             return 0
         self._commit(rt.alloc, -1)
+        return self.start_queued()
+
+    def start_queued(self) -> int:
+        """Start the queue's head while its allocation fits and no started task is making one of its
+        inputs: the rule the manager's scheduler mirrors (core/state/prefetch.py), so both agree on what runs."""
         if not self.prefetched:
             return 0
-        # The rule the manager's scheduler mirrors (core/state/prefetch.py), so both agree on what runs.
-        return start_in_order(self.prefetched, lambda queued: not self._fits(queued.alloc), self._start_queued)
+        return start_in_order(self.prefetched, lambda queued: not self._fits(queued.alloc) and not self.makers.blocks(queued.spec),
+                              self._start_queued)
+
+    def unqueue(self, tid: int) -> None:
+        """Queued task ``tid`` was killed: it leaves the queue, and the one behind it may start now
+        (the manager's mirror of the queue starts it when it ends the killed one)."""
+        if any(p.id == tid for p in self.prefetched):
+            self.prefetched[:] = [p for p in self.prefetched if p.id != tid]
+            self.start_queued()
 
     # -- a task's process (core/worker/commands.py), as the Python runner and transfers use it -----------
     def task_env(self, rt: RunningTask) -> dict[str, str]:

@@ -49,7 +49,8 @@ class Cluster:
     """A SchedulerState with a fake clock and shorthands for the events a test sends."""
 
     def __init__(self, **tuning: float) -> None:
-        self.s = SchedulerState({k.replace("_", "-"): v for k, v in tuning.items()}, seed=1)
+        # These tests follow temps through waiting consumers: task pipelining (a consumer sent ahead) has its own tests.
+        self.s = SchedulerState({"task-pipelining": 0, **{k.replace("_", "-"): v for k, v in tuning.items()}}, seed=1)
         self.now = 0.0
         self.ids = itertools.count(1)
         self.returned: dict[int, ReturnTask] = {}

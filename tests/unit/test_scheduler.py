@@ -62,8 +62,9 @@ class Sim:
     """A SchedulerState with a fake clock, task ids, and one-line helpers for common events."""
 
     def __init__(self, tuning: dict[str, float] | None = None, policy: str = "files", seed: int = 7, now: float = 1000.0) -> None:
-        # Prefetch (queueing short tasks on workers) is tested on its own; elsewhere a dispatch means "runs now".
-        self.state = SchedulerState({"worker-prefetch": 0, **(tuning or {})}, policy=policy, seed=seed)
+        # Prefetch and task pipelining (queueing tasks on workers) are tested on their own (test_task_pipelining.py);
+        # elsewhere a dispatch means "runs now".
+        self.state = SchedulerState({"worker-prefetch": 0, "task-pipelining": 0, **(tuning or {})}, policy=policy, seed=seed)
         self.now = now
         self._ids = itertools.count(1)
         self._ports = itertools.count(9200)

@@ -7,7 +7,10 @@ from __future__ import annotations
 from core import constants as C
 from core.api.files import File
 from core.api.task import Task
+from core.state.prefetch import inputs_being_made, start_in_order, waits_in_queue
 from core.state.scheduler import CacheUpdated, Dispatch, Kill, ReturnTask, TaskCancelled, TaskFinished, Warn
+from core.wire import messages as M
+from core.worker.pipelined import LocalMakers
 from tests.unit.test_scheduler import Sim, of, placed
 
 
@@ -202,6 +205,27 @@ def test_a_consumer_that_would_not_fit_in_its_makers_room_is_not_sent_ahead():
     assert [(d.task_id, d.queued) for d in of(out, Dispatch)] == [(big.id, False)]
 
 
+def test_a_consumer_of_temps_made_on_two_workers_waits_until_one_exists():
+    """A test of the waiting path with pipelining on: no one worker makes every missing input."""
+    sim = pipelined_sim()
+    sim.join("w1", cores=1)
+    sim.join("w2", cores=1)
+    a, fa = link(None)
+    b, fb = link(None)
+    both = Task("both", cores=1)
+    both.add_input(fa, "a")
+    both.add_input(fb, "b")
+    out = sim.submit(a, b, both)
+    where = placed(out)
+    assert set(where) == {a.id, b.id} and where[a.id] != where[b.id]
+    assert sim.task_state(both) == "waiting" and sim.state.tasks[both.id].pinned is None
+    # Once a's file exists only b's is missing: the task goes ahead to b's worker, a's file fetched there.
+    out = complete(sim, where[a.id], a, fa)
+    assert [(d.task_id, d.worker, d.queued) for d in of(out, Dispatch)] == [(both.id, where[b.id], True)]
+    out = complete(sim, where[b.id], b, fb)
+    assert not sim.state.tasks[both.id].queued and sim.state.workers[where[b.id]].committed.cores == 1
+
+
 def test_cancelling_a_queued_consumer_takes_it_out_of_the_queue():
     sim = pipelined_sim()
     sim.join("w1", cores=1)
@@ -228,3 +252,32 @@ def test_calls_and_tasks_do_not_pin_to_each_other():
     call.add_input(f, ".vine_ref_0")
     sim.submit(producer, call)
     assert sim.state.tasks[call.id].state == "waiting" and sim.state.tasks[call.id].pinned is None
+
+
+def _definition(tid: int, inputs: tuple[str, ...] = (), outputs: tuple[str, ...] = (), call: bool = False) -> M.TaskDefinition:
+    return M.TaskDefinition(
+        tid, "true", inputs=tuple(M.InputRef(n, n, 1, "temp") for n in inputs),
+        outputs=tuple(M.OutputRef(n, n, 1, "temp") for n in outputs),
+        function_call=M.CallRef("lib", "f") if call else None)
+
+
+def test_the_worker_counts_the_makers_the_scheduler_mirrors():
+    """The worker's LocalMakers and the shared rule: a queued task waits while a started task
+    (not a call) is making one of its inputs, and may start once that task is released."""
+    makers = LocalMakers()
+    producer, consumer, call = _definition(1, outputs=("t1",)), _definition(2, inputs=("t1",), outputs=("t2",)), _definition(3, outputs=("t3",), call=True)
+    assert not makers.blocks(consumer)
+    makers.started(producer)
+    makers.started(call)  # calls tell waiting calls through the cache's futures: not counted
+    assert makers.blocks(consumer) and not makers.blocks(_definition(4, inputs=("t3",))) and len(makers) == 1
+    queue = [consumer]
+    started: list[int] = []
+    assert waits_in_queue([], fits_now=not makers.blocks(consumer))
+    assert start_in_order(queue, lambda q: not makers.blocks(q), lambda q: started.append(q.id)) == 0
+    assert not makers.ended(_definition(5, outputs=("t1",)))  # another task naming it is not its maker
+    assert makers.ended(producer) and not makers.ended(producer)
+    assert start_in_order(queue, lambda q: not makers.blocks(q), lambda q: started.append(q.id)) == 1 and started == [2]
+    assert inputs_being_made(["a", "t9"], {"t9"}) and not inputs_being_made([], {"t9"})
+    makers.started(consumer)
+    makers.clear()
+    assert len(makers) == 0
