@@ -89,9 +89,6 @@ _DEFAULT_OPTION_VALUES = (NO_OPTIONS.max_retries, NO_OPTIONS.max_forsaken, 0, 0,
 
 
 def _task_options(task: Task) -> TaskOptions:
-    if type(task) is Task and (task.max_retries, task.max_forsaken, task.time_start, task.time_end, task.time_min,
-                               task.time_max, task.scheduler) == _DEFAULT_OPTION_VALUES:
-        return NO_OPTIONS  # most tasks: no TaskOptions made, compared and looked up per submit
     options = TaskOptions(
         max_retries=task.max_retries,
         max_forsaken=task.max_forsaken,
@@ -116,8 +113,14 @@ def task_spec(task: Task) -> TaskSpec:
     if type(task) is Task:  # most tasks: its own fields, no properties or kind tests
         kind: TaskKind = "command"
         command, category, priority = task._command, task._category, task._priority
+        if (task.max_retries, task.max_forsaken, task.time_start, task.time_end, task.time_min, task.time_max,
+                task.scheduler) == _DEFAULT_OPTION_VALUES:
+            options = NO_OPTIONS  # most tasks: no TaskOptions made, compared and looked up per submit
+        else:
+            options = _task_options(task)
     else:  # a subclass may define what these properties return
         kind, command, category, priority = task_kind(task), task.command, task.category, task.priority
+        options = _task_options(task)
     inputs, outputs, environments, features = task.inputs, task.outputs, task.environments, task.features
     # In TaskSpec's field order, built as one tuple (the kind comes from task_kind: no check needed).
     return task_spec_unchecked((
@@ -133,7 +136,7 @@ def task_spec(task: Task) -> TaskSpec:
         priority,
         task.library_required,
         task.library_provided,
-        _task_options(task),
+        options,
     ))
 
 

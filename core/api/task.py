@@ -263,9 +263,14 @@ class Task:
         self._category = str(category)
 
     def _set_resource(self, name: str, value: float) -> None:
-        number = -1.0 if value is None else _finite_number(f"set_{name}", value)
-        if number < 0:
+        if type(value) is int and value >= 0:  # most calls (set_cores(1)): no checks or message to make
+            number = float(value)  # a huge one raises OverflowError, as float() does
+        elif value is None:
             number = -1.0
+        else:
+            number = _finite_number(f"set_{name}", value)
+            if number < 0:
+                number = -1.0
         requested = self.requested
         step = (id(requested), name, number)
         after = _request_after.get(step)

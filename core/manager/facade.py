@@ -49,10 +49,10 @@ from ..state.scheduler import (
     PolicyChanged,
     SchedulerState,
     TaskCancelled,
-    TaskSubmitted,
     TuneChanged,
     policy_name,
 )
+from ..state.spec import TaskSpec
 from ..wire import messages as M
 from ..wire.tls import start_gated_server
 from . import declarations, exit_guard, functional
@@ -474,11 +474,22 @@ class Manager:
             raise TypeError(f"submit takes a Task, got {type(task).__name__}")
         if task._state != C.VINE_TASK_INITIAL:
             raise TaskError(f"task {task.id} was already submitted (state {task.state}); create a new Task")
-        self._prepare(task)  # may add inputs/outputs (PythonTask, FunctionCall) or refuse the task
-        cached = self._tasks_cache.lookup(task) if self._tasks_cache is not None else None
-        task._id = self._next_id
-        self._next_id += 1
+        # The task gets ready for this manager: first its submit_finalize() (TaskVine's hook, which
+        # subclasses override to add inputs), then its own preparation (PythonTask serialises its
+        # function here); it may add inputs/outputs or refuse the task. ``task.manager`` is this
+        # manager during both, as in TaskVine. (Written here, not in a method: a call per submit.)
         task._manager = self
+        try:
+            task.submit_finalize()
+            hook = task._prepare_submit  # None unless a subclass prepares itself (core/api/task.py)
+            if hook is not None:
+                hook(self)
+        except BaseException:
+            task._manager = None  # refused: it stays an unsubmitted task
+            raise
+        cached = self._tasks_cache.lookup(task) if self._tasks_cache is not None else None
+        tid = task._id = self._next_id
+        self._next_id += 1
         task._state = C.VINE_TASK_READY
         task._submit_time = time.time()
         if task._metrics is not None:  # else task.metrics makes "time_when_submitted" from it when first read
@@ -486,7 +497,7 @@ class Manager:
         if cached is not None and self._tasks_cache.answer(task, cached):
             self._answered_from_cache(task, cached.key)
             return task.id
-        self._tasks[task.id] = task
+        self._tasks[tid] = task
         with self._done_lock:  # wait() in another thread decrements it (Parsl submits and waits from two threads)
             self._outstanding += 1
         if task.inputs or task.outputs:
@@ -497,12 +508,15 @@ class Manager:
             if type(task).__del__ is not Task.__del__:
                 self._finalized_temps.update(m.file.cache_name for m in task.outputs if m.file.kind == "temp")
         spec = task_spec(task)  # all the scheduler will ever read of it (core/state/spec.py)
-        self._logs.task_ready(task._id, spec.category, 1, spec.requested, task._submit_time)
-        for m in spec.outputs:
-            if m.file.kind == "temp":
-                self._lineage[m.file.cache_name] = task  # a lost temp's re-run is encoded from its producer
-        self._post(TaskSubmitted(task._submit_time, spec))
-        return task._id
+        self._logs.task_ready(tid, spec.category, 1, spec.requested, task._submit_time)
+        if spec.outputs:
+            for m in spec.outputs:
+                if m.file.kind == "temp":
+                    self._lineage[m.file.cache_name] = task  # a lost temp's re-run is encoded from its producer
+        # The spec alone: the I/O thread hands each run of posted specs to the state as one
+        # TasksSubmitted (StateShell.apply_posted), so a burst of submits makes no event per task.
+        self._post(spec)
+        return tid
 
     def _answered_from_cache(self, task: Task, key: str) -> None:
         """``task`` was finished by the tasks cache at submit: ``wait`` returns it at once."""
@@ -513,20 +527,6 @@ class Manager:
             self._outstanding += 1
             self._done[task.id] = task
             self._cond.notify_all()
-
-    def _prepare(self, task: Task) -> None:
-        """Let the task get ready for this manager: first its ``submit_finalize()`` (TaskVine's hook,
-        which subclasses override to add inputs), then its own preparation (PythonTask serialises
-        its function here). ``task.manager`` is this manager during both, as in TaskVine."""
-        task._manager = self
-        try:
-            task.submit_finalize()
-            hook = task._prepare_submit  # None unless a subclass prepares itself (core/api/task.py)
-            if hook is not None:
-                hook(self)
-        except BaseException:
-            task._manager = None  # refused: it stays an unsubmitted task
-            raise
 
     def wait(self, timeout: Any = "wait_forever") -> Task | None:
         """The next finished task, or None after ``timeout`` seconds (0 polls; -1 waits forever)."""
@@ -622,9 +622,10 @@ class Manager:
         self._logs.debug(text, flag="app")
 
     # -- I/O thread: events and instructions (core/manager/state_shell.py) -----------------------------------
-    def _apply(self, *events: Event) -> None:
-        """Events into the state, its instructions carried out (the I/O thread's :class:`StateShell`)."""
-        self._shell.apply(*events)
+    def _apply(self, *events: Event | TaskSpec) -> None:
+        """Events into the state, its instructions carried out (the I/O thread's :class:`StateShell`);
+        a submitted task's spec, as ``submit`` posts it, is taken as its TaskSubmitted."""
+        self._shell.apply_posted(*events)
 
     # -- the members' methods (core/manager/libraries.py, categories.py, worker_controls.py, functional.py) --
     @property

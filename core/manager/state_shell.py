@@ -40,10 +40,12 @@ from ..state.scheduler import (
     SchedulerState,
     SendFile,
     TasksRetrieved,
+    TasksSubmitted,
     Tick,
     Warn,
     WorkerHeard,
 )
+from ..state.spec import TaskSpec
 
 if TYPE_CHECKING:
     from .links import WorkerLink, WorkerLinks
@@ -90,6 +92,25 @@ class StateShell:
         self._perf_check_at = 0.0  # the tick collects stats for the performance log again from then
 
     # -- events in, instructions out ---------------------------------------------------------------
+    def apply_posted(self, *posted: Event | TaskSpec) -> None:
+        """What the user's threads posted (core/manager/io_thread.py), in order. A submit posts its
+        task's spec alone, and each run of specs goes to the state as one TasksSubmitted: a burst of
+        submits is one event, not one per task (an event object made in the user's thread and a
+        pass of handle() each cost about as much as the task's record)."""
+        events: list[Event] = []
+        run: list[TaskSpec] = []
+        for item in posted:
+            if type(item) is TaskSpec:
+                run.append(item)
+                continue
+            if run:
+                events.append(TasksSubmitted(time.time(), tuple(run)))
+                run = []
+            events.append(item)  # type: ignore[arg-type]  # not a TaskSpec: an Event
+        if run:
+            events.append(TasksSubmitted(time.time(), tuple(run)))
+        self.apply(*events)
+
     def apply(self, *events: Event) -> None:
         """Hand ``events`` to the state and carry out every instruction it returns, in order."""
         # Wall-clock, as TaskVine's time_scheduling is: time.thread_time() is a system call on many

@@ -39,6 +39,15 @@ class TaskSubmitted(Event):
 
 
 @dataclass(frozen=True)
+class TasksSubmitted(Event):
+    """A burst of ``Manager.submit`` calls applied in one step: the tasks' frozen specs, in the order
+    they were submitted (the manager groups the submits its I/O thread takes together; each spec is
+    handled as a TaskSubmitted of its own would be)."""
+
+    specs: tuple[TaskSpec, ...]
+
+
+@dataclass(frozen=True)
 class TaskCancelled(Event):
     task_id: int
 

@@ -55,6 +55,7 @@ from .events import (  # noqa: F401 - re-exported
     TaskCancelled,
     TaskFinished,
     TasksRetrieved,
+    TasksSubmitted,
     TaskSubmitted,
     Tick,
     TuneChanged,
@@ -174,6 +175,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, Pipelining, PrefetchPlann
         self._recovery_ids = itertools.count(RECOVERY_ID_BASE)
         self._handlers: dict[type, Callable[[Any, list[Instruction]], None]] = {
             TaskSubmitted: self._on_submitted,
+            TasksSubmitted: self._on_tasks_submitted,
             TaskCancelled: self._on_cancelled,
             WorkerJoined: self._on_worker_joined,
             WorkerLost: self._on_worker_lost,
@@ -272,20 +274,37 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, Pipelining, PrefetchPlann
 
     # -- handlers -------------------------------------------------------------------------------------
     def _on_submitted(self, ev: TaskSubmitted, out: list[Instruction]) -> None:
-        t = ev.spec
+        self._submit(ev.spec, out)
+
+    def _on_tasks_submitted(self, ev: TasksSubmitted, out: list[Instruction]) -> None:
+        """A burst of submits in one event: each spec as its own TaskSubmitted would be handled. A
+        spec whose handling raises is reported as that task's TaskSubmitted failing (what one event
+        per task reported) and the specs after it still apply."""
+        submit = self._submit
+        for t in ev.specs:
+            try:
+                submit(t, out)
+            except Exception as exc:  # noqa: BLE001 - as handle() does for an event: reported, the rest go on
+                failed = TaskSubmitted(ev.now, t)
+                self.failed_events.append((failed, exc))
+                out.append(EventFailed(failed, exc))
+
+    def _submit(self, t: TaskSpec, out: list[Instruction]) -> None:
         rec = self.tasks[t.id] = TaskRecord(t.id, t, next(self._seq))
         self.stats["tasks_submitted"] += 1
-        if t.time_end:
-            heapq.heappush(self.deadlines, (t.time_end, t.id))
-        for m in t.inputs:
-            self._file(m.file)
-        for f in t.environments:
-            self._file(f)
-        for m in t.outputs:
-            frec = self._file(m.file)
-            frec.producer = t.id
-            if m.file.kind == "temp":
-                self.lineage[m.file.cache_name] = t
+        end = t.options.time_end
+        if end:
+            heapq.heappush(self.deadlines, (end, t.id))
+        if t.inputs or t.outputs or t.environments:
+            for m in t.inputs:
+                self._file(m.file)
+            for f in t.environments:
+                self._file(f)
+            for m in t.outputs:
+                frec = self._file(m.file)
+                frec.producer = t.id
+                if m.file.kind == "temp":
+                    self.lineage[m.file.cache_name] = t
         self._make_ready(rec, out)
 
     def _push_ready(self, rec: TaskRecord) -> None:

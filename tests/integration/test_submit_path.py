@@ -21,7 +21,8 @@ import pytest
 import core as vine
 from core.api.specs import task_spec
 from core.manager.logs import RunLogs
-from core.state.spec import TaskSpec
+from core.state.scheduler import EventFailed, SchedulerState, TasksSubmitted, TaskSubmitted
+from core.state.spec import MountSpec, TaskSpec
 from core.state.story import Transition
 
 
@@ -164,3 +165,64 @@ def test_submits_from_two_threads_count_every_task(manager) -> None:
     assert manager.stats.tasks_waiting == 2 * per_thread
     by_cores = manager._call(lambda: sorted({rec.spec.requested.cores for rec in manager._state.tasks.values()}))
     assert by_cores == [1.0, 2.0]
+
+
+@pytest.mark.timeout(120)
+def test_a_burst_of_submits_reaches_the_state_in_few_events_in_order(manager) -> None:
+    """A submit posts its spec alone; the I/O thread hands each run of posted specs to the state
+    as one TasksSubmitted. Every task arrives, in submit order, and far fewer events than tasks
+    are made (one TaskSubmitted per task before)."""
+    manager._call(lambda: None)
+    n = 3000
+    ids = [manager.submit(vine.Task("true", cores=1)) for _ in range(n)]
+    assert manager.stats.tasks_waiting == n
+    log = manager._call(lambda: list(manager._state._story.log))
+    made = [(entry[0], entry[1], entry[2]) for entry in log if entry[3] == "new"]
+    assert [tid for tid, _, _ in made] == ids, "every task made ready once, in submit order"
+    assert {name for _, name, _ in made} == {"TasksSubmitted"}
+    events = len({event_id for _, _, event_id in made})
+    assert events < n / 2, f"{events} events for {n} submits"
+
+
+@pytest.mark.timeout(120)
+def test_a_cancel_between_two_submits_applies_between_them(manager) -> None:
+    """Other events keep their place among the posted specs: a run of specs is cut where a cancel
+    was posted, so the cancel finds its task queued (applied before it, it would find nothing and
+    the task would stay queued for ever)."""
+    manager._call(lambda: None)
+    ids, cancelled = [], []
+    for i in range(700):
+        tid = manager.submit(vine.Task("true", cores=1))
+        ids.append(tid)
+        if i % 7 == 3:
+            assert manager.cancel_by_task_id(tid)
+            cancelled.append(tid)
+    back = []
+    while len(back) < len(cancelled):
+        t = manager.wait(30)
+        assert t is not None, f"{len(back)} of {len(cancelled)} cancelled tasks came back"
+        back.append(t)
+    assert sorted(t.id for t in back) == cancelled and {t.result for t in back} == {"cancelled"}
+    assert manager.stats.tasks_waiting == len(ids) - len(cancelled)
+    story = manager._call(lambda: manager._state.story(cancelled[-1]))
+    assert [(s.event, s.start, s.finish) for s in story] == [("TasksSubmitted", "new", "ready"),
+                                                              ("TaskCancelled", "ready", "done")]
+
+
+def test_a_spec_failing_inside_a_batch_is_reported_alone_and_the_rest_apply() -> None:
+    """One bad spec in a TasksSubmitted is reported as its own TaskSubmitted failing (as one event
+    per task reported it); the specs before and after it are still queued."""
+    state = SchedulerState()
+    specs = []
+    for tid in (1, 2, 3):
+        t = vine.Task("true", cores=1)
+        t._id = tid
+        specs.append(task_spec(t))
+    bad = specs[1]._replace(inputs=(MountSpec(None, "x"),))  # type: ignore[arg-type]  # a value no check caught
+    out = state.handle(TasksSubmitted(5.0, (specs[0], bad, specs[2])))
+    failed = [ins for ins in out if isinstance(ins, EventFailed)]
+    assert len(failed) == 1 and isinstance(failed[0].event, TaskSubmitted) and failed[0].event.spec is bad
+    assert state.failed_events[0][0] is failed[0].event and isinstance(failed[0].error, AttributeError)
+    assert state.tasks[1].state == state.tasks[3].state == "ready"
+    assert state.stats["tasks_submitted"] == 3
+    assert [(entry[0], entry[1]) for entry in state._story.log] == [(1, "TasksSubmitted"), (3, "TasksSubmitted")]
