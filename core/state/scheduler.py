@@ -171,6 +171,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, Pipelining, PrefetchPlann
         self.lineage: dict[str, TaskSpec] = {}
         self.recovering: dict[str, int] = {}  # temp name -> id of the recovery task re-making it
         self.pinned_for: defaultdict[str, set[int]] = defaultdict(set)  # temp name -> tasks sent ahead for it (pipelining.py)
+        self._failing: deque[tuple[str, str]] | None = None  # temps whose consumers are being ended (_fail_consumers)
         self.recoveries: dict[str, int] = defaultdict(int)
         self._recovery_ids = itertools.count(RECOVERY_ID_BASE)
         self._handlers: dict[type, Callable[[Any, list[Instruction]], None]] = {
@@ -585,10 +586,29 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, Pipelining, PrefetchPlann
                 what = "recovery copy of task" if rec.recovery else "task"
                 reason = (f"temp file {name} cannot be made: its producer ({what} {rec.id}) ended with '{C.result_string(result)}'"
                           + (f" (exit code {exit_code})" if result == C.VINE_RESULT_SUCCESS else ""))
-                self._fail_waiters(name, reason, out)
-                self._fail_pinned(name, reason, out)  # and the tasks sent ahead for it (pipelining.py)
+                self._fail_consumers(name, reason, out)
             elif self.pinned_for:
                 self.pinned_for.pop(name, None)
+
+    def _fail_consumers(self, name: str, reason: str, out: list[Instruction]) -> None:
+        """End the tasks waiting for temp ``name`` and those sent ahead for it (pipelining.py), which
+        can no longer get it; and, through their own ends, everything downstream of them.
+
+        Iterative on purpose: ending a consumer ends its own consumers, so a chain of N links whose
+        first one fails would otherwise recurse N levels deep (_finish -> _fail_waiters -> _finish)
+        and, past Python's recursion limit, leave the rest of the chain waiting forever. A call made
+        while the cascade runs only queues its file."""
+        if self._failing is not None:
+            self._failing.append((name, reason))
+            return
+        self._failing = pending = deque([(name, reason)])
+        try:
+            while pending:
+                n, r = pending.popleft()
+                self._fail_waiters(n, r, out)
+                self._fail_pinned(n, r, out)
+        finally:
+            self._failing = None
 
     def _on_tasks_retrieved(self, ev: TasksRetrieved, out: list[Instruction]) -> None:
         """Drop finished tasks' records once the user has them (keeps memory flat on long runs)."""

@@ -581,6 +581,31 @@ def test_temp_consumer_waits_then_runs_where_the_temp_is() -> None:
     assert out == [ReturnTask(producer.id, 0, 0)]
 
 
+@pytest.mark.parametrize("pipelining", [0, 1])
+def test_a_long_chain_whose_first_link_fails_ends_every_link(pipelining: int) -> None:
+    """Ending a consumer ends its own consumers: done recursively, a 3,000-link chain passed Python's
+    recursion limit inside the handler, which failed, and left ~2,500 links waiting forever."""
+    sim = Sim({"task-pipelining": pipelining})
+    sim.state.validate = lambda: None  # type: ignore[method-assign]  # O(tasks) per event; checked once below
+    sim.join("w1", cores=1)
+    links, prev = [], None
+    for _ in range(3000):
+        t = Task("step")
+        if prev is not None:
+            t.add_input(prev, "in")
+        prev = File(None, "temp", "temp")
+        t.add_output(prev, "out")
+        links.append(t)
+    sim.submit(*links)
+    out = sim.finish("w1", links[0], exit_code=1)  # exits 1 without making its temp
+    assert list(sim.state.failed_events) == []
+    returned = {i.task_id: i.result for i in of(out, ReturnTask)}
+    assert returned[links[0].id] == C.VINE_RESULT_SUCCESS
+    assert all(returned[t.id] == C.VINE_RESULT_INPUT_MISSING for t in links[1:])
+    assert all(sim.task_state(t) == "done" for t in links)
+    SchedulerState.validate(sim.state)
+
+
 def test_temp_consumer_on_another_worker_fetches_from_the_peer() -> None:
     sim = Sim()
     sim.join("w1")
