@@ -35,7 +35,6 @@ from __future__ import annotations
 import base64
 import os
 import pickle
-import weakref
 from typing import TYPE_CHECKING, Any
 
 from .. import constants as C
@@ -44,7 +43,7 @@ from ..wire.library_runner import load_variable_from_library as _load_variable
 from ..wire.messages import CallRef, TaskDefinition
 from ..wire.remote import decode_result
 from .files import File
-from .python_task import ARGS_NAME, RESULT_NAME, attach_traceback, extract_references, plain_values, serialize
+from .python_task import ARGS_NAME, RESULT_NAME, attach_traceback, extract_references, plain_values, script_file, serialize
 from .task import Task
 
 if TYPE_CHECKING:
@@ -72,15 +71,8 @@ def load_variable_from_library(name: str) -> Any:
 
 
 def library_runner_file(manager: TaskHost) -> File:
-    """The library process's script (core/wire/library_runner.py), cached on workers for good."""
-    f = _LIBRARY_RUNNER_FILES.get(manager)
-    if f is None:
-        f = _LIBRARY_RUNNER_FILES[manager] = manager.declare_file(LIBRARY_RUNNER_PATH, cache="worker")
-    return f
-
-
-# One declared library runner per manager, forgotten with the manager.
-_LIBRARY_RUNNER_FILES: weakref.WeakKeyDictionary[TaskHost, File] = weakref.WeakKeyDictionary()
+    """The library process's script (core/wire/library_runner.py)."""
+    return script_file(manager, LIBRARY_RUNNER_PATH)
 
 
 class LibraryTask(Task):

@@ -290,16 +290,25 @@ def _unchanged(func: types.FunctionType, snapshot: tuple[Any, ...]) -> bool:
     return True
 
 
-def runner_file(manager: TaskHost) -> File:
-    """The standalone runner script (core/wire/remote.py), cached on workers for good."""
-    f = _RUNNER_FILES.get(manager)
+def script_file(manager: TaskHost, path: str) -> File:
+    """A script of ours that workers run (the runner, the library runner): declared once per manager
+    and cached on workers for good."""
+    files = _SCRIPT_FILES.get(manager)
+    if files is None:
+        files = _SCRIPT_FILES[manager] = {}
+    f = files.get(path)
     if f is None:
-        f = _RUNNER_FILES[manager] = manager.declare_file(RUNNER_PATH, cache="worker")
+        f = files[path] = manager.declare_file(path, cache="worker")
     return f
 
 
-# One declared runner file per manager, forgotten with the manager.
-_RUNNER_FILES: weakref.WeakKeyDictionary[TaskHost, File] = weakref.WeakKeyDictionary()
+def runner_file(manager: TaskHost) -> File:
+    """The standalone runner script (core/wire/remote.py)."""
+    return script_file(manager, RUNNER_PATH)
+
+
+# Each manager's declared scripts by path, forgotten with the manager.
+_SCRIPT_FILES: weakref.WeakKeyDictionary[TaskHost, dict[str, File]] = weakref.WeakKeyDictionary()
 
 
 # --- arguments that are other tasks' outputs -------------------------------------------------------------
