@@ -520,9 +520,13 @@ class Task:
         stays unsubmitted. Subclasses should call ``super().submit_finalize()``.
         """
 
-    def __del__(self) -> None:
-        """Nothing to release: a Task holds no handle outside Python. It exists so that subclasses
-        written for TaskVine, whose ``__del__`` ends with ``super().__del__()``, work unchanged."""
+    # Nothing to release: a Task holds no handle outside Python. ``__del__`` exists so that subclasses
+    # written for TaskVine, whose ``__del__`` ends with ``super().__del__()``, work unchanged. It is a
+    # C no-op (``object.__init__`` called with no arguments), not a Python method: CPython runs
+    # pending signal handlers at the start of every Python frame, and a KeyboardInterrupt raised in
+    # a finalizer is printed and dropped, so an empty Python ``__del__`` swallowed Ctrl-C whenever
+    # it arrived while finished tasks were being freed (in DaskVine's get, all the time).
+    __del__ = object.__init__
 
     # -- what the worker receives ---------------------------------------------------------------------
     def _wire_command(self) -> str:

@@ -319,3 +319,31 @@ def test_load_variable_from_library_through_core_utils(manager, start_worker):
         assert ex.submit(ex.future_funcall("ctx-library", "offset_sum", 1, 2)).result(60) == 103
     finally:
         ex.shutdown(wait=False, cancel_futures=True)
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_while_tasks_are_freed_is_not_swallowed():
+    """A SIGINT that arrives while finished tasks are being freed reaches the program.
+
+    CPython runs pending signal handlers at the start of any Python frame and drops an exception
+    raised inside a finalizer, so a Python-level ``Task.__del__`` lost the KeyboardInterrupt (seen
+    as a DaskVine ``get`` that ignored Ctrl-C). 300,000 tasks take long enough to free that the
+    signal, sent the moment freeing starts, arrives during it.
+    """
+    import signal
+    import threading
+
+    tasks = [vine.Task("true") for _ in range(300_000)]
+    freeing, never = threading.Event(), threading.Event()
+
+    def interrupt() -> None:
+        freeing.wait(30)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    sender = threading.Thread(target=interrupt, daemon=True)
+    sender.start()
+    with pytest.raises(KeyboardInterrupt):
+        freeing.set()
+        tasks.clear()
+        never.wait(30)  # the interrupt, if it was kept, ends this wait at once
+    sender.join(30)
