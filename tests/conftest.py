@@ -13,6 +13,13 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# The tests that press Ctrl-C (a real SIGINT to this process or to a child) test what a user at a
+# terminal gets. A shell that starts a command in the background without job control (`cmd &` in a
+# script, as a CI launcher may) starts it with SIGINT ignored, and Python then keeps it ignored, in
+# this process and in every child it spawns; give the suite the terminal's KeyboardInterrupt back.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 class WorkerProcess:
     """A real ``vine_worker`` process connected to a manager on localhost."""
