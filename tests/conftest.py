@@ -113,6 +113,19 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 30, what: str = "
         delay = min(delay * 2, 0.1)
 
 
+def process_gone(p: "object") -> bool:
+    """Whether the process ``p`` (a pid or a psutil.Process) has exited: gone or a zombie. Its parent may
+    reap it between any two psutil calls, so one that finds no process at all also means gone."""
+    import psutil
+
+    try:
+        if isinstance(p, int):
+            p = psutil.Process(p)
+        return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE  # type: ignore[attr-defined]
+    except psutil.NoSuchProcess:
+        return True
+
+
 def wait_for_workers(m: "object", n: int, timeout: float = 30) -> None:
     wait_until(lambda: m.stats.workers_connected >= n, timeout, f"{n} worker(s) to connect")  # type: ignore[attr-defined]
 

@@ -15,7 +15,7 @@ import pytest
 import core as vine
 from core.deploy.factory import Factory
 from core.errors import FactoryError
-from tests.conftest import ROOT, drain, wait_for_workers, wait_until
+from tests.conftest import ROOT, drain, process_gone, wait_for_workers, wait_until
 
 
 def worker_processes(marker: str) -> list[psutil.Process]:
@@ -168,7 +168,7 @@ def test_stop_reaps_workers(manager, tmp_path, no_orphans):
     finally:
         f.stop()
     assert not worker_processes(str(tmp_path))
-    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
+    assert all(process_gone(p) for p in pids)
     wait_until(lambda: manager.stats.workers_connected == 0, 15, "workers to disconnect")
 
 

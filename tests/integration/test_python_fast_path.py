@@ -19,7 +19,7 @@ import pytest
 import core as vine
 from core.api.python_task import ARGS_NAME, INLINE_ARGS_LIMIT
 from core.worker.forkserver import INLINE_RESULT_LIMIT
-from tests.conftest import drain, wait_until
+from tests.conftest import drain, process_gone, wait_until
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -141,7 +141,7 @@ def test_a_killed_fork_server_is_replaced_and_its_cache_rebuilt(manager, start_w
     servers = [p for p in psutil.Process(w.pid).children() if "core.worker.forkserver" in " ".join(p.cmdline())]
     assert len(servers) == 1
     servers[0].send_signal(signal.SIGKILL)
-    wait_until(lambda: not servers[0].is_running() or servers[0].status() == psutil.STATUS_ZOMBIE, 30, "fork server gone")
+    wait_until(lambda: process_gone(servers[0]), 30, "fork server gone")
     again = [vine.PythonTask(pid) for _ in range(3)]
     for t in again:
         manager.submit(t)
