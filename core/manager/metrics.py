@@ -13,7 +13,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .. import constants as C
@@ -69,17 +69,14 @@ class TaskTimes:
         self.weighted = inst if self.tasks == 1 else (1 - CAPACITY_WEIGHT) * self.weighted + CAPACITY_WEIGHT * inst
 
 
-def waiting_minimum(tasks: Mapping[int, Any]) -> dict[str, float] | None:
-    """The smallest cores/memory/disk/gpus a waiting task asks for (None: no task waits)."""
+def waiting_minimum(shapes: Iterable[Any]) -> dict[str, float] | None:
+    """The smallest cores/memory/disk/gpus a waiting task asks for (None: no task waits).
+
+    ``shapes``: the distinct requests of the ready and waiting tasks, which the scheduler keeps
+    (``SchedulerState.waiting_shapes``; a run's tasks ask for a few): no walk of the tasks.
+    """
     need: dict[str, float] | None = None
-    seen: set[Any] = set()  # the tasks of a run ask for a few shapes (frozen, shared boxes): look at each once
-    for rec in tasks.values():
-        if rec.state != "ready" and rec.state != "waiting":
-            continue
-        req = rec.spec.requested
-        if req in seen:
-            continue
-        seen.add(req)
+    for req in shapes:
         row = {k: float(getattr(req, k) or 0) for k in ("cores", "memory", "disk", "gpus")}
         need = row if need is None else {k: min(need[k], v) for k, v in row.items()}
     return need
@@ -93,7 +90,7 @@ def performance_columns(s: dict[str, float], state: Any, metrics: ManagerMetrics
     task times and the µs it spent scheduling, polling in ``wait`` and on its I/O thread's CPU.
     """
     workers, blocked_hosts = state.workers, state.blocked_hosts
-    waiting_min = waiting_minimum(state.tasks)
+    waiting_min = waiting_minimum(state.waiting_shapes)
     times, busy = metrics.times, metrics.busy
     ws = list(workers.values())
     s["workers_init"] = pending_links

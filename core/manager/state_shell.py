@@ -247,9 +247,10 @@ class StateShell:
                 log.exception("tick failed")
 
     def _performance_tick(self, now: float) -> None:
-        """A performance-log line when one is due. Collecting the stats walks every task, so they
-        are only collected when a line could be written; with many tasks known, a row found
-        unchanged is looked at again after a whole interval rather than at every tick."""
+        """A performance-log line when one is due. The stats are only collected when a line could be
+        written (they walk the workers and links; the scheduler keeps the task counts); with many
+        tasks known, a row found unchanged is looked at again after a whole interval rather than at
+        every tick."""
         interval = self._state.tuning.get("perf-log-interval", 5)
         if now < self._perf_check_at or not self._logs.performance_due(now, interval):
             return

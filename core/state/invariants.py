@@ -2,7 +2,8 @@
 
 Allocated resources never exceed a worker's capacity and equal what its tasks and library
 instances hold; every replica sits on a connected worker; every dispatched task is on a connected
-worker; no handler raised; no task took a transition the table does not allow (core/state/story.py).
+worker; the task counts and waiting requests the scheduler keeps match its tasks; no handler raised;
+no task took a transition the table does not allow (core/state/story.py).
 Mixed into :class:`core.state.scheduler.SchedulerState`.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .events import Event
@@ -24,6 +25,8 @@ class Invariants:
 
     if TYPE_CHECKING:  # state owned by SchedulerState, declared for the type checker
         tasks: dict[int, TaskRecord]
+        state_counts: dict[str, int]
+        waiting_shapes: dict[Any, int]
         workers: dict[str, WorkerRecord]
         files: dict[str, FileRecord]
         tuning: dict[str, float]
@@ -55,6 +58,15 @@ class Invariants:
         for name, frec in self.files.items():
             for wid in frec.replicas:
                 assert wid in self.workers, f"replica of {name} on disconnected worker {wid}"
+        counts = {"waiting": 0, "ready": 0, "dispatched": 0, "done": 0}
+        shapes: dict[Any, int] = {}
+        for rec in self.tasks.values():
+            if rec.state != "new":
+                counts[rec.state] += 1
+            if rec.state == "ready" or rec.state == "waiting":
+                shapes[rec.spec.requested] = shapes.get(rec.spec.requested, 0) + 1
+        assert counts == self.state_counts, f"task counts kept {self.state_counts}, but the tasks are {counts}"
+        assert shapes == self.waiting_shapes, f"waiting requests kept {self.waiting_shapes}, but the tasks ask {shapes}"
         for rec in self.tasks.values():
             if rec.state == "dispatched":
                 assert rec.worker in self.workers, f"task {rec.id} dispatched to missing worker {rec.worker}"
