@@ -197,11 +197,12 @@ class WorkerLinks:
     def _waiting_requests(self) -> dict[str, float]:
         """Resources requested by waiting tasks (unset counts 1 core), so a factory can size workers."""
         totals = {f"tasks_total_{r}": 0.0 for r in ("cores", "memory", "disk", "gpus")}
-        for rec in self._state.tasks.values():
-            if rec.state in ("ready", "waiting") and not rec.recovery:
-                for r in ("cores", "memory", "disk", "gpus"):
-                    v = getattr(rec.spec.requested, r)
-                    totals[f"tasks_total_{r}"] += v if v > 0 else (1.0 if r == "cores" else 0.0)
+        recovery = self._state.recovery_shapes  # (hidden recovery copies are not counted)
+        for box, n in self._state.waiting_shapes.items():  # the distinct requests, kept by the scheduler
+            n -= recovery.get(box, 0)
+            for r in ("cores", "memory", "disk", "gpus"):
+                v = getattr(box, r)
+                totals[f"tasks_total_{r}"] += n * (v if v > 0 else (1.0 if r == "cores" else 0.0))
         return totals
 
     async def _serve_worker(self, conn: Connection, ready_frame: Frame) -> None:

@@ -27,6 +27,7 @@ class Invariants:
         tasks: dict[int, TaskRecord]
         state_counts: dict[str, int]
         waiting_shapes: dict[Any, int]
+        recovery_shapes: dict[Any, int]
         workers: dict[str, WorkerRecord]
         files: dict[str, FileRecord]
         tuning: dict[str, float]
@@ -60,13 +61,17 @@ class Invariants:
                 assert wid in self.workers, f"replica of {name} on disconnected worker {wid}"
         counts = {"waiting": 0, "ready": 0, "dispatched": 0, "done": 0}
         shapes: dict[Any, int] = {}
+        recovery: dict[Any, int] = {}
         for rec in self.tasks.values():
             if rec.state != "new":
                 counts[rec.state] += 1
             if rec.state == "ready" or rec.state == "waiting":
                 shapes[rec.spec.requested] = shapes.get(rec.spec.requested, 0) + 1
+                if rec.recovery:
+                    recovery[rec.spec.requested] = recovery.get(rec.spec.requested, 0) + 1
         assert counts == self.state_counts, f"task counts kept {self.state_counts}, but the tasks are {counts}"
         assert shapes == self.waiting_shapes, f"waiting requests kept {self.waiting_shapes}, but the tasks ask {shapes}"
+        assert recovery == self.recovery_shapes, f"recovery requests kept {self.recovery_shapes}, but the copies ask {recovery}"
         for rec in self.tasks.values():
             if rec.state == "dispatched":
                 assert rec.worker in self.workers, f"task {rec.id} dispatched to missing worker {rec.worker}"

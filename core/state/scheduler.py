@@ -127,6 +127,15 @@ DEFAULT_TUNING: dict[str, float] = {
 RECOVERY_ID_BASE = 1 << 40  # hidden recovery copies of tasks get ids above every user task id
 
 
+def _count(counts: dict[Any, int], key: Any, change: int) -> None:
+    """Add ``change`` to ``counts[key]``; a count that reaches 0 is removed."""
+    n = counts.get(key, 0) + change
+    if n:
+        counts[key] = n
+    else:
+        del counts[key]
+
+
 class SchedulerState(TransferPlanner, RecoveryPlanner, Pipelining, PrefetchPlanner, SettingsHandlers, Invariants):
     """Tasks, files, replicas and workers, and every decision about them.
 
@@ -145,6 +154,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, Pipelining, PrefetchPlann
         # task: with 200,000 tasks queued, each performance-log line and each m.stats read was a walk.
         self.state_counts: dict[str, int] = {"waiting": 0, "ready": 0, "dispatched": 0, "done": 0}
         self.waiting_shapes: dict[Resources, int] = {}  # requested box -> tasks ready or waiting with it
+        self.recovery_shapes: dict[Resources, int] = {}  # the same for the hidden recovery copies among them
         self.workers: dict[str, WorkerRecord] = {}
         self.files: dict[str, FileRecord] = {}
         # Entries are (class, -priority, submission order, task id); the record keeps its own entry
@@ -257,15 +267,10 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, Pipelining, PrefetchPlann
         counts[finish] += 1
         queued_before = start == "ready" or start == "waiting"
         if queued_before != (finish == "ready" or finish == "waiting"):
-            shapes, box = self.waiting_shapes, rec.spec.requested
-            if queued_before:
-                left = shapes[box] - 1
-                if left:
-                    shapes[box] = left
-                else:
-                    del shapes[box]
-            else:
-                shapes[box] = shapes.get(box, 0) + 1
+            box = rec.spec.requested
+            _count(self.waiting_shapes, box, -1 if queued_before else 1)
+            if rec.recovery:
+                _count(self.recovery_shapes, box, -1 if queued_before else 1)
 
     def story(self, task_id: int) -> list[Transition]:
         """What happened to task ``task_id``: each transition (event name and id, start and finish

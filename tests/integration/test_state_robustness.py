@@ -304,6 +304,30 @@ def test_vine_status_lists_more_tasks_than_one_frame_holds(manager, capsys):
     manager.cancel_all()
 
 
+@pytest.mark.timeout(60)
+def test_the_manager_status_sums_what_the_queued_tasks_ask_for(manager):
+    """The totals a factory sizes its workers by, from the requests the scheduler keeps per shape:
+    unset cores count one, a cancelled task nothing."""
+    from core.tools import status as vine_status
+
+    for cores, memory in [(2, 100), (2, 100), (None, 500), (1, None)]:
+        t = vine.Task("true")
+        if cores:
+            t.set_cores(cores)
+        if memory:
+            t.set_memory(memory)
+        manager.submit(t)
+    big = vine.Task("true")
+    big.set_cores(8)
+    manager.submit(big)
+    manager.cancel_by_task_id(big.id)
+    (row,) = vine_status.query_status("127.0.0.1", manager.port, "manager", timeout=30)
+    assert row["tasks_waiting"] == 4
+    assert (row["tasks_total_cores"], row["tasks_total_memory"], row["tasks_total_disk"]) == (6, 700, 0)
+    assert manager.stats.tasks_waiting == 4
+    manager.cancel_all()
+
+
 @pytest.mark.timeout(90)
 def test_a_worker_with_25000_forever_files_joins(manager, start_worker, tmp_path):
     """Its ready used to list them all in one header (1.5 MB here); now the listing follows in pages."""
