@@ -127,6 +127,22 @@ DEFAULT_TUNING: dict[str, float] = {
 RECOVERY_ID_BASE = 1 << 40  # hidden recovery copies of tasks get ids above every user task id
 
 
+def request_sample(shapes: dict[Resources, int], limit: int) -> list[Resources]:
+    """At most ``limit`` requests of the queued tasks, in their shapes' proportions (each shape at
+    least once): all of them when that many or fewer are queued. From the kept shapes, so a large
+    queue is not walked for it."""
+    total = sum(shapes.values())
+    if total <= limit:
+        return [box for box, n in shapes.items() for _ in range(n)]
+    share = {box: max(1, round(n * limit / total)) for box, n in shapes.items()}
+    while sum(share.values()) > limit:  # (rounding up the rare ones): the commonest give way
+        common = max(share, key=share.__getitem__)
+        if share[common] == 1:
+            break  # more shapes than the limit: one of each, cut below
+        share[common] -= 1
+    return [box for box, n in share.items() for _ in range(n)][:limit]
+
+
 def _count(counts: dict[Any, int], key: Any, change: int) -> None:
     """Add ``change`` to ``counts[key]``; a count that reaches 0 is removed."""
     n = counts.get(key, 0) + change
@@ -772,8 +788,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, Pipelining, PrefetchPlann
         for w in self.workers.values():
             total = total + w.total
             committed = committed + w.committed
-        sample = [rec.spec.requested for rec in itertools.islice(
-            (r for r in self.tasks.values() if r.state in ("ready", "waiting")), 100)]
+        sample = request_sample(self.waiting_shapes, 100)
         return hungry_count(
             workers=len(self.workers),
             waiting=counts["ready"] + counts["waiting"],

@@ -1041,6 +1041,25 @@ def test_hungry_counts_from_the_state() -> None:
     sim.state.validate()
 
 
+def test_the_hungry_sample_follows_the_queued_shapes() -> None:
+    """hungry() samples at most 100 queued requests from the shapes the state keeps: all of them
+    when 100 or fewer wait, else in their proportions, each shape at least once."""
+    small, big, rare = Resources(1, 100, 10, 0), Resources(4, 4000, 10, 0), Resources(2, 10, 10, 1)
+    assert Counter(S.request_sample({small: 3, big: 2}, 100)) == {small: 3, big: 2}
+    sample = S.request_sample({small: 900, big: 300, rare: 1}, 100)
+    assert Counter(sample) == {small: 74, big: 25, rare: 1}
+    assert S.request_sample({}, 100) == []
+    sim = Sim({"hungry-minimum": 11})
+    sim.join("w1", cores=4, memory=4000, disk=4000)
+    for i in range(150):
+        t = Task("true")
+        t.set_cores(1 if i % 3 else 4)
+        sim.submit(t)
+    assert sum(sim.state.waiting_shapes.values()) == sim.state.counts()["ready"] + sim.state.counts()["waiting"]
+    assert sim.state.hungry() == 0  # far more queued than the pool could take
+    sim.state.validate()
+
+
 def test_time_end_expires_on_tick_even_without_workers():
     from core.api.specs import task_spec
     from core.api.task import Task
