@@ -115,9 +115,15 @@ class DescendantWatcher(threading.Thread):
         for proc in children:
             try:
                 key = (proc.pid, proc.create_time())
+                cmdline = proc.cmdline()
                 with self._lock:
-                    if key not in self.seen:
-                        self.seen[key] = SeenProcess(proc, proc.cmdline())
+                    known = self.seen.get(key)
+                    if known is None:
+                        self.seen[key] = SeenProcess(proc, cmdline)
+                    elif cmdline and known.cmdline != cmdline:
+                        # First seen between its fork and its exec (with its parent's command line):
+                        # it is what it became, a worker or the program a shell started.
+                        known.cmdline = cmdline
             except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
                 continue  # it ended between the listing and the question
 
@@ -379,6 +385,11 @@ def _left_behind(seen: list[SeenProcess]) -> list[SeenProcess]:
     while alive and time.monotonic() < deadline:
         time.sleep(0.1)
         alive = [p for p in alive if p.running()]
+    for p in alive:  # what each is now: one last seen between its fork and its exec has exec'd since
+        try:
+            p.cmdline = p.process.cmdline() or p.cmdline
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            pass
     return alive
 
 

@@ -128,9 +128,15 @@ def test_runner_finds_and_kills_a_worker_left_behind(tmp_path):
 
 @pytest.mark.notebooks
 @pytest.mark.timeout(120)
-def test_runner_finds_a_process_that_left_the_kernels_tree(tmp_path):
+@pytest.mark.parametrize("command", [
     # sh starts the sleep in the background and exits at once: the sleep is reparented, never the kernel's descendant.
-    cell = "import subprocess\nsubprocess.run(['sh', '-c', 'sleep 300 >/dev/null 2>&1 &'], check=True)"
+    "sleep 300 >/dev/null 2>&1 &",
+    # The watcher sees the background subshell, still a descendant, before it execs the sleep (as it may see
+    # any child between its fork and its exec): it must report what the process became.
+    "(sleep 1; exec sleep 300) >/dev/null 2>&1 & sleep 0.6",
+], ids=["at once", "seen before its exec"])
+def test_runner_finds_a_process_that_left_the_kernels_tree(tmp_path, command):
+    cell = f"import subprocess\nsubprocess.run(['sh', '-c', {command!r}], check=True)"
     path = _write_notebook(tmp_path / "escaped.ipynb", [cell])
     run = run_notebook(path, str(tmp_path), timeout=60, record=False)
     assert run.error is None, str(run.error)
