@@ -354,7 +354,12 @@ def run_notebook(path: str, workdir: str, timeout: float = 240.0, record: bool =
             run.missed_wakeups = sum(r.missed for r in receivers)
             watcher.stop()
             run.seen = watcher.snapshot()
-            run.left_behind = _left_behind(run.seen)
+            # Also what left the kernel's tree (double-forked, reparented), looked for now: the kernel's
+            # shutdown may signal its whole process group (jupyter_client does when the kernel is slow to
+            # exit), which would end such a process before the search below could see it was left.
+            known = {p.process.pid for p in run.seen} | {pid}
+            escaped = [p for p in marked_processes(marker) if p.process.pid not in known]
+            run.left_behind = _left_behind(run.seen + escaped)
             _kill(run.left_behind)
     # The kernel has shut down: whatever still carries the marker outlived the notebook and its kernel.
     strays = _left_behind(marked_processes(marker))

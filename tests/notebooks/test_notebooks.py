@@ -141,7 +141,20 @@ def test_runner_finds_a_process_that_left_the_kernels_tree(tmp_path, command):
     run = run_notebook(path, str(tmp_path), timeout=60, record=False)
     assert run.error is None, str(run.error)
     escaped = [p for p in run.left_behind if p.cmdline[:2] == ["sleep", "300"]]
-    assert len(escaped) == 1 and not escaped[0].running()
+    assert len(escaped) == 1 and not escaped[0].running(), ([p.describe() for p in run.left_behind], [p.describe() for p in run.seen])
+
+
+@pytest.mark.notebooks
+@pytest.mark.timeout(120)
+def test_runner_finds_an_escaped_process_before_a_slow_kernel_shutdown_ends_it(tmp_path):
+    # A kernel slow to exit gets SIGTERM from jupyter_client, to its whole process group, which the
+    # escaped sleep is still in: the runner must have found it before that.
+    cells = ["import subprocess\nsubprocess.run(['sh', '-c', 'sleep 300 >/dev/null 2>&1 &'], check=True)",
+             "import atexit, time\natexit.register(time.sleep, 6)"]
+    run = run_notebook(_write_notebook(tmp_path / "slow-exit.ipynb", cells), str(tmp_path), timeout=60, record=False)
+    assert run.error is None, str(run.error)
+    escaped = [p for p in run.left_behind if p.cmdline[:2] == ["sleep", "300"]]
+    assert len(escaped) == 1 and not escaped[0].running(), [p.describe() for p in run.left_behind]
 
 
 @pytest.mark.notebooks
