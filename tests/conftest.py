@@ -126,6 +126,22 @@ def process_gone(p: "object") -> bool:
         return True
 
 
+def children_running(pid: int, marker: str, recursive: bool = False) -> list["object"]:
+    """The children (all descendants with ``recursive``) of process ``pid`` whose command line
+    holds ``marker``; one that exits while it is asked (between the listing and its command line)
+    is left out, not an error."""
+    import psutil
+
+    found = []
+    for child in psutil.Process(pid).children(recursive=recursive):
+        try:
+            if marker in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.NoSuchProcess:  # (a zombie's ZombieProcess is one)
+            continue
+    return found
+
+
 def wait_for_workers(m: "object", n: int, timeout: float = 30) -> None:
     wait_until(lambda: m.stats.workers_connected >= n, timeout, f"{n} worker(s) to connect")  # type: ignore[attr-defined]
 

@@ -15,7 +15,7 @@ import pytest
 import core as vine
 from core.deploy.factory import Factory
 from core.errors import FactoryError
-from tests.conftest import ROOT, drain, process_gone, wait_for_workers, wait_until
+from tests.conftest import ROOT, children_running, drain, process_gone, wait_for_workers, wait_until
 
 
 def worker_processes(marker: str) -> list[psutil.Process]:
@@ -344,7 +344,7 @@ def test_killed_program_leaves_no_workers(tmp_path, no_orphans):
         line = prog.stdout.readline()
         assert line.strip() == b"connected", line + prog.stdout.read() if prog.poll() is not None else line
         assert len(worker_processes(str(tmp_path))) == 1
-        factories = [p for p in psutil.Process(prog.pid).children() if "core.deploy.factory" in " ".join(p.cmdline())]
+        factories = children_running(prog.pid, "core.deploy.factory")
         assert len(factories) == 1
         prog.kill()
         prog.wait(10)

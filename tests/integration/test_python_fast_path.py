@@ -19,7 +19,7 @@ import pytest
 import core as vine
 from core.api.python_task import ARGS_NAME, INLINE_ARGS_LIMIT
 from core.worker.forkserver import INLINE_RESULT_LIMIT
-from tests.conftest import drain, process_gone, wait_until
+from tests.conftest import children_running, drain, process_gone, wait_until
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -136,9 +136,7 @@ def test_a_killed_fork_server_is_replaced_and_its_cache_rebuilt(manager, start_w
     first = vine.PythonTask(pid)
     manager.submit(first)
     drain(manager, 60)
-    import psutil
-
-    servers = [p for p in psutil.Process(w.pid).children() if "core.worker.forkserver" in " ".join(p.cmdline())]
+    servers = children_running(w.pid, "core.worker.forkserver")
     assert len(servers) == 1
     servers[0].send_signal(signal.SIGKILL)
     wait_until(lambda: process_gone(servers[0]), 30, "fork server gone")

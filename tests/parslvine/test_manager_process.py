@@ -11,7 +11,7 @@ import textwrap
 import psutil
 import pytest
 
-from tests.conftest import wait_until
+from tests.conftest import children_running, wait_until
 from tests.parslvine.conftest import MODES, make_executor, start_executor
 
 pytestmark = pytest.mark.timeout(120)
@@ -41,8 +41,7 @@ def test_the_manager_runs_in_its_own_process(tmp_path, executors, mode):
     assert pid != os.getpid() and psutil.Process(pid).ppid() == os.getpid()
     assert ex.submit(_square, {}, 6).result(timeout=60) == 36
     # The factory's workers are the manager process's children, not ours.
-    wait_until(lambda: any("core.worker" in " ".join(c.cmdline()) for c in psutil.Process(pid).children(recursive=True)),
-               30, "a worker under the manager process")
+    wait_until(lambda: bool(children_running(pid, "core.worker", recursive=True)), 30, "a worker under the manager process")
     ex.shutdown()
     wait_until(lambda: not _alive({pid}), 30, "the manager process to exit at shutdown")
 
