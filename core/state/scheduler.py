@@ -135,12 +135,14 @@ def request_sample(shapes: dict[Resources, int], limit: int) -> list[Resources]:
     if total <= limit:
         return [box for box, n in shapes.items() for _ in range(n)]
     share = {box: max(1, round(n * limit / total)) for box, n in shapes.items()}
-    while sum(share.values()) > limit:  # (rounding up the rare ones): the commonest give way
-        common = max(share, key=share.__getitem__)
-        if share[common] == 1:
-            break  # more shapes than the limit: one of each, cut below
-        share[common] -= 1
-    return [box for box, n in share.items() for _ in range(n)][:limit]
+    excess = sum(share.values()) - limit  # (from rounding the rare ones up): the commonest give it back
+    for box in sorted(share, key=share.__getitem__, reverse=True):
+        if excess <= 0:
+            break
+        give = min(excess, share[box] - 1)
+        share[box] -= give
+        excess -= give
+    return [box for box, n in share.items() for _ in range(n)][:limit]  # (more shapes than limit: cut)
 
 
 def _count(counts: dict[Any, int], key: Any, change: int) -> None:
@@ -782,7 +784,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, Pipelining, PrefetchPlann
         return dict(self.state_counts)
 
     def hungry(self) -> int:
-        counts = self.counts()
+        counts = self.state_counts
         total = Resources(0, 0, 0, 0)
         committed = Resources(0, 0, 0, 0)
         for w in self.workers.values():
