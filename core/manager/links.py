@@ -28,6 +28,7 @@ from ..state.scheduler import (
     CacheInvalid,
     CacheUpdated,
     Dispatch,
+    Event,
     FetchPeer,
     FetchUrl,
     Instruction,
@@ -132,6 +133,10 @@ class WorkerLinks:
         self._fetch_ids = iter(range(1, 1 << 62))
         self._write_batch: WriteBatch | None = None  # made in the loop, at the first connection
         self._frames_answered = frames_answered  # after the answers to a read's frames are written (wakes wait())
+        # The ends of tasks read in one socket read, applied to the state together when the read's
+        # frames are handled (see _defer_finish); the task ids among them.
+        self._finished: list[Event] = []
+        self._finished_ids: set[int] = set()
 
     async def on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = Connection(reader, writer)
@@ -265,11 +270,16 @@ class WorkerLinks:
                     fut.set_exception(TransferError(f"worker {wid} disconnected during fetch"))
             self._counters["bytes_sent"] += conn.bytes_sent
             self._counters["bytes_received"] += conn.bytes_received
+            if self._finished:
+                self._apply_finished()  # what its last read ended, before the worker's loss
             self._apply(WorkerLost(time.time(), wid, reason))
 
     def _answered(self) -> None:
-        """The frames of a read are handled: their answers (the next tasks) are written first, then
-        the user's threads waiting for the tasks that finished are woken, in this loop turn."""
+        """The frames of a read are handled: the tasks they ended go to the state in one step, their
+        answers (the next tasks) are written first, then the user's threads waiting for the tasks
+        that finished are woken, in this loop turn."""
+        if self._finished:
+            self._apply_finished()
         if self._write_batch is not None:
             self._write_batch.flush()
         if self._frames_answered is not None:
@@ -285,9 +295,25 @@ class WorkerLinks:
         self._on_worker_frame(link, frame)
         self._counters["time_status_msgs"] += (time.perf_counter() - began) * 1e6 - (busy["scheduling"] - scheduling)
 
+    def _defer_finish(self, events: list[Event], task_id: int) -> None:
+        """Hold a task's end (and the outputs it cached) until the rest of the read's frames are
+        handled: a worker answers with a run of ``complete`` frames at once (one per call its
+        library instances finished), and the state then takes them in one step, with one
+        scheduling pass for all of them instead of one per task."""
+        self._finished += events
+        self._finished_ids.add(task_id)
+
+    def _apply_finished(self) -> None:
+        events, self._finished, self._finished_ids = self._finished, [], set()
+        self._apply(*events)
+
     def _on_worker_frame(self, link: WorkerLink, frame: Frame) -> None:
         msg = frame.message  # decoded and checked here: a bad field ends this worker's connection
         now = time.time()
+        if self._finished and (type(msg) is not M.Complete or msg.id < 0 or msg.id in self._finished_ids):
+            # Any other frame, a library instance's end, or a second end of the same task: after
+            # the ends held so far, in the order the worker sent them.
+            self._apply_finished()
         if isinstance(msg, M.Complete):
             self._on_complete(link, frame)
         elif isinstance(msg, M.CacheUpdate):
@@ -568,13 +594,13 @@ class WorkerLinks:
         now = time.time()
         # Outputs the worker cached, then the end of the task, in one scheduling step: a consumer of
         # a temp output finds both the file and the producer's slot free on this worker.
-        arrived = []
+        arrived: list[Event] = []
         for name, size in msg.cached.items():
             self._logs.cache_update(link.id, name, size)
             arrived.append(CacheUpdated(now, link.id, name, size))
-        self._apply(*arrived, TaskFinished(now, link.id, tid, result, code, msg.retry,
-                                 tuple(msg.unlinked), max(0.0, end - start) if start else 0.0,
-                                 tuple(msg.limits), msg.missing_input, measured_box))
+        arrived.append(TaskFinished(now, link.id, tid, result, code, msg.retry, tuple(msg.unlinked),
+                                    max(0.0, end - start) if start else 0.0, tuple(msg.limits), msg.missing_input, measured_box))
+        self._defer_finish(arrived, tid)
 
     def start_fetch(self, f: File, fut: concurrent.futures.Future[bytes]) -> None:
         rec = self._state.files.get(f.cache_name)

@@ -120,8 +120,9 @@ class Connection:
         return at the peer's clean end (or our own close), or raise what ended the stream (a frame
         cut off at EOF, a connection error) or what ``handle`` raised: then no further frame is
         handed over, and the caller closes the connection. ``answered`` runs once the frames of a
-        read have been handled; without it, this connection's write batch is flushed then (the
-        answers to those frames leave before anything else the loop does: see WriteBatch).
+        read have been handled (the frames already received count as one read), and may raise as
+        ``handle`` may; without it, this connection's write batch is flushed then (the answers to
+        those frames leave before anything else the loop does: see WriteBatch).
 
         For a long-lived peer whose frames are all handled the same way (the manager's workers):
         a frame read through ``recv`` costs a future, a wake-up of the waiting coroutine and a turn
@@ -136,6 +137,8 @@ class Connection:
                 if frame is None:
                     return
                 handle(frame)
+                if answered is not None:
+                    answered()
         ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         delivery = _FrameDelivery(self, handle, answered, ended, transport.get_protocol())
         frames, self._frames = list(self._frames), collections.deque()
@@ -145,7 +148,7 @@ class Connection:
         if getattr(self.reader, "_paused", False):  # the reader paused reading on a full buffer, emptied now
             setattr(self.reader, "_paused", False)
             transport.resume_reading()
-        delivery.handle_frames(frames)
+        delivery.deliver(frames)
         if data and not ended.done():
             delivery.data_received(data)
         if self.reader.at_eof() and not ended.done():
@@ -256,11 +259,19 @@ class _FrameDelivery(asyncio.Protocol):
         except RemoteProtocolError as exc:
             self._finish(exc)
             return
+        self.deliver(frames)
+
+    def deliver(self, frames: list[Frame]) -> None:
+        """Hand on the frames of one read, then say the read is handled (``answered``: the caller
+        may have held back work until then, which ends the stream too if it raises)."""
         self.handle_frames(frames)
         if self._answered is not None:
-            self._answered()
-        elif conn.write_batch is not None:
-            conn.write_batch.flush()  # the answers to these frames, before anything else (see WriteBatch)
+            try:
+                self._answered()
+            except Exception as exc:  # noqa: BLE001 - as in handle_frames: the caller's to judge
+                self._finish(exc)
+        elif self._conn.write_batch is not None:
+            self._conn.write_batch.flush()  # the answers to these frames, before anything else (see WriteBatch)
 
     def end_of_stream(self, exc: BaseException | None) -> None:
         conn = self._conn

@@ -41,7 +41,8 @@ def hello(**over: Any) -> bytes:
 class HostileWorker:
     """Joins a manager like a worker (resources, features), is given tasks, then does as a row says."""
 
-    def __init__(self, port: int, name: str, features: tuple[str, ...] = (), password: bytes | None = None) -> None:
+    def __init__(self, port: int, name: str, features: tuple[str, ...] = (), password: bytes | None = None,
+                 cores: int = 1, disk: int = 1) -> None:
         self.id = f"worker-hostile-{name}"
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=15)
         self.dec = FrameDecoder()
@@ -55,7 +56,7 @@ class HostileWorker:
             self.sock.sendall(frame({"type": "auth", "proof": auth_proof(password, "client", welcome["nonce"])}))
             proof = self.recv()
             assert proof.type == "auth" and check_proof(password, "server", nonce, proof["proof"]), proof.header
-        self.sock.sendall(frame({"type": "ready", "resources": {"cores": 1, "memory": 1000, "disk": 1, "gpus": 0},
+        self.sock.sendall(frame({"type": "ready", "resources": {"cores": cores, "memory": 1000, "disk": disk, "gpus": 0},
                                  "cache": {}, "hostname": "hostile", "worker_id": self.id, "features": list(features)}))
 
     def recv(self) -> Frame:
