@@ -7,6 +7,9 @@ if they had come in two reads), and a bad frame after a run of ends leaves the e
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import pytest
 
 import core as vine
@@ -36,9 +39,20 @@ def _given(m, fw: HostileWorker, feature: str, n: int) -> list[int]:
     return ids
 
 
-def test_a_run_of_ends_in_one_read_keeps_each(m):
-    fw = HostileWorker(m.port, "batch", features=("batch",), cores=4, disk=100)
+@contextlib.contextmanager
+def raw_worker(m, name: str, cores: int) -> Iterator[HostileWorker]:
+    """A raw-socket worker with ``cores`` and the feature ``name``; gone afterwards, the manager still working."""
+    fw = HostileWorker(m.port, name, features=(name,), cores=cores, disk=100)
     try:
+        yield fw
+    finally:
+        fw.close()
+    wait_until(lambda: m.stats.workers_connected == 1, 15, "the worker to leave")
+    assert_still_works(m)
+
+
+def test_a_run_of_ends_in_one_read_keeps_each(m):
+    with raw_worker(m, "batch", 4) as fw:
         ids = _given(m, fw, "batch", 4)
         fw.sock.sendall(b"".join(_complete(tid, code=i, out=f"out {i}\n".encode()) for i, tid in enumerate(ids)))
         done = {}
@@ -55,15 +69,10 @@ def test_a_run_of_ends_in_one_read_keeps_each(m):
         again = _given(m, fw, "batch", 4)
         fw.sock.sendall(b"".join(_complete(tid) for tid in again))
         assert sorted(m.wait(15).id for _ in again) == sorted(again)
-    finally:
-        fw.close()
-    wait_until(lambda: m.stats.workers_connected == 1, 15, "the worker to leave")
-    assert_still_works(m)
 
 
 def test_a_second_end_of_a_task_in_the_same_read_is_judged_after_the_first(m):
-    fw = HostileWorker(m.port, "twice", features=("twice",), cores=2, disk=100)
-    try:
+    with raw_worker(m, "twice", 2) as fw:
         first, second = _given(m, fw, "twice", 2)
         # first's end twice (the second with another exit code and output), then second's end
         fw.sock.sendall(_complete(first, 3, b"kept\n") + _complete(first, 9, b"dropped\n") + _complete(second, 0, b"b\n"))
@@ -73,15 +82,10 @@ def test_a_second_end_of_a_task_in_the_same_read_is_judged_after_the_first(m):
         assert (done[second].result, done[second].output) == ("success", "b\n")
         assert m.wait(0.2) is None, "a task came back twice"
         assert m.stats.workers_connected == 2
-    finally:
-        fw.close()
-    wait_until(lambda: m.stats.workers_connected == 1, 15, "the worker to leave")
-    assert_still_works(m)
 
 
 def test_a_bad_frame_after_a_run_of_ends_leaves_those_ends_done(m):
-    fw = HostileWorker(m.port, "spoilt", features=("spoilt",), cores=3, disk=100)
-    try:
+    with raw_worker(m, "spoilt", 3) as fw:
         a, b, c = _given(m, fw, "spoilt", 3)
         bad = encode_frame({"type": "complete", "id": "not a task id", "result": 0, "exit_code": 0})
         fw.sock.sendall(_complete(a, 0, b"a\n") + _complete(b, 0, b"b\n") + bad)
@@ -94,7 +98,3 @@ def test_a_bad_frame_after_a_run_of_ends_leaves_those_ends_done(m):
         m.cancel_by_task_id(c)
         t = m.wait(15)
         assert t is not None and t.id == c and t.result != "success"
-    finally:
-        fw.close()
-    wait_until(lambda: m.stats.workers_connected == 1, 15, "the worker to leave")
-    assert_still_works(m)
