@@ -273,7 +273,9 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, Pipelining, PrefetchPlann
         return rec.state == "done"
 
     def _transition(self, rec: TaskRecord, finish: RecordState) -> None:
-        """Every change of a task's state comes through here: checked and logged (see core/state/story.py)."""
+        """Every change of a task's state comes through here: checked and logged (see core/state/story.py).
+        The one exception is a plain spec's admission in a burst (_on_tasks_submitted), which does
+        the same for "new" -> "ready" with the counts added once for the burst."""
         start = rec.state
         self._story.record(rec.id, start, finish)
         rec.state = finish
@@ -325,15 +327,50 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, Pipelining, PrefetchPlann
     def _on_tasks_submitted(self, ev: TasksSubmitted, out: list[Instruction]) -> None:
         """A burst of submits in one event: each spec as its own TaskSubmitted would be handled. A
         spec whose handling raises is reported as that task's TaskSubmitted failing (what one event
-        per task reported) and the specs after it still apply."""
-        submit = self._submit
-        for t in ev.specs:
-            try:
-                submit(t, out)
-            except Exception as exc:  # noqa: BLE001 - as handle() does for an event: reported, the rest go on
-                failed = TaskSubmitted(ev.now, t)
-                self.failed_events.append((failed, exc))
-                out.append(EventFailed(failed, exc))
+        per task reported) and the specs after it still apply.
+
+        A plain spec (no inputs, outputs or environments, no deadline: most of a big burst) is made
+        ready here without _submit's calls, and the counts _transition keeps (state_counts,
+        waiting_shapes) are added once per request shape for the burst: a quarter of the I/O
+        thread's time per queued task (``vine_benchmark queue-mem``). It leaves what one
+        TaskSubmitted per spec leaves (test_submit_path checks records, heap, counts and story)."""
+        submit, tasks, seq, ready = self._submit, self.tasks, self._seq, self.ready
+        log, story = self._story.log, self._story
+        event, event_id, now = story.event, story.event_id, story.now
+        shapes: dict[int, list[Any]] = {}  # id(request box) -> [box, plain tasks made ready with it]
+        plain = 0
+        try:
+            for t in ev.specs:
+                try:
+                    if t.inputs or t.outputs or t.environments or t.options.time_end:
+                        submit(t, out)
+                        continue
+                    # A plain spec (no files, no deadline): what _submit, _make_ready, _push_ready
+                    # and _transition do for it, with the counts added once for the burst below.
+                    tid = t.id
+                    rec = tasks[tid] = TaskRecord(tid, t, next(seq))
+                    rec.state = "ready"
+                    log.append((tid, event, event_id, "new", "ready", now))
+                    rec.heap_key = key = (2, -t.priority if t.priority else 0.0, rec.seq, tid)
+                    heapq.heappush(ready, key)
+                    plain += 1
+                    box = t.requested
+                    shape = shapes.get(id(box))
+                    if shape is None:
+                        shapes[id(box)] = [box, 1]
+                    else:
+                        shape[1] += 1
+                except Exception as exc:  # noqa: BLE001 - as handle() does for an event: reported, the rest go on
+                    failed = TaskSubmitted(ev.now, t)
+                    self.failed_events.append((failed, exc))
+                    out.append(EventFailed(failed, exc))
+        finally:
+            if plain:
+                self.stats["tasks_submitted"] += plain
+                self.state_counts["ready"] += plain
+                for box, n in shapes.values():
+                    _count(self.waiting_shapes, box, n)
+                self._schedule_needed = True
 
     def _submit(self, t: TaskSpec, out: list[Instruction]) -> None:
         rec = self.tasks[t.id] = TaskRecord(t.id, t, next(self._seq))

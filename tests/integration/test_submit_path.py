@@ -19,6 +19,7 @@ import threading
 import pytest
 
 import core as vine
+from core.api.files import File
 from core.api.specs import task_spec
 from core.manager.logs import RunLogs
 from core.state.scheduler import EventFailed, SchedulerState, TasksSubmitted, TaskSubmitted
@@ -226,3 +227,44 @@ def test_a_spec_failing_inside_a_batch_is_reported_alone_and_the_rest_apply() ->
     assert state.tasks[1].state == state.tasks[3].state == "ready"
     assert state.stats["tasks_submitted"] == 3
     assert [(entry[0], entry[1]) for entry in state._story.log] == [(1, "TasksSubmitted"), (3, "TasksSubmitted")]
+
+
+def test_a_burst_leaves_the_state_one_submit_at_a_time_would() -> None:
+    """TasksSubmitted admits a plain spec (no files, no deadline) on a path of its own, with the
+    counts added once for the burst; a spec with files or a deadline takes _submit's. Both must
+    leave exactly the state that one TaskSubmitted per spec leaves: records, ready heap, counts,
+    the queued requests, the story and the stats, for a mix of shapes, priorities and kinds."""
+
+    def specs() -> list[TaskSpec]:
+        made = []
+        for tid in range(1, 41):
+            t = vine.Task(f"echo {tid}")
+            if tid % 3:
+                t.set_cores(1 + tid % 2)
+            if tid % 5 == 0:
+                t.set_memory(100 * tid)
+            if tid % 4 == 0:
+                t.set_priority(tid)
+            if tid % 7 == 0:
+                t.set_time_end(int(1e6 * (1e9 + tid)))  # a deadline: _submit's path
+            if tid % 11 == 0:
+                t.add_input(File(None, "buffer", "buffer", data=b"x"), "in")  # a file: _submit's path
+            t._id = tid
+            made.append(task_spec(t))
+        return made
+
+    burst, single = SchedulerState(), SchedulerState()
+    burst.handle(TasksSubmitted(5.0, tuple(specs())))
+    for spec in specs():
+        single.handle(TaskSubmitted(5.0, spec))
+    for state in (burst, single):
+        state.validate()
+    assert {tid: (r.state, r.heap_key, r.seq) for tid, r in burst.tasks.items()} == \
+        {tid: (r.state, r.heap_key, r.seq) for tid, r in single.tasks.items()}
+    assert sorted(burst.ready) == sorted(single.ready) and len(burst.ready) == 40
+    assert burst.state_counts == single.state_counts and burst.waiting_shapes == single.waiting_shapes
+    assert len(burst.waiting_shapes) > 3, burst.waiting_shapes  # the mix did make several shapes
+    assert burst.stats == single.stats
+    assert [(e[0], e[3], e[4]) for e in burst._story.log] == [(e[0], e[3], e[4]) for e in single._story.log]
+    assert {e[1] for e in burst._story.log} == {"TasksSubmitted"}
+    assert len(burst.deadlines) == len(single.deadlines) == 5
