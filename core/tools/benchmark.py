@@ -175,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trace", action="store_true", help="queue-mem: also count the bytes tracemalloc sees (slower)")
     p.add_argument("--repeat", type=int, default=1, help="adapter workloads: best time of this many runs per peer")
     p.add_argument("--vs", default="", help="adapter workloads: comma-separated peers to run too (default: all the workload knows)")
+    p.add_argument("--table", action="store_true",
+                   help="after the JSON rows, the speed rows as one Markdown table next to their goals (core/tools/bench_table.py)")
     args = p.parse_args(argv)
     out = []
     for w in args.workloads:
@@ -214,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             p.error(f"unknown workload {w!r}; choose from {', '.join(WORKLOADS)}")
         print(json.dumps(out[-1]), flush=True)
+    if args.table:
+        from core.tools.bench_table import table
+
+        print(table(out) or "(none of these workloads has a goal row)", flush=True)
     return 0
 
 

@@ -521,13 +521,13 @@ RUN_HERE: tuple[RunHere, ...] = (
     # checks the harness; parsl-cpu below runs a parslvine peer through the same configs
     RunHere(("vine_benchmark", "parsl-quick", "--vs", "htex"), 240, r'"workload": "parsl-quick"'),
     RunHere(("vine_benchmark", "parsl-cpu", "-n", "60", "--vs", "parslvine-serverless"), 240, r'"workload": "parsl-cpu"'),
-    RunHere(("vine_benchmark", "python"), 240, r'"workload": "python"'),
     RunHere(("vine_benchmark", "python-cpu"), 120, r'"workload": "python-cpu"'),
     RunHere(("vine_benchmark", "dask-sum", "dask-chain", "dask-array", "--vs", "threaded", "--repeat", "1"), 180, r"dask-array"),
     RunHere(("python", "-m", "core.tools.bench_sandbox", "--tasks", "20"), 180, r'"op": "tasks"'),
     RunHere(("python", "-m", "core.tools.quickstart"), 180, r"done in [\d.]+s with \d+ workers, 0 failures", json_rows=False),
-    RunHere(("vine_benchmark", "std", "chain", "queue-mem", "-n", "60", "--chain-length", "20", "--queue-tasks", "2000"), 180,
-            r'"workload": "queue-mem"'),
+    # the six core rows and their goal table (bench_table.py), small where a row has a size
+    RunHere(("vine_benchmark", "std", "python", "funcall", "funcall-fork", "chain", "queue-mem", "--table", "-n", "60",
+             "--chain-length", "20", "--queue-tasks", "2000"), 300, r"\| funcall-fork: `FunctionCall`, fork mode \|.*\| (yes|no) \|"),
 )
 
 
