@@ -145,6 +145,13 @@ def request_sample(shapes: dict[Resources, int], limit: int) -> list[Resources]:
     return [box for box, n in share.items() for _ in range(n)][:limit]  # (more shapes than limit: cut)
 
 
+def _ready_key(rec: TaskRecord) -> tuple[int, float, int, int]:
+    """A ready task's place in the ready heap: recovery first, then retries after resource
+    exhaustion, then the user's priority, then submit order."""
+    priority = rec.spec.priority
+    return (0 if rec.recovery else 1 if rec.exhaustions else 2, -priority if priority else 0.0, rec.seq, rec.id)
+
+
 def _count(counts: dict[Any, int], key: Any, change: int) -> None:
     """Add ``change`` to ``counts[key]``; a count that reaches 0 is removed."""
     n = counts.get(key, 0) + change
@@ -351,7 +358,7 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, Pipelining, PrefetchPlann
                     rec = tasks[tid] = TaskRecord(tid, t, next(seq))
                     rec.state = "ready"
                     log.append((tid, event, event_id, "new", "ready", now))
-                    rec.heap_key = key = (2, -t.priority if t.priority else 0.0, rec.seq, tid)
+                    rec.heap_key = key = _ready_key(rec)
                     heapq.heappush(ready, key)
                     plain += 1
                     box = t.requested
@@ -391,10 +398,8 @@ class SchedulerState(TransferPlanner, RecoveryPlanner, Pipelining, PrefetchPlann
         self._make_ready(rec, out)
 
     def _push_ready(self, rec: TaskRecord) -> None:
-        t = rec.spec
         self._transition(rec, "ready")
-        # Recovery first, then retries after resource exhaustion, then the user's priority and order.
-        rec.heap_key = (0 if rec.recovery else 1 if rec.exhaustions else 2, -t.priority if t.priority else 0.0, rec.seq, rec.id)
+        rec.heap_key = _ready_key(rec)
         heapq.heappush(self.ready, rec.heap_key)
         self._schedule_needed = True
 
