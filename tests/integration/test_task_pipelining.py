@@ -6,7 +6,10 @@ Every chain here is submitted before its worker connects, so the scheduler's dec
 depend on timing: the first link starts, and each completion sends the next-but-one link ahead (one
 per core), so a chain of n links has n - 1 of them queued (``tasks_prefetched``) and, if no link
 ever started before its input existed, exactly n dispatches (a link started too early would report
-its input missing and be sent again).
+its input missing and be sent again). One timing is left: when a worker's ends of links i and i+1
+arrive in one socket read, the manager applies them in one step (core/manager/links.py
+_defer_finish), link i+2's input then exists, and it is sent to start rather than queued: fewer
+prefetches, never more dispatches.
 """
 
 from __future__ import annotations
@@ -50,7 +53,9 @@ def test_a_chain_runs_with_each_link_sent_ahead(manager, start_worker):
     done = drain(manager, 60)
     assert len(done) == 30 and all(t.successful() for t in done), [(t.id, t.result, t.std_output) for t in done if not t.successful()]
     assert manager.fetch_file(last).strip() == "29"
-    assert manager.stats.tasks_prefetched == 29
+    # 29 when every end came in a read of its own; one less for each pair of ends read together
+    # (seen once in CI: 28). A chain sent without pipelining has 0.
+    assert 20 <= manager.stats.tasks_prefetched <= 29
     assert manager.stats.tasks_dispatched == 30, "a link started before its input existed and was sent again"
 
 
@@ -63,7 +68,7 @@ def test_a_queued_link_waits_for_its_maker_on_a_worker_with_a_free_core(manager,
     done = drain(manager, 60)
     assert len(done) == 8 and all(t.successful() for t in done), [(t.id, t.result) for t in done]
     assert manager.fetch_file(last).strip() == "7"
-    assert manager.stats.tasks_prefetched == 7
+    assert 5 <= manager.stats.tasks_prefetched <= 7  # 7 unless two ends were read together (module doc)
     assert manager.stats.tasks_dispatched == 8, "a link started before its input existed and was sent again"
 
 
@@ -155,5 +160,5 @@ def test_a_chain_of_python_tasks_is_sent_ahead_too(manager, start_worker):
     assert len(done) == n and all(t.successful() for t in done), [(t.id, t.result, t.std_output) for t in done if not t.successful()]
     assert sorted(t.output for t in done) == list(range(n))
     assert manager.fetch_file(prev).strip() == str(n - 1)
-    assert manager.stats.tasks_prefetched == n - 1
+    assert n - 3 <= manager.stats.tasks_prefetched <= n - 1  # n - 1 unless two ends were read together
     assert manager.stats.tasks_dispatched == n, "a link started before its input existed and was sent again"
