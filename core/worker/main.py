@@ -466,6 +466,11 @@ class Worker:
         (README, issue 13 session 22); the steps and the results are the same."""
         try:
             self.sandboxes.link_inputs(rt)
+            if self.conn is not None and not self.spawner.threads:
+                # posix_spawn holds this loop until the shell has exec'd (~0.15-0.5 ms): the frames
+                # queued so far (the end of the task whose slot this one takes) leave first, so the
+                # manager works on them meanwhile instead of after.
+                self.conn.flush()
             self.commands.start(rt, self._command_ended)
         except Exception as exc:  # noqa: BLE001 - the worker must survive any single task
             self._command_ended(rt, exc)
@@ -660,7 +665,6 @@ class Worker:
                   outputs: dict[str, int], cached: dict[str, int], stdout: bytes, streamed: int | None) -> None:
         """The task's end: its sandbox cleaned up, its resources given back, its ``complete`` queued."""
         unlinked = self.sandboxes.cleanup(rt)
-        self.release(rt)
         self.last_work = time.monotonic()
         result_name, result_data = rt.complete_result or (None, b"")  # a small result inline (core/worker/python.py)
         self.send(
@@ -670,6 +674,9 @@ class Worker:
                        result_name=result_name, result_size=len(result_data)),
             result_data + stdout if result_data else stdout,
         )
+        # Queued first, then the slot given back: a prefetched command started by the release may
+        # hold the loop in its spawn (_start_command), and this end leaves before that spawn.
+        self.release(rt)
 
     async def _drain_if_backed_up(self) -> None:
         """Wait while the manager reads less than this worker sends.

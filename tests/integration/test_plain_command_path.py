@@ -162,3 +162,48 @@ def test_a_worker_killed_among_plain_commands_loses_none(manager, start_worker, 
     for t in done:
         assert t.result == "success", (t.id, t.result)
         assert t.std_output == f"link-{ids[t.id]}\n"
+
+
+@pytest.mark.timeout(120)
+def test_a_tasks_end_leaves_before_the_spawn_of_the_task_taking_its_slot(manager, start_worker, tmp_path):
+    """On a 1-core worker with prefetching, each task starts in its predecessor's slot, from the
+    handler of the predecessor's end. The end's ``complete`` is written before that spawn, which
+    holds the worker's loop until the shell has exec'd, so the manager can read it while the
+    next task is still starting. Written after the spawn (as before), the manager could never read
+    a task's end before the start time of the task that took its slot: so seeing that happen at
+    all, among some 40 such pairs, shows the order. (Which pairs it happens for is timing.)"""
+    start_worker(manager, cores=1, extra=["--spawn-threads", "0"])
+    wait_for_workers(manager, 1)
+    for _ in range(6):  # the category is measured short: its tasks are prefetched from now on
+        manager.submit(vine.Task("sleep 0.02"))
+    drain(manager, 30)
+    ids = {manager.submit(vine.Task("sleep 0.02")) for _ in range(40)}
+    done = drain(manager, 60)
+    assert sorted(t.id for t in done) == sorted(ids) and all(t.successful() for t in done)
+    assert manager.stats.tasks_prefetched > 0
+    manager.close()  # the logs written out
+    logs = tmp_path / "vine-run-info" / "most-recent" / "vine-logs"
+    received: dict[int, int] = {}  # task id -> microseconds when the manager read its end
+    sent: dict[int, int] = {}  # task id -> when the manager sent it to the worker
+    for line in (logs / "transactions").read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 5 and parts[2] == "TASK" and int(parts[3]) in ids:
+            if parts[4] == "WAITING_RETRIEVAL":
+                received[int(parts[3])] = int(parts[0])
+            elif parts[4] == "RUNNING":
+                sent[int(parts[3])] = int(parts[0])
+    ran: dict[int, tuple[int, int]] = {}  # task id -> (start, end) on the worker, microseconds
+    for line in (logs / "debug").read_text().splitlines():
+        _, sep, rest = line.partition(": complete ")
+        if sep:
+            f = rest.split()
+            if int(f[7]) in ids:
+                ran[int(f[7])] = (int(f[4]), int(f[5]))
+    assert set(received) == ids and set(ran) == ids and set(sent) == ids
+    order = sorted(ids, key=lambda tid: ran[tid][0])
+    # b was sent well before a ended (10 ms: it was in the worker's queue by then) and started after
+    # a ended: in a's slot, from the handler of a's end.
+    pairs = [(a, b) for a, b in zip(order, order[1:]) if sent[b] < ran[a][1] - 10_000 and ran[a][1] <= ran[b][0]]
+    assert len(pairs) >= 20, (len(pairs), manager.stats.tasks_prefetched)
+    read_first = [(a, b) for a, b in pairs if received[a] < ran[b][0]]
+    assert read_first, "every end reached the manager only after the next task's shell had started"
