@@ -466,10 +466,12 @@ class Worker:
         (README, issue 13 session 22); the steps and the results are the same."""
         try:
             self.sandboxes.link_inputs(rt)
-            if self.conn is not None and not self.spawner.threads:
-                # posix_spawn holds this loop until the shell has exec'd (~0.15-0.5 ms): the frames
-                # queued so far (the end of the task whose slot this one takes) leave first, so the
-                # manager works on them meanwhile instead of after.
+            if self.conn is not None and not rt.spec.inputs and not self.spawner.threads:
+                # posix_spawn holds this loop until the shell has exec'd (0.15-0.5 ms): the frames
+                # queued so far (often the end of the task whose slot this one takes) leave first,
+                # so the manager reads them meanwhile. Not for a task with inputs: it may be the
+                # next link of a chain, sent ahead behind the task that just ended, whose end is
+                # then no news the manager needs soon, while the write would hold up this start.
                 self.conn.flush()
             self.commands.start(rt, self._command_ended)
         except Exception as exc:  # noqa: BLE001 - the worker must survive any single task
