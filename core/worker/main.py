@@ -472,7 +472,10 @@ class Worker:
                 # so the manager reads them meanwhile. Not for a task with inputs: it may be the
                 # next link of a chain, sent ahead behind the task that just ended, whose end is
                 # then no news the manager needs soon, while the write would hold up this start.
-                self.conn.flush()
+                try:
+                    self.conn.flush()
+                except (ConnectionError, RuntimeError):
+                    pass  # the connection is going: what it held is moot, and this task still runs
             self.commands.start(rt, self._command_ended)
         except Exception as exc:  # noqa: BLE001 - the worker must survive any single task
             self._command_ended(rt, exc)
