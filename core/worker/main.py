@@ -122,6 +122,15 @@ class Worker:
             except (ConnectionError, RuntimeError):
                 pass
 
+    def flush(self) -> None:
+        """Write what :meth:`send` queued now, not at the end of this loop turn (moot, as there, if
+        the connection is going)."""
+        if self.conn is not None:
+            try:
+                self.conn.flush()
+            except (ConnectionError, RuntimeError):
+                pass
+
     async def _start_transfer_server(self) -> GatedListener:
         """The peer port: ``--transfer-port``, else the first free one of TCP_LOW_PORT..TCP_HIGH_PORT, else any."""
         from ..wire.ports import port_candidates
@@ -466,16 +475,13 @@ class Worker:
         (README, issue 13 session 22); the steps and the results are the same."""
         try:
             self.sandboxes.link_inputs(rt)
-            if self.conn is not None and not rt.spec.inputs and not self.spawner.threads:
+            if not rt.spec.inputs and not self.spawner.threads:
                 # posix_spawn holds this loop until the shell has exec'd (0.15-0.5 ms): the frames
                 # queued so far (often the end of the task whose slot this one takes) leave first,
                 # so the manager reads them meanwhile. Not for a task with inputs: it may be the
                 # next link of a chain, sent ahead behind the task that just ended, whose end is
                 # then no news the manager needs soon, while the write would hold up this start.
-                try:
-                    self.conn.flush()
-                except (ConnectionError, RuntimeError):
-                    pass  # the connection is going: what it held is moot, and this task still runs
+                self.flush()
             self.commands.start(rt, self._command_ended)
         except Exception as exc:  # noqa: BLE001 - the worker must survive any single task
             self._command_ended(rt, exc)

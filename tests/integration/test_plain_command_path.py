@@ -170,9 +170,10 @@ def test_a_tasks_end_leaves_before_the_spawn_of_the_task_taking_its_slot(manager
     handler of the predecessor's end. The end's ``complete`` is written before that spawn (the
     next task has no inputs: one with inputs may be a chain's next link, whose start the write
     would only delay), and the spawn holds the worker's loop until the shell has exec'd, so the
-    manager can read the end while the next task is still starting. Written after the spawn (as before), the manager could never read
-    a task's end before the start time of the task that took its slot: so seeing that happen at
-    all, among some 40 such pairs, shows the order. (Which pairs it happens for is timing.)"""
+    manager can read the end while the next task is still starting. Written after the spawn (as
+    before), the manager could never read a task's end before the start time of the task that took
+    its slot: so seeing that happen at all, among some 40 such pairs, shows the order. (Which pairs
+    it happens for is timing.)"""
     start_worker(manager, cores=1, extra=["--spawn-threads", "0"])
     wait_for_workers(manager, 1)
     for _ in range(6):  # the category is measured short: its tasks are prefetched from now on
