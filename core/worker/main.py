@@ -32,6 +32,7 @@ import socket
 import ssl as ssl_module
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Coroutine
 
 from .. import constants as C
@@ -49,6 +50,7 @@ from ..wire.protocol import Frame, pages_of
 from ..wire.receive import FileReceiver, IncomingStreams
 from ..wire.tls import GatedListener, TLSSetupError, client_context, self_signed_server_context, start_gated_server
 from .cache import WorkerCache
+from .children import block_child_signal
 from .commands import CommandProcesses
 from .options import batch_job_id, build_parser, detect_resources, spawn_threads
 from .pipelined import LocalMakers
@@ -149,6 +151,9 @@ class Worker:
         # First, before any task can start: the guardian kills what this worker started if it is SIGKILLed.
         self.reaper = TaskReaper(self.sandbox_dir)
         loop = asyncio.get_running_loop()
+        # The loop's executor (getaddrinfo, URL downloads) starts no process: its threads block
+        # SIGCHLD, so a shell ending while the loop is inside posix_spawn wakes none of them.
+        loop.set_default_executor(ThreadPoolExecutor(thread_name_prefix="vine-worker-io", initializer=block_child_signal))
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         self.transfer_server = await self._start_transfer_server()

@@ -209,3 +209,33 @@ def test_a_tasks_end_leaves_before_the_spawn_of_the_task_taking_its_slot(manager
     assert len(pairs) >= 20, (len(pairs), manager.stats.tasks_prefetched)
     read_first = [(a, b) for a, b in pairs if received[a] < ran[b][0]]
     assert read_first, "every end reached the manager only after the next task's shell had started"
+
+
+def _blocked_signals(pid: int, tid: int) -> int:
+    with open(f"/proc/{pid}/task/{tid}/status") as fh:
+        for line in fh:
+            if line.startswith("SigBlk:"):
+                return int(line.split()[1], 16)
+    raise AssertionError(f"no SigBlk line for thread {tid} of {pid}")
+
+
+@pytest.mark.timeout(60)
+def test_the_workers_other_threads_block_sigchld(manager, start_worker):
+    """A shell's SIGCHLD must not wake a thread that only waits (core/worker/children.py
+    ``block_child_signal``): while the loop is inside posix_spawn it blocks every signal, and the
+    kernel hands a shell's SIGCHLD to any thread that does not block it. The worker connects to
+    "localhost", so its executor has a thread (getaddrinfo); without spawner threads, every thread
+    but the loop's blocks SIGCHLD."""
+    w = start_worker(manager, cores=2, extra=["--spawn-threads", "0"])
+    wait_for_workers(manager, 1)
+    for _ in range(20):
+        t = vine.Task("true")
+        t.set_cores(1)
+        manager.submit(t)
+    drain(manager, 30)
+    others = [int(tid) for tid in os.listdir(f"/proc/{w.pid}/task") if int(tid) != w.pid]
+    assert others, "the worker has no thread besides its loop's: nothing to check"
+    sigchld = 1 << (signal.SIGCHLD - 1)
+    assert not _blocked_signals(w.pid, w.pid) & sigchld  # the loop's thread reaps and must see them
+    unblocked = [tid for tid in others if not _blocked_signals(w.pid, tid) & sigchld]
+    assert not unblocked, f"worker threads {unblocked} would be woken by every shell's SIGCHLD"
