@@ -4,7 +4,8 @@ The rows are the JSON objects the workloads print (core/tools/benchmark.py, benc
 bench_core.py, bench_parsl.py); this module only reads them, so the table says nothing the JSON
 lines do not. A goal is the README's (its "Benchmarks" section): a ratio to the floor or peer
 measured in the same run, or for ``queue-mem`` a memory bound and a submit rate. Rows the run did
-not make are left out; rows of other workloads are not tabled.
+not make are left out; rows of other workloads are not tabled. A row run several times
+(``--repeat N``) is its median run, with the lowest and highest of its N figures beside it.
 """
 
 from __future__ import annotations
@@ -60,6 +61,14 @@ def _n(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
+def _spread(row: dict[str, Any], fmt: str) -> str:
+    """`` (median of N: low-high)`` for a row repeated N times (``vine_benchmark --repeat N``), else ""."""
+    figures = row.get("run_figures")
+    if not figures or len(figures) < 2:
+        return ""
+    return f" (median of {len(figures)}: {format(figures[0], fmt)}-{format(figures[-1], fmt)})"
+
+
 def table(rows: Iterable[dict[str, Any]]) -> str:
     """The Markdown table of the goal rows among ``rows`` (empty if there are none)."""
     rows = list(rows)
@@ -71,13 +80,13 @@ def table(rows: Iterable[dict[str, Any]]) -> str:
             floor = row.get(goal.floor) if goal.floor else htex.get(row.get("workload"))
             floor_text = f"{_n(floor)}/s, {goal.against}" if isinstance(floor, (int, float)) else goal.against
             ratio = row[goal.ratio]
-            lines.append(f"| {goal.title} | {_n(row[goal.rate])}/s | {floor_text} | {ratio:.2f} | >= {goal.at_least} | "
+            lines.append(f"| {goal.title} | {_n(row[goal.rate])}/s | {floor_text} | {ratio:.2f}{_spread(row, '.2f')} | >= {goal.at_least} | "
                          f"{'yes' if ratio >= goal.at_least else 'no'} |")
     for row in (r for r in rows if r.get("workload") == "queue-mem"):
         memory, submits = row["bytes_per_task"], row["submits_per_s"]
         met = [f"memory {'yes' if memory <= QUEUE_BYTES_GOAL else 'no'}", f"submits {'yes' if submits >= QUEUE_SUBMITS_GOAL else 'no'}"]
         lines.append(f"| queue-mem: {_n(row['tasks'])} queued `Task(\"true\")`, no worker | {_n(memory)} B a task, "
-                     f"{_n(submits)} submits/s | | | <= {QUEUE_BYTES_GOAL:,} B, >= {QUEUE_SUBMITS_GOAL:,}/s | {', '.join(met)} |")
+                     f"{_n(submits)} submits/s{_spread(row, ',.0f')} | | | <= {QUEUE_BYTES_GOAL:,} B, >= {QUEUE_SUBMITS_GOAL:,}/s | {', '.join(met)} |")
     if not lines:
         return ""
     head = ["| row | ours | floor or peer, same run | ratio | goal | met |", "|---|---:|---|---:|---|---|"]

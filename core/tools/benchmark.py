@@ -173,11 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chain-length", type=int, default=300, help="links of the chain workload")
     p.add_argument("--queue-tasks", type=int, default=200_000, help="tasks queued by queue-mem (1000000 works)")
     p.add_argument("--trace", action="store_true", help="queue-mem: also count the bytes tracemalloc sees (slower)")
-    p.add_argument("--repeat", type=int, default=1, help="adapter workloads: best time of this many runs per peer")
+    p.add_argument("--repeat", type=int, default=1, help="core workloads: run each this many times (its floor right after it each time) and print the run of median ratio, with every run's ratio (run_figures); adapter workloads: best time of this many runs per peer")
     p.add_argument("--vs", default="", help="adapter workloads: comma-separated peers to run too (default: all the workload knows)")
     p.add_argument("--table", action="store_true",
                    help="after the JSON rows, the speed rows as one Markdown table next to their goals (core/tools/bench_table.py)")
     args = p.parse_args(argv)
+    if args.repeat < 1:
+        p.error(f"--repeat must be at least 1, not {args.repeat}")
     out = []
     for w in args.workloads:
         adapter = next((mod for prefix, mod in ADAPTER_MODULES.items() if w.startswith(prefix)), None)
@@ -188,39 +190,69 @@ def main(argv: list[str] | None = None) -> int:
                 out.append(row)
                 print(json.dumps(row), flush=True)
             continue
-        if w == "std":
-            out.append(bench_std(args.tasks))
-        elif w in ("python", "python-cpu", "funcall", "funcall-fork"):
-            from core.tools import bench_python
-
-            if w == "python":
-                out.append(bench_python.python_rate(300))
-            elif w == "python-cpu":
-                out.append(bench_python.python_cpu(600))
-            else:
-                out.append(bench_python.funcall_rate(4000 if w == "funcall" else 1000, exec_mode="fork" if w == "funcall-fork" else "direct"))
-        elif w == "fanout":
-            out.append(bench_fanout())
-        elif w == "chain":
-            from core.tools import bench_core
-
-            out.append(bench_core.chain_rate(args.chain_length))
-        elif w == "chain-append":
-            out.append(bench_chain())
-        elif w == "queue-mem":
-            from core.tools import bench_core
-
-            out.append(bench_core.queue_memory(args.queue_tasks, args.trace))
-        elif w == "queue":
-            out.append(bench_queue([int(x) for x in args.sizes.split(",")]))
-        else:
+        if w not in WORKLOADS:
             p.error(f"unknown workload {w!r}; choose from {', '.join(WORKLOADS)}")
+        out.append(median_run([_core_row(w, args) for _ in range(args.repeat)]))
         print(json.dumps(out[-1]), flush=True)
     if args.table:
         from core.tools.bench_table import table
 
         print(table(out) or "(none of these workloads has a goal row)", flush=True)
     return 0
+
+
+def _core_row(w: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One run of core workload ``w`` (its own rate and, where it has one, its floor's)."""
+    if w == "std":
+        return bench_std(args.tasks)
+    if w in ("python", "python-cpu", "funcall", "funcall-fork"):
+        from core.tools import bench_python
+
+        if w == "python":
+            return bench_python.python_rate(300)
+        if w == "python-cpu":
+            return bench_python.python_cpu(600)
+        return bench_python.funcall_rate(4000 if w == "funcall" else 1000, exec_mode="fork" if w == "funcall-fork" else "direct")
+    if w == "fanout":
+        return bench_fanout()
+    if w == "chain":
+        from core.tools import bench_core
+
+        return bench_core.chain_rate(args.chain_length)
+    if w == "chain-append":
+        return bench_chain()
+    if w == "queue-mem":
+        from core.tools import bench_core
+
+        return bench_core.queue_memory(args.queue_tasks, args.trace)
+    return bench_queue([int(x) for x in args.sizes.split(",")])
+
+
+def _median_key(row: dict[str, Any]) -> float:
+    """The figure a row's runs are ranked by: its ratio to its floor (the fork floor's where it has
+    one), else queue-mem's submits/s, python-cpu's CPU a task, a rate, queue's cost growth, or a time."""
+    cpu = row.get("cpu_ms_per_task")
+    if isinstance(cpu, dict) and isinstance(cpu.get("total"), (int, float)):
+        return float(cpu["total"])
+    for field in ("fork_floor_ratio", "ratio", "submits_per_s", "tasks_per_s", "cost_ratio_largest_vs_smallest_queue", "seconds"):
+        if isinstance(row.get(field), (int, float)):
+            return float(row[field])
+    return 0.0
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Of ``runs`` (each one run of a row, its floor measured right after it), the run whose figure
+    is the median, whole, plus every run's figure (``runs``, ``run_figures``, sorted). A single
+    run's ratio on a shared machine is as much the machine's speed at that minute as ours (the
+    floor of ``std`` moved between 690 and 2,400/s within a session): the median of several
+    back-to-back pairs is the figure to compare with a goal."""
+    if len(runs) == 1:
+        return runs[0]
+    ranked = sorted(runs, key=_median_key)
+    row = dict(ranked[(len(ranked) - 1) // 2])  # the lower median: an even count does not round up
+    row["runs"] = len(runs)
+    row["run_figures"] = [round(_median_key(r), 3) for r in ranked]
+    return row
 
 
 if __name__ == "__main__":

@@ -51,3 +51,20 @@ def test_only_the_rows_a_run_made_and_none_without_goal_rows() -> None:
     assert table([{"workload": "queue", "sizes": [1000]}]) == ""
     met = dict(ROWS[5], submits_per_s=101_352, bytes_per_task=1_600)
     assert cells(table([met]))['queue-mem: 200,000 queued `Task("true")`, no worker'][-1] == "memory no, submits yes"
+
+
+def test_a_repeated_row_is_its_median_run_with_the_spread_of_its_runs() -> None:
+    from core.tools.benchmark import median_run
+
+    runs = [dict(ROWS[0], ratio=r, tasks_per_s=1000 * r) for r in (0.61, 0.52, 0.70, 0.55)]
+    row = median_run(runs)
+    # The lower median of four (0.55, not 0.61): a goal is met only if half the runs meet it.
+    assert row["ratio"] == 0.55 and row["tasks_per_s"] == 550  # the whole median run, not a mix of runs
+    assert row["runs"] == 4 and row["run_figures"] == [0.52, 0.55, 0.61, 0.7]
+    assert cells(table([row]))['std: `Task("true")`, 1 worker x 2 cores'][2] == "0.55 (median of 4: 0.52-0.70)"
+    fork = median_run([dict(ROWS[3], ratio=0.2, fork_floor_ratio=f) for f in (0.95, 0.85, 0.91)])
+    assert fork["fork_floor_ratio"] == 0.91  # ranked by the fork floor's ratio, the one its goal reads
+    queued = median_run([dict(ROWS[5], submits_per_s=s) for s in (120_000, 90_000, 101_000)])
+    assert queued["submits_per_s"] == 101_000
+    assert "(median of 3: 90,000-120,000)" in cells(table([queued]))['queue-mem: 200,000 queued `Task("true")`, no worker'][0]
+    assert median_run(runs[:1]) is runs[0] and "runs" not in runs[0]  # one run is printed as it was
