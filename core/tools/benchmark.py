@@ -229,8 +229,9 @@ def _core_row(w: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _median_key(row: dict[str, Any]) -> float:
-    """The figure a row's runs are ranked by: its ratio to its floor (the fork floor's where it has
-    one), else queue-mem's submits/s, python-cpu's CPU a task, a rate, queue's cost growth, or a time."""
+    """The figure a row's runs are ranked by: python-cpu's CPU a task (what that row is for), else
+    the ratio to its floor (the fork floor's where it has one), else queue-mem's submits/s, a rate,
+    queue's cost growth, or a time (fanout)."""
     cpu = row.get("cpu_ms_per_task")
     if isinstance(cpu, dict) and isinstance(cpu.get("total"), (int, float)):
         return float(cpu["total"])
