@@ -63,6 +63,7 @@ def _load_runner_beside() -> None:
 if TYPE_CHECKING or __package__:
     from .remote import (
         MAGIC,
+        READ_CHUNK,
         FramingError,
         MessageReader,
         encode_library_message,
@@ -81,6 +82,7 @@ else:
     _load_runner_beside()
     from vine_runner import (  # the same names, from the file beside this one
         MAGIC,
+        READ_CHUNK,
         FramingError,
         MessageReader,
         encode_library_message,
@@ -272,7 +274,7 @@ class _CallLoop:
         while True:
             for fd, _ in self.poll.poll():
                 if fd == sock_fd:
-                    data = sock.recv(1 << 20)
+                    data = sock.recv(READ_CHUNK)
                     if not data:
                         for pid in self.children:
                             _kill_quietly(pid)
@@ -340,7 +342,7 @@ class _CallLoop:
     def read_pipe(self, fd: int) -> None:
         """One read of a forked call's result pipe: the call is reported once its records are whole."""
         try:
-            chunk = os.read(fd, 1 << 20)
+            chunk = os.read(fd, READ_CHUNK)
         except BlockingIOError:
             return
         pid = self.pipes[fd]
@@ -379,7 +381,7 @@ class _CallLoop:
             fd = next((f for f, p in self.pipes.items() if p == pid), None)
             while fd is not None:  # what the child left in its pipe: it wrote everything before it exited
                 try:
-                    chunk = os.read(fd, 1 << 20)
+                    chunk = os.read(fd, READ_CHUNK)
                 except BlockingIOError:
                     chunk = b""  # something the call started still holds the write end: what is there is all
                 if not chunk:

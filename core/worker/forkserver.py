@@ -57,7 +57,7 @@ import socket
 import sys
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..wire.remote import decode_fork_reply, encode_fork_line, leave_parent_loop
+from ..wire.remote import READ_CHUNK, decode_fork_reply, encode_fork_line, leave_parent_loop
 from .children import kill_group, reap_child
 
 if TYPE_CHECKING:
@@ -149,7 +149,7 @@ class _Server:
                     self.read_pipe(fd, events & select.EPOLLHUP)
             if requests:
                 self.flush()
-                data = self.sock.recv(1 << 20)
+                data = self.sock.recv(READ_CHUNK)
                 if not data:
                     for pid in self.children:
                         kill_group(pid)
@@ -204,7 +204,7 @@ class _Server:
         blocks, rather than in more rounds of the loop.
         """
         try:
-            chunk = os.read(fd, 1 << 20)
+            chunk = os.read(fd, READ_CHUNK)
         except BlockingIOError:
             return
         pid = self.pipes[fd]
@@ -222,7 +222,7 @@ class _Server:
             if not hung_up:
                 self.got[pid] = got
                 return
-            chunk = os.read(fd, 1 << 20)
+            chunk = os.read(fd, READ_CHUNK)
         self.got[pid] = got
         # A child whose exit record is there has finished (output flushed, result sent), so it is
         # reported now, not after the kernel has torn it down. (Closing our end first is harmless:
@@ -247,7 +247,7 @@ class _Server:
             return
         while True:
             try:
-                chunk = os.read(fd, 1 << 20)
+                chunk = os.read(fd, READ_CHUNK)
             except BlockingIOError:
                 break  # something the child started still holds the write end: what is there is all
             if not chunk:
