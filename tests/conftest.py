@@ -113,6 +113,18 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 30, what: str = "
         delay = min(delay * 2, 0.1)
 
 
+def proc_status(pid: int, field: str, tid: int | None = None) -> str:
+    """The value of ``field`` (``VmHWM``, ``RssAnon``, ``SigBlk``...) in ``/proc/PID/status``, or in
+    ``/proc/PID/task/TID/status`` for one thread: the text after the colon, stripped."""
+    path = f"/proc/{pid}/status" if tid is None else f"/proc/{pid}/task/{tid}/status"
+    with open(path) as fh:
+        for line in fh:
+            name, _, value = line.partition(":")
+            if name == field:
+                return value.strip()
+    raise AssertionError(f"no {field} line in {path}")
+
+
 def process_gone(p: "object") -> bool:
     """Whether the process ``p`` (a pid or a psutil.Process) has exited: gone or a zombie. Its parent may
     reap it between any two psutil calls, so one that finds no process at all also means gone."""

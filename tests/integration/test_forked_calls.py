@@ -26,7 +26,7 @@ import pytest
 import core as vine
 from core.wire.library_runner import INLINE_RESULT
 from core.wire.remote import MessageReader, decode_result, encode_library_message
-from tests.conftest import run, wait_until
+from tests.conftest import proc_status, run, wait_until
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -227,8 +227,7 @@ def test_forked_calls_beyond_the_slots_wait_in_the_library(tmp_path):
 
 
 def _anonymous_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        return next(int(line.split()[1]) for line in fh if line.startswith("RssAnon:"))
+    return int(proc_status(pid, "RssAnon").split()[0])
 
 
 @pytest.mark.timeout(120)

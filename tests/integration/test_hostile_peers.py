@@ -24,7 +24,7 @@ import pytest
 import core as vine
 from core.manager.links import STREAM_SLACK
 from core.wire.protocol import PREFIX, PROTOCOL_VERSION, Frame, FrameDecoder, auth_proof, check_proof, encode_frame, new_nonce
-from tests.conftest import ROOT, WorkerProcess, run, wait_for_workers, wait_until
+from tests.conftest import ROOT, WorkerProcess, proc_status, run, wait_for_workers, wait_until
 
 MB = 1 << 20
 LIMIT_OF_1MB_DISK = 2 * MB + STREAM_SLACK  # what a worker reporting 1 MB of disk may send in one stream
@@ -351,8 +351,7 @@ BIG_FRAMES = [
 
 
 def _peak_rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM:"))
+    return int(proc_status(pid, "VmHWM").split()[0]) * 1024
 
 
 def _reset_peak_rss(pid: int) -> None:

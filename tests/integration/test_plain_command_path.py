@@ -17,7 +17,7 @@ import signal
 import pytest
 
 import core as vine
-from tests.conftest import drain, wait_for_workers, wait_until
+from tests.conftest import drain, proc_status, wait_for_workers, wait_until
 
 STDOUT_BIG = 5_000_000  # over the worker's STDOUT_INLINE (4 MiB): streamed ahead of the complete
 
@@ -212,11 +212,7 @@ def test_a_tasks_end_leaves_before_the_spawn_of_the_task_taking_its_slot(manager
 
 
 def _blocked_signals(pid: int, tid: int) -> int:
-    with open(f"/proc/{pid}/task/{tid}/status") as fh:
-        for line in fh:
-            if line.startswith("SigBlk:"):
-                return int(line.split()[1], 16)
-    raise AssertionError(f"no SigBlk line for thread {tid} of {pid}")
+    return int(proc_status(pid, "SigBlk", tid), 16)
 
 
 @pytest.mark.timeout(60)
