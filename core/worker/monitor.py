@@ -18,7 +18,7 @@ class Usage:
     """Peak usage of one task so far."""
 
     start: float = field(default_factory=time.time)
-    memory: float = 0.0  # MB, peak resident set of the whole tree
+    memory: float = 0.0  # MB, peak resident set of the whole tree (proportional, for a tree of several: _proportional)
     disk: float = 0.0  # MB, peak size of the sandbox
     cpu_time: float = 0.0  # s, user + system of the tree (children that already exited are lost)
     max_procs: int = 0
@@ -42,9 +42,10 @@ def sample(usage: Usage, pid: int, sandbox: str, with_disk: bool = True) -> None
     rss = 0
     cpu = 0.0
     procs = _tree(pid)
+    shared = len(procs) > 1
     for p in procs:
         try:
-            rss += p.memory_info().rss
+            rss += _proportional(p) if shared else p.memory_info().rss
             t = p.cpu_times()
             cpu += t.user + t.system
         except psutil.Error:
@@ -54,6 +55,21 @@ def sample(usage: Usage, pid: int, sandbox: str, with_disk: bool = True) -> None
     usage.max_procs = max(usage.max_procs, len(procs))
     if with_disk:
         usage.disk = max(usage.disk, _dir_mb(sandbox))
+
+
+def _proportional(p: psutil.Process) -> int:
+    """``p``'s proportional set size (PSS): each page it shares counted as 1/N for its N sharers.
+
+    A tree of several processes is measured by the sum of these, not of their resident sets: the
+    children of a fork share their parent's pages until they write them, and a sum of resident
+    sets counts every shared page once per process (a fork-mode library with its waiting forks,
+    a task that forks workers over a loaded dataset: several times the memory really in use).
+    Its resident set where the kernel gives no PSS.
+    """
+    try:
+        return p.memory_full_info().pss
+    except (psutil.AccessDenied, AttributeError):
+        return p.memory_info().rss
 
 
 def _dir_mb(path: str) -> float:

@@ -82,3 +82,23 @@ def test_watchdog_kills_a_forked_python_task_over_its_memory(manager, start_work
     (done,) = drain(manager, 60)
     assert done.result == "resource exhaustion"
     assert done.limits_exceeded.memory > 100
+
+
+# Loads 150 MB, then forks four children that share it (and write none of it) and waits for them.
+FORKS_OVER_DATA = (f"{sys.executable} -c \"import os, time; b = b'x' * (150 << 20); "
+                   "kids = [os.fork() or (time.sleep(3), os._exit(0)) for _ in range(4)]; "
+                   "[os.waitpid(k, 0) for k in kids]\"")
+
+
+@pytest.mark.timeout(90)
+def test_forked_processes_sharing_memory_count_it_once(manager, start_worker):
+    """A tree of processes is measured by its proportional set sizes: the 150 MB that a parent and
+    its four forks share counts once, not five times (a sum of resident sets said ~750 MB)."""
+    manager.enable_monitoring(watchdog=False)
+    start_worker(manager, cores=1, memory=2000)
+    t = vine.Task(FORKS_OVER_DATA)
+    t.set_cores(1)
+    manager.submit(t)
+    (done,) = drain(manager, 60)
+    assert done.result == "success", done.std_output
+    assert 150 <= done.resources_measured.memory < 400, done.resources_measured.memory
