@@ -4,7 +4,7 @@
 
     DFK thread(s)                     user's process              manager process               workers
     ─────────────                     ──────────────              ───────────────               ───────
-    submit(func, spec, *a, **kw) ──►  parsl.serialize(func),      regular:    PythonTask  ───►  fork server child
+    submit(func, spec, *a, **kw) ──►  encode_code(func),          regular:    PythonTask  ───►  fork server child
                                       (args, kwargs), staging  ─► serverless: FunctionCall ──►  warm library (direct)
                                       plan, resources (batched)   core.Manager + Factory
     future ◄── set_result/exception ◄─ reader thread ◄─ batches ◄─ collector: Manager.wait ◄──  Parsl-serialized result
@@ -38,7 +38,6 @@ from parsl.monitoring.radios.base import RadioConfig
 from parsl.monitoring.radios.filesystem import FilesystemRadio
 from parsl.providers import LocalProvider
 from parsl.providers.base import ExecutionProvider
-from parsl.serialize import serialize
 from parsl.utils import RepresentationMixin
 
 from .configs import TaskVineFactoryConfig, TaskVineManagerConfig, check_manager_config
@@ -46,7 +45,7 @@ from .errors import ParslVineConfigError, ParslVineError, TaskVineManagerFailure
 from .launch import worker_command
 from .manager_process import ManagerProcessClient
 from .resources import TaskSettings, settings_from_spec
-from .runner import decode_data, encode_data
+from .runner import decode_data, encode_code, encode_data
 from .staging import plan_staging
 
 logger = logging.getLogger(__name__)
@@ -160,7 +159,7 @@ class TaskVineExecutor(BlockProviderExecutor, RepresentationMixin):
         settings = settings_from_spec(resource_specification, self.function_exec_mode, self._warn_unknown)
         config = self._config
         plan = plan_staging(args, kwargs, config.shared_fs)
-        function = serialize(func, buffer_threshold=SERIALIZE_BUFFER_THRESHOLD)
+        function = encode_code(func, buffer_threshold=SERIALIZE_BUFFER_THRESHOLD)
         arguments = encode_data({"args": args, "kwargs": kwargs})
         if settings.category is None:
             settings.category = getattr(func, "__name__", None) if config.autocategory else None

@@ -4,16 +4,18 @@
 
     manager (TaskVineExecutor.submit)             worker
     ─────────────────────────────────             ──────
-    parsl.serialize(func), parsl.serialize(       regular:    a fork of the worker's fork server
-      {"args", "kwargs"}), name map          ──►              (parsl imported there once)
+    encode_code(func), encode_data(               regular:    a fork of the worker's fork server
+      {"args", "kwargs"}), name map          ──►              (the lean parsl imported there once)
                                                   serverless: the warm library process (direct)
                                                   run_parsl_call(...): remap File paths to the
                                                   sandbox names, call func, serialize the value
     future.set_result / set_exception  ◄──────── or a RemoteExceptionWrapper of what it raised
 
-The value comes back as bytes already Parsl-serialized (with the names of any placeholder outputs,
-see :func:`run_parsl_call`), so the manager's only work is ``parsl.serialize.deserialize``; an exception keeps its type because Parsl's own
-``RemoteExceptionWrapper`` carries it (with its traceback and cause).
+The function travels as cloudpickle's bytes and the data as pickle's where that means what Parsl's
+dill would (:func:`encode_code`, :func:`encode_data`; Parsl's own serialization otherwise). The value
+comes back as bytes already serialized that way (with the names of any placeholder outputs, see
+:func:`run_parsl_call`), so the manager's only work is :func:`decode_data`; an exception keeps its
+type because Parsl's own ``RemoteExceptionWrapper`` carries it (with its traceback and cause).
 
 ``python -m parslvine.runner FUNCTION ARGS MAP RESULT`` runs the same thing in a fresh interpreter
 (used in regular mode when ``init_command`` must run first).
@@ -21,6 +23,7 @@ see :func:`run_parsl_call`), so the manager's only work is ``parsl.serialize.des
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import sys
@@ -35,13 +38,65 @@ from . import lean  # noqa: F401
 # isort: split
 
 # Imported when this module is: on workers the fork server (warm imports) or the library has
-# already paid for them, so a call never imports Parsl itself.
+# already paid for them, so a call never imports Parsl itself. ``parsl.serialize`` (dill, and with
+# it tempfile, random, shutil, bz2, lzma: a larger process to fork, and random's reseed in every
+# child) only where a call's bytes need it: see encode_code and encode_data.
+import cloudpickle
 from parsl.app.errors import RemoteExceptionWrapper
 from parsl.data_provider.files import File
-from parsl.serialize import deserialize, serialize
-from parsl.serialize.facade import methods_for_data as _methods_for_data
 
 PICKLE_TAG = b"parslvine-pickle\n"
+CODE_TAG = b"parslvine-cloudpickle\n"
+
+
+def encode_code(func: Any, buffer_threshold: int = 1 << 20) -> bytes:
+    """An app's function for the workers: cloudpickle's bytes, or ``parsl.serialize(func)``.
+
+    Parsl sends functions with dill (``DillCallableSerializer``): by value when defined in
+    ``__main__`` or not importable, by reference otherwise; cloudpickle does the same, and the
+    workers already have it (every fork server and library imports it), while dill is one more
+    import of ~1.4 MB and 16 mappings in every process that forks a call (and brings tempfile and
+    random, whose reseed runs in every fork). So: cloudpickle when Parsl's code serializers are its
+    defaults (no plugin registered) and it can pickle the function; otherwise Parsl's own way,
+    which the workers then import for that call (:func:`needs_parsl_serialize`). One pickling per
+    function, kept for the last 128 (Parsl keeps its own the same way: functions are taken to be
+    immutable). ``buffer_threshold``: Parsl's size over which it logs a warning.
+    """
+    if _default_code_methods():
+        try:
+            return _cloudpickled(func)
+        except Exception:  # noqa: BLE001 - not picklable (or not hashable) here: dill may manage
+            pass
+    from parsl.serialize import serialize
+
+    return serialize(func, buffer_threshold=buffer_threshold)
+
+
+@functools.lru_cache(maxsize=128)
+def _cloudpickled(func: Any) -> bytes:
+    return CODE_TAG + cloudpickle.dumps(func, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def decode_code(data: bytes) -> Any:
+    """The inverse of :func:`encode_code` (also takes anything ``parsl.serialize`` made)."""
+    if data.startswith(CODE_TAG):
+        return cloudpickle.loads(memoryview(data)[len(CODE_TAG):])
+    from parsl.serialize import deserialize
+
+    return deserialize(data)
+
+
+def needs_parsl_serialize(*encoded: bytes) -> bool:
+    """Whether any of these bytes (from encode_code / encode_data) came from ``parsl.serialize``."""
+    return any(not (data.startswith(CODE_TAG) or data.startswith(PICKLE_TAG)) for data in encoded)
+
+
+def _default_code_methods() -> bool:
+    facade = sys.modules.get("parsl.serialize.facade")
+    if facade is None:
+        return True  # not imported here: nothing can have registered a serializer
+    methods = facade.methods_for_code
+    return len(methods) == 1 and b"C2" in methods
 
 
 def encode_data(obj: Any) -> bytes:
@@ -59,6 +114,8 @@ def encode_data(obj: Any) -> bytes:
             data = b""
         if data and b"__main__" not in data:
             return PICKLE_TAG + data
+    from parsl.serialize import serialize
+
     return serialize(obj)
 
 
@@ -66,13 +123,19 @@ def decode_data(data: bytes) -> Any:
     """The inverse of :func:`encode_data` (also takes anything ``parsl.serialize`` made)."""
     if data.startswith(PICKLE_TAG):
         return pickle.loads(memoryview(data)[len(PICKLE_TAG):])
+    from parsl.serialize import deserialize
+
     return deserialize(data)
 
 
 def _default_data_methods() -> bool:
-    # Parsl's own registry (a dict it changes in place when a plugin registers): read, not re-imported,
-    # per call.
-    return len(_methods_for_data) == 1 and b"02" in _methods_for_data
+    # Parsl's own registry (a dict it changes in place when a plugin registers), where it is
+    # imported; where it is not (a worker's fork server), nothing can have registered a plugin.
+    facade = sys.modules.get("parsl.serialize.facade")
+    if facade is None:
+        return True
+    methods = facade.methods_for_data
+    return len(methods) == 1 and b"02" in methods
 
 
 # What a worker imports once so that calls skip it (PythonTask.set_warm_imports, library imports).
@@ -80,8 +143,8 @@ def _default_data_methods() -> bool:
 # not all of Parsl (see that module; a fork costs in proportion to the memory the server maps). An
 # app whose function needs more (a bash app's lives in ``parsl.app.bash``) loads it when the server
 # first unpickles that function, once per worker.
-WARM_IMPORTS = ["parslvine.lean", "parsl.app.errors", "parsl.data_provider.files", "parsl.serialize",
-                "parslvine.runner"]
+WARM_IMPORTS = ["parslvine.lean", "parsl.app.errors", "parsl.data_provider.files", "parslvine.runner"]
+PARSL_SERIALIZE = "parsl.serialize"  # warm too for a call whose bytes need it (needs_parsl_serialize)
 
 
 def _remap(file: Any, names: dict[str, str]) -> None:
@@ -200,7 +263,7 @@ class BoundParslCall:
 def _bind_app(function: bytes) -> BoundParslCall:
     bound = BoundParslCall(function)
     try:
-        bound.app = deserialize(function)
+        bound.app = decode_code(function)
     except BaseException:  # noqa: BLE001 - the call deserializes it again and reports the failure as its own
         bound.app = None
     return bound
@@ -208,7 +271,7 @@ def _bind_app(function: bytes) -> BoundParslCall:
 
 def _call(function: bytes, arguments: bytes, names: dict[str, str], app: Any = None) -> bytes:
     try:
-        func = app if app is not None else deserialize(function)
+        func = app if app is not None else decode_code(function)
         call = decode_data(arguments)
         args, kwargs = call["args"], call["kwargs"]  # fresh from the unpickling: ours to change
         if names:
@@ -219,6 +282,8 @@ def _call(function: bytes, arguments: bytes, names: dict[str, str], app: Any = N
     try:
         return encode_data(result)
     except Exception:  # noqa: BLE001 - an unserializable value is the call's failure
+        from parsl.serialize import serialize
+
         return serialize(RemoteExceptionWrapper(*sys.exc_info()))
 
 

@@ -25,7 +25,7 @@ import core as vine
 
 from .configs import TaskVineManagerConfig
 from .resources import TaskSettings
-from .runner import BoundParslCall, decode_reply
+from .runner import PARSL_SERIALIZE, BoundParslCall, decode_reply, needs_parsl_serialize
 from .staging import StagingPlan
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def build_library(m: Any, config: TaskVineManagerConfig, runner: Callable[..., A
     lc = dict(config.library_config or {})
     slots = int(lc.get("num_slots") or 1)
     library = m.create_library_from_functions(
-        LIBRARY_NAME, runner, import_modules=list(warm_imports), exec_mode="fork" if slots > 1 else "direct",
+        LIBRARY_NAME, runner, import_modules=[*warm_imports, PARSL_SERIALIZE], exec_mode="fork" if slots > 1 else "direct",
         add_env=False, init_command=config.init_command or None,
         poncho_env=os.path.abspath(config.env_pack) if config.env_pack else None,
     )
@@ -91,7 +91,8 @@ def make_task(m: Any, config: TaskVineManagerConfig, settings: TaskSettings, run
         # The app's function is bound into the task's function, so the worker deserializes it once.
         task = vine.PythonTask(bound_call(function), arguments, plan.names, outputs)
         task.disable_output_serialization()  # the runner returns bytes already Parsl-serialized
-        task.set_warm_imports(warm_imports)
+        # Parsl's serialization (dill) warm in the fork server only once a call's bytes need it.
+        task.set_warm_imports(warm_imports + [PARSL_SERIALIZE] if needs_parsl_serialize(function, arguments) else warm_imports)
     if settings.exec_mode == "regular":
         _regular_settings(m, task, config, settings)
     if settings.priority is not None:

@@ -66,6 +66,19 @@ def test_python_app_values(dfk):
     assert add(add(1, 1), 10).result() == 12
 
 
+@python_app
+def apply(f, x):
+    return f(x)
+
+
+def test_arguments_only_parsls_serializer_can_send(dfk):
+    """A lambda as an argument: pickle cannot, so the call goes with Parsl's dill, which the
+    worker imports for it (regular mode: warm in the fork server from that call on)."""
+    assert apply(lambda x: x * 7, 6).result() == 42
+    assert apply(lambda x: (lambda y: x + y), 1).result()(2) == 3  # and a function value comes back
+    assert add(2, 2).result() == 4  # the calls after it as before
+
+
 def test_exceptions_keep_their_type(dfk):
     with pytest.raises(OddError, match="odd 3"):
         raise_odd(3).result()

@@ -92,6 +92,61 @@ def test_the_lean_set_imports_neither_unittest_mock_nor_asyncio_and_mocks_still_
     assert out.strip() == "ok"
 
 
+def test_the_lean_set_leaves_out_what_only_forks_pay_for_and_those_modules_still_work_later():
+    """importlib.metadata, importlib.abc (with importlib.resources, tempfile, random, shutil) and
+    dill stay out of the fork server when no typeguard plugin is installed; imported later by a
+    call they are the real modules, and typeguard still checks types (File's constructor too)."""
+    out = _fresh_python("""
+        import re, sys
+        import core.worker.forkserver
+        import parslvine.lean
+        from parslvine.runner import WARM_IMPORTS
+        for name in WARM_IMPORTS:
+            __import__(name)
+        left_out = ("importlib.metadata", "importlib.abc", "importlib.resources", "tempfile", "random", "shutil",
+                    "email", "zipfile", "dill", "parsl.serialize")
+        loaded = sorted(m for m in left_out if m in sys.modules)
+        assert not loaded, f"the lean fork server imported {loaded}"
+        import typeguard._importhook
+        assert typeguard._importhook.OPTIMIZATION.startswith("typeguard") and len(typeguard._importhook.OPTIMIZATION) > 9
+        from typeguard import TypeCheckError
+        from parsl.data_provider.files import File
+        try:
+            File(123)
+        except TypeCheckError:
+            pass
+        else:
+            raise AssertionError("File's constructor is no longer type-checked")
+        import importlib.metadata, importlib.abc, random
+        assert "stand" not in repr(importlib.metadata) and importlib.metadata.version("typeguard")
+        assert importlib.abc.MetaPathFinder.__module__ == "importlib.abc"
+        import typeguard
+        typeguard.load_plugins()            # asks the real importlib.metadata now
+        print("ok")
+    """)
+    assert out.strip() == "ok"
+
+
+def test_with_a_typeguard_plugin_installed_typeguard_imports_as_usual(tmp_path):
+    """A package declaring a typeguard plugin: the lean import cannot answer for it, so typeguard
+    imports the usual way (importlib.metadata and all) and loads the plugin."""
+    dist = tmp_path / "vine_tg_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: vine-tg-plugin\nVersion: 1.0\n\n")
+    (dist / "entry_points.txt").write_text("[typeguard.checker_lookup]\nvine = vine_tg_plugin:lookup\n")
+    (tmp_path / "vine_tg_plugin.py").write_text("LOADED = []\ndef lookup(*args):\n    LOADED.append(args)\n    return None\n")
+    out = _fresh_python(f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        import parslvine.lean
+        assert "importlib.metadata" in sys.modules, "the stand-in answered although a plugin is installed"
+        import typeguard, vine_tg_plugin
+        assert vine_tg_plugin.lookup in typeguard.checker_lookup_functions
+        print("ok")
+    """)
+    assert out.strip() == "ok"
+
+
 def test_lean_install_leaves_an_imported_parsl_alone():
     out = _fresh_python("""
         import parsl

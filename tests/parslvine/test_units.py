@@ -136,6 +136,35 @@ class Local:
         self.v = v
 
 
+def _square(x):
+    return x * x
+
+
+def test_functions_travel_by_cloudpickle_unless_parsl_has_a_code_serializer_of_its_own():
+    from parsl.serialize import facade
+    from parsl.serialize.concretes import DillCallableSerializer
+
+    from parslvine.runner import CODE_TAG, PICKLE_TAG, decode_code, encode_code, needs_parsl_serialize
+
+    data = encode_code(_square)
+    assert data.startswith(CODE_TAG) and decode_code(data)(4) == 16
+    assert encode_code(_square) is data  # pickled once per function
+    closure = (lambda k: lambda x: x + k)(3)
+    assert decode_code(encode_code(closure))(1) == 4  # not importable: by value
+    assert decode_code(serialize(_square))(3) == 9  # what parsl.serialize made decodes too
+    assert not needs_parsl_serialize(data, PICKLE_TAG + b"x") and needs_parsl_serialize(data, serialize([1]))
+
+    class Other(DillCallableSerializer):
+        identifier = b"C9"
+
+    facade.register_method_for_code(Other())
+    try:  # a code serializer of the user's: Parsl's own way, so it is used
+        assert needs_parsl_serialize(encode_code(_square))
+    finally:
+        del facade.methods_for_code[b"C9"]
+    assert encode_code(_square).startswith(CODE_TAG)
+
+
 def test_fast_data_encoding_falls_back_to_parsls_serializer():
     from parslvine.runner import PICKLE_TAG
 
