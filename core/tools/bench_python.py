@@ -24,12 +24,13 @@ import sys
 import time
 from typing import Any
 
+import cloudpickle
+
 import core as vine
+from core.tools import bench_functions
+from core.tools.bench_functions import noop
 
-
-def noop(x: int) -> int:
-    """The benchmark's function: trivial, so the figure is the runtime's own cost per call."""
-    return x + 1
+cloudpickle.register_pickle_by_value(bench_functions)  # see core/tools/bench_functions.py
 
 
 def _cores() -> int:
