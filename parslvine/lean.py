@@ -197,7 +197,9 @@ def _typeguard_without_plugins() -> str | None:
     differ: a sys.path entry that is not a plain directory (a zip, an egg), a custom distribution finder, or typeguard's own metadata missing. (``.egg-info`` directories, such as a
     source tree's editable install, have ``entry_points.txt`` in the same format and are read alike.)
     """
-    if any(hasattr(finder, "find_distributions") and not isinstance(finder, type) for finder in sys.meta_path):
+    from importlib.machinery import PathFinder
+
+    if any(hasattr(finder, "find_distributions") and finder is not PathFinder for finder in sys.meta_path):
         return None  # a finder of its own kind may know distributions no directory shows
     version = None
     for entry in sys.path:

@@ -147,6 +147,23 @@ def test_with_a_typeguard_plugin_installed_typeguard_imports_as_usual(tmp_path):
     assert out.strip() == "ok"
 
 
+def test_the_plugin_scan_answers_only_what_it_can_see():
+    out = _fresh_python("""
+        import sys
+        import parslvine.lean as lean
+        assert lean._typeguard_without_plugins()          # this venv: no plugin, typeguard's version
+        class Finder:                                     # a finder that may know other distributions
+            def find_spec(self, *args):
+                return None
+            def find_distributions(self, *args, **kwargs):
+                return iter(())
+        sys.meta_path.append(Finder())
+        assert lean._typeguard_without_plugins() is None
+        print("ok")
+    """)
+    assert out.strip() == "ok"
+
+
 def test_lean_install_leaves_an_imported_parsl_alone():
     out = _fresh_python("""
         import parsl
