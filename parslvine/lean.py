@@ -150,15 +150,14 @@ def import_typeguard() -> None:
             stand_ins["importlib.abc"] = _abc_stand_in()
     try:
         _import_with(stand_ins)
-    except ImportError:
-        pass  # no typeguard here: Parsl's own import reports it
-    except Exception:  # noqa: BLE001 - a stand-in short of what this typeguard wants: the usual import
+    except Exception:  # noqa: BLE001 - no typeguard, or a stand-in short of what this typeguard asks
         for name in [m for m in sys.modules if m == "typeguard" or m.startswith("typeguard.")]:
             del sys.modules[name]
-        try:
-            _import_with({"unittest.mock": _mock_stand_in()})
-        except ImportError:
-            pass
+        if len(stand_ins) > 1:  # the usual import (but for unittest.mock), which says what is wrong if anything is
+            try:
+                _import_with({"unittest.mock": _mock_stand_in()})
+            except ImportError:
+                pass  # no typeguard here: Parsl's own import reports it
 
 
 def _import_with(stand_ins: dict[str, types.ModuleType]) -> None:

@@ -164,6 +164,23 @@ def test_the_plugin_scan_answers_only_what_it_can_see():
     assert out.strip() == "ok"
 
 
+def test_a_typeguard_asking_more_than_the_stand_ins_know_imports_the_usual_way():
+    out = _fresh_python("""
+        import sys, types
+        import parslvine.lean as lean
+        for name in [m for m in sys.modules if m == "typeguard" or m.startswith("typeguard.")]:
+            del sys.modules[name]
+        lean._metadata_stand_in = lambda version: types.ModuleType("importlib.metadata")  # knows nothing
+        lean.import_typeguard()
+        assert "typeguard" in sys.modules and "unittest.mock" not in sys.modules  # imported, still without mock
+        import typeguard
+        assert typeguard.typechecked and type(sys.modules["importlib.metadata"]) is types.ModuleType
+        assert hasattr(sys.modules["importlib.metadata"], "entry_points")  # the real one
+        print("ok")
+    """)
+    assert out.strip() == "ok"
+
+
 def test_lean_install_leaves_an_imported_parsl_alone():
     out = _fresh_python("""
         import parsl
