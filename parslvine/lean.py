@@ -191,10 +191,11 @@ PLUGIN_GROUP = "[typeguard.checker_lookup]"  # typeguard's entry point group, as
 def _typeguard_without_plugins() -> str | None:
     """typeguard's installed version, if no installed package declares a typeguard plugin; else None.
 
-    Reads what ``importlib.metadata`` would: the ``*.dist-info`` directories of the sys.path
-    directories (``entry_points.txt`` of each, ``METADATA`` of typeguard's). None wherever it could
-    differ: a sys.path entry that is not a plain directory (a zip, an egg), a custom distribution finder, or typeguard's own metadata missing. (``.egg-info`` directories, such as a
-    source tree's editable install, have ``entry_points.txt`` in the same format and are read alike.)
+    Reads what ``importlib.metadata`` would: the ``*.dist-info`` and ``*.egg-info`` directories
+    (a source tree's editable install) of the sys.path directories, ``entry_points.txt`` of each
+    and ``METADATA`` of typeguard's. None wherever the answer could differ: a sys.path entry that
+    is not a plain directory (a zip, an egg), another finder that lists distributions, or
+    typeguard's own metadata missing.
     """
     from importlib.machinery import PathFinder
 

@@ -91,12 +91,20 @@ def needs_parsl_serialize(*encoded: bytes) -> bool:
     return any(not (data.startswith(CODE_TAG) or data.startswith(PICKLE_TAG)) for data in encoded)
 
 
-def _default_code_methods() -> bool:
+def _parsl_defaults(registry: str, identifier: bytes) -> bool:
+    """Whether Parsl's serializer registry ``registry`` (``methods_for_code`` / ``_data``, a dict it
+    changes in place when a plugin registers) holds only its default, ``identifier``. Read where
+    parsl.serialize is imported; where it is not (a worker's fork server), nothing can have
+    registered a plugin."""
     facade = sys.modules.get("parsl.serialize.facade")
     if facade is None:
-        return True  # not imported here: nothing can have registered a serializer
-    methods = facade.methods_for_code
-    return len(methods) == 1 and b"C2" in methods
+        return True
+    methods = getattr(facade, registry)
+    return len(methods) == 1 and identifier in methods
+
+
+def _default_code_methods() -> bool:
+    return _parsl_defaults("methods_for_code", b"C2")  # DillCallableSerializer
 
 
 def encode_data(obj: Any) -> bytes:
@@ -129,13 +137,7 @@ def decode_data(data: bytes) -> Any:
 
 
 def _default_data_methods() -> bool:
-    # Parsl's own registry (a dict it changes in place when a plugin registers), where it is
-    # imported; where it is not (a worker's fork server), nothing can have registered a plugin.
-    facade = sys.modules.get("parsl.serialize.facade")
-    if facade is None:
-        return True
-    methods = facade.methods_for_data
-    return len(methods) == 1 and b"02" in methods
+    return _parsl_defaults("methods_for_data", b"02")  # DillSerializer
 
 
 # What a worker imports once so that calls skip it (PythonTask.set_warm_imports, library imports).

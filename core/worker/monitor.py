@@ -18,7 +18,7 @@ class Usage:
     """Peak usage of one task so far."""
 
     start: float = field(default_factory=time.time)
-    memory: float = 0.0  # MB, peak resident set of the whole tree (proportional, for a tree of several: _proportional)
+    memory: float = 0.0  # MB, peak memory of the whole tree: its resident set, or for several processes their PSS sum
     disk: float = 0.0  # MB, peak size of the sandbox
     cpu_time: float = 0.0  # s, user + system of the tree (children that already exited are lost)
     max_procs: int = 0
@@ -62,7 +62,7 @@ def _proportional(p: psutil.Process) -> int:
 
     A tree of several processes is measured by the sum of these, not of their resident sets: the
     children of a fork share their parent's pages until they write them, and a sum of resident
-    sets counts every shared page once per process (a fork-mode library with its waiting forks,
+    sets counts every shared page once per process (a fork-mode library with its running calls,
     a task that forks workers over a loaded dataset: several times the memory really in use).
     Its resident set where the kernel gives no PSS.
     """
