@@ -478,6 +478,28 @@ class _Replies:
         pass
 
 
+class ForkRequest:
+    """A request sent by :meth:`ForkServer.start`: its two ends are called back from the channel.
+
+    ``started(pid)`` once the server names the child, ``ended(status)`` once it has exited (its
+    inline result, if any, is in ``take_result``). ``ended(None)``: the server was lost before it
+    named the child, which never ran. ``cancel()`` (Worker.kill before the pid is known): the
+    child is killed as soon as it is named, and neither end is called.
+    """
+
+    __slots__ = ("started", "ended", "cancelled", "pid")
+
+    def __init__(self, started: Callable[[int], None], ended: Callable[[int | None], None]) -> None:
+        self.started = started
+        self.ended = ended
+        self.cancelled = False
+        self.pid = 0
+
+    def cancel(self) -> bool:
+        self.cancelled = True
+        return True
+
+
 class ForkServer:
     """The worker's handle on its fork server (started on first use, restarted if it dies)."""
 
@@ -486,6 +508,7 @@ class ForkServer:
         self._channel: _Replies | None = None
         self._started: dict[int, asyncio.Future[int]] = {}
         self._exited: dict[int, asyncio.Future[int]] = {}
+        self._requests: dict[int, ForkRequest] = {}  # requests sent by start(), until their child's end
         self._results: dict[int, bytes] = {}  # inline results (output file bytes) of exited tasks, until taken
         self._lock: asyncio.Lock | None = None
         self._base_env: dict[str, str] = {}  # the environment the server was started with
@@ -524,6 +547,22 @@ class ForkServer:
         _, self._channel = await loop.create_unix_connection(lambda: _Replies(self), sock=parent)
 
     def _reply(self, tid: int, pid: int | None, status: int | None, result: bytes | None) -> None:
+        req = self._requests.get(tid)
+        if req is not None:
+            if pid is not None:
+                req.pid = pid
+                if req.cancelled:
+                    kill_group(pid)  # killed before it knew the pid
+                else:
+                    req.started(pid)
+                return
+            del self._requests[tid]
+            if not req.cancelled:
+                if result is not None:
+                    self._results[tid] = result
+                assert status is not None
+                req.ended(status)
+            return
         if pid is not None:
             fut = self._started.pop(tid, None)
             if fut is not None:
@@ -545,6 +584,10 @@ class ForkServer:
         if channel is not self._channel:
             return
         self._channel = None
+        requests, self._requests = self._requests, {}
+        for req in requests.values():
+            if not req.cancelled:
+                req.ended(-signal.SIGKILL if req.pid else None)
         for futs in (self._started, self._exited):
             for fut in futs.values():
                 if not fut.done():
@@ -597,6 +640,23 @@ class ForkServer:
         if pid < 0:
             raise OSError("the fork server died before starting the task")
         return pid, exited
+
+    def start(self, task_id: int, sandbox: str, env: dict[str, str], stdout: str, python: dict[str, Any],
+              started: Callable[[int], None], ended: Callable[[int | None], None], **fast: Any) -> ForkRequest | None:
+        """:meth:`spawn` without a coroutine, for a server already running: the request is written
+        now and its ends are called back (:class:`ForkRequest`); None if the server is not running
+        (``spawn`` starts it)."""
+        channel = self._channel
+        if channel is None or not self.running:
+            return None
+        req = self._requests[task_id] = ForkRequest(started, ended)
+        last, changed, unset = self._last_env
+        if env is not last:
+            changed, unset = env_difference(self._base_env, env)
+            self._last_env = (env, changed, unset)
+        channel.transport.write(encode_fork_line({"id": task_id, "sandbox": sandbox, "env": changed, "unset": unset,
+                                                  "stdout": stdout, "python": python, **fast}))
+        return req
 
     def close(self) -> None:
         import subprocess

@@ -314,20 +314,31 @@ class Worker:
             stop.cancel()
 
     async def _read_frames(self, conn: Connection) -> None:
-        """Handle the manager's frames until the connection ends or it says ``exit``."""
-        while True:
-            frame = await conn.recv()
-            if frame is None:
+        """Handle the manager's frames until the connection ends or it says ``exit``.
+
+        Each frame is handled in the transport's read callback as its bytes arrive
+        (Connection.deliver_frames, as the manager reads its workers), and what the frames of one
+        read queued (completes, messages to libraries) leaves in one write once they are handled.
+        Read through ``recv``, a frame cost a future, a wake-up of this coroutine and a turn of the
+        loop before it was handled: per FunctionCall about a tenth of the worker's time.
+        """
+        exiting = False
+
+        def handle(frame: Frame) -> None:
+            nonlocal exiting
+            if exiting:
+                return  # nothing after ``exit`` is handled
+            if isinstance(frame.message, M.Exit):
+                exiting = True
+                self._stop.set()
                 return
-            # Handle every frame that arrived in the same read before flushing, so the replies
-            # (and messages to libraries) of one batch leave in one write.
-            while frame is not None:
-                if isinstance(frame.message, M.Exit):
-                    self._stop.set()
-                    return
-                self._handle(frame)
-                frame = conn.recv_nowait()
-            await conn.drain()
+            self._handle(frame)
+
+        def answered() -> None:  # the frames of a read handled: the messages they queued leave now
+            self.python.flush_libraries()
+            self.flush()
+
+        await conn.deliver_frames(handle, answered)
 
     def _spawn(self, coro: Any) -> None:
         """Run ``coro`` in the background, holding it: the event loop keeps only weak references to
@@ -458,7 +469,7 @@ class Worker:
         self.makers.started(rt.spec)
         if self._plain_command(rt):
             self._start_command(rt)
-        else:
+        elif not self.python.start_forked(rt):  # a plain PythonTask starts from callbacks alone
             rt.starter = asyncio.create_task(self.python.task_coroutine(rt))  # libraries have their own runner
 
     def _plain_command(self, rt: RunningTask) -> bool:
@@ -614,6 +625,22 @@ class Worker:
             await self._wrap_up(rt, result, code, reason, retry, missing_input, end)
         await self._drain_if_backed_up()
 
+    def end_task(self, rt: RunningTask, result: int, code: int, reason: str) -> None:
+        """The end of ``run_task`` for a task started without a coroutine (PythonRunner.start_forked):
+        its slot passed on (``_pass_slot_on``), then the task wrapped up, in a coroutine only when
+        an output or its stdout must be streamed."""
+        end = time.time()
+        if rt.spec.python is not None and rt.spec.function_call is None:
+            self.free_slot(rt)  # the next queued task's fork request is written before this one's complete
+        if not self._wrap_up_now(rt, result, code, reason, False, False, end):
+            self._spawn(self._wrap_up_and_drain(rt, result, code, reason, end))
+        elif self.conn is not None and self.conn.writer.transport.get_write_buffer_size():
+            self._spawn(self._drain_if_backed_up())
+
+    async def _wrap_up_and_drain(self, rt: RunningTask, result: int, code: int, reason: str, end: float) -> None:
+        await self._wrap_up(rt, result, code, reason, False, False, end)
+        await self._drain_if_backed_up()
+
     @staticmethod
     def _exit_result(rt: RunningTask, status: int) -> tuple[int, int, str]:
         """(result, exit code, reason) of a task whose process ended with ``status``."""
@@ -639,7 +666,8 @@ class Worker:
         """Collect the task's stdout and outputs and send its ``complete``, when none of it waits:
         no output sent back, no stdout to stream (the usual small task). False, with nothing done,
         otherwise (``_wrap_up`` then does it)."""
-        if rt.inline_outputs or any(o.send_back for o in rt.spec.outputs):
+        inline = rt.inline_outputs  # a forked PythonTask's result, collected from memory here
+        if any(o.send_back and o.remote not in inline for o in rt.spec.outputs):
             return False
         now = stdout_now(rt, self.conn)
         if now is None:
@@ -652,7 +680,11 @@ class Worker:
         if result != C.VINE_RESULT_INPUT_MISSING:
             ok = self._watched_last(rt, result, code)
             for o in rt.spec.outputs:
-                if not ((o.failure_only and ok) or (o.success_only and not ok)):
+                if (o.failure_only and ok) or (o.success_only and not ok):
+                    continue
+                if o.remote in inline:
+                    self.python.collect_inline_output(rt, o, inline.pop(o.remote), outputs, cached)
+                else:
                     result = self._keep_output(rt, o, result, outputs, cached)
         self._complete(rt, result, code, reason, retry, missing_input, end, outputs, cached, stdout, None)
         return True
@@ -728,7 +760,7 @@ class Worker:
             if (o.failure_only and ok) or (o.success_only and not ok):
                 continue
             if o.remote in inline:
-                await self.python.collect_inline_output(rt, o, inline.pop(o.remote), outputs, cached)
+                self.python.collect_inline_output(rt, o, inline.pop(o.remote), outputs, cached)
                 continue
             if not o.send_back:
                 result = self._keep_output(rt, o, result, outputs, cached)
