@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from .spec import FileSpec, TaskSpec
 
 NO_RESOURCES = Resources(0, 0, 0, 0)
+MAX_KEPT_ALLOCATIONS = 4096  # distinct (request, worker total) pairs kept; more and they start over
 
 
 class LibrarySlots(Protocol):
@@ -61,15 +62,24 @@ class Placement:
         self._source = source  # where an input would come from for a worker (core/state/transfers.py), None: nowhere yet
         self.rng = rng
         self.policy = policy
+        # The allocation rule is a pure function of (request, worker total, policy): its boxes are
+        # kept per (request, total) while the policy's tuning stays as it was (placement and
+        # prefetching ask it for every task, on every worker they look at).
+        self._policy_key: tuple[float, ...] = ()
+        self._policy = AllocationPolicy()
+        self._allocations: dict[tuple[Resources, Resources], Resources] = {}
 
     @property
     def allocation_policy(self) -> AllocationPolicy:
-        return AllocationPolicy(
-            proportional=bool(self.tuning["proportional-resources"]),
-            whole_tasks=bool(self.tuning["proportional-whole-tasks"]),
-            disk_proportion=float(self.tuning["disk-proportion-available-to-task"]),
-            exact_task_values=bool(self.tuning["exact-task-resources"]),
-        )
+        t = self.tuning
+        key = (t["proportional-resources"], t["proportional-whole-tasks"], t["disk-proportion-available-to-task"],
+               t["exact-task-resources"])
+        if key != self._policy_key:
+            self._policy_key = key
+            self._policy = AllocationPolicy(proportional=bool(key[0]), whole_tasks=bool(key[1]),
+                                            disk_proportion=float(key[2]), exact_task_values=bool(key[3]))
+            self._allocations.clear()
+        return self._policy
 
     def allocation(self, rec: TaskRecord, w: WorkerRecord) -> Resources:
         """What ``rec`` would be given on ``w``: its category's box, or its request under the
@@ -79,10 +89,19 @@ class Placement:
             return self.categories.allocation(cat, rec.spec.requested, rec.exhaustions > 0, w.total, self.allocation_policy,
                                               int(self.tuning["category-steady-n-tasks"]))
         req = rec.spec.requested
+        if rec.spec.library_required is not None:
+            return NO_RESOURCES  # a call runs inside its library's box
         if rec.exhaustions:
             # It outgrew its proportional share: give it the whole worker, keeping the user's own values.
             req = Resources(req.cores, w.total.memory, -1, req.gpus)  # memory = total -> the whole-worker rule
-        return allocate_resources(req, w.total, policy=self.allocation_policy, function_call=rec.spec.library_required is not None)
+        policy = self.allocation_policy  # (first: a changed policy empties the kept boxes)
+        key = (req, w.total)
+        box = self._allocations.get(key)
+        if box is None:
+            if len(self._allocations) >= MAX_KEPT_ALLOCATIONS:
+                self._allocations.clear()
+            box = self._allocations[key] = allocate_resources(req, w.total, policy=policy)
+        return box
 
     def open_to(self, spec: TaskSpec, w: WorkerRecord, now: float) -> bool:
         """Whether ``w`` takes ``spec`` at all, whatever its room: not draining, not on a blocked

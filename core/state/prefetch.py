@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable, Container, Iterable
 from typing import TYPE_CHECKING, TypeVar
 
+from .placement import NO_RESOURCES
 from .resources import Resources, fits
 
 if TYPE_CHECKING:
@@ -121,7 +122,7 @@ class PrefetchPlanner:
             if any(w.replicas.get(m.file.cache_name) != "ready" for m in t.inputs):
                 continue
             alloc = self.placement.allocation(rec, w)
-            if not fits(alloc, w.total, Resources(0, 0, 0, 0)):
+            if not fits(alloc, w.total, NO_RESOURCES):
                 continue
             if best is None or len(w.queue) < best[0]:
                 best = (len(w.queue), w, alloc)

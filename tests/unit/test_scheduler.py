@@ -1159,3 +1159,24 @@ def test_prefetch_only_pass_stops_at_the_first_task_it_cannot_queue() -> None:
     # this pass stopped at the head: at most one task moved to the passed list
     assert len(sim.state._passed) - passed_before <= 1
     sim.state.validate()
+
+
+# --- kept allocations -----------------------------------------------------------------------------------------
+
+
+def test_allocations_kept_per_request_and_worker_follow_a_tuning_change() -> None:
+    from core.state.events import TuneChanged
+
+    sim = Sim()
+    sim.join("w1", **MANUAL)
+    first, second = Task("a", cores=1), Task("b", cores=1)
+    (d1,) = of(sim.submit(first), Dispatch)
+    (d2,) = of(sim.submit(second), Dispatch)
+    # Proportional: 1 of 4 cores is a quarter of the worker, memory and disk too (REFERENCE §3.3).
+    assert d1.allocation == d2.allocation == Resources(1, 3000, 6750, 0)
+    assert d1.allocation is d2.allocation  # the same request on the same worker: the kept box
+    sim.finish("w1", first)
+    sim.finish("w1", second)
+    sim.handle(TuneChanged(sim.now, "proportional-resources", 0))
+    (d3,) = of(sim.submit(Task("c", cores=1)), Dispatch)
+    assert d3.allocation.cores == 1 and d3.allocation.memory == 12000  # the whole worker's memory, not the kept box
