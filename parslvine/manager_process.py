@@ -4,17 +4,16 @@
 
     user's process (Parsl's DFK)                     manager process (python -m parslvine.manager_process)
     ────────────────────────────                     ─────────────────────────────────────────────────────
-    submit: serialize func/args, staging plan,       the manager's I/O thread, for all of it:
-      settings ─► outbox                               each frame read ─► make_task ─► Manager.submit
-    writer thread: the whole outbox, one frame ────►     (socketpair, length-prefixed pickle of a list;
-                                                          the serverless library installed once)
-    reader thread: completes futures ◄──── one frame per turn ◄── tasks handed back: wait(0), unpack_result
+    submit: serialize func/args, staging plan,       reader: each batch ─► make_task ─► Manager.submit
+      settings ─► outbox                                                            (library installed once)
+    writer thread: the whole outbox, one frame ────► (socketpair, length-prefixed pickle of a list)
+    reader thread: completes futures ◄──── one frame per batch ◄── collector: Manager.wait, unpack_result
 
 A call costs the DFK about a millisecond of the user's process's CPU; the manager's I/O thread
-cost another 0.2 ms (serverless) to 0.5 ms (regular: a PythonTask has more to track) per call,
-which under the user's GIL would slow the DFK. Here that work runs in a process of its own (on
-another core), in one thread (see :class:`_ManagerServer`), and the user's process only pickles
-the call's already-serialized bytes into a batch and unpickles the batched results.
+and its collector cost another 0.6 ms (serverless) to 1.2 ms (regular: a PythonTask has more to
+track) there, under the same GIL. Here that work runs in a process of its own (on another core),
+and the user's process only pickles the call's already-serialized bytes into a batch and
+unpickles the batched results.
 
 The manager process ends when it is told to (``shutdown``), when its socket reaches EOF, or when
 its parent is gone (it checks its parent pid every second: a socket end inherited by a forked
@@ -26,7 +25,6 @@ bad-state mechanism) and later submits raise it.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import os
@@ -44,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 FRAME_HEADER = struct.Struct("!Q")
 PARENT_CHECK_INTERVAL = 1.0  # s
+COLLECT_INTERVAL = 0.5  # s
 MAX_RESULTS_PER_FRAME = 2000
 READ_SIZE = 1 << 20  # bytes asked of one recv: a burst of frames arrives in one read
 START_TIMEOUT = 120.0  # s: the manager process imports Parsl and binds its port
@@ -291,17 +290,7 @@ class ManagerProcessClient:
 # The manager process's side
 # ---------------------------------------------------------------------------------------------------------
 class _ManagerServer:
-    """The manager process's work: calls in, tasks to the manager, results out (see the module docstring).
-
-    All of it runs in the manager's own I/O thread: the socket to the user's process is a protocol
-    of the manager's event loop (:class:`_UserChannel`), whose frames are submitted as they are
-    read, and the finished tasks are taken from the manager in that thread too, once per turn of
-    its loop that handed any back (``Manager._on_tasks_done``). A reader thread and a collector
-    thread blocked in ``wait`` did the same before, under the same interpreter lock: each call then
-    woke both and passed the lock between three threads, and the I/O thread, which every task
-    waits for, often waited for the lock. The process's main thread only starts this and waits
-    for the end (the user's ``stop``, its socket's end, or its parent gone).
-    """
+    """The manager process's work: calls in, tasks to the manager, results out (see the module docstring)."""
 
     def __init__(self, sock: socket.socket, setup: dict[str, Any]) -> None:
         self.sock = sock
@@ -309,15 +298,15 @@ class _ManagerServer:
         self.config = setup["config"]
         self.m: Any = None
         self.factory: Any = None
-        self.channel: _UserChannel | None = None
-        self._ended = threading.Event()  # stop, the socket's end, or the parent gone
+        self._send_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._outstanding = 0
+        self._stopping = False
         self._library_installed = False
 
     def send(self, items: list[Any]) -> None:
-        """One frame to the user's process (from the manager's I/O thread, through its transport)."""
-        channel = self.channel
-        if channel is not None:
-            channel.send(items)
+        with self._send_lock:
+            send_frame(self.sock, items)
 
     def start(self) -> None:
         import core as vine
@@ -340,24 +329,24 @@ class _ManagerServer:
             raise
 
     def serve(self) -> None:
-        m = self.m
-        loop = m._loop
-
-        async def attach() -> None:
-            self.sock.setblocking(False)
-            await loop.connect_accepted_socket(lambda: _UserChannel(self), sock=self.sock)
-
-        asyncio.run_coroutine_threadsafe(attach(), loop).result(START_TIMEOUT)
-        m._on_tasks_done(self._collect)
+        collector = threading.Thread(target=self._collect, name="parslvine-mp-collector", daemon=True)
+        collector.start()
         watcher = threading.Thread(target=self._watch_parent, args=(os.getppid(),), name="parslvine-mp-parent", daemon=True)
         watcher.start()
+        frames = FrameReader(self.sock)
         try:
-            self._ended.wait()
+            while True:
+                try:
+                    items = frames.next()
+                except OSError:
+                    items = None
+                if items is None or not self._handle(items):
+                    break
         finally:
             self._stop()
+            collector.join(STOP_TIMEOUT)
 
     def _handle(self, items: list[Any]) -> bool:
-        """The items of one frame, in the manager's I/O thread; False once told to stop."""
         from .resources import TaskSettings
         from .runner import WARM_IMPORTS, run_parsl_call
         from .staging import StagingPlan
@@ -374,13 +363,21 @@ class _ManagerServer:
                     task = make_task(self.m, self.config, settings, run_parsl_call, function, arguments, plan, WARM_IMPORTS)
                     task._parslvine_id = executor_id
                     self.m.submit(task)
+                    # Counted once the manager has it: counted before, the collector's wait() could find
+                    # the manager with nothing to wait for and return at once, again and again, taking
+                    # the interpreter lock from this very submit (seen with one call at a time). The
+                    # collector may take the task first (the count dips below zero): it waits only while
+                    # the count is not positive, so neither order loses a wake-up.
+                    with self._cond:
+                        self._outstanding += 1
+                        if self._outstanding == 1:  # the collector waits only while nothing is outstanding
+                            self._cond.notify_all()
                 except Exception as exc:  # noqa: BLE001 - this call's failure, reported to its future
                     self.send([("done", executor_id, False, _picklable(exc), None)])
             elif kind == "flush":
-                self.m._logs.flush()  # (in the I/O thread: the manager's call would run it here too)
+                self.m._call(self.m._logs.flush)
                 self.send([("flushed",)])
             elif kind == "stop":
-                self._ended.set()
                 return False
         return True
 
@@ -394,24 +391,35 @@ class _ManagerServer:
         logger.info("installed serverless library %r", LIBRARY_NAME)
 
     def _collect(self) -> None:
-        """The finished tasks, taken in the manager's I/O thread and sent in frames of at most
-        MAX_RESULTS_PER_FRAME."""
         m = self.m
-        try:
-            batch = []
-            task = m.wait(0)
-            while task is not None:
-                batch.append(self._result(task))
-                if len(batch) >= MAX_RESULTS_PER_FRAME:
+        while True:
+            with self._cond:
+                while not self._stopping and self._outstanding <= 0:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+            try:
+                task = m.wait(COLLECT_INTERVAL)
+                batch = []
+                while task is not None:
+                    batch.append(self._result(task))
+                    if len(batch) >= MAX_RESULTS_PER_FRAME:
+                        break
+                    task = m.wait(0)  # drain what else has finished: one frame for all of it
+            except Exception as exc:  # the manager failed: the user's process must know
+                logger.exception("the manager failed")
+                try:
+                    self.send([("failed", f"{type(exc).__name__}: {exc}")])
+                except OSError:
+                    pass
+                return
+            if batch:
+                with self._cond:
+                    self._outstanding -= len(batch)
+                try:
                     self.send(batch)
-                    batch = []
-                task = m.wait(0)
-        except Exception as exc:  # the manager failed: the user's process must know
-            logger.exception("the manager failed")
-            self.send([("failed", f"{type(exc).__name__}: {exc}")])
-            return
-        if batch:
-            self.send(batch)
+                except OSError:
+                    return
 
     def _result(self, task: Any) -> tuple[Any, ...]:
         from .tasks import forget_buffers, task_output, unpack_result
@@ -431,74 +439,27 @@ class _ManagerServer:
                 f"the result of task {task.id} cannot be deserialized: {type(exc).__name__}: {exc}"), None)
 
     def _watch_parent(self, parent: int) -> None:
-        while not self._ended.wait(PARENT_CHECK_INTERVAL):
+        while True:
+            with self._cond:
+                if self._stopping:
+                    return
+                self._cond.wait(PARENT_CHECK_INTERVAL)
             if os.getppid() != parent:
                 logger.warning("the user's process (pid %d) is gone; stopping", parent)
-                self._ended.set()
+                try:
+                    self.sock.shutdown(socket.SHUT_RDWR)  # ends the reader's recv: serve() stops everything
+                except OSError:
+                    pass
                 return
 
     def _stop(self) -> None:
-        self._ended.set()
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
         if self.factory is not None:
             self.factory.stop()
         if self.m is not None:
-            channel = self.channel
-            if channel is not None and channel.transport is not None:
-                try:
-                    self.m._call(channel.transport.close, timeout=STOP_TIMEOUT)  # its loop closes with the manager
-                except Exception:  # noqa: BLE001 - the loop already gone: the process's exit closes the socket
-                    pass
             self.m.close()
-
-
-class _UserChannel(asyncio.Protocol):
-    """The socket to the user's process as a protocol of the manager's event loop: each whole frame
-    handled as it is read (``_ManagerServer._handle``), results written through the transport (which
-    buffers what the socket cannot take yet, so the loop never blocks on the user's process)."""
-
-    def __init__(self, server: _ManagerServer) -> None:
-        self.server = server
-        self.transport: Any = None
-        self.buf = bytearray()
-
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        self.server.channel = self
-
-    def send(self, items: list[Any]) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(frame(items))
-
-    def data_received(self, data: bytes) -> None:
-        if self.server._ended.is_set():
-            return  # stopping: nothing more is submitted
-        buf = self.buf
-        buf += data
-        header = FRAME_HEADER.size
-        while len(buf) >= header:
-            (size,) = FRAME_HEADER.unpack_from(buf)
-            end = header + size
-            if len(buf) < end:
-                break
-            body = bytes(buf[header:end])
-            del buf[:end]
-            try:
-                items = pickle.loads(body) if body else []
-            except Exception as exc:  # noqa: BLE001 - the user's process sent what it never sends: stop
-                logger.error("an unreadable frame from the user's process (%s: %s); stopping", type(exc).__name__, exc)
-                self.server._ended.set()
-                return
-            if not self.server._handle(items):
-                return
-
-    def eof_received(self) -> bool:
-        self.server._ended.set()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-        self.server._ended.set()
-
 
 
 def configure_manager(m: Any, config: Any) -> None:

@@ -577,14 +577,6 @@ class Manager:
                 finally:
                     self._metrics.polling_ended(key)
 
-    def _on_tasks_done(self, listener: Callable[[], None]) -> None:
-        """Call ``listener()`` in the manager's I/O thread each time finished tasks are handed back
-        (once per turn of its loop, however many), for an adapter that runs in that thread: it takes
-        them with ``wait(0)`` there, and needs no thread of its own blocked in ``wait`` (whose
-        wake-ups and hand-offs of the interpreter lock cost more than taking the task).
-        Registered from any thread; not for user code, whose callbacks must not block the loop."""
-        self._call(lambda: self._shell.done_listeners.append(listener))
-
     def empty(self) -> bool:
         """True when every submitted task has been returned by ``wait``."""
         if self._status_display is not None:

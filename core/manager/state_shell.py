@@ -89,9 +89,6 @@ class StateShell:
         self._finalize = finalize
         self._retrieved: list[int] = []  # task ids returned in the current step (one TasksRetrieved)
         self._notify_pending = False
-        # Called in this thread once per wake-up of the waiters (Manager._on_tasks_done): an adapter
-        # that takes its finished tasks here, with wait(0), needs no thread of its own waiting.
-        self.done_listeners: list[Callable[[], None]] = []
         self._perf_check_at = 0.0  # the tick collects stats for the performance log again from then
 
     # -- events in, instructions out ---------------------------------------------------------------
@@ -224,11 +221,6 @@ class StateShell:
         self._notify_pending = False
         with self._cond:
             self._cond.notify_all()
-        for listener in self.done_listeners:
-            try:
-                listener()
-            except Exception:  # noqa: BLE001 - one listener's failure must not stop the loop
-                log.exception("a done listener failed")
 
     # -- the ticker ----------------------------------------------------------------------------------
     def _heard_events(self) -> list[WorkerHeard]:

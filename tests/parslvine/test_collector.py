@@ -1,11 +1,10 @@
-"""The manager process's collector: it asks its manager for results only when some were handed back.
+"""The manager process's collector: it waits for results only while the manager has calls to give.
 
 A call was once counted as outstanding before the manager had it, so with one call at a time the
-collector thread's ``wait()`` found nothing in flight, returned at once and was called again, in a
-loop that took the interpreter lock from the very submit it waited for (5-8 ms of the manager
-process's CPU per call instead of ~3). The collector now runs in the manager's I/O thread, called
-once per turn that handed tasks back, and takes them with ``wait(0)``. Here the real server runs
-in this process, with a real worker, and the calls it makes to its manager's ``wait`` are counted.
+collector's ``wait()`` found nothing in flight, returned at once and was called again, in a loop
+that took the interpreter lock from the very submit it waited for (5-8 ms of the manager process's
+CPU per call instead of ~3). Here the real server runs in this process, with a real worker, and
+the calls it makes to its manager's ``wait`` are counted.
 """
 
 from __future__ import annotations
@@ -58,7 +57,8 @@ def test_one_call_at_a_time_does_not_make_the_collector_spin(tmp_path, start_wor
             (kind, executor_id, ok, payload, _code), = recv_frame(ours)
             assert (kind, executor_id, ok) == ("done", i, True)
             assert decode_data(payload) == 3 * i
-        # Per call: one wait that returns it and one that finds the queue drained. The spin made hundreds.
+        # Per call: one wait that returns it and one that finds the queue drained, plus a timed-out
+        # wait now and then (every 0.5 s) while a call runs. The spin made hundreds.
         assert len(waits) <= 3 * CALLS + 10, f"{len(waits)} waits for {CALLS} calls"
     finally:
         send_frame(ours, [("stop",)])
