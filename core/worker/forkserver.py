@@ -627,13 +627,8 @@ class ForkServer:
         exited: asyncio.Future[int] = loop.create_future()
         self._started[task_id] = started
         self._exited[task_id] = exited
-        last, changed, unset = self._last_env
-        if env is not last:
-            changed, unset = env_difference(self._base_env, env)
-            self._last_env = (env, changed, unset)
-        request = {"id": task_id, "sandbox": sandbox, "env": changed, "unset": unset, "stdout": stdout, "python": python, **fast}
         assert self._channel is not None
-        self._channel.transport.write(encode_fork_line(request))
+        self._write_request(self._channel, task_id, sandbox, env, stdout, python, fast)
         # Cancelled while waiting (the task was killed before its pid came), the future is cancelled
         # too, and _reply kills the child as soon as the server names it.
         pid = await started
@@ -650,13 +645,18 @@ class ForkServer:
         if channel is None or not self.running:
             return None
         req = self._requests[task_id] = ForkRequest(started, ended)
+        self._write_request(channel, task_id, sandbox, env, stdout, python, fast)
+        return req
+
+    def _write_request(self, channel: _Replies, task_id: int, sandbox: str, env: dict[str, str], stdout: str,
+                       python: dict[str, Any], fast: dict[str, Any]) -> None:
+        """Send one request line; the environment goes as its difference to the server's."""
         last, changed, unset = self._last_env
         if env is not last:
             changed, unset = env_difference(self._base_env, env)
             self._last_env = (env, changed, unset)
         channel.transport.write(encode_fork_line({"id": task_id, "sandbox": sandbox, "env": changed, "unset": unset,
                                                   "stdout": stdout, "python": python, **fast}))
-        return req
 
     def close(self) -> None:
         import subprocess

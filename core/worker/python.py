@@ -294,6 +294,8 @@ class PythonRunner:
             rt.starter = server.start(rt.id, rt.sandbox, worker.task_env(rt), stdout_path, request,  # type: ignore[assignment]
                                       lambda pid: self._forked_started(rt, pid), lambda status: self._forked_ended(rt, py, status),
                                       **fast)
+            if rt.starter is None:  # (running was checked above, in this same call)
+                raise RuntimeError("the fork server stopped before the task's request was written")
         except Exception as exc:  # noqa: BLE001 - the worker must survive any single task
             result, reason = worker._task_error(rt, exc)
             worker.end_task(rt, result, -1, reason)
