@@ -510,15 +510,7 @@ class Worker:
             (result, reason), code = self._task_error(rt, error), -1
         if self.tasks.get(rt.id) is not rt:
             return  # killed by the manager
-        end = time.time()
-        try:
-            if not self._wrap_up_now(rt, result, code, reason, False, False, end):
-                self._spawn(self._wrap_up(rt, result, code, reason, False, False, end))
-        except Exception as exc:  # noqa: BLE001 - a callback's error must not end the connection or lose the task
-            log.exception("task %s: wrapping up failed", rt.id)
-            if self.tasks.get(rt.id) is rt:
-                self.release(rt)
-                self.send(M.Complete(rt.id, C.VINE_RESULT_UNKNOWN, code, reason=f"worker error: {exc}", start=rt.start, end=end))
+        self.end_task(rt, result, code, reason)
 
     def release(self, rt: RunningTask) -> None:
         if rt.spec.function_call is not None:
@@ -626,16 +618,25 @@ class Worker:
         await self._drain_if_backed_up()
 
     def end_task(self, rt: RunningTask, result: int, code: int, reason: str) -> None:
-        """The end of ``run_task`` for a task started without a coroutine (PythonRunner.start_forked):
-        its slot passed on (``_pass_slot_on``), then the task wrapped up, in a coroutine only when
-        an output or its stdout must be streamed."""
+        """The end of ``run_task`` for a task started without a coroutine (a plain command task,
+        PythonRunner.start_forked): a PythonTask's slot passed on first (``_pass_slot_on``), then
+        the task wrapped up, in a coroutine only when an output or its stdout must be streamed. Called
+        from a callback, so a failure here is the task's (UNKNOWN), never the connection's."""
         end = time.time()
-        if rt.spec.python is not None and rt.spec.function_call is None:
-            self.free_slot(rt)  # the next queued task's fork request is written before this one's complete
-        if not self._wrap_up_now(rt, result, code, reason, False, False, end):
-            self._spawn(self._wrap_up_and_drain(rt, result, code, reason, end))
-        elif self.conn is not None and self.conn.writer.transport.get_write_buffer_size():
-            self._spawn(self._drain_if_backed_up())
+        ours, handed_off = self.tasks.get(rt.id) is rt, False
+        try:
+            if rt.spec.python is not None and rt.spec.function_call is None:
+                self.free_slot(rt)  # the next queued task's fork request is written before this one's complete
+            if not self._wrap_up_now(rt, result, code, reason, False, False, end):
+                self._spawn(self._wrap_up_and_drain(rt, result, code, reason, end))
+            handed_off = True
+            if self.conn is not None and self.conn.writer.transport.get_write_buffer_size():
+                self._spawn(self._drain_if_backed_up())
+        except Exception as exc:  # noqa: BLE001 - a callback's error must not end the connection or lose the task
+            log.exception("task %s: wrapping up failed", rt.id)
+            if ours and not handed_off:
+                self.release(rt)
+                self.send(M.Complete(rt.id, C.VINE_RESULT_UNKNOWN, code, reason=f"worker error: {exc}", start=rt.start, end=end))
 
     async def _wrap_up_and_drain(self, rt: RunningTask, result: int, code: int, reason: str, end: float) -> None:
         await self._wrap_up(rt, result, code, reason, False, False, end)

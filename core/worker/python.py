@@ -85,11 +85,6 @@ class LibraryProcess:
         if out and self.writer is not None and not self.dead:
             self.writer.write(b"".join(out))
 
-    def flush(self) -> None:
-        """Write the queued messages now (the turn's end, already scheduled, then finds none)."""
-        if self._outgoing:
-            self._flush()
-
     def die(self) -> None:
         self.dead = True
         if not self.ready.done():
@@ -310,20 +305,14 @@ class PythonRunner:
         worker = self._worker
         if worker.tasks.get(rt.id) is not rt:
             return  # killed by the manager
-        try:
-            if status is None:  # the server ended before it named the child: this host's problem, sent again
-                worker.end_task(rt, C.VINE_RESULT_FORSAKEN, -1, "worker problem: the fork server ended before the task started")
-                return
-            rt.returncode = status
-            if result is not None and py.output:
-                rt.inline_outputs = {py.output: result}
-            res, code, reason = worker._exit_result(rt, status)
-            worker.end_task(rt, res, code, reason)
-        except Exception as exc:  # noqa: BLE001 - a callback's error must not end the channel or lose the task
-            log.exception("task %s: wrapping up failed", rt.id)
-            if worker.tasks.get(rt.id) is rt:
-                worker.release(rt)
-                worker.send(M.Complete(rt.id, C.VINE_RESULT_UNKNOWN, -1, reason=f"worker error: {exc}", start=rt.start, end=time.time()))
+        if status is None:  # the server ended before it named the child: this host's problem, sent again
+            worker.end_task(rt, C.VINE_RESULT_FORSAKEN, -1, "worker problem: the fork server ended before the task started")
+            return
+        rt.returncode = status
+        if result is not None and py.output:
+            rt.inline_outputs = {py.output: result}
+        res, code, reason = worker._exit_result(rt, status)
+        worker.end_task(rt, res, code, reason)  # (its own failure is the task's: Worker.end_task)
 
     async def _execute_forked(self, rt: RunningTask, py: M.PythonRun) -> int:
         # The child creates its stdout file (appending to the empty one a recycled sandbox keeps):
@@ -419,7 +408,7 @@ class PythonRunner:
     def flush_libraries(self) -> None:
         """Write what the calls handed over so far queued for their library instances, now."""
         for inst in self.libraries.values():
-            inst.flush()
+            inst._flush()  # (the turn's end, already scheduled, then finds nothing left)
 
     # -- function calls -----------------------------------------------------------------------------------------
     async def _fast_call_when_ready(self, rt: RunningTask, arriving: list[asyncio.Future[bool]]) -> None:
