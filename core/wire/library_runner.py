@@ -66,10 +66,11 @@ if TYPE_CHECKING or __package__:
         READ_CHUNK,
         FramingError,
         MessageReader,
+        call_fields,
+        encode_library_done,
         encode_library_message,
         encode_outcome,
         fork_lean,
-        leave_parent_loop,
         load_call,
         parse_child_pipe,
         pipe_exit,
@@ -85,10 +86,11 @@ else:
         READ_CHUNK,
         FramingError,
         MessageReader,
+        call_fields,
+        encode_library_done,
         encode_library_message,
         encode_outcome,
         fork_lean,
-        leave_parent_loop,
         load_call,
         parse_child_pipe,
         pipe_exit,
@@ -98,7 +100,6 @@ else:
         write_all,
     )
 
-_frame = encode_library_message  # the library process's own name for it
 
 # Types the C pickler writes itself, before it would ask cloudpickle's reducer_override: the envelope
 # of a return value of exactly one of these is cloudpickle.dumps's bytes from pickle.dumps, without
@@ -136,6 +137,7 @@ def _hoist(functions: dict[str, Any], hoisted: list[tuple[str, str, Any]]) -> No
 
 
 INLINE_RESULT = 1 << 20  # results up to this size travel in the "done" message, not through a file
+REAP_CHECK = 50  # ms: how long a library with children waits for events before it looks for ended ones
 
 
 def _run_call(functions: dict[str, Any], msg: dict[str, Any], inline: bool = False) -> tuple[int, bytes | None]:
@@ -176,9 +178,15 @@ def _run_call(functions: dict[str, Any], msg: dict[str, Any], inline: bool = Fal
         status = 0
     if inline and len(data) <= INLINE_RESULT:
         return status, data
-    with open(msg["result"], "wb") as fh:
+    with open(_result_path(msg), "wb") as fh:
         fh.write(data)
     return status, None
+
+
+def _result_path(msg: dict[str, Any]) -> str:
+    """Where a call's result goes when it does not travel inline: the ``result`` it names, or by
+    default ``.vine-result-<id>`` in its sandbox (what the worker's fast path reads)."""
+    return msg.get("result") or os.path.join(msg["sandbox"], f".vine-result-{msg['id']}")
 
 
 def send_message(sock: socket.socket, msg: dict[str, Any]) -> None:
@@ -244,7 +252,13 @@ class _CallLoop:
     is forked in the round that reported the one before it, not a manager round trip later.
 
     Lean on purpose, as the fork server (core/worker/forkserver.py): after a fork every page this
-    process writes is a copy-on-write fault, so it polls with epoll itself, not ``selectors``.
+    process writes is a copy-on-write fault (about 2.6 us each on the 2-core test VM, page copy
+    included), so it polls with epoll itself, not ``selectors``, and it has no SIGCHLD handler.
+    Children are reaped by ``waitpid(-1, WNOHANG)`` at the end of a round that reported one (it
+    has written its record, so it is exiting), that saw a pipe end without a record, or that
+    timed out (a child that died without its record while a process it started holds its pipe
+    open): a signal handler's wake-up, its Python handler and a round of its own were about 40
+    such faults a call, a quarter of the library's.
     """
 
     def __init__(self, sock: socket.socket, functions: dict[str, Any], mode: str) -> None:
@@ -252,52 +266,56 @@ class _CallLoop:
         self.functions = functions
         self.mode = mode
         self.home = os.getcwd()
-        self.rfd, self.wfd = os.pipe()
-        os.set_blocking(self.rfd, False)
-        os.set_blocking(self.wfd, False)
-        signal.set_wakeup_fd(self.wfd)
-        signal.signal(signal.SIGCHLD, lambda *_: None)
         self.poll = select.epoll()
         self.poll.register(sock.fileno(), select.EPOLLIN)
-        self.poll.register(self.rfd, select.EPOLLIN)
         self.reader = MessageReader()
         self.children: dict[int, int] = {}  # pid -> call id, until reaped
         self.pipes: dict[int, int] = {}  # read end of a forked call's result pipe (still open) -> its pid
         self.got: dict[int, bytes] = {}  # pid -> what its pipe gave while its records were not whole yet
         self.reported: set[int] = set()  # pids whose "done" went from their pipe: the reap sends nothing
+        self.reap_due = False  # a child reported or its pipe ended in this round: reap at its end
         self.replies: list[bytes] = []  # framed, sent together at the end of a round
+        # Reads land in these two buffers, made once: a fresh 64 kB bytes object per read (allocated,
+        # shrunk, freed) wrote to three or four more heap pages a call, each a copy-on-write fault.
+        self.inbox = bytearray(READ_CHUNK)
+        self.inbox_view = memoryview(self.inbox)
+        self.pipe_buf = bytearray(READ_CHUNK)
+        self.pipe_view = memoryview(self.pipe_buf)
         self.slots = max(0, int(os.environ.get("VINE_LIBRARY_SLOTS") or 0))  # 0: no limit (started by hand)
         self.waiting: collections.deque[dict[str, Any]] = collections.deque()  # forked calls beyond the slots
 
     def run(self) -> int:
-        sock, sock_fd, rfd, pipes = self.sock, self.sock.fileno(), self.rfd, self.pipes
+        sock, sock_fd, pipes, poll = self.sock, self.sock.fileno(), self.pipes, self.poll.poll
+        inbox = self.inbox
         while True:
-            for fd, _ in self.poll.poll():
+            # Children still to reap: wake now and then to look, for one whose pipe another process holds open.
+            events = poll(REAP_CHECK if self.children else -1)
+            for fd, _ in events:
                 if fd == sock_fd:
-                    data = sock.recv(READ_CHUNK)
-                    if not data:
+                    n = sock.recv_into(inbox)
+                    if not n:
                         for pid in self.children:
                             _kill_quietly(pid)
                         return 0
-                    for msg in self.reader.feed(data):
+                    for msg in self.reader.feed(self.inbox_view[:n]):
                         self.take(msg)
-                elif fd == rfd:
-                    try:
-                        os.read(rfd, 4096)
-                    except BlockingIOError:
-                        pass
-                    self.reap()
                 elif fd in pipes:  # (a reap earlier in this round may have closed it)
                     self.read_pipe(fd)
+            if self.reap_due or not events:
+                self.reap_due = False
+                self.reap()
             if self.replies:
                 sock.sendall(b"".join(self.replies))
                 self.replies.clear()
+            if self.waiting:
+                self.start_waiting()
 
     def take(self, msg: dict[str, Any]) -> None:
         op = msg.get("op")
         if op == "call":
             if (msg.get("mode") or self.mode) == "direct":
-                sandbox = msg["sandbox"]
+                msg = call_fields(msg)
+                sandbox = msg.setdefault("sandbox", self.home)
                 if sandbox == self.home:  # a call on the worker's fast path runs in the instance's own sandbox
                     try:
                         status, inline_result = _run_call(self.functions, msg, inline=True)
@@ -311,10 +329,8 @@ class _CallLoop:
                         os.chdir(self.home)
                         sys.stdout.flush()
                 self.done(msg["id"], status, inline_result)
-            elif self.slots and len(self.children) - len(self.reported) >= self.slots:
-                self.waiting.append(msg)
             else:
-                self.fork(msg)
+                self.waiting.append(msg)  # forked at the round's end (start_waiting)
         elif op == "kill":
             for pid, cid in self.children.items():
                 if cid == msg["id"]:
@@ -326,27 +342,30 @@ class _CallLoop:
                     break
 
     def fork(self, msg: dict[str, Any]) -> None:
-        pid, pipe_fd = _fork_call(self.sock, self.functions, msg, (self.rfd, self.wfd, *self.pipes))
+        pid, pipe_fd = _fork_call(self.sock, self.functions, msg, tuple(self.pipes), self.home)
         self.children[pid] = msg["id"]
         self.pipes[pipe_fd] = pid
         self.poll.register(pipe_fd, select.EPOLLIN)
 
     def done(self, call_id: int, status: int, result: bytes | None) -> None:
-        self.replies.append(_frame({"op": "done", "id": call_id, "status": status, "result": result}))
+        self.replies.append(encode_library_done(call_id, status, result))
 
-    def call_ended(self) -> None:
-        """A forked call was reported: its slot takes the next waiting call."""
-        while self.waiting and len(self.children) - len(self.reported) < self.slots:
+    def start_waiting(self) -> None:
+        """Fork the waiting calls that have a slot, last in a round: every page this process
+        writes while a child shares it is copied, so the round's other work (reports, reaps, the
+        replies' write) comes first, and after the fork this process only waits."""
+        while self.waiting and (not self.slots or len(self.children) - len(self.reported) < self.slots):
             self.fork(self.waiting.popleft())
 
     def read_pipe(self, fd: int) -> None:
         """One read of a forked call's result pipe: the call is reported once its records are whole."""
         try:
-            chunk = os.read(fd, READ_CHUNK)
+            n = os.readv(fd, (self.pipe_buf,))
         except BlockingIOError:
             return
+        chunk = self.pipe_view[:n].tobytes()
         pid = self.pipes[fd]
-        got = self.got.pop(pid, b"") + chunk
+        got = self.got.pop(pid, b"") + chunk if pid in self.got else chunk
         try:
             result, code = parse_child_pipe(got)
         except FramingError:
@@ -355,11 +374,12 @@ class _CallLoop:
             else:
                 self.got[pid] = got  # ended without its exit record: the reap reports it
                 self.close_pipe(fd)
+                self.reap_due = True
             return
         self.close_pipe(fd)  # whole: what the child does now is exit
         self.reported.add(pid)
+        self.reap_due = True
         self.done(self.children[pid], code, result)
-        self.call_ended()
 
     def close_pipe(self, fd: int) -> None:
         self.poll.unregister(fd)
@@ -391,7 +411,6 @@ class _CallLoop:
             result = read_child_pipe(self.got.pop(pid, b""))[0]
             if cid is not None:
                 self.done(cid, os.waitstatus_to_exitcode(status), result)
-                self.call_ended()
 
 
 def _kill_quietly(pid: int) -> None:
@@ -401,11 +420,11 @@ def _kill_quietly(pid: int) -> None:
         pass
 
 
-def _fork_call(sock: socket.socket, functions: dict[str, Any], msg: dict[str, Any], fds: tuple[int, ...]) -> tuple[int, int]:
+def _fork_call(sock: socket.socket, functions: dict[str, Any], msg: dict[str, Any], fds: tuple[int, ...],
+               home: str) -> tuple[int, int]:
     """Fork a child that runs call ``msg``: ``(its pid, the read end of its result pipe)``.
 
-    ``fds``: the library's descriptors the child lets go of (its loop's wake-up pipe, the other
-    children's result pipes). The child sends its result (up to INLINE_RESULT bytes; a larger one
+    ``fds``: the library's descriptors the child lets go of (the other children's result pipes). The child sends its result (up to INLINE_RESULT bytes; a larger one
     goes to the call's result file) and its exit status through the pipe (see _CallLoop).
     """
     sys.stdout.flush()
@@ -418,8 +437,15 @@ def _fork_call(sock: socket.socket, functions: dict[str, Any], msg: dict[str, An
         return pid, rfd
     code, data = 1, None
     try:
-        leave_parent_loop(sock, rfd, *fds)
-        os.chdir(msg["sandbox"])
+        # The library has no signal handlers or wake-up pipe to undo (leave_parent_loop's other work).
+        os.close(sock.fileno())
+        os.close(rfd)
+        for fd in fds:
+            os.close(fd)
+        msg = call_fields(msg)
+        sandbox = msg.setdefault("sandbox", home)
+        if sandbox != home:
+            os.chdir(sandbox)
         code, data = _run_call(functions, msg, inline=True)
     except BaseException:  # noqa: BLE001 - a child must never return into the library's loop
         traceback.print_exc()

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, Coroutine, Protocol
 from .. import constants as C
 from ..wire import messages as M
 from ..wire.connection import queue_bytes
-from ..wire.remote import FramingError, MessageReader, encode_library_message
+from ..wire.remote import FramingError, MessageReader, encode_library_call, encode_library_message
 from .forkserver import ForkServer
 
 if TYPE_CHECKING:
@@ -73,11 +73,19 @@ class LibraryProcess:
 
     def send(self, msg: dict[str, Any]) -> bool:
         """Queue a message; those of one event-loop turn reach the library in one write."""
+        return self._queue(encode_library_message(msg))  # the library socket's framing (core.wire.remote)
+
+    def send_call(self, call_id: int, mode: str | None, fields: dict[str, Any]) -> bool:
+        """Queue a call in the socket's compact form: the library reads its id and mode, and only the
+        process that runs it unpickles ``fields`` (core/wire/remote.py, the library socket)."""
+        return self._queue(encode_library_call(call_id, mode, fields))
+
+    def _queue(self, frame: bytes) -> bool:
         if self.dead or self.writer is None:
             return False
         if not self._outgoing:
             asyncio.get_running_loop().call_soon(self._flush)
-        self._outgoing.append(encode_library_message(msg))  # the library socket's framing (core.wire.remote)
+        self._outgoing.append(frame)
         return True
 
     def _flush(self) -> None:
@@ -464,14 +472,9 @@ class PythonRunner:
             rt.starter = asyncio.create_task(self._fast_call_when_ready(rt, arriving))
             return True
         result_path = os.path.join(inst.sandbox, f".vine-result-{rt.id}")  # used only for results over 1 MiB
-        args_file = fc.args_file
         output_path = self.cache.path(output.name) if output is not None else None
         mode = fc.mode or inst.mode
-        if not inst.send({"op": "call", "id": rt.id, "function": fc.function,
-                          "args": base64.b64decode(fc.args) if fc.args is not None else None,
-                          "args_file": self._spilled_path(args_file, paths) if args_file else None, "paths": paths,
-                          "sandbox": inst.sandbox, "result": result_path, "output": output_path, "output_inline": True,
-                          "mode": mode}):
+        if not inst.send_call(rt.id, mode, self._fast_call_fields(fc, paths, output_path)):
             return False
         direct = mode == "direct"
         fut = CallWaiter(lambda f: self._fast_call_done(rt, inst, result_path, output, f, direct))
@@ -484,6 +487,21 @@ class PythonRunner:
             # stopped without its library, so it runs to its end and its result is dropped).
             rt.starter = fut  # type: ignore[assignment]
         return True
+
+    def _fast_call_fields(self, fc: M.CallRef, paths: dict[str, str | bytes], output_path: str | None) -> dict[str, Any]:
+        """A fast-path call's fields, only those that differ from the library's defaults: it runs the
+        call in its own sandbox, puts a result over 1 MiB in ``.vine-result-<id>`` there, and has no
+        arguments file, no paths and no output unless they are named."""
+        fields: dict[str, Any] = {"function": fc.function, "output_inline": True}
+        if fc.args is not None:
+            fields["args"] = base64.b64decode(fc.args)
+        if fc.args_file:
+            fields["args_file"] = self._spilled_path(fc.args_file, paths)
+        if paths:
+            fields["paths"] = paths
+        if output_path is not None:
+            fields["output"] = output_path
+        return fields
 
     def _spilled_path(self, remote: str, paths: dict[str, str | bytes]) -> str:
         """The on-disk path of input ``remote`` (its bytes are written out if they were in memory)."""
@@ -557,10 +575,9 @@ class PythonRunner:
         if inst is None:
             inst = next((i for i in libs.values() if i.name == fc.library and not i.dead), None)
         fut: asyncio.Future[int | None] = loop.create_future()
-        if inst is None or inst.dead or not await inst.wait_ready() or not inst.send({
-            "op": "call", "id": rt.id, "function": fc.function,
-            "args": base64.b64decode(fc.args) if fc.args is not None else None,
-            "args_file": fc.args_file, "sandbox": rt.sandbox, "result": result_path, "mode": fc.mode,
+        if inst is None or inst.dead or not await inst.wait_ready() or not inst.send_call(rt.id, fc.mode, {
+            "function": fc.function, "args": base64.b64decode(fc.args) if fc.args is not None else None,
+            "args_file": fc.args_file, "sandbox": rt.sandbox, "result": result_path,
             "output": os.path.join(rt.sandbox, fc.output) if fc.output else None,
         }):
             # The call never started: the manager puts it back in the queue (a new instance, or
