@@ -372,22 +372,21 @@ def plain_values(obj: Any, depth: int = 0) -> bool:
     return False
 
 
-def _new_result_prefix() -> None:
-    global _RESULT_PREFIX, _RESULT_IDS
-    _RESULT_PREFIX, _RESULT_IDS = f"buffer-rnd-{secrets.token_hex(8)}-", itertools.count(1)
-
-
-_RESULT_PREFIX = ""
-_RESULT_IDS = itertools.count(1)
-_new_result_prefix()
-os.register_at_fork(after_in_child=_new_result_prefix)  # a forked process draws its own
+# This process's result-name prefix and count ("prefix", "ids"), drawn at the first name. A forked
+# child empties it (a C method as the at-fork hook: no Python runs in every forked call's child,
+# where each page written is a copy) and draws its own if it ever names a result.
+_RESULT_NAMES: dict[str, Any] = {}
+os.register_at_fork(after_in_child=_RESULT_NAMES.clear)
 
 
 def _result_name() -> str:
     """A fresh name for a result buffer: a random prefix drawn once per process, then a count
     (a random draw per task, secrets.token_hex, was a system call and a release of the
     interpreter lock in every submit). As unique as the random names of other buffers."""
-    return f"{_RESULT_PREFIX}{next(_RESULT_IDS):x}"
+    names = _RESULT_NAMES
+    if not names:
+        names["prefix"], names["ids"] = f"buffer-rnd-{secrets.token_hex(8)}-", itertools.count(1)
+    return f"{names['prefix']}{next(names['ids']):x}"
 
 
 class PythonTask(Task):

@@ -33,6 +33,7 @@ import socket
 import sys
 import traceback
 import types
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
@@ -76,6 +77,8 @@ if TYPE_CHECKING or __package__:
         pipe_exit,
         pipe_result,
         read_child_pipe,
+        restore_fork_hooks,
+        silence_fork_hooks,
         unpack_arguments,
         write_all,
     )
@@ -96,6 +99,8 @@ else:
         pipe_exit,
         pipe_result,
         read_child_pipe,
+        restore_fork_hooks,
+        silence_fork_hooks,
         unpack_arguments,
         write_all,
     )
@@ -228,8 +233,13 @@ def library_main(config_path: str) -> int:
         return 1
     mode = config.get("mode", "fork")
     send_message(sock, {"op": "ready", "functions": sorted(functions), "pid": os.getpid(), "mode": mode})
-    sys.stdout.flush()
+    _flush_output()  # nothing this process printed may be left in a buffer its forked calls inherit
     return _serve_calls(sock, functions, mode)
+
+
+def _flush_output() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
 
 
 def _serve_calls(sock: socket.socket, functions: dict[str, Any], mode: str) -> int:
@@ -283,10 +293,12 @@ class _CallLoop:
         self.pipe_view = memoryview(self.pipe_buf)
         self.slots = max(0, int(os.environ.get("VINE_LIBRARY_SLOTS") or 0))  # 0: no limit (started by hand)
         self.waiting: collections.deque[dict[str, Any]] = collections.deque()  # forked calls beyond the slots
+        self.silenced: list[tuple[Any, Any]] = []  # the at-fork hooks kept empty while no call runs here (remote.py)
 
     def run(self) -> int:
         sock, sock_fd, pipes, poll = self.sock, self.sock.fileno(), self.pipes, self.poll.poll
         inbox = self.inbox
+        self.silenced = silence_fork_hooks()
         while True:
             # Children still to reap: wake now and then to look, for one whose pipe another process holds open.
             events = poll(REAP_CHECK if self.children else -1)
@@ -314,21 +326,11 @@ class _CallLoop:
         op = msg.get("op")
         if op == "call":
             if (msg.get("mode") or self.mode) == "direct":
-                msg = call_fields(msg)
-                sandbox = msg.setdefault("sandbox", self.home)
-                if sandbox == self.home:  # a call on the worker's fast path runs in the instance's own sandbox
-                    try:
-                        status, inline_result = _run_call(self.functions, msg, inline=True)
-                    finally:
-                        sys.stdout.flush()
-                else:
-                    os.chdir(sandbox)
-                    try:
-                        status, inline_result = _run_call(self.functions, msg, inline=True)
-                    finally:
-                        os.chdir(self.home)
-                        sys.stdout.flush()
-                self.done(msg["id"], status, inline_result)
+                restore_fork_hooks(self.silenced)  # the call's own forks, or its threads, need them
+                try:
+                    self.run_direct(call_fields(msg))
+                finally:
+                    self.silenced = silence_fork_hooks()
             else:
                 self.waiting.append(msg)  # forked at the round's end (start_waiting)
         elif op == "kill":
@@ -342,13 +344,30 @@ class _CallLoop:
                     break
 
     def fork(self, msg: dict[str, Any]) -> None:
-        pid, pipe_fd = _fork_call(self.sock, self.functions, msg, tuple(self.pipes), self.home)
+        pid, pipe_fd = _fork_call(self.sock, self.functions, msg, self.pipes, self.home, self.silenced)
         self.children[pid] = msg["id"]
         self.pipes[pipe_fd] = pid
         self.poll.register(pipe_fd, select.EPOLLIN)
 
     def done(self, call_id: int, status: int, result: bytes | None) -> None:
         self.replies.append(encode_library_done(call_id, status, result))
+
+    def run_direct(self, msg: dict[str, Any]) -> None:
+        """Run a direct call here, in its sandbox (a call on the worker's fast path: the instance's own)."""
+        sandbox = msg.setdefault("sandbox", self.home)
+        if sandbox == self.home:
+            try:
+                status, inline_result = _run_call(self.functions, msg, inline=True)
+            finally:
+                _flush_output()
+        else:
+            os.chdir(sandbox)
+            try:
+                status, inline_result = _run_call(self.functions, msg, inline=True)
+            finally:
+                os.chdir(self.home)
+                _flush_output()
+        self.done(msg["id"], status, inline_result)
 
     def start_waiting(self) -> None:
         """Fork the waiting calls that have a slot, last in a round: every page this process
@@ -363,17 +382,16 @@ class _CallLoop:
             n = os.readv(fd, (self.pipe_buf,))
         except BlockingIOError:
             return
-        chunk = self.pipe_view[:n].tobytes()
         pid = self.pipes[fd]
-        got = self.got.pop(pid, b"") + chunk if pid in self.got else chunk
+        earlier = self.got.pop(pid, None)
+        # Parsed where it was read (only the result is copied out) unless an earlier read began it.
+        got = self.pipe_view[:n] if earlier is None else earlier + self.pipe_view[:n]
         try:
             result, code = parse_child_pipe(got)
         except FramingError:
-            if chunk:
-                self.got[pid] = got  # more to come
-            else:
-                self.got[pid] = got  # ended without its exit record: the reap reports it
-                self.close_pipe(fd)
+            self.got[pid] = bytes(got)  # more to come, or (nothing read) it ended without its exit record
+            if not n:
+                self.close_pipe(fd)  # the reap reports it
                 self.reap_due = True
             return
         self.close_pipe(fd)  # whole: what the child does now is exit
@@ -420,23 +438,24 @@ def _kill_quietly(pid: int) -> None:
         pass
 
 
-def _fork_call(sock: socket.socket, functions: dict[str, Any], msg: dict[str, Any], fds: tuple[int, ...],
-               home: str) -> tuple[int, int]:
+def _fork_call(sock: socket.socket, functions: dict[str, Any], msg: dict[str, Any], fds: Iterable[int],
+               home: str, silenced: list[tuple[Any, Any]]) -> tuple[int, int]:
     """Fork a child that runs call ``msg``: ``(its pid, the read end of its result pipe)``.
 
     ``fds``: the library's descriptors the child lets go of (the other children's result pipes). The child sends its result (up to INLINE_RESULT bytes; a larger one
     goes to the call's result file) and its exit status through the pipe (see _CallLoop).
     """
-    sys.stdout.flush()
-    sys.stderr.flush()
+    # No flush of sys.stdout and sys.stderr here (ten pages written a call): this process writes to
+    # them only in direct calls, which flush after themselves (take), and before it serves.
     rfd, wfd = os.pipe()
-    pid = fork_lean()
+    pid = os.fork() if silenced else fork_lean()  # silenced: the idle hooks are empty already
     if pid:
         os.close(wfd)
         os.set_blocking(rfd, False)
         return pid, rfd
     code, data = 1, None
     try:
+        restore_fork_hooks(silenced)  # the call's own forks must run them
         # The library has no signal handlers or wake-up pipe to undo (leave_parent_loop's other work).
         os.close(sock.fileno())
         os.close(rfd)

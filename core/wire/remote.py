@@ -346,18 +346,32 @@ def fork_lean() -> int:
     and the interpreter's own after-fork work run as usual. With a second thread, or hooks not
     shaped as expected, this is a plain ``os.fork()``.
     """
+    hooks = silence_fork_hooks()
+    try:
+        return os.fork()
+    finally:
+        restore_fork_hooks(hooks)  # in the child too: its own forks must run them
+
+
+def silence_fork_hooks() -> list[tuple[Any, Any]]:
+    """Empty the bodies of the idle at-fork hooks (see :func:`fork_lean`) until
+    :func:`restore_fork_hooks` is given what this returns; nothing (``[]``) with a second thread
+    running, or hooks not shaped as expected. A forking library keeps them empty while it serves,
+    instead of for each fork: emptying and restoring them wrote 11 pages a call in the parent."""
     hooks = _idle_fork_hooks()
     # _thread._count(): the threads started by _thread or threading still running, the main one
     # not counted (sys._current_frames() made a dict of every thread's frame: 10 page faults a call).
     if not hooks or _thread._count():
-        return os.fork()
+        return []
     for hook, _ in hooks:
         hook.__code__ = _nothing.__code__
-    try:
-        return os.fork()
-    finally:
-        for hook, body in hooks:  # in the child too: its own forks must run them
-            hook.__code__ = body
+    return hooks
+
+
+def restore_fork_hooks(hooks: list[tuple[Any, Any]]) -> None:
+    """Give the hooks :func:`silence_fork_hooks` emptied their bodies back."""
+    for hook, body in hooks:
+        hook.__code__ = body
 
 
 def leave_parent_loop(sock: socket.socket, *fds: int) -> None:
@@ -460,7 +474,7 @@ def pipe_exit(code: int) -> bytes:
     return _EXIT.pack(b"X", code & 0xFF)
 
 
-def _result_record(data: bytes) -> tuple[bytes | None, int]:
+def _result_record(data: bytes | memoryview) -> tuple[bytes | None, int]:
     """The result record at the start of a child's pipe, if any: ``(result or None, where it ends)``."""
     if data[:1] != b"R":
         return None, 0
@@ -473,7 +487,7 @@ def _result_record(data: bytes) -> tuple[bytes | None, int]:
     return bytes(data[_RESULT_HEAD.size:end]), end
 
 
-def parse_child_pipe(data: bytes) -> tuple[bytes | None, int]:
+def parse_child_pipe(data: bytes | memoryview) -> tuple[bytes | None, int]:
     """``(result or None, exit status)`` from the whole of a finished child's pipe; FramingError if
     it is not ``[R record] X record`` exactly (the child died, or something else wrote there)."""
     result, pos = _result_record(data)
@@ -549,21 +563,50 @@ def encode_library_done(call_id: int, status: int, result: bytes | None) -> byte
     return b"".join((_LEN.pack(_DONE_HEAD.size + len(result)), head, result))
 
 
+_CALL_BODY = struct.Struct(">BHI")  # a compact call's body: flags, function name length, arguments length
+_INLINE_OUTPUT, _HAS_ARGS, _HAS_MORE = 1, 2, 4  # its flags: output_inline, "args" present, more fields pickled after
+
+
 def encode_library_call(call_id: int, mode: str | None, fields: dict[str, Any]) -> bytes:
-    """A ``call`` in its compact form: its id and mode ahead of the rest (``fields``), which only the
-    process that runs the call unpickles (:func:`call_fields`)."""
-    data = _CALL_HEAD.pack(b"C", call_id, _CALL_MODES.index(mode)) + pickle.dumps(fields, protocol=pickle.HIGHEST_PROTOCOL)
+    """A ``call`` in its compact form: its id and mode, then its body, which only the process that
+    runs the call reads (:func:`call_fields`): the function's name and the pickled arguments as
+    they are, and any other fields as a pickled dict after them (a fast-path call has none)."""
+    rest = dict(fields)
+    function = str(rest.pop("function")).encode()
+    args = rest.pop("args", None)
+    flags = (_INLINE_OUTPUT if rest.pop("output_inline", False) else 0) | (_HAS_ARGS if args is not None else 0)
+    more = b""
+    if rest:
+        flags |= _HAS_MORE
+        more = pickle.dumps(rest, protocol=pickle.HIGHEST_PROTOCOL)
+    data = b"".join((_CALL_HEAD.pack(b"C", call_id, _CALL_MODES.index(mode)), _CALL_BODY.pack(flags, len(function), len(args or b"")),
+                     function, args or b"", more))
     return _LEN.pack(len(data)) + data
 
 
 def call_fields(msg: dict[str, Any]) -> dict[str, Any]:
-    """A ``call`` message with all its fields: a compact one's ``body`` unpickled, its id added."""
+    """A ``call`` message with all its fields, a compact one's read from its ``body``: struct and
+    slices, no unpickling but of the fields past the name and arguments (in a forked child, every
+    page written is a copy: an unpickling of the whole body was ~15 of them a call)."""
     body = msg.get("body")
     if body is None:
         return msg
-    fields = pickle.loads(body)
-    if type(fields) is not dict:
-        raise FramingError(f"call {msg['id']}: its fields are a {type(fields).__name__}, not a dict")
+    try:
+        flags, n_function, n_args = _CALL_BODY.unpack_from(body)
+        start = _CALL_BODY.size + n_function
+        end = start + n_args
+        if end > len(body):
+            raise FramingError(f"call {msg['id']}: its body of {len(body)} bytes is cut short")
+        fields: dict[str, Any] = pickle.loads(body[end:]) if flags & _HAS_MORE else {}
+        if type(fields) is not dict:
+            raise FramingError(f"call {msg['id']}: its fields are a {type(fields).__name__}, not a dict")
+        fields["function"] = body[_CALL_BODY.size:start].decode()
+    except (struct.error, UnicodeDecodeError, pickle.UnpicklingError, EOFError) as exc:
+        raise FramingError(f"call {msg['id']}: its body is malformed: {exc}") from None
+    if flags & _HAS_ARGS:
+        fields["args"] = body[start:end]
+    if flags & _INLINE_OUTPUT:
+        fields["output_inline"] = True
     fields["op"], fields["id"], fields["mode"] = "call", msg["id"], msg["mode"]
     return fields
 
@@ -584,40 +627,53 @@ class MessageReader:
         return len(self.buf)
 
     def feed(self, data: bytes | memoryview) -> list[dict[str, Any]]:
-        self.buf += data
+        # Read in place: only the bytes of a message not whole yet are kept (in ``buf``), and each
+        # message's body is copied once at most (a library forks between reads, and every buffer it
+        # grows, slices and copies is pages written, each a copy-on-write fault).
+        buf = self.buf
+        if buf:
+            buf += data
+            data = bytes(buf)
+            buf.clear()
         out = []
-        while len(self.buf) >= _LEN.size:
-            (n,) = _LEN.unpack_from(self.buf)
-            if n > LIBRARY_MESSAGE_MAX:
-                raise FramingError(f"library message of {n} bytes announced, over {LIBRARY_MESSAGE_MAX}")
-            if len(self.buf) < _LEN.size + n:
-                break
-            body = bytes(self.buf[_LEN.size:_LEN.size + n])
-            del self.buf[:_LEN.size + n]
-            kind = body[:1]
-            if kind == b"D" or kind == b"C":
-                out.append(_compact_message(body))
-                continue
-            try:
-                msg = pickle.loads(body)
-            except Exception as exc:  # noqa: BLE001 - whatever unpickling raises, the stream is garbage
-                raise FramingError(f"library message of {n} bytes does not unpickle: {type(exc).__name__}: {exc}") from None
-            if type(msg) is not dict or type(msg.get("op")) is not str:
-                raise FramingError(f"library message is {type(msg).__name__} {repr(msg)[:60]}, not a dict with an 'op'")
-            out.append(msg)
+        pos, end = 0, len(data)
+        with memoryview(data) as view:
+            while end - pos >= _LEN.size:
+                (n,) = _LEN.unpack_from(view, pos)
+                if n > LIBRARY_MESSAGE_MAX:
+                    raise FramingError(f"library message of {n} bytes announced, over {LIBRARY_MESSAGE_MAX}")
+                start = pos + _LEN.size
+                if end - start < n:
+                    break
+                pos = start + n
+                if n and (view[start] == 0x44 or view[start] == 0x43):  # b"D", b"C": the compact forms
+                    out.append(_compact_message(view, start, pos))
+                    continue
+                try:
+                    msg = pickle.loads(view[start:pos])
+                except Exception as exc:  # noqa: BLE001 - whatever unpickling raises, the stream is garbage
+                    raise FramingError(f"library message of {n} bytes does not unpickle: {type(exc).__name__}: {exc}") from None
+                if type(msg) is not dict or type(msg.get("op")) is not str:
+                    raise FramingError(f"library message is {type(msg).__name__} {repr(msg)[:60]}, not a dict with an 'op'")
+                out.append(msg)
+            if pos < end:
+                buf += view[pos:]
         return out
 
 
-def _compact_message(body: bytes) -> dict[str, Any]:
-    """A compact ``done`` or ``call`` (module docstring) as the dict its pickled form would be."""
+def _compact_message(view: memoryview, start: int, stop: int) -> dict[str, Any]:
+    """A compact ``done`` or ``call`` (module docstring), ``view[start:stop]``, as the dict its pickled form would be."""
     try:
-        if body[:1] == b"D":
-            _, call_id, status, has_result = _DONE_HEAD.unpack_from(body)
-            return {"op": "done", "id": call_id, "status": status, "result": body[_DONE_HEAD.size:] if has_result else None}
-        _, call_id, mode = _CALL_HEAD.unpack_from(body)
-        return {"op": "call", "id": call_id, "mode": _CALL_MODES[mode], "body": body[_CALL_HEAD.size:]}
+        if view[start] == 0x44:  # b"D"
+            _, call_id, status, has_result = _DONE_HEAD.unpack_from(view, start)
+            return {"op": "done", "id": call_id, "status": status,
+                    "result": bytes(view[start + _DONE_HEAD.size:stop]) if has_result else None}
+        if stop - start < _CALL_HEAD.size:
+            raise FramingError(f"compact call of {stop - start} bytes is cut short")
+        _, call_id, mode = _CALL_HEAD.unpack_from(view, start)
+        return {"op": "call", "id": call_id, "mode": _CALL_MODES[mode], "body": bytes(view[start + _CALL_HEAD.size:stop])}
     except (struct.error, IndexError) as exc:
-        raise FramingError(f"compact library message of {len(body)} bytes is malformed: {exc}") from None
+        raise FramingError(f"compact library message of {stop - start} bytes is malformed: {exc}") from None
 
 
 # --- the fork-server channel -----------------------------------------------------------------------------
