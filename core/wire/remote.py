@@ -475,8 +475,9 @@ def pipe_exit(code: int) -> bytes:
 
 
 def _result_record(data: bytes | memoryview) -> tuple[bytes | None, int]:
-    """The result record at the start of a child's pipe, if any: ``(result or None, where it ends)``."""
-    if data[:1] != b"R":
+    """The result record at the start of a child's pipe, if any: ``(result or None, where it ends)``.
+    Read at offsets, not through slices (a forking library parses every call's pipe this way)."""
+    if not data or data[0] != 0x52:  # b"R"
         return None, 0
     if len(data) < _RESULT_HEAD.size:
         raise FramingError(f"result record cut short: {len(data)} bytes of its {_RESULT_HEAD.size}-byte head")
@@ -491,15 +492,15 @@ def parse_child_pipe(data: bytes | memoryview) -> tuple[bytes | None, int]:
     """``(result or None, exit status)`` from the whole of a finished child's pipe; FramingError if
     it is not ``[R record] X record`` exactly (the child died, or something else wrote there)."""
     result, pos = _result_record(data)
-    rest = data[pos:]
-    if not rest:
+    left = len(data) - pos
+    if not left:
         raise FramingError("no exit record: the child ended before it finished")
-    if rest[:1] != b"X":
-        raise FramingError(f"unknown record tag {rest[:1]!r} at byte {pos}")
-    if len(rest) != _EXIT.size:
-        raise FramingError(f"exit record of {len(rest)} bytes, not {_EXIT.size}"
-                           + (" (cut short)" if len(rest) < _EXIT.size else " (bytes follow it)"))
-    return result, _EXIT.unpack(rest)[1]
+    if data[pos] != 0x58:  # b"X"
+        raise FramingError(f"unknown record tag {bytes(data[pos:pos + 1])!r} at byte {pos}")
+    if left != _EXIT.size:
+        raise FramingError(f"exit record of {left} bytes, not {_EXIT.size}"
+                           + (" (cut short)" if left < _EXIT.size else " (bytes follow it)"))
+    return result, _EXIT.unpack_from(data, pos)[1]
 
 
 def child_pipe_ended(data: bytes | bytearray) -> bool:
