@@ -142,7 +142,7 @@ def _hoist(functions: dict[str, Any], hoisted: list[tuple[str, str, Any]]) -> No
 
 
 INLINE_RESULT = 1 << 20  # results up to this size travel in the "done" message, not through a file
-REAP_CHECK = 50  # ms: how long a library with children waits for events before it looks for ended ones
+REAP_CHECK = 0.05  # s: how long a library with children waits for events before it looks for ended ones
 
 
 def _run_call(functions: dict[str, Any], msg: dict[str, Any], inline: bool = False) -> tuple[int, bytes | None]:

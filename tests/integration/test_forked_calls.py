@@ -25,7 +25,7 @@ import pytest
 
 import core as vine
 from core.wire.library_runner import INLINE_RESULT
-from core.wire.remote import MessageReader, decode_result, encode_library_message
+from core.wire.remote import MessageReader, decode_result, encode_library_call, encode_library_message
 from tests.conftest import proc_status, run, wait_until
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -77,6 +77,39 @@ def leave_grandchild():
     return pid
 
 
+def die_leaving_grandchild():
+    """Fork a grandchild that keeps the result pipe open and sleeps, then end without an exit record."""
+    import os as _os
+    import time as _time
+
+    pid = _os.fork()
+    if pid == 0:
+        _time.sleep(60)
+        _os._exit(0)
+    with open("grandchild.pid", "w") as fh:
+        fh.write(str(pid))
+    _os._exit(5)
+
+
+def start_a_thread():
+    """Leave a thread running in the process that runs this (a direct call: the library itself)."""
+    import threading as _threading
+    import time as _time
+
+    _threading.Thread(target=_time.sleep, args=(60,), daemon=True).start()
+    return _threading.active_count()
+
+
+def fork_hooks_in_place():
+    """Whether threading's and logging's at-fork hooks have their own bodies here (a forking
+    library empties them while it serves: a call, and the forks a call makes, must see them whole)."""
+    import logging as _logging
+    import threading as _threading
+
+    return (_threading._after_fork.__code__.co_name == "_after_fork"
+            and _logging._after_at_fork_child_reinit_locks.__code__.co_name == "_after_at_fork_child_reinit_locks")
+
+
 def nap_with_pid(path, seconds):
     import os as _os
     import time as _time
@@ -97,7 +130,8 @@ class Library:
         self.dir = workdir
         config = os.path.join(workdir, ".vine_library")
         with open(config, "wb") as fh:
-            cloudpickle.dump({"name": "t", "functions": {f.__name__: f for f in (sized, die_now, nap, timed_nap, leave_grandchild)},
+            cloudpickle.dump({"name": "t", "functions": {f.__name__: f for f in (sized, die_now, nap, timed_nap, leave_grandchild,
+                                                                             die_leaving_grandchild, start_a_thread, fork_hooks_in_place)},
                               "hoisted": [], "context": None, "mode": "fork"}, fh)
         address = f"vine-test-lib-{os.getpid()}-{secrets.token_hex(4)}"
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -121,10 +155,15 @@ class Library:
             self.inbox += self.reader.feed(data)
         return self.inbox.pop(0)
 
-    def call(self, call_id: int, function: str, *args: object) -> None:
+    def call(self, call_id: int, function: str, *args: object, mode: str = "fork") -> None:
         self.conn.sendall(encode_library_message({
-            "op": "call", "id": call_id, "function": function, "mode": "fork", "sandbox": self.dir,
+            "op": "call", "id": call_id, "function": function, "mode": mode, "sandbox": self.dir,
             "args": pickle.dumps((list(args), {}, [])), "result": self.result_path(call_id)}))
+
+    def compact_call(self, call_id: int, function: str, *args: object) -> None:
+        """As the worker's fast path sends it: compact, only the fields that differ from the defaults."""
+        self.conn.sendall(encode_library_call(call_id, "fork", {"function": function, "output_inline": True,
+                                                                "args": pickle.dumps((list(args), {}, []))}))
 
     def result_path(self, call_id: int) -> str:
         return os.path.join(self.dir, f"result-{call_id}")
@@ -203,6 +242,45 @@ def test_a_grandchild_holding_the_pipe_does_not_hold_the_call(library):
     finally:
         if grandchild:
             os.kill(grandchild, signal.SIGKILL)
+
+
+@pytest.mark.timeout(60)
+def test_a_child_that_dies_without_its_record_while_a_grandchild_holds_its_pipe_is_reported(library):
+    """No SIGCHLD handler: the library looks for ended children when a round reported one, saw a
+    pipe end, or had no events for REAP_CHECK. Here the pipe never ends (the grandchild holds it)."""
+    start = time.monotonic()
+    library.call(1, "die_leaving_grandchild")
+    done = library.done(1)[1]
+    with open(os.path.join(library.dir, "grandchild.pid")) as fh:
+        grandchild = int(fh.read())
+    try:
+        assert done["status"] == 5 and done["result"] is None
+        assert time.monotonic() - start < 20, "the call's end waited for its grandchild"  # it sleeps 60 s
+        library.compact_call(2, "sized", 3)
+        ok, (_pid, text), _tb = decode_result(library.done(1)[2]["result"])
+        assert ok and text == "xxx"
+    finally:
+        os.kill(grandchild, signal.SIGKILL)
+
+
+@pytest.mark.timeout(60)
+def test_calls_and_their_forks_see_the_at_fork_hooks_whole(library):
+    """The library keeps the idle at-fork hooks empty while it serves (remote.silence_fork_hooks):
+    a forked call gets them back, a direct call runs with them whole, and a direct call that leaves
+    a thread running makes the next forks plain ones (the hooks then have work to do)."""
+    library.call(1, "fork_hooks_in_place")
+    library.call(2, "fork_hooks_in_place", mode="direct")
+    library.call(3, "start_a_thread", mode="direct")
+    library.call(4, "fork_hooks_in_place")
+    library.call(5, "sized", 2)
+    done = library.done(5)
+    for cid in (1, 2, 4):
+        ok, whole, _tb = decode_result(done[cid]["result"])
+        assert ok and whole is True, (cid, whole)
+    ok, threads, _tb = decode_result(done[3]["result"])
+    assert ok and threads >= 2
+    ok, (pid, text), _tb = decode_result(done[5]["result"])
+    assert ok and text == "xx" and pid != library.pid
 
 
 @pytest.mark.timeout(60)

@@ -14,9 +14,12 @@ from core.wire.remote import (
     LIBRARY_MESSAGE_MAX,
     FramingError,
     MessageReader,
+    call_fields,
     decode_fork_reply,
     decode_fork_request,
     encode_fork_line,
+    encode_library_call,
+    encode_library_done,
     encode_library_message,
     parse_child_pipe,
     pipe_exit,
@@ -34,6 +37,56 @@ LIBRARY_MESSAGES = [
     {"op": "failed", "error": "Traceback ...\nImportError: no module x\n"},
     {"op": "done", "id": 7, "status": 0, "result": b"\x00" * 1000},
 ]
+
+
+COMPACT_CALLS = [
+    (9, "fork", {"function": "noop", "output_inline": True, "args": b"\x80\x05args"}),
+    (10, None, {"function": "f\u00e9", "args": None, "args_file": "/s/a", "sandbox": "/s", "result": "/s/r", "output": "/c/o"}),
+    (11, "direct", {"function": "g", "paths": {".vine_ref_2": b"in memory", "b": "/c/b"}}),
+]
+
+
+def _compact_stream() -> tuple[bytes, list[dict[str, object]]]:
+    frames, expected = [], []
+    for cid, mode, fields in COMPACT_CALLS:
+        frames.append(encode_library_call(cid, mode, fields))
+        expected.append({**{k: v for k, v in fields.items() if v is not None}, "op": "call", "id": cid, "mode": mode})
+    for cid, status, result in ((9, 0, b"envelope"), (10, -9, None), (11, 1, b"")):
+        frames.append(encode_library_done(cid, status, result))
+        expected.append({"op": "done", "id": cid, "status": status, "result": result})
+    frames.append(encode_library_message({"op": "kill", "id": 12}))  # a pickled one between them
+    expected.append({"op": "kill", "id": 12})
+    return b"".join(frames), expected
+
+
+def test_compact_calls_and_dones_read_as_their_dicts_in_any_slices() -> None:
+    """A call's and a done's compact forms (what a forking library reads and writes without
+    pickling) give the same dicts as their pickled forms, however the stream is cut; a call's
+    fields are read where it runs (call_fields), fields left at None not sent."""
+    stream, expected = _compact_stream()
+    rng = random.Random(11)
+    for _ in range(50):
+        reader, got, pos = MessageReader(), [], 0
+        while pos < len(stream):
+            step = rng.randint(1, 40)
+            chunk = stream[pos:pos + step]
+            got += reader.feed(memoryview(chunk) if step % 2 else chunk)
+            pos += step
+        assert reader.pending == 0
+        assert [call_fields(m) if m["op"] == "call" else m for m in got] == expected
+
+
+@pytest.mark.parametrize("body", [b"C", b"C\x00\x00", b"D\x00\x00\x00", b"C" + struct.pack(">qB", 1, 7)])
+def test_a_malformed_compact_message_is_a_framing_error(body: bytes) -> None:
+    with pytest.raises(FramingError):
+        MessageReader().feed(struct.pack(">I", len(body)) + body)
+
+
+def test_a_compact_call_whose_body_is_cut_short_is_a_framing_error_where_it_runs() -> None:
+    frame = encode_library_call(3, "fork", {"function": "noop", "args": b"0123456789"})
+    msg = MessageReader().feed(frame)[0]
+    with pytest.raises(FramingError, match="call 3"):
+        call_fields({**msg, "body": msg["body"][:-4]})
 
 
 def test_library_messages_round_trip_fed_a_byte_at_a_time() -> None:
