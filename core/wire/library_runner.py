@@ -298,7 +298,9 @@ class _CallLoop:
     def run(self) -> int:
         sock, sock_fd, pipes, poll = self.sock, self.sock.fileno(), self.pipes, self.poll.poll
         inbox = self.inbox
-        self.silenced = silence_fork_hooks()
+        # A fork-mode library keeps the idle at-fork hooks empty while it serves; a direct one forks
+        # only for a call that asks to be forked (fork_lean then), so it leaves them be.
+        self.silenced = silence_fork_hooks() if self.mode != "direct" else []
         while True:
             # Children still to reap: wake now and then to look, for one whose pipe another process holds open.
             events = poll(REAP_CHECK if self.children else -1)
@@ -326,6 +328,9 @@ class _CallLoop:
         op = msg.get("op")
         if op == "call":
             if (msg.get("mode") or self.mode) == "direct":
+                if not self.silenced:
+                    self.run_direct(call_fields(msg))
+                    return
                 restore_fork_hooks(self.silenced)  # the call's own forks, or its threads, need them
                 try:
                     self.run_direct(call_fields(msg))
@@ -442,11 +447,13 @@ def _fork_call(sock: socket.socket, functions: dict[str, Any], msg: dict[str, An
                home: str, silenced: list[tuple[Any, Any]]) -> tuple[int, int]:
     """Fork a child that runs call ``msg``: ``(its pid, the read end of its result pipe)``.
 
-    ``fds``: the library's descriptors the child lets go of (the other children's result pipes). The child sends its result (up to INLINE_RESULT bytes; a larger one
-    goes to the call's result file) and its exit status through the pipe (see _CallLoop).
+    ``fds``: the library's descriptors the child lets go of (the other children's result pipes);
+    ``home``: the library's sandbox (a call's default); ``silenced``: the at-fork hooks the library
+    keeps empty (given back in the child). The child sends its result (up to INLINE_RESULT bytes;
+    a larger one goes to the call's result file) and its exit status through the pipe (see _CallLoop).
     """
     # No flush of sys.stdout and sys.stderr here (ten pages written a call): this process writes to
-    # them only in direct calls, which flush after themselves (take), and before it serves.
+    # them only in direct calls, which flush after themselves (run_direct), and before it serves.
     rfd, wfd = os.pipe()
     pid = os.fork() if silenced else fork_lean()  # silenced: the idle hooks are empty already
     if pid:

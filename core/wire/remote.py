@@ -49,9 +49,9 @@ decoder here, used by both ends; what is cut short or is not a record raises :cl
   INLINE_RESULT bytes and went to the call's result file. The two messages of every call also have
   a compact form, which the reader turns into the same dicts: ``b"D"`` + int64 call id + int32
   status + a bool (a result follows) + the result (:func:`encode_library_done`), and ``b"C"`` +
-  int64 call id + a mode byte (0 the library's, 1 fork, 2 direct) + the rest of the call as a
-  pickled dict (``"body"``, unpickled only where the call runs: :func:`encode_library_call`,
-  :func:`call_fields`). A forking library writes every page it touches between two forks as a
+  int64 call id + a mode byte (0 the library's, 1 fork, 2 direct) + its body, read only where the
+  call runs (``"body"``): flags, the function's name and the pickled arguments as they are, then
+  any other fields as a pickled dict (:func:`encode_library_call`, :func:`call_fields`). A forking library writes every page it touches between two forks as a
   copy-on-write fault (about 2.6 us each on the 2-core test VM); ``pickle.dumps`` of a ``done``
   dict and ``pickle.loads`` of a ``call`` were about 40 such pages a call.
 """
