@@ -42,7 +42,11 @@ async def _pair(serve: Callable[[Connection], Awaitable[None]]) -> tuple[socket.
 
     server = await asyncio.start_server(on_client, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    client = socket.create_connection(("127.0.0.1", port))
+    # Small, fixed socket buffers: with the kernel's autotuning (tcp_rmem up to 32 MiB here) a
+    # loopback connection could take in a whole "slow reader" test's bytes without the reader.
+    client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+    client.connect(("127.0.0.1", port))
     client.setblocking(False)
     task = await done
     server.close()
@@ -140,6 +144,7 @@ def test_the_writer_still_waits_for_a_slow_reader_and_answers_go_out_after_each_
         conn.write_batch = WriteBatch(asyncio.get_running_loop())
         delivering = asyncio.ensure_future(conn.deliver_frames(lambda f: conn.send(M.Kill(f.message.id + 100))))  # type: ignore[attr-defined]
         await asyncio.sleep(0.1)
+        conn.writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 16)
         conn.writer.transport.set_write_buffer_limits(high=1 << 16)
         conn.send(M.Unlink("big"), big)
         draining = asyncio.ensure_future(conn.drain())
