@@ -328,14 +328,13 @@ class _CallLoop:
         op = msg.get("op")
         if op == "call":
             if (msg.get("mode") or self.mode) == "direct":
-                if not self.silenced:
-                    self.run_direct(call_fields(msg))
-                    return
-                restore_fork_hooks(self.silenced)  # the call's own forks, or its threads, need them
+                silenced = self.silenced
+                restore_fork_hooks(silenced)  # the call's own forks, or its threads, need them
                 try:
                     self.run_direct(call_fields(msg))
                 finally:
-                    self.silenced = silence_fork_hooks()
+                    if silenced:
+                        self.silenced = silence_fork_hooks()
             else:
                 self.waiting.append(msg)  # forked at the round's end (start_waiting)
         elif op == "kill":
@@ -360,18 +359,15 @@ class _CallLoop:
     def run_direct(self, msg: dict[str, Any]) -> None:
         """Run a direct call here, in its sandbox (a call on the worker's fast path: the instance's own)."""
         sandbox = msg.setdefault("sandbox", self.home)
-        if sandbox == self.home:
-            try:
-                status, inline_result = _run_call(self.functions, msg, inline=True)
-            finally:
-                _flush_output()
-        else:
+        moved = sandbox != self.home
+        if moved:
             os.chdir(sandbox)
-            try:
-                status, inline_result = _run_call(self.functions, msg, inline=True)
-            finally:
+        try:
+            status, inline_result = _run_call(self.functions, msg, inline=True)
+        finally:
+            if moved:
                 os.chdir(self.home)
-                _flush_output()
+            _flush_output()
         self.done(msg["id"], status, inline_result)
 
     def start_waiting(self) -> None:

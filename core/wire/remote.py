@@ -51,9 +51,10 @@ decoder here, used by both ends; what is cut short or is not a record raises :cl
   status + a bool (a result follows) + the result (:func:`encode_library_done`), and ``b"C"`` +
   int64 call id + a mode byte (0 the library's, 1 fork, 2 direct) + its body, read only where the
   call runs (``"body"``): flags, the function's name and the pickled arguments as they are, then
-  any other fields as a pickled dict (:func:`encode_library_call`, :func:`call_fields`). A forking library writes every page it touches between two forks as a
-  copy-on-write fault (about 2.6 us each on the 2-core test VM); ``pickle.dumps`` of a ``done``
-  dict and ``pickle.loads`` of a ``call`` were about 40 such pages a call.
+  any other fields as a pickled dict (:func:`encode_library_call`, :func:`call_fields`). A forking
+  library writes every page it touches between two forks as a copy-on-write fault (about 2.6 us
+  each on the 2-core test VM); ``pickle.dumps`` of a ``done`` dict and ``pickle.loads`` of a
+  ``call`` were about 40 such pages a call.
 """
 
 from __future__ import annotations
@@ -572,6 +573,8 @@ def encode_library_call(call_id: int, mode: str | None, fields: dict[str, Any]) 
     """A ``call`` in its compact form: its id and mode, then its body, which only the process that
     runs the call reads (:func:`call_fields`): the function's name and the pickled arguments as
     they are, and any other fields as a pickled dict after them (a fast-path call has none)."""
+    if mode not in _CALL_MODES:
+        raise ValueError(f"call {call_id}: unknown mode {mode!r}; it is 'fork', 'direct' or None (the library's)")
     rest = dict(fields)
     function = str(rest.pop("function")).encode()
     args = rest.pop("args", None)
@@ -634,6 +637,8 @@ class MessageReader:
         buf = self.buf
         if buf:
             buf += data
+            if len(buf) < _LEN.size or len(buf) - _LEN.size < _LEN.unpack_from(buf)[0] <= LIBRARY_MESSAGE_MAX:
+                return []  # the first message is still not whole: nothing copied until it is
             data = bytes(buf)
             buf.clear()
         out = []
@@ -665,7 +670,10 @@ class MessageReader:
 def _compact_message(view: memoryview, start: int, stop: int) -> dict[str, Any]:
     """A compact ``done`` or ``call`` (module docstring), ``view[start:stop]``, as the dict its pickled form would be."""
     try:
+        # (Its own length first: unpack_from would read on into the next message.)
         if view[start] == 0x44:  # b"D"
+            if stop - start < _DONE_HEAD.size:
+                raise FramingError(f"compact done of {stop - start} bytes is cut short")
             _, call_id, status, has_result = _DONE_HEAD.unpack_from(view, start)
             return {"op": "done", "id": call_id, "status": status,
                     "result": bytes(view[start + _DONE_HEAD.size:stop]) if has_result else None}

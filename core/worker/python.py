@@ -84,11 +84,12 @@ class LibraryProcess:
         if self.dead or self.writer is None:
             return False
         if not self._outgoing:
-            asyncio.get_running_loop().call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(self.flush)
         self._outgoing.append(frame)
         return True
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Write the queued messages (at the turn's end, or now: flush_libraries)."""
         out, self._outgoing = self._outgoing, []
         if out and self.writer is not None and not self.dead:
             self.writer.write(b"".join(out))
@@ -416,7 +417,7 @@ class PythonRunner:
     def flush_libraries(self) -> None:
         """Write what the calls handed over so far queued for their library instances, now."""
         for inst in self.libraries.values():
-            inst._flush()  # (the turn's end, already scheduled, then finds nothing left)
+            inst.flush()  # (the turn's end, already scheduled, then finds nothing left)
 
     # -- function calls -----------------------------------------------------------------------------------------
     async def _fast_call_when_ready(self, rt: RunningTask, arriving: list[asyncio.Future[bool]]) -> None:

@@ -82,6 +82,26 @@ def test_a_malformed_compact_message_is_a_framing_error(body: bytes) -> None:
         MessageReader().feed(struct.pack(">I", len(body)) + body)
 
 
+def test_a_short_compact_done_is_refused_not_read_on_into_the_next_message() -> None:
+    short = b"D" + struct.pack(">q", 5)  # an id, no status
+    with pytest.raises(FramingError, match="cut short"):
+        MessageReader().feed(struct.pack(">I", len(short)) + short + encode_library_done(6, 0, b"next message"))
+
+
+def test_a_call_in_an_unknown_mode_is_refused_where_it_is_encoded() -> None:
+    with pytest.raises(ValueError, match="unknown mode 'spawn'"):
+        encode_library_call(1, "spawn", {"function": "f"})
+
+
+def test_a_big_message_in_small_slices_is_copied_once_it_is_whole() -> None:
+    frame = encode_library_done(9, 0, b"r" * (1 << 20))
+    reader, got = MessageReader(), []
+    for pos in range(0, len(frame), 4096):
+        got += reader.feed(frame[pos:pos + 4096])
+        assert got or reader.pending == pos + len(frame[pos:pos + 4096])
+    assert got == [{"op": "done", "id": 9, "status": 0, "result": b"r" * (1 << 20)}] and reader.pending == 0
+
+
 def test_a_compact_call_whose_body_is_cut_short_is_a_framing_error_where_it_runs() -> None:
     frame = encode_library_call(3, "fork", {"function": "noop", "args": b"0123456789"})
     msg = MessageReader().feed(frame)[0]
