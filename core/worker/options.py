@@ -97,10 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
 def spawn_threads(requested: int | None, cores: float) -> int:
     """How many spawner threads a worker of ``cores`` runs (``--spawn-threads``, or the default).
 
-    The threads let two shells' ``posix_spawn`` overlap with each other and with the worker's loop,
-    which pays where cores are free for it; on a machine of 2 or 3 cores the manager, the worker and
-    the tasks already share every core, and the threads' hand-offs cost more than they save
-    (``vine_benchmark std`` on 2 cores: about 7 % fewer tasks/s with them).
+    The threads let two shells' spawns overlap with each other and with the worker's loop (they
+    spawn with ``GlibcSpawn``, which lets the GIL go), which pays where cores are free for it; on a
+    machine of 2 or 3 cores the manager, the worker and the tasks already share every core, and
+    the threads gain nothing (``vine_benchmark std`` on 2 cores: 0.55-0.59 of the floor with 0, 1
+    or 2 threads, session 35; about 7 % fewer tasks/s with them before, when ``os.posix_spawn``
+    kept the GIL through each spawn).
     """
     if requested is not None:
         if requested < 0:
