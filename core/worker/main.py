@@ -52,7 +52,7 @@ from ..wire.tls import GatedListener, TLSSetupError, client_context, self_signed
 from .cache import WorkerCache
 from .children import block_child_signal
 from .commands import CommandProcesses
-from .options import batch_job_id, build_parser, detect_resources, spawn_threads
+from .options import batch_job_id, build_parser, detect_resources, set_cpu_scheduling, spawn_threads
 from .pipelined import LocalMakers
 from .python import PythonRunner
 from .reaper import TaskReaper
@@ -829,6 +829,10 @@ def main(argv: list[str] | None = None) -> int:
         args.manager = [";".join(f"{e['address']}:{int(e['port'])}" for e in found)]
     if len(args.manager) not in (1, 2):
         build_parser().error("give HOST PORT, HOST:PORT, or -M NAME")
+    # Before any thread or process is started, so that all of them inherit it.
+    warning = set_cpu_scheduling(getattr(args, "cpu_scheduling", "batch"))
+    if warning:
+        print(f"vine_worker: {warning}", file=sys.stderr)
     worker = Worker(args)
     try:
         return asyncio.run(worker.main())
