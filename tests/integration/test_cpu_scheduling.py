@@ -55,3 +55,15 @@ def test_an_unknown_policy_is_refused_by_name(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--cpu-scheduling", "fifo", "localhost", "9123"])
     assert "--cpu-scheduling" in capsys.readouterr().err
+
+
+def test_a_refused_policy_is_a_warning_and_the_worker_goes_on(monkeypatch):
+    from core.worker.options import set_cpu_scheduling
+
+    def refuse(pid, policy, param):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "sched_setscheduler", refuse)
+    warning = set_cpu_scheduling("batch")
+    assert warning is not None and "SCHED_BATCH" in warning and "not permitted" in warning
+    assert set_cpu_scheduling("normal") is None  # not even tried
