@@ -830,7 +830,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args.manager) not in (1, 2):
         build_parser().error("give HOST PORT, HOST:PORT, or -M NAME")
     # Before any thread or process is started, so that all of them inherit it.
-    warning = set_cpu_scheduling(getattr(args, "cpu_scheduling", "batch"))
+    warning = set_cpu_scheduling(args.cpu_scheduling)
     if warning:
         print(f"vine_worker: {warning}", file=sys.stderr)
     worker = Worker(args)

@@ -43,6 +43,21 @@ def unshare_working_directory() -> bool:
         return False
 
 
+class _FileActions:
+    """A ``posix_spawn_file_actions_t`` and its glibc-side allocations, freed with the object."""
+
+    __slots__ = ("buffer", "init_error", "_libc")
+
+    def __init__(self, ctypes: Any, libc: Any) -> None:
+        self.buffer = ctypes.create_string_buffer(256)  # posix_spawn_file_actions_t: 80 bytes on x86_64 glibc
+        self._libc = libc
+        self.init_error = libc.posix_spawn_file_actions_init(self.buffer)
+
+    def __del__(self) -> None:
+        if self.init_error == 0:
+            self._libc.posix_spawn_file_actions_destroy(self.buffer)
+
+
 class GlibcSpawn:
     """glibc's ``posix_spawn`` through ``ctypes``: the GIL is let go while the child starts.
 
@@ -62,7 +77,7 @@ class GlibcSpawn:
         self._attr = ctypes.create_string_buffer(1024)  # posix_spawnattr_t: 336 bytes on x86_64 glibc
         if libc.posix_spawnattr_init(self._attr) or libc.posix_spawnattr_setflags(self._attr, ctypes.c_short(POSIX_SPAWN_SETSID)):
             raise OSError("posix_spawnattr_init failed")
-        self._actions: dict[tuple[Any, ...], Any] = {}
+        self._actions: dict[tuple[Any, ...], _FileActions] = {}
         self._envs: dict[tuple[tuple[str, str], ...], Any] = {}  # environment's items -> its array
         self._lock = threading.Lock()
 
@@ -87,32 +102,32 @@ class GlibcSpawn:
         except (OSError, ValueError, AttributeError):
             return None
 
-    def _file_actions(self, cwd: str, actions: list[tuple[Any, ...]]) -> Any:
+    def _file_actions(self, cwd: str, actions: list[tuple[Any, ...]]) -> _FileActions:
         key = (cwd, *actions)
         built = self._actions.get(key)
         if built is not None:
             return built
         libc = self._libc
-        built = self._c.create_string_buffer(256)  # posix_spawn_file_actions_t: 80 bytes on x86_64 glibc
-        errors = [libc.posix_spawn_file_actions_init(built), libc.posix_spawn_file_actions_addchdir_np(built, os.fsencode(cwd))]
+        built = _FileActions(self._c, libc)  # destroyed when the last holder lets go of it
+        errors = [built.init_error, libc.posix_spawn_file_actions_addchdir_np(built.buffer, os.fsencode(cwd))]
         for action in actions:
             if action[0] == os.POSIX_SPAWN_OPEN:
                 _, fd, path, flags, mode = action
-                errors.append(libc.posix_spawn_file_actions_addopen(built, fd, os.fsencode(path), flags, mode))
+                errors.append(libc.posix_spawn_file_actions_addopen(built.buffer, fd, os.fsencode(path), flags, mode))
             elif action[0] == os.POSIX_SPAWN_DUP2:
-                errors.append(libc.posix_spawn_file_actions_adddup2(built, action[1], action[2]))
+                errors.append(libc.posix_spawn_file_actions_adddup2(built.buffer, action[1], action[2]))
             elif action[0] == os.POSIX_SPAWN_CLOSE:
-                errors.append(libc.posix_spawn_file_actions_addclose(built, action[1]))
+                errors.append(libc.posix_spawn_file_actions_addclose(built.buffer, action[1]))
             else:
                 raise ValueError(f"unknown file action {action!r}")
         failed = next((e for e in errors if e), 0)
         if failed:
-            libc.posix_spawn_file_actions_destroy(built)
             raise OSError(failed, os.strerror(failed))
         with self._lock:
-            if len(self._actions) >= self._CACHE:  # the oldest goes (dicts keep insertion order)
-                old = self._actions.pop(next(iter(self._actions)))
-                libc.posix_spawn_file_actions_destroy(old)
+            # The oldest goes (dicts keep insertion order). A thread spawning with it right now
+            # still holds it, so its C side is destroyed only after that spawn.
+            if len(self._actions) >= self._CACHE:
+                self._actions.pop(next(iter(self._actions)))
             self._actions[key] = built
         return built
 
@@ -136,7 +151,7 @@ class GlibcSpawn:
         args = [os.fsencode(a) for a in argv]
         argvp = (c.c_char_p * (len(args) + 1))(*args, None)
         pid = c.c_int()
-        error = self._libc.posix_spawn(c.byref(pid), args[0], file_actions, self._attr, argvp, envp)
+        error = self._libc.posix_spawn(c.byref(pid), args[0], file_actions.buffer, self._attr, argvp, envp)
         if error:
             raise OSError(error, os.strerror(error), argv[0])
         return pid.value
